@@ -1,0 +1,212 @@
+// Package config loads, expands and validates walhook's YAML configuration
+// (SPEC §2). Every problem found is reported with its file:line, all at once.
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Config is the whole walhook configuration.
+type Config struct {
+	Database Database  `yaml:"database"`
+	Models   []Model   `yaml:"models"`
+	Webhooks []Webhook `yaml:"webhooks"`
+	Dispatch Dispatch  `yaml:"dispatch"`
+	HTTP     HTTP      `yaml:"http"`
+	Log      Log       `yaml:"log"`
+
+	// File is the path the configuration was read from ("" when from bytes).
+	File string `yaml:"-"`
+}
+
+// Database holds connection and replication settings.
+type Database struct {
+	DSN         string `yaml:"dsn"`
+	OutboxDSN   string `yaml:"outbox_dsn"`
+	Schema      string `yaml:"schema"`
+	Slot        string `yaml:"slot"`
+	Publication string `yaml:"publication"`
+}
+
+// Model maps one table to a model name and says how its rows render.
+type Model struct {
+	Table         string               `yaml:"table"`
+	Model         string               `yaml:"model"`
+	Exclude       []string             `yaml:"exclude"`
+	Rename        map[string]string    `yaml:"rename"`
+	URL           string               `yaml:"url"`
+	Relations     map[string]Relation  `yaml:"relations"`
+	Computed      map[string]Computed  `yaml:"computed"`
+	Choices       map[string]Choices   `yaml:"choices"`
+	IgnoreChanges []string             `yaml:"ignore_changes"`
+	ObjectType    string               `yaml:"object_type"`
+	Line          int                  `yaml:"-"`
+	Schema        string               `yaml:"-"` // schema part of Table
+	Name          string               `yaml:"-"` // table part of Table
+}
+
+// QualifiedTable is "schema.table" with the parts unquoted.
+func (m Model) QualifiedTable() string { return m.Schema + "." + m.Name }
+
+// Relation renders a foreign-key column as a nested object.
+type Relation struct {
+	Field   string   `yaml:"field"`
+	Table   string   `yaml:"table"`
+	Columns []string `yaml:"columns"`
+	URL     string   `yaml:"url"`
+}
+
+// Computed is an extra field computed by SQL with row columns as arguments.
+type Computed struct {
+	SQL  string   `yaml:"sql"`
+	Args []string `yaml:"args"`
+}
+
+// Choices maps a column's stored values to display labels.
+type Choices map[string]string
+
+// Webhook is one receiver.
+type Webhook struct {
+	Name         string            `yaml:"name"`
+	URL          string            `yaml:"url"`
+	Models       []string          `yaml:"models"`
+	Events       []string          `yaml:"events"`
+	Secret       string            `yaml:"secret"`
+	HTTPMethod   string            `yaml:"http_method"`
+	ContentType  string            `yaml:"content_type"`
+	Headers      map[string]string `yaml:"headers"`
+	Timeout      Duration          `yaml:"timeout"`
+	Retry        Retry             `yaml:"retry"`
+	Enabled      *bool             `yaml:"enabled"`
+	BodyTemplate string            `yaml:"body_template"`
+	Conditions   any               `yaml:"conditions"`
+	Format       string            `yaml:"format"`
+	ObjectType   string            `yaml:"object_type"`
+	Signature    string            `yaml:"signature"`
+	Coalesce     string            `yaml:"coalesce"`
+	Line         int               `yaml:"-"`
+}
+
+// IsEnabled reports whether the webhook is enabled (default true).
+func (w Webhook) IsEnabled() bool { return w.Enabled == nil || *w.Enabled }
+
+// Wants reports whether the webhook takes changes of model with event.
+func (w Webhook) Wants(model, event string) bool {
+	if !w.IsEnabled() {
+		return false
+	}
+	if len(w.Models) > 0 && !contains(w.Models, model) {
+		return false
+	}
+	return len(w.Events) == 0 || contains(w.Events, event)
+}
+
+// Retry is a webhook's retry policy.
+type Retry struct {
+	MaxAttempts     int      `yaml:"max_attempts"`
+	InitialInterval Duration `yaml:"initial_interval"`
+	MaxInterval     Duration `yaml:"max_interval"`
+}
+
+// Dispatch holds sender settings.
+type Dispatch struct {
+	Concurrency  int      `yaml:"concurrency"`
+	PollInterval Duration `yaml:"poll_interval"`
+	Retention    Duration `yaml:"retention"`
+}
+
+// HTTP holds the status/metrics server settings.
+type HTTP struct {
+	Listen *string `yaml:"listen"`
+	Token  string  `yaml:"token"`
+}
+
+// ListenAddr is the listen address with its default applied ("" disables).
+func (h HTTP) ListenAddr() string {
+	if h.Listen == nil {
+		return "127.0.0.1:9187"
+	}
+	return *h.Listen
+}
+
+// Log holds logging settings.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Duration is a time.Duration written like "10s", "5m", "1h" or "7d".
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// ParseDuration parses Go durations plus a whole-day suffix "d".
+func ParseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if n, ok := strings.CutSuffix(s, "d"); ok && n != "" && !strings.ContainsAny(n, "hmsuµn") {
+		d, err := time.ParseDuration(n + "h")
+		if err != nil {
+			return 0, fmt.Errorf("invalid duration %q", s)
+		}
+		return d * 24, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (use e.g. 500ms, 10s, 5m, 1h, 7d)", s)
+	}
+	return d, nil
+}
+
+// Events are the three change events.
+var Events = []string{"created", "updated", "deleted"}
+
+// identRE matches names walhook accepts for slots and publications: they
+// reach SQL unquoted in START_REPLICATION, so they must be plain identifiers.
+var identRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// ValidIdentifier reports whether s is a lower-case SQL identifier usable
+// unquoted (replication slot names allow only [a-z0-9_]).
+func ValidIdentifier(s string) bool { return identRE.MatchString(s) }
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// ModelByName returns the model config named name.
+func (c *Config) ModelByName(name string) (*Model, bool) {
+	for i := range c.Models {
+		if c.Models[i].Model == name {
+			return &c.Models[i], true
+		}
+	}
+	return nil, false
+}
+
+// WebhookByName returns the webhook named name.
+func (c *Config) WebhookByName(name string) (*Webhook, bool) {
+	for i := range c.Webhooks {
+		if c.Webhooks[i].Name == name {
+			return &c.Webhooks[i], true
+		}
+	}
+	return nil, false
+}
+
+// RedactURL returns u with any password replaced, for logs and errors.
+func RedactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return p.Redacted()
+}

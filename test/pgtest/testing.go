@@ -1,0 +1,34 @@
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+)
+
+// Main starts one cluster for a test package, stores it in *c, runs the
+// tests and removes the cluster. Use it from TestMain:
+//
+//	var pg *pgtest.Cluster
+//	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
+func Main(m *testing.M, c **Cluster) int {
+	cl, err := Start(context.Background(), Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*c = cl
+	defer cl.Close()
+	return m.Run()
+}
+
+// NewDB creates a database of the test's own and returns its DSN.
+func (c *Cluster) NewDB(t testing.TB) string {
+	t.Helper()
+	dsn, err := c.CreateDB(context.Background(), t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dsn
+}
