@@ -1,0 +1,310 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/internal/config"
+)
+
+// Options configure a Capture.
+type Options struct {
+	Config *config.Config
+	// Source is a pool on the source database (catalog lookups, reading back
+	// unchanged TOAST values). Its connections should use TimeZone=UTC and
+	// DateStyle=ISO (SessionParams gives them).
+	Source *pgxpool.Pool
+	// Outbox is a pool on the database that holds the outbox.
+	Outbox *pgxpool.Pool
+	Logger zerolog.Logger
+	// GroupRows and GroupDelay bound how many rows, and for how long, small
+	// source transactions are grouped into one outbox transaction.
+	GroupRows  int
+	GroupDelay time.Duration
+	// StatusInterval is how often the confirmed LSN is reported (default 10s).
+	StatusInterval time.Duration
+}
+
+// SessionParams are the runtime parameters that pin the text format of
+// values, for both the replication connection and the source pool.
+var SessionParams = map[string]string{
+	"TimeZone":         "UTC",
+	"DateStyle":        "ISO, YMD",
+	"IntervalStyle":    "postgres",
+	"bytea_output":     "hex",
+	"application_name": "walhook",
+}
+
+// Capture streams changes from the source database into the outbox.
+type Capture struct {
+	cfg    *config.Config
+	source *pgxpool.Pool
+	outbox *pgxpool.Pool
+	log    zerolog.Logger
+	opts   Options
+	models map[string]*config.Model
+	hooks  map[string]map[string][]string
+	types  *typeCache
+
+	// confirmed is the last LSN reported to the server; received the end
+	// LSN of the last source transaction received; both for status.
+	confirmed atomic.Uint64
+	received  atomic.Uint64
+	streaming atomic.Bool
+	enqueued  atomic.Int64
+}
+
+// New returns a Capture; call Prepare, then Run.
+func New(opts Options) (*Capture, error) {
+	if opts.Config == nil || opts.Source == nil || opts.Outbox == nil {
+		return nil, errors.New("cdc: Config, Source and Outbox are required")
+	}
+	if opts.GroupRows <= 0 {
+		opts.GroupRows = 2000
+	}
+	if opts.GroupDelay <= 0 {
+		opts.GroupDelay = 20 * time.Millisecond
+	}
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 10 * time.Second
+	}
+	c := &Capture{
+		cfg: opts.Config, source: opts.Source, outbox: opts.Outbox, opts: opts,
+		log:    opts.Logger.With().Str("component", "capture").Logger(),
+		models: map[string]*config.Model{},
+		hooks:  hookIndex(opts.Config),
+		types:  &typeCache{pool: opts.Source, info: map[uint32]TypeInfo{}},
+	}
+	for i := range opts.Config.Models {
+		m := &opts.Config.Models[i]
+		c.models[m.QualifiedTable()] = m
+	}
+	return c, nil
+}
+
+// Streaming reports whether the replication stream is connected.
+func (c *Capture) Streaming() bool { return c.streaming.Load() }
+
+// ConfirmedLSN is the LSN last confirmed to the server.
+func (c *Capture) ConfirmedLSN() pglogrepl.LSN { return pglogrepl.LSN(c.confirmed.Load()) }
+
+// Enqueued is how many delivery rows this Capture has committed.
+func (c *Capture) Enqueued() int64 { return c.enqueued.Load() }
+
+// Prepare checks the server and the configured tables, then creates or
+// updates the publication and creates the slot (publication first: a slot
+// cannot decode with a publication created after it). Problems with the
+// configuration come back as *config.Error; ones retrying cannot fix as
+// *FatalError.
+func (c *Capture) Prepare(ctx context.Context) error {
+	conn, err := c.source.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to source database: %w", err)
+	}
+	defer conn.Release()
+	if err := checkServer(ctx, conn); err != nil {
+		return err
+	}
+	if err := checkTables(ctx, conn, c.cfg); err != nil {
+		return err
+	}
+	// Serialise set-up between processes starting together.
+	key := "walhook.setup." + c.cfg.Database.Slot
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", key); err != nil {
+		return fmt.Errorf("set-up lock: %w", err)
+	}
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext($1))", key) }()
+	var pubExisted bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", c.cfg.Database.Publication).Scan(&pubExisted); err != nil {
+		return fmt.Errorf("read publication: %w", err)
+	}
+	changed, err := ensurePublication(ctx, conn, c.cfg)
+	if err != nil {
+		return err
+	}
+	if changed {
+		c.log.Info().Str("publication", c.cfg.Database.Publication).Bool("created", !pubExisted).Msg("publication set to the configured tables")
+	}
+	created, err := ensureSlot(ctx, conn, c.cfg, !pubExisted)
+	if err != nil {
+		return err
+	}
+	if created {
+		c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("replication slot created")
+	}
+	return nil
+}
+
+// Run streams until ctx ends, reconnecting with backoff when PostgreSQL goes
+// away. It returns nil on cancellation and an error only for problems that
+// retrying cannot fix.
+func (c *Capture) Run(ctx context.Context) error {
+	backoff := 500 * time.Millisecond
+	for {
+		start := time.Now()
+		err := c.session(ctx)
+		c.streaming.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if IsFatal(err) {
+			return err
+		}
+		if time.Since(start) > time.Minute {
+			backoff = 500 * time.Millisecond
+		}
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "55006" {
+			c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("another process is capturing from the slot; waiting to take over")
+		} else {
+			c.log.Warn().Err(err).Dur("retry_in", backoff).Msg("capture interrupted; reconnecting")
+		}
+		wait := backoff + time.Duration(rand.Int64N(int64(backoff)/2+1))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, 15*time.Second)
+	}
+}
+
+// ReplicationConfig parses dsn into a replication connection config with
+// the session parameters pinned.
+func ReplicationConfig(dsn string) (*pgconn.Config, error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse database.dsn: %w", err)
+	}
+	for k, v := range SessionParams {
+		cfg.RuntimeParams[k] = v
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	return cfg, nil
+}
+
+func (c *Capture) session(ctx context.Context) error {
+	slot := c.cfg.Database.Slot
+	startLSN, err := readCheckpoint(ctx, c.outbox, c.cfg.Database.Schema, slot)
+	if err != nil {
+		return err
+	}
+	rcfg, err := ReplicationConfig(c.cfg.Database.DSN)
+	if err != nil {
+		return &FatalError{Err: err}
+	}
+	conn, err := pgconn.ConnectConfig(ctx, rcfg)
+	if err != nil {
+		return fmt.Errorf("replication connection: %w", err)
+	}
+	defer conn.Close(context.Background())
+	// Names were validated as plain identifiers: pglogrepl pastes them into SQL.
+	err = pglogrepl.StartReplication(ctx, conn, slot, startLSN, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + c.cfg.Database.Publication + "'"},
+	})
+	if err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "55000" {
+			return fatalf("start replication on slot %s: %v: the slot can no longer be used; drop it with SELECT pg_drop_replication_slot('%s'); and restart walhook", slot, err, slot)
+		}
+		return fmt.Errorf("start replication on slot %s: %w", slot, err)
+	}
+	c.streaming.Store(true)
+	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Msg("streaming changes")
+
+	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, c.log)
+	w.flushed.Store(uint64(startLSN))
+	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWriter()
+	ch := make(chan batch, 16)
+	werr := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		werr <- w.run(wctx, ch)
+	}()
+	s := &stream{
+		conn: conn, c: c, w: w, out: ch, werr: werr, log: c.log, interval: c.opts.StatusInterval,
+		rels: map[uint32]*relation{}, rd: renderer{resolve: c.types.resolve}, confirmed: startLSN,
+		lastSentEnd: startLSN, kaNeed: startLSN,
+	}
+	err = s.run(ctx)
+	// Stop the writer: on shutdown it commits what is complete; on an error
+	// it rolls back and the next session replays from the checkpoint.
+	if ctx.Err() != nil {
+		close(ch)
+	} else {
+		cancelWriter()
+	}
+	wg.Wait()
+	c.enqueued.Add(w.rows.Load())
+	if ctx.Err() != nil {
+		// Confirm what was committed before leaving.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if serr := s.sendStatus(sctx); serr != nil {
+			c.log.Debug().Err(serr).Msg("final status update")
+		}
+		c.log.Info().Str("confirmed", s.confirmed.String()).Msg("capture stopped")
+	}
+	return err
+}
+
+// typeCache resolves non-built-in type OIDs (enums, domains, arrays of
+// them) from the catalog, once per OID.
+type typeCache struct {
+	pool *pgxpool.Pool
+	mu   sync.RWMutex
+	info map[uint32]TypeInfo
+}
+
+func (t *typeCache) resolve(oid uint32) (TypeInfo, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	ti, ok := t.info[oid]
+	return ti, ok
+}
+
+// resolveOID loads oid (and its element or base type) unless built in.
+func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
+	for depth := 0; oid >= 16384 && depth < 8; depth++ {
+		if _, ok := t.resolve(oid); ok {
+			return nil
+		}
+		var typtype, category string
+		var base, elem uint32
+		var delim string
+		err := t.pool.QueryRow(ctx, `SELECT t.typtype::text, t.typcategory::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
+			FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem WHERE t.oid = $1`, oid).Scan(&typtype, &category, &base, &elem, &delim)
+		if err != nil {
+			return fmt.Errorf("look up type %d: %w", oid, err)
+		}
+		var ti TypeInfo
+		next := uint32(0)
+		switch {
+		case typtype == "d":
+			ti.BaseOID, next = base, base
+		case category == "A" && elem != 0:
+			ti.ElemOID, next = elem, elem
+			ti.Delim = ','
+			if delim != "" {
+				ti.Delim = delim[0]
+			}
+		}
+		t.mu.Lock()
+		t.info[oid] = ti
+		t.mu.Unlock()
+		oid = next
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+package cdc
+
+import (
+	"github.com/jackc/pglogrepl"
+	"github.com/walhook/walhook/internal/config"
+)
+
+// column is one column of a captured table as the stream last described it.
+type column struct {
+	name    string // source column name
+	outName string // key in "data" (after rename)
+	oid     uint32
+	key     bool // part of the replica identity (pgoutput flag 1)
+	pk      bool // part of the primary key (object_key)
+	exclude bool
+	choices config.Choices
+}
+
+// relation is a captured table: the stream's description plus the model
+// config it renders with. It is replaced whenever a Relation message arrives
+// (after DDL), so each change renders with the schema of its own commit.
+type relation struct {
+	id       uint32
+	schema   string
+	name     string
+	identity uint8 // 'd' default, 'f' full, 'i' index, 'n' nothing
+	cols     []column
+	model    *config.Model
+	pkCols   []int // indexes into cols forming object_key
+	urlParts []urlPart
+}
+
+type urlPart struct {
+	lit string
+	col int // -1 for a literal part
+}
+
+// newRelation builds a relation from a Relation message. pkNames are the
+// table's primary-key columns (from the catalog); when empty the replica
+// identity columns are used, and failing that every column.
+func newRelation(m *pglogrepl.RelationMessage, model *config.Model, pkNames []string) *relation {
+	r := &relation{id: m.RelationID, schema: m.Namespace, name: m.RelationName, identity: m.ReplicaIdentity, model: model}
+	excluded := map[string]bool{}
+	for _, e := range model.Exclude {
+		excluded[e] = true
+	}
+	isPK := map[string]bool{}
+	for _, k := range pkNames {
+		isPK[k] = true
+	}
+	for _, c := range m.Columns {
+		out := c.Name
+		if rn, ok := model.Rename[c.Name]; ok && rn != "" {
+			out = rn
+		}
+		r.cols = append(r.cols, column{
+			name: c.Name, outName: out, oid: c.DataType, key: c.Flags&1 != 0,
+			pk: isPK[c.Name], exclude: excluded[c.Name], choices: model.Choices[c.Name],
+		})
+	}
+	for i, c := range r.cols {
+		if c.pk {
+			r.pkCols = append(r.pkCols, i)
+		}
+	}
+	if len(r.pkCols) == 0 {
+		for i, c := range r.cols {
+			if c.key && r.identity != 'f' {
+				r.pkCols = append(r.pkCols, i)
+			}
+		}
+	}
+	if len(r.pkCols) == 0 {
+		for i := range r.cols {
+			r.pkCols = append(r.pkCols, i)
+		}
+	}
+	r.urlParts = parseURLTemplate(model.URL, r.cols)
+	return r
+}
+
+// parseURLTemplate splits "/api/dcim/sites/{id}/" into literal and column parts.
+func parseURLTemplate(tmpl string, cols []column) []urlPart {
+	if tmpl == "" {
+		return nil
+	}
+	var parts []urlPart
+	for tmpl != "" {
+		open := indexByte(tmpl, '{')
+		if open < 0 {
+			parts = append(parts, urlPart{lit: tmpl, col: -1})
+			break
+		}
+		end := indexByte(tmpl[open:], '}')
+		if end < 0 {
+			parts = append(parts, urlPart{lit: tmpl, col: -1})
+			break
+		}
+		if open > 0 {
+			parts = append(parts, urlPart{lit: tmpl[:open], col: -1})
+		}
+		name := tmpl[open+1 : open+end]
+		col := -1
+		for i, c := range cols {
+			if c.name == name {
+				col = i
+			}
+		}
+		if col < 0 {
+			parts = append(parts, urlPart{lit: tmpl[open : open+end+1], col: -1})
+		} else {
+			parts = append(parts, urlPart{col: col})
+		}
+		tmpl = tmpl[open+end+1:]
+	}
+	return parts
+}
+
+func indexByte(s string, b byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == b {
+			return i
+		}
+	}
+	return -1
+}

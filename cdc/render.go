@@ -1,0 +1,156 @@
+package cdc
+
+import (
+	"strconv"
+	"time"
+)
+
+// Change events, as in the payload.
+const (
+	EventCreated = "created"
+	EventUpdated = "updated"
+	EventDeleted = "deleted"
+)
+
+// tupleValue is one column of a decoded row: kind is pgoutput's 'n' (NULL),
+// 't' (text), 'u' (unchanged TOAST, not sent) or 'b' (binary).
+type tupleValue struct {
+	kind byte
+	data []byte
+}
+
+// row is a change's column values in the relation's column order.
+type row []tupleValue
+
+// renderer renders rows to JSON. It reuses its buffer between calls and is
+// owned by one goroutine.
+type renderer struct {
+	buf     []byte
+	resolve TypeResolver
+}
+
+// data renders the "data" object of a row. keysOnly renders only replica
+// identity columns (a DELETE whose old row carries keys only).
+func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly bool) []byte {
+	dst = append(dst, '{')
+	first := true
+	lastPK := -1
+	if len(rel.urlParts) > 0 && len(rel.pkCols) > 0 {
+		lastPK = rel.pkCols[len(rel.pkCols)-1]
+	}
+	urlDone := len(rel.urlParts) == 0
+	for i := range rel.cols {
+		c := &rel.cols[i]
+		if c.exclude || (keysOnly && !c.key) || i >= len(vals) {
+			if i == lastPK && !urlDone {
+				dst, first = rd.appendURL(dst, rel, vals, first), false
+				urlDone = true
+			}
+			continue
+		}
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+		dst = AppendJSONString(dst, c.outName)
+		dst = append(dst, ':')
+		v := vals[i]
+		switch {
+		case v.kind == 'n' || v.kind == 'u':
+			dst = append(dst, "null"...)
+		case c.choices != nil:
+			label, ok := c.choices[string(v.data)]
+			if !ok {
+				label = string(v.data)
+			}
+			dst = append(dst, `{"value":`...)
+			dst = AppendValue(dst, c.oid, v.data, rd.resolve)
+			dst = append(dst, `,"label":`...)
+			dst = AppendJSONString(dst, label)
+			dst = append(dst, '}')
+		default:
+			dst = AppendValue(dst, c.oid, v.data, rd.resolve)
+		}
+		if i == lastPK && !urlDone {
+			dst, first = rd.appendURL(dst, rel, vals, first), false
+			urlDone = true
+		}
+	}
+	if !urlDone {
+		dst = rd.appendURL(dst, rel, vals, first)
+	}
+	return append(dst, '}')
+}
+
+func (rd *renderer) appendURL(dst []byte, rel *relation, vals row, first bool) []byte {
+	if !first {
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"url":`...)
+	var u []byte
+	for _, p := range rel.urlParts {
+		if p.col < 0 {
+			u = append(u, p.lit...)
+		} else if p.col < len(vals) && vals[p.col].kind == 't' {
+			u = append(u, vals[p.col].data...)
+		}
+	}
+	return AppendJSONStringBytes(dst, u)
+}
+
+// appendTimestamp writes t as Unix seconds with microseconds, a JSON number.
+func appendTimestamp(dst []byte, t time.Time) []byte {
+	us := t.UnixMicro()
+	sec, frac := us/1e6, us%1e6
+	if frac < 0 {
+		sec--
+		frac += 1e6
+	}
+	dst = strconv.AppendInt(dst, sec, 10)
+	dst = append(dst, '.')
+	f := strconv.AppendInt(nil, frac, 10)
+	for i := len(f); i < 6; i++ {
+		dst = append(dst, '0')
+	}
+	return append(dst, f...)
+}
+
+// netboxBody renders the default NetBox v2 webhook body.
+func (rd *renderer) netboxBody(event string, committed time.Time, rel *relation, vals row, keysOnly bool) string {
+	b := rd.buf[:0]
+	b = append(b, `{"event":"`...)
+	b = append(b, event...)
+	b = append(b, `","signal_received_timestamp":`...)
+	b = appendTimestamp(b, committed)
+	b = append(b, `,"model":`...)
+	b = AppendJSONString(b, rel.model.Model)
+	b = append(b, `,"data":`...)
+	b = rd.appendData(b, rel, vals, keysOnly)
+	b = append(b, '}')
+	rd.buf = b
+	return string(b)
+}
+
+// objectKey is the row's primary key as text: the value itself for a
+// one-column key, a JSON array of the values' text otherwise.
+func objectKey(rel *relation, vals row) string {
+	if len(rel.pkCols) == 1 {
+		i := rel.pkCols[0]
+		if i < len(vals) {
+			return string(vals[i].data)
+		}
+		return ""
+	}
+	b := []byte{'['}
+	for n, i := range rel.pkCols {
+		if n > 0 {
+			b = append(b, ',')
+		}
+		if i < len(vals) && vals[i].kind == 't' {
+			b = AppendJSONStringBytes(b, vals[i].data)
+		} else {
+			b = append(b, "null"...)
+		}
+	}
+	return string(append(b, ']'))
+}

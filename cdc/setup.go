@@ -1,0 +1,263 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/walhook/walhook/internal/config"
+)
+
+// FatalError is an error that retrying cannot fix (configuration, privileges,
+// server settings); Run returns it instead of reconnecting.
+type FatalError struct{ Err error }
+
+func (e *FatalError) Error() string { return e.Err.Error() }
+func (e *FatalError) Unwrap() error { return e.Err }
+
+func fatalf(format string, args ...any) error {
+	return &FatalError{Err: fmt.Errorf(format, args...)}
+}
+
+// IsFatal reports whether err cannot be fixed by retrying.
+func IsFatal(err error) bool {
+	var fe *FatalError
+	var ce *config.Error
+	return errors.As(err, &fe) || errors.As(err, &ce)
+}
+
+// tableInfo is what the catalog says about a configured table.
+type tableInfo struct {
+	oid      uint32
+	identity string
+	hasPK    bool
+	columns  []string
+}
+
+var placeholderRE = regexp.MustCompile(`\{([^{}]+)\}`)
+
+// checkTables verifies every configured table against the catalog and
+// returns a *config.Error listing all problems, with the model's line.
+func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
+	var probs []config.Problem
+	add := func(line int, format string, args ...any) {
+		probs = append(probs, config.Problem{File: cfg.File, Line: line, Msg: fmt.Sprintf(format, args...)})
+	}
+	for i := range cfg.Models {
+		m := &cfg.Models[i]
+		ti, err := lookupTable(ctx, conn, m.Schema, m.Name)
+		if err != nil {
+			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
+		}
+		qt := pgx.Identifier{m.Schema, m.Name}.Sanitize()
+		if ti == nil {
+			add(m.Line, "table %s does not exist in the source database (model %s)", m.QualifiedTable(), m.Model)
+			continue
+		}
+		if !ti.hasPK && (ti.identity == "d" || ti.identity == "n") {
+			add(m.Line, "table %s has no primary key or replica identity: publishing it would make the application's UPDATE and DELETE on it fail; run: ALTER TABLE %s REPLICA IDENTITY FULL;", m.QualifiedTable(), qt)
+		}
+		has := func(col, what string) {
+			if !slices.Contains(ti.columns, col) {
+				add(m.Line, "model %s: %s names unknown column %q of %s (columns: %s)", m.Model, what, col, m.QualifiedTable(), strings.Join(ti.columns, ", "))
+			}
+		}
+		for _, c := range m.Exclude {
+			has(c, "exclude")
+		}
+		for _, c := range sortedKeys(m.Rename) {
+			has(c, "rename")
+		}
+		for _, c := range m.IgnoreChanges {
+			has(c, "ignore_changes")
+		}
+		for _, c := range sortedKeys(m.Choices) {
+			has(c, "choices")
+		}
+		for _, g := range placeholderRE.FindAllStringSubmatch(m.URL, -1) {
+			has(g[1], "url")
+		}
+		if len(m.Relations) > 0 || len(m.Computed) > 0 {
+			add(m.Line, "model %s: relations and computed fields are not supported by this walhook version yet; remove them", m.Model)
+		}
+	}
+	for _, w := range cfg.Webhooks {
+		if w.BodyTemplate != "" || w.Conditions != nil || w.Format != "netbox" || w.Signature != "netbox" || w.Coalesce != "none" {
+			add(w.Line, "webhook %s: body_template, conditions, format, signature and coalesce other than the defaults are not supported by this walhook version yet", w.Name)
+		}
+	}
+	if len(probs) > 0 {
+		return &config.Error{Problems: probs}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+type queryer interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+func lookupTable(ctx context.Context, conn queryer, schema, name string) (*tableInfo, error) {
+	var ti tableInfo
+	err := conn.QueryRow(ctx, `
+		SELECT c.oid, c.relreplident::text,
+		       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+		       coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+		                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}')
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, name).
+		Scan(&ti.oid, &ti.identity, &ti.hasPK, &ti.columns)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &ti, nil
+}
+
+// primaryKey returns the primary-key column names of table oid in key order.
+func primaryKey(ctx context.Context, conn queryer, oid uint32) ([]string, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT a.attname::text FROM pg_index i
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+		WHERE i.indrelid = $1 AND i.indisprimary
+		ORDER BY array_position(i.indkey::int2[], a.attnum)`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("read primary key of table %d: %w", oid, err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// checkServer fails with the fix when the server cannot do logical
+// replication for walhook.
+func checkServer(ctx context.Context, conn queryer) error {
+	var level string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
+		return fmt.Errorf("read wal_level: %w", err)
+	}
+	if level != "logical" {
+		return fatalf("wal_level is %q but walhook needs logical replication: run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL", level)
+	}
+	var super, repl bool
+	if err := conn.QueryRow(ctx, "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user").Scan(&super, &repl); err != nil {
+		return fmt.Errorf("read role attributes: %w", err)
+	}
+	if !super && !repl {
+		var user string
+		_ = conn.QueryRow(ctx, "SELECT current_user").Scan(&user)
+		return fatalf("role %q may not use replication: run ALTER ROLE %s REPLICATION; as a superuser", user, pgx.Identifier{user}.Sanitize())
+	}
+	return nil
+}
+
+// ensurePublication creates the publication for exactly the configured
+// tables, or alters it to match. It must run before the slot is created.
+func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (changed bool, err error) {
+	pub := cfg.Database.Publication
+	var tables []string
+	for _, m := range cfg.Models {
+		tables = append(tables, pgx.Identifier{m.Schema, m.Name}.Sanitize())
+	}
+	list := strings.Join(tables, ", ")
+	var ins, upd, del, trunc bool
+	err = conn.QueryRow(ctx, "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1", pub).Scan(&ins, &upd, &del, &trunc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		_, err = conn.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" FOR TABLE "+list+" WITH (publish = 'insert, update, delete')")
+		if err != nil {
+			return false, fmt.Errorf("create publication %s: %w", pub, permissionHint(err))
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read publication %s: %w", pub, err)
+	}
+	rows, err := conn.Query(ctx, "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1", pub)
+	if err != nil {
+		return false, fmt.Errorf("read publication %s tables: %w", pub, err)
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return false, fmt.Errorf("read publication %s tables: %w", pub, err)
+	}
+	var want []string
+	for _, m := range cfg.Models {
+		want = append(want, m.QualifiedTable())
+	}
+	sort.Strings(have)
+	sort.Strings(want)
+	if !slices.Equal(have, want) {
+		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" SET TABLE "+list); err != nil {
+			return false, fmt.Errorf("update publication %s to the configured tables: %w", pub, permissionHint(err))
+		}
+		changed = true
+	}
+	if !ins || !upd || !del || trunc {
+		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" SET (publish = 'insert, update, delete')"); err != nil {
+			return false, fmt.Errorf("update publication %s options: %w", pub, permissionHint(err))
+		}
+		changed = true
+	}
+	return changed, nil
+}
+
+func permissionHint(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42501" {
+		return &FatalError{Err: fmt.Errorf("%w (the role needs to own the publication and the tables, or be superuser)", err)}
+	}
+	return err
+}
+
+// ensureSlot creates the permanent pgoutput slot when missing and checks an
+// existing one.
+func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicationCreated bool) (created bool, err error) {
+	slot := cfg.Database.Slot
+	var plugin, db, walStatus string
+	err = conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), coalesce(wal_status, '')
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &db, &walStatus)
+	if errors.Is(err, pgx.ErrNoRows) {
+		_, err = conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "42710" { // created by another process just now
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("create replication slot %s: %w", slot, permissionHint(err))
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read replication slot %s: %w", slot, err)
+	}
+	var curDB string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&curDB); err != nil {
+		return false, err
+	}
+	if plugin != "pgoutput" || db != curDB {
+		return false, fatalf("replication slot %q exists but is not a pgoutput slot of database %s (plugin %q, database %q): choose another database.slot or drop it with SELECT pg_drop_replication_slot('%s');", slot, curDB, plugin, db, slot)
+	}
+	if walStatus == "lost" {
+		return false, fatalf("replication slot %q was invalidated by max_slot_wal_keep_size (wal_status = lost): changes since were lost to walhook. Drop it with SELECT pg_drop_replication_slot('%s'); and restart walhook to capture from now on (then use walhook backfill to resend current rows)", slot, slot)
+	}
+	if publicationCreated {
+		return false, fatalf("replication slot %q is older than publication %q, which was just created: the slot cannot decode past changes with it. Drop the slot with SELECT pg_drop_replication_slot('%s'); and restart walhook", slot, cfg.Database.Publication, slot)
+	}
+	return false, nil
+}

@@ -1,0 +1,356 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/internal/config"
+)
+
+// stream owns one replication connection: it receives pgoutput messages,
+// renders changes, hands them to the writer and confirms LSNs. It runs on a
+// single goroutine (a PgConn is not safe for concurrent use).
+type stream struct {
+	conn     *pgconn.PgConn
+	c        *Capture
+	w        *writer
+	out      chan<- batch
+	werr     <-chan error
+	log      zerolog.Logger
+	interval time.Duration
+
+	rels    map[uint32]*relation
+	rd      renderer
+	rows    []outRow
+	inTxn   bool
+	txnLSN  pglogrepl.LSN
+	txnAt   time.Time
+	seq     int32
+	skipped bool // current transaction seen but not for us
+
+	lastSentEnd pglogrepl.LSN // end of the last transaction handed to the writer
+	kaEnd       pglogrepl.LSN // keepalive WAL end known to be safe once kaNeed is flushed
+	kaNeed      pglogrepl.LSN
+	confirmed   pglogrepl.LSN
+	nextStatus  time.Time
+}
+
+// confirmLSN is what may be reported as flushed: the writer's committed LSN,
+// or, when nothing received is unwritten and no transaction is open, the
+// server's WAL end from a keepalive (so an idle slot does not hold WAL).
+func (s *stream) confirmLSN() pglogrepl.LSN {
+	f := pglogrepl.LSN(s.w.flushed.Load())
+	if s.kaEnd > f && f >= s.kaNeed {
+		f = s.kaEnd
+	}
+	if f > s.confirmed {
+		s.confirmed = f
+	}
+	return s.confirmed
+}
+
+func (s *stream) sendStatus(ctx context.Context) error {
+	lsn := s.confirmLSN()
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn, ClientTime: time.Now(),
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	s.c.confirmed.Store(uint64(lsn))
+	s.nextStatus = time.Now().Add(s.interval)
+	return nil
+}
+
+func (s *stream) run(ctx context.Context) error {
+	s.nextStatus = time.Now().Add(s.interval)
+	for {
+		if !time.Now().Before(s.nextStatus) {
+			if err := s.sendStatus(ctx); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, s.nextStatus)
+		raw, err := s.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive from replication stream: %w", err)
+		}
+		switch m := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse keepalive: %w", err)
+				}
+				if !s.inTxn {
+					s.kaEnd, s.kaNeed = ka.ServerWALEnd, s.lastSentEnd
+				}
+				if ka.ReplyRequested {
+					s.nextStatus = time.Time{}
+				}
+			case pglogrepl.XLogDataByteID:
+				x, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse XLogData: %w", err)
+				}
+				if err := s.handle(ctx, x.WALData); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func (s *stream) handle(ctx context.Context, data []byte) error {
+	msg, err := parseMessage(data)
+	if err != nil {
+		return &FatalError{Err: err}
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		return s.relation(ctx, m)
+	case *pglogrepl.BeginMessage:
+		s.inTxn, s.txnLSN, s.txnAt, s.seq = true, m.FinalLSN, m.CommitTime, 0
+	case *pglogrepl.InsertMessage:
+		return s.change(ctx, EventCreated, m.RelationID, 0, nil, m.Tuple)
+	case *pglogrepl.UpdateMessage:
+		return s.change(ctx, EventUpdated, m.RelationID, m.OldTupleType, m.OldTuple, m.NewTuple)
+	case *pglogrepl.DeleteMessage:
+		return s.change(ctx, EventDeleted, m.RelationID, m.OldTupleType, m.OldTuple, nil)
+	case *pglogrepl.TruncateMessage:
+		var names []string
+		for _, id := range m.RelationIDs {
+			if r := s.rels[id]; r != nil {
+				names = append(names, r.schema+"."+r.name)
+			}
+		}
+		s.log.Warn().Strs("tables", names).Str("lsn", s.txnLSN.String()).
+			Msg("TRUNCATE is not captured: no webhooks are sent for the removed rows")
+		s.seq++
+	case *pglogrepl.CommitMessage:
+		b := batch{rows: s.rows, commit: true, endLSN: m.TransactionEndLSN}
+		s.rows = nil
+		s.inTxn = false
+		if err := s.send(ctx, b); err != nil {
+			return err
+		}
+		s.lastSentEnd = m.TransactionEndLSN
+		s.c.received.Store(uint64(m.TransactionEndLSN))
+	}
+	return nil
+}
+
+// send hands a batch to the writer, still answering the server meanwhile.
+func (s *stream) send(ctx context.Context, b batch) error {
+	for {
+		t := time.NewTimer(time.Until(s.nextStatus))
+		select {
+		case s.out <- b:
+			t.Stop()
+			return nil
+		case err := <-s.werr:
+			t.Stop()
+			if err == nil {
+				err = errors.New("outbox writer stopped")
+			}
+			return err
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+			if err := s.sendStatus(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+	model := s.c.models[m.Namespace+"."+m.RelationName]
+	if model == nil {
+		s.rels[m.RelationID] = &relation{id: m.RelationID, schema: m.Namespace, name: m.RelationName}
+		return nil
+	}
+	for _, col := range m.Columns {
+		if err := s.c.types.resolveOID(ctx, col.DataType); err != nil {
+			return err
+		}
+	}
+	pk, err := primaryKey(ctx, s.c.source, m.RelationID)
+	if err != nil {
+		return err
+	}
+	s.rels[m.RelationID] = newRelation(m, model, pk)
+	return nil
+}
+
+func (s *stream) change(ctx context.Context, event string, relID uint32, oldType uint8, oldT, newT *pglogrepl.TupleData) error {
+	seq := s.seq
+	s.seq++
+	rel := s.rels[relID]
+	if rel == nil {
+		return fmt.Errorf("change for relation %d before its Relation message", relID)
+	}
+	if rel.model == nil {
+		return nil
+	}
+	hooks := s.c.hooks[rel.model.Model][event]
+	if len(hooks) == 0 {
+		return nil
+	}
+	var vals, old row
+	var err error
+	if oldT != nil {
+		if old, err = tupleRow(oldT, len(rel.cols)); err != nil {
+			return fmt.Errorf("%s.%s: old row: %w", rel.schema, rel.name, err)
+		}
+	}
+	keysOnly := false
+	if event == EventDeleted {
+		vals = old
+		keysOnly = oldType != 'O'
+		if vals == nil {
+			return fmt.Errorf("%s.%s: delete without old row", rel.schema, rel.name)
+		}
+	} else {
+		if vals, err = tupleRow(newT, len(rel.cols)); err != nil {
+			return fmt.Errorf("%s.%s: new row: %w", rel.schema, rel.name, err)
+		}
+	}
+	if event == EventUpdated {
+		if err := s.fillUnchanged(ctx, rel, vals, old, oldType); err != nil {
+			return err
+		}
+		if oldType == 'O' && onlyIgnoredChanged(rel, vals, old) {
+			return nil
+		}
+	}
+	body := s.rd.netboxBody(event, s.txnAt, rel, vals, keysOnly)
+	key := objectKey(rel, vals)
+	for _, h := range hooks {
+		s.rows = append(s.rows, outRow{webhook: h, event: event, model: rel.model.Model, key: key,
+			commitLSN: s.txnLSN, seq: seq, committedAt: s.txnAt, body: body})
+	}
+	if len(s.rows) >= chunkRows {
+		b := batch{rows: s.rows}
+		s.rows = nil
+		return s.send(ctx, b)
+	}
+	return nil
+}
+
+// onlyIgnoredChanged reports whether an UPDATE changed only columns listed
+// in the model's ignore_changes (needs the full old row).
+func onlyIgnoredChanged(rel *relation, vals, old row) bool {
+	if len(rel.model.IgnoreChanges) == 0 {
+		return false
+	}
+	for i, c := range rel.cols {
+		if vals[i].kind == old[i].kind && string(vals[i].data) == string(old[i].data) {
+			continue
+		}
+		if !slices.Contains(rel.model.IgnoreChanges, c.name) {
+			return false
+		}
+	}
+	return true
+}
+
+// fillUnchanged replaces unchanged TOAST values ('u') with their values:
+// from the old row image when the table has REPLICA IDENTITY FULL, else read
+// back by primary key (the current value, shortly after commit).
+func (s *stream) fillUnchanged(ctx context.Context, rel *relation, vals, old row, oldType uint8) error {
+	var missing []int
+	for i, v := range vals {
+		if v.kind != 'u' {
+			continue
+		}
+		if oldType == 'O' && old != nil && old[i].kind != 'u' {
+			vals[i] = old[i]
+			continue
+		}
+		missing = append(missing, i)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	var sel, where []string
+	var args []any
+	for _, i := range missing {
+		sel = append(sel, pgx.Identifier{rel.cols[i].name}.Sanitize())
+	}
+	for n, i := range rel.pkCols {
+		if vals[i].kind != 't' {
+			return fmt.Errorf("%s.%s: unchanged TOAST value with no key to read it back", rel.schema, rel.name)
+		}
+		where = append(where, fmt.Sprintf("%s = $%d", pgx.Identifier{rel.cols[i].name}.Sanitize(), n+1))
+		args = append(args, string(vals[i].data))
+	}
+	q := "SELECT " + strings.Join(sel, ", ") + " FROM " + pgx.Identifier{rel.schema, rel.name}.Sanitize() +
+		" WHERE " + strings.Join(where, " AND ")
+	// Simple protocol: keys go as quoted literals that PostgreSQL casts to
+	// the column types, and results come back in text format.
+	rows, err := s.c.source.Query(ctx, q, append([]any{pgx.QueryExecModeSimpleProtocol}, args...)...)
+	if err != nil {
+		return fmt.Errorf("%s.%s: read back unchanged TOAST columns: %w", rel.schema, rel.name, err)
+	}
+	defer rows.Close()
+	found := false
+	if rows.Next() {
+		found = true
+		for n, raw := range rows.RawValues() {
+			i := missing[n]
+			if raw == nil {
+				vals[i] = tupleValue{kind: 'n'}
+			} else {
+				vals[i] = tupleValue{kind: 't', data: slices.Clone(raw)}
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("%s.%s: read back unchanged TOAST columns: %w", rel.schema, rel.name, err)
+	}
+	if !found {
+		s.log.Warn().Str("table", rel.schema+"."+rel.name).Str("key", objectKey(rel, vals)).
+			Msg("row with unchanged TOAST columns is gone; those columns render as null (set REPLICA IDENTITY FULL to carry them)")
+	}
+	return nil
+}
+
+// hookIndex maps model -> event -> names of webhooks that take it.
+func hookIndex(cfg *config.Config) map[string]map[string][]string {
+	idx := map[string]map[string][]string{}
+	for _, m := range cfg.Models {
+		idx[m.Model] = map[string][]string{}
+		for _, ev := range config.Events {
+			for _, w := range cfg.Webhooks {
+				if w.Wants(m.Model, ev) {
+					idx[m.Model][ev] = append(idx[m.Model][ev], w.Name)
+				}
+			}
+		}
+	}
+	return idx
+}
