@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	"github.com/jackc/pglogrepl"
@@ -18,11 +19,68 @@ func parseMessage(data []byte) (msg pglogrepl.Message, err error) {
 	if len(data) == 0 {
 		return nil, fmt.Errorf("empty pgoutput message")
 	}
+	if err := checkTuples(data); err != nil {
+		return nil, err
+	}
 	msg, err = pglogrepl.Parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("parse pgoutput message: %w", err)
 	}
 	return msg, nil
+}
+
+// checkTuples verifies the length fields of Insert, Update and Delete
+// messages before pglogrepl trusts them (a bad length would otherwise make it
+// allocate or slice out of range).
+func checkTuples(data []byte) error {
+	switch data[0] {
+	case 'I', 'U', 'D':
+	case 'T': // relation count, options, relation ids
+		if len(data) < 6 || int64(binary.BigEndian.Uint32(data[1:]))*4 != int64(len(data)-6) {
+			return fmt.Errorf("malformed pgoutput TRUNCATE message (%d bytes)", len(data))
+		}
+		return nil
+	default:
+		return nil
+	}
+	i := 5 // type byte + relation id
+	for tuples := 0; ; tuples++ {
+		if i >= len(data) {
+			if tuples == 0 {
+				return fmt.Errorf("malformed pgoutput %q message: no tuple", data[0])
+			}
+			return nil
+		}
+		switch data[i] {
+		case 'K', 'O', 'N':
+		default:
+			return fmt.Errorf("malformed pgoutput %q message: tuple marker %q", data[0], data[i])
+		}
+		i++
+		if i+2 > len(data) {
+			return fmt.Errorf("malformed pgoutput %q message: truncated tuple", data[0])
+		}
+		n := int(binary.BigEndian.Uint16(data[i:]))
+		i += 2
+		for c := 0; c < n; c++ {
+			if i >= len(data) {
+				return fmt.Errorf("malformed pgoutput %q message: truncated tuple", data[0])
+			}
+			kind := data[i]
+			i++
+			if kind == 't' || kind == 'b' {
+				if i+4 > len(data) {
+					return fmt.Errorf("malformed pgoutput %q message: truncated value", data[0])
+				}
+				l := int(binary.BigEndian.Uint32(data[i:]))
+				i += 4
+				if l < 0 || l > len(data)-i {
+					return fmt.Errorf("malformed pgoutput %q message: value length %d beyond the message", data[0], l)
+				}
+				i += l
+			}
+		}
+	}
 }
 
 func firstByte(b []byte) byte {

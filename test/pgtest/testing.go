@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -12,7 +13,14 @@ import (
 //
 //	var pg *pgtest.Cluster
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
+//
+// Fuzzing workers (which only run fuzz targets) get no cluster.
 func Main(m *testing.M, c **Cluster) int {
+	for _, a := range os.Args {
+		if strings.HasPrefix(a, "-test.fuzzworker") {
+			return m.Run()
+		}
+	}
 	cl, err := Start(context.Background(), Options{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
