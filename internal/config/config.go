@@ -4,6 +4,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net/url"
 	"regexp"
 	"strings"
@@ -34,19 +35,19 @@ type Database struct {
 
 // Model maps one table to a model name and says how its rows render.
 type Model struct {
-	Table         string               `yaml:"table"`
-	Model         string               `yaml:"model"`
-	Exclude       []string             `yaml:"exclude"`
-	Rename        map[string]string    `yaml:"rename"`
-	URL           string               `yaml:"url"`
-	Relations     map[string]Relation  `yaml:"relations"`
-	Computed      map[string]Computed  `yaml:"computed"`
-	Choices       map[string]Choices   `yaml:"choices"`
-	IgnoreChanges []string             `yaml:"ignore_changes"`
-	ObjectType    string               `yaml:"object_type"`
-	Line          int                  `yaml:"-"`
-	Schema        string               `yaml:"-"` // schema part of Table
-	Name          string               `yaml:"-"` // table part of Table
+	Table         string              `yaml:"table"`
+	Model         string              `yaml:"model"`
+	Exclude       []string            `yaml:"exclude"`
+	Rename        map[string]string   `yaml:"rename"`
+	URL           string              `yaml:"url"`
+	Relations     map[string]Relation `yaml:"relations"`
+	Computed      map[string]Computed `yaml:"computed"`
+	Choices       map[string]Choices  `yaml:"choices"`
+	IgnoreChanges []string            `yaml:"ignore_changes"`
+	ObjectType    string              `yaml:"object_type"`
+	Line          int                 `yaml:"-"`
+	Schema        string              `yaml:"-"` // schema part of Table
+	Name          string              `yaml:"-"` // table part of Table
 }
 
 // QualifiedTable is "schema.table" with the parts unquoted.
@@ -150,8 +151,8 @@ func ParseDuration(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if n, ok := strings.CutSuffix(s, "d"); ok && n != "" && !strings.ContainsAny(n, "hmsuµn") {
 		d, err := time.ParseDuration(n + "h")
-		if err != nil {
-			return 0, fmt.Errorf("invalid duration %q", s)
+		if err != nil || d > math.MaxInt64/24 || d < math.MinInt64/24 {
+			return 0, fmt.Errorf("invalid duration %q (use e.g. 500ms, 10s, 5m, 1h, 7d)", s)
 		}
 		return d * 24, nil
 	}

@@ -1,8 +1,10 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -12,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"text/template"
+	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -57,45 +61,113 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse parses and validates configuration bytes; file names them in errors
-// and lookup resolves ${VAR} references.
+// and lookup resolves ${VAR} references (nil means os.LookupEnv). It returns
+// either a valid *Config or an *Error listing every problem found, sorted by
+// line: syntax, unknown keys, values of the wrong type, unset variables and
+// invalid settings are all reported in one go.
 func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
-	p := &parser{file: file, lines: map[string]int{}}
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		p.addYAMLError(err)
-		return nil, &Error{Problems: p.problems}
+	if lookup == nil {
+		lookup = os.LookupEnv
 	}
-	if len(root.Content) == 0 {
-		p.add(0, "the file is empty: it needs at least database.dsn, models and webhooks")
-		return nil, &Error{Problems: p.problems}
+	p := &parser{
+		file:     file,
+		data:     data,
+		lines:    map[string]int{},
+		bad:      map[string]bool{},
+		nulls:    map[string]bool{},
+		badNodes: map[*yaml.Node]bool{},
+		keysSeen: map[*yaml.Node]bool{},
+		merging:  map[*yaml.Node]bool{},
 	}
-	doc := root.Content[0]
-	p.expand(doc, lookup)
-	p.walk(doc, reflect.TypeOf(Config{}), "")
-	var c Config
-	if err := doc.Decode(&c); err != nil {
-		p.addYAMLError(err)
-	}
-	c.File = file
-	if len(p.problems) == 0 {
-		p.defaults(&c)
-		p.validate(&c)
-	}
-	if len(p.problems) > 0 {
+	c, ok := p.parse(lookup)
+	if !ok || len(p.problems) > 0 {
+		if len(p.problems) == 0 { // cannot happen; never return an empty *Error
+			p.add(0, "invalid configuration")
+		}
 		sort.SliceStable(p.problems, func(i, j int) bool { return p.problems[i].Line < p.problems[j].Line })
 		return nil, &Error{Problems: p.problems}
 	}
-	return &c, nil
+	return c, nil
+}
+
+func (p *parser) parse(lookup func(string) (string, bool)) (*Config, bool) {
+	dec := yaml.NewDecoder(bytes.NewReader(p.data))
+	var root yaml.Node
+	if err := dec.Decode(&root); err != nil && !errors.Is(err, io.EOF) {
+		p.addSyntaxError(err)
+		return nil, false
+	}
+	if len(root.Content) == 0 || isNull(root.Content[0]) {
+		p.add(0, "the file is empty: it needs at least database.dsn, models and webhooks")
+		return nil, false
+	}
+	var next yaml.Node
+	if err := dec.Decode(&next); err != nil && !errors.Is(err, io.EOF) {
+		p.addSyntaxError(err)
+	} else if err == nil && len(next.Content) > 0 && !isNull(next.Content[0]) {
+		p.add(next.Line, "only one YAML document is allowed: remove this '---' and what follows, or merge it into the first document")
+	}
+	doc := root.Content[0]
+	if doc.Kind != yaml.MappingNode {
+		p.add(doc.Line, "the configuration must be a mapping of keys (database, models, webhooks, ...), not %s", kindName(doc))
+		return nil, false
+	}
+	p.expand(doc, lookup)
+	p.walk(doc, reflect.TypeOf(Config{}), "")
+	if p.steps >= maxWalk {
+		return nil, false // Decode would expand the same aliases
+	}
+	var c Config
+	if err := doc.Decode(&c); err != nil {
+		// walk has already reported (and neutralised) what it could
+		// recognise; anything left (e.g. a repeated key inside
+		// conditions, which walk does not descend into) comes here.
+		p.addYAMLError(err)
+	}
+	c.File = p.file
+	p.defaults(&c)
+	p.validate(&c)
+	return &c, true
 }
 
 type parser struct {
 	file     string
+	data     []byte
 	problems []Problem
-	lines    map[string]int // path ("webhooks[0].url") -> line
+	lines    map[string]int  // path ("webhooks[0].url") -> line
+	bad      map[string]bool // paths whose value was reported as unusable
+	nulls    map[string]bool // paths given as null (same as absent)
+	badNodes map[*yaml.Node]bool
+	keysSeen map[*yaml.Node]bool // unknown keys already reported
+	merging  map[*yaml.Node]bool // merge sources being walked (cycle guard)
+	steps    int
 }
 
 func (p *parser) add(line int, format string, args ...any) {
 	p.problems = append(p.problems, Problem{File: p.file, Line: line, Msg: fmt.Sprintf(format, args...)})
+}
+
+// at reports a problem about the value at path, at its line, unless the value
+// (or one containing it) was already reported as unusable: one mistake gives
+// one message, not a cascade.
+func (p *parser) at(path, format string, args ...any) {
+	for q := path; ; {
+		if p.bad[q] {
+			return
+		}
+		i := strings.LastIndexAny(q, ".[")
+		if i < 0 {
+			break
+		}
+		q = q[:i]
+	}
+	p.add(p.line(path), format, args...)
+}
+
+// given reports whether path was written in the file with a non-null value.
+func (p *parser) given(path string) bool {
+	_, ok := p.lines[path]
+	return ok && !p.nulls[path]
 }
 
 var yamlLineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
@@ -118,6 +190,71 @@ func (p *parser) addYAMLError(err error) {
 	}
 }
 
+// parserErrors are the problems reported by yaml.v3's parser (as opposed to
+// its scanner). For those, yaml.v3 prints the 0-based line of the mark (and
+// no line at all for the first line), so the line must be shifted by one.
+var parserErrors = map[string]string{
+	"did not find expected key":              " (in a mapping: check the indentation of its keys)",
+	"did not find expected '-' indicator":    " (in a list: check the indentation of its items)",
+	"did not find expected ',' or ']'":       " (in a [...] list: is a ']' missing? quote values that contain { } [ ] or ',', e.g. \"${VAR}\")",
+	"did not find expected ',' or '}'":       " (in a {...} mapping: is a '}' missing? quote values that contain { } [ ] or ',')",
+	"did not find expected node content":     "",
+	"found undefined tag handle":             "",
+	"did not find expected <document start>": "",
+	"did not find expected <stream-start>":   "",
+	"found duplicate %YAML directive":        "",
+	"found incompatible YAML document":       "",
+	"found duplicate %TAG directive":         "",
+}
+
+var anchorRE = regexp.MustCompile(`^unknown anchor '(.*)' referenced$`)
+
+// addSyntaxError reports a YAML syntax error with the line it is on.
+func (p *parser) addSyntaxError(err error) {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if g := yamlLineRE.FindStringSubmatch(msg); g != nil {
+		line, _ = strconv.Atoi(g[1])
+		msg = g[2]
+	}
+	if hint, ok := parserErrors[msg]; ok {
+		line++
+		msg += hint
+	} else if g := anchorRE.FindStringSubmatch(msg); g != nil {
+		line = lineOf(p.data, bytes.Index(p.data, []byte("*"+g[1])))
+		msg = fmt.Sprintf("alias *%s refers to no anchor &%s defined before it", g[1], g[1])
+	} else if line == 0 {
+		// Reader errors (bad UTF-8, control characters) carry no line.
+		line = lineOf(p.data, badRuneOffset(p.data))
+	}
+	p.add(line, "invalid YAML: %s", msg)
+}
+
+// lineOf returns the 1-based line of byte offset off in data (0 if off < 0).
+func lineOf(data []byte, off int) int {
+	if off < 0 || off > len(data) {
+		return 0
+	}
+	return bytes.Count(data[:off], []byte("\n")) + 1
+}
+
+// badRuneOffset returns the offset of the first byte YAML does not accept
+// (invalid UTF-8 or a control character), or -1.
+func badRuneOffset(data []byte) int {
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			return i
+		case r == '\t' || r == '\n' || r == '\r' || r == 0x85:
+		case r < 0x20 || (r >= 0x7f && r < 0xa0) || (r >= 0xd800 && r <= 0xdfff) || r == 0xfffe || r == 0xffff:
+			return i
+		}
+		i += size
+	}
+	return -1
+}
+
 // line returns the line of path, or of its nearest parent that has one.
 func (p *parser) line(path string) int {
 	for path != "" {
@@ -137,28 +274,47 @@ var envRE = regexp.MustCompile(`\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`
 
 // expand replaces ${VAR} and ${VAR:-default} in every scalar; "$$" is a
 // literal "$". An unset variable without a default is a problem: a missing
-// secret must not silently turn into an unsigned webhook.
+// secret must not silently turn into an unsigned webhook. An unquoted value
+// takes the YAML type of its expansion (so "concurrency: ${N}" is a number);
+// a quoted one stays a string, and one that expands to nothing is "".
 func (p *parser) expand(n *yaml.Node, lookup func(string) (string, bool)) {
 	if n.Kind == yaml.ScalarNode && strings.Contains(n.Value, "$") {
-		changed := false
-		n.Value = envRE.ReplaceAllStringFunc(n.Value, func(m string) string {
-			changed = true
-			if m == "$$" {
-				return "$"
+		var b strings.Builder
+		last, changed := 0, false
+		for _, m := range envRE.FindAllStringSubmatchIndex(n.Value, -1) {
+			b.WriteString(n.Value[last:m[0]])
+			last, changed = m[1], true
+			if n.Value[m[0]:m[1]] == "$$" {
+				b.WriteByte('$')
+				continue
 			}
-			g := envRE.FindStringSubmatch(m)
-			if v, ok := lookup(g[1]); ok && (v != "" || g[2] == "") {
-				return v
+			name := n.Value[m[2]:m[3]]
+			hasDef := m[4] >= 0
+			if v, ok := lookup(name); ok && (v != "" || !hasDef) {
+				b.WriteString(v)
+			} else if hasDef {
+				b.WriteString(n.Value[m[6]:m[7]])
+			} else {
+				line := n.Line
+				if n.Style&yaml.LiteralStyle != 0 { // content starts on the next line
+					line += 1 + strings.Count(n.Value[:m[0]], "\n")
+				}
+				p.add(line, "environment variable %s is not set (use ${%s:-default} for an optional value)", name, name)
+				p.badNodes[n] = true
 			}
-			if g[2] != "" {
-				return g[3]
+		}
+		if changed {
+			b.WriteString(n.Value[last:])
+			n.Value = b.String()
+			const literal = yaml.DoubleQuotedStyle | yaml.SingleQuotedStyle | yaml.LiteralStyle | yaml.FoldedStyle | yaml.TaggedStyle
+			if n.Style&literal == 0 && (n.Tag == "" || n.Tag == "!!str") {
+				n.Tag = "" // let the expanded text resolve to its own type (numbers, booleans)
+				if n.Value == "" {
+					n.Tag = "!!str" // an empty expansion is an empty string, not null
+				} else {
+					n.Tag = n.ShortTag()
+				}
 			}
-			p.add(n.Line, "environment variable %s is not set (use ${%s:-default} for an optional value)", g[1], g[1])
-			return ""
-		})
-		if changed && n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle|yaml.LiteralStyle|yaml.FoldedStyle) == 0 && (n.Tag == "" || n.Tag == "!!str") {
-			n.Tag = "" // let the expanded text resolve to its own type (numbers, booleans)
-			n.Tag = n.ShortTag()
 		}
 	}
 	for _, c := range n.Content {
@@ -168,30 +324,61 @@ func (p *parser) expand(n *yaml.Node, lookup func(string) (string, bool)) {
 
 var durationType = reflect.TypeOf(Duration(0))
 
-// walk records the line of every path and reports keys that are not part of
-// the schema, with their lines, so that all of them are listed at once.
+// maxWalk bounds the nodes walked, aliases included, so that a document
+// that multiplies nodes through aliases cannot make loading hang.
+const maxWalk = 200000
+
+// walk records the line of every path, reports keys that are not part of the
+// schema and values of the wrong kind or type, with their lines, so that all
+// of them are listed at once. A value it reports is replaced in the tree by
+// the zero value of its type, so that Decode neither reports it again nor
+// drops it from a list (which would shift the indices of later items).
 func (p *parser) walk(n *yaml.Node, t reflect.Type, path string) {
-	if n.Kind == yaml.AliasNode && n.Alias != nil {
+	if p.steps++; p.steps == maxWalk {
+		p.add(n.Line, "the configuration is too large or expands too many aliases")
+	}
+	if p.steps >= maxWalk {
+		return
+	}
+	orig := n
+	if n.Kind == yaml.AliasNode {
+		if n.Alias == nil {
+			return
+		}
 		n = n.Alias
 	}
 	if path != "" {
 		if _, ok := p.lines[path]; !ok {
-			p.lines[path] = n.Line
+			p.lines[path] = orig.Line
 		}
+	}
+	if p.badNodes[n] { // an unset variable, already reported
+		p.bad[path] = true
+		*orig = zeroNode(t, orig)
+		return
+	}
+	if isNull(n) {
+		p.nulls[path] = true
+		return
 	}
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if t == durationType {
-		return
-	}
-	switch t.Kind() {
-	case reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			return // Decode reports the type error
+	switch {
+	case t == durationType:
+		if n.Kind != yaml.ScalarNode {
+			p.wrongKind(orig, n, t, path)
+		} else if _, err := ParseDuration(n.Value); err != nil {
+			p.badValue(orig, t, path, "%s: %v", path, err)
 		}
-		fields := map[string]reflect.Type{}
+	case t.Kind() == reflect.Interface:
+	case t.Kind() == reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			p.wrongKind(orig, n, t, path)
+			return
+		}
 		var names []string
+		fields := map[string]reflect.Type{}
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
 			tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
@@ -201,40 +388,204 @@ func (p *parser) walk(n *yaml.Node, t reflect.Type, path string) {
 			fields[tag] = f.Type
 			names = append(names, tag)
 		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			if k.Value == "<<" {
-				continue
-			}
-			ft, ok := fields[k.Value]
-			if !ok {
-				where := path
-				if where == "" {
-					where = "the top level"
-				}
-				p.add(k.Line, "unknown key %q in %s%s", k.Value, where, suggest(k.Value, names))
-				continue
-			}
-			p.lines[join(path, k.Value)] = k.Line
-			p.walk(v, ft, join(path, k.Value))
-		}
-	case reflect.Map:
+		p.dedupe(n, path)
+		p.walkFields(n, fields, names, path, false)
+	case t.Kind() == reflect.Map:
 		if n.Kind != yaml.MappingNode {
+			p.wrongKind(orig, n, t, path)
 			return
 		}
+		p.dedupe(n, path)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			p.lines[join(path, k.Value)] = k.Line
 			p.walk(v, t.Elem(), join(path, k.Value))
 		}
-	case reflect.Slice:
+	case t.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
+			p.wrongKind(orig, n, t, path)
 			return
 		}
+		et := t.Elem()
 		for i, c := range n.Content {
-			p.walk(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
+			if e := c; isNull(resolve(e)) && et.Kind() != reflect.Pointer && et.Kind() != reflect.Interface {
+				// Decode would silently drop a null item; keep it as
+				// an empty one so later indices (and lines) stay right.
+				*c = zeroNode(et, c)
+			}
+			p.walk(c, et, fmt.Sprintf("%s[%d]", path, i))
+		}
+	default: // scalars: string, bool, int
+		if n.Kind != yaml.ScalarNode {
+			p.wrongKind(orig, n, t, path)
+			return
+		}
+		if err := n.Decode(reflect.New(t).Interface()); err != nil {
+			switch t.Kind() {
+			case reflect.Bool:
+				p.badValue(orig, t, path, "%s: %q is not true or false", path, n.Value)
+			case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+				p.badValue(orig, t, path, "%s: %q is not a whole number", path, n.Value)
+			default:
+				p.badValue(orig, t, path, "%s: %s", path, strings.TrimPrefix(yamlLineRE.ReplaceAllString(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "), "$2"), "yaml: "))
+			}
 		}
 	}
+}
+
+// dedupe reports keys written twice in mapping n and removes the repeats:
+// yaml.v3 would otherwise discard the whole mapping (and, in a list, shift
+// the items after it).
+func (p *parser) dedupe(n *yaml.Node, path string) {
+	seen := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); {
+		k := n.Content[i]
+		if prev, dup := seen[k.Value]; dup && prev.Kind == k.Kind {
+			p.add(k.Line, "%s: key %q is repeated (first at line %d): remove one", or(path, "the top level"), k.Value, prev.Line)
+			n.Content = append(n.Content[:i:i], n.Content[i+2:]...)
+			continue
+		}
+		seen[k.Value] = k
+		i += 2
+	}
+}
+
+// walkFields checks the keys of mapping n against a struct's fields; merged
+// is true for a mapping merged in with "<<", whose keys do not override
+// those written in the mapping itself.
+func (p *parser) walkFields(n *yaml.Node, fields map[string]reflect.Type, names []string, path string, merged bool) {
+	var merges []*yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if isMerge(k) {
+			merges = append(merges, v)
+			continue
+		}
+		ft, ok := fields[k.Value]
+		if !ok {
+			if !p.keysSeen[k] { // a key reached again through an alias is reported once
+				p.keysSeen[k] = true
+				where := path
+				if where == "" {
+					where = "the top level"
+				}
+				p.add(k.Line, "unknown key %q in %s%s", k.Value, where, suggest(k.Value, names))
+			}
+			continue
+		}
+		kp := join(path, k.Value)
+		if merged {
+			if _, done := p.lines[kp]; done {
+				continue
+			}
+		}
+		p.lines[kp] = k.Line
+		p.walk(v, ft, kp)
+	}
+	for _, v := range merges {
+		srcs := []*yaml.Node{v}
+		if r := resolve(v); r.Kind == yaml.SequenceNode {
+			srcs = r.Content
+		}
+		for _, s := range srcs {
+			m := resolve(s)
+			if m.Kind != yaml.MappingNode {
+				p.add(s.Line, "%s: a merge (<<) needs a mapping or a list of mappings, not %s", or(path, "the top level"), kindName(m))
+				*v = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: v.Line, Column: v.Column}
+				break
+			}
+			if p.merging[m] {
+				p.add(s.Line, "%s: a merge (<<) includes the mapping it is in", or(path, "the top level"))
+				*v = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: v.Line, Column: v.Column}
+				break
+			}
+			p.merging[m] = true
+			p.walkFields(m, fields, names, path, true)
+			delete(p.merging, m)
+		}
+	}
+}
+
+// wrongKind reports a mapping, list or scalar where another kind is needed.
+func (p *parser) wrongKind(orig, n *yaml.Node, t reflect.Type, path string) {
+	p.badValue(orig, t, path, "%s: expected %s, got %s", or(path, "the top level"), kindWanted(t), kindName(n))
+}
+
+// badValue reports the value at path and replaces it by its zero value.
+func (p *parser) badValue(orig *yaml.Node, t reflect.Type, path, format string, args ...any) {
+	p.add(orig.Line, format, args...)
+	p.bad[path] = true
+	*orig = zeroNode(t, orig)
+}
+
+// zeroNode returns a node that decodes to the zero value of t, at the
+// position of at.
+func zeroNode(t reflect.Type, at *yaml.Node) yaml.Node {
+	n := yaml.Node{Kind: yaml.ScalarNode, Line: at.Line, Column: at.Column}
+	switch {
+	case t == durationType:
+		n.Tag, n.Value = "!!str", "0s"
+	case t.Kind() == reflect.Struct || t.Kind() == reflect.Map:
+		n.Kind, n.Tag = yaml.MappingNode, "!!map"
+	case t.Kind() == reflect.Slice:
+		n.Kind, n.Tag = yaml.SequenceNode, "!!seq"
+	case t.Kind() == reflect.String:
+		n.Tag = "!!str"
+	case t.Kind() == reflect.Bool:
+		n.Tag, n.Value = "!!bool", "false"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Float64:
+		n.Tag, n.Value = "!!int", "0"
+	default: // pointers, interfaces
+		n.Tag, n.Value = "!!null", "null"
+	}
+	return n
+}
+
+func resolve(n *yaml.Node) *yaml.Node {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		return n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+// isMerge matches yaml.v3's test for a "<<" merge key.
+func isMerge(k *yaml.Node) bool {
+	return k.Kind == yaml.ScalarNode && k.Value == "<<" && (k.Tag == "" || k.Tag == "!" || k.ShortTag() == "!!merge")
+}
+
+func kindName(n *yaml.Node) string {
+	switch resolve(n).Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		return "a scalar"
+	}
+	return "an alias"
+}
+
+func kindWanted(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t == durationType:
+		return "a duration"
+	case t.Kind() == reflect.Struct || t.Kind() == reflect.Map:
+		return "a mapping"
+	case t.Kind() == reflect.Slice:
+		return "a list"
+	case t.Kind() == reflect.Bool:
+		return "true or false"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
+		return "a whole number"
+	}
+	return "a string"
 }
 
 func join(path, key string) string {
@@ -244,13 +595,62 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
+// suggest returns a " (did you mean ...?)" hint for an unknown key, or the
+// list of known keys when none is close.
 func suggest(key string, names []string) string {
-	for _, n := range names {
-		if strings.EqualFold(n, key) || strings.ReplaceAll(n, "_", "") == strings.ReplaceAll(strings.ToLower(key), "-", "") {
-			return fmt.Sprintf(" (did you mean %q?)", n)
-		}
+	if c := closest(key, names); c != "" {
+		return fmt.Sprintf(" (did you mean %q?)", c)
 	}
 	return " (known keys: " + strings.Join(names, ", ") + ")"
+}
+
+// closest returns the candidate that s most likely misspells, or "": the same
+// name up to case, "_" and "-", or one at a small edit distance.
+func closest(s string, candidates []string) string {
+	norm := func(x string) string {
+		return strings.NewReplacer("_", "", "-", "").Replace(strings.ToLower(x))
+	}
+	for _, c := range candidates {
+		if norm(c) == norm(s) {
+			return c
+		}
+	}
+	limit := 2
+	switch n := utf8.RuneCountInString(s); {
+	case n <= 2:
+		return ""
+	case n <= 4:
+		limit = 1
+	}
+	best, bestD := "", limit+1
+	for _, c := range candidates {
+		if d := editDistance(strings.ToLower(s), strings.ToLower(c)); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, in runes.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	prev := make([]int, len(rb)+1)
+	cur := make([]int, len(rb)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		cur[0] = i
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(rb)]
 }
 
 // UnmarshalYAML parses durations such as "10s" or "7d".
@@ -274,36 +674,39 @@ func (p *parser) defaults(c *Config) {
 		m.Schema, m.Name = SplitTable(m.Table)
 		m.Model = or(m.Model, m.Name)
 	}
+	// A duration or number written as 0 stays 0 (and is reported as not
+	// positive); only an absent or null one takes the default.
 	for i := range c.Webhooks {
 		w := &c.Webhooks[i]
-		w.Line = p.line(fmt.Sprintf("webhooks[%d]", i))
+		path := fmt.Sprintf("webhooks[%d]", i)
+		w.Line = p.line(path)
 		w.HTTPMethod = strings.ToUpper(or(w.HTTPMethod, "POST"))
 		w.ContentType = or(w.ContentType, "application/json")
 		w.Format = or(w.Format, "netbox")
 		w.Signature = or(w.Signature, "netbox")
 		w.Coalesce = or(w.Coalesce, "none")
-		if w.Timeout == 0 {
-			w.Timeout = Duration(10e9)
+		if w.Timeout == 0 && !p.given(path+".timeout") {
+			w.Timeout = Duration(10 * time.Second)
 		}
-		if w.Retry.MaxAttempts == 0 && p.lines[fmt.Sprintf("webhooks[%d].retry.max_attempts", i)] == 0 {
+		if w.Retry.MaxAttempts == 0 && !p.given(path+".retry.max_attempts") {
 			w.Retry.MaxAttempts = 8
 		}
-		if w.Retry.InitialInterval == 0 && p.lines[fmt.Sprintf("webhooks[%d].retry.initial_interval", i)] == 0 {
-			w.Retry.InitialInterval = Duration(5e9)
+		if w.Retry.InitialInterval == 0 && !p.given(path+".retry.initial_interval") {
+			w.Retry.InitialInterval = Duration(5 * time.Second)
 		}
-		if w.Retry.MaxInterval == 0 && p.lines[fmt.Sprintf("webhooks[%d].retry.max_interval", i)] == 0 {
-			w.Retry.MaxInterval = Duration(3600e9)
+		if w.Retry.MaxInterval == 0 && !p.given(path+".retry.max_interval") {
+			w.Retry.MaxInterval = Duration(time.Hour)
 		}
 	}
 	d := &c.Dispatch
-	if d.Concurrency == 0 && p.lines["dispatch.concurrency"] == 0 {
+	if d.Concurrency == 0 && !p.given("dispatch.concurrency") {
 		d.Concurrency = 16
 	}
-	if d.PollInterval == 0 && p.lines["dispatch.poll_interval"] == 0 {
-		d.PollInterval = Duration(1e9)
+	if d.PollInterval == 0 && !p.given("dispatch.poll_interval") {
+		d.PollInterval = Duration(time.Second)
 	}
-	if d.Retention == 0 && p.lines["dispatch.retention"] == 0 {
-		d.Retention = Duration(168 * 3600e9)
+	if d.Retention == 0 && !p.given("dispatch.retention") {
+		d.Retention = Duration(7 * 24 * time.Hour)
 	}
 	c.Log.Level = or(c.Log.Level, "info")
 	c.Log.Format = or(c.Log.Format, "json")
@@ -328,131 +731,140 @@ func or(v, def string) string {
 func (p *parser) validate(c *Config) {
 	db := c.Database
 	if strings.TrimSpace(db.DSN) == "" {
-		p.add(p.line("database"), "database.dsn is required (e.g. postgres://walhook@localhost:5432/app)")
+		p.at("database.dsn", "database.dsn is required (e.g. postgres://walhook@localhost:5432/app)")
 	}
 	for _, f := range []struct{ key, v string }{{"schema", db.Schema}, {"slot", db.Slot}, {"publication", db.Publication}} {
 		if !ValidIdentifier(f.v) {
-			p.add(p.line("database."+f.key), "database.%s %q is not a valid name: use lower-case letters, digits and _ (at most 63, not starting with a digit)", f.key, f.v)
+			p.at("database."+f.key, "database.%s %q is not a valid name: use lower-case letters, digits and _ (at most 63, not starting with a digit)", f.key, f.v)
 		}
 	}
 	if len(c.Models) == 0 {
-		p.add(p.line("models"), "models: at least one table must be configured")
+		p.at("models", "models: at least one table must be configured")
 	}
 	tables, models := map[string]int{}, map[string]bool{}
 	for i, m := range c.Models {
 		path := fmt.Sprintf("models[%d]", i)
 		if m.Name == "" || m.Schema == "" || strings.Count(m.Table, ".") > 1 {
-			p.add(p.line(path+".table"), "models[%d].table %q: give a table as name or schema.name", i, m.Table)
+			p.at(path+".table", "models[%d].table %q: give a table as name or schema.name", i, m.Table)
 			continue
 		}
 		if prev, dup := tables[m.QualifiedTable()]; dup {
-			p.add(p.line(path+".table"), "table %s is configured twice (also at line %d)", m.QualifiedTable(), prev)
+			p.at(path+".table", "table %s is configured twice (also at line %d)", m.QualifiedTable(), prev)
 		}
 		tables[m.QualifiedTable()] = p.line(path + ".table")
 		if models[m.Model] {
-			p.add(p.line(path+".model"), "model name %q is used twice", m.Model)
+			p.at(path+".model", "model name %q is used twice", m.Model)
 		}
 		models[m.Model] = true
-		for col, r := range m.Relations {
-			rp := path + ".relations." + col
+		for _, col := range sortedKeys(m.Relations) {
+			r, rp := m.Relations[col], path+".relations."+col
 			if r.Table == "" {
-				p.add(p.line(rp), "relation %s needs a table", col)
+				p.at(rp, "relation %s needs a table", col)
 			}
 			if len(r.Columns) == 0 {
-				p.add(p.line(rp), "relation %s needs columns", col)
+				p.at(rp, "relation %s needs columns", col)
 			}
 		}
-		for name, cp := range m.Computed {
-			if strings.TrimSpace(cp.SQL) == "" {
-				p.add(p.line(path+".computed."+name), "computed field %s needs sql", name)
+		for _, name := range sortedKeys(m.Computed) {
+			if strings.TrimSpace(m.Computed[name].SQL) == "" {
+				p.at(path+".computed."+name, "computed field %s needs sql", name)
 			}
 		}
 	}
+	modelNames := sortedKeys(models)
 	names := map[string]bool{}
 	for i, w := range c.Webhooks {
 		path := fmt.Sprintf("webhooks[%d]", i)
 		if w.Name == "" {
-			p.add(p.line(path), "webhooks[%d] needs a name", i)
+			p.at(path+".name", "webhooks[%d] needs a name", i)
 		} else if names[w.Name] {
-			p.add(p.line(path+".name"), "duplicate webhook name %q", w.Name)
+			p.at(path+".name", "duplicate webhook name %q", w.Name)
 		}
 		names[w.Name] = true
 		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			p.add(p.line(path+".url"), "webhook %q: url %q is not an http(s) URL", w.Name, RedactURL(w.URL))
+			p.at(path+".url", "webhook %q: url %q is not an http(s) URL", w.Name, RedactURL(w.URL))
 		}
 		for j, m := range w.Models {
 			if !models[m] {
-				p.add(p.line(fmt.Sprintf("%s.models[%d]", path, j)), "webhook %q names unknown model %q (models are: %s)", w.Name, m, strings.Join(sortedKeys(models), ", "))
+				hint := " (models are: " + strings.Join(modelNames, ", ") + ")"
+				if s := closest(m, modelNames); s != "" {
+					hint = fmt.Sprintf(" (did you mean %q?)", s)
+				}
+				p.at(fmt.Sprintf("%s.models[%d]", path, j), "webhook %q names unknown model %q%s", w.Name, m, hint)
 			}
 		}
 		for j, e := range w.Events {
 			if !contains(Events, e) {
-				p.add(p.line(fmt.Sprintf("%s.events[%d]", path, j)), "webhook %q: unknown event %q (use created, updated, deleted)", w.Name, e)
+				hint := ""
+				if s := closest(e, Events); s != "" {
+					hint = fmt.Sprintf(", did you mean %q?", s)
+				}
+				p.at(fmt.Sprintf("%s.events[%d]", path, j), "webhook %q: unknown event %q (use created, updated, deleted%s)", w.Name, e, hint)
 			}
 		}
 		if !contains([]string{"POST", "PUT", "PATCH"}, w.HTTPMethod) {
-			p.add(p.line(path+".http_method"), "webhook %q: http_method %q must be POST, PUT or PATCH", w.Name, w.HTTPMethod)
+			p.at(path+".http_method", "webhook %q: http_method %q must be POST, PUT or PATCH", w.Name, w.HTTPMethod)
 		}
 		if w.Timeout <= 0 {
-			p.add(p.line(path+".timeout"), "webhook %q: timeout must be positive", w.Name)
+			p.at(path+".timeout", "webhook %q: timeout must be positive", w.Name)
 		}
 		if w.Retry.MaxAttempts <= 0 {
-			p.add(p.line(path+".retry.max_attempts"), "webhook %q: retry.max_attempts must be positive", w.Name)
+			p.at(path+".retry.max_attempts", "webhook %q: retry.max_attempts must be positive", w.Name)
 		}
 		if w.Retry.InitialInterval <= 0 {
-			p.add(p.line(path+".retry.initial_interval"), "webhook %q: retry.initial_interval must be positive", w.Name)
+			p.at(path+".retry.initial_interval", "webhook %q: retry.initial_interval must be positive", w.Name)
 		}
 		if w.Retry.MaxInterval <= 0 {
-			p.add(p.line(path+".retry.max_interval"), "webhook %q: retry.max_interval must be positive", w.Name)
+			p.at(path+".retry.max_interval", "webhook %q: retry.max_interval must be positive", w.Name)
 		} else if w.Retry.MaxInterval < w.Retry.InitialInterval {
-			p.add(p.line(path+".retry.max_interval"), "webhook %q: retry.max_interval is shorter than initial_interval", w.Name)
+			p.at(path+".retry.max_interval", "webhook %q: retry.max_interval is shorter than initial_interval", w.Name)
 		}
-		for k := range w.Headers {
+		for _, k := range sortedKeys(w.Headers) {
 			if strings.ContainsAny(k, " :\r\n") || k == "" {
-				p.add(p.line(path+".headers."+k), "webhook %q: %q is not a valid header name", w.Name, k)
+				p.at(path+".headers."+k, "webhook %q: %q is not a valid header name", w.Name, k)
 			}
 		}
 		if !contains([]string{"netbox", "netbox-v4"}, w.Format) {
-			p.add(p.line(path+".format"), "webhook %q: format %q must be netbox or netbox-v4", w.Name, w.Format)
+			p.at(path+".format", "webhook %q: format %q must be netbox or netbox-v4", w.Name, w.Format)
 		}
 		if !contains([]string{"netbox", "standard-webhooks", "both"}, w.Signature) {
-			p.add(p.line(path+".signature"), "webhook %q: signature %q must be netbox, standard-webhooks or both", w.Name, w.Signature)
+			p.at(path+".signature", "webhook %q: signature %q must be netbox, standard-webhooks or both", w.Name, w.Signature)
 		}
 		if !contains([]string{"none", "transaction"}, w.Coalesce) {
-			p.add(p.line(path+".coalesce"), "webhook %q: coalesce %q must be none or transaction", w.Name, w.Coalesce)
+			p.at(path+".coalesce", "webhook %q: coalesce %q must be none or transaction", w.Name, w.Coalesce)
 		}
 		if w.BodyTemplate != "" {
 			if _, err := template.New(w.Name).Funcs(template.FuncMap{"json": func(any) string { return "" }}).Parse(w.BodyTemplate); err != nil {
-				p.add(p.line(path+".body_template"), "webhook %q: body_template: %v", w.Name, err)
+				p.at(path+".body_template", "webhook %q: body_template: %v", w.Name, err)
 			}
 		}
 	}
 	if len(c.Webhooks) == 0 {
-		p.add(p.line("webhooks"), "webhooks: at least one webhook must be configured")
+		p.at("webhooks", "webhooks: at least one webhook must be configured")
 	}
 	d := c.Dispatch
 	if d.Concurrency <= 0 {
-		p.add(p.line("dispatch.concurrency"), "dispatch.concurrency must be positive")
+		p.at("dispatch.concurrency", "dispatch.concurrency must be positive")
 	}
 	if d.PollInterval <= 0 {
-		p.add(p.line("dispatch.poll_interval"), "dispatch.poll_interval must be positive")
+		p.at("dispatch.poll_interval", "dispatch.poll_interval must be positive")
 	}
 	if d.Retention <= 0 {
-		p.add(p.line("dispatch.retention"), "dispatch.retention must be positive")
+		p.at("dispatch.retention", "dispatch.retention must be positive")
 	}
 	if l := c.HTTP.ListenAddr(); l != "" {
 		host, _, err := net.SplitHostPort(l)
 		if err != nil {
-			p.add(p.line("http.listen"), "http.listen %q: %v", l, err)
+			p.at("http.listen", "http.listen %q: %v", l, err)
 		} else if !isLoopback(host) && c.HTTP.Token == "" {
-			p.add(p.line("http.listen"), "http.listen %q is not a loopback address: set http.token (e.g. token: ${WALHOOK_HTTP_TOKEN}) so the status page and retry actions are protected", l)
+			p.at("http.listen", "http.listen %q is not a loopback address: set http.token (e.g. token: ${WALHOOK_HTTP_TOKEN}) so the status page and retry actions are protected", l)
 		}
 	}
 	if !contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
-		p.add(p.line("log.level"), "log.level %q must be debug, info, warn or error", c.Log.Level)
+		p.at("log.level", "log.level %q must be debug, info, warn or error", c.Log.Level)
 	}
 	if !contains([]string{"json", "console"}, c.Log.Format) {
-		p.add(p.line("log.format"), "log.format %q must be json or console", c.Log.Format)
+		p.at("log.format", "log.format %q must be json or console", c.Log.Format)
 	}
 }
 
@@ -464,7 +876,7 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func sortedKeys(m map[string]bool) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)
