@@ -1,0 +1,37 @@
+# walhook — `make help` lists the targets.
+GO ?= go
+PKG := ./...
+
+.PHONY: help demo test test-race lint bench fuzz build deps
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+deps: ## install PostgreSQL server binaries when missing
+	@./scripts/ensure-postgres
+
+build: ## build bin/walhook
+	$(GO) build -o bin/walhook ./cmd/walhook
+
+demo: deps ## run walhook against a throwaway PostgreSQL and a local receiver
+	$(GO) run ./cmd/walhook demo
+
+test: deps lint ## the whole suite, race detector on (what CI runs)
+	$(GO) test -race -count=1 -timeout 15m $(PKG)
+
+test-race: deps ## the concurrent packages under the race detector, 3 times
+	$(GO) test -race -count=3 ./cdc/ ./dispatch/
+
+lint: ## go vet and gofmt
+	$(GO) vet $(PKG)
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+bench: deps ## benchmarks: capture enqueue rate, dispatch rate, value rendering
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cdc/ ./dispatch/
+	$(GO) test -run '^$$' -bench 'AppendValue' ./cdc/
+
+fuzz: ## fuzz the pgoutput decoder, value renderer and config parser (30s each)
+	$(GO) test -run '^$$' -fuzz FuzzDecodeChange -fuzztime 30s ./cdc/
+	$(GO) test -run '^$$' -fuzz FuzzAppendValue -fuzztime 30s ./cdc/
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/config/

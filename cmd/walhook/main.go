@@ -1,0 +1,129 @@
+// Command walhook turns committed PostgreSQL row changes into signed
+// webhooks. See README.md and `walhook help`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func walhookVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "0.1.0-dev"
+}
+
+// exitError carries an exit status: 1 runtime failure, 2 usage or config.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageErr(format string, args ...any) error {
+	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+}
+
+const usage = `walhook turns committed PostgreSQL row changes into signed webhooks.
+
+Usage: walhook <command> [flags]
+
+Commands:
+  run         capture + dispatch (--capture-only, --dispatch-only)
+  migrate     apply the outbox schema migrations and exit
+  retry       put failed deliveries back to pending
+  demo        run everything against a throwaway PostgreSQL and receiver
+  version     print the version
+
+Commands that need configuration take -c/--config PATH
+(default walhook.yaml, or $WALHOOK_CONFIG).
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := dispatchCommand(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		code := 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "walhook: "+strings.ReplaceAll(err.Error(), "\n", "\n  "))
+		}
+		os.Exit(code)
+	}
+}
+
+func dispatchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return &exitError{code: 2, err: flag.ErrHelp}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return cmdRun(ctx, rest, stderr)
+	case "migrate":
+		return cmdMigrate(ctx, rest, stdout, stderr)
+	case "retry":
+		return cmdRetry(ctx, rest, stdout, stderr)
+	case "demo":
+		return cmdDemo(ctx, rest, stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "walhook", walhookVersion())
+		return nil
+	case "help", "-h", "--help", "-help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "check", "status", "deliveries":
+		return usageErr("%q is not available in this version yet", cmd)
+	}
+	fmt.Fprint(stderr, usage)
+	return usageErr("unknown command %q", cmd)
+}
+
+// flags returns a FlagSet for cmd with -c/--config.
+func newFlags(cmd string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("walhook "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	def := os.Getenv("WALHOOK_CONFIG")
+	if def == "" {
+		def = "walhook.yaml"
+	}
+	path := new(string)
+	fs.StringVar(path, "c", def, "configuration file")
+	fs.StringVar(path, "config", def, "configuration file")
+	return fs, path
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: 0, err: err}
+		}
+		return &exitError{code: 2, err: err}
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}

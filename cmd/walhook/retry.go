@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/config"
+)
+
+// idList is a repeatable --id flag (also accepts comma-separated ids).
+type idList []int64
+
+func (l *idList) String() string { return fmt.Sprint(*l) }
+func (l *idList) Set(s string) error {
+	for _, part := range strings.Split(s, ",") {
+		id, err := strconv.ParseInt(strings.TrimSpace(part), 10, 64)
+		if err != nil || id <= 0 {
+			return fmt.Errorf("%q is not a delivery id", part)
+		}
+		*l = append(*l, id)
+	}
+	return nil
+}
+
+func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, path := newFlags("retry", stderr)
+	var f dispatch.RequeueFilter
+	var ids idList
+	var since string
+	fs.Var(&ids, "id", "delivery id to retry (repeatable)")
+	fs.StringVar(&f.Webhook, "webhook", "", "retry failed deliveries of this webhook")
+	fs.StringVar(&f.Model, "model", "", "retry failed deliveries of this model")
+	fs.StringVar(&since, "since", "", "retry deliveries that failed within this duration (e.g. 1h)")
+	fs.BoolVar(&f.AllFailed, "all-failed", false, "retry every failed delivery")
+	fs.BoolVar(&f.ResetAttempts, "reset-attempts", false, "give the deliveries the full retry schedule again")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	f.IDs = ids
+	if since != "" {
+		d, err := config.ParseDuration(since)
+		if err != nil || d <= 0 {
+			return usageErr("--since: %q is not a positive duration", since)
+		}
+		f.Since = d
+	}
+	if len(f.IDs) == 0 && f.Webhook == "" && f.Model == "" && f.Since == 0 && !f.AllFailed {
+		return usageErr("say which deliveries to retry: --id N, --webhook NAME, --model NAME, --since DURATION or --all-failed")
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	dsn := cfg.Database.OutboxDSN
+	if dsn == "" {
+		dsn = cfg.Database.DSN
+	}
+	pool, err := openPool(ctx, dsn, "outbox database", nil)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	n, err := dispatch.Requeue(ctx, pool, cfg.Database.Schema, f, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "re-queued %d deliveries\n", n)
+	return nil
+}
