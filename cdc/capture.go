@@ -221,7 +221,7 @@ func (c *Capture) session(ctx context.Context) error {
 	c.streaming.Store(true)
 	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Msg("streaming changes")
 
-	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, c.log)
+	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, c.log)
 	w.flushed.Store(uint64(startLSN))
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWriter()
@@ -247,7 +247,6 @@ func (c *Capture) session(ctx context.Context) error {
 		cancelWriter()
 	}
 	wg.Wait()
-	c.enqueued.Add(w.rows.Load())
 	if ctx.Err() != nil {
 		// Confirm what was committed before leaving.
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

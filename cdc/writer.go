@@ -46,17 +46,17 @@ type writer struct {
 	log        zerolog.Logger
 
 	flushed atomic.Uint64
-	rows    atomic.Int64 // rows enqueued (committed) since start, for logs and tests
+	rows    *atomic.Int64 // rows enqueued (committed), shared with Capture
 }
 
 // chunkRows bounds rows buffered before they are written into the open
 // outbox transaction.
 const chunkRows = 500
 
-func newWriter(pool *pgxpool.Pool, schema, slot string, groupRows int, groupDelay time.Duration, log zerolog.Logger) *writer {
+func newWriter(pool *pgxpool.Pool, schema, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, log zerolog.Logger) *writer {
 	d := migrations.Table(schema, "deliveries")
 	return &writer{
-		pool: pool, slot: slot, groupRows: groupRows, groupDelay: groupDelay, log: log,
+		pool: pool, slot: slot, groupRows: groupRows, groupDelay: groupDelay, rows: rows, log: log,
 		channel: migrations.Channel(schema),
 		insertSQL: "INSERT INTO " + d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[])
