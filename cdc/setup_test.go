@@ -1,0 +1,70 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/test/pgtest"
+)
+
+func TestPrepareSaysHowToFixServerAndRole(t *testing.T) {
+	t.Run("role without REPLICATION", func(t *testing.T) {
+		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE ROLE app LOGIN; GRANT SELECT ON s TO app`, "  - table: s")
+		u, _ := url.Parse(b.dsn)
+		u.User = url.User("app")
+		pool, err := pgxpool.New(context.Background(), u.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Close()
+		c, _ := New(Options{Config: b.cfg, Source: pool, Outbox: b.db, Logger: zerolog.Nop()})
+		err = c.Prepare(context.Background())
+		if !IsFatal(err) || !strings.Contains(err.Error(), `ALTER ROLE "app" REPLICATION`) {
+			t.Fatalf("Prepare = %v, want a fatal error naming ALTER ROLE app REPLICATION", err)
+		}
+	})
+	t.Run("wal_level replica", func(t *testing.T) {
+		ctx := context.Background()
+		cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"wal_level": "replica"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		pool, err := pgxpool.New(ctx, cl.DSN("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Close()
+		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, "  - table: s")
+		c, _ := New(Options{Config: b.cfg, Source: pool, Outbox: b.db, Logger: zerolog.Nop()})
+		err = c.Prepare(ctx)
+		var fe *FatalError
+		if !errors.As(err, &fe) || !strings.Contains(err.Error(), "ALTER SYSTEM SET wal_level = logical") {
+			t.Fatalf("Prepare = %v, want a fatal error with the fix", err)
+		}
+	})
+}
+
+func TestPublicationFollowsConfig(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY); CREATE TABLE v (id int PRIMARY KEY)`, "  - table: s\n  - table: u")
+	b.start()
+	b.stop()
+	// Drop u, add v: the publication follows on the next start.
+	b.cfg.Models = b.cfg.Models[:1]
+	b.cfg.Models = append(b.cfg.Models, b.cfg.Models[0])
+	b.cfg.Models[1].Table, b.cfg.Models[1].Name, b.cfg.Models[1].Model = "v", "v", "v"
+	b.cancel = nil
+	b.start()
+	var tables string
+	if err := b.db.QueryRow(context.Background(), `SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_publication_tables WHERE pubname = 'walhook'`).Scan(&tables); err != nil {
+		t.Fatal(err)
+	}
+	if tables != "s,v" {
+		t.Fatalf("publication tables = %s, want s,v", tables)
+	}
+}
