@@ -74,6 +74,14 @@ func (s *stream) sendStatus(ctx context.Context) error {
 func (s *stream) run(ctx context.Context) error {
 	s.nextStatus = time.Now().Add(s.interval)
 	for {
+		select {
+		case err := <-s.werr: // the writer failed while the stream was idle
+			if err == nil {
+				err = errors.New("outbox writer stopped")
+			}
+			return err
+		default:
+		}
 		if !time.Now().Before(s.nextStatus) {
 			if err := s.sendStatus(ctx); err != nil {
 				return err
