@@ -1,0 +1,72 @@
+package dispatch_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/config"
+)
+
+// BenchmarkDispatch measures end-to-end throughput: rows already in the
+// outbox, signed POSTs to a local receiver that answers 204 at once, until
+// every row is marked delivered in the database.
+func BenchmarkDispatch(b *testing.B) {
+	const rows = 20000
+	for _, concurrency := range []int{16, 64} {
+		b.Run(fmt.Sprintf("concurrency=%d", concurrency), func(b *testing.B) {
+			e := setup(b)
+			var got atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				got.Add(1)
+				w.WriteHeader(http.StatusNoContent)
+			}))
+			b.Cleanup(srv.Close)
+			cfg := testConfig(concurrency, hookConfig("w", srv.URL, func(w *config.Webhook) {
+				w.Secret = "benchmark secret"
+				w.Headers = map[string]string{"Authorization": "Bearer x"}
+			}))
+			cfg.Dispatch.PollInterval = config.Duration(time.Second)
+			var elapsed time.Duration
+			var sent int
+			offset := 0
+			for b.Loop() {
+				b.StopTimer()
+				e.exec(`DELETE FROM walhook.deliveries`)
+				e.insertMany("w", rows, offset)
+				offset += rows
+				e.exec(`VACUUM ANALYZE walhook.deliveries`)
+				got.Store(0)
+				d, err := dispatch.New(dispatch.Options{Pool: e.pool, Config: cfg, Logger: testLogger(b), Version: "bench"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				b.StartTimer()
+				start := time.Now()
+				go func() { done <- d.Run(ctx) }()
+				for got.Load() < rows {
+					time.Sleep(time.Millisecond)
+				}
+				for e.count(`state = 'delivered'`) < rows {
+					time.Sleep(time.Millisecond)
+				}
+				elapsed += time.Since(start)
+				sent += rows
+				b.StopTimer()
+				cancel()
+				if err := <-done; err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(sent)/elapsed.Seconds(), "deliveries/s")
+		})
+	}
+}

@@ -1,0 +1,389 @@
+package dispatch
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha512"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/migrations"
+)
+
+// Options configure a Dispatcher. Pool and Config are required.
+type Options struct {
+	// Pool is a connection pool to the database that holds the outbox. The
+	// Dispatcher uses up to four of its connections at once (two claims,
+	// outcome writes, maintenance) and takes one more out of the pool for
+	// LISTEN.
+	Pool *pgxpool.Pool
+	// Config supplies the webhooks, dispatch settings and the outbox schema.
+	// Only enabled webhooks are served. It must not change while Run runs.
+	Config *config.Config
+	// Logger receives the Dispatcher's logs (component=dispatch).
+	Logger zerolog.Logger
+	// Client sends the webhook requests. Optional: the default is a
+	// keep-alive transport sized to dispatch.concurrency. Whatever the
+	// client, redirects are never followed.
+	Client *http.Client
+	// Now is the clock used to interpret Retry-After dates. Optional:
+	// time.Now. Database timestamps always come from the database's now().
+	Now func() time.Time
+	// Version is sent in the User-Agent header as walhook/<Version>
+	// (default "dev").
+	Version string
+	// ID identifies this sender in the locked_by column. Optional: the
+	// default is hostname:pid.
+	ID string
+	// Rand returns jitter in [0, 1) for retry backoff. Optional: a
+	// pseudo-random source. Calls are serialised, so it need not be safe for
+	// concurrent use.
+	Rand func() float64
+}
+
+// Tuning constants. They are not configuration: the contract only promises
+// what they bound.
+const (
+	// heldPerWorker bounds how many claimed deliveries may wait for a free
+	// request slot, per slot. It trades claim batching against how long a
+	// claimed row may wait, which the lease must cover.
+	heldPerWorker = 8
+	// maxHeldTotal caps the claimed-but-unsent rows of one Dispatcher.
+	maxHeldTotal = 4096
+	// maxClaimBatch caps the rows one claim statement takes.
+	maxClaimBatch = 512
+	// claimsInFlight is how many claim statements may run at once.
+	claimsInFlight = 2
+	// maxFlushBatch caps the outcomes one UPDATE writes.
+	maxFlushBatch = 512
+	// flushTarget outcomes are written at once; fewer wait up to
+	// flushDelay for company, so that statements stay large under load.
+	flushTarget = 128
+	flushDelay  = 3 * time.Millisecond
+	// leaseMargin is added to the worst-case time a claimed row can take.
+	leaseMargin = 30 * time.Second
+	// leaseSafety is how much of its lease a row must have left, beyond
+	// its timeout, to be sent; otherwise it is released unsent.
+	leaseSafety = 10 * time.Second
+	// maxErrorBody is how much of a failed response's body is kept.
+	maxErrorBody = 4 << 10
+	// maxDrain is how much more of a response body is read so that the
+	// connection can be reused; larger bodies cost a new connection.
+	maxDrain = 64 << 10
+	// retentionBatch is how many delivered rows one DELETE removes.
+	retentionBatch = 1000
+	// dbTimeout bounds every statement the Dispatcher runs.
+	dbTimeout = 30 * time.Second
+	// shutdownWait bounds how long Run keeps trying to write outcomes after
+	// its context is cancelled.
+	shutdownWait = 15 * time.Second
+	// rescueEvery is how often expired leases are taken back (at most).
+	rescueEvery = 5 * time.Second
+	// retentionEvery is how often old delivered rows are deleted.
+	retentionEvery = 5 * time.Minute
+)
+
+// Dispatcher claims deliveries from the outbox and sends them. Create it with
+// New and start it with Run.
+type Dispatcher struct {
+	pool   *pgxpool.Pool
+	log    zerolog.Logger
+	client *http.Client
+	now    func() time.Time
+	rand   func() float64
+	id     string
+
+	schema  string
+	channel string
+	sql     statements
+
+	hooks     map[string]*hook
+	hookNames []string
+
+	concurrency  int
+	maxHeld      int
+	maxUnwritten int
+	lease        time.Duration
+	poll         time.Duration
+	retention    time.Duration
+	rescueEvery  time.Duration
+
+	running atomic.Bool
+	// held counts claimed rows whose request has not finished yet.
+	held atomic.Int64
+	// unwritten counts claimed rows whose outcome is not in the database yet.
+	unwritten atomic.Int64
+	// wake asks the claimer to claim now; freed tells it that a request
+	// slot became free. Both hold at most one pending signal.
+	wake  chan struct{}
+	freed chan struct{}
+}
+
+// hook is a configured webhook prepared for sending.
+type hook struct {
+	name        string
+	url         string
+	method      string
+	header      http.Header
+	host        string
+	secret      string
+	timeout     time.Duration
+	timeoutErr  error
+	maxAttempts int
+	initial     time.Duration
+	maxInterval time.Duration
+	log         zerolog.Logger
+	// macs holds reusable HMAC-SHA512 states keyed with secret.
+	macs sync.Pool
+}
+
+// timeoutError is the cause of an attempt's context when its timeout expires.
+type timeoutError struct{ after time.Duration }
+
+func (e *timeoutError) Error() string { return "timeout after " + e.after.String() }
+
+// New checks opts and returns a Dispatcher ready to Run.
+func New(opts Options) (*Dispatcher, error) {
+	if opts.Pool == nil {
+		return nil, errors.New("dispatch: Options.Pool is nil")
+	}
+	if opts.Config == nil {
+		return nil, errors.New("dispatch: Options.Config is nil")
+	}
+	cfg := opts.Config
+	d := &Dispatcher{
+		pool:        opts.Pool,
+		log:         opts.Logger.With().Str("component", "dispatch").Logger(),
+		now:         opts.Now,
+		id:          opts.ID,
+		schema:      cfg.Database.Schema,
+		concurrency: cfg.Dispatch.Concurrency,
+		poll:        cfg.Dispatch.PollInterval.D(),
+		retention:   cfg.Dispatch.Retention.D(),
+		hooks:       map[string]*hook{},
+		wake:        make(chan struct{}, 1),
+		freed:       make(chan struct{}, 1),
+	}
+	if d.now == nil {
+		d.now = time.Now
+	}
+	if d.id == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "localhost"
+		}
+		d.id = host + ":" + strconv.Itoa(os.Getpid())
+	}
+	if opts.Rand == nil {
+		d.rand = rand.Float64
+	} else {
+		var mu sync.Mutex
+		d.rand = func() float64 {
+			mu.Lock()
+			defer mu.Unlock()
+			return opts.Rand()
+		}
+	}
+	if d.schema == "" {
+		d.schema = "walhook"
+	}
+	if d.concurrency <= 0 {
+		d.concurrency = 16
+	}
+	if d.poll <= 0 {
+		d.poll = time.Second
+	}
+	version := opts.Version
+	if version == "" {
+		version = "dev"
+	}
+	var maxTimeout time.Duration
+	for _, w := range cfg.Webhooks {
+		if !w.IsEnabled() {
+			continue
+		}
+		if _, dup := d.hooks[w.Name]; dup {
+			return nil, fmt.Errorf("dispatch: webhook %q is configured twice", w.Name)
+		}
+		h, err := newHook(w, version, d.log)
+		if err != nil {
+			return nil, err
+		}
+		d.hooks[w.Name] = h
+		d.hookNames = append(d.hookNames, w.Name)
+		maxTimeout = max(maxTimeout, h.timeout)
+	}
+	d.maxHeld = min(d.concurrency*heldPerWorker, maxHeldTotal)
+	d.maxUnwritten = 4 * d.maxHeld
+	// A claimed row waits for at most maxHeld/concurrency requests ahead of
+	// it, each bounded by a timeout, then takes its own: the lease covers
+	// that, so a live sender never loses a row to the rescuer.
+	d.lease = time.Duration((d.maxHeld+d.concurrency-1)/d.concurrency+1)*maxTimeout + leaseMargin
+	d.rescueEvery = min(d.lease/2, rescueEvery)
+	d.channel = migrations.Channel(d.schema)
+	d.sql = newStatements(migrations.Table(d.schema, "deliveries"))
+	if opts.Client != nil {
+		c := *opts.Client
+		c.CheckRedirect = noRedirects
+		d.client = &c
+	} else {
+		d.client = defaultClient(d.concurrency)
+	}
+	return d, nil
+}
+
+func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error) {
+	u, err := url.Parse(w.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("dispatch: webhook %q: url %s is not an absolute http(s) URL", w.Name, config.RedactURL(w.URL))
+	}
+	h := &hook{
+		name:        w.Name,
+		url:         u.String(),
+		method:      w.HTTPMethod,
+		secret:      w.Secret,
+		timeout:     w.Timeout.D(),
+		maxAttempts: w.Retry.MaxAttempts,
+		initial:     w.Retry.InitialInterval.D(),
+		maxInterval: w.Retry.MaxInterval.D(),
+		header:      http.Header{},
+		log:         log.With().Str("webhook", w.Name).Str("url", config.RedactURL(w.URL)).Logger(),
+	}
+	if h.method == "" {
+		h.method = http.MethodPost
+	}
+	if h.timeout <= 0 {
+		h.timeout = 10 * time.Second
+	}
+	if h.maxAttempts <= 0 {
+		h.maxAttempts = 8
+	}
+	if h.initial <= 0 {
+		h.initial = 5 * time.Second
+	}
+	if h.maxInterval <= 0 {
+		h.maxInterval = time.Hour
+	}
+	h.timeoutErr = &timeoutError{after: h.timeout}
+	if h.secret != "" {
+		secret := []byte(h.secret)
+		h.macs.New = func() any { return hmac.New(sha512.New, secret) }
+	}
+	ct := w.ContentType
+	if ct == "" {
+		ct = "application/json"
+	}
+	h.header.Set("Content-Type", ct)
+	h.header.Set("User-Agent", "walhook/"+version)
+	for k, v := range w.Headers {
+		switch http.CanonicalHeaderKey(k) {
+		case "Host":
+			h.host = v
+		case "X-Hook-Signature", "X-Walhook-Delivery", "Content-Length":
+			return nil, fmt.Errorf("dispatch: webhook %q: header %s is set by walhook and cannot be configured", w.Name, k)
+		default:
+			h.header.Set(k, v)
+		}
+	}
+	return h, nil
+}
+
+// noRedirects makes the client return 3xx responses as they are: a redirect
+// is a failed attempt that names its Location.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+func defaultClient(concurrency int) *http.Client {
+	t, ok := http.DefaultTransport.(*http.Transport)
+	if !ok {
+		t = &http.Transport{Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second}
+	}
+	t = t.Clone()
+	t.MaxIdleConns = max(100, 2*concurrency)
+	t.MaxIdleConnsPerHost = concurrency
+	return &http.Client{Transport: t, CheckRedirect: noRedirects}
+}
+
+// Run claims and sends deliveries until ctx is cancelled. On return, rows it
+// claimed are either finished (in-flight requests get up to their timeout) or
+// released back to pending; nothing it held stays 'delivering' unless the
+// database was unreachable throughout shutdown, in which case the rows' lease
+// returns them later. Database errors are logged and retried, never returned:
+// Run returns nil once ctx is done, or an error if it is already running.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	if !d.running.CompareAndSwap(false, true) {
+		return errors.New("dispatch: Run called while the Dispatcher is already running")
+	}
+	defer d.running.Store(false)
+	if len(d.hookNames) == 0 {
+		d.log.Warn().Msg("no enabled webhooks: nothing will be sent")
+	}
+	d.log.Info().Str("id", d.id).Int("concurrency", d.concurrency).Dur("lease", d.lease).
+		Strs("webhooks", d.hookNames).Msg("dispatcher started")
+
+	// Requests, claims and outcome writes run on a context that shutdown
+	// does not cancel, so that nothing is left half-done; each is bounded by
+	// its own timeout instead.
+	hard := context.WithoutCancel(ctx)
+	jobs := make(chan *job, d.maxHeld)
+	results := make(chan result, d.maxHeld)
+
+	var bg sync.WaitGroup
+	bg.Go(func() { d.listen(ctx) })
+	bg.Go(func() { d.maintain(ctx) })
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		d.writeOutcomes(hard, results)
+	}()
+	var workers sync.WaitGroup
+	for range d.concurrency {
+		workers.Go(func() { d.work(ctx, hard, jobs, results) })
+	}
+
+	d.claimLoop(ctx, hard, jobs)
+
+	close(jobs)
+	workers.Wait()
+	close(results)
+	<-writerDone
+	bg.Wait()
+	d.log.Info().Msg("dispatcher stopped")
+	return nil
+}
+
+// signal leaves a signal in c unless one is already pending.
+func signal(c chan<- struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// retryDelay is the pause after the n-th consecutive database error.
+func (d *Dispatcher) retryDelay(n int) time.Duration {
+	return Backoff(n, 100*time.Millisecond, 5*time.Second, d.rand())
+}
+
+// sleep waits for delay or until ctx is done and reports whether ctx is live.
+func sleep(ctx context.Context, delay time.Duration) bool {
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,29 @@
+// Package dispatch drains walhook's outbox: it claims due deliveries from
+// <schema>.deliveries with FOR UPDATE SKIP LOCKED, sends each one as a signed
+// HTTP request, and records the outcome (delivered, retry later with
+// exponential backoff, or failed after the last attempt). See SPEC §3 and §5.
+//
+// A Dispatcher is woken by NOTIFY on migrations.Channel(schema), falls back to
+// a poll every dispatch.poll_interval, keeps at most dispatch.concurrency
+// requests in flight across all webhooks, and never sends a delivery while an
+// earlier change of the same webhook and object (model + object_key) is still
+// pending or being delivered. Claimed rows carry a lease (locked_until); rows
+// whose lease ran out, e.g. because their sender crashed, are taken back by
+// any running Dispatcher. A Dispatcher claims in batches and keeps up to 8
+// claimed rows per request slot, so the lease is 9 times the longest
+// webhook timeout plus 30s (2 minutes with the default 10s timeout): a live
+// sender never loses a row to the rescuer. Several Dispatchers, in one
+// process or many, may drain one outbox at once.
+//
+// Outcomes are written in batches, one UPDATE per batch; a row's outcome is
+// written only while the row is still the claim this sender made.
+//
+// Delivery is at least once: a crash between a receiver's 2xx and the row's
+// update resends the delivery with the same X-Walhook-Delivery header.
+//
+// Requeue is the library side of `walhook retry`; the SQL equivalent
+//
+//	UPDATE walhook.deliveries SET state = 'pending', next_attempt_at = now() WHERE state = 'failed';
+//
+// works as well, without restarting anything.
+package dispatch

@@ -1,0 +1,96 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/migrations"
+)
+
+// ErrNoFilter is returned by Requeue when the filter selects nothing: a
+// requeue must name IDs, a webhook, a model, a time window or all failed rows.
+var ErrNoFilter = errors.New("requeue: give delivery ids, a webhook, a model, --since or --all-failed")
+
+// RequeueFilter selects the deliveries Requeue puts back to pending. Its
+// conditions combine with AND.
+type RequeueFilter struct {
+	// IDs selects these deliveries, in state failed or delivered (sending a
+	// delivered one again). Without IDs only failed rows are requeued.
+	IDs []int64
+	// Webhook and Model select by name.
+	Webhook, Model string
+	// Since selects rows whose last attempt is at most this long ago.
+	Since time.Duration
+	// AllFailed selects every failed row; needed when nothing else is given.
+	AllFailed bool
+	// ResetAttempts sets attempts to 0, giving the full retry schedule again.
+	// Otherwise the attempts count is kept and a failed row gets one more
+	// attempt, as with the plain SQL UPDATE.
+	ResetAttempts bool
+}
+
+// Requeue puts the deliveries f selects back to pending, due now, and returns
+// how many it changed. It never touches pending or delivering rows. It
+// notifies running Dispatchers so the rows go out at once. now is the
+// reference time for f.Since.
+func Requeue(ctx context.Context, pool *pgxpool.Pool, schema string, f RequeueFilter, now time.Time) (int64, error) {
+	if len(f.IDs) == 0 && f.Webhook == "" && f.Model == "" && f.Since == 0 && !f.AllFailed {
+		return 0, ErrNoFilter
+	}
+	if f.Since < 0 {
+		return 0, fmt.Errorf("requeue: negative since %s", f.Since)
+	}
+	if schema == "" {
+		schema = "walhook"
+	}
+	var (
+		where []string
+		args  []any
+	)
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	if len(f.IDs) > 0 {
+		where = append(where, "id = ANY("+arg(f.IDs)+"::bigint[])", "state IN ('failed', 'delivered')")
+	} else {
+		where = append(where, "state = 'failed'")
+	}
+	if f.Webhook != "" {
+		where = append(where, "webhook = "+arg(f.Webhook))
+	}
+	if f.Model != "" {
+		where = append(where, "model = "+arg(f.Model))
+	}
+	if f.Since > 0 {
+		where = append(where, "last_attempt_at >= "+arg(now.Add(-f.Since)))
+	}
+	set := "state = 'pending', next_attempt_at = now(), delivered_at = NULL, locked_until = NULL, locked_by = NULL"
+	if f.ResetAttempts {
+		set += ", attempts = 0"
+	}
+	q := "UPDATE " + migrations.Table(schema, "deliveries") + " SET " + set + " WHERE " + strings.Join(where, " AND ")
+	var n int64
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		n = tag.RowsAffected()
+		if n > 0 {
+			_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", migrations.Channel(schema))
+		}
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("requeue: %w", err)
+	}
+	return n, nil
+}

@@ -1,0 +1,252 @@
+package dispatch
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/walhook/walhook/internal/config"
+)
+
+// Sign returns the lowercase hex HMAC-SHA512 of body keyed with secret's
+// UTF-8 bytes: the X-Hook-Signature header, as NetBox computes it.
+func Sign(secret string, body []byte) string {
+	m := hmac.New(sha512.New, []byte(secret))
+	m.Write(body)
+	var sum [sha512.Size]byte
+	return hex.EncodeToString(m.Sum(sum[:0]))
+}
+
+// sign is Sign with the webhook's secret, reusing HMAC states.
+func (h *hook) sign(body []byte) string {
+	m := h.macs.Get().(hash.Hash)
+	m.Reset()
+	m.Write(body)
+	var sum [sha512.Size]byte
+	s := hex.EncodeToString(m.Sum(sum[:0]))
+	h.macs.Put(m)
+	return s
+}
+
+// Backoff is the delay before retry number attempt (1 = the first retry):
+// initial doubled for every further attempt, capped at max, then scaled by a
+// jitter factor in [0.8, 1.2) taken from jitter in [0, 1) and capped at max
+// again. max <= 0 means no cap. It is a pure function.
+func Backoff(attempt int, initial, max time.Duration, jitter float64) time.Duration {
+	if initial <= 0 {
+		return 0
+	}
+	if attempt < 1 {
+		attempt = 1
+	}
+	d := initial
+	for i := 1; i < attempt; i++ {
+		if (max > 0 && d >= max) || d > math.MaxInt64/4 {
+			break
+		}
+		d *= 2
+	}
+	if max > 0 && d > max {
+		d = max
+	}
+	switch {
+	case jitter < 0 || math.IsNaN(jitter):
+		jitter = 0
+	case jitter >= 1:
+		jitter = math.Nextafter(1, 0)
+	}
+	d = time.Duration(float64(d) * (0.8 + 0.4*jitter))
+	if max > 0 && d > max {
+		d = max
+	}
+	return d
+}
+
+// work sends queued jobs one at a time until jobs is closed. Jobs taken
+// after ctx is done are released unsent.
+func (d *Dispatcher) work(ctx, hard context.Context, jobs <-chan *job, results chan<- result) {
+	for j := range jobs {
+		var r result
+		switch {
+		case ctx.Err() != nil:
+			r = release(j)
+		case time.Now().After(j.deadline):
+			// It waited so long that its lease could run out mid-request
+			// and another sender could send it too. Cannot happen unless
+			// the process stalled: the lease covers the longest wait.
+			j.hook.log.Warn().Int64("delivery", j.id).Msg("claimed delivery waited too long to be sent; releasing it")
+			r = release(j)
+		default:
+			r = d.attempt(hard, j)
+		}
+		d.held.Add(-1)
+		signal(d.freed)
+		results <- r
+	}
+}
+
+// release is the outcome of a claimed row that was not sent.
+func release(j *job) result {
+	return result{id: j.id, claimedAt: j.claimedAt, prevAttemptAt: j.prevAttemptAt, state: statePending, undo: true}
+}
+
+// Row states written by outcomes.
+const (
+	stateDelivered = "delivered"
+	statePending   = "pending"
+	stateFailed    = "failed"
+)
+
+// response is what one attempt produced.
+type response struct {
+	status     int // 0: no HTTP response
+	err        string
+	retryAfter time.Duration // from Retry-After on 429/503; <0 when absent
+}
+
+// attempt sends j once and turns the response into the row's outcome.
+func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
+	h := j.hook
+	start := time.Now()
+	resp := d.send(ctx, j)
+	r := result{id: j.id, claimedAt: j.claimedAt, status: resp.status, err: resp.err}
+	log := h.log
+	if resp.status >= 200 && resp.status < 300 {
+		r.state = stateDelivered
+		log.Debug().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
+			Dur("took", time.Since(start)).Msg("delivered")
+		return r
+	}
+	if j.attempts >= h.maxAttempts {
+		r.state = stateFailed
+		log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
+			Str("error", resp.err).Msg("delivery failed after its last attempt; retry it with `walhook retry`")
+		return r
+	}
+	delay := Backoff(j.attempts, h.initial, h.maxInterval, d.rand())
+	if resp.retryAfter >= 0 {
+		delay = min(max(delay, resp.retryAfter), h.maxInterval)
+	}
+	r.state, r.delay = statePending, delay
+	log.Info().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
+		Str("error", resp.err).Dur("retry_in", delay).Msg("delivery attempt failed")
+	return r
+}
+
+// send makes the HTTP request for j, bounded by the webhook's timeout.
+func (d *Dispatcher) send(ctx context.Context, j *job) response {
+	h := j.hook
+	ctx, cancel := context.WithTimeoutCause(ctx, h.timeout, h.timeoutErr)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, h.method, h.url, bytes.NewReader(j.body))
+	if err != nil {
+		return response{err: "build request: " + redactErr(err), retryAfter: -1}
+	}
+	req.Header = h.header.Clone()
+	if h.host != "" {
+		req.Host = h.host
+	}
+	if h.secret != "" {
+		req.Header["X-Hook-Signature"] = []string{h.sign(j.body)}
+	}
+	req.Header["X-Walhook-Delivery"] = []string{strconv.FormatInt(j.id, 10)}
+
+	resp, err := d.client.Do(req)
+	if err != nil {
+		if errors.Is(context.Cause(ctx), h.timeoutErr) {
+			return response{err: h.timeoutErr.Error(), retryAfter: -1}
+		}
+		return response{err: redactErr(err), retryAfter: -1}
+	}
+	defer resp.Body.Close()
+	out := response{status: resp.StatusCode, retryAfter: -1}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		drain(resp.Body)
+		return out
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "" {
+		loc := resp.Header.Get("Location")
+		if u, err := resp.Location(); err == nil {
+			loc = u.String()
+		}
+		out.err = cleanText(fmt.Sprintf("HTTP %d redirect to %s (redirects are not followed)",
+			resp.StatusCode, config.RedactURL(loc)))
+		drain(resp.Body)
+		return out
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	drain(resp.Body)
+	if t := strings.TrimSpace(string(body)); t != "" {
+		out.err = cleanText(fmt.Sprintf("HTTP %d: %s", resp.StatusCode, t))
+	} else {
+		out.err = strings.TrimSpace(fmt.Sprintf("HTTP %d %s", resp.StatusCode, http.StatusText(resp.StatusCode)))
+	}
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		if ra, ok := parseRetryAfter(resp.Header.Get("Retry-After"), d.now()); ok {
+			out.retryAfter = ra
+		}
+	}
+	return out
+}
+
+// drain reads a bounded amount of what is left of a response body so that
+// its connection can be reused; the caller closes it.
+func drain(body io.Reader) {
+	_, _ = io.CopyN(io.Discard, body, maxDrain)
+}
+
+// redactErr is an HTTP client error's text without the request URL (which
+// may carry a password); the transport error itself names host and port.
+func redactErr(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return cleanText(err.Error())
+}
+
+// cleanText makes s storable as PostgreSQL text of at most maxErrorBody
+// bytes: valid UTF-8, no NUL bytes, cut at a rune boundary.
+func cleanText(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.ReplaceAll(s, "\x00", "")
+	if len(s) > maxErrorBody {
+		cut := maxErrorBody
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut]
+	}
+	return s
+}
+
+// parseRetryAfter reads a Retry-After header: delay seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return 0, false
+		}
+		return time.Duration(min(secs, int64(math.MaxInt64/time.Second))) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}
