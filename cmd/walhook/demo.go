@@ -65,6 +65,8 @@ models:
     model: Site
     url: /api/dcim/sites/{id}/
     rename: {custom_field_data: custom_fields}
+    choices:
+      status: {active: Active, planned: Planned, retired: Retired}
   - table: public.dcim_device
     model: Device
     exclude: [serial]
@@ -74,6 +76,7 @@ webhooks:
     secret: %s
     retry: {max_attempts: 5, initial_interval: 1s, max_interval: 10s}
 dispatch:
+  concurrency: 1      # one at a time, so the demo prints in commit order
   poll_interval: 500ms
 http:
   listen: ""
