@@ -32,6 +32,8 @@ type Options struct {
 	GroupDelay time.Duration
 	// StatusInterval is how often the confirmed LSN is reported (default 10s).
 	StatusInterval time.Duration
+	// Observer, when set, is told about every committed batch of rows.
+	Observer Observer
 }
 
 // SessionParams are the runtime parameters that pin the text format of
@@ -221,7 +223,7 @@ func (c *Capture) session(ctx context.Context) error {
 	c.streaming.Store(true)
 	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Msg("streaming changes")
 
-	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, c.log)
+	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, c.opts.Observer, c.log)
 	w.flushed.Store(uint64(startLSN))
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWriter()

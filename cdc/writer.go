@@ -45,18 +45,29 @@ type writer struct {
 	groupDelay time.Duration
 	log        zerolog.Logger
 
-	flushed atomic.Uint64
-	rows    *atomic.Int64 // rows enqueued (committed), shared with Capture
+	flushed  atomic.Uint64
+	rows     *atomic.Int64 // rows enqueued (committed), shared with Capture
+	observer Observer
+	counts   map[modelEvent]int // rows per model and event in the open transaction
 }
+
+// Observer is told about committed outbox rows (for metrics). Counts are
+// delivery rows, i.e. changes times matching webhooks.
+type Observer interface {
+	Enqueued(model, event string, rows int)
+}
+
+type modelEvent struct{ model, event string }
 
 // chunkRows bounds rows buffered before they are written into the open
 // outbox transaction.
 const chunkRows = 500
 
-func newWriter(pool *pgxpool.Pool, schema, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, log zerolog.Logger) *writer {
+func newWriter(pool *pgxpool.Pool, schema, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, obs Observer, log zerolog.Logger) *writer {
 	d := migrations.Table(schema, "deliveries")
 	return &writer{
 		pool: pool, slot: slot, groupRows: groupRows, groupDelay: groupDelay, rows: rows, log: log,
+		observer: obs, counts: map[modelEvent]int{},
 		channel: migrations.Channel(schema),
 		insertSQL: "INSERT INTO " + d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[])
@@ -101,6 +112,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		complete   = true
 	)
 	rollback := func() {
+		clear(w.counts)
 		if tx != nil {
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 			tx = nil
@@ -116,6 +128,11 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			return err
 		}
 		inserted += n
+		if w.observer != nil {
+			for _, r := range buf {
+				w.counts[modelEvent{r.model, r.event}]++
+			}
+		}
 		buf = buf[:0]
 		return nil
 	}
@@ -137,6 +154,12 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		tx = nil
 		w.flushed.Store(uint64(lastEnd))
 		w.rows.Add(inserted)
+		if w.observer != nil {
+			for me, n := range w.counts {
+				w.observer.Enqueued(me.model, me.event, n)
+			}
+			clear(w.counts)
+		}
 		inserted, groupRows = 0, 0
 		return nil
 	}
