@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,11 +137,23 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if changed {
 		c.log.Info().Str("publication", c.cfg.Database.Publication).Bool("created", !pubExisted).Msg("publication set to the configured tables")
 	}
-	created, err := ensureSlot(ctx, conn, c.cfg, !pubExisted)
+	ckpt, err := readCheckpoint(ctx, c.outbox, c.cfg.Database.Schema, c.cfg.Database.Slot)
 	if err != nil {
 		return err
 	}
-	if created {
+	res, err := ensureSlot(ctx, conn, c.cfg, !pubExisted)
+	if err != nil {
+		return err
+	}
+	switch {
+	case res.created && (ckpt != 0 || res.recreated != ""):
+		why := res.recreated
+		if why == "" {
+			why = "it was missing (dropped by someone else?)"
+		}
+		c.log.Error().Str("slot", c.cfg.Database.Slot).Str("checkpoint", ckpt.String()).
+			Msgf("replication slot %s was created again because %s: changes committed after LSN %s until now were NOT captured; use walhook backfill to resend current rows", c.cfg.Database.Slot, why, ckpt)
+	case res.created:
 		c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("replication slot created")
 	}
 	return nil
@@ -166,7 +179,10 @@ func (c *Capture) Run(ctx context.Context) error {
 		}
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == "55006" {
+			// The slot is our lock: poll it briskly so a standby takes over
+			// within seconds when the capturing process dies.
 			c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("another process is capturing from the slot; waiting to take over")
+			backoff = time.Second
 		} else {
 			c.log.Warn().Err(err).Dur("retry_in", backoff).Msg("capture interrupted; reconnecting")
 		}
@@ -176,7 +192,9 @@ func (c *Capture) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, 15*time.Second)
+		if !(errors.As(err, &pe) && pe.Code == "55006") {
+			backoff = min(backoff*2, 15*time.Second)
+		}
 	}
 }
 
@@ -215,6 +233,9 @@ func (c *Capture) session(ctx context.Context) error {
 	})
 	if err != nil {
 		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "42704" {
+			return fatalf("start replication: replication slot %s no longer exists (dropped by someone else?): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
+		}
 		if errors.As(err, &pe) && pe.Code == "55000" {
 			return fatalf("start replication on slot %s: %v: the slot can no longer be used; drop it with SELECT pg_drop_replication_slot('%s'); and restart walhook", slot, err, slot)
 		}
@@ -241,6 +262,10 @@ func (c *Capture) session(ctx context.Context) error {
 		lastSentEnd: startLSN, kaNeed: startLSN,
 	}
 	err = s.run(ctx)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42704" && strings.Contains(pe.Message, "publication") {
+		err = fatalf("%v: publication %s was dropped while walhook was running: restart walhook to create it and the slot again; changes committed after LSN %s will not be captured", err, c.cfg.Database.Publication, s.confirmed)
+	}
 	// Stop the writer: on shutdown it commits what is complete; on an error
 	// it rolls back and the next session replays from the checkpoint.
 	if ctx.Err() != nil {

@@ -225,39 +225,60 @@ func permissionHint(err error) error {
 	return err
 }
 
+// slotResult says what ensureSlot did.
+type slotResult struct {
+	created bool
+	// recreated, when not empty, says why an existing slot was dropped and
+	// created again (changes before that point can no longer be decoded).
+	recreated string
+}
+
 // ensureSlot creates the permanent pgoutput slot when missing and checks an
-// existing one.
-func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicationCreated bool) (created bool, err error) {
+// existing one. A slot that can no longer serve (invalidated, or older than
+// the publication, which was missing) is dropped and created again.
+func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicationCreated bool) (slotResult, error) {
 	slot := cfg.Database.Slot
 	var plugin, db, walStatus string
-	err = conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), coalesce(wal_status, '')
+	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), coalesce(wal_status, '')
 		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &db, &walStatus)
 	if errors.Is(err, pgx.ErrNoRows) {
-		_, err = conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42710" { // created by another process just now
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("create replication slot %s: %w", slot, permissionHint(err))
-		}
-		return true, nil
+		return createSlot(ctx, conn, slot)
 	}
 	if err != nil {
-		return false, fmt.Errorf("read replication slot %s: %w", slot, err)
+		return slotResult{}, fmt.Errorf("read replication slot %s: %w", slot, err)
 	}
 	var curDB string
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&curDB); err != nil {
-		return false, err
+		return slotResult{}, err
 	}
 	if plugin != "pgoutput" || db != curDB {
-		return false, fatalf("replication slot %q exists but is not a pgoutput slot of database %s (plugin %q, database %q): choose another database.slot or drop it with SELECT pg_drop_replication_slot('%s');", slot, curDB, plugin, db, slot)
+		return slotResult{}, fatalf("replication slot %q exists but is not a pgoutput slot of database %s (plugin %q, database %q): choose another database.slot or drop it with SELECT pg_drop_replication_slot('%s');", slot, curDB, plugin, db, slot)
 	}
-	if walStatus == "lost" {
-		return false, fatalf("replication slot %q was invalidated by max_slot_wal_keep_size (wal_status = lost): changes since were lost to walhook. Drop it with SELECT pg_drop_replication_slot('%s'); and restart walhook to capture from now on (then use walhook backfill to resend current rows)", slot, slot)
+	var why string
+	switch {
+	case walStatus == "lost":
+		why = "it was invalidated (wal_status = lost: it fell more than max_slot_wal_keep_size behind)"
+	case publicationCreated:
+		why = fmt.Sprintf("publication %q was missing and has been created again, and a slot cannot decode with a publication created after it", cfg.Database.Publication)
+	default:
+		return slotResult{}, nil
 	}
-	if publicationCreated {
-		return false, fatalf("replication slot %q is older than publication %q, which was just created: the slot cannot decode past changes with it. Drop the slot with SELECT pg_drop_replication_slot('%s'); and restart walhook", slot, cfg.Database.Publication, slot)
+	if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot); err != nil {
+		return slotResult{}, fmt.Errorf("drop unusable replication slot %s (%s): %w", slot, why, err)
 	}
-	return false, nil
+	res, err := createSlot(ctx, conn, slot)
+	res.recreated = why
+	return res, err
+}
+
+func createSlot(ctx context.Context, conn queryer, slot string) (slotResult, error) {
+	_, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42710" { // created by another process just now
+		return slotResult{}, nil
+	}
+	if err != nil {
+		return slotResult{}, fmt.Errorf("create replication slot %s: %w", slot, permissionHint(err))
+	}
+	return slotResult{created: true}, nil
 }
