@@ -16,6 +16,10 @@ import (
 	"github.com/walhook/walhook/internal/config"
 )
 
+// statusMinGap is the shortest time between two status updates sent to
+// confirm keepalive positions.
+const statusMinGap = 200 * time.Millisecond
+
 // stream owns one replication connection: it receives pgoutput messages,
 // renders changes, hands them to the writer and confirms LSNs. It runs on a
 // single goroutine (a PgConn is not safe for concurrent use).
@@ -42,6 +46,7 @@ type stream struct {
 	kaNeed      pglogrepl.LSN
 	confirmed   pglogrepl.LSN
 	nextStatus  time.Time
+	lastStatus  time.Time
 }
 
 // confirmLSN is what may be reported as flushed: the writer's committed LSN,
@@ -67,7 +72,8 @@ func (s *stream) sendStatus(ctx context.Context) error {
 		return fmt.Errorf("send standby status: %w", err)
 	}
 	s.c.confirmed.Store(uint64(lsn))
-	s.nextStatus = time.Now().Add(s.interval)
+	s.lastStatus = time.Now()
+	s.nextStatus = s.lastStatus.Add(s.interval)
 	return nil
 }
 
@@ -114,6 +120,12 @@ func (s *stream) run(ctx context.Context) error {
 				}
 				if !s.inTxn {
 					s.kaEnd, s.kaNeed = ka.ServerWALEnd, s.lastSentEnd
+					// Other tables or databases are writing WAL: confirm it
+					// soon (the server waits for our reply before it sends
+					// the next keepalive), so the slot does not retain it.
+					if due := s.lastStatus.Add(statusMinGap); s.kaEnd > s.confirmed && due.Before(s.nextStatus) {
+						s.nextStatus = due
+					}
 				}
 				if ka.ReplyRequested {
 					s.nextStatus = time.Time{}
