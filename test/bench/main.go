@@ -1,0 +1,430 @@
+// Command bench measures walhook on a throwaway PostgreSQL and prints a
+// table (and writes the same figures as JSON): capture rate next to
+// pg_recvlogical on the same WAL, dispatch rate to a local receiver,
+// commit-to-receipt latency at a steady rate, and peak memory per phase.
+//
+//	go run ./test/bench [-rows 100000] [-out bench-results.json]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/walhook/walhook/test/pgtest"
+)
+
+// Result is one measured figure.
+type Result struct {
+	Phase  string  `json:"phase"`
+	Metric string  `json:"metric"`
+	Value  float64 `json:"value"`
+	Unit   string  `json:"unit"`
+}
+
+type bench struct {
+	ctx     context.Context
+	cl      *pgtest.Cluster
+	bin     string
+	dir     string
+	results []Result
+	n       int
+}
+
+func main() {
+	rows := flag.Int("rows", 100000, "changes for the capture and dispatch phases")
+	huge := flag.Int("huge", 1000000, "rows in the one-transaction memory phase (0 skips)")
+	rate := flag.Int("rate", 1000, "rows/s in the latency phase")
+	dur := flag.Duration("latency-for", 10*time.Second, "length of the latency phase")
+	out := flag.String("out", "bench-results.json", "where to write the JSON results")
+	flag.Parse()
+	if err := run(*rows, *huge, *rate, *dur, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(rows, huge, rate int, dur time.Duration, out string) error {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "walhook-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	b := &bench{ctx: ctx, dir: dir, bin: filepath.Join(dir, "walhook")}
+	fmt.Fprintln(os.Stderr, "building walhook and starting PostgreSQL (fsync on)...")
+	if out, err := exec.Command("go", "build", "-o", b.bin, "./cmd/walhook").CombinedOutput(); err != nil {
+		return fmt.Errorf("build: %v: %s", err, out)
+	}
+	b.cl, err = pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"fsync": "on", "synchronous_commit": "on"}})
+	if err != nil {
+		return err
+	}
+	defer b.cl.Close()
+	if err := b.capture(rows); err != nil {
+		return fmt.Errorf("capture: %w", err)
+	}
+	if err := b.dispatch(rows); err != nil {
+		return fmt.Errorf("dispatch: %w", err)
+	}
+	if err := b.latency(rate, dur); err != nil {
+		return fmt.Errorf("latency: %w", err)
+	}
+	if huge > 0 {
+		if err := b.hugeTx(huge); err != nil {
+			return fmt.Errorf("huge transaction: %w", err)
+		}
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "phase\tmetric\tvalue\tunit")
+	for _, r := range b.results {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Phase, r.Metric, strconv.FormatFloat(r.Value, 'f', -1, 64), r.Unit)
+	}
+	tw.Flush()
+	j, _ := json.MarshalIndent(map[string]any{"machine": machine(), "results": b.results}, "", "  ")
+	return os.WriteFile(out, append(j, '\n'), 0o644)
+}
+
+func machine() map[string]any {
+	host, _ := os.Hostname()
+	cpu := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	return map[string]any{"host": host, "cpu": cpu, "date": time.Now().UTC().Format(time.RFC3339)}
+}
+
+func (b *bench) add(phase, metric string, v float64, unit string) {
+	v, _ = strconv.ParseFloat(strconv.FormatFloat(v, 'f', 2, 64), 64)
+	b.results = append(b.results, Result{phase, metric, v, unit})
+	fmt.Fprintf(os.Stderr, "  %s %s: %v %s\n", phase, metric, v, unit)
+}
+
+// db creates a database with schema and writes a config for it.
+func (b *bench) db(schema, webhookURL, extra string) (*pgxpool.Pool, string, string, error) {
+	b.n++
+	dsn, err := b.cl.CreateDB(b.ctx, fmt.Sprintf("bench%d", b.n))
+	if err != nil {
+		return nil, "", "", err
+	}
+	pool, err := pgxpool.New(b.ctx, dsn)
+	if err != nil {
+		return nil, "", "", err
+	}
+	if _, err := pool.Exec(b.ctx, schema); err != nil {
+		return nil, "", "", err
+	}
+	if webhookURL == "" {
+		webhookURL = "http://127.0.0.1:1/"
+	}
+	cfg := filepath.Join(b.dir, fmt.Sprintf("walhook%d.yaml", b.n))
+	text := fmt.Sprintf("database: {dsn: %q, slot: bench%d}\nmodels: [{table: item}]\nwebhooks:\n  - {name: w, url: %q, secret: bench-secret}\n%shttp: {listen: ''}\nlog: {level: warn}\n", dsn, b.n, webhookURL, extra)
+	return pool, dsn, cfg, os.WriteFile(cfg, []byte(text), 0o600)
+}
+
+const itemSchema = `CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL, price numeric(10,2), updated timestamptz NOT NULL DEFAULT now())`
+
+// proc runs walhook and samples its peak RSS.
+type proc struct {
+	cmd *exec.Cmd
+	out strings.Builder
+	mu  sync.Mutex
+}
+
+func (b *bench) start(cfg string, args ...string) (*proc, error) {
+	p := &proc{cmd: exec.Command(b.bin, append(args, "-c", cfg)...)}
+	p.cmd.Stdout, p.cmd.Stderr = (*lockedBuilder)(p), (*lockedBuilder)(p)
+	return p, p.cmd.Start()
+}
+
+type lockedBuilder proc
+
+func (l *lockedBuilder) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.out.Write(b)
+}
+
+// stop ends the process and returns its peak RSS in MB.
+func (p *proc) stop() float64 {
+	rss := peakRSS(p.cmd.Process.Pid)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.cmd.Wait()
+	return rss
+}
+
+func peakRSS(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.Atoi(f[1])
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+func count(ctx context.Context, pool *pgxpool.Pool, sql string) int {
+	var n int
+	if err := pool.QueryRow(ctx, sql).Scan(&n); err != nil {
+		return -1
+	}
+	return n
+}
+
+func waitFor(timeout time.Duration, every time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v", timeout)
+		}
+		time.Sleep(every)
+	}
+	return nil
+}
+
+// capture: rows committed inserts (transactions of 1,000) wait in the WAL for
+// two slots created at the same moment: pg_recvlogical streams one to
+// /dev/null, then walhook --capture-only enqueues the other.
+func (b *bench) capture(rows int) error {
+	pool, dsn, cfg, err := b.db(itemSchema, "", "")
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	slot := fmt.Sprintf("bench%d", b.n)
+	if _, err := pool.Exec(b.ctx, `CREATE PUBLICATION walhook FOR TABLE item WITH (publish = 'insert, update, delete')`); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(b.ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput'), pg_create_logical_replication_slot('recv_' || $1, 'pgoutput')`, slot); err != nil {
+		return err
+	}
+	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+		return fmt.Errorf("migrate: %v: %s", err, out)
+	}
+	for i := 0; i < rows; i += 1000 {
+		if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series($1::int, $2::int) g`, i+1, min(i+1000, rows)); err != nil {
+			return err
+		}
+	}
+	var end string
+	if err := pool.QueryRow(b.ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end); err != nil {
+		return err
+	}
+	recv := filepath.Join(b.cl.BinDir, "pg_recvlogical")
+	start := time.Now()
+	cmd := exec.Command(recv, "-d", dsn, "--slot", "recv_"+slot, "--start", "--endpos", end, "-f", "/dev/null",
+		"-o", "proto_version=1", "-o", "publication_names=walhook", "--no-loop")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_recvlogical: %v: %s", err, out)
+	}
+	recvRate := float64(rows) / time.Since(start).Seconds()
+	b.add("capture", "pg_recvlogical", recvRate, "changes/s")
+
+	start = time.Now()
+	p, err := b.start(cfg, "run", "--capture-only")
+	if err != nil {
+		return err
+	}
+	err = waitFor(5*time.Minute, 10*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM walhook.checkpoints WHERE lsn >= '`+end+`'`) == 1
+	})
+	el := time.Since(start)
+	rss := p.stop()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, p.out.String())
+	}
+	if n := count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries`); n != rows {
+		return fmt.Errorf("%d deliveries, want %d", n, rows)
+	}
+	b.add("capture", "walhook run --capture-only", float64(rows)/el.Seconds(), "changes/s")
+	b.add("capture", "walhook / pg_recvlogical", float64(rows)/el.Seconds()/recvRate, "x")
+	b.add("capture", "walhook peak RSS", rss, "MB")
+	return nil
+}
+
+// receiver answers 204 at once and reports each request's body.
+func receiver(onBody func([]byte)) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if onBody != nil {
+			onBody(body)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})}
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String() + "/hook", func() { srv.Close() }, nil
+}
+
+// dispatch: rows pending deliveries are sent, signed, to a local receiver.
+func (b *bench) dispatch(rows int) error {
+	var got sync.WaitGroup
+	got.Add(rows)
+	var once sync.Map
+	url, closeRecv, err := receiver(func(body []byte) {})
+	if err != nil {
+		return err
+	}
+	defer closeRecv()
+	_ = &once
+	pool, _, cfg, err := b.db(itemSchema, url, "dispatch: {concurrency: 32}\n")
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+		return fmt.Errorf("migrate: %v: %s", err, out)
+	}
+	if _, err := pool.Exec(b.ctx, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
+		SELECT 'w', 'created', 'item', g::text, '0/1'::pg_lsn + g, 0, now(),
+			'{"event":"created","signal_received_timestamp":1700000000.000001,"model":"item","data":{"id":' || g || ',"name":"item ' || g || '","qty":1,"price":0.25}}'
+		FROM generate_series(1, $1::int) g`, rows); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(b.ctx, `VACUUM ANALYZE walhook.deliveries`); err != nil {
+		return err
+	}
+	start := time.Now()
+	p, err := b.start(cfg, "run", "--dispatch-only")
+	if err != nil {
+		return err
+	}
+	err = waitFor(5*time.Minute, 20*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE state IN ('pending', 'delivering')`) == 0
+	})
+	el := time.Since(start)
+	rss := p.stop()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, p.out.String())
+	}
+	b.add("dispatch", "signed deliveries (concurrency 32)", float64(rows)/el.Seconds(), "deliveries/s")
+	b.add("dispatch", "walhook peak RSS", rss, "MB")
+	return nil
+}
+
+// latency: single-row transactions at a steady rate through walhook run;
+// commit-to-receipt is the receipt time minus the commit time in the body.
+func (b *bench) latency(rate int, dur time.Duration) error {
+	var mu sync.Mutex
+	var lat []float64
+	url, closeRecv, err := receiver(func(body []byte) {
+		now := time.Now()
+		var p struct {
+			TS json.Number `json:"signal_received_timestamp"`
+		}
+		if json.Unmarshal(body, &p) == nil {
+			ts, _ := p.TS.Float64()
+			mu.Lock()
+			lat = append(lat, float64(now.UnixMicro())/1e3-ts*1e3)
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer closeRecv()
+	pool, _, cfg, err := b.db(itemSchema, url, "dispatch: {concurrency: 16}\n")
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	p, err := b.start(cfg, "run")
+	if err != nil {
+		return err
+	}
+	if err := waitFor(30*time.Second, 20*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'bench%'`) == 1
+	}); err != nil {
+		p.stop()
+		return fmt.Errorf("walhook did not start streaming: %s", p.out.String())
+	}
+	total := int(float64(rate) * dur.Seconds())
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	for i := 1; i <= total; i++ {
+		<-tick.C
+		if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty) VALUES ($1, 'x', 1)`, i); err != nil {
+			p.stop()
+			return err
+		}
+	}
+	tick.Stop()
+	err = waitFor(time.Minute, 20*time.Millisecond, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(lat) >= total
+	})
+	rss := p.stop()
+	if err != nil {
+		return err
+	}
+	sort.Float64s(lat)
+	pct := func(q float64) float64 { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+	b.add("latency", fmt.Sprintf("commit-to-receipt p50 at %d rows/s", rate), pct(0.50), "ms")
+	b.add("latency", fmt.Sprintf("commit-to-receipt p99 at %d rows/s", rate), pct(0.99), "ms")
+	b.add("latency", "walhook peak RSS", rss, "MB")
+	return nil
+}
+
+// hugeTx: one transaction of n inserts through walhook --capture-only.
+func (b *bench) hugeTx(n int) error {
+	pool, _, cfg, err := b.db(itemSchema, "", "")
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	p, err := b.start(cfg, "run", "--capture-only")
+	if err != nil {
+		return err
+	}
+	if err := waitFor(30*time.Second, 20*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'bench%'`) == 1
+	}); err != nil {
+		p.stop()
+		return fmt.Errorf("walhook did not start streaming: %s", p.out.String())
+	}
+	start := time.Now()
+	if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series(1, $1::int) g`, n); err != nil {
+		p.stop()
+		return err
+	}
+	var end string
+	pool.QueryRow(b.ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end)
+	err = waitFor(10*time.Minute, 50*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM walhook.checkpoints WHERE lsn >= '`+end+`'`) == 1
+	})
+	el := time.Since(start)
+	rss := p.stop()
+	if err != nil {
+		return err
+	}
+	b.add("huge transaction", fmt.Sprintf("%d rows in one transaction, commit to enqueued", n), float64(n)/el.Seconds(), "changes/s")
+	b.add("huge transaction", "walhook peak RSS", rss, "MB")
+	return nil
+}
