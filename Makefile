@@ -1,6 +1,7 @@
 # walhook — `make help` lists the targets.
 GO ?= go
 PKG := ./...
+FUZZTIME ?= 30s
 
 .PHONY: help demo test test-race lint bench fuzz build deps
 
@@ -31,7 +32,7 @@ bench: deps ## benchmarks: capture enqueue rate, dispatch rate, value rendering
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cdc/ ./dispatch/
 	$(GO) test -run '^$$' -bench 'AppendValue' ./cdc/
 
-fuzz: ## fuzz the pgoutput decoder, value renderer and config parser (30s each)
-	$(GO) test -run '^$$' -fuzz FuzzDecodeChange -fuzztime 30s ./cdc/
-	$(GO) test -run '^$$' -fuzz FuzzAppendValue -fuzztime 30s ./cdc/
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/config/
+fuzz: ## fuzz the pgoutput decoder, value renderer and config parser (FUZZTIME each, default 30s)
+	$(GO) test -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME) ./cdc/
+	$(GO) test -run '^$$' -fuzz FuzzAppendValue -fuzztime $(FUZZTIME) ./cdc/
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./internal/config/
