@@ -28,7 +28,8 @@ lint: ## go vet and gofmt
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-bench: deps ## benchmarks: capture enqueue rate, dispatch rate, value rendering
+bench: deps ## capture vs pg_recvlogical, dispatch, latency, memory (table + bench-results.json); then Go benchmarks
+	$(GO) run ./test/bench -out bench-results.json
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cdc/ ./dispatch/
 	$(GO) test -run '^$$' -bench 'AppendValue' ./cdc/
 
