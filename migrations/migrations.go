@@ -80,13 +80,24 @@ func Apply(ctx context.Context, pool *pgxpool.Pool, schema string) ([]int, error
 		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock(hashtext($1))", lockKey)
 	}()
 	q := Ident(schema)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+q); err != nil {
-		return nil, fmt.Errorf("migrate: create schema %s: %w", schema, err)
-	}
 	vt := Table(schema, "schema_migrations")
-	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+vt+
-		" (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"); err != nil {
-		return nil, fmt.Errorf("migrate: create %s.schema_migrations: %w", schema, err)
+	// CREATE ... IF NOT EXISTS checks the CREATE privilege even when the
+	// object exists: skip it then, so a role that only uses a schema a DBA
+	// created can run walhook.
+	var haveSchema, haveTable bool
+	if err := conn.QueryRow(ctx, "SELECT to_regnamespace($1) IS NOT NULL, to_regclass($2) IS NOT NULL", q, vt).Scan(&haveSchema, &haveTable); err != nil {
+		return nil, fmt.Errorf("migrate: look up schema %s: %w", schema, err)
+	}
+	if !haveSchema {
+		if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+q); err != nil {
+			return nil, fmt.Errorf("migrate: create schema %s: %w", schema, err)
+		}
+	}
+	if !haveTable {
+		if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+vt+
+			" (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"); err != nil {
+			return nil, fmt.Errorf("migrate: create %s.schema_migrations: %w", schema, err)
+		}
 	}
 	done := map[int]bool{}
 	rows, err := conn.Query(ctx, "SELECT version FROM "+vt)
