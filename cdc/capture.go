@@ -164,6 +164,7 @@ func (c *Capture) Prepare(ctx context.Context) error {
 // retrying cannot fix.
 func (c *Capture) Run(ctx context.Context) error {
 	backoff := 500 * time.Millisecond
+	lastHolder := ""
 	for {
 		start := time.Now()
 		err := c.session(ctx)
@@ -181,7 +182,10 @@ func (c *Capture) Run(ctx context.Context) error {
 		if errors.As(err, &pe) && pe.Code == "55006" {
 			// The slot is our lock: poll it briskly so a standby takes over
 			// within seconds when the capturing process dies.
-			c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("another process is capturing from the slot; waiting to take over")
+			if holder := c.slotHolder(ctx); holder != lastHolder {
+				lastHolder = holder
+				c.log.Info().Str("slot", c.cfg.Database.Slot).Msgf("slot %s is held by %s: another walhook or replication client; waiting to take over (if it is not a walhook, end it with SELECT pg_terminate_backend(pid))", c.cfg.Database.Slot, holder)
+			}
 			backoff = time.Second
 		} else {
 			c.log.Warn().Err(err).Dur("retry_in", backoff).Msg("capture interrupted; reconnecting")
@@ -196,6 +200,18 @@ func (c *Capture) Run(ctx context.Context) error {
 			backoff = min(backoff*2, 15*time.Second)
 		}
 	}
+}
+
+// slotHolder describes the process holding the slot, for logs.
+func (c *Capture) slotHolder(ctx context.Context) string {
+	var pid int
+	var app, addr string
+	err := c.source.QueryRow(ctx, `SELECT coalesce(s.active_pid, 0), coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local')
+		FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = $1`, c.cfg.Database.Slot).Scan(&pid, &app, &addr)
+	if err != nil {
+		return "another process"
+	}
+	return fmt.Sprintf("pid %d (application_name %q, client %s)", pid, app, addr)
 }
 
 // ReplicationConfig parses dsn into a replication connection config with

@@ -14,6 +14,8 @@ type column struct {
 	pk      bool // part of the primary key (object_key)
 	exclude bool
 	choices config.Choices
+	rel     int  // 1 + index of the relation lookup rendered in this column's place; 0: none
+	hidden  bool // a further column of a composite foreign key (rendered by the first)
 }
 
 // relation is a captured table: the stream's description plus the model
@@ -28,6 +30,30 @@ type relation struct {
 	model    *config.Model
 	pkCols   []int // indexes into cols forming object_key
 	urlParts []urlPart
+	plan     *lookupPlan // relations and computed fields; nil when none
+	hooks    [3]hookSet  // webhooks per event (eventIndex)
+}
+
+// setPlan attaches the model's lookups: each relation renders in place of
+// its first foreign-key column and hides the others.
+func (r *relation) setPlan(p *lookupPlan) {
+	for i := range r.cols {
+		r.cols[i].rel, r.cols[i].hidden = 0, false
+	}
+	if p == nil || len(p.rels)+len(p.comps) == 0 {
+		r.plan = nil
+		return
+	}
+	r.plan = p
+	for n, rl := range p.rels {
+		for j, c := range rl.fk {
+			if j == 0 {
+				r.cols[c].rel = n + 1
+			} else {
+				r.cols[c].hidden = true
+			}
+		}
+	}
 }
 
 type urlPart struct {

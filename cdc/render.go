@@ -29,9 +29,12 @@ type renderer struct {
 	resolve TypeResolver
 }
 
-// data renders the "data" object of a row. keysOnly renders only replica
-// identity columns (a DELETE whose old row carries keys only).
-func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly bool) []byte {
+// appendData renders the "data" object of a row. keysOnly renders only
+// replica identity columns (a DELETE whose old row carries keys only). ex
+// holds the looked-up relation fields, then the computed fields, of a model
+// that has them (rel.plan): a field whose value is not present is left out,
+// and computed fields are rendered only when ex has them (not for .old).
+func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly bool, ex []lookupVal) []byte {
 	dst = append(dst, '{')
 	first := true
 	lastPK := -1
@@ -41,7 +44,20 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 	urlDone := len(rel.urlParts) == 0
 	for i := range rel.cols {
 		c := &rel.cols[i]
-		if c.exclude || (keysOnly && !c.key) || i >= len(vals) {
+		skip := c.exclude || c.hidden || (keysOnly && !c.key) || i >= len(vals)
+		if !skip && c.rel > 0 {
+			if n := c.rel - 1; n < len(ex) && ex[n].present {
+				if !first {
+					dst = append(dst, ',')
+				}
+				first = false
+				dst = AppendJSONString(dst, rel.plan.rels[n].field)
+				dst = append(dst, ':')
+				dst = append(dst, ex[n].json...)
+			}
+			skip = true
+		}
+		if skip {
 			if i == lastPK && !urlDone {
 				dst, first = rd.appendURL(dst, rel, vals, first), false
 				urlDone = true
@@ -77,7 +93,22 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 		}
 	}
 	if !urlDone {
-		dst = rd.appendURL(dst, rel, vals, first)
+		dst, first = rd.appendURL(dst, rel, vals, first), false
+	}
+	if rel.plan != nil {
+		base := len(rel.plan.rels)
+		for j, cl := range rel.plan.comps {
+			if base+j >= len(ex) || !ex[base+j].present {
+				continue
+			}
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = AppendJSONString(dst, cl.name)
+			dst = append(dst, ':')
+			dst = append(dst, ex[base+j].json...)
+		}
 	}
 	return append(dst, '}')
 }
@@ -115,8 +146,14 @@ func appendTimestamp(dst []byte, t time.Time) []byte {
 	return append(dst, f...)
 }
 
-// netboxBody renders the default NetBox v2 webhook body.
+// netboxBody renders the default NetBox v2 webhook body of a change of a
+// model without relations or computed fields.
 func (rd *renderer) netboxBody(event string, committed time.Time, rel *relation, vals row, keysOnly bool) string {
+	return rd.netboxBodyEx(event, committed, rel, vals, keysOnly, nil)
+}
+
+// netboxBodyEx is netboxBody with the change's looked-up fields.
+func (rd *renderer) netboxBodyEx(event string, committed time.Time, rel *relation, vals row, keysOnly bool, ex []lookupVal) string {
 	b := rd.buf[:0]
 	b = append(b, `{"event":"`...)
 	b = append(b, event...)
@@ -125,7 +162,7 @@ func (rd *renderer) netboxBody(event string, committed time.Time, rel *relation,
 	b = append(b, `,"model":`...)
 	b = AppendJSONString(b, rel.model.Model)
 	b = append(b, `,"data":`...)
-	b = rd.appendData(b, rel, vals, keysOnly)
+	b = rd.appendData(b, rel, vals, keysOnly, ex)
 	b = append(b, '}')
 	rd.buf = b
 	return string(b)

@@ -84,12 +84,12 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 			has(g[1], "url")
 		}
 		if len(m.Relations) > 0 || len(m.Computed) > 0 {
-			add(m.Line, "model %s: relations and computed fields are not supported by this walhook version yet; remove them", m.Model)
+			probs = append(probs, checkLookups(ctx, conn, cfg, m)...)
 		}
 	}
 	for _, w := range cfg.Webhooks {
-		if w.BodyTemplate != "" || w.Conditions != nil || w.Format != "netbox" || w.Signature != "netbox" || w.Coalesce != "none" {
-			add(w.Line, "webhook %s: body_template, conditions, format, signature and coalesce other than the defaults are not supported by this walhook version yet", w.Name)
+		if w.Format != "netbox" || w.Signature != "netbox" || w.Coalesce != "none" {
+			add(w.Line, "webhook %s: format, signature and coalesce other than the defaults are not supported by this walhook version yet", w.Name)
 		}
 	}
 	if len(probs) > 0 {

@@ -35,6 +35,10 @@ type stream struct {
 	rels    map[uint32]*relation
 	rd      renderer
 	rows    []outRow
+	pending []pending // changes waiting for their chunk's lookups (or behind one that is)
+	specs   map[string]*hookSpec
+	tpl     *templater
+	oldBuf  []byte
 	inTxn   bool
 	txnLSN  pglogrepl.LSN
 	txnAt   time.Time
@@ -79,6 +83,12 @@ func (s *stream) sendStatus(ctx context.Context) error {
 
 func (s *stream) run(ctx context.Context) error {
 	s.nextStatus = time.Now().Add(s.interval)
+	s.tpl = newTemplater()
+	specs, err := hookSpecs(s.c.cfg, s.tpl)
+	if err != nil {
+		return &FatalError{Err: err}
+	}
+	s.specs = specs
 	for {
 		select {
 		case err := <-s.werr: // the writer failed while the stream was idle
@@ -170,6 +180,11 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 			Msg("TRUNCATE is not captured: no webhooks are sent for the removed rows")
 		s.seq++
 	case *pglogrepl.CommitMessage:
+		if len(s.pending) > 0 {
+			if err := s.flushPending(ctx); err != nil {
+				return err
+			}
+		}
 		b := batch{rows: s.rows, commit: true, endLSN: m.TransactionEndLSN}
 		s.rows = nil
 		s.inTxn = false
@@ -222,7 +237,67 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 	if err != nil {
 		return err
 	}
-	s.rels[m.RelationID] = newRelation(m, model, pk)
+	r := newRelation(m, model, pk)
+	if len(model.Relations)+len(model.Computed) > 0 {
+		if err := s.planRelation(ctx, r, m); err != nil {
+			return err
+		}
+	}
+	if len(model.IgnoreChanges) > 0 && m.ReplicaIdentity != 'f' {
+		s.log.Warn().Str("table", m.Namespace+"."+m.RelationName).
+			Msg("ignore_changes has no effect: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
+	}
+	for e, ev := range config.Events {
+		hs := &r.hooks[e]
+		hs.names = s.c.hooks[model.Model][ev]
+		hs.specs = make([]*hookSpec, len(hs.names))
+		for i, n := range hs.names {
+			if sp := s.specs[n]; sp != nil {
+				hs.specs[i], hs.special = sp, true
+			}
+		}
+	}
+	s.rels[m.RelationID] = r
+	return nil
+}
+
+// planRelation builds the relation and computed-field queries of a table
+// version. A relation or computed field that cannot be planned (its table
+// was dropped, say) is logged and left out until the next schema change or
+// restart; capture goes on.
+func (s *stream) planRelation(ctx context.Context, r *relation, m *pglogrepl.RelationMessage) error {
+	cat, err := tableColumns(ctx, s.c.source, m.Namespace, m.RelationName)
+	if err != nil {
+		return err
+	}
+	byName := map[string]colInfo{}
+	for _, c := range cat {
+		byName[c.name] = c
+	}
+	cols := make([]colInfo, len(r.cols))
+	for i, c := range r.cols {
+		cols[i] = colInfo{name: c.name, oid: c.oid, typname: byName[c.name].typname}
+		if cols[i].typname == "" {
+			cols[i].typname = "pg_catalog.text"
+		}
+	}
+	plan, probs, err := planLookups(ctx, s.c.source, r.model, cols)
+	if err != nil {
+		return err
+	}
+	for _, p := range probs {
+		s.log.Error().Str("table", r.schema+"."+r.name).Msg(p.msg + ": rendered without it")
+	}
+	if plan != nil {
+		for _, rl := range plan.rels {
+			for _, oid := range rl.sel {
+				if err := s.c.types.resolveOID(ctx, oid); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	r.setPlan(plan)
 	return nil
 }
 
@@ -236,8 +311,8 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	if rel.model == nil {
 		return nil
 	}
-	hooks := s.c.hooks[rel.model.Model][event]
-	if len(hooks) == 0 {
+	hs := &rel.hooks[eventIndex(event)]
+	if len(hs.names) == 0 {
 		return nil
 	}
 	var vals, old row
@@ -267,18 +342,155 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 			return nil
 		}
 	}
-	body := s.rd.netboxBody(event, s.txnAt, rel, vals, keysOnly)
-	key := objectKey(rel, vals)
-	for _, h := range hooks {
-		s.rows = append(s.rows, outRow{webhook: h, event: event, model: rel.model.Model, key: key,
-			commitLSN: s.txnLSN, seq: seq, committedAt: s.txnAt, body: body})
+	if rel.plan == nil && !hs.special && len(s.pending) == 0 {
+		// The plain path: render now, one body for every webhook.
+		body := s.rd.netboxBody(event, s.txnAt, rel, vals, keysOnly)
+		key := objectKey(rel, vals)
+		for _, h := range hs.names {
+			s.rows = append(s.rows, outRow{webhook: h, event: event, model: rel.model.Model, key: key,
+				commitLSN: s.txnLSN, seq: seq, committedAt: s.txnAt, body: body})
+		}
+		return s.sendFull(ctx)
 	}
+	p := pending{rel: rel, hooks: hs, event: event, seq: seq, vals: vals, oldType: oldType, keysOnly: keysOnly}
+	if event == EventUpdated && hs.special {
+		p.old = old
+	}
+	if rel.plan == nil && len(s.pending) == 0 {
+		return s.emit(ctx, &p) // nothing to look up: render now
+	}
+	// Buffer until the chunk's lookups (the values point into the message
+	// buffer: copy them). Later changes of the transaction queue behind it
+	// to keep their order.
+	p.vals, p.old = copyRow(p.vals), copyRow(p.old)
+	s.pending = append(s.pending, p)
+	if len(s.pending) >= chunkRows {
+		return s.flushPending(ctx)
+	}
+	return nil
+}
+
+// sendFull hands the rendered rows to the writer once a chunk is full.
+func (s *stream) sendFull(ctx context.Context) error {
 	if len(s.rows) >= chunkRows {
 		b := batch{rows: s.rows}
 		s.rows = nil
 		return s.send(ctx, b)
 	}
 	return nil
+}
+
+// pending is a change waiting to be rendered.
+type pending struct {
+	rel      *relation
+	hooks    *hookSet
+	event    string
+	seq      int32
+	vals     row
+	old      row // the row before an UPDATE, kept for templates and conditions
+	oldType  uint8
+	keysOnly bool
+	extra    []lookupVal // relation fields, then computed fields (rel.plan)
+	oldExtra []lookupVal // relation fields of old
+}
+
+// oldNeeded reports whether the old row is rendered (for .old).
+func (p *pending) oldNeeded() bool { return p.old != nil }
+
+// flushPending looks up the relations and computed fields of the buffered
+// changes, then renders them.
+func (s *stream) flushPending(ctx context.Context) error {
+	if err := s.lookups(ctx, s.pending); err != nil {
+		return err
+	}
+	for i := range s.pending {
+		if err := s.emit(ctx, &s.pending[i]); err != nil {
+			return err
+		}
+	}
+	clear(s.pending)
+	s.pending = s.pending[:0]
+	return nil
+}
+
+// emit renders a change for each of its webhooks: the default body, or the
+// webhook's template, unless the webhook's conditions reject it.
+func (s *stream) emit(ctx context.Context, p *pending) error {
+	rel := p.rel
+	body := s.rd.netboxBodyEx(p.event, s.txnAt, rel, p.vals, p.keysOnly, p.extra)
+	key := objectKey(rel, p.vals)
+	var payload map[string]any
+	for i, h := range p.hooks.names {
+		r := outRow{webhook: h, event: p.event, model: rel.model.Model, key: key,
+			commitLSN: s.txnLSN, seq: p.seq, committedAt: s.txnAt, body: body}
+		if sp := p.hooks.specs[i]; sp != nil {
+			if payload == nil {
+				var err error
+				if payload, err = s.payload(body, p); err != nil {
+					// Cannot happen with PostgreSQL's values; do not stop
+					// capture for it: conditions fail, templates see no data.
+					s.log.Error().Err(err).Str("model", rel.model.Model).Str("key", key).Msg("cannot decode the rendered payload for templates and conditions")
+					payload = map[string]any{"event": p.event, "model": rel.model.Model}
+				}
+			}
+			if sp.cond != nil {
+				ok, err := evalCondition(sp.cond, payload)
+				if err != nil {
+					if allow, n := sp.condLog.allow(); allow {
+						s.log.Warn().Err(err).Str("webhook", h).Str("model", rel.model.Model).Str("event", p.event).
+							Str("key", key).Int("not_logged", n).Msg("conditions cannot be evaluated on this change: not sent")
+					}
+				}
+				if !ok {
+					continue
+				}
+			}
+			if sp.tmpl != nil {
+				out, err := s.tpl.execute(sp.tmpl, payload)
+				if err != nil {
+					// Stored failed with the error, and the default body.
+					r.state, r.lastError = "failed", "body_template: "+err.Error()
+				} else {
+					r.body = out
+				}
+			}
+		}
+		s.rows = append(s.rows, r)
+	}
+	return s.sendFull(ctx)
+}
+
+// payload decodes a change's default body (and old row) for its webhooks'
+// templates and conditions.
+func (s *stream) payload(body string, p *pending) (map[string]any, error) {
+	var old []byte
+	if p.old != nil {
+		s.oldBuf = s.rd.appendData(s.oldBuf[:0], p.rel, p.old, p.oldType != 'O', p.oldExtra)
+		old = s.oldBuf
+	}
+	return s.tpl.payload(body, old)
+}
+
+// copyRow copies a row's values out of the message buffer, into one block.
+func copyRow(r row) row {
+	if r == nil {
+		return nil
+	}
+	n := 0
+	for _, v := range r {
+		n += len(v.data)
+	}
+	buf := make([]byte, 0, n)
+	out := make(row, len(r))
+	for i, v := range r {
+		out[i].kind = v.kind
+		if v.data != nil {
+			start := len(buf)
+			buf = append(buf, v.data...)
+			out[i].data = buf[start:len(buf):len(buf)]
+		}
+	}
+	return out
 }
 
 // onlyIgnoredChanged reports whether an UPDATE changed only columns listed

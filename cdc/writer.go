@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/migrations"
@@ -20,6 +21,9 @@ type outRow struct {
 	seq                        int32
 	committedAt                time.Time
 	body                       string
+	// state and lastError, when set, store the row as already failed (a
+	// body_template that failed to render); default: pending.
+	state, lastError string
 }
 
 // batch carries rows of one source transaction to the writer; commit marks
@@ -39,6 +43,7 @@ type writer struct {
 	pool       *pgxpool.Pool
 	slot       string
 	insertSQL  string
+	insertErr  string // insertSQL with state and last_error per row
 	ckptSQL    string
 	channel    string
 	groupRows  int
@@ -71,6 +76,10 @@ func newWriter(pool *pgxpool.Pool, schema, slot string, groupRows int, groupDela
 		channel: migrations.Channel(schema),
 		insertSQL: "INSERT INTO " + d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[])
+			ON CONFLICT (webhook, commit_lsn, seq) DO NOTHING`,
+		insertErr: "INSERT INTO " + d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, state, last_error)
+			SELECT w, e, m, k, l, s, c, b, coalesce(nullif(st, ''), 'pending'), nullif(le, '')
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS u(w, e, m, k, l, s, c, b, st, le)
 			ON CONFLICT (webhook, commit_lsn, seq) DO NOTHING`,
 		ckptSQL: "INSERT INTO " + migrations.Table(schema, "checkpoints") + ` (slot, lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now())
 			ON CONFLICT (slot) DO UPDATE SET lsn = GREATEST(EXCLUDED.lsn, checkpoints.lsn), updated_at = now()`,
@@ -213,7 +222,22 @@ func (w *writer) insert(ctx context.Context, tx pgx.Tx, rows []outRow) (int64, e
 		webhooks[i], events[i], models[i], keys[i] = r.webhook, r.event, r.model, r.key
 		lsns[i], seqs[i], ats[i], bodies[i] = r.commitLSN.String(), r.seq, r.committedAt, r.body
 	}
-	tag, err := tx.Exec(ctx, w.insertSQL, webhooks, events, models, keys, lsns, seqs, ats, bodies)
+	var states, lastErrs []string
+	for i, r := range rows {
+		if r.state != "" || r.lastError != "" {
+			if states == nil {
+				states, lastErrs = make([]string, n), make([]string, n)
+			}
+			states[i], lastErrs[i] = r.state, r.lastError
+		}
+	}
+	var tag pgconn.CommandTag
+	var err error
+	if states == nil {
+		tag, err = tx.Exec(ctx, w.insertSQL, webhooks, events, models, keys, lsns, seqs, ats, bodies)
+	} else {
+		tag, err = tx.Exec(ctx, w.insertErr, webhooks, events, models, keys, lsns, seqs, ats, bodies, states, lastErrs)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("outbox: insert %d deliveries: %w", n, err)
 	}

@@ -11,15 +11,25 @@ import (
 
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/web"
 )
 
 // BenchmarkDispatch measures end-to-end throughput: rows already in the
 // outbox, signed POSTs to a local receiver that answers 204 at once, until
-// every row is marked delivered in the database.
+// every row is marked delivered in the database. The metrics variant adds
+// the Prometheus observer walhook runs with.
 func BenchmarkDispatch(b *testing.B) {
 	const rows = 20000
-	for _, concurrency := range []int{16, 64} {
-		b.Run(fmt.Sprintf("concurrency=%d", concurrency), func(b *testing.B) {
+	for _, bc := range []struct {
+		concurrency int
+		metrics     bool
+	}{{16, false}, {64, false}, {64, true}} {
+		concurrency := bc.concurrency
+		name := fmt.Sprintf("concurrency=%d", concurrency)
+		if bc.metrics {
+			name += "/metrics"
+		}
+		b.Run(name, func(b *testing.B) {
 			e := setup(b)
 			var got atomic.Int64
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -42,7 +52,11 @@ func BenchmarkDispatch(b *testing.B) {
 				offset += rows
 				e.exec(`VACUUM ANALYZE walhook.deliveries`)
 				got.Store(0)
-				d, err := dispatch.New(dispatch.Options{Pool: e.pool, Config: cfg, Logger: testLogger(b), Version: "bench"})
+				opts := dispatch.Options{Pool: e.pool, Config: cfg, Logger: testLogger(b), Version: "bench"}
+				if bc.metrics {
+					opts.Observer = web.NewMetrics(cfg, "bench")
+				}
+				d, err := dispatch.New(opts)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -44,7 +44,7 @@ SET state = 'delivering', attempts = d.attempts + 1,
 	locked_until = now() + $3::bigint * interval '1 microsecond', locked_by = $4, last_attempt_at = now()
 WHERE d.id = ANY(ARRAY(SELECT id FROM due))
 RETURNING d.id, d.webhook, d.body, d.attempts, d.last_attempt_at,
-	((SELECT m FROM prev) ->> d.id::text)::timestamptz`,
+	((SELECT m FROM prev) ->> d.id::text)::timestamptz, d.committed_at`,
 
 		// Writes a batch of outcomes. $1 maps each id to
 		// [state, undo, status, error, delay_us, claimed_at, prev_attempt_at]
@@ -99,6 +99,8 @@ type job struct {
 	// prevAttemptAt is last_attempt_at before the claim, restored when the
 	// row is released unsent.
 	prevAttemptAt pgtype.Timestamptz
+	// committedAt is the commit time of the change (for the Observer).
+	committedAt time.Time
 	// deadline is the local (monotonic) time after which the row must not
 	// be sent any more: the request could outlive the lease.
 	deadline time.Time
@@ -210,7 +212,7 @@ func (d *Dispatcher) claim(ctx context.Context, limit int, jobs chan<- *job) (n 
 	var name string
 	for rows.Next() {
 		var j job
-		if err := rows.Scan(&j.id, &name, &j.body, &j.attempts, &j.claimedAt, &j.prevAttemptAt); err != nil {
+		if err := rows.Scan(&j.id, &name, &j.body, &j.attempts, &j.claimedAt, &j.prevAttemptAt, &j.committedAt); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("claim: read row: %w", err)
 		}

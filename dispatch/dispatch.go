@@ -51,6 +51,10 @@ type Options struct {
 	// pseudo-random source. Calls are serialised, so it need not be safe for
 	// concurrent use.
 	Rand func() float64
+	// Observer, when set, is told the outcome of every attempt (for
+	// metrics). It is called from the sending goroutines, so it must be
+	// safe for concurrent use and must not block.
+	Observer Observer
 }
 
 // Tuning constants. They are not configuration: the contract only promises
@@ -73,10 +77,10 @@ const (
 	flushTarget = 128
 	flushDelay  = 3 * time.Millisecond
 	// leaseMargin is added to the worst-case time a claimed row can take.
-	leaseMargin = 30 * time.Second
+	leaseMargin = 10 * time.Second
 	// leaseSafety is how much of its lease a row must have left, beyond
 	// its timeout, to be sent; otherwise it is released unsent.
-	leaseSafety = 10 * time.Second
+	leaseSafety = 4 * time.Second
 	// maxErrorBody is how much of a failed response's body is kept.
 	maxErrorBody = 4 << 10
 	// maxDrain is how much more of a response body is read so that the
@@ -104,6 +108,7 @@ type Dispatcher struct {
 	now    func() time.Time
 	rand   func() float64
 	id     string
+	obs    Observer
 
 	schema  string
 	channel string
@@ -168,6 +173,7 @@ func New(opts Options) (*Dispatcher, error) {
 		log:         opts.Logger.With().Str("component", "dispatch").Logger(),
 		now:         opts.Now,
 		id:          opts.ID,
+		obs:         opts.Observer,
 		schema:      cfg.Database.Schema,
 		concurrency: cfg.Dispatch.Concurrency,
 		poll:        cfg.Dispatch.PollInterval.D(),

@@ -17,6 +17,9 @@
 //
 // Outcomes are written in batches, one UPDATE per batch; a row's outcome is
 // written only while the row is still the claim this sender made.
+// Options.Observer, when set, is told the outcome, duration and commit time
+// of every attempt (walhook's Prometheus metrics). Each outcome is logged:
+// delivered at debug, failed attempts at warn, without bodies or secrets.
 //
 // Delivery is at least once: a crash between a receiver's 2xx and the row's
 // update resends the delivery with the same X-Walhook-Delivery header.

@@ -117,33 +117,60 @@ type response struct {
 	retryAfter time.Duration // from Retry-After on 429/503; <0 when absent
 }
 
-// attempt sends j once and turns the response into the row's outcome.
+// attempt sends j once and turns the response into the row's outcome. It
+// logs the outcome (delivered at debug, failed attempts at warn; the error
+// text is cut short and no body or header is logged) and tells the Observer.
 func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	h := j.hook
 	start := time.Now()
 	resp := d.send(ctx, j)
+	took := time.Since(start)
 	r := result{id: j.id, claimedAt: j.claimedAt, status: resp.status, err: resp.err}
-	log := h.log
-	if resp.status >= 200 && resp.status < 300 {
-		r.state = stateDelivered
-		log.Debug().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-			Dur("took", time.Since(start)).Msg("delivered")
-		return r
+	var outcome Outcome
+	switch {
+	case resp.status >= 200 && resp.status < 300:
+		r.state, outcome = stateDelivered, OutcomeDelivered
+		h.log.Debug().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
+			Dur("took", took).Msg("delivered")
+	case j.attempts >= h.maxAttempts:
+		r.state, outcome = stateFailed, OutcomeFailed
+		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
+			Str("error", logText(resp.err)).Dur("took", took).
+			Msg("delivery failed after its last attempt; retry it with `walhook retry`")
+	default:
+		delay := Backoff(j.attempts, h.initial, h.maxInterval, d.rand())
+		if resp.retryAfter >= 0 {
+			delay = min(max(delay, resp.retryAfter), h.maxInterval)
+		}
+		r.state, r.delay, outcome = statePending, delay, OutcomeRetry
+		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
+			Str("error", logText(resp.err)).Dur("took", took).Dur("retry_in", delay).
+			Msg("delivery attempt failed")
 	}
-	if j.attempts >= h.maxAttempts {
-		r.state = stateFailed
-		log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-			Str("error", resp.err).Msg("delivery failed after its last attempt; retry it with `walhook retry`")
-		return r
+	if d.obs != nil {
+		d.obs.Attempted(Attempt{
+			Webhook: h.name, Delivery: j.id, Attempt: j.attempts, Outcome: outcome,
+			Status: resp.status, Duration: took, CommittedAt: j.committedAt,
+		})
 	}
-	delay := Backoff(j.attempts, h.initial, h.maxInterval, d.rand())
-	if resp.retryAfter >= 0 {
-		delay = min(max(delay, resp.retryAfter), h.maxInterval)
-	}
-	r.state, r.delay = statePending, delay
-	log.Info().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-		Str("error", resp.err).Dur("retry_in", delay).Msg("delivery attempt failed")
 	return r
+}
+
+// maxLogError is how much of an attempt's error text is logged; the
+// outbox row keeps up to maxErrorBody.
+const maxLogError = 256
+
+// logText is an error text cut for a log line: a receiver's response body
+// can be long, and can echo the request.
+func logText(s string) string {
+	if len(s) <= maxLogError {
+		return s
+	}
+	cut := maxLogError
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // send makes the HTTP request for j, bounded by the webhook's timeout.

@@ -608,7 +608,9 @@ func TestMisbehavingReceivers(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		e.exec(`INSERT INTO item VALUES ($1, 1)`, i)
 	}
-	e.waitFor("the good receiver", 15*time.Second, func() bool { return e.count(`SELECT count(*) FROM walhook.deliveries WHERE webhook = 'good' AND state = 'delivered'`) == 3 })
+	e.waitFor("the good receiver", 15*time.Second, func() bool {
+		return e.count(`SELECT count(*) FROM walhook.deliveries WHERE webhook = 'good' AND state = 'delivered'`) == 3
+	})
 	e.waitFor("the bad ones to fail", 20*time.Second, func() bool {
 		n := e.count(`SELECT count(*) FROM walhook.deliveries WHERE state = 'failed'`)
 		if n != 9 && rand.IntN(40) == 0 {

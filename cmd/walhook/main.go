@@ -46,8 +46,12 @@ const usage = `walhook turns committed PostgreSQL row changes into signed webhoo
 Usage: walhook <command> [flags]
 
 Commands:
+  check       preflight: what to change before walhook can run (--json)
   run         capture + dispatch (--capture-only, --dispatch-only)
   migrate     apply the outbox schema migrations and exit
+  status      per-webhook counts, last error, slot lag (--json)
+  deliveries  list deliveries (--state, --webhook, --model, --limit, --json);
+              deliveries show ID prints one with its body and last error
   retry       put failed deliveries back to pending
   demo        run everything against a throwaway PostgreSQL and receiver
   version     print the version
@@ -94,8 +98,12 @@ func dispatchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, usage)
 		return nil
-	case "check", "status", "deliveries":
-		return usageErr("%q is not available in this version yet", cmd)
+	case "check":
+		return cmdCheck(ctx, rest, stdout, stderr)
+	case "status":
+		return cmdStatus(ctx, rest, stdout, stderr)
+	case "deliveries":
+		return cmdDeliveries(ctx, rest, stdout, stderr)
 	}
 	fmt.Fprint(stderr, usage)
 	return usageErr("unknown command %q", cmd)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/web"
 	"github.com/walhook/walhook/migrations"
 )
 
@@ -54,6 +56,12 @@ func openPool(ctx context.Context, dsn, what string, params map[string]string) (
 	for k, v := range params {
 		pc.ConnConfig.RuntimeParams[k] = v
 	}
+	// pgxpool's default cap is max(4, CPUs): on a small machine capture,
+	// dispatch (up to four at once), the metrics and the status page would
+	// queue for connections. A pool_max_conns in the DSN still wins.
+	if !strings.Contains(dsn, "pool_max_conns") && pc.MaxConns < 10 {
+		pc.MaxConns = 10
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
@@ -73,21 +81,36 @@ func redactErr(err error, dsn string) string {
 	return msg
 }
 
-// dbError says what a connection failure means and what to do about it.
+// dbError says what a connection failure means and what to do about it,
+// in one line (see connectHint for the network and TLS cases).
 func dbError(what, host string, port uint16, db string, err error) error {
 	var pe *pgconn.PgError
 	addr := fmt.Sprintf("%s:%d", host, port)
-	switch {
-	case errors.As(err, &pe) && pe.Code == "28P01":
-		return fmt.Errorf("%s: password authentication failed at %s: check the user and password in the DSN", what, addr)
-	case errors.As(err, &pe) && pe.Code == "3D000":
-		return fmt.Errorf("%s: database %q does not exist at %s: create it or fix the DSN", what, db, addr)
-	case errors.As(err, &pe) && pe.Code == "28000":
-		return fmt.Errorf("%s: the server at %s refused the connection (%s): allow it in pg_hba.conf", what, addr, pe.Message)
-	case strings.Contains(err.Error(), "connection refused"):
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Code == "28P01":
+			return fmt.Errorf("%s: password authentication failed at %s: check the user and password in the DSN", what, addr)
+		case pe.Code == "3D000":
+			return fmt.Errorf("%s: database %q does not exist at %s: create it or fix the DSN", what, db, addr)
+		case pe.Code == "28000" && strings.HasPrefix(pe.Message, "role ") && strings.HasSuffix(pe.Message, "does not exist"):
+			return fmt.Errorf("%s: %s at %s: fix the user in the DSN, or create the role (CREATE ROLE name LOGIN REPLICATION PASSWORD '...';)", what, pe.Message, addr)
+		case pe.Code == "28000":
+			return fmt.Errorf("%s: the server at %s refused the connection (%s): allow it in pg_hba.conf", what, addr, pe.Message)
+		case pe.Code == "42501":
+			return fmt.Errorf("%s: %s at %s: as a superuser run GRANT CONNECT ON DATABASE %s TO the DSN's user", what, pe.Message, addr, quoteIdent(db))
+		case pe.Code == "53300":
+			return fmt.Errorf("%s: the server at %s has no free connection slots (%s): raise max_connections or close idle clients", what, addr, pe.Message)
+		case pe.Code == "57P03":
+			return fmt.Errorf("%s: the server at %s is not accepting connections yet (%s): try again once it is up", what, addr, pe.Message)
+		}
+	}
+	if hint, ok := connectHint(addr, err); ok {
+		return fmt.Errorf("%s: %s", what, hint)
+	}
+	if strings.Contains(err.Error(), "connection refused") {
 		return fmt.Errorf("%s: connection refused at %s: is PostgreSQL running and listening there?", what, addr)
 	}
-	return fmt.Errorf("%s: cannot connect to %s: %w", what, addr, err)
+	return fmt.Errorf("%s: cannot connect to %s: %s", what, addr, oneLine(err.Error()))
 }
 
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
@@ -129,47 +152,82 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
+	metrics := web.NewMetrics(cfg, walhookVersion())
+	var (
+		wg      sync.WaitGroup
+		starts  []func()
+		capt    *cdc.Capture
+		slotDB  *pgxpool.Pool
+		errs    = make(chan error, 3)
+		running = func(what string, f func(context.Context) error) func() {
+			return func() {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := f(ctx); err != nil {
+						errs <- fmt.Errorf("%s: %w", what, err)
+						cancel()
+					}
+				}()
+			}
+		}
+	)
+	if cfg.Database.OutboxDSN == "" {
+		// The slot is on the outbox's server: slot metrics work even
+		// without capture in this process.
+		slotDB = outbox
+	}
 	if capture {
 		source, err := openPool(ctx, cfg.Database.DSN, "source database", cdc.SessionParams)
 		if err != nil {
 			return err
 		}
 		defer source.Close()
-		c, err := cdc.New(cdc.Options{Config: cfg, Source: source, Outbox: outbox, Logger: log})
+		slotDB = source
+		capt, err = cdc.New(cdc.Options{Config: cfg, Source: source, Outbox: outbox, Logger: log, Observer: metrics})
 		if err != nil {
 			return err
 		}
-		if err := c.Prepare(ctx); err != nil {
+		starts = append(starts, running("capture", capt.Run))
+	}
+	if send {
+		d, err := dispatch.New(dispatch.Options{Pool: outbox, Config: cfg, Logger: log, Version: walhookVersion(), Observer: metrics})
+		if err != nil {
+			return err
+		}
+		starts = append(starts, running("dispatch", d.Run))
+	}
+	if addr := cfg.HTTP.ListenAddr(); addr != "" {
+		opts := web.Options{Config: cfg, Outbox: outbox, SlotDB: slotDB, Dispatching: send, Metrics: metrics,
+			Logger: log, Version: walhookVersion()}
+		if capt != nil {
+			opts.Capture = capt
+		}
+		srv, err := web.New(opts)
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("http.listen %s: %w (change http.listen, or set it to \"\" to disable the status server)", addr, err)
+		}
+		// Serve at once, so that /healthz answers and the page shows
+		// progress while capture prepares the slot.
+		running("http server", func(ctx context.Context) error { return srv.Serve(ctx, ln) })()
+	}
+	if capt != nil {
+		if err := capt.Prepare(ctx); err != nil {
+			cancel()
+			wg.Wait()
 			var ce *config.Error
 			if errors.As(err, &ce) {
 				return &exitError{code: 2, err: fmt.Errorf("invalid configuration:\n%w", err)}
 			}
 			return err
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := c.Run(ctx); err != nil {
-				errs <- fmt.Errorf("capture: %w", err)
-				cancel()
-			}
-		}()
 	}
-	if send {
-		d, err := dispatch.New(dispatch.Options{Pool: outbox, Config: cfg, Logger: log, Version: walhookVersion()})
-		if err != nil {
-			return err
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := d.Run(ctx); err != nil {
-				errs <- fmt.Errorf("dispatch: %w", err)
-				cancel()
-			}
-		}()
+	for _, start := range starts {
+		start()
 	}
 	log.Info().Str("version", walhookVersion()).Bool("capture", capture).Bool("dispatch", send).Msg("walhook running")
 	wg.Wait()

@@ -46,25 +46,69 @@ type Model struct {
 	IgnoreChanges []string            `yaml:"ignore_changes"`
 	ObjectType    string              `yaml:"object_type"`
 	Line          int                 `yaml:"-"`
-	Schema        string              `yaml:"-"` // schema part of Table
-	Name          string              `yaml:"-"` // table part of Table
+	// ComputedOrder is the names of Computed in the order they are written
+	// in the file: computed fields render in this order.
+	ComputedOrder []string `yaml:"-"`
+	Schema        string   `yaml:"-"` // schema part of Table
+	Name          string   `yaml:"-"` // table part of Table
 }
 
 // QualifiedTable is "schema.table" with the parts unquoted.
 func (m Model) QualifiedTable() string { return m.Schema + "." + m.Name }
 
-// Relation renders a foreign-key column as a nested object.
+// Relation renders a foreign-key column as a nested object. It is keyed in
+// Model.Relations by the foreign-key column, or by several columns joined
+// with commas for a composite key ("site_id, vid").
 type Relation struct {
-	Field   string   `yaml:"field"`
-	Table   string   `yaml:"table"`
+	// Field is the key of the nested object in "data"; default: the column
+	// name without its "_id" suffix. Required for a composite key.
+	Field string `yaml:"field"`
+	// Table is the related table, schema-qualified (bare name: public).
+	Table string `yaml:"table"`
+	// Columns are the related table's columns to render, each "name" or
+	// "name AS key" (e.g. "name AS display").
 	Columns []string `yaml:"columns"`
-	URL     string   `yaml:"url"`
+	// URL adds "url" to the nested object; placeholders are columns of the
+	// related table.
+	URL string `yaml:"url"`
+	// Key are the related table's columns the foreign key refers to, in the
+	// order of the foreign-key columns; default: its primary key.
+	Key  []string `yaml:"key"`
+	Line int      `yaml:"-"`
+}
+
+// FKColumns splits a Model.Relations key into its foreign-key columns.
+func FKColumns(key string) []string {
+	parts := strings.Split(key, ",")
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	return parts
+}
+
+// RelationColumn is one entry of Relation.Columns: the column and the key it
+// renders under.
+type RelationColumn struct{ Column, As string }
+
+// ParseRelationColumn parses "name" or "name AS key".
+func ParseRelationColumn(s string) (RelationColumn, error) {
+	f := strings.Fields(s)
+	switch {
+	case len(f) == 1:
+		return RelationColumn{f[0], f[0]}, nil
+	case len(f) == 3 && strings.EqualFold(f[1], "as"):
+		return RelationColumn{f[0], f[2]}, nil
+	}
+	return RelationColumn{}, fmt.Errorf("column %q: write a column name, or \"name AS key\" to render it under another key", s)
 }
 
 // Computed is an extra field computed by SQL with row columns as arguments.
 type Computed struct {
+	// SQL is a query returning one value (one column, at most one row);
+	// $1..$n are the row's Args columns.
 	SQL  string   `yaml:"sql"`
 	Args []string `yaml:"args"`
+	Line int      `yaml:"-"`
 }
 
 // Choices maps a column's stored values to display labels.
@@ -90,6 +134,8 @@ type Webhook struct {
 	Signature    string            `yaml:"signature"`
 	Coalesce     string            `yaml:"coalesce"`
 	Line         int               `yaml:"-"`
+	// Condition is Conditions compiled; nil matches every change.
+	Condition *Condition `yaml:"-"`
 }
 
 // IsEnabled reports whether the webhook is enabled (default true).

@@ -78,6 +78,7 @@ func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Confi
 		badNodes: map[*yaml.Node]bool{},
 		keysSeen: map[*yaml.Node]bool{},
 		merging:  map[*yaml.Node]bool{},
+		blocks:   map[string]bool{},
 	}
 	c, ok := p.parse(lookup)
 	if !ok || len(p.problems) > 0 {
@@ -140,6 +141,7 @@ type parser struct {
 	badNodes map[*yaml.Node]bool
 	keysSeen map[*yaml.Node]bool // unknown keys already reported
 	merging  map[*yaml.Node]bool // merge sources being walked (cycle guard)
+	blocks   map[string]bool     // paths of block scalars (| or >): content starts a line below
 	steps    int
 }
 
@@ -372,6 +374,7 @@ func (p *parser) walk(n *yaml.Node, t reflect.Type, path string) {
 			p.badValue(orig, t, path, "%s: %v", path, err)
 		}
 	case t.Kind() == reflect.Interface:
+		p.recordLines(n, path)
 	case t.Kind() == reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			p.wrongKind(orig, n, t, path)
@@ -420,6 +423,9 @@ func (p *parser) walk(n *yaml.Node, t reflect.Type, path string) {
 			p.wrongKind(orig, n, t, path)
 			return
 		}
+		if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
+			p.blocks[path] = true
+		}
 		if err := n.Decode(reflect.New(t).Interface()); err != nil {
 			switch t.Kind() {
 			case reflect.Bool:
@@ -429,6 +435,34 @@ func (p *parser) walk(n *yaml.Node, t reflect.Type, path string) {
 			default:
 				p.badValue(orig, t, path, "%s: %s", path, strings.TrimPrefix(yamlLineRE.ReplaceAllString(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "), "$2"), "yaml: "))
 			}
+		}
+	}
+}
+
+// recordLines records the lines of the parts of a free-form value (such as
+// conditions), so that problems found in it later point at their own line.
+func (p *parser) recordLines(n *yaml.Node, path string) {
+	if p.steps++; p.steps >= maxWalk {
+		return
+	}
+	n = resolve(n)
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			kp := join(path, k.Value)
+			if _, ok := p.lines[kp]; !ok {
+				p.lines[kp] = k.Line
+			}
+			p.recordLines(v, kp)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			ip := fmt.Sprintf("%s[%d]", path, i)
+			if _, ok := p.lines[ip]; !ok {
+				p.lines[ip] = c.Line
+			}
+			p.recordLines(c, ip)
 		}
 	}
 }
@@ -673,6 +707,26 @@ func (p *parser) defaults(c *Config) {
 		m.Line = p.line(fmt.Sprintf("models[%d]", i))
 		m.Schema, m.Name = SplitTable(m.Table)
 		m.Model = or(m.Model, m.Name)
+		path := fmt.Sprintf("models[%d]", i)
+		for key, r := range m.Relations {
+			r.Line = p.line(path + ".relations." + key)
+			if fk := FKColumns(key); r.Field == "" && len(fk) == 1 {
+				r.Field = or(strings.TrimSuffix(fk[0], "_id"), fk[0])
+			}
+			m.Relations[key] = r
+		}
+		for name, c := range m.Computed {
+			c.Line = p.line(path + ".computed." + name)
+			m.Computed[name] = c
+			m.ComputedOrder = append(m.ComputedOrder, name)
+		}
+		sort.Slice(m.ComputedOrder, func(a, b int) bool {
+			la, lb := m.Computed[m.ComputedOrder[a]].Line, m.Computed[m.ComputedOrder[b]].Line
+			if la != lb {
+				return la < lb
+			}
+			return m.ComputedOrder[a] < m.ComputedOrder[b]
+		})
 	}
 	// A duration or number written as 0 stays 0 (and is reported as not
 	// positive); only an absent or null one takes the default.
@@ -756,20 +810,7 @@ func (p *parser) validate(c *Config) {
 			p.at(path+".model", "model name %q is used twice", m.Model)
 		}
 		models[m.Model] = true
-		for _, col := range sortedKeys(m.Relations) {
-			r, rp := m.Relations[col], path+".relations."+col
-			if r.Table == "" {
-				p.at(rp, "relation %s needs a table", col)
-			}
-			if len(r.Columns) == 0 {
-				p.at(rp, "relation %s needs columns", col)
-			}
-		}
-		for _, name := range sortedKeys(m.Computed) {
-			if strings.TrimSpace(m.Computed[name].SQL) == "" {
-				p.at(path+".computed."+name, "computed field %s needs sql", name)
-			}
-		}
+		p.validateLookups(m, path)
 	}
 	modelNames := sortedKeys(models)
 	names := map[string]bool{}
@@ -835,7 +876,23 @@ func (p *parser) validate(c *Config) {
 		}
 		if w.BodyTemplate != "" {
 			if _, err := template.New(w.Name).Funcs(template.FuncMap{"json": func(any) string { return "" }}).Parse(w.BodyTemplate); err != nil {
-				p.at(path+".body_template", "webhook %q: body_template: %v", w.Name, err)
+				p.templateError(path+".body_template", w.Name, err)
+			}
+		}
+		if w.Conditions != nil && !p.bad[path+".conditions"] {
+			cond, err := ParseConditions(w.Conditions)
+			var ce *ConditionError
+			switch {
+			case errors.As(err, &ce):
+				at := path + ".conditions"
+				if ce.Path != "" && !isString(w.Conditions) {
+					at += "." + ce.Path
+				}
+				p.add(p.line(at), "webhook %q: conditions: %s", w.Name, ce.Error())
+			case err != nil:
+				p.at(path+".conditions", "webhook %q: conditions: %v", w.Name, err)
+			default:
+				c.Webhooks[i].Condition = cond
 			}
 		}
 	}
@@ -866,6 +923,91 @@ func (p *parser) validate(c *Config) {
 	if !contains([]string{"json", "console"}, c.Log.Format) {
 		p.at("log.format", "log.format %q must be json or console", c.Log.Format)
 	}
+}
+
+var templateLineRE = regexp.MustCompile(`^template: [^:]*:(\d+):(?:\d+:)? ?(.*)$`)
+
+// templateError reports a body_template parse error at the line of the file
+// it is on.
+func (p *parser) templateError(path, name string, err error) {
+	line, msg := p.line(path), err.Error()
+	if g := templateLineRE.FindStringSubmatch(msg); g != nil && line > 0 {
+		n, _ := strconv.Atoi(g[1])
+		line += n - 1
+		if p.blocks[path] {
+			line++
+		}
+		msg = g[2]
+	}
+	p.add(line, "webhook %q: body_template: %s", name, msg)
+}
+
+// validateLookups checks a model's relations and computed fields as far as
+// that is possible without the database (checkTables does the rest).
+func (p *parser) validateLookups(m Model, path string) {
+	fields := map[string]string{} // output key -> what defines it
+	keys := sortedKeys(m.Relations)
+	sort.SliceStable(keys, func(a, b int) bool { return m.Relations[keys[a]].Line < m.Relations[keys[b]].Line })
+	for _, key := range keys {
+		r, rp := m.Relations[key], path+".relations."+key
+		fk := FKColumns(key)
+		for _, c := range fk {
+			if c == "" {
+				p.at(rp, "relation %q: the key must name the foreign-key column (or columns, separated by commas)", key)
+			}
+		}
+		if r.Table == "" {
+			p.at(rp, "relation %s needs a table", key)
+		}
+		if len(r.Columns) == 0 {
+			p.at(rp, "relation %s needs columns", key)
+		}
+		if r.Field == "" {
+			p.at(rp, "relation %q (a composite key) needs a field: the key the nested object renders under", key)
+		} else if prev, dup := fields[r.Field]; dup {
+			p.at(rp, "relation %s renders as %q, which %s also uses", key, r.Field, prev)
+		} else {
+			fields[r.Field] = "relation " + key
+		}
+		if len(r.Key) > 0 && len(r.Key) != len(fk) {
+			p.at(rp+".key", "relation %s: key names %d columns for %d foreign-key columns", key, len(r.Key), len(fk))
+		}
+		seen := map[string]bool{}
+		if r.URL != "" {
+			seen["url"] = true
+		}
+		for j, col := range r.Columns {
+			rc, err := ParseRelationColumn(col)
+			if err != nil {
+				p.at(fmt.Sprintf("%s.columns[%d]", rp, j), "relation %s: %v", key, err)
+				continue
+			}
+			if seen[rc.As] {
+				p.at(fmt.Sprintf("%s.columns[%d]", rp, j), "relation %s: key %q is rendered twice in the nested object", key, rc.As)
+			}
+			seen[rc.As] = true
+		}
+	}
+	for _, name := range m.ComputedOrder {
+		c, cp := m.Computed[name], path+".computed."+name
+		if strings.TrimSpace(c.SQL) == "" {
+			p.at(cp, "computed field %s needs sql", name)
+		}
+		for j, a := range c.Args {
+			if strings.TrimSpace(a) == "" {
+				p.at(fmt.Sprintf("%s.args[%d]", cp, j), "computed field %s: args are column names of %s", name, m.QualifiedTable())
+			}
+		}
+		if prev, dup := fields[name]; dup {
+			p.at(cp, "computed field %s has the name of %s", name, prev)
+		}
+		fields[name] = "computed field " + name
+	}
+}
+
+func isString(v any) bool {
+	_, ok := v.(string)
+	return ok
 }
 
 func isLoopback(host string) bool {

@@ -1,0 +1,687 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/migrations"
+)
+
+// Status is the outcome of one preflight check.
+type Status int
+
+// The outcomes of a check: OK, a warning that does not stop walhook, and a
+// failure that must be fixed first.
+const (
+	OK Status = iota
+	Warn
+	Fail
+)
+
+func (s Status) String() string {
+	switch s {
+	case OK:
+		return "OK"
+	case Warn:
+		return "WARN"
+	case Fail:
+		return "FAIL"
+	}
+	return fmt.Sprintf("Status(%d)", int(s))
+}
+
+// MarshalText writes the status as OK, WARN or FAIL.
+func (s Status) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads OK, WARN or FAIL.
+func (s *Status) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "OK":
+		*s = OK
+	case "WARN":
+		*s = Warn
+	case "FAIL":
+		*s = Fail
+	default:
+		return fmt.Errorf("unknown check status %q", b)
+	}
+	return nil
+}
+
+// Check is the result of one preflight check. Fix, for a Warn or Fail, is
+// the SQL or setting that fixes it, ready to paste (comments start with --).
+type Check struct {
+	Name   string `json:"name"`
+	Status Status `json:"status"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Preflight checks what `walhook run` needs from the source database
+// (server settings, the role, every configured table, the publication and
+// the slot) and from the outbox database (the outbox schema), without
+// changing anything. A nil outbox skips the outbox checks. Query errors
+// become failed checks; Preflight never stops early unless it cannot
+// connect at all.
+func Preflight(ctx context.Context, cfg *config.Config, source, outbox *pgxpool.Pool) []Check {
+	p := &preflight{cfg: cfg}
+	conn, err := source.Acquire(ctx)
+	if err != nil {
+		p.fail("source database", "cannot connect: "+err.Error(), "")
+		return p.checks
+	}
+	defer conn.Release()
+	p.conn = conn
+	if p.server(ctx) {
+		p.role()
+		p.capacity(ctx)
+		ok := p.tables(ctx)
+		p.publication(ctx)
+		p.slot(ctx)
+		p.supported(ctx, ok)
+	}
+	if outbox != nil {
+		p.outbox(ctx, outbox)
+	}
+	return p.checks
+}
+
+type preflight struct {
+	cfg    *config.Config
+	conn   *pgxpool.Conn
+	checks []Check
+
+	user, db      string
+	super, repl   bool
+	canCreateInDB bool
+	byTable       map[string]*preflightTable // by qualified table; nil entry: missing
+	slotExists    bool
+	pubMissing    bool // the publication does not exist
+}
+
+type preflightTable struct {
+	*tableInfo
+	owned bool // the role owns it (or is superuser)
+}
+
+func (p *preflight) add(name string, s Status, detail, fix string) {
+	p.checks = append(p.checks, Check{Name: name, Status: s, Detail: detail, Fix: fix})
+}
+func (p *preflight) ok(name, detail string)        { p.add(name, OK, detail, "") }
+func (p *preflight) warn(name, detail, fix string) { p.add(name, Warn, detail, fix) }
+func (p *preflight) fail(name, detail, fix string) { p.add(name, Fail, detail, fix) }
+
+func ident(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// server reads the settings and role attributes; false when that fails.
+func (p *preflight) server(ctx context.Context) bool {
+	var version, level string
+	var versionNum int
+	err := p.conn.QueryRow(ctx, `
+		SELECT current_setting('server_version'), current_setting('server_version_num')::int,
+		       current_setting('wal_level'), current_user, current_database(),
+		       r.rolsuper, r.rolreplication, has_database_privilege(current_database(), 'CREATE')
+		FROM pg_roles r WHERE r.rolname = current_user`).
+		Scan(&version, &versionNum, &level, &p.user, &p.db, &p.super, &p.repl, &p.canCreateInDB)
+	if err != nil {
+		p.fail("source database", "cannot read server settings: "+err.Error(), "")
+		return false
+	}
+	if versionNum < 100000 {
+		p.fail("PostgreSQL version", fmt.Sprintf("PostgreSQL %s has no pgoutput logical replication", version), "-- upgrade to PostgreSQL 10 or newer (walhook is tested on 15)")
+	} else {
+		p.ok("PostgreSQL version", version)
+	}
+	if level == "logical" {
+		p.ok("wal_level", "logical")
+	} else {
+		p.fail("wal_level", fmt.Sprintf("wal_level is %q; walhook needs logical decoding", level),
+			"ALTER SYSTEM SET wal_level = logical;  -- as a superuser, then restart PostgreSQL")
+	}
+	return true
+}
+
+func (p *preflight) role() {
+	name := "replication privilege"
+	switch {
+	case p.super:
+		p.ok(name, fmt.Sprintf("role %s is a superuser", p.user))
+	case p.repl:
+		p.ok(name, fmt.Sprintf("role %s has REPLICATION", p.user))
+	default:
+		p.fail(name, fmt.Sprintf("role %s has neither REPLICATION nor superuser: it cannot create or read a replication slot", p.user),
+			fmt.Sprintf("ALTER ROLE %s REPLICATION;  -- as a superuser", ident(p.user)))
+	}
+}
+
+// capacity checks that a replication slot and a WAL sender are free.
+func (p *preflight) capacity(ctx context.Context) {
+	slot := p.cfg.Database.Slot
+	var maxSlots, maxSenders, used int
+	var active bool
+	var inactive []string
+	err := p.conn.QueryRow(ctx, `
+		SELECT current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int,
+		       count(*)::int, coalesce(bool_or(slot_name = $1 AND database = current_database()), false),
+		       coalesce(bool_or(slot_name = $1 AND database = current_database() AND active), false),
+		       coalesce(array_agg(slot_name::text ORDER BY slot_name) FILTER (WHERE NOT active), '{}')
+		FROM pg_replication_slots`, slot).Scan(&maxSlots, &maxSenders, &used, &p.slotExists, &active, &inactive)
+	if err != nil {
+		p.fail("replication slots", "cannot read pg_replication_slots: "+err.Error(), "")
+		return
+	}
+	name := "max_replication_slots"
+	switch {
+	case p.slotExists:
+		p.ok(name, fmt.Sprintf("%d of %d in use, one of them walhook's slot %s", used, maxSlots, slot))
+	case used < maxSlots:
+		p.ok(name, fmt.Sprintf("%d of %d in use: one is free for slot %s", used, maxSlots, slot))
+	default:
+		fix := fmt.Sprintf("ALTER SYSTEM SET max_replication_slots = %d;  -- as a superuser, then restart PostgreSQL", maxSlots+1)
+		detail := fmt.Sprintf("all %d replication slots are in use: walhook cannot create slot %s", maxSlots, slot)
+		if len(inactive) > 0 {
+			detail += fmt.Sprintf(" (inactive: %s)", strings.Join(first(inactive, 5), ", "))
+			fix += fmt.Sprintf("\n-- or drop a slot nobody uses any more: SELECT pg_drop_replication_slot(%s);", quoteLiteral(inactive[0]))
+		}
+		p.fail(name, detail, fix)
+	}
+
+	name = "max_wal_senders"
+	var senders int
+	if err := p.conn.QueryRow(ctx, "SELECT count(*)::int FROM pg_stat_get_wal_senders()").Scan(&senders); err != nil {
+		p.warn(name, fmt.Sprintf("max_wal_senders is %d; cannot count the WAL senders in use: %v", maxSenders, err), "")
+		return
+	}
+	switch {
+	case active:
+		p.ok(name, fmt.Sprintf("%d of %d in use; slot %s is being read already, its reader's sender passes to walhook when it stops", senders, maxSenders, slot))
+	case senders < maxSenders:
+		p.ok(name, fmt.Sprintf("%d of %d in use", senders, maxSenders))
+	default:
+		p.fail(name, fmt.Sprintf("all %d WAL senders are in use: walhook's replication connection would be refused", maxSenders),
+			fmt.Sprintf("ALTER SYSTEM SET max_wal_senders = %d;  -- as a superuser, then restart PostgreSQL", maxSenders+1))
+	}
+}
+
+// identRune keeps the runes valid in a slot name and replaces the others.
+func identRune(r rune) rune {
+	if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' {
+		return r
+	}
+	return '_'
+}
+
+func first(s []string, n int) []string {
+	if len(s) > n {
+		return append(s[:n:n], "...")
+	}
+	return s
+}
+
+// tables checks every configured table; it reports whether all of them
+// passed, keyed by qualified name.
+func (p *preflight) tables(ctx context.Context) map[string]bool {
+	passed := map[string]bool{}
+	p.byTable = map[string]*preflightTable{}
+	for i := range p.cfg.Models {
+		m := &p.cfg.Models[i]
+		qt := m.QualifiedTable()
+		at := fmt.Sprintf("models[%d] (model %s)", i, m.Model)
+		if m.Line > 0 {
+			at = fmt.Sprintf("%s:%d", p.cfg.File, m.Line)
+		}
+		name := "table " + qt
+		ti, err := lookupTable(ctx, p.conn, m.Schema, m.Name)
+		if err != nil {
+			p.fail(name, "cannot look it up: "+err.Error(), "")
+			continue
+		}
+		if ti == nil {
+			p.byTable[qt] = nil
+			detail := fmt.Sprintf("does not exist in database %s (model %s)", p.db, m.Model)
+			var elsewhere []string
+			rows, err := p.conn.Query(ctx, `SELECT n.nspname::text || '.' || c.relname::text FROM pg_class c
+				JOIN pg_namespace n ON n.oid = c.relnamespace
+				WHERE c.relname = $1 AND c.relkind IN ('r', 'p') ORDER BY 1`, m.Name)
+			if err == nil {
+				elsewhere, _ = pgx.CollectRows(rows, pgx.RowTo[string])
+			}
+			if len(elsewhere) > 0 {
+				detail += fmt.Sprintf("; found %s", strings.Join(elsewhere, ", "))
+			}
+			p.fail(name, detail, fmt.Sprintf("-- create the table, or fix the table name at %s", at))
+			continue
+		}
+		pt := &preflightTable{tableInfo: ti}
+		p.byTable[qt] = pt
+		good := true
+		p.ok(name, fmt.Sprintf("exists, %d columns", len(ti.columns)))
+
+		// Privileges: USAGE on the schema and SELECT on the table.
+		var usage, sel bool
+		var owner string
+		err = p.conn.QueryRow(ctx, `SELECT has_schema_privilege(c.relnamespace, 'USAGE'), has_table_privilege(c.oid, 'SELECT'),
+			pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text FROM pg_class c WHERE c.oid = $1`, ti.oid).
+			Scan(&usage, &sel, &pt.owned, &owner)
+		name = "SELECT on " + qt
+		switch {
+		case err != nil:
+			p.fail(name, "cannot read privileges: "+err.Error(), "")
+			good = false
+		case usage && sel:
+			p.ok(name, fmt.Sprintf("role %s may read it", p.user))
+		default:
+			var fix []string
+			if !usage {
+				fix = append(fix, fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s;", ident(m.Schema), ident(p.user)))
+			}
+			if !sel {
+				fix = append(fix, fmt.Sprintf("GRANT SELECT ON %s TO %s;", ident(m.Schema, m.Name), ident(p.user)))
+			}
+			fix[len(fix)-1] += fmt.Sprintf("  -- as %s (the owner) or a superuser", owner)
+			p.fail(name, fmt.Sprintf("role %s may not read it (walhook reads rows back and looks up types)", p.user), strings.Join(fix, "\n"))
+			good = false
+		}
+
+		// Replica identity: what UPDATE and DELETE carry, and whether the
+		// application can still update the table once it is published.
+		name = "replica identity " + qt
+		full := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", ident(m.Schema, m.Name))
+		switch {
+		case ti.identity == "f":
+			p.ok(name, "FULL: deleted rows carry every column")
+		case ti.identity == "n":
+			p.fail(name, "REPLICA IDENTITY NOTHING: once the table is published, the application's UPDATE and DELETE on it fail",
+				full+"  -- as the owner")
+			good = false
+		case !ti.hasPK && ti.identity == "d":
+			p.fail(name, "no primary key and REPLICA IDENTITY DEFAULT: once the table is published, the application's UPDATE and DELETE on it fail",
+				full+"  -- as the owner (or add a primary key)")
+			good = false
+		case ti.identity == "i":
+			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\"", full+"  -- optional: whole rows on delete")
+		default:
+			pk, _ := primaryKey(ctx, p.conn, ti.oid)
+			p.warn(name, fmt.Sprintf("DEFAULT: deleted rows carry only the primary key (%s) in \"data\"", strings.Join(pk, ", ")),
+				full+"  -- optional: whole rows on delete")
+		}
+
+		// Columns the model names.
+		name = "columns of " + qt
+		var probs []string
+		refs := 0
+		has := func(col, what string) {
+			refs++
+			if !slices.Contains(ti.columns, col) {
+				probs = append(probs, fmt.Sprintf("%s names unknown column %q", what, col))
+			}
+		}
+		for _, c := range m.Exclude {
+			has(c, "exclude")
+		}
+		for _, c := range sortedKeys(m.Rename) {
+			has(c, "rename")
+		}
+		for _, c := range m.IgnoreChanges {
+			has(c, "ignore_changes")
+		}
+		for _, c := range sortedKeys(m.Choices) {
+			has(c, "choices")
+		}
+		for _, g := range placeholderRE.FindAllStringSubmatch(m.URL, -1) {
+			has(g[1], "url")
+		}
+		switch {
+		case len(probs) > 0:
+			p.fail(name, fmt.Sprintf("model %s: %s (columns: %s)", m.Model, strings.Join(probs, "; "), strings.Join(ti.columns, ", ")),
+				fmt.Sprintf("-- fix the column names of model %s at %s", m.Model, at))
+			good = false
+		case refs > 0:
+			p.ok(name, fmt.Sprintf("the %d columns model %s names exist", refs, m.Model))
+		}
+		passed[qt] = good
+	}
+	return passed
+}
+
+// supported runs the start-up table checks of `walhook run` on the models
+// that passed the checks above, so that anything else run would refuse
+// (options this version does not support yet) is reported too.
+func (p *preflight) supported(ctx context.Context, passed map[string]bool) {
+	sub := *p.cfg
+	sub.Models = nil
+	for _, m := range p.cfg.Models {
+		if passed[m.QualifiedTable()] {
+			sub.Models = append(sub.Models, m)
+		}
+	}
+	err := checkTables(ctx, p.conn, &sub)
+	var ce *config.Error
+	switch {
+	case errors.As(err, &ce):
+		for _, pr := range ce.Problems {
+			p.fail("configuration", pr.String(), "-- edit the configuration")
+		}
+	case err != nil:
+		p.fail("configuration", "cannot check the tables: "+err.Error(), "")
+	}
+}
+
+// publication compares the publication with the configured tables.
+func (p *preflight) publication(ctx context.Context) {
+	pub := p.cfg.Database.Publication
+	name := "publication " + pub
+	var want, wantQuoted []string
+	for _, m := range p.cfg.Models {
+		want = append(want, m.QualifiedTable())
+		wantQuoted = append(wantQuoted, ident(m.Schema, m.Name))
+	}
+	list := strings.Join(wantQuoted, ", ")
+	create := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert, update, delete');", ident(pub), list)
+
+	var owner string
+	var owned, all, ins, upd, del, trunc bool
+	err := p.conn.QueryRow(ctx, `SELECT pg_get_userbyid(pubowner)::text, pg_has_role(pubowner, 'USAGE'), puballtables,
+		pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1`, pub).
+		Scan(&owner, &owned, &all, &ins, &upd, &del, &trunc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		p.pubMissing = true
+		var notOwned []string
+		for _, m := range p.cfg.Models {
+			if t := p.byTable[m.QualifiedTable()]; t != nil && !t.owned {
+				notOwned = append(notOwned, m.QualifiedTable())
+			}
+		}
+		switch {
+		case p.super || (p.canCreateInDB && len(notOwned) == 0):
+			p.ok(name, fmt.Sprintf("does not exist yet; walhook run creates it for the %d configured tables", len(want)))
+		case len(notOwned) > 0:
+			p.fail(name, fmt.Sprintf("does not exist, and role %s may not create it: it does not own %s", p.user, strings.Join(notOwned, ", ")),
+				"-- as the tables' owner or a superuser:\n"+create)
+		default:
+			p.fail(name, fmt.Sprintf("does not exist, and role %s may not create it (no CREATE on database %s)", p.user, p.db),
+				fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s;  -- as a superuser\n-- or create it yourself, as the tables' owner or a superuser:\n%s", ident(p.db), ident(p.user), create))
+		}
+		return
+	}
+	if err != nil {
+		p.fail(name, "cannot read pg_publication: "+err.Error(), "")
+		return
+	}
+	if all {
+		p.fail(name, "is FOR ALL TABLES; walhook needs a publication of exactly the configured tables",
+			fmt.Sprintf("DROP PUBLICATION %s;  -- walhook then creates its own; or set database.publication to another name", ident(pub)))
+		return
+	}
+	rows, err := p.conn.Query(ctx, "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1", pub)
+	if err != nil {
+		p.fail(name, "cannot read pg_publication_tables: "+err.Error(), "")
+		return
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		p.fail(name, "cannot read pg_publication_tables: "+err.Error(), "")
+		return
+	}
+	sort.Strings(have)
+	var add, drop []string
+	for _, t := range want {
+		if !slices.Contains(have, t) {
+			add = append(add, t)
+		}
+	}
+	for _, t := range have {
+		if !slices.Contains(want, t) {
+			drop = append(drop, t)
+		}
+	}
+	optsOK := ins && upd && del && !trunc
+	if len(add) == 0 && len(drop) == 0 && optsOK {
+		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (insert, update, delete)", len(want)))
+		return
+	}
+	var diff []string
+	if len(add) > 0 {
+		diff = append(diff, "lacks "+strings.Join(add, ", "))
+	}
+	if len(drop) > 0 {
+		diff = append(diff, "also publishes "+strings.Join(drop, ", "))
+	}
+	if !optsOK {
+		diff = append(diff, fmt.Sprintf("publishes %s instead of insert, update, delete", publishList(ins, upd, del, trunc)))
+	}
+	var fix []string
+	if len(add) > 0 || len(drop) > 0 {
+		fix = append(fix, fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s;", ident(pub), list))
+	}
+	if !optsOK {
+		fix = append(fix, fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete');", ident(pub)))
+	}
+	var notOwned []string
+	for _, t := range add {
+		if ti := p.byTable[t]; ti != nil && !ti.owned {
+			notOwned = append(notOwned, t)
+		}
+	}
+	switch {
+	case p.super || (owned && len(notOwned) == 0):
+		p.ok(name, "differs from the configuration ("+strings.Join(diff, "; ")+"); walhook run updates it")
+	case !owned:
+		p.fail(name, fmt.Sprintf("differs from the configuration (%s) and is owned by role %s: role %s may not alter it", strings.Join(diff, "; "), owner, p.user),
+			fmt.Sprintf("-- as role %s or a superuser:\n%s\n-- or hand it over: ALTER PUBLICATION %s OWNER TO %s;", owner, strings.Join(fix, "\n"), ident(pub), ident(p.user)))
+	default:
+		p.fail(name, fmt.Sprintf("differs from the configuration (%s), and role %s may not add %s to it: it does not own them", strings.Join(diff, "; "), p.user, strings.Join(notOwned, ", ")),
+			"-- as the tables' owner or a superuser:\n"+strings.Join(fix, "\n"))
+	}
+}
+
+func publishList(ins, upd, del, trunc bool) string {
+	var ops []string
+	for _, o := range []struct {
+		on   bool
+		name string
+	}{{ins, "insert"}, {upd, "update"}, {del, "delete"}, {trunc, "truncate"}} {
+		if o.on {
+			ops = append(ops, o.name)
+		}
+	}
+	if len(ops) == 0 {
+		return "nothing"
+	}
+	return strings.Join(ops, ", ")
+}
+
+// slot checks the replication slot: its plugin and database, whether WAL
+// it needs was removed, and who reads it.
+func (p *preflight) slot(ctx context.Context) {
+	slot := p.cfg.Database.Slot
+	name := "slot " + slot
+	drop := fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", quoteLiteral(slot))
+	var plugin, db, walStatus, confirmed string
+	var active bool
+	var pid *int32
+	var lag *int64
+	err := p.conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), active, active_pid,
+		coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, ''),
+		(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &db, &active, &pid, &walStatus, &confirmed, &lag)
+	if errors.Is(err, pgx.ErrNoRows) {
+		p.ok(name, "does not exist yet; walhook run creates it (pgoutput)")
+		return
+	}
+	if err != nil {
+		p.fail(name, "cannot read pg_replication_slots: "+err.Error(), "")
+		return
+	}
+	switch {
+	case plugin != "pgoutput" || db != p.db:
+		detail := fmt.Sprintf("exists but uses plugin %q, not pgoutput", plugin)
+		if db != p.db {
+			detail = fmt.Sprintf("exists but belongs to database %q, not %s: slots are cluster-wide, so each database needs its own database.slot", db, p.db)
+		}
+		p.fail(name, detail, fmt.Sprintf("-- set database.slot to another name (e.g. %s_%s), or if nothing uses this slot any more:\n%s",
+			slot, strings.ToLower(strings.Map(identRune, p.db)), drop))
+		return
+	case walStatus == "lost":
+		p.fail(name, "was invalidated (wal_status = lost, max_slot_wal_keep_size): the WAL it needed is gone and so are the changes since",
+			drop+"  -- then walhook run creates a new slot and captures from then on")
+		return
+	case p.pubMissing:
+		p.fail(name, fmt.Sprintf("exists but publication %s does not: a slot cannot decode with a publication created after it, so walhook run refuses it", p.cfg.Database.Publication),
+			drop+"  -- then walhook run creates the publication and a new slot")
+		return
+	}
+	pos := "confirmed " + confirmed
+	if lag != nil {
+		pos += fmt.Sprintf(", %s behind the server", formatBytes(*lag))
+	}
+	if !active {
+		detail := "pgoutput, not in use, " + pos
+		if walStatus == "unreserved" {
+			p.warn(name, detail+"; wal_status = unreserved: it is about to lose WAL to max_slot_wal_keep_size", "-- start walhook run soon, or raise max_slot_wal_keep_size")
+			return
+		}
+		p.ok(name, detail)
+		return
+	}
+	// In use: say by whom.
+	holder := "another process"
+	var app, addr string
+	if pid != nil {
+		holder = fmt.Sprintf("pid %d", *pid)
+		// client_addr is hidden from roles without pg_read_all_stats.
+		_ = p.conn.QueryRow(ctx, "SELECT coalesce(application_name, ''), coalesce(client_addr::text, '') FROM pg_stat_activity WHERE pid = $1", *pid).Scan(&app, &addr)
+		switch {
+		case app != "" && addr != "":
+			holder += fmt.Sprintf(" (application_name %s, from %s)", app, addr)
+		case app != "":
+			holder += fmt.Sprintf(" (application_name %s)", app)
+		}
+	}
+	if app == "walhook" {
+		p.ok(name, fmt.Sprintf("in use by a running walhook, %s; %s. Another walhook run on this config waits and takes over when it stops", holder, pos))
+		return
+	}
+	kill := "-- if it is not a walhook of yours, stop it or end its connection"
+	if pid != nil {
+		kill += fmt.Sprintf(":\nSELECT pg_terminate_backend(%d);", *pid)
+	}
+	p.warn(name, fmt.Sprintf("in use by %s: another walhook or replication client holds it, so walhook run waits until it disconnects; %s", holder, pos), kill)
+}
+
+// outbox checks that the outbox schema exists and is current, or can be
+// created.
+func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
+	schema := p.cfg.Database.Schema
+	name := "outbox schema " + schema
+	all, err := migrations.All()
+	if err != nil {
+		p.fail(name, err.Error(), "")
+		return
+	}
+	latest := all[len(all)-1].Version
+	var exists, usage, canCreateSchema, canCreateInDB bool
+	var user, db string
+	err = pool.QueryRow(ctx, `SELECT n.oid IS NOT NULL,
+		coalesce(has_schema_privilege(n.oid, 'USAGE'), false), coalesce(has_schema_privilege(n.oid, 'CREATE'), false),
+		has_database_privilege(current_database(), 'CREATE'), current_user, current_database()
+		FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = $1`, schema).
+		Scan(&exists, &usage, &canCreateSchema, &canCreateInDB, &user, &db)
+	if err != nil {
+		p.fail(name, "cannot read the outbox database: "+err.Error(), "")
+		return
+	}
+	if !exists {
+		if canCreateInDB {
+			p.ok(name, fmt.Sprintf("does not exist yet; walhook run (or walhook migrate) creates it in database %s", db))
+		} else {
+			p.fail(name, fmt.Sprintf("does not exist, and role %s may not create schemas in database %s", user, db),
+				fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s;  -- as a superuser\n-- or: CREATE SCHEMA %s AUTHORIZATION %s;", ident(db), ident(user), ident(schema), ident(user)))
+		}
+		return
+	}
+	if !usage {
+		p.fail(name, fmt.Sprintf("exists, but role %s may not use it", user),
+			fmt.Sprintf("GRANT USAGE, CREATE ON SCHEMA %s TO %s;\nGRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %s TO %s;  -- as the schema's owner", ident(schema), ident(user), ident(schema), ident(user)))
+		return
+	}
+	// migrations.Apply runs CREATE SCHEMA IF NOT EXISTS and CREATE TABLE IF
+	// NOT EXISTS even when everything exists, and PostgreSQL checks the
+	// privilege before it looks whether the object exists.
+	if !canCreateInDB {
+		p.fail(name, fmt.Sprintf("exists, but walhook run and walhook migrate start with CREATE SCHEMA IF NOT EXISTS, which PostgreSQL refuses without CREATE on database %s", db),
+			fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s;  -- as a superuser", ident(db), ident(user)))
+		return
+	}
+	if !canCreateSchema {
+		p.fail(name, fmt.Sprintf("exists, but role %s may not create tables in it (walhook run and walhook migrate need that for their migrations table)", user),
+			fmt.Sprintf("GRANT CREATE ON SCHEMA %s TO %s;  -- as its owner or a superuser", ident(schema), ident(user)))
+		return
+	}
+	var versions *string
+	if err := pool.QueryRow(ctx, "SELECT to_regclass($1)::text", migrations.Table(schema, "schema_migrations")).Scan(&versions); err != nil {
+		p.fail(name, "cannot read the outbox database: "+err.Error(), "")
+		return
+	}
+	current := 0
+	if versions != nil {
+		if err := pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+migrations.Table(schema, "schema_migrations")).Scan(&current); err != nil {
+			p.fail(name, "cannot read the applied migrations: "+err.Error(),
+				fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s;\nGRANT SELECT ON %s TO %s;", ident(schema), ident(user), migrations.Table(schema, "schema_migrations"), ident(user)))
+			return
+		}
+	}
+	switch {
+	case current > latest:
+		p.warn(name, fmt.Sprintf("is at migration %d, newer than this walhook (%d)", current, latest), "-- upgrade walhook")
+		return
+	case current < latest:
+		p.ok(name, fmt.Sprintf("exists, at migration %d of %d; walhook run (or walhook migrate) applies the rest", current, latest))
+		return
+	}
+	// Current: can the role use the tables?
+	var missing []string
+	for _, t := range []string{"deliveries", "checkpoints"} {
+		var s, i, u, d bool
+		err := pool.QueryRow(ctx, `SELECT has_table_privilege($1, 'SELECT'), has_table_privilege($1, 'INSERT'),
+			has_table_privilege($1, 'UPDATE'), has_table_privilege($1, 'DELETE')`, migrations.Table(schema, t)).Scan(&s, &i, &u, &d)
+		if err != nil {
+			p.fail(name, fmt.Sprintf("cannot read privileges on %s.%s: %v", schema, t, err), "")
+			return
+		}
+		if !s || !i || !u || !d {
+			missing = append(missing, migrations.Table(schema, t))
+		}
+	}
+	if len(missing) > 0 {
+		p.fail(name, fmt.Sprintf("role %s may not read and write %s", user, strings.Join(missing, ", ")),
+			fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s;  -- as their owner", strings.Join(missing, ", "), ident(user)))
+		return
+	}
+	p.ok(name, fmt.Sprintf("exists and is current (migration %d)", current))
+}
+
+// formatBytes renders n bytes for people: 512 B, 1.5 KiB, 20.0 MiB.
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f := float64(n)
+	for _, u := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		f /= unit
+		if f < unit && f > -unit {
+			return fmt.Sprintf("%.1f %s", f, u)
+		}
+	}
+	return fmt.Sprintf("%.1f PiB", f/unit)
+}

@@ -1,0 +1,226 @@
+package cdc
+
+import (
+	"context"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+)
+
+// findCheck returns the check called name, failing the test without one.
+func findCheck(t *testing.T, checks []Check, name string) Check {
+	t.Helper()
+	for _, c := range checks {
+		if c.Name == name {
+			return c
+		}
+	}
+	var names []string
+	for _, c := range checks {
+		names = append(names, c.Name)
+	}
+	t.Fatalf("no check %q among %s", name, strings.Join(names, ", "))
+	return Check{}
+}
+
+func wantCheck(t *testing.T, checks []Check, name string, status Status, detail, fix string) {
+	t.Helper()
+	c := findCheck(t, checks, name)
+	if c.Status != status || !strings.Contains(c.Detail, detail) || !strings.Contains(c.Fix, fix) {
+		t.Errorf("check %q = %s %q fix %q; want %s with detail containing %q and fix containing %q", name, c.Status, c.Detail, c.Fix, status, detail, fix)
+	}
+}
+
+func noFailures(t *testing.T, checks []Check) {
+	t.Helper()
+	for _, c := range checks {
+		if c.Status == Fail {
+			t.Errorf("FAIL %s: %s (fix: %s)", c.Name, c.Detail, c.Fix)
+		}
+	}
+}
+
+// poolAs opens a pool on b's database as role.
+func poolAs(t *testing.T, dsn, role string) *pgxpool.Pool {
+	t.Helper()
+	u, _ := url.Parse(dsn)
+	u.User = url.User(role)
+	pool, err := pgxpool.New(context.Background(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// role creates a login role named after the test's slot (roles are
+// cluster-wide) and drops it, and what it was granted, at the end.
+func (b *bundle) role(attrs string) string {
+	b.t.Helper()
+	name := "r_" + b.cfg.Database.Slot
+	if _, err := b.db.Exec(context.Background(), "CREATE ROLE "+name+" LOGIN "+attrs); err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = b.db.Exec(ctx, "DROP OWNED BY "+name)
+		_, _ = b.db.Exec(ctx, "DROP ROLE "+name)
+	})
+	return name
+}
+
+func TestPreflightGoodSetupPasses(t *testing.T) {
+	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, name text, comments text); ALTER TABLE site REPLICA IDENTITY FULL`,
+		"  - table: site\n    exclude: [comments]\n    url: /api/dcim/sites/{id}/")
+	checks := Preflight(context.Background(), b.cfg, b.source, b.db)
+	noFailures(t, checks)
+	for _, c := range checks {
+		if c.Status == Warn {
+			t.Errorf("WARN %s: %s", c.Name, c.Detail)
+		}
+	}
+	wantCheck(t, checks, "wal_level", OK, "logical", "")
+	wantCheck(t, checks, "replication privilege", OK, "superuser", "")
+	wantCheck(t, checks, "table public.site", OK, "3 columns", "")
+	wantCheck(t, checks, "SELECT on public.site", OK, "may read", "")
+	wantCheck(t, checks, "replica identity public.site", OK, "FULL", "")
+	wantCheck(t, checks, "columns of public.site", OK, "the 2 columns", "")
+	wantCheck(t, checks, "publication walhook", OK, "walhook run creates it", "")
+	wantCheck(t, checks, "slot "+b.cfg.Database.Slot, OK, "walhook run creates it", "")
+	wantCheck(t, checks, "outbox schema walhook", OK, "current", "")
+
+	// After walhook has set up: the publication matches and the slot is in
+	// use by walhook itself.
+	b.start()
+	checks = Preflight(context.Background(), b.cfg, b.source, b.db)
+	noFailures(t, checks)
+	wantCheck(t, checks, "publication walhook", OK, "exactly the 1 configured tables", "")
+}
+
+func TestPreflightReplicaIdentity(t *testing.T) {
+	b := setup(t, `
+		CREATE TABLE nopk (a int, b text);
+		CREATE TABLE pk (id int PRIMARY KEY, b text);
+		CREATE TABLE nothing (id int PRIMARY KEY); ALTER TABLE nothing REPLICA IDENTITY NOTHING;
+		CREATE TABLE full_nopk (a int); ALTER TABLE full_nopk REPLICA IDENTITY FULL;
+		CREATE TABLE idx (id int NOT NULL, b text); CREATE UNIQUE INDEX idx_id ON idx (id); ALTER TABLE idx REPLICA IDENTITY USING INDEX idx_id`,
+		"  - table: nopk\n  - table: pk\n  - table: nothing\n  - table: full_nopk\n  - table: idx")
+	checks := Preflight(context.Background(), b.cfg, b.source, b.db)
+	for _, tc := range []struct {
+		table  string
+		status Status
+		detail string
+	}{
+		{"nopk", Fail, "no primary key"},
+		{"pk", Warn, "only the primary key (id)"},
+		{"nothing", Fail, "NOTHING"},
+		{"full_nopk", OK, "FULL"},
+		{"idx", Warn, "USING INDEX"},
+	} {
+		fix := ""
+		if tc.status != OK {
+			fix = `ALTER TABLE "public"."` + tc.table + `" REPLICA IDENTITY FULL;`
+		}
+		wantCheck(t, checks, "replica identity public."+tc.table, tc.status, tc.detail, fix)
+	}
+}
+
+func TestPreflightMissingTableAndColumns(t *testing.T) {
+	b := setup(t, `CREATE SCHEMA dcim; CREATE TABLE dcim.site (id int PRIMARY KEY, name text); CREATE TABLE device (id int PRIMARY KEY)`,
+		"  - table: site\n  - table: device\n    exclude: [nope]\n    url: /d/{uuid}/")
+	checks := Preflight(context.Background(), b.cfg, b.source, b.db)
+	wantCheck(t, checks, "table public.site", Fail, "found dcim.site", "test.yaml:")
+	wantCheck(t, checks, "columns of public.device", Fail, `exclude names unknown column "nope"; url names unknown column "uuid"`, "test.yaml:")
+}
+
+func TestPreflightUnsupportedOptions(t *testing.T) {
+	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, region_id int); ALTER TABLE site REPLICA IDENTITY FULL`,
+		"  - table: site\n    relations: {region_id: {table: region, columns: [id]}}")
+	checks := Preflight(context.Background(), b.cfg, b.source, b.db)
+	wantCheck(t, checks, "configuration", Fail, "relation region_id: table public.region does not exist", "")
+}
+
+func TestPreflightAsRoleWithoutPrivileges(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY)`, "  - table: s\n  - table: u")
+	role := b.role("")
+	ctx := context.Background()
+	for _, q := range []string{
+		"GRANT SELECT ON s TO " + role,
+		"CREATE PUBLICATION walhook FOR TABLE s WITH (publish = 'insert, update, delete')",
+	} {
+		if _, err := b.db.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := poolAs(t, b.dsn, role)
+	checks := Preflight(ctx, b.cfg, pool, pool)
+	q := `"` + role + `"`
+	wantCheck(t, checks, "replication privilege", Fail, "neither REPLICATION nor superuser", "ALTER ROLE "+q+" REPLICATION;")
+	wantCheck(t, checks, "SELECT on public.s", OK, "may read", "")
+	wantCheck(t, checks, "SELECT on public.u", Fail, "may not read", `GRANT SELECT ON "public"."u" TO `+q+";")
+	// The publication lacks u and belongs to postgres: say who owns it and
+	// what to run.
+	wantCheck(t, checks, "publication walhook", Fail, "lacks public.u) and is owned by role postgres",
+		`ALTER PUBLICATION "walhook" SET TABLE "public"."s", "public"."u";`)
+	wantCheck(t, checks, "publication walhook", Fail, "", `ALTER PUBLICATION "walhook" OWNER TO `+q+";")
+	wantCheck(t, checks, "outbox schema walhook", Fail, "may not use it", `GRANT USAGE, CREATE ON SCHEMA "walhook" TO `+q+";")
+}
+
+func TestPreflightSlotStates(t *testing.T) {
+	t.Run("in use by another client", func(t *testing.T) {
+		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, "  - table: s")
+		ctx := context.Background()
+		c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.Nop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Prepare(ctx); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := pgconn.Connect(ctx, b.dsn+"&replication=database&application_name=other_tool")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if err := pglogrepl.StartReplication(ctx, conn, b.cfg.Database.Slot, 0, pglogrepl.StartReplicationOptions{
+			PluginArgs: []string{"proto_version '1'", "publication_names 'walhook'"},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		var pid string
+		if err := b.db.QueryRow(ctx, "SELECT active_pid::text FROM pg_replication_slots WHERE slot_name = $1", b.cfg.Database.Slot).Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		checks := Preflight(ctx, b.cfg, b.source, b.db)
+		wantCheck(t, checks, "slot "+b.cfg.Database.Slot, Warn, "in use by pid "+pid+" (application_name other_tool", "SELECT pg_terminate_backend("+pid+");")
+		wantCheck(t, checks, "max_wal_senders", OK, "being read already", "")
+	})
+	t.Run("exists without the publication", func(t *testing.T) {
+		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, "  - table: s")
+		if _, err := b.db.Exec(context.Background(), "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", b.cfg.Database.Slot); err != nil {
+			t.Fatal(err)
+		}
+		checks := Preflight(context.Background(), b.cfg, b.source, b.db)
+		wantCheck(t, checks, "slot "+b.cfg.Database.Slot, Fail, "publication walhook does not", "SELECT pg_drop_replication_slot('"+b.cfg.Database.Slot+"');")
+		wantCheck(t, checks, "max_replication_slots", OK, "one of them walhook's slot", "")
+	})
+}
+
+func TestStatusText(t *testing.T) {
+	for s, want := range map[Status]string{OK: "OK", Warn: "WARN", Fail: "FAIL"} {
+		b, _ := s.MarshalText()
+		var back Status
+		if string(b) != want || back.UnmarshalText(b) != nil || back != s {
+			t.Errorf("%d: %s, back %d", s, b, back)
+		}
+	}
+	var s Status
+	if s.UnmarshalText([]byte("ok")) == nil {
+		t.Error("lower-case ok accepted")
+	}
+}

@@ -1,0 +1,961 @@
+package cdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/internal/config"
+)
+
+// Relations and computed fields are read from the source database when a
+// change is rendered, in batches: the changes of a source transaction are
+// buffered (up to chunkRows at a time) and each relation or computed field
+// of a model costs one query per chunk, whatever the number of rows. The
+// queries run in one read-only transaction with a statement timeout; one that
+// fails leaves its field out of the chunk's payloads and is logged.
+
+// lookupTimeout is the statement_timeout of each lookup query.
+const lookupTimeout = 5 * time.Second
+
+// lookupBegin starts the read-only transaction of a chunk's lookups.
+var lookupBegin = fmt.Sprintf("BEGIN READ ONLY; SET LOCAL statement_timeout = %d", lookupTimeout.Milliseconds())
+
+// colInfo is a column of a captured or related table.
+type colInfo struct {
+	name    string
+	oid     uint32
+	typname string // schema-qualified, quoted type name without modifiers (for casts)
+}
+
+// tableColumns returns the columns of schema.name in attnum order (nil when
+// the table does not exist). Views are accepted: a relation may point at one.
+func tableColumns(ctx context.Context, q queryer, schema, name string) ([]colInfo, error) {
+	rows, err := q.Query(ctx, `
+		SELECT a.attname::text, a.atttypid, quote_ident(tn.nspname) || '.' || quote_ident(t.typname)
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+		ORDER BY a.attnum`, schema, name)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, name, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (colInfo, error) {
+		var c colInfo
+		err := r.Scan(&c.name, &c.oid, &c.typname)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, name, err)
+	}
+	return out, nil
+}
+
+// tablePrimaryKey returns the primary-key columns of schema.name in key order.
+func tablePrimaryKey(ctx context.Context, q queryer, schema, name string) ([]string, error) {
+	rows, err := q.Query(ctx, `
+		SELECT a.attname::text FROM pg_index i
+		JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+		WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
+		ORDER BY array_position(i.indkey::int2[], a.attnum)`, schema, name)
+	if err != nil {
+		return nil, fmt.Errorf("read primary key of %s.%s: %w", schema, name, err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// lookupPlan holds a model's relation and computed-field queries, resolved
+// against the columns of one version of its table.
+type lookupPlan struct {
+	rels  []*relLookup
+	comps []*compLookup
+}
+
+// relLookup renders one relation: a foreign key as a nested object.
+type relLookup struct {
+	key      string // the config key (FK column or columns)
+	field    string
+	fk       []int // indexes of the FK columns in the captured row
+	sql      string
+	sel      []uint32 // type OIDs of the selected related columns
+	out      []relOut // keys of the nested object, in order
+	urlAt    int      // "url" is rendered before out[urlAt]; -1: no url
+	urlParts []urlPart
+	logLimit
+}
+
+type relOut struct {
+	name string
+	sel  int // index into the selected columns
+}
+
+// compLookup is one computed field.
+type compLookup struct {
+	name string
+	args []int // indexes of the argument columns in the captured row
+	sql  string
+	logLimit
+}
+
+// logLimit keeps a failing lookup from logging on every chunk.
+type logLimit struct {
+	last       time.Time
+	suppressed int
+}
+
+func (l *logLimit) allow() (bool, int) {
+	if time.Since(l.last) < time.Minute {
+		l.suppressed++
+		return false, 0
+	}
+	n := l.suppressed
+	l.last, l.suppressed = time.Now(), 0
+	return true, n
+}
+
+// lookupProblem is a relation or computed field that cannot be planned.
+type lookupProblem struct {
+	line int
+	msg  string
+}
+
+// planLookups builds the queries of model m for a table whose columns, in
+// row order, are cols. Relations and computed fields with problems are left
+// out of the plan and reported.
+func planLookups(ctx context.Context, q queryer, m *config.Model, cols []colInfo) (*lookupPlan, []lookupProblem, error) {
+	if len(m.Relations) == 0 && len(m.Computed) == 0 {
+		return nil, nil, nil
+	}
+	index := map[string]int{}
+	for i, c := range cols {
+		index[c.name] = i
+	}
+	var probs []lookupProblem
+	plan := &lookupPlan{}
+	used := map[int]string{} // FK column -> relation
+	for _, key := range sortedKeys(m.Relations) {
+		r := m.Relations[key]
+		rl, msg, err := planRelation(ctx, q, m, key, r, cols, index)
+		if err != nil {
+			return nil, nil, err
+		}
+		if msg == "" {
+			for _, c := range rl.fk {
+				if other, dup := used[c]; dup {
+					msg = fmt.Sprintf("column %q is already rendered by relation %s", cols[c].name, other)
+				}
+			}
+		}
+		if msg != "" {
+			probs = append(probs, lookupProblem{r.Line, fmt.Sprintf("model %s: relation %s: %s", m.Model, key, msg)})
+			continue
+		}
+		for _, c := range rl.fk {
+			used[c] = key
+		}
+		plan.rels = append(plan.rels, rl)
+	}
+	for _, name := range m.ComputedOrder {
+		c := m.Computed[name]
+		cl, msg := planComputed(name, c, cols, index)
+		if msg != "" {
+			probs = append(probs, lookupProblem{c.Line, fmt.Sprintf("model %s: computed field %s: %s", m.Model, name, msg)})
+			continue
+		}
+		plan.comps = append(plan.comps, cl)
+	}
+	return plan, probs, nil
+}
+
+func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r config.Relation, cols []colInfo, index map[string]int) (*relLookup, string, error) {
+	rl := &relLookup{key: key, field: r.Field, urlAt: -1}
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		names[i] = c.name
+	}
+	for _, c := range config.FKColumns(key) {
+		i, ok := index[c]
+		if !ok {
+			return nil, fmt.Sprintf("unknown column %q of %s (columns: %s)", c, m.QualifiedTable(), strings.Join(names, ", ")), nil
+		}
+		if contains(m.Exclude, c) {
+			return nil, fmt.Sprintf("column %q is both excluded and rendered as a relation: remove it from exclude", c), nil
+		}
+		rl.fk = append(rl.fk, i)
+	}
+	schema, table := config.SplitTable(r.Table)
+	rcols, err := tableColumns(ctx, q, schema, table)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(rcols) == 0 {
+		return nil, fmt.Sprintf("table %s.%s does not exist", schema, table), nil
+	}
+	rindex := map[string]int{}
+	rnames := make([]string, len(rcols))
+	for i, c := range rcols {
+		rindex[c.name] = i
+		rnames[i] = c.name
+	}
+	refKey := r.Key
+	if len(refKey) == 0 {
+		if refKey, err = tablePrimaryKey(ctx, q, schema, table); err != nil {
+			return nil, "", err
+		}
+		if len(refKey) == 0 {
+			return nil, fmt.Sprintf("table %s.%s has no primary key: name the columns the foreign key refers to with key: [...]", schema, table), nil
+		}
+	}
+	if len(refKey) != len(rl.fk) {
+		return nil, fmt.Sprintf("%d foreign-key columns but %s.%s is keyed by %d (%s): set key: [...]", len(rl.fk), schema, table, len(refKey), strings.Join(refKey, ", ")), nil
+	}
+	// Selected columns: rendered ones, then url placeholders not rendered.
+	var sel []string
+	selIndex := map[string]int{}
+	selectCol := func(name string) (int, string) {
+		if i, ok := selIndex[name]; ok {
+			return i, ""
+		}
+		ci, ok := rindex[name]
+		if !ok {
+			return 0, fmt.Sprintf("unknown column %q of %s.%s (columns: %s)", name, schema, table, strings.Join(rnames, ", "))
+		}
+		selIndex[name] = len(sel)
+		sel = append(sel, name)
+		rl.sel = append(rl.sel, rcols[ci].oid)
+		return len(sel) - 1, ""
+	}
+	for _, k := range refKey {
+		if _, ok := rindex[k]; !ok {
+			return nil, fmt.Sprintf("key column %q is not a column of %s.%s (columns: %s)", k, schema, table, strings.Join(rnames, ", ")), nil
+		}
+	}
+	for _, c := range r.Columns {
+		rc, err := config.ParseRelationColumn(c)
+		if err != nil {
+			return nil, err.Error(), nil
+		}
+		i, msg := selectCol(rc.Column)
+		if msg != "" {
+			return nil, msg, nil
+		}
+		rl.out = append(rl.out, relOut{name: rc.As, sel: i})
+		if contains(refKey, rc.Column) {
+			rl.urlAt = len(rl.out)
+		}
+	}
+	if r.URL != "" {
+		if rl.urlAt < 0 {
+			rl.urlAt = 0
+		}
+		for _, g := range placeholderRE.FindAllStringSubmatch(r.URL, -1) {
+			if _, msg := selectCol(g[1]); msg != "" {
+				return nil, "url: " + msg, nil
+			}
+		}
+		selCols := make([]column, len(sel))
+		for i, n := range sel {
+			selCols[i] = column{name: n}
+		}
+		rl.urlParts = parseURLTemplate(r.URL, selCols)
+	} else {
+		rl.urlAt = -1
+	}
+	// SELECT k.n, r."id", r."name" FROM unnest($1::text[]) WITH ORDINALITY AS k(k1, n)
+	// JOIN "public"."dcim_region" AS r ON r."id" = k.k1::pg_catalog.int8
+	var b strings.Builder
+	b.WriteString("SELECT k.n")
+	for _, n := range sel {
+		b.WriteString(", r.")
+		b.WriteString(pgx.Identifier{n}.Sanitize())
+	}
+	b.WriteString(" FROM unnest(")
+	for i := range rl.fk {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "$%d::text[]", i+1)
+	}
+	b.WriteString(") WITH ORDINALITY AS k(")
+	for i := range rl.fk {
+		fmt.Fprintf(&b, "k%d, ", i+1)
+	}
+	b.WriteString("n) JOIN ")
+	b.WriteString(pgx.Identifier{schema, table}.Sanitize())
+	b.WriteString(" AS r ON ")
+	for i, k := range refKey {
+		if i > 0 {
+			b.WriteString(" AND ")
+		}
+		fmt.Fprintf(&b, "r.%s = k.k%d::%s", pgx.Identifier{k}.Sanitize(), i+1, rcols[rindex[k]].typname)
+	}
+	rl.sql = b.String()
+	return rl, "", nil
+}
+
+func planComputed(name string, c config.Computed, cols []colInfo, index map[string]int) (*compLookup, string) {
+	cl := &compLookup{name: name}
+	for _, a := range c.Args {
+		i, ok := index[a]
+		if !ok {
+			names := make([]string, len(cols))
+			for j, c := range cols {
+				names[j] = c.name
+			}
+			return nil, fmt.Sprintf("args names unknown column %q (columns: %s)", a, strings.Join(names, ", "))
+		}
+		cl.args = append(cl.args, i)
+	}
+	body, err := rewriteParams(c.SQL, func(n int) (string, error) {
+		if n < 1 || n > len(c.Args) {
+			return "", fmt.Errorf("sql uses $%d but args lists %d column(s)", n, len(c.Args))
+		}
+		return fmt.Sprintf("(walhook_args.a%d::%s)", n, cols[cl.args[n-1]].typname), nil
+	})
+	if err != nil {
+		return nil, err.Error()
+	}
+	// SELECT walhook_args.n, to_json((<sql>)) FROM unnest($1::text[], ...)
+	// WITH ORDINALITY AS walhook_args(a1, ..., n)
+	var b strings.Builder
+	if len(c.Args) == 0 {
+		b.WriteString("SELECT 1, to_json((" + body + "\n))")
+	} else {
+		b.WriteString("SELECT walhook_args.n, to_json((" + body + "\n)) FROM unnest(")
+		for i := range c.Args {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "$%d::text[]", i+1)
+		}
+		b.WriteString(") WITH ORDINALITY AS walhook_args(")
+		for i := range c.Args {
+			fmt.Fprintf(&b, "a%d, ", i+1)
+		}
+		b.WriteString("n)")
+	}
+	cl.sql = b.String()
+	return cl, ""
+}
+
+// rewriteParams replaces the parameters $1..$n of sql with repl(n), leaving
+// string literals, quoted identifiers, comments and dollar-quoted strings
+// alone, and drops trailing semicolons.
+func rewriteParams(sql string, repl func(n int) (string, error)) (string, error) {
+	sql = strings.TrimRight(strings.TrimSpace(sql), "; \t\r\n")
+	var b strings.Builder
+	identChar := func(c byte) bool {
+		return c == '_' || c == '$' || c >= 0x80 || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9')
+	}
+	i := 0
+	for i < len(sql) {
+		c := sql[i]
+		switch {
+		case c == '\'':
+			escapes := i > 0 && (sql[i-1] == 'E' || sql[i-1] == 'e') && (i < 2 || !identChar(sql[i-2]))
+			j := i + 1
+			for j < len(sql) {
+				if escapes && sql[j] == '\\' {
+					j += 2
+					continue
+				}
+				if sql[j] == '\'' {
+					if j+1 < len(sql) && sql[j+1] == '\'' {
+						j += 2
+						continue
+					}
+					break
+				}
+				j++
+			}
+			if j >= len(sql) {
+				return "", errors.New("sql has an unterminated string literal")
+			}
+			b.WriteString(sql[i : j+1])
+			i = j + 1
+		case c == '"':
+			j := i + 1
+			for j < len(sql) {
+				if sql[j] == '"' {
+					if j+1 < len(sql) && sql[j+1] == '"' {
+						j += 2
+						continue
+					}
+					break
+				}
+				j++
+			}
+			if j >= len(sql) {
+				return "", errors.New("sql has an unterminated quoted identifier")
+			}
+			b.WriteString(sql[i : j+1])
+			i = j + 1
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			j := strings.IndexByte(sql[i:], '\n')
+			if j < 0 {
+				j = len(sql) - i
+			}
+			b.WriteString(sql[i : i+j])
+			i += j
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			depth, j := 1, i+2
+			for j < len(sql) && depth > 0 {
+				switch {
+				case strings.HasPrefix(sql[j:], "/*"):
+					depth++
+					j += 2
+				case strings.HasPrefix(sql[j:], "*/"):
+					depth--
+					j += 2
+				default:
+					j++
+				}
+			}
+			if depth > 0 {
+				return "", errors.New("sql has an unterminated comment")
+			}
+			b.WriteString(sql[i:j])
+			i = j
+		case c == '$' && (i == 0 || !identChar(sql[i-1])):
+			j := i + 1
+			for j < len(sql) && '0' <= sql[j] && sql[j] <= '9' {
+				j++
+			}
+			if j > i+1 { // $N
+				n, err := strconv.Atoi(sql[i+1 : j])
+				if err != nil {
+					return "", fmt.Errorf("sql has a bad parameter %s", sql[i:j])
+				}
+				r, err := repl(n)
+				if err != nil {
+					return "", err
+				}
+				b.WriteString(r)
+				i = j
+				continue
+			}
+			// $tag$ ... $tag$ (the tag may be empty)
+			for j < len(sql) && identChar(sql[j]) && sql[j] != '$' {
+				j++
+			}
+			if j < len(sql) && sql[j] == '$' {
+				tag := sql[i : j+1]
+				end := strings.Index(sql[j+1:], tag)
+				if end < 0 {
+					return "", errors.New("sql has an unterminated dollar-quoted string")
+				}
+				stop := j + 1 + end + len(tag)
+				b.WriteString(sql[i:stop])
+				i = stop
+				continue
+			}
+			b.WriteByte(c)
+			i++
+		case identChar(c):
+			j := i
+			for j < len(sql) && identChar(sql[j]) {
+				j++
+			}
+			b.WriteString(sql[i:j])
+			i = j
+		default:
+			b.WriteByte(c)
+			i++
+		}
+	}
+	return b.String(), nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// lookupVal is a looked-up field of one change: present false leaves the
+// field out (its lookup failed).
+type lookupVal struct {
+	present bool
+	json    []byte
+}
+
+var jsonNull = []byte("null")
+
+// lookupRun executes one chunk's queries in a read-only transaction on the
+// source pool.
+type lookupRun struct {
+	pool interface {
+		BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
+	}
+	tx  pgx.Tx
+	log zerolog.Logger
+}
+
+// query runs sql with text-format results and calls fn for each row (the
+// values are only valid during the call). An error rolls the transaction
+// back; the next query starts a new one.
+func (lr *lookupRun) query(ctx context.Context, sql string, args []any, fn func(vals [][]byte)) error {
+	if lr.tx == nil {
+		tx, err := lr.pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: lookupBegin})
+		if err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+		lr.tx = tx
+	}
+	rows, err := lr.tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+	if err == nil {
+		for rows.Next() {
+			fn(rows.RawValues())
+		}
+		rows.Close()
+		err = rows.Err()
+	}
+	if err != nil {
+		_ = lr.tx.Rollback(context.WithoutCancel(ctx))
+		lr.tx = nil
+		return err
+	}
+	return nil
+}
+
+func (lr *lookupRun) finish(ctx context.Context) {
+	if lr.tx != nil {
+		if err := lr.tx.Commit(ctx); err != nil {
+			lr.log.Debug().Err(err).Msg("end lookup transaction")
+		}
+		lr.tx = nil
+	}
+}
+
+// keySet collects the distinct key tuples of a chunk, as text arrays (one
+// per tuple position; nil elements are NULL).
+type keySet struct {
+	idx  map[string]int
+	cols [][]*string
+	buf  []byte
+}
+
+func newKeySet(width int) *keySet {
+	return &keySet{idx: map[string]int{}, cols: make([][]*string, width)}
+}
+
+// add returns the index of the tuple of vals at positions cols.
+func (ks *keySet) add(vals row, cols []int) int {
+	ks.buf = ks.buf[:0]
+	for _, c := range cols {
+		v := vals[c]
+		if v.kind == 't' {
+			ks.buf = append(ks.buf, 't')
+			ks.buf = strconv.AppendInt(ks.buf, int64(len(v.data)), 10)
+			ks.buf = append(ks.buf, ':')
+			ks.buf = append(ks.buf, v.data...)
+		} else {
+			ks.buf = append(ks.buf, 'n')
+		}
+	}
+	if i, ok := ks.idx[string(ks.buf)]; ok {
+		return i
+	}
+	i := len(ks.idx)
+	ks.idx[string(ks.buf)] = i
+	for n, c := range cols {
+		var p *string
+		if vals[c].kind == 't' {
+			s := string(vals[c].data)
+			p = &s
+		}
+		ks.cols[n] = append(ks.cols[n], p)
+	}
+	return i
+}
+
+func (ks *keySet) len() int { return len(ks.idx) }
+
+func (ks *keySet) args() []any {
+	out := make([]any, len(ks.cols))
+	for i, c := range ks.cols {
+		out[i] = c
+	}
+	return out
+}
+
+// maxLookupWorkers bounds the connections a chunk's lookups use at once.
+const maxLookupWorkers = 4
+
+// lookups fills in the relation and computed fields of a chunk of pending
+// changes, one query per relation and computed field of each model in it.
+// The queries run on up to maxLookupWorkers connections of the source pool
+// (at most half of it), each in its own read-only transaction.
+func (s *stream) lookups(ctx context.Context, ps []pending) error {
+	// Changes per relation (table version), in order of first appearance.
+	var order []*relation
+	groups := map[*relation][]int{}
+	for i := range ps {
+		p := &ps[i]
+		pl := p.rel.plan
+		if pl == nil {
+			continue
+		}
+		if _, ok := groups[p.rel]; !ok {
+			order = append(order, p.rel)
+		}
+		groups[p.rel] = append(groups[p.rel], i)
+		p.extra = make([]lookupVal, len(pl.rels)+len(pl.comps))
+		if p.oldNeeded() {
+			p.oldExtra = make([]lookupVal, len(pl.rels))
+		}
+	}
+	// Each job writes only its own slot of the changes' extra fields.
+	var jobs []func(*lookupRun)
+	for _, rel := range order {
+		idxs := groups[rel]
+		for li, rl := range rel.plan.rels {
+			jobs = append(jobs, func(lr *lookupRun) { s.relationLookup(ctx, lr, rel, li, rl, ps, idxs) })
+		}
+		for ci, cl := range rel.plan.comps {
+			slot := len(rel.plan.rels) + ci
+			jobs = append(jobs, func(lr *lookupRun) { s.computedLookup(ctx, lr, rel, slot, cl, ps, idxs) })
+		}
+	}
+	workers := min(len(jobs), maxLookupWorkers, max(1, int(s.c.source.Config().MaxConns)/2))
+	if workers <= 1 {
+		lr := &lookupRun{pool: s.c.source, log: s.log}
+		for _, j := range jobs {
+			j(lr)
+		}
+		lr.finish(ctx)
+	} else {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				lr := &lookupRun{pool: s.c.source, log: s.log}
+				defer lr.finish(ctx)
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= len(jobs) {
+						return
+					}
+					jobs[i](lr)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	if err := ctx.Err(); err != nil {
+		return err // shutting down: do not store payloads missing fields
+	}
+	return nil
+}
+
+func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, rl *relLookup, ps []pending, idxs []int) {
+	ks := newKeySet(len(rl.fk))
+	type ref struct {
+		p   *lookupVal
+		key int
+	}
+	var refs []ref
+	collect := func(vals row, keysOnly bool, dst *lookupVal) {
+		for _, c := range rl.fk {
+			if keysOnly && !rel.cols[c].key {
+				return // not rendered
+			}
+			if vals[c].kind != 't' {
+				*dst = lookupVal{present: true, json: jsonNull}
+				return
+			}
+		}
+		refs = append(refs, ref{dst, ks.add(vals, rl.fk)})
+	}
+	for _, i := range idxs {
+		p := &ps[i]
+		collect(p.vals, p.keysOnly, &p.extra[slot])
+		if p.oldExtra != nil && p.old != nil {
+			collect(p.old, p.oldType != 'O', &p.oldExtra[slot])
+		}
+	}
+	if ks.len() == 0 {
+		return
+	}
+	results := make([][]byte, ks.len())
+	err := lr.query(ctx, rl.sql, ks.args(), func(vals [][]byte) {
+		n, err := strconv.Atoi(string(vals[0]))
+		if err != nil || n < 1 || n > len(results) || results[n-1] != nil {
+			return
+		}
+		results[n-1] = rl.render(nil, vals[1:], s.rd.resolve)
+	})
+	if err != nil {
+		s.lookupFailed(&rl.logLimit, rel, "relation", rl.key, len(refs), err)
+		return
+	}
+	for _, r := range refs {
+		if j := results[r.key]; j != nil {
+			*r.p = lookupVal{present: true, json: j}
+		} else {
+			*r.p = lookupVal{present: true, json: jsonNull} // row not found
+		}
+	}
+}
+
+func (s *stream) computedLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, cl *compLookup, ps []pending, idxs []int) {
+	ks := newKeySet(len(cl.args))
+	type ref struct {
+		p   *lookupVal
+		key int
+	}
+	var refs []ref
+outer:
+	for _, i := range idxs {
+		p := &ps[i]
+		if p.keysOnly {
+			for _, a := range cl.args {
+				if !rel.cols[a].key {
+					continue outer // an argument the deleted row does not carry
+				}
+			}
+		}
+		refs = append(refs, ref{&p.extra[slot], ks.add(p.vals, cl.args)})
+	}
+	if len(refs) == 0 {
+		return
+	}
+	results := make([][]byte, max(ks.len(), 1))
+	err := lr.query(ctx, cl.sql, ks.args(), func(vals [][]byte) {
+		n, err := strconv.Atoi(string(vals[0]))
+		if err != nil || n < 1 || n > len(results) {
+			return
+		}
+		if vals[1] == nil {
+			results[n-1] = jsonNull
+		} else {
+			results[n-1] = append([]byte(nil), vals[1]...)
+		}
+	})
+	if err != nil {
+		s.lookupFailed(&cl.logLimit, rel, "computed field", cl.name, len(refs), err)
+		return
+	}
+	for _, r := range refs {
+		k := r.key
+		if len(cl.args) == 0 {
+			k = 0
+		}
+		if j := results[k]; j != nil {
+			*r.p = lookupVal{present: true, json: j}
+		} else {
+			*r.p = lookupVal{present: true, json: jsonNull}
+		}
+	}
+}
+
+func (s *stream) lookupFailed(l *logLimit, rel *relation, what, name string, changes int, err error) {
+	ok, suppressed := l.allow()
+	if !ok {
+		return
+	}
+	ev := s.log.Warn().Err(err).Str("model", rel.model.Model).Str(what, name).Int("changes", changes)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "57014" {
+		ev = ev.Dur("statement_timeout", lookupTimeout)
+	}
+	if suppressed > 0 {
+		ev = ev.Int("failures_not_logged", suppressed)
+	}
+	ev.Msg(what + " lookup failed: these changes are sent without the field")
+}
+
+// render appends the nested object of a related row; vals are the selected
+// columns in text format.
+func (rl *relLookup) render(dst []byte, vals [][]byte, resolve TypeResolver) []byte {
+	dst = append(dst, '{')
+	first := true
+	sep := func() {
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+	}
+	url := func() {
+		sep()
+		dst = append(dst, `"url":`...)
+		var u []byte
+		for _, p := range rl.urlParts {
+			if p.col < 0 {
+				u = append(u, p.lit...)
+			} else if vals[p.col] != nil {
+				u = append(u, vals[p.col]...)
+			}
+		}
+		dst = AppendJSONStringBytes(dst, u)
+	}
+	for i, o := range rl.out {
+		if i == rl.urlAt {
+			url()
+		}
+		sep()
+		dst = AppendJSONString(dst, o.name)
+		dst = append(dst, ':')
+		if v := vals[o.sel]; v == nil {
+			dst = append(dst, "null"...)
+		} else {
+			dst = AppendValue(dst, rl.sel[o.sel], v, resolve)
+		}
+	}
+	if rl.urlAt >= len(rl.out) {
+		url()
+	}
+	return append(dst, '}')
+}
+
+// checkLookups checks a model's relations and computed fields against the
+// catalog (tables, columns, keys, clashing keys in "data") and runs each
+// query once with no rows, in a read-only transaction, so that SQL errors
+// and missing privileges show at start with the line of the field.
+func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.Model) []config.Problem {
+	var probs []config.Problem
+	add := func(line int, format string, args ...any) {
+		probs = append(probs, config.Problem{File: cfg.File, Line: line, Msg: fmt.Sprintf(format, args...)})
+	}
+	cols, err := tableColumns(ctx, q, m.Schema, m.Name)
+	if err != nil || len(cols) == 0 {
+		return nil // reported by the caller
+	}
+	plan, lps, err := planLookups(ctx, q, m, cols)
+	if err != nil {
+		add(m.Line, "model %s: check relations and computed fields: %v", m.Model, err)
+		return probs
+	}
+	for _, p := range lps {
+		add(p.line, "%s", p.msg)
+	}
+	// Keys of "data" must be unique.
+	keys := map[string]string{}
+	fk := map[string]bool{}
+	for _, rl := range plan.rels {
+		for _, i := range rl.fk {
+			fk[cols[i].name] = true
+		}
+	}
+	for _, c := range cols {
+		if contains(m.Exclude, c.name) || fk[c.name] {
+			continue
+		}
+		out := c.name
+		if rn := m.Rename[c.name]; rn != "" {
+			out = rn
+		}
+		if prev, dup := keys[out]; dup {
+			add(m.Line, "model %s: column %s renders as %q, like %s", m.Model, c.name, out, prev)
+		}
+		keys[out] = "column " + c.name
+	}
+	if m.URL != "" {
+		if prev, dup := keys["url"]; dup {
+			add(m.Line, "model %s: url clashes with %s: rename or exclude it", m.Model, prev)
+		}
+		keys["url"] = "url"
+	}
+	for _, rl := range plan.rels {
+		if prev, dup := keys[rl.field]; dup {
+			add(m.Relations[rl.key].Line, "model %s: relation %s renders as %q, like %s: set another field, or rename or exclude the column", m.Model, rl.key, rl.field, prev)
+		}
+		keys[rl.field] = "relation " + rl.key
+	}
+	for _, cl := range plan.comps {
+		if prev, dup := keys[cl.name]; dup {
+			add(m.Computed[cl.name].Line, "model %s: computed field %s clashes with %s: rename it", m.Model, cl.name, prev)
+		}
+		keys[cl.name] = "computed field " + cl.name
+	}
+	// Run each query with no keys: parses, plans and checks privileges.
+	b, ok := q.(interface {
+		Begin(ctx context.Context) (pgx.Tx, error)
+	})
+	if !ok {
+		return probs
+	}
+	probe := func(sql string, nargs int) error {
+		tx, err := b.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+		if _, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY"); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = %d", lookupTimeout.Milliseconds())); err != nil {
+			return err
+		}
+		args := make([]any, nargs)
+		for i := range args {
+			args[i] = []string{}
+		}
+		rows, err := tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
+		if err != nil {
+			return err
+		}
+		rows.Close()
+		return rows.Err()
+	}
+	for _, rl := range plan.rels {
+		if err := probe(rl.sql, len(rl.fk)); err != nil {
+			add(m.Relations[rl.key].Line, "model %s: relation %s: %s", m.Model, rl.key, pgMessage(err))
+		}
+	}
+	for _, cl := range plan.comps {
+		var err error
+		if len(cl.args) == 0 { // running it would run the query itself: parse only
+			err = prepareOnly(ctx, b, cl.sql)
+		} else {
+			err = probe(cl.sql, len(cl.args))
+		}
+		if err != nil {
+			add(m.Computed[cl.name].Line, "model %s: computed field %s: %s", m.Model, cl.name, pgMessage(err))
+		}
+	}
+	return probs
+}
+
+func prepareOnly(ctx context.Context, b interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}, sql string) error {
+	tx, err := b.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	_, err = tx.Conn().PgConn().Prepare(ctx, "", sql, nil)
+	return err
+}
+
+// pgMessage is a PostgreSQL error's message with its hint.
+func pgMessage(err error) string {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err.Error()
+	}
+	msg := "sql: " + pe.Message
+	if pe.Code == "42501" {
+		msg += " (grant the walhook role SELECT on it)"
+	}
+	if pe.Hint != "" {
+		msg += " (" + pe.Hint + ")"
+	}
+	return msg
+}

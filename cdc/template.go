@@ -1,0 +1,232 @@
+package cdc
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"strconv"
+	"text/template"
+
+	"github.com/walhook/walhook/internal/config"
+)
+
+// hookSpec is what a webhook changes in the default rendering: a body
+// template, conditions, or both.
+type hookSpec struct {
+	name    string
+	tmpl    *template.Template
+	cond    *config.Condition
+	condLog logLimit
+}
+
+// hookSet is the webhooks that take one event of one model.
+type hookSet struct {
+	names   []string
+	specs   []*hookSpec // parallel to names; nil: default body, no conditions
+	special bool        // some spec is not nil: the payload is decoded per change
+}
+
+// eventIndex maps an event to its index in relation.hooks.
+func eventIndex(event string) int {
+	switch event {
+	case EventCreated:
+		return 0
+	case EventUpdated:
+		return 1
+	}
+	return 2
+}
+
+// templater renders body templates. The payload given to a template is the
+// default body decoded into maps, lists and scalars (integers as int64,
+// other numbers as json.Number) with "timestamp" and "old" added. Its json
+// function writes objects of the payload exactly as they were rendered (key
+// order included); other maps get sorted keys.
+type templater struct {
+	raw map[uintptr][]byte // decoded object -> its JSON text, for the payload being rendered
+	out bytes.Buffer
+}
+
+func newTemplater() *templater { return &templater{raw: map[uintptr][]byte{}} }
+
+// parse compiles a webhook's body template with the json function.
+func (t *templater) parse(name, text string) (*template.Template, error) {
+	return template.New(name).Funcs(template.FuncMap{"json": t.jsonFunc}).Parse(text)
+}
+
+func (t *templater) execute(tmpl *template.Template, payload map[string]any) (string, error) {
+	t.out.Reset()
+	if err := tmpl.Execute(&t.out, payload); err != nil {
+		return "", err
+	}
+	return t.out.String(), nil
+}
+
+func (t *templater) jsonFunc(v any) (string, error) {
+	b, err := t.appendJSON(nil, v, 0)
+	return string(b), err
+}
+
+func (t *templater) appendJSON(dst []byte, v any, depth int) ([]byte, error) {
+	if depth > 100 {
+		return nil, errors.New("json: value nested too deeply")
+	}
+	switch x := v.(type) {
+	case nil:
+		return append(dst, "null"...), nil
+	case string:
+		return AppendJSONString(dst, x), nil
+	case bool:
+		return strconv.AppendBool(dst, x), nil
+	case int64:
+		return strconv.AppendInt(dst, x, 10), nil
+	case json.Number:
+		return append(dst, x...), nil
+	case map[string]any:
+		if raw, ok := t.raw[reflect.ValueOf(x).Pointer()]; ok {
+			return append(dst, raw...), nil
+		}
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		dst = append(dst, '{')
+		for i, k := range keys {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = AppendJSONString(dst, k)
+			dst = append(dst, ':')
+			var err error
+			if dst, err = t.appendJSON(dst, x[k], depth+1); err != nil {
+				return nil, err
+			}
+		}
+		return append(dst, '}'), nil
+	case []any:
+		dst = append(dst, '[')
+		for i, e := range x {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			var err error
+			if dst, err = t.appendJSON(dst, e, depth+1); err != nil {
+				return nil, err
+			}
+		}
+		return append(dst, ']'), nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("json: %w", err)
+	}
+	return append(dst, b...), nil
+}
+
+// decode turns rendered JSON into template and condition values, recording
+// the text of every object for the json function.
+func (t *templater) decode(raw []byte) (any, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return nil, errors.New("empty JSON value")
+	}
+	switch raw[0] {
+	case '{':
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return nil, err
+		}
+		out := make(map[string]any, len(m))
+		for k, v := range m {
+			x, err := t.decode(v)
+			if err != nil {
+				return nil, err
+			}
+			out[k] = x
+		}
+		t.raw[reflect.ValueOf(out).Pointer()] = raw
+		return out, nil
+	case '[':
+		var l []json.RawMessage
+		if err := json.Unmarshal(raw, &l); err != nil {
+			return nil, err
+		}
+		out := make([]any, len(l))
+		for i, v := range l {
+			x, err := t.decode(v)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = x
+		}
+		return out, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if n, ok := v.(json.Number); ok {
+		if i, err := strconv.ParseInt(string(n), 10, 64); err == nil {
+			return i, nil
+		}
+	}
+	return v, nil
+}
+
+// payload decodes a change's default body for its templates and conditions:
+// event, model, signal_received_timestamp (also as timestamp), data, and old
+// (the row before an UPDATE when known, else null).
+func (t *templater) payload(body string, old []byte) (map[string]any, error) {
+	clear(t.raw)
+	v, err := t.decode([]byte(body))
+	if err != nil {
+		return nil, fmt.Errorf("decode rendered body: %w", err)
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, errors.New("decode rendered body: not an object")
+	}
+	m["timestamp"] = m["signal_received_timestamp"]
+	m["old"] = nil
+	if old != nil {
+		if m["old"], err = t.decode(old); err != nil {
+			return nil, fmt.Errorf("decode rendered old row: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// hookSpecs compiles the body templates and conditions of the webhooks that
+// have them.
+func hookSpecs(cfg *config.Config, t *templater) (map[string]*hookSpec, error) {
+	specs := map[string]*hookSpec{}
+	for i := range cfg.Webhooks {
+		w := &cfg.Webhooks[i]
+		cond := w.Condition
+		if cond == nil && w.Conditions != nil { // a Config not made by config.Parse
+			var err error
+			if cond, err = config.ParseConditions(w.Conditions); err != nil {
+				return nil, fmt.Errorf("webhook %s: conditions: %w", w.Name, err)
+			}
+		}
+		if w.BodyTemplate == "" && cond == nil {
+			continue
+		}
+		sp := &hookSpec{name: w.Name, cond: cond}
+		if w.BodyTemplate != "" {
+			tmpl, err := t.parse(w.Name, w.BodyTemplate)
+			if err != nil {
+				return nil, fmt.Errorf("webhook %s: body_template: %w", w.Name, err)
+			}
+			sp.tmpl = tmpl
+		}
+		specs[w.Name] = sp
+	}
+	return specs, nil
+}

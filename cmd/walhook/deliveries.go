@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/walhook/walhook/migrations"
+)
+
+// delivery is one outbox row as `walhook deliveries` prints it. Body is
+// set by `deliveries show` only.
+type delivery struct {
+	ID            int64      `json:"id"`
+	Webhook       string     `json:"webhook"`
+	Event         string     `json:"event"`
+	Model         string     `json:"model"`
+	ObjectKey     string     `json:"object_key"`
+	CommitLSN     string     `json:"commit_lsn"`
+	Seq           int32      `json:"seq"`
+	CommittedAt   time.Time  `json:"committed_at"`
+	State         string     `json:"state"`
+	Attempts      int32      `json:"attempts"`
+	NextAttemptAt time.Time  `json:"next_attempt_at"`
+	LockedUntil   *time.Time `json:"locked_until"`
+	LockedBy      *string    `json:"locked_by"`
+	LastStatus    *int32     `json:"last_status"`
+	LastError     *string    `json:"last_error"`
+	LastAttemptAt *time.Time `json:"last_attempt_at"`
+	DeliveredAt   *time.Time `json:"delivered_at"`
+	CreatedAt     time.Time  `json:"created_at"`
+	Body          *string    `json:"body,omitempty"`
+
+	now time.Time // the database's clock, for ages
+}
+
+const deliveryColumns = `id, webhook, event, model, object_key, commit_lsn::text, seq, committed_at, state, attempts,
+	next_attempt_at, locked_until, locked_by, last_status, last_error, last_attempt_at, delivered_at, created_at, now()`
+
+func (d *delivery) scanArgs() []any {
+	return []any{&d.ID, &d.Webhook, &d.Event, &d.Model, &d.ObjectKey, &d.CommitLSN, &d.Seq, &d.CommittedAt, &d.State, &d.Attempts,
+		&d.NextAttemptAt, &d.LockedUntil, &d.LockedBy, &d.LastStatus, &d.LastError, &d.LastAttemptAt, &d.DeliveredAt, &d.CreatedAt, &d.now}
+}
+
+func (d *delivery) utc() {
+	for _, t := range []*time.Time{&d.CommittedAt, &d.NextAttemptAt, &d.CreatedAt} {
+		*t = t.UTC()
+	}
+	for _, t := range []**time.Time{&d.LockedUntil, &d.LastAttemptAt, &d.DeliveredAt} {
+		if *t != nil {
+			u := (*t).UTC()
+			*t = &u
+		}
+	}
+}
+
+var deliveryStates = []string{"pending", "delivering", "delivered", "failed"}
+
+func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "show" {
+		return cmdDeliveryShow(ctx, args[1:], stdout, stderr)
+	}
+	fs, path := newFlags("deliveries", stderr)
+	state := fs.String("state", "", "only deliveries in this state: pending, delivering, delivered or failed")
+	webhook := fs.String("webhook", "", "only deliveries of this webhook")
+	model := fs.String("model", "", "only deliveries of this model")
+	limit := fs.Int("limit", 50, "at most this many, newest first")
+	asJSON := fs.Bool("json", false, "print the deliveries as a JSON array")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: walhook deliveries [flags]\n       walhook deliveries show ID [--json]\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *state != "" && !slices.Contains(deliveryStates, *state) {
+		return usageErr("--state %q: use pending, delivering, delivered or failed", *state)
+	}
+	if *limit <= 0 {
+		return usageErr("--limit must be positive")
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	pool, err := openPool(ctx, outboxDSN(cfg.Database.DSN, cfg.Database.OutboxDSN), "outbox database", nil)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	var where []string
+	var qargs []any
+	for _, f := range []struct{ col, v string }{{"state", *state}, {"webhook", *webhook}, {"model", *model}} {
+		if f.v != "" {
+			qargs = append(qargs, f.v)
+			where = append(where, fmt.Sprintf("%s = $%d", f.col, len(qargs)))
+		}
+	}
+	q := "SELECT " + deliveryColumns + " FROM " + migrations.Table(cfg.Database.Schema, "deliveries")
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	qargs = append(qargs, *limit+1) // one more, to know whether there are more
+	q += fmt.Sprintf(" ORDER BY id DESC LIMIT $%d", len(qargs))
+	rows, err := pool.Query(ctx, q, qargs...)
+	if err != nil {
+		return outboxError(err, cfg.Database.Schema)
+	}
+	list := []delivery{}
+	for rows.Next() {
+		var d delivery
+		if err := rows.Scan(d.scanArgs()...); err != nil {
+			rows.Close()
+			return outboxError(err, cfg.Database.Schema)
+		}
+		d.utc()
+		list = append(list, d)
+	}
+	if err := rows.Err(); err != nil {
+		return outboxError(err, cfg.Database.Schema)
+	}
+	more := len(list) > *limit
+	if more {
+		list = list[:*limit]
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(list)
+	}
+	if len(list) == 0 {
+		fmt.Fprintln(stdout, "no deliveries match")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tWEBHOOK\tEVENT\tMODEL\tOBJECT\tSTATE\tATTEMPTS\tSTATUS\tAGE\tNEXT ATTEMPT\tLAST ERROR")
+	for _, d := range list {
+		status := "-"
+		if d.LastStatus != nil {
+			status = strconv.Itoa(int(*d.LastStatus))
+		}
+		next := "-"
+		switch d.State {
+		case "pending":
+			if wait := d.NextAttemptAt.Sub(d.now); wait > 0 {
+				next = "in " + formatAge(wait)
+			} else {
+				next = "due"
+			}
+		case "delivering":
+			next = "sending"
+		}
+		lastErr := "-"
+		if d.LastError != nil {
+			lastErr = shorten(*d.LastError, 50)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", d.ID, d.Webhook, d.Event, d.Model, shorten(d.ObjectKey, 30),
+			d.State, d.Attempts, status, formatAge(d.now.Sub(d.CommittedAt)), next, lastErr)
+	}
+	tw.Flush()
+	if more {
+		fmt.Fprintf(stdout, "(the newest %d; there are more: --limit N shows more)\n", *limit)
+	}
+	return nil
+}
+
+func outboxDSN(dsn, outbox string) string {
+	if outbox != "" {
+		return outbox
+	}
+	return dsn
+}
+
+func cmdDeliveryShow(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, path := newFlags("deliveries show", stderr)
+	asJSON := fs.Bool("json", false, "print the delivery as JSON")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageErr("usage: walhook deliveries show ID [--json] [-c walhook.yaml]")
+	}
+	id, err := strconv.ParseInt(strings.TrimPrefix(pos[0], "#"), 10, 64)
+	if err != nil || id <= 0 {
+		return usageErr("%q is not a delivery id", pos[0])
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	pool, err := openPool(ctx, outboxDSN(cfg.Database.DSN, cfg.Database.OutboxDSN), "outbox database", nil)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	var d delivery
+	d.Body = new(string)
+	err = pool.QueryRow(ctx, "SELECT "+deliveryColumns+", body FROM "+migrations.Table(cfg.Database.Schema, "deliveries")+" WHERE id = $1", id).
+		Scan(append(d.scanArgs(), d.Body)...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("delivery %d not found in %s.deliveries (delivered rows are deleted after dispatch.retention): walhook deliveries lists them", id, cfg.Database.Schema)
+	}
+	if err != nil {
+		return outboxError(err, cfg.Database.Schema)
+	}
+	d.utc()
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(d)
+	}
+	printDelivery(stdout, &d)
+	return nil
+}
+
+func printDelivery(w io.Writer, d *delivery) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	ts := func(t *time.Time) string {
+		if t == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%s (%s)", t.Format(time.RFC3339Nano), relative(d.now, *t))
+	}
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	row("id", strconv.FormatInt(d.ID, 10))
+	row("webhook", d.Webhook)
+	row("event", d.Event)
+	row("model", d.Model)
+	row("object_key", d.ObjectKey)
+	row("state", d.State)
+	row("attempts", strconv.Itoa(int(d.Attempts)))
+	row("commit_lsn", fmt.Sprintf("%s (seq %d)", d.CommitLSN, d.Seq))
+	row("committed_at", ts(&d.CommittedAt))
+	row("created_at", ts(&d.CreatedAt))
+	if d.State == "pending" {
+		row("next_attempt_at", ts(&d.NextAttemptAt))
+	}
+	if d.State == "delivering" {
+		by := "-"
+		if d.LockedBy != nil {
+			by = *d.LockedBy
+		}
+		row("locked_by", by)
+		row("locked_until", ts(d.LockedUntil))
+	}
+	row("last_attempt_at", ts(d.LastAttemptAt))
+	status := "-"
+	if d.LastStatus != nil {
+		status = strconv.Itoa(int(*d.LastStatus))
+	}
+	row("last_status", status)
+	row("delivered_at", ts(d.DeliveredAt))
+	tw.Flush()
+
+	if d.LastError != nil {
+		fmt.Fprintln(w, "\nlast_error:")
+		for _, line := range strings.Split(strings.TrimRight(*d.LastError, "\n"), "\n") {
+			fmt.Fprintln(w, "  "+line)
+		}
+	}
+	if d.State == "failed" {
+		fmt.Fprintf(w, "\nretry it with: walhook retry --id %d\n", d.ID)
+	}
+	fmt.Fprintln(w, "\nbody:")
+	var pretty bytes.Buffer
+	if err := json.Indent(&pretty, []byte(*d.Body), "", "  "); err == nil {
+		fmt.Fprintln(w, pretty.String())
+	} else {
+		fmt.Fprintln(w, *d.Body)
+	}
+}
+
+// relative says "3m ago" or "in 5s".
+func relative(now, t time.Time) string {
+	if t.After(now) {
+		return "in " + formatAge(t.Sub(now))
+	}
+	return formatAge(now.Sub(t)) + " ago"
+}
+
+// parseInterspersed parses flags that may come before or after positional
+// arguments and returns the positional ones.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, &exitError{code: 0, err: err}
+			}
+			return nil, &exitError{code: 2, err: err}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}

@@ -1,0 +1,393 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/migrations"
+)
+
+// statusReport is what `walhook status --json` prints.
+type statusReport struct {
+	Time      time.Time       `json:"time"`
+	ServerLSN string          `json:"server_lsn"`
+	Outbox    outboxStatus    `json:"outbox"`
+	Webhooks  []webhookStatus `json:"webhooks"`
+	Slot      slotStatus      `json:"slot"`
+	Capture   captureStatus   `json:"capture"`
+}
+
+type outboxStatus struct {
+	Schema string `json:"schema"`
+	// Exists is false until walhook run or walhook migrate created it.
+	Exists bool `json:"exists"`
+}
+
+type webhookStatus struct {
+	Name string `json:"name"`
+	// Configured is false for a webhook that has rows but is no longer in
+	// the configuration.
+	Configured bool        `json:"configured"`
+	Enabled    bool        `json:"enabled"`
+	Counts     stateCounts `json:"counts"`
+	// OldestPendingAgeSeconds is how long ago the oldest pending delivery's
+	// change was committed; null when nothing is pending.
+	OldestPendingAgeSeconds *float64   `json:"oldest_pending_age_seconds"`
+	LastError               *lastError `json:"last_error"`
+}
+
+type stateCounts struct {
+	Pending    int64 `json:"pending"`
+	Delivering int64 `json:"delivering"`
+	Delivered  int64 `json:"delivered"`
+	Failed     int64 `json:"failed"`
+}
+
+type lastError struct {
+	DeliveryID int64      `json:"delivery_id"`
+	State      string     `json:"state"`
+	Status     *int32     `json:"status"`
+	Error      string     `json:"error"`
+	At         *time.Time `json:"at"`
+}
+
+type slotStatus struct {
+	Name          string `json:"name"`
+	Exists        bool   `json:"exists"`
+	Plugin        string `json:"plugin,omitempty"`
+	Database      string `json:"database,omitempty"`
+	Active        bool   `json:"active"`
+	ActivePID     *int32 `json:"active_pid"`
+	WALStatus     string `json:"wal_status,omitempty"`
+	ConfirmedLSN  string `json:"confirmed_lsn,omitempty"`
+	LagBytes      *int64 `json:"lag_bytes"`
+	RetainedBytes *int64 `json:"retained_bytes"`
+	SafeWALSize   *int64 `json:"safe_wal_size"`
+}
+
+type captureStatus struct {
+	CheckpointLSN string     `json:"checkpoint_lsn,omitempty"`
+	UpdatedAt     *time.Time `json:"updated_at"`
+	// BehindBytes is the WAL capture has yet to read: the server's WAL
+	// position minus the later of the checkpoint and the slot's confirmed
+	// LSN.
+	BehindBytes *int64 `json:"behind_bytes"`
+}
+
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, path := newFlags("status", stderr)
+	asJSON := fs.Bool("json", false, "print the status as JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	source, err := openPool(ctx, cfg.Database.DSN, "source database", nil)
+	if err != nil {
+		return err
+	}
+	defer source.Close()
+	outbox := source
+	if cfg.Database.OutboxDSN != "" {
+		if outbox, err = openPool(ctx, cfg.Database.OutboxDSN, "outbox database", nil); err != nil {
+			return err
+		}
+		defer outbox.Close()
+	}
+	rep, err := readStatus(ctx, cfg, source, outbox)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printStatus(stdout, rep)
+	return nil
+}
+
+func readStatus(ctx context.Context, cfg *config.Config, source, outbox *pgxpool.Pool) (*statusReport, error) {
+	rep := &statusReport{Outbox: outboxStatus{Schema: cfg.Database.Schema}, Slot: slotStatus{Name: cfg.Database.Slot}}
+	if err := source.QueryRow(ctx, "SELECT now(), pg_current_wal_lsn()::text").Scan(&rep.Time, &rep.ServerLSN); err != nil {
+		return nil, fmt.Errorf("source database: read the WAL position: %w", err)
+	}
+	rep.Time = rep.Time.UTC()
+
+	// The slot.
+	s := &rep.Slot
+	var confirmed *string
+	err := source.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), active, active_pid, coalesce(wal_status, ''),
+		confirmed_flush_lsn::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,
+		(pg_current_wal_lsn() - restart_lsn)::bigint, safe_wal_size
+		FROM pg_replication_slots WHERE slot_name = $1`, cfg.Database.Slot).
+		Scan(&s.Plugin, &s.Database, &s.Active, &s.ActivePID, &s.WALStatus, &confirmed, &s.LagBytes, &s.RetainedBytes, &s.SafeWALSize)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return nil, fmt.Errorf("source database: read pg_replication_slots: %w", err)
+	default:
+		s.Exists = true
+		if confirmed != nil {
+			s.ConfirmedLSN = *confirmed
+		}
+	}
+
+	// The outbox.
+	var reg *string
+	if err := outbox.QueryRow(ctx, "SELECT to_regclass($1)::text", migrations.Table(cfg.Database.Schema, "deliveries")).Scan(&reg); err != nil {
+		return nil, fmt.Errorf("outbox database: %w", err)
+	}
+	rep.Outbox.Exists = reg != nil
+	byName := map[string]*webhookStatus{}
+	for _, w := range cfg.Webhooks {
+		rep.Webhooks = append(rep.Webhooks, webhookStatus{Name: w.Name, Configured: true, Enabled: w.IsEnabled()})
+	}
+	for i := range rep.Webhooks {
+		byName[rep.Webhooks[i].Name] = &rep.Webhooks[i]
+	}
+	if !rep.Outbox.Exists {
+		return rep, nil
+	}
+	get := func(name string) *webhookStatus {
+		if w, ok := byName[name]; ok {
+			return w
+		}
+		rep.Webhooks = append(rep.Webhooks, webhookStatus{Name: name})
+		// Appending may move the slice: rebuild the index.
+		for i := range rep.Webhooks {
+			byName[rep.Webhooks[i].Name] = &rep.Webhooks[i]
+		}
+		return byName[name]
+	}
+	deliveries := migrations.Table(cfg.Database.Schema, "deliveries")
+	rows, err := outbox.Query(ctx, `SELECT webhook,
+		count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'delivering'),
+		count(*) FILTER (WHERE state = 'delivered'), count(*) FILTER (WHERE state = 'failed'),
+		extract(epoch FROM now() - min(committed_at) FILTER (WHERE state = 'pending'))::float8
+		FROM `+deliveries+` GROUP BY webhook ORDER BY webhook`)
+	if err != nil {
+		return nil, outboxError(err, cfg.Database.Schema)
+	}
+	for rows.Next() {
+		var name string
+		var c stateCounts
+		var age *float64
+		if err := rows.Scan(&name, &c.Pending, &c.Delivering, &c.Delivered, &c.Failed, &age); err != nil {
+			rows.Close()
+			return nil, outboxError(err, cfg.Database.Schema)
+		}
+		w := get(name)
+		w.Counts, w.OldestPendingAgeSeconds = c, age
+	}
+	if err := rows.Err(); err != nil {
+		return nil, outboxError(err, cfg.Database.Schema)
+	}
+	rows, err = outbox.Query(ctx, `SELECT DISTINCT ON (webhook) webhook, id, state, last_status, last_error, last_attempt_at
+		FROM `+deliveries+` WHERE last_error IS NOT NULL
+		ORDER BY webhook, last_attempt_at DESC NULLS LAST, id DESC`)
+	if err != nil {
+		return nil, outboxError(err, cfg.Database.Schema)
+	}
+	for rows.Next() {
+		var name string
+		var le lastError
+		if err := rows.Scan(&name, &le.DeliveryID, &le.State, &le.Status, &le.Error, &le.At); err != nil {
+			rows.Close()
+			return nil, outboxError(err, cfg.Database.Schema)
+		}
+		if le.At != nil {
+			t := le.At.UTC()
+			le.At = &t
+		}
+		get(name).LastError = &le
+	}
+	if err := rows.Err(); err != nil {
+		return nil, outboxError(err, cfg.Database.Schema)
+	}
+
+	// The capture checkpoint.
+	var lsn string
+	var updated time.Time
+	err = outbox.QueryRow(ctx, "SELECT lsn::text, updated_at FROM "+migrations.Table(cfg.Database.Schema, "checkpoints")+" WHERE slot = $1", cfg.Database.Slot).Scan(&lsn, &updated)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return nil, outboxError(err, cfg.Database.Schema)
+	default:
+		updated = updated.UTC()
+		rep.Capture.CheckpointLSN, rep.Capture.UpdatedAt = lsn, &updated
+		cp, err1 := pglogrepl.ParseLSN(lsn)
+		server, err2 := pglogrepl.ParseLSN(rep.ServerLSN)
+		if err1 == nil && err2 == nil {
+			// The slot's confirmed LSN also moves while captured tables
+			// are idle (keepalives); it is confirmed only past committed
+			// deliveries, so the later of the two is how far capture got.
+			if confirmed, err := pglogrepl.ParseLSN(rep.Slot.ConfirmedLSN); err == nil && confirmed > cp {
+				cp = confirmed
+			}
+			behind := max(int64(server)-int64(cp), 0)
+			rep.Capture.BehindBytes = &behind
+		}
+	}
+	return rep, nil
+}
+
+// outboxError turns a missing outbox table into a line that says what to do.
+func outboxError(err error, schema string) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "3F000") {
+		return fmt.Errorf("outbox %s.deliveries does not exist: run walhook migrate (or walhook run) with this configuration first", schema)
+	}
+	if errors.As(err, &pe) && pe.Code == "42501" {
+		return fmt.Errorf("outbox database: %s: grant the role SELECT on the %s schema's tables (walhook check says which)", pe.Message, schema)
+	}
+	return fmt.Errorf("outbox database: %w", err)
+}
+
+func printStatus(w io.Writer, rep *statusReport) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if !rep.Outbox.Exists {
+		fmt.Fprintf(w, "outbox: schema %s has no deliveries table yet (walhook run or walhook migrate creates it)\n\n", rep.Outbox.Schema)
+	}
+	fmt.Fprintln(tw, "WEBHOOK\tSTATE\tPENDING\tDELIVERING\tDELIVERED\tFAILED\tOLDEST PENDING\tLAST ERROR")
+	for _, h := range rep.Webhooks {
+		state := "enabled"
+		switch {
+		case !h.Configured:
+			state = "not configured"
+		case !h.Enabled:
+			state = "disabled"
+		}
+		oldest := "-"
+		if h.OldestPendingAgeSeconds != nil {
+			oldest = formatAge(time.Duration(*h.OldestPendingAgeSeconds * float64(time.Second)))
+		}
+		last := "-"
+		if le := h.LastError; le != nil {
+			when := ""
+			if le.At != nil {
+				when = formatAge(rep.Time.Sub(*le.At)) + " ago, "
+			}
+			last = fmt.Sprintf("%s#%d: %s", when, le.DeliveryID, shorten(le.Error, 60))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", h.Name, state, h.Counts.Pending, h.Counts.Delivering, h.Counts.Delivered, h.Counts.Failed, oldest, last)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+
+	s := rep.Slot
+	fmt.Fprintln(tw, "SLOT\tACTIVE\tWAL STATUS\tCONFIRMED LSN\tLAG\tRETAINED WAL")
+	if !s.Exists {
+		fmt.Fprintf(tw, "%s\tdoes not exist (walhook run creates it)\t-\t-\t-\t-\n", s.Name)
+	} else {
+		active := "no"
+		if s.Active {
+			active = "yes"
+			if s.ActivePID != nil {
+				active = fmt.Sprintf("yes (pid %d)", *s.ActivePID)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, active, orDash(s.WALStatus), orDash(s.ConfirmedLSN), bytesOrDash(s.LagBytes), bytesOrDash(s.RetainedBytes))
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+
+	c := rep.Capture
+	fmt.Fprintln(tw, "CAPTURE CHECKPOINT\tUPDATED\tBEHIND SERVER\tSERVER LSN")
+	updated := "-"
+	if c.UpdatedAt != nil {
+		updated = formatAge(rep.Time.Sub(*c.UpdatedAt)) + " ago"
+	}
+	checkpoint := c.CheckpointLSN
+	if checkpoint == "" {
+		checkpoint = "none yet"
+	}
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", checkpoint, updated, bytesOrDash(c.BehindBytes), rep.ServerLSN)
+	tw.Flush()
+	switch {
+	case s.WALStatus == "lost":
+		fmt.Fprintf(w, "\nslot %s was invalidated (wal_status = lost): run walhook check for the fix\n", s.Name)
+	case s.Exists && !s.Active:
+		fmt.Fprintf(w, "\nslot %s is not being read: the server keeps WAL for it (%s so far) until walhook runs again.\n"+
+			"If walhook is gone for good, drop it: SELECT pg_drop_replication_slot('%s');\n", s.Name, bytesOrDash(s.RetainedBytes), s.Name)
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func bytesOrDash(n *int64) string {
+	if n == nil {
+		return "-"
+	}
+	return formatBytes(*n)
+}
+
+// formatBytes renders n bytes for people: 512 B, 1.5 KiB, 20.0 MiB.
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f := float64(n)
+	for _, u := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		f /= unit
+		if f < unit && f > -unit {
+			return fmt.Sprintf("%.1f %s", f, u)
+		}
+	}
+	return fmt.Sprintf("%.1f PiB", f/unit)
+}
+
+// formatAge renders a duration briefly: 850ms, 12s, 4m10s, 3h5m, 2d4h.
+func formatAge(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		s := d.Round(time.Second).String()
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		return s
+	case d < 48*time.Hour:
+		return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
+	}
+	days := int(d / (24 * time.Hour))
+	return fmt.Sprintf("%dd%dh", days, int((d-time.Duration(days)*24*time.Hour)/time.Hour))
+}
+
+// shorten returns the first line of s cut to n runes.
+func shorten(s string, n int) string {
+	s, _, cut := strings.Cut(strings.TrimSpace(s), "\n")
+	r := []rune(s)
+	if len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	if cut {
+		return s + " …"
+	}
+	return s
+}

@@ -1,0 +1,38 @@
+package dispatch
+
+import "time"
+
+// Observer is told the outcome of every HTTP attempt, for metrics. Rows
+// released unsent (at shutdown) made no attempt and are not reported.
+type Observer interface {
+	Attempted(Attempt)
+}
+
+// Outcome is what an attempt led to.
+type Outcome string
+
+// Attempt outcomes.
+const (
+	// OutcomeDelivered: the receiver answered 2xx.
+	OutcomeDelivered Outcome = "delivered"
+	// OutcomeRetry: the attempt failed and the delivery will be tried again.
+	OutcomeRetry Outcome = "retry"
+	// OutcomeFailed: the last allowed attempt failed; the delivery is failed.
+	OutcomeFailed Outcome = "failed"
+)
+
+// Attempt describes one finished HTTP attempt.
+type Attempt struct {
+	Webhook  string
+	Delivery int64
+	// Attempt is the delivery's attempt count, this attempt included.
+	Attempt int
+	Outcome Outcome
+	// Status is the HTTP status, 0 when there was no response.
+	Status int
+	// Duration is how long the request took, up to the response headers
+	// and the (bounded) body read.
+	Duration time.Duration
+	// CommittedAt is the commit time of the change the delivery carries.
+	CommittedAt time.Time
+}

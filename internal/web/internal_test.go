@@ -1,0 +1,72 @@
+package web
+
+import (
+	"testing"
+	"time"
+)
+
+func TestSafeNext(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/", "/"},
+		{"/?state=failed&webhook=a", "/?state=failed&webhook=a"},
+		{"/deliveries/3", "/deliveries/3"},
+		{"", "/"},
+		{"//evil.example/", "/"},
+		{"/\\evil.example", "/"},
+		{"https://evil.example/", "/"},
+		{"javascript:alert(1)", "/"},
+		{"deliveries/3", "/"},
+	} {
+		if got := safeNext(tc.in); got != tc.want {
+			t.Errorf("safeNext(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestTargetHidesPathAndQuery(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"https://hooks.example.com", "https://hooks.example.com"},
+		{"https://hooks.example.com/", "https://hooks.example.com"},
+		{"https://hooks.slack.com/services/T0/B0/XXXX", "https://hooks.slack.com/…"},
+		{"http://u:pw@10.0.0.1:8080/?token=abc", "http://10.0.0.1:8080/…"},
+		{"::", "(unparseable URL)"},
+	} {
+		if got := target(tc.in); got != tc.want {
+			t.Errorf("target(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestHuman(t *testing.T) {
+	for _, tc := range []struct {
+		in   time.Duration
+		want string
+	}{
+		{850 * time.Millisecond, "850ms"},
+		{42 * time.Second, "42s"},
+		{3*time.Minute + 12*time.Second, "3m12s"},
+		{5*time.Hour + 3*time.Minute, "5h03m"},
+		{52 * time.Hour, "2d04h"},
+	} {
+		if got := human(tc.in); got != tc.want {
+			t.Errorf("human(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if got := humanBytes(3 << 20); got != "3.0 MiB" {
+		t.Errorf("humanBytes = %q", got)
+	}
+	if got := cut("héllo", 2); got != "h…" {
+		t.Errorf("cut at a rune boundary = %q", got)
+	}
+}
+
+func TestLoopbackHost(t *testing.T) {
+	for host, want := range map[string]bool{
+		"127.0.0.1:9187": true, "localhost": true, "LOCALHOST:1": true, "[::1]:9187": true, "127.1.2.3": true,
+		"evil.example:9187": false, "10.0.0.1:9187": false, "localhost.evil.example": false, "": false,
+	} {
+		if got := loopbackHost(host); got != want {
+			t.Errorf("loopbackHost(%q) = %v", host, got)
+		}
+	}
+}

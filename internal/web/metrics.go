@@ -1,0 +1,148 @@
+package web
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/config"
+)
+
+// namespace prefixes every walhook metric.
+const namespace = "walhook"
+
+// Bucket bounds in seconds.
+var (
+	attemptBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+	latencyBuckets = []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600}
+)
+
+// Metrics holds walhook's Prometheus metrics in a registry of its own. It is
+// the cdc.Observer and dispatch.Observer of a process; the Server adds the
+// metrics read from the database and the capture at scrape time.
+type Metrics struct {
+	reg      *prometheus.Registry
+	enqueued *prometheus.CounterVec
+	attempts *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	latency  *prometheus.HistogramVec
+	// hooks holds the series of the configured webhooks, resolved once so
+	// that observing an attempt takes no lock. Read-only after NewMetrics.
+	hooks map[string]*hookMetrics
+}
+
+// hookMetrics are one webhook's series, plus counts for the status page.
+type hookMetrics struct {
+	delivered, retry, failed prometheus.Counter
+	duration, latency        prometheus.Observer
+	// Attempts made by this process since it started, by outcome.
+	nDelivered, nRetry, nFailed atomic.Int64
+}
+
+// NewMetrics creates the metrics of a process running cfg. Series of every
+// configured webhook, model and event start at zero, so that rate() and
+// absence alerts work from the first scrape.
+func NewMetrics(cfg *config.Config, version string) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		enqueued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "enqueued_deliveries_total",
+			Help: "Delivery rows committed to the outbox by capture, by model and event: one per captured row change and matching webhook.",
+		}, []string{"model", "event"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "delivery_attempts_total",
+			Help: "HTTP delivery attempts by webhook and outcome: delivered (2xx), retry (failed, will be retried), failed (failed on the last allowed attempt).",
+		}, []string{"webhook", "outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "delivery_attempt_duration_seconds",
+			Help:    "Duration of HTTP delivery attempts, whatever their outcome, by webhook.",
+			Buckets: attemptBuckets,
+		}, []string{"webhook"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "delivery_latency_seconds",
+			Help:    "Time from the source transaction's commit to the receiver's 2xx answer, by webhook (retries included).",
+			Buckets: latencyBuckets,
+		}, []string{"webhook"}),
+		hooks: map[string]*hookMetrics{},
+	}
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "Always 1; the version label is walhook's version.",
+		ConstLabels: prometheus.Labels{"version": version},
+	})
+	build.Set(1)
+	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cfg == nil {
+		return m
+	}
+	for _, md := range cfg.Models {
+		for _, ev := range config.Events {
+			m.enqueued.WithLabelValues(md.Model, ev)
+		}
+	}
+	for _, w := range cfg.Webhooks {
+		if _, ok := m.hooks[w.Name]; !ok {
+			m.hooks[w.Name] = m.newHook(w.Name)
+		}
+	}
+	return m
+}
+
+func (m *Metrics) newHook(name string) *hookMetrics {
+	return &hookMetrics{
+		delivered: m.attempts.WithLabelValues(name, string(dispatch.OutcomeDelivered)),
+		retry:     m.attempts.WithLabelValues(name, string(dispatch.OutcomeRetry)),
+		failed:    m.attempts.WithLabelValues(name, string(dispatch.OutcomeFailed)),
+		duration:  m.duration.WithLabelValues(name),
+		latency:   m.latency.WithLabelValues(name),
+	}
+}
+
+// Registry is the registry /metrics serves.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Enqueued implements cdc.Observer.
+func (m *Metrics) Enqueued(model, event string, rows int) {
+	m.enqueued.WithLabelValues(model, event).Add(float64(rows))
+}
+
+// Attempted implements dispatch.Observer. It takes no lock for configured
+// webhooks.
+func (m *Metrics) Attempted(a dispatch.Attempt) {
+	h, ok := m.hooks[a.Webhook]
+	if !ok {
+		// Not configured, so the dispatcher cannot send it; handled for
+		// completeness, at the price of a label lookup.
+		h = m.newHook(a.Webhook)
+	}
+	h.duration.Observe(a.Duration.Seconds())
+	switch a.Outcome {
+	case dispatch.OutcomeDelivered:
+		h.delivered.Inc()
+		h.nDelivered.Add(1)
+		if !a.CommittedAt.IsZero() {
+			h.latency.Observe(max(time.Since(a.CommittedAt).Seconds(), 0))
+		}
+	case dispatch.OutcomeRetry:
+		h.retry.Inc()
+		h.nRetry.Add(1)
+	case dispatch.OutcomeFailed:
+		h.failed.Inc()
+		h.nFailed.Add(1)
+	}
+}
+
+// processCounts are a webhook's attempts made by this process, for the page.
+type processCounts struct{ Delivered, Retry, Failed int64 }
+
+func (m *Metrics) processCounts(webhook string) (processCounts, bool) {
+	h, ok := m.hooks[webhook]
+	if !ok {
+		return processCounts{}, false
+	}
+	return processCounts{h.nDelivered.Load(), h.nRetry.Load(), h.nFailed.Load()}, true
+}

@@ -1,0 +1,659 @@
+package web
+
+import (
+	"bytes"
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/migrations"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticRoot embed.FS
+
+// staticFS serves /static/... from the embedded static directory.
+var staticFS = fs.FS(staticRoot)
+
+const (
+	// pageSize is how many deliveries a list page shows.
+	pageSize = 50
+	// pageTimeout bounds the queries behind one page.
+	pageTimeout = 5 * time.Second
+	// maxShownBody is how much of a body the detail page shows.
+	maxShownBody = 1 << 20
+	// maxListError is how much of last_error a list row shows.
+	maxListError = 160
+)
+
+// states are the delivery states, in the order the page lists them.
+var states = []string{"pending", "delivering", "delivered", "failed"}
+
+var funcs = template.FuncMap{
+	"time": func(t *time.Time) string {
+		if t == nil || t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format("2006-01-02 15:04:05 UTC")
+	},
+	"age": func(t *time.Time, now time.Time) string {
+		if t == nil || t.IsZero() {
+			return ""
+		}
+		d := now.Sub(*t)
+		if d < 0 {
+			return "in " + human(-d)
+		}
+		return human(d) + " ago"
+	},
+	"dur":   human,
+	"bytes": humanBytes,
+}
+
+// human formats d for people: 850ms, 42s, 3m12s, 5h03m, 2d04h.
+func human(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		d = d.Round(time.Second)
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 48*time.Hour:
+		d = d.Round(time.Minute)
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	d = d.Round(time.Hour)
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// parsePages parses each page with the layout.
+func parsePages() (map[string]*template.Template, error) {
+	pages := map[string]*template.Template{}
+	for _, name := range []string{"index", "delivery", "login"} {
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name+".html")
+		if err != nil {
+			return nil, fmt.Errorf("web: parse %s page: %w", name, err)
+		}
+		pages[name] = t
+	}
+	return pages, nil
+}
+
+// pageBase is what every page's layout needs.
+type pageBase struct {
+	Title    string
+	Version  string
+	CSRF     string
+	LoggedIn bool
+	Now      time.Time
+	Flash    *flash
+}
+
+type flash struct {
+	Kind, Text string
+}
+
+func (s *Server) base(r *http.Request, title string) pageBase {
+	a := authOf(r)
+	return pageBase{Title: title, Version: s.version, CSRF: s.csrfToken(a.session), LoggedIn: a.loggedIn,
+		Now: s.now(), Flash: flashOf(r)}
+}
+
+// flashOf turns the done/n query parameters a retry action redirects with
+// into a message. The text is fixed here: nothing from the URL is shown.
+func flashOf(r *http.Request) *flash {
+	q := r.URL.Query()
+	n, _ := strconv.ParseInt(q.Get("n"), 10, 64)
+	switch q.Get("done") {
+	case "retried":
+		if n == 0 {
+			return &flash{"warn", "Nothing was re-queued: only failed or delivered deliveries can be retried, and only once they have finished their attempt."}
+		}
+		if n == 1 {
+			return &flash{"ok", "Re-queued 1 delivery; it is sent as soon as a sender is free."}
+		}
+		return &flash{"ok", fmt.Sprintf("Re-queued %d deliveries; they are sent as soon as a sender is free.", n)}
+	case "error":
+		return &flash{"error", "Re-queueing failed: the outbox database did not answer. See walhook's log."}
+	}
+	return nil
+}
+
+func (s *Server) render(w http.ResponseWriter, r *http.Request, status int, page string, data any) {
+	var buf bytes.Buffer
+	if err := s.pages[page].Execute(&buf, data); err != nil {
+		s.log.Error().Err(err).Str("page", page).Msg("rendering a page failed")
+		http.Error(w, "internal error rendering the page", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes())
+}
+
+// hookView is one row of the webhook summary.
+type hookView struct {
+	Name       string
+	Target     string
+	Configured bool
+	Enabled    bool
+	hookStats
+	Oldest      string
+	RetryURL    string
+	LastFailure *failureView
+	Process     *processCounts
+}
+
+type failureView struct {
+	At     *time.Time
+	Status *int32
+	Error  string
+}
+
+// rowView is one delivery in a list.
+type rowView struct {
+	ID                  int64
+	Webhook, Model      string
+	Event, Key, State   string
+	Attempts            int32
+	LastStatus          *int32
+	LastError           string
+	LastAttempt, Commit *time.Time
+	NextAttempt         *time.Time
+	CanRetry            bool
+}
+
+// filter selects deliveries on the index page.
+type filter struct {
+	State, Webhook, Model string
+	Before, After         int64
+}
+
+func (f filter) query(extra ...string) string {
+	q := url.Values{}
+	if f.State != "" {
+		q.Set("state", f.State)
+	}
+	if f.Webhook != "" {
+		q.Set("webhook", f.Webhook)
+	}
+	if f.Model != "" {
+		q.Set("model", f.Model)
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		q.Set(extra[i], extra[i+1])
+	}
+	if len(q) == 0 {
+		return "/"
+	}
+	return "/?" + q.Encode()
+}
+
+type captureView struct {
+	Streaming bool
+	Confirmed string
+}
+
+type indexPage struct {
+	pageBase
+	Capture     *captureView
+	Dispatching bool
+	Slot        *slotStats
+	SlotName    string
+	SlotErr     string
+	StatsErr    string
+	ListErr     string
+	Hooks       []hookView
+	Filter      filter
+	States      []string
+	WebhookOpts []string
+	ModelOpts   []string
+	Rows        []rowView
+	NewerURL    string
+	OlderURL    string
+	NewestURL   string
+	Here        string
+}
+
+func (s *Server) index(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := filter{State: q.Get("state"), Webhook: limit(q.Get("webhook"), 200), Model: limit(q.Get("model"), 200)}
+	if f.State != "" && !slices.Contains(states, f.State) {
+		f.State = ""
+	}
+	f.Before, _ = strconv.ParseInt(q.Get("before"), 10, 64)
+	f.After, _ = strconv.ParseInt(q.Get("after"), 10, 64)
+
+	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
+	defer cancel()
+	p := &indexPage{pageBase: s.base(r, "Status"), Filter: f, States: states, Dispatching: s.dispatching,
+		SlotName: s.cfg.Database.Slot}
+	if s.capture != nil {
+		p.Capture = &captureView{Streaming: s.capture.Streaming(), Confirmed: s.capture.ConfirmedLSN().String()}
+	}
+	st := s.stats.read(ctx)
+	if st.Err != nil {
+		p.StatsErr = st.Err.Error()
+	}
+	p.Slot = st.Slot
+	if st.SlotErr != nil {
+		p.SlotErr = st.SlotErr.Error()
+	}
+	var configured []string
+	for _, wh := range s.cfg.Webhooks {
+		configured = append(configured, wh.Name)
+	}
+	names := st.hookNames(configured)
+	failures, err := s.lastFailures(ctx, names)
+	if err != nil && p.StatsErr == "" {
+		p.StatsErr = err.Error()
+	}
+	for _, name := range names {
+		v := hookView{Name: name, LastFailure: failures[name], RetryURL: "/webhooks/" + url.PathEscape(name) + "/retry-failed"}
+		if h := st.Hooks[name]; h != nil {
+			v.hookStats = *h
+		}
+		if v.OldestAge > 0 {
+			v.Oldest = human(v.OldestAge)
+		}
+		if wh, ok := s.cfg.WebhookByName(name); ok {
+			v.Configured, v.Enabled, v.Target = true, wh.IsEnabled(), target(wh.URL)
+		}
+		if s.dispatching {
+			if c, ok := s.metrics.processCounts(name); ok {
+				v.Process = &c
+			}
+		}
+		p.Hooks = append(p.Hooks, v)
+	}
+	p.WebhookOpts = names
+	if f.Webhook != "" && !slices.Contains(names, f.Webhook) {
+		p.WebhookOpts = append(p.WebhookOpts, f.Webhook)
+	}
+	for _, m := range s.cfg.Models {
+		p.ModelOpts = append(p.ModelOpts, m.Model)
+	}
+	sort.Strings(p.ModelOpts)
+	if f.Model != "" && !slices.Contains(p.ModelOpts, f.Model) {
+		p.ModelOpts = append(p.ModelOpts, f.Model)
+	}
+
+	rows, more, err := s.list(ctx, f)
+	if err != nil {
+		p.ListErr = err.Error()
+	}
+	p.Rows = rows
+	p.Here = here(r)
+	if len(rows) > 0 {
+		newest, oldest := rows[0].ID, rows[len(rows)-1].ID
+		// Older rows exist if the query said so, or we came from a newer
+		// page; newer rows if we paged at all (checked by the next page).
+		if (f.After == 0 && more) || f.After != 0 {
+			p.OlderURL = f.query("before", strconv.FormatInt(oldest, 10))
+		}
+		if (f.After != 0 && more) || f.Before != 0 {
+			p.NewerURL = f.query("after", strconv.FormatInt(newest, 10))
+		}
+	}
+	if f.Before != 0 || f.After != 0 {
+		p.NewestURL = f.query()
+	}
+	s.render(w, r, http.StatusOK, "index", p)
+}
+
+func limit(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// target shows where a webhook goes without what may be a secret: many
+// receivers carry a token in the URL's path or query, so only the scheme
+// and host are shown.
+func target(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(unparseable URL)"
+	}
+	t := u.Scheme + "://" + u.Host
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		t += "/…"
+	}
+	return t
+}
+
+const listColumns = `id, webhook, event, model, object_key, state, attempts, last_status,
+	left(last_error, 300), last_attempt_at, committed_at, next_attempt_at`
+
+// list reads a page of deliveries matching f, newest first. more says
+// whether there are further rows in the paging direction.
+func (s *Server) list(ctx context.Context, f filter) (rows []rowView, more bool, err error) {
+	var where []string
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	if f.State != "" {
+		// A literal from a fixed list, so that the planner can use the
+		// partial index of that state.
+		where = append(where, "state = '"+f.State+"'")
+	}
+	if f.Webhook != "" {
+		where = append(where, "webhook = "+arg(f.Webhook))
+	}
+	if f.Model != "" {
+		where = append(where, "model = "+arg(f.Model))
+	}
+	order := "id DESC"
+	switch {
+	case f.After > 0:
+		where = append(where, "id > "+arg(f.After))
+		order = "id ASC"
+	case f.Before > 0:
+		where = append(where, "id < "+arg(f.Before))
+	}
+	q := "SELECT " + listColumns + " FROM " + migrations.Table(s.schema, "deliveries")
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY " + order + " LIMIT " + strconv.Itoa(pageSize+1)
+	res, err := s.outbox.Query(ctx, q, args...)
+	if err != nil {
+		return nil, false, fmt.Errorf("list deliveries: %w", err)
+	}
+	var v rowView
+	var lastErr pgtype.Text
+	_, err = pgx.ForEachRow(res, []any{&v.ID, &v.Webhook, &v.Event, &v.Model, &v.Key, &v.State, &v.Attempts,
+		&v.LastStatus, &lastErr, &v.LastAttempt, &v.Commit, &v.NextAttempt}, func() error {
+		r := v
+		r.LastError = cut(lastErr.String, maxListError)
+		r.CanRetry = r.State == "failed"
+		rows = append(rows, r)
+		v = rowView{}
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("list deliveries: %w", err)
+	}
+	if len(rows) > pageSize {
+		rows, more = rows[:pageSize], true
+	}
+	if f.After > 0 {
+		slices.Reverse(rows)
+	}
+	return rows, more, nil
+}
+
+// cut shortens s to at most n bytes at a rune boundary, marking the cut.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+// lastFailures reads each webhook's most recent failed delivery: one
+// backward step on deliveries_failed per webhook.
+func (s *Server) lastFailures(ctx context.Context, names []string) (map[string]*failureView, error) {
+	out := map[string]*failureView{}
+	if len(names) == 0 {
+		return out, nil
+	}
+	t := migrations.Table(s.schema, "deliveries")
+	rows, err := s.outbox.Query(ctx, `SELECT w.name, f.last_attempt_at, f.last_status, left(f.last_error, 300)
+FROM unnest($1::text[]) AS w(name)
+CROSS JOIN LATERAL (SELECT last_attempt_at, last_status, last_error FROM `+t+`
+	WHERE state = 'failed' AND webhook = w.name ORDER BY last_attempt_at DESC LIMIT 1) AS f`, names)
+	if err != nil {
+		return out, fmt.Errorf("read last failures: %w", err)
+	}
+	var name string
+	var at *time.Time
+	var status *int32
+	var msg pgtype.Text
+	_, err = pgx.ForEachRow(rows, []any{&name, &at, &status, &msg}, func() error {
+		out[name] = &failureView{At: at, Status: status, Error: cut(msg.String, maxListError)}
+		at, status = nil, nil
+		return nil
+	})
+	if err != nil {
+		return out, fmt.Errorf("read last failures: %w", err)
+	}
+	return out, nil
+}
+
+// detailView is one delivery with everything the outbox keeps.
+type detailView struct {
+	ID                              int64
+	Webhook, Event, Model, Key      string
+	CommitLSN                       string
+	Seq                             int32
+	Committed                       *time.Time
+	Body                            string
+	State                           string
+	Attempts                        int32
+	NextAttempt, LockedUntil        *time.Time
+	LockedBy                        *string
+	LastStatus                      *int32
+	LastError                       *string
+	LastAttempt, Delivered, Created *time.Time
+}
+
+// headerView is a request header as the delivery page shows it.
+type headerView struct {
+	Name, Value string
+	// Note marks a value that is not the literal header value.
+	Note bool
+}
+
+type deliveryPage struct {
+	pageBase
+	D           detailView
+	Configured  bool
+	Method      string
+	Target      string
+	MaxAttempts int
+	Headers     []headerView
+	Signed      bool
+	Body        string
+	BodyNote    string
+	RetryLabel  string
+	Back        string
+	Here        string
+}
+
+func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		http.Error(w, "no such delivery: the id must be a positive number", http.StatusNotFound)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
+	defer cancel()
+	var d detailView
+	err = s.outbox.QueryRow(ctx, `SELECT id, webhook, event, model, object_key, commit_lsn::text, seq, committed_at,
+	body, state, attempts, next_attempt_at, locked_until, locked_by, last_status, last_error, last_attempt_at,
+	delivered_at, created_at FROM `+migrations.Table(s.schema, "deliveries")+` WHERE id = $1`, id).
+		Scan(&d.ID, &d.Webhook, &d.Event, &d.Model, &d.Key, &d.CommitLSN, &d.Seq, &d.Committed, &d.Body, &d.State,
+			&d.Attempts, &d.NextAttempt, &d.LockedUntil, &d.LockedBy, &d.LastStatus, &d.LastError, &d.LastAttempt,
+			&d.Delivered, &d.Created)
+	if errors.Is(err, pgx.ErrNoRows) {
+		http.Error(w, fmt.Sprintf("delivery %d does not exist (delivered rows are deleted after dispatch.retention)", id), http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		s.log.Warn().Err(err).Int64("delivery", id).Msg("reading a delivery for the status page failed")
+		http.Error(w, "the outbox database did not answer: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	p := &deliveryPage{pageBase: s.base(r, fmt.Sprintf("Delivery %d", id)), D: d, Here: here(r),
+		Back: "/?webhook=" + url.QueryEscape(d.Webhook)}
+	if wh, ok := s.cfg.WebhookByName(d.Webhook); ok {
+		p.Configured = true
+		p.Method = wh.HTTPMethod
+		if p.Method == "" {
+			p.Method = http.MethodPost
+		}
+		p.Target = target(wh.URL)
+		p.MaxAttempts = wh.Retry.MaxAttempts
+		p.Headers, p.Signed = s.requestHeaders(wh, d.ID)
+	}
+	switch d.State {
+	case "failed":
+		p.RetryLabel = "Retry"
+	case "delivered":
+		p.RetryLabel = "Send again"
+	}
+	body := d.Body
+	if len(body) > maxShownBody {
+		body = cut(body, maxShownBody)
+		p.BodyNote = fmt.Sprintf("The body is %s; the first %s are shown.", humanBytes(int64(len(d.Body))), humanBytes(maxShownBody))
+	}
+	if json.Valid([]byte(body)) {
+		var buf bytes.Buffer
+		if json.Indent(&buf, []byte(body), "", "  ") == nil {
+			body = buf.String()
+		}
+	}
+	p.Body = body
+	s.render(w, r, http.StatusOK, "delivery", p)
+}
+
+// requestHeaders recomputes the headers a delivery is sent with under the
+// current configuration: values walhook sets are shown, configured header
+// values are not (they often hold credentials), and neither is the
+// signature.
+func (s *Server) requestHeaders(wh *config.Webhook, id int64) ([]headerView, bool) {
+	ct := wh.ContentType
+	if ct == "" {
+		ct = "application/json"
+	}
+	h := []headerView{
+		{Name: "Content-Type", Value: ct},
+		{Name: "User-Agent", Value: "walhook/" + s.version},
+		{Name: "X-Walhook-Delivery", Value: strconv.FormatInt(id, 10)},
+	}
+	signed := wh.Secret != ""
+	if signed {
+		h = append(h, headerView{Name: "X-Hook-Signature", Value: "HMAC-SHA512 of the body with the webhook's secret (not shown)", Note: true})
+	}
+	var names []string
+	for k := range wh.Headers {
+		names = append(names, http.CanonicalHeaderKey(k))
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		h = append(h, headerView{Name: k, Value: "configured (value redacted)", Note: true})
+	}
+	return h, signed
+}
+
+// retryDelivery puts one failed (or delivered) delivery back to pending.
+func (s *Server) retryDelivery(w http.ResponseWriter, r *http.Request) {
+	if !s.checkCSRF(w, r) {
+		return
+	}
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		http.Error(w, "no such delivery: the id must be a positive number", http.StatusNotFound)
+		return
+	}
+	back := "/deliveries/" + strconv.FormatInt(id, 10)
+	s.requeue(w, r, dispatch.RequeueFilter{IDs: []int64{id}}, back)
+}
+
+// retryWebhook puts every failed delivery of a webhook back to pending.
+func (s *Server) retryWebhook(w http.ResponseWriter, r *http.Request) {
+	if !s.checkCSRF(w, r) {
+		return
+	}
+	name := r.PathValue("name")
+	if name == "" {
+		http.Error(w, "no webhook named", http.StatusNotFound)
+		return
+	}
+	s.requeue(w, r, dispatch.RequeueFilter{Webhook: name, AllFailed: true}, "/?webhook="+url.QueryEscape(name))
+}
+
+func (s *Server) requeue(w http.ResponseWriter, r *http.Request, f dispatch.RequeueFilter, back string) {
+	if ret := r.PostForm.Get("return"); ret != "" {
+		back = safeNext(ret)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
+	defer cancel()
+	n, err := dispatch.Requeue(ctx, s.outbox, s.schema, f, s.now())
+	log := s.log.With().Str("remote", r.RemoteAddr).Ints64("ids", f.IDs).Str("webhook", f.Webhook).Logger()
+	if err != nil {
+		log.Warn().Err(err).Msg("re-queueing from the status page failed")
+		http.Redirect(w, r, withDone(back, "error", 0), http.StatusSeeOther)
+		return
+	}
+	s.stats.invalidate()
+	log.Info().Int64("requeued", n).Msg("deliveries re-queued from the status page")
+	http.Redirect(w, r, withDone(back, "retried", n), http.StatusSeeOther)
+}
+
+// here is r's URL without the outcome of an earlier action, for the forms
+// of the page to return to.
+func here(r *http.Request) string {
+	u := *r.URL
+	q := u.Query()
+	if q.Has("done") || q.Has("n") {
+		q.Del("done")
+		q.Del("n")
+		u.RawQuery = q.Encode()
+	}
+	return u.RequestURI()
+}
+
+// withDone adds the outcome of an action to a local URL.
+func withDone(path, done string, n int64) string {
+	u, err := url.Parse(path)
+	if err != nil {
+		u = &url.URL{Path: "/"}
+	}
+	q := u.Query()
+	q.Set("done", done)
+	q.Set("n", strconv.FormatInt(n, 10))
+	u.RawQuery = q.Encode()
+	return u.RequestURI()
+}

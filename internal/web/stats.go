@@ -1,0 +1,287 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/walhook/walhook/migrations"
+)
+
+const (
+	// statsTimeout bounds the queries behind one scrape or page.
+	statsTimeout = 5 * time.Second
+	// statsMaxAge is how long a result is reused: scrapes and page views
+	// arriving together run the queries once.
+	statsMaxAge = time.Second
+)
+
+// hookStats are one webhook's outbox counts. Delivered rows are not
+// counted: there can be millions of them, and the delivery counters say
+// how many were sent.
+type hookStats struct {
+	Pending, Delivering, Failed int64
+	// OldestAge is how long ago the oldest pending or delivering change
+	// was committed; 0 when there is none.
+	OldestAge time.Duration
+}
+
+// slotStats describe the replication slot.
+type slotStats struct {
+	Active bool
+	// LagBytes is WAL written since the slot's confirmed_flush_lsn;
+	// RetainedBytes is WAL the server keeps for it (since restart_lsn).
+	LagBytes, RetainedBytes int64
+}
+
+// outboxStats is one reading of the outbox and the slot.
+type outboxStats struct {
+	Hooks map[string]*hookStats
+	// Err is why the outbox could not be read (Hooks is then empty).
+	Err error
+	// Slot is nil when the slot is unknown: no slot database, no such
+	// slot, or SlotErr.
+	Slot    *slotStats
+	SlotErr error
+}
+
+// hookNames returns the webhooks of s and extra, sorted.
+func (s *outboxStats) hookNames(extra []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, n := range extra {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	for n := range s.Hooks {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// statsReader runs the stats queries, at most once per statsMaxAge.
+type statsReader struct {
+	outbox *pgxpool.Pool
+	slotDB *pgxpool.Pool // nil: no slot stats
+	slot   string
+
+	openSQL, deliveringSQL, failedSQL string
+
+	mu   sync.Mutex
+	last *outboxStats
+	at   time.Time
+}
+
+func newStatsReader(outbox, slotDB *pgxpool.Pool, schema, slot string) *statsReader {
+	t := migrations.Table(schema, "deliveries")
+	return &statsReader{
+		outbox: outbox, slotDB: slotDB, slot: slot,
+		// Open rows per webhook: an index-only scan of the partial index
+		// deliveries_object_open (webhook leads it). The oldest open
+		// change is the one with the smallest commit LSN; its commit
+		// time comes from the unique (webhook, commit_lsn, seq) index.
+		openSQL: `SELECT o.webhook, o.n, coalesce(extract(epoch FROM now() - (
+		SELECT min(x.committed_at) FROM ` + t + ` AS x WHERE x.webhook = o.webhook AND x.commit_lsn = o.lsn)), 0)::float8
+FROM (SELECT webhook, count(*) AS n, min(commit_lsn) AS lsn FROM ` + t + `
+	WHERE state IN ('pending', 'delivering') GROUP BY webhook) AS o`,
+		// Rows being sent: few, found through deliveries_lease.
+		deliveringSQL: `SELECT webhook, count(*) FROM ` + t + ` WHERE state = 'delivering' GROUP BY webhook`,
+		// Failed rows stay until retried: an index-only scan of
+		// deliveries_failed.
+		failedSQL: `SELECT webhook, count(*) FROM ` + t + ` WHERE state = 'failed' GROUP BY webhook`,
+	}
+}
+
+// slotSQL reads the slot's lag; pg_replication_slots is visible from every
+// database of the server.
+const slotSQL = `SELECT s.active,
+	coalesce(pg_wal_lsn_diff(c.lsn, s.confirmed_flush_lsn), 0)::bigint,
+	coalesce(pg_wal_lsn_diff(c.lsn, s.restart_lsn), 0)::bigint
+FROM pg_replication_slots AS s,
+	(SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END AS lsn) AS c
+WHERE s.slot_name = $1`
+
+// read returns the current stats, reusing a reading younger than
+// statsMaxAge. Errors are in the result.
+func (r *statsReader) read(ctx context.Context) *outboxStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last != nil && time.Since(r.at) < statsMaxAge {
+		return r.last
+	}
+	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
+	defer cancel()
+	s := &outboxStats{Hooks: map[string]*hookStats{}}
+	if err := r.readOutbox(ctx, s); err != nil {
+		s.Err = err
+		s.Hooks = map[string]*hookStats{}
+	}
+	if r.slotDB != nil {
+		s.Slot, s.SlotErr = r.readSlot(ctx)
+	}
+	if ctx.Err() == nil || s.Err == nil {
+		// A reading cut short by the caller going away is not kept.
+		r.last, r.at = s, time.Now()
+	}
+	return s
+}
+
+// invalidate makes the next read query the database, after a change the
+// page must show at once.
+func (r *statsReader) invalidate() {
+	r.mu.Lock()
+	r.last = nil
+	r.mu.Unlock()
+}
+
+func (r *statsReader) readOutbox(ctx context.Context, s *outboxStats) error {
+	hook := func(name string) *hookStats {
+		h, ok := s.Hooks[name]
+		if !ok {
+			h = &hookStats{}
+			s.Hooks[name] = h
+		}
+		return h
+	}
+	var b pgx.Batch
+	b.Queue(r.openSQL).Query(func(rows pgx.Rows) error {
+		var name string
+		var n int64
+		var age float64
+		_, err := pgx.ForEachRow(rows, []any{&name, &n, &age}, func() error {
+			h := hook(name)
+			h.Pending += n
+			h.OldestAge = time.Duration(age * float64(time.Second))
+			return nil
+		})
+		return err
+	})
+	b.Queue(r.deliveringSQL).Query(func(rows pgx.Rows) error {
+		var name string
+		var n int64
+		_, err := pgx.ForEachRow(rows, []any{&name, &n}, func() error {
+			h := hook(name)
+			h.Delivering += n
+			return nil
+		})
+		return err
+	})
+	b.Queue(r.failedSQL).Query(func(rows pgx.Rows) error {
+		var name string
+		var n int64
+		_, err := pgx.ForEachRow(rows, []any{&name, &n}, func() error {
+			hook(name).Failed += n
+			return nil
+		})
+		return err
+	})
+	if err := r.outbox.SendBatch(ctx, &b).Close(); err != nil {
+		return fmt.Errorf("read outbox counts: %w", err)
+	}
+	// The open count includes the delivering rows; the two statements run
+	// apart, so clamp.
+	for _, h := range s.Hooks {
+		h.Pending = max(h.Pending-h.Delivering, 0)
+	}
+	return nil
+}
+
+func (r *statsReader) readSlot(ctx context.Context) (*slotStats, error) {
+	var s slotStats
+	var active pgtype.Bool
+	err := r.slotDB.QueryRow(ctx, slotSQL, r.slot).Scan(&active, &s.LagBytes, &s.RetainedBytes)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read replication slot %s: %w", r.slot, err)
+	}
+	s.Active = active.Bool
+	return &s, nil
+}
+
+// collector exposes the stats and the capture state at scrape time.
+type collector struct {
+	stats    *statsReader
+	capture  CaptureStatus
+	webhooks []string // configured, always exposed
+	slot     string
+
+	depth, oldest, up        *prometheus.Desc
+	slotLag, slotWAL, slotUp *prometheus.Desc
+	connected, confirmed     *prometheus.Desc
+}
+
+func newCollector(stats *statsReader, capture CaptureStatus, webhooks []string, slot string) *collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
+	}
+	return &collector{
+		stats: stats, capture: capture, webhooks: webhooks, slot: slot,
+		depth:     d("outbox_deliveries", "Deliveries in the outbox by webhook and state (pending, delivering, failed; delivered rows are not counted).", "webhook", "state"),
+		oldest:    d("outbox_oldest_pending_seconds", "Age since commit of the oldest pending or delivering delivery, by webhook; 0 when there is none.", "webhook"),
+		up:        d("outbox_up", "1 if the outbox could be read at this scrape, else 0.", nil...),
+		slotLag:   d("slot_lag_bytes", "WAL bytes written since the replication slot's confirmed_flush_lsn.", "slot"),
+		slotWAL:   d("slot_retained_wal_bytes", "WAL bytes the server keeps for the replication slot (since its restart_lsn).", "slot"),
+		slotUp:    d("slot_active", "1 if a walhook process is streaming from the replication slot, else 0.", "slot"),
+		connected: d("replication_connected", "1 while this process's capture is streaming from the slot, else 0.", nil...),
+		confirmed: d("replication_confirmed_lsn", "The LSN this process's capture last confirmed to the server, as a number (bytes).", nil...),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.up, c.slotLag, c.slotWAL, c.slotUp, c.connected, c.confirmed} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	if c.capture != nil {
+		ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, boolValue(c.capture.Streaming()))
+		ch <- prometheus.MustNewConstMetric(c.confirmed, prometheus.GaugeValue, float64(c.capture.ConfirmedLSN()))
+	}
+	s := c.stats.read(context.Background())
+	if s.Err != nil {
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
+	} else {
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
+		for _, name := range s.hookNames(c.webhooks) {
+			h := s.Hooks[name]
+			if h == nil {
+				h = &hookStats{}
+			}
+			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(h.Pending), name, "pending")
+			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(h.Delivering), name, "delivering")
+			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(h.Failed), name, "failed")
+			ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, h.OldestAge.Seconds(), name)
+		}
+	}
+	if s.Slot != nil {
+		ch <- prometheus.MustNewConstMetric(c.slotLag, prometheus.GaugeValue, float64(s.Slot.LagBytes), c.slot)
+		ch <- prometheus.MustNewConstMetric(c.slotWAL, prometheus.GaugeValue, float64(s.Slot.RetainedBytes), c.slot)
+		ch <- prometheus.MustNewConstMetric(c.slotUp, prometheus.GaugeValue, boolValue(s.Slot.Active), c.slot)
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
