@@ -64,6 +64,9 @@ type Capture struct {
 	received  atomic.Uint64
 	streaming atomic.Bool
 	enqueued  atomic.Int64
+	// safeInserts makes the writer use INSERT ... ON CONFLICT instead of
+	// COPY, after a replay met rows already enqueued.
+	safeInserts atomic.Bool
 }
 
 // New returns a Capture; call Prepare, then Run.
@@ -260,7 +263,7 @@ func (c *Capture) session(ctx context.Context) error {
 	c.streaming.Store(true)
 	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Msg("streaming changes")
 
-	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, c.opts.Observer, c.log)
+	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
 	w.flushed.Store(uint64(startLSN))
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWriter()

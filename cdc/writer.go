@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/migrations"
@@ -43,7 +45,7 @@ type writer struct {
 	pool       *pgxpool.Pool
 	slot       string
 	insertSQL  string
-	insertErr  string // insertSQL with state and last_error per row
+	table      pgx.Identifier
 	ckptSQL    string
 	channel    string
 	groupRows  int
@@ -51,6 +53,7 @@ type writer struct {
 	log        zerolog.Logger
 
 	flushed  atomic.Uint64
+	safe     *atomic.Bool  // INSERT ... ON CONFLICT instead of COPY, after a replay conflict
 	rows     *atomic.Int64 // rows enqueued (committed), shared with Capture
 	observer Observer
 	counts   map[modelEvent]int // rows per model and event in the open transaction
@@ -68,16 +71,14 @@ type modelEvent struct{ model, event string }
 // outbox transaction.
 const chunkRows = 500
 
-func newWriter(pool *pgxpool.Pool, schema, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, obs Observer, log zerolog.Logger) *writer {
+func newWriter(pool *pgxpool.Pool, schema, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, safe *atomic.Bool, obs Observer, log zerolog.Logger) *writer {
 	d := migrations.Table(schema, "deliveries")
 	return &writer{
-		pool: pool, slot: slot, groupRows: groupRows, groupDelay: groupDelay, rows: rows, log: log,
+		pool: pool, slot: slot, groupRows: groupRows, groupDelay: groupDelay, rows: rows, safe: safe, log: log,
 		observer: obs, counts: map[modelEvent]int{},
 		channel: migrations.Channel(schema),
-		insertSQL: "INSERT INTO " + d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[])
-			ON CONFLICT (webhook, commit_lsn, seq) DO NOTHING`,
-		insertErr: "INSERT INTO " + d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, state, last_error)
+		table:   pgx.Identifier{schema, "deliveries"},
+		insertSQL: "INSERT INTO " + d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, state, last_error)
 			SELECT w, e, m, k, l, s, c, b, coalesce(nullif(st, ''), 'pending'), nullif(le, '')
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS u(w, e, m, k, l, s, c, b, st, le)
 			ON CONFLICT (webhook, commit_lsn, seq) DO NOTHING`,
@@ -99,20 +100,28 @@ func readCheckpoint(ctx context.Context, pool *pgxpool.Pool, schema, slot string
 	return pglogrepl.ParseLSN(s)
 }
 
+// smallGroup is the most rows a group may have to be written together with
+// its checkpoint and COMMIT in one round trip (INSERT ... unnest in a
+// pipeline); larger groups and chunks of large transactions use COPY.
+const smallGroup = 64
+
 // run consumes batches until in is closed (then commits what is complete) or
 // ctx ends or a write fails (then rolls back: the stream replays from the
 // checkpoint).
 func (w *writer) run(ctx context.Context, in <-chan batch) error {
-	conn, err := w.pool.Acquire(ctx)
+	pc, err := w.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("outbox: connect: %w", err)
 	}
-	defer conn.Release()
+	defer pc.Release()
+	conn := pc.Conn()
+	// COPY sends commit_lsn in binary: pg_lsn is a big-endian 64-bit integer.
+	conn.TypeMap().RegisterType(&pgtype.Type{Name: "pg_lsn", OID: pgLSNOID, Codec: pgtype.Int8Codec{}})
 	if _, err := conn.Exec(ctx, "SET synchronous_commit = on"); err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	var (
-		tx         pgx.Tx
+		open       bool // a transaction is open on conn
 		buf        []outRow
 		groupRows  int
 		groupStart time.Time
@@ -120,47 +129,73 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		inserted   int64
 		complete   = true
 	)
-	rollback := func() {
+	defer func() {
 		clear(w.counts)
-		if tx != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-			tx = nil
+		if open || conn.PgConn().TxStatus() != 'I' {
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+		}
+	}()
+	count := func(rows []outRow) {
+		if w.observer != nil {
+			for _, r := range rows {
+				w.counts[modelEvent{r.model, r.event}]++
+			}
 		}
 	}
-	defer rollback()
-	write := func() error {
+	// copyBuf writes buf into the open transaction (opening it if needed).
+	copyBuf := func() error {
 		if len(buf) == 0 {
 			return nil
 		}
-		n, err := w.insert(ctx, tx, buf)
+		if !open {
+			if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+				return fmt.Errorf("outbox: begin: %w", err)
+			}
+			open = true
+		}
+		n, err := w.copyRows(ctx, conn, buf)
 		if err != nil {
 			return err
 		}
 		inserted += n
-		if w.observer != nil {
-			for _, r := range buf {
-				w.counts[modelEvent{r.model, r.event}]++
-			}
-		}
+		count(buf)
 		buf = buf[:0]
 		return nil
 	}
 	commit := func() error {
-		if err := write(); err != nil {
+		b := &pgx.Batch{}
+		var small []outRow
+		if !open && len(buf) <= smallGroup {
+			small, buf = buf, buf[len(buf):]
+			b.Queue("BEGIN")
+			if len(small) > 0 {
+				b.Queue(w.insertSQL, w.insertArgs(small)...)
+			}
+		} else if err := copyBuf(); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, w.ckptSQL, w.slot, lastEnd.String()); err != nil {
-			return fmt.Errorf("outbox: write checkpoint: %w", err)
+		b.Queue(w.ckptSQL, w.slot, lastEnd.String())
+		if inserted > 0 || len(small) > 0 {
+			b.Queue("SELECT pg_notify($1, '')", w.channel)
 		}
-		if inserted > 0 {
-			if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", w.channel); err != nil {
-				return fmt.Errorf("outbox: notify: %w", err)
+		b.Queue("COMMIT")
+		open = true // until COMMIT succeeds, a failure leaves a transaction to roll back
+		br := conn.SendBatch(ctx, b)
+		for i := 0; i < b.Len(); i++ {
+			tag, err := br.Exec()
+			if err != nil {
+				br.Close()
+				return fmt.Errorf("outbox: commit %d rows up to %s: %w", groupRows, lastEnd, err)
+			}
+			if len(small) > 0 && i == 1 {
+				inserted += tag.RowsAffected()
 			}
 		}
-		if err := tx.Commit(ctx); err != nil {
+		if err := br.Close(); err != nil {
 			return fmt.Errorf("outbox: commit: %w", err)
 		}
-		tx = nil
+		open = false
+		count(small)
 		w.flushed.Store(uint64(lastEnd))
 		w.rows.Add(inserted)
 		if w.observer != nil {
@@ -181,22 +216,19 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			return ctx.Err()
 		}
 		if !ok {
-			if tx != nil && complete {
+			if complete && (open || len(buf) > 0 || lastEnd > pglogrepl.LSN(w.flushed.Load())) {
 				return commit()
 			}
 			return nil
 		}
-		if tx == nil {
-			if tx, err = conn.Begin(ctx); err != nil {
-				return fmt.Errorf("outbox: begin: %w", err)
-			}
+		if groupRows == 0 && complete {
 			groupStart = time.Now()
 		}
 		complete = false
 		buf = append(buf, b.rows...)
 		groupRows += len(b.rows)
 		if len(buf) >= chunkRows {
-			if err := write(); err != nil {
+			if err := copyBuf(); err != nil {
 				return err
 			}
 		}
@@ -213,33 +245,56 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 	}
 }
 
-func (w *writer) insert(ctx context.Context, tx pgx.Tx, rows []outRow) (int64, error) {
+// pgLSNOID is the type OID of pg_lsn.
+const pgLSNOID = 3220
+
+var copyColumns = []string{"webhook", "event", "model", "object_key", "commit_lsn", "seq", "committed_at", "body", "state", "last_error"}
+
+// copyRows writes rows with COPY. COPY cannot skip rows that exist, so a
+// replay of changes already enqueued (which starting from the checkpoint
+// avoids, but a lost or reset checkpoint does not) fails with a unique
+// violation: the writer then uses INSERT ... ON CONFLICT DO NOTHING for good,
+// and the stream replays.
+func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []outRow) (int64, error) {
+	if w.safe.Load() {
+		tag, err := conn.Exec(ctx, w.insertSQL, w.insertArgs(rows)...)
+		if err != nil {
+			return 0, fmt.Errorf("outbox: insert %d deliveries: %w", len(rows), err)
+		}
+		return tag.RowsAffected(), nil
+	}
+	n, err := conn.CopyFrom(ctx, w.table, copyColumns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+		r := &rows[i]
+		state, lastErr := "pending", any(nil)
+		if r.state != "" {
+			state = r.state
+		}
+		if r.lastError != "" {
+			lastErr = r.lastError
+		}
+		return []any{r.webhook, r.event, r.model, r.key, int64(r.commitLSN), r.seq, r.committedAt, r.body, state, lastErr}, nil
+	}))
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23505" {
+		w.safe.Store(true)
+		w.log.Warn().Msg("the outbox already holds some of these changes (a replay from an older position): switching to INSERT ... ON CONFLICT DO NOTHING")
+	}
+	if err != nil {
+		return 0, fmt.Errorf("outbox: copy %d deliveries: %w", len(rows), err)
+	}
+	return n, nil
+}
+
+// insertArgs are the arguments of insertSQL for rows.
+func (w *writer) insertArgs(rows []outRow) []any {
 	n := len(rows)
 	webhooks, events, models, keys := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	lsns, bodies := make([]string, n), make([]string, n)
+	lsns, bodies, states, lastErrs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	seqs, ats := make([]int32, n), make([]time.Time, n)
 	for i, r := range rows {
 		webhooks[i], events[i], models[i], keys[i] = r.webhook, r.event, r.model, r.key
 		lsns[i], seqs[i], ats[i], bodies[i] = r.commitLSN.String(), r.seq, r.committedAt, r.body
+		states[i], lastErrs[i] = r.state, r.lastError
 	}
-	var states, lastErrs []string
-	for i, r := range rows {
-		if r.state != "" || r.lastError != "" {
-			if states == nil {
-				states, lastErrs = make([]string, n), make([]string, n)
-			}
-			states[i], lastErrs[i] = r.state, r.lastError
-		}
-	}
-	var tag pgconn.CommandTag
-	var err error
-	if states == nil {
-		tag, err = tx.Exec(ctx, w.insertSQL, webhooks, events, models, keys, lsns, seqs, ats, bodies)
-	} else {
-		tag, err = tx.Exec(ctx, w.insertErr, webhooks, events, models, keys, lsns, seqs, ats, bodies, states, lastErrs)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("outbox: insert %d deliveries: %w", n, err)
-	}
-	return tag.RowsAffected(), nil
+	return []any{webhooks, events, models, keys, lsns, seqs, ats, bodies, states, lastErrs}
 }
