@@ -60,7 +60,7 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 			add(m.Line, "table %s does not exist in the source database (model %s)", m.QualifiedTable(), m.Model)
 			continue
 		}
-		if !ti.hasPK && (ti.identity == "d" || ti.identity == "n") {
+		if ti.identity == "n" || (!ti.hasPK && ti.identity == "d") {
 			add(m.Line, "table %s has no primary key or replica identity: publishing it would make the application's UPDATE and DELETE on it fail; run: ALTER TABLE %s REPLICA IDENTITY FULL;", m.QualifiedTable(), qt)
 		}
 		has := func(col, what string) {
@@ -176,10 +176,19 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (c
 		tables = append(tables, pgx.Identifier{m.Schema, m.Name}.Sanitize())
 	}
 	list := strings.Join(tables, ", ")
-	var ins, upd, del, trunc bool
-	err = conn.QueryRow(ctx, "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1", pub).Scan(&ins, &upd, &del, &trunc)
+	qpub := pgx.Identifier{pub}.Sanitize()
+	var ins, upd, del, trunc, allTables, mayAlter bool
+	var owner, me string
+	err = conn.QueryRow(ctx, `SELECT p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, p.puballtables,
+			pg_get_userbyid(p.pubowner), current_user::text,
+			pg_has_role(p.pubowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+		FROM pg_publication p WHERE p.pubname = $1`, pub).Scan(&ins, &upd, &del, &trunc, &allTables, &owner, &me, &mayAlter)
 	if errors.Is(err, pgx.ErrNoRows) {
-		_, err = conn.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" FOR TABLE "+list+" WITH (publish = 'insert, update, delete')")
+		_, err = conn.Exec(ctx, "CREATE PUBLICATION "+qpub+" FOR TABLE "+list+" WITH (publish = 'insert, update, delete')")
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "42501" {
+			return false, fatalf("create publication %s: %v: the role must own the captured tables; as their owner or a superuser run: CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert, update, delete');", pub, err, qpub, list)
+		}
 		if err != nil {
 			return false, fmt.Errorf("create publication %s: %w", pub, permissionHint(err))
 		}
@@ -187,6 +196,14 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (c
 	}
 	if err != nil {
 		return false, fmt.Errorf("read publication %s: %w", pub, err)
+	}
+	if allTables {
+		return false, fatalf("publication %s is FOR ALL TABLES, which would publish the outbox too; walhook needs one of exactly the configured tables: DROP PUBLICATION %s; or set database.publication to another name", pub, qpub)
+	}
+	// notOwner explains a publication that must change but is not ours.
+	notOwner := func(what string) error {
+		return fatalf("publication %s is owned by role %s and %s, which role %s may not change: as %s or a superuser run ALTER PUBLICATION %s SET TABLE %s; ALTER PUBLICATION %s SET (publish = 'insert, update, delete'); or hand it over with ALTER PUBLICATION %s OWNER TO %s;",
+			pub, owner, what, me, owner, qpub, list, qpub, qpub, pgx.Identifier{me}.Sanitize())
 	}
 	rows, err := conn.Query(ctx, "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1", pub)
 	if err != nil {
@@ -203,12 +220,18 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (c
 	sort.Strings(have)
 	sort.Strings(want)
 	if !slices.Equal(have, want) {
+		if !mayAlter {
+			return false, notOwner(fmt.Sprintf("publishes %s instead of the configured %s", strings.Join(have, ", "), strings.Join(want, ", ")))
+		}
 		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" SET TABLE "+list); err != nil {
 			return false, fmt.Errorf("update publication %s to the configured tables: %w", pub, permissionHint(err))
 		}
 		changed = true
 	}
 	if !ins || !upd || !del || trunc {
+		if !mayAlter {
+			return false, notOwner("does not publish exactly insert, update, delete")
+		}
 		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" SET (publish = 'insert, update, delete')"); err != nil {
 			return false, fmt.Errorf("update publication %s options: %w", pub, permissionHint(err))
 		}

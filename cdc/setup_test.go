@@ -68,3 +68,21 @@ func TestPublicationFollowsConfig(t *testing.T) {
 		t.Fatalf("publication tables = %s, want s,v", tables)
 	}
 }
+
+func TestPublicationOwnedByAnotherRole(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);
+		CREATE ROLE pubapp LOGIN REPLICATION; GRANT SELECT ON s, u TO pubapp;
+		CREATE PUBLICATION walhook FOR TABLE u`, "  - table: s")
+	u, _ := url.Parse(b.dsn)
+	u.User = url.User("pubapp")
+	pool, err := pgxpool.New(context.Background(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	c, _ := New(Options{Config: b.cfg, Source: pool, Outbox: b.db, Logger: zerolog.Nop()})
+	err = c.Prepare(context.Background())
+	if !IsFatal(err) || !strings.Contains(err.Error(), "owned by role postgres") || !strings.Contains(err.Error(), `ALTER PUBLICATION "walhook" SET TABLE "public"."s"`) {
+		t.Fatalf("Prepare = %v, want a fatal error naming the owner and the fix", err)
+	}
+}
