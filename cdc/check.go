@@ -614,19 +614,6 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 			fmt.Sprintf("GRANT USAGE, CREATE ON SCHEMA %s TO %s;\nGRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %s TO %s;  -- as the schema's owner", ident(schema), ident(user), ident(schema), ident(user)))
 		return
 	}
-	// migrations.Apply runs CREATE SCHEMA IF NOT EXISTS and CREATE TABLE IF
-	// NOT EXISTS even when everything exists, and PostgreSQL checks the
-	// privilege before it looks whether the object exists.
-	if !canCreateInDB {
-		p.fail(name, fmt.Sprintf("exists, but walhook run and walhook migrate start with CREATE SCHEMA IF NOT EXISTS, which PostgreSQL refuses without CREATE on database %s", db),
-			fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s;  -- as a superuser", ident(db), ident(user)))
-		return
-	}
-	if !canCreateSchema {
-		p.fail(name, fmt.Sprintf("exists, but role %s may not create tables in it (walhook run and walhook migrate need that for their migrations table)", user),
-			fmt.Sprintf("GRANT CREATE ON SCHEMA %s TO %s;  -- as its owner or a superuser", ident(schema), ident(user)))
-		return
-	}
 	var versions *string
 	if err := pool.QueryRow(ctx, "SELECT to_regclass($1)::text", migrations.Table(schema, "schema_migrations")).Scan(&versions); err != nil {
 		p.fail(name, "cannot read the outbox database: "+err.Error(), "")
@@ -639,6 +626,11 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 				fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s;\nGRANT SELECT ON %s TO %s;", ident(schema), ident(user), migrations.Table(schema, "schema_migrations"), ident(user)))
 			return
 		}
+	}
+	if current < latest && !canCreateSchema {
+		p.fail(name, fmt.Sprintf("exists, at migration %d of %d, and role %s may not create tables in it to apply the rest", current, latest, user),
+			fmt.Sprintf("GRANT CREATE ON SCHEMA %s TO %s;  -- as its owner or a superuser (or run walhook migrate as the owner)", ident(schema), ident(user)))
+		return
 	}
 	switch {
 	case current > latest:
