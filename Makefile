@@ -36,4 +36,6 @@ bench: deps ## capture vs pg_recvlogical, dispatch, latency, memory (table + ben
 fuzz: ## fuzz the pgoutput decoder, value renderer and config parser (FUZZTIME each, default 30s)
 	$(GO) test -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME) ./cdc/
 	$(GO) test -run '^$$' -fuzz FuzzAppendValue -fuzztime $(FUZZTIME) ./cdc/
+	$(GO) test -run '^$$' -fuzz FuzzAppendJSONString -fuzztime $(FUZZTIME) ./cdc/
+	$(GO) test -run '^$$' -fuzz FuzzConditions -fuzztime $(FUZZTIME) ./cdc/
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./internal/config/
