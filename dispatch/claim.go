@@ -107,8 +107,9 @@ type job struct {
 }
 
 // claimLoop claims deliveries into jobs until ctx is done. It claims when
-// woken (NOTIFY, outcome written, rows rescued), on every poll, and again at
-// once after a full batch, as long as request slots are free. Up to
+// woken (NOTIFY, rows rescued), on every poll, and again at once after a
+// full batch, as long as request slots are free; after outcomes are written
+// it claims once no claim is running. Up to
 // claimsInFlight claims run at once, so that sending never waits for a
 // claim's round trip; each reserves its slots before it starts.
 func (d *Dispatcher) claimLoop(ctx, hard context.Context, jobs chan<- *job) {
@@ -129,13 +130,18 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context, jobs chan<- *job) {
 	var retry <-chan time.Time
 	failures := 0
 	want := true
+	// wantClosed: outcomes were written since the last claim started. A
+	// claim that starts later sees them, whatever started it; one for
+	// them alone waits until no claim runs, so that it never takes the
+	// slot a claim for newly enqueued rows needs.
+	wantClosed := false
 	for ctx.Err() == nil {
-		if want && retry == nil && inFlight < claimsInFlight && len(d.hookNames) > 0 {
+		if (want || (wantClosed && inFlight == 0)) && retry == nil && inFlight < claimsInFlight && len(d.hookNames) > 0 {
 			if limit := d.claimLimit(); limit > 0 {
 				d.held.Add(int64(limit))
 				d.unwritten.Add(int64(limit))
 				inFlight++
-				want = false
+				want, wantClosed = false, false
 				go func() {
 					n, err := d.claim(hard, limit, jobs)
 					done <- claimed{n, limit, err}
@@ -160,6 +166,8 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context, jobs chan<- *job) {
 			want = want || c.n == c.limit
 		case <-d.wake:
 			want = true
+		case <-d.closed:
+			wantClosed = true
 		case <-poll.C:
 			want = true
 			poll.Reset(jitter(d.poll, d.rand()))
@@ -188,7 +196,11 @@ func (d *Dispatcher) claimLimit() int {
 	if free < d.maxHeld/2 && held >= d.concurrency {
 		return 0
 	}
-	return min(free, maxClaimBatch)
+	// Each claim takes at most its share of the queue, so that another
+	// can start while it runs: otherwise one claim's reservation (nearly
+	// the whole queue) keeps every other claim waiting for its round trip,
+	// even when it finds only a row or two, and claims are serialised.
+	return min(free, maxClaimBatch, max(d.maxHeld/claimsInFlight, 1))
 }
 
 // claim claims up to limit due rows with one statement and queues them. The

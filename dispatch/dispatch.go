@@ -130,10 +130,13 @@ type Dispatcher struct {
 	held atomic.Int64
 	// unwritten counts claimed rows whose outcome is not in the database yet.
 	unwritten atomic.Int64
-	// wake asks the claimer to claim now; freed tells it that a request
-	// slot became free. Both hold at most one pending signal.
-	wake  chan struct{}
-	freed chan struct{}
+	// wake asks the claimer to claim now; closed asks it to claim once no
+	// claim is running (outcomes were written, which may have unblocked a
+	// later change of the same object); freed tells it that a request
+	// slot became free. Each holds at most one pending signal.
+	wake   chan struct{}
+	closed chan struct{}
+	freed  chan struct{}
 }
 
 // hook is a configured webhook prepared for sending.
@@ -180,6 +183,7 @@ func New(opts Options) (*Dispatcher, error) {
 		retention:   cfg.Dispatch.Retention.D(),
 		hooks:       map[string]*hook{},
 		wake:        make(chan struct{}, 1),
+		closed:      make(chan struct{}, 1),
 		freed:       make(chan struct{}, 1),
 	}
 	if d.now == nil {

@@ -87,7 +87,7 @@ func (d *Dispatcher) writeOutcomes(ctx context.Context, results <-chan result) {
 		d.unwritten.Add(-int64(n))
 		buf = append(buf[:0], buf[n:]...)
 		// An outcome may have closed an object whose next change waits.
-		signal(d.wake)
+		signal(d.closed)
 	}
 }
 
