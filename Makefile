@@ -3,7 +3,7 @@ GO ?= go
 PKG := ./...
 FUZZTIME ?= 30s
 
-.PHONY: help demo test test-race lint bench fuzz build deps
+.PHONY: help demo test test-race lint bench bench-scale fuzz build deps
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ bench: deps ## capture vs pg_recvlogical, dispatch, latency, memory (table + ben
 	$(GO) run ./test/bench -out bench-results.json
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cdc/ ./dispatch/
 	$(GO) test -run '^$$' -bench 'AppendValue' ./cdc/
+
+bench-scale: deps ## 1, 2 and 4 dispatch-only processes draining one 200,000-row backlog
+	$(GO) run ./test/bench -phases scale -out bench-scale.json
 
 fuzz: ## fuzz the pgoutput decoder, value renderer and config parser (FUZZTIME each, default 30s)
 	$(GO) test -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME) ./cdc/
