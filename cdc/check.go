@@ -634,10 +634,10 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 	}
 	switch {
 	case current > latest:
-		p.warn(name, fmt.Sprintf("is at migration %d, newer than this walhook (%d)", current, latest), "-- upgrade walhook")
+		p.warn(name, fmt.Sprintf("in database %s is at migration %d, newer than this walhook (%d)", db, current, latest), "-- upgrade walhook")
 		return
 	case current < latest:
-		p.ok(name, fmt.Sprintf("exists, at migration %d of %d; walhook run (or walhook migrate) applies the rest", current, latest))
+		p.ok(name, fmt.Sprintf("exists in database %s, at migration %d of %d; walhook run (or walhook migrate) applies the rest", db, current, latest))
 		return
 	}
 	// Current: can the role use the tables?
@@ -659,7 +659,7 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 			fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s;  -- as their owner", strings.Join(missing, ", "), ident(user)))
 		return
 	}
-	p.ok(name, fmt.Sprintf("exists and is current (migration %d)", current))
+	p.ok(name, fmt.Sprintf("exists in database %s and is current (migration %d)", db, current))
 }
 
 // formatBytes renders n bytes for people: 512 B, 1.5 KiB, 20.0 MiB.

@@ -31,7 +31,9 @@ type relation struct {
 	pkCols   []int // indexes into cols forming object_key
 	urlParts []urlPart
 	plan     *lookupPlan // relations and computed fields; nil when none
-	hooks    [3]hookSet  // webhooks per event (eventIndex)
+	hooks    [3]hookSet  // webhooks per event (eventIndex), sent one event per change
+	coal     [3]hookSet  // webhooks with coalesce: transaction, per coalesced event
+	coalesce bool        // some webhook of the model coalesces (any event)
 }
 
 // setPlan attaches the model's lookups: each relation renders in place of

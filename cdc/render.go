@@ -27,6 +27,11 @@ type row []tupleValue
 type renderer struct {
 	buf     []byte
 	resolve TypeResolver
+	// rawFK renders foreign-key columns that have a relation as their raw
+	// value instead of the nested object (snapshots): a one-column key under
+	// the relation's field name, as NetBox's snapshots do ("region": 51),
+	// the columns of a composite key under their own names.
+	rawFK bool
 }
 
 // appendData renders the "data" object of a row. keysOnly renders only
@@ -44,8 +49,13 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 	urlDone := len(rel.urlParts) == 0
 	for i := range rel.cols {
 		c := &rel.cols[i]
-		skip := c.exclude || c.hidden || (keysOnly && !c.key) || i >= len(vals)
-		if !skip && c.rel > 0 {
+		skip := c.exclude || (c.hidden && !rd.rawFK) || (keysOnly && !c.key) || i >= len(vals)
+		name := c.outName
+		if !skip && c.rel > 0 && rd.rawFK {
+			if rl := rel.plan.rels[c.rel-1]; len(rl.fk) == 1 {
+				name = rl.field
+			}
+		} else if !skip && c.rel > 0 {
 			if n := c.rel - 1; n < len(ex) && ex[n].present {
 				if !first {
 					dst = append(dst, ',')
@@ -68,7 +78,7 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 			dst = append(dst, ',')
 		}
 		first = false
-		dst = AppendJSONString(dst, c.outName)
+		dst = AppendJSONString(dst, name)
 		dst = append(dst, ':')
 		v := vals[i]
 		switch {

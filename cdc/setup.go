@@ -87,11 +87,6 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 			probs = append(probs, checkLookups(ctx, conn, cfg, m)...)
 		}
 	}
-	for _, w := range cfg.Webhooks {
-		if w.Format != "netbox" || w.Signature != "netbox" || w.Coalesce != "none" {
-			add(w.Line, "webhook %s: format, signature and coalesce other than the defaults are not supported by this walhook version yet", w.Name)
-		}
-	}
 	if len(probs) > 0 {
 		return &config.Error{Problems: probs}
 	}

@@ -44,6 +44,7 @@ type stream struct {
 	txnAt   time.Time
 	seq     int32
 	skipped bool // current transaction seen but not for us
+	coal    coalescer
 
 	lastSentEnd pglogrepl.LSN // end of the last transaction handed to the writer
 	kaEnd       pglogrepl.LSN // keepalive WAL end known to be safe once kaNeed is flushed
@@ -163,6 +164,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 		return s.relation(ctx, m)
 	case *pglogrepl.BeginMessage:
 		s.inTxn, s.txnLSN, s.txnAt, s.seq = true, m.FinalLSN, m.CommitTime, 0
+		s.coal.reset()
 	case *pglogrepl.InsertMessage:
 		return s.change(ctx, EventCreated, m.RelationID, 0, nil, m.Tuple)
 	case *pglogrepl.UpdateMessage:
@@ -180,6 +182,9 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 			Msg("TRUNCATE is not captured: no webhooks are sent for the removed rows")
 		s.seq++
 	case *pglogrepl.CommitMessage:
+		if err := s.flushCoalesced(ctx); err != nil {
+			return err
+		}
 		if len(s.pending) > 0 {
 			if err := s.flushPending(ctx); err != nil {
 				return err
@@ -248,12 +253,13 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 			Msg("ignore_changes has no effect: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
 	}
 	for e, ev := range config.Events {
-		hs := &r.hooks[e]
-		hs.names = s.c.hooks[model.Model][ev]
-		hs.specs = make([]*hookSpec, len(hs.names))
-		for i, n := range hs.names {
-			if sp := s.specs[n]; sp != nil {
-				hs.specs[i], hs.special = sp, true
+		for _, n := range s.c.hooks[model.Model][ev] {
+			sp := s.specs[n]
+			if sp != nil && sp.coalesce {
+				r.coal[e].add(n, sp)
+				r.coalesce = true
+			} else {
+				r.hooks[e].add(n, sp)
 			}
 		}
 	}
@@ -312,7 +318,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		return nil
 	}
 	hs := &rel.hooks[eventIndex(event)]
-	if len(hs.names) == 0 {
+	if len(hs.names) == 0 && !rel.coalesce {
 		return nil
 	}
 	var vals, old row
@@ -338,9 +344,18 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		if err := s.fillUnchanged(ctx, rel, vals, old, oldType); err != nil {
 			return err
 		}
-		if oldType == 'O' && onlyIgnoredChanged(rel, vals, old) {
+	}
+	if rel.coalesce {
+		// Webhooks with coalesce: transaction get their events at commit.
+		if err := s.coalesceChange(ctx, rel, event, seq, vals, old, oldType, keysOnly); err != nil {
+			return err
+		}
+		if len(hs.names) == 0 {
 			return nil
 		}
+	}
+	if event == EventUpdated && oldType == 'O' && onlyIgnoredChanged(rel, vals, old) {
+		return nil
 	}
 	if rel.plan == nil && !hs.special && len(s.pending) == 0 {
 		// The plain path: render now, one body for every webhook.
@@ -420,6 +435,7 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 	body := s.rd.netboxBodyEx(p.event, s.txnAt, rel, p.vals, p.keysOnly, p.extra)
 	key := objectKey(rel, p.vals)
 	var payload map[string]any
+	var v4 map[string]string // object_type -> netbox-v4 body
 	for i, h := range p.hooks.names {
 		r := outRow{webhook: h, event: p.event, model: rel.model.Model, key: key,
 			commitLSN: s.txnLSN, seq: p.seq, committedAt: s.txnAt, body: body}
@@ -453,6 +469,17 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 				} else {
 					r.body = out
 				}
+			} else if sp.format == FormatNetboxV4 {
+				ot := sp.objectType(rel.model)
+				b, ok := v4[ot]
+				if !ok {
+					b = s.rd.netboxV4Body(p.event, s.txnAt, ot, rel, p.vals, p.keysOnly, p.extra, p.old, p.oldType)
+					if v4 == nil {
+						v4 = map[string]string{}
+					}
+					v4[ot] = b
+				}
+				r.body = b
 			}
 		}
 		s.rows = append(s.rows, r)

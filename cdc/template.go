@@ -16,11 +16,17 @@ import (
 // hookSpec is what a webhook changes in the default rendering: a body
 // template, conditions, or both.
 type hookSpec struct {
-	name    string
-	tmpl    *template.Template
-	cond    *config.Condition
-	condLog logLimit
+	name     string
+	tmpl     *template.Template
+	cond     *config.Condition
+	condLog  logLimit
+	format   string          // FormatNetbox or FormatNetboxV4
+	coalesce bool            // coalesce: transaction
+	hook     *config.Webhook // for the object_type of format netbox-v4
 }
+
+// objectType is the object_type of a model's changes for this webhook.
+func (sp *hookSpec) objectType(m *config.Model) string { return sp.hook.ObjectTypeFor(m) }
 
 // hookSet is the webhooks that take one event of one model.
 type hookSet struct {
@@ -203,7 +209,8 @@ func (t *templater) payload(body string, old []byte) (map[string]any, error) {
 }
 
 // hookSpecs compiles the body templates and conditions of the webhooks that
-// have them.
+// have them, and describes the webhooks with format netbox-v4 or coalesce:
+// transaction.
 func hookSpecs(cfg *config.Config, t *templater) (map[string]*hookSpec, error) {
 	specs := map[string]*hookSpec{}
 	for i := range cfg.Webhooks {
@@ -215,10 +222,11 @@ func hookSpecs(cfg *config.Config, t *templater) (map[string]*hookSpec, error) {
 				return nil, fmt.Errorf("webhook %s: conditions: %w", w.Name, err)
 			}
 		}
-		if w.BodyTemplate == "" && cond == nil {
+		v4, coal := w.Format == FormatNetboxV4, w.Coalesce == "transaction"
+		if w.BodyTemplate == "" && cond == nil && !v4 && !coal {
 			continue
 		}
-		sp := &hookSpec{name: w.Name, cond: cond}
+		sp := &hookSpec{name: w.Name, cond: cond, format: w.Format, coalesce: coal, hook: w}
 		if w.BodyTemplate != "" {
 			tmpl, err := t.parse(w.Name, w.BodyTemplate)
 			if err != nil {

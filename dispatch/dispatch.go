@@ -146,7 +146,9 @@ type hook struct {
 	method      string
 	header      http.Header
 	host        string
-	secret      string
+	secret      string   // key of X-Hook-Signature ("" when unsigned)
+	scheme      string   // config signature: netbox, standard-webhooks or both
+	secrets     []string // Standard Webhooks secrets (whsec_...), several while rotating
 	timeout     time.Duration
 	timeoutErr  error
 	maxAttempts int
@@ -263,7 +265,9 @@ func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error
 		name:        w.Name,
 		url:         u.String(),
 		method:      w.HTTPMethod,
-		secret:      w.Secret,
+		secret:      firstSecret(w.SigningSecrets()),
+		scheme:      w.Signature,
+		secrets:     w.SigningSecrets(),
 		timeout:     w.Timeout.D(),
 		maxAttempts: w.Retry.MaxAttempts,
 		initial:     w.Retry.InitialInterval.D(),
@@ -301,7 +305,7 @@ func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error
 		switch http.CanonicalHeaderKey(k) {
 		case "Host":
 			h.host = v
-		case "X-Hook-Signature", "X-Walhook-Delivery", "Content-Length":
+		case "X-Hook-Signature", "X-Walhook-Delivery", "Content-Length", "Webhook-Id", "Webhook-Timestamp", "Webhook-Signature":
 			return nil, fmt.Errorf("dispatch: webhook %q: header %s is set by walhook and cannot be configured", w.Name, k)
 		default:
 			h.header.Set(k, v)
@@ -396,4 +400,12 @@ func sleep(ctx context.Context, delay time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// firstSecret is the secret X-Hook-Signature is keyed with.
+func firstSecret(secrets []string) string {
+	if len(secrets) == 0 {
+		return ""
+	}
+	return secrets[0]
 }

@@ -186,7 +186,11 @@ func (d *Dispatcher) send(ctx context.Context, j *job) response {
 	if h.host != "" {
 		req.Host = h.host
 	}
-	if h.secret != "" {
+	if h.scheme == SchemeStandard || h.scheme == SchemeBoth {
+		if err := signatureHeaders(req.Header, h.scheme, h.secrets, j.id, j.body, time.Now()); err != nil {
+			return response{err: "sign: " + err.Error(), retryAfter: -1}
+		}
+	} else if h.secret != "" {
 		req.Header["X-Hook-Signature"] = []string{h.sign(j.body)}
 	}
 	req.Header["X-Walhook-Delivery"] = []string{strconv.FormatInt(j.id, 10)}

@@ -141,8 +141,8 @@ func webhookChecks(cfg *config.Config) []cdc.Check {
 			parts = append(parts, "disabled")
 		}
 		parts = append(parts, w.HTTPMethod+" "+config.RedactURL(w.URL))
-		if w.Secret != "" {
-			parts = append(parts, "signed")
+		if len(w.SigningSecrets()) > 0 {
+			parts = append(parts, "signed ("+w.Signature+")")
 		} else {
 			parts = append(parts, "unsigned (no secret)")
 		}

@@ -53,6 +53,8 @@ Commands:
   deliveries  list deliveries (--state, --webhook, --model, --limit, --json);
               deliveries show ID prints one with its body and last error
   retry       put failed deliveries back to pending
+  backfill    send existing rows of a model (--model, --where, --webhook, --rate, --restart)
+  verify      check a webhook signature over a body read on stdin
   demo        run everything against a throwaway PostgreSQL and receiver
   version     print the version
 
@@ -90,6 +92,8 @@ func dispatchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		return cmdMigrate(ctx, rest, stdout, stderr)
 	case "retry":
 		return cmdRetry(ctx, rest, stdout, stderr)
+	case "backfill":
+		return cmdBackfill(ctx, rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
@@ -104,6 +108,8 @@ func dispatchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		return cmdStatus(ctx, rest, stdout, stderr)
 	case "deliveries":
 		return cmdDeliveries(ctx, rest, stdout, stderr)
+	case "verify":
+		return cmdVerify(rest, os.Stdin, stdout, stderr)
 	}
 	fmt.Fprint(stderr, usage)
 	return usageErr("unknown command %q", cmd)

@@ -22,14 +22,25 @@ import (
 type statusReport struct {
 	Time      time.Time       `json:"time"`
 	ServerLSN string          `json:"server_lsn"`
+	Source    sourceStatus    `json:"source"`
 	Outbox    outboxStatus    `json:"outbox"`
 	Webhooks  []webhookStatus `json:"webhooks"`
 	Slot      slotStatus      `json:"slot"`
 	Capture   captureStatus   `json:"capture"`
 }
 
+// sourceStatus names the source database: the one with the slot and the
+// captured tables.
+type sourceStatus struct {
+	Database string `json:"database"`
+}
+
 type outboxStatus struct {
-	Schema string `json:"schema"`
+	// Database is the database holding the outbox; Separate is true when
+	// it is another database than the source (database.outbox_dsn).
+	Database string `json:"database"`
+	Separate bool   `json:"separate"`
+	Schema   string `json:"schema"`
 	// Exists is false until walhook run or walhook migrate created it.
 	Exists bool `json:"exists"`
 }
@@ -122,8 +133,15 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 func readStatus(ctx context.Context, cfg *config.Config, source, outbox *pgxpool.Pool) (*statusReport, error) {
 	rep := &statusReport{Outbox: outboxStatus{Schema: cfg.Database.Schema}, Slot: slotStatus{Name: cfg.Database.Slot}}
-	if err := source.QueryRow(ctx, "SELECT now(), pg_current_wal_lsn()::text").Scan(&rep.Time, &rep.ServerLSN); err != nil {
+	if err := source.QueryRow(ctx, "SELECT now(), pg_current_wal_lsn()::text, current_database()").Scan(&rep.Time, &rep.ServerLSN, &rep.Source.Database); err != nil {
 		return nil, fmt.Errorf("source database: read the WAL position: %w", err)
+	}
+	rep.Outbox.Database = rep.Source.Database
+	if outbox != source {
+		rep.Outbox.Separate = true
+		if err := outbox.QueryRow(ctx, "SELECT current_database()").Scan(&rep.Outbox.Database); err != nil {
+			return nil, fmt.Errorf("outbox database: %w", err)
+		}
 	}
 	rep.Time = rep.Time.UTC()
 
@@ -260,8 +278,11 @@ func outboxError(err error, schema string) error {
 
 func printStatus(w io.Writer, rep *statusReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if rep.Outbox.Separate {
+		fmt.Fprintf(w, "source database %s (slot, captured tables); outbox database %s (schema %s)\n\n", rep.Source.Database, rep.Outbox.Database, rep.Outbox.Schema)
+	}
 	if !rep.Outbox.Exists {
-		fmt.Fprintf(w, "outbox: schema %s has no deliveries table yet (walhook run or walhook migrate creates it)\n\n", rep.Outbox.Schema)
+		fmt.Fprintf(w, "outbox: schema %s in database %s has no deliveries table yet (walhook run or walhook migrate creates it)\n\n", rep.Outbox.Schema, rep.Outbox.Database)
 	}
 	fmt.Fprintln(tw, "WEBHOOK\tSTATE\tPENDING\tDELIVERING\tDELIVERED\tFAILED\tOLDEST PENDING\tLAST ERROR")
 	for _, h := range rep.Webhooks {

@@ -121,6 +121,7 @@ type Webhook struct {
 	Models       []string          `yaml:"models"`
 	Events       []string          `yaml:"events"`
 	Secret       string            `yaml:"secret"`
+	Secrets      []string          `yaml:"secrets"` // several secrets (key rotation); instead of secret
 	HTTPMethod   string            `yaml:"http_method"`
 	ContentType  string            `yaml:"content_type"`
 	Headers      map[string]string `yaml:"headers"`
@@ -136,6 +137,25 @@ type Webhook struct {
 	Line         int               `yaml:"-"`
 	// Condition is Conditions compiled; nil matches every change.
 	Condition *Condition `yaml:"-"`
+}
+
+// SigningSecrets returns the webhook's secrets in order: secret, or the
+// list in secrets. With signature netbox (and both) X-Hook-Signature uses
+// the first; standard-webhooks signs with every one.
+func (w Webhook) SigningSecrets() []string {
+	if w.Secret != "" {
+		return []string{w.Secret}
+	}
+	return w.Secrets
+}
+
+// ObjectTypeFor returns the object_type of a model's changes for this
+// webhook (format netbox-v4): the webhook's object_type, else the model's.
+func (w Webhook) ObjectTypeFor(m *Model) string {
+	if w.ObjectType != "" || m == nil {
+		return w.ObjectType
+	}
+	return m.ObjectType
 }
 
 // IsEnabled reports whether the webhook is enabled (default true).

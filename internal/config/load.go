@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -874,6 +875,7 @@ func (p *parser) validate(c *Config) {
 		if !contains([]string{"none", "transaction"}, w.Coalesce) {
 			p.at(path+".coalesce", "webhook %q: coalesce %q must be none or transaction", w.Name, w.Coalesce)
 		}
+		p.validateSigning(c, w, path)
 		if w.BodyTemplate != "" {
 			if _, err := template.New(w.Name).Funcs(template.FuncMap{"json": func(any) string { return "" }}).Parse(w.BodyTemplate); err != nil {
 				p.templateError(path+".body_template", w.Name, err)
@@ -1025,4 +1027,75 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// validateSigning checks a webhook's secrets against its signature scheme
+// and the object_type that format netbox-v4 needs.
+func (p *parser) validateSigning(c *Config, w Webhook, path string) {
+	if w.Secret != "" && len(w.Secrets) > 0 {
+		p.at(path+".secrets", "webhook %q: give either secret or secrets, not both", w.Name)
+	}
+	for j, s := range w.Secrets {
+		if s == "" {
+			p.at(fmt.Sprintf("%s.secrets[%d]", path, j), "webhook %q: secrets[%d] is empty", w.Name, j)
+		}
+	}
+	secrets := w.SigningSecrets()
+	for _, k := range sortedKeys(w.Headers) {
+		switch strings.ToLower(k) {
+		case "webhook-id", "webhook-timestamp", "webhook-signature":
+			p.at(path+".headers."+k, "webhook %q: header %s is set by walhook (Standard Webhooks) and cannot be configured", w.Name, k)
+		}
+	}
+	switch w.Signature {
+	case "netbox":
+		if len(secrets) > 1 {
+			p.at(path+".secrets", "webhook %q: X-Hook-Signature carries one signature: several secrets need signature: standard-webhooks (or both)", w.Name)
+		}
+	case "standard-webhooks", "both":
+		if len(secrets) == 0 {
+			p.at(path+".signature", "webhook %q: signature %s needs a secret (secret: whsec_<base64>, e.g. from: echo whsec_$(openssl rand -base64 32))", w.Name, w.Signature)
+		}
+		for j, s := range secrets {
+			at, key := path+".secret", "secret"
+			if len(w.Secrets) > 0 {
+				at, key = fmt.Sprintf("%s.secrets[%d]", path, j), fmt.Sprintf("secrets[%d]", j)
+			}
+			if err := checkStandardSecret(s); err != "" {
+				p.at(at, "webhook %q: %s (signature %s): %s", w.Name, key, w.Signature, err)
+			}
+		}
+	}
+	if w.Format == "netbox-v4" {
+		for _, m := range c.Models {
+			if len(w.Models) > 0 && !contains(w.Models, m.Model) {
+				continue
+			}
+			if w.ObjectTypeFor(&m) == "" {
+				p.at(path+".format", "webhook %q: format netbox-v4 needs object_type (e.g. object_type: dcim.site) on the webhook or on model %s", w.Name, m.Model)
+				break
+			}
+		}
+	}
+}
+
+// checkStandardSecret says what is wrong with a Standard Webhooks secret.
+func checkStandardSecret(s string) string {
+	b64, ok := strings.CutPrefix(s, "whsec_")
+	if !ok {
+		return "the secret must look like whsec_<base64> (e.g. from: echo whsec_$(openssl rand -base64 32))"
+	}
+	key, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		if k2, err2 := base64.RawStdEncoding.DecodeString(strings.TrimRight(b64, "=")); err2 == nil {
+			key, err = k2, nil
+		}
+	}
+	if err != nil {
+		return "the part after whsec_ is not valid base64"
+	}
+	if len(key) < 16 {
+		return fmt.Sprintf("the key after whsec_ is %d bytes; use at least 16 (24 to 64 recommended)", len(key))
+	}
+	return ""
 }

@@ -210,7 +210,7 @@ webhooks:
     url: http://hooks.example.com/netbox
     models: [Site]
     events: [created, deleted]
-    secret: s3cret
+    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
     http_method: put
     content_type: application/x-www-form-urlencoded
     headers: {Authorization: "Bearer abc"}
@@ -218,6 +218,7 @@ webhooks:
     retry: {max_attempts: 3, initial_interval: 1s, max_interval: 7d}
     enabled: false
     format: netbox-v4
+    object_type: dcim.site
     signature: both
     coalesce: transaction
     body_template: '{"model": "{{.model}}"}'

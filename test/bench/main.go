@@ -1,9 +1,12 @@
 // Command bench measures walhook on a throwaway PostgreSQL and prints a
 // table (and writes the same figures as JSON): capture rate next to
 // pg_recvlogical on the same WAL, dispatch rate to a local receiver,
-// commit-to-receipt latency at a steady rate, and peak memory per phase.
+// commit-to-receipt latency at a steady rate, and peak memory per phase;
+// with -scale also the scale-out phase: 1, 2 and 4 `walhook run
+// --dispatch-only` processes draining the same backlog of one outbox.
 //
 //	go run ./test/bench [-rows 100000] [-out bench-results.json]
+//	go run ./test/bench -phases scale [-scale-rows 200000] [-scale-procs 1,2,4]
 package main
 
 import (
@@ -17,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,6 +41,14 @@ type Result struct {
 	Unit   string  `json:"unit"`
 }
 
+// Phase selection and the scale phase's settings (flags).
+var (
+	want       map[string]bool
+	scaleRows  int
+	scaleProcs string
+	scaleConc  int
+)
+
 type bench struct {
 	ctx     context.Context
 	cl      *pgtest.Cluster
@@ -52,7 +64,19 @@ func main() {
 	rate := flag.Int("rate", 1000, "rows/s in the latency phase")
 	dur := flag.Duration("latency-for", 10*time.Second, "length of the latency phase")
 	out := flag.String("out", "bench-results.json", "where to write the JSON results")
+	phases := flag.String("phases", "capture,dispatch,latency,huge", "phases to run, comma-separated (capture, dispatch, latency, huge, scale)")
+	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
+	flag.IntVar(&scaleRows, "scale-rows", 200000, "backlog drained in the scale phase")
+	flag.StringVar(&scaleProcs, "scale-procs", "1,2,4", "numbers of dispatch-only processes in the scale phase")
+	flag.IntVar(&scaleConc, "scale-concurrency", 32, "dispatch.concurrency of each process in the scale phase")
 	flag.Parse()
+	want = map[string]bool{}
+	for _, p := range strings.Split(*phases, ",") {
+		want[strings.TrimSpace(p)] = true
+	}
+	if *scale {
+		want["scale"] = true
+	}
 	if err := run(*rows, *huge, *rate, *dur, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -76,18 +100,29 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 		return err
 	}
 	defer b.cl.Close()
-	if err := b.capture(rows); err != nil {
-		return fmt.Errorf("capture: %w", err)
+	if want["capture"] {
+		if err := b.capture(rows); err != nil {
+			return fmt.Errorf("capture: %w", err)
+		}
 	}
-	if err := b.dispatch(rows); err != nil {
-		return fmt.Errorf("dispatch: %w", err)
+	if want["dispatch"] {
+		if err := b.dispatch(rows); err != nil {
+			return fmt.Errorf("dispatch: %w", err)
+		}
 	}
-	if err := b.latency(rate, dur); err != nil {
-		return fmt.Errorf("latency: %w", err)
+	if want["latency"] {
+		if err := b.latency(rate, dur); err != nil {
+			return fmt.Errorf("latency: %w", err)
+		}
 	}
-	if huge > 0 {
+	if huge > 0 && want["huge"] {
 		if err := b.hugeTx(huge); err != nil {
 			return fmt.Errorf("huge transaction: %w", err)
+		}
+	}
+	if want["scale"] {
+		if err := b.scale(); err != nil {
+			return fmt.Errorf("scale: %w", err)
 		}
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -111,7 +146,7 @@ func machine() map[string]any {
 			}
 		}
 	}
-	return map[string]any{"host": host, "cpu": cpu, "date": time.Now().UTC().Format(time.RFC3339)}
+	return map[string]any{"host": host, "cpu": cpu, "cpus": runtime.NumCPU(), "date": time.Now().UTC().Format(time.RFC3339)}
 }
 
 func (b *bench) add(phase, metric string, v float64, unit string) {
@@ -302,13 +337,7 @@ func (b *bench) dispatch(rows int) error {
 	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
 		return fmt.Errorf("migrate: %v: %s", err, out)
 	}
-	if _, err := pool.Exec(b.ctx, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
-		SELECT 'w', 'created', 'item', g::text, '0/1'::pg_lsn + g, 0, now(),
-			'{"event":"created","signal_received_timestamp":1700000000.000001,"model":"item","data":{"id":' || g || ',"name":"item ' || g || '","qty":1,"price":0.25}}'
-		FROM generate_series(1, $1::int) g`, rows); err != nil {
-		return err
-	}
-	if _, err := pool.Exec(b.ctx, `VACUUM ANALYZE walhook.deliveries`); err != nil {
+	if err := b.backlog(pool, rows); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -427,4 +456,180 @@ func (b *bench) hugeTx(n int) error {
 	b.add("huge transaction", fmt.Sprintf("%d rows in one transaction, commit to enqueued", n), float64(n)/el.Seconds(), "changes/s")
 	b.add("huge transaction", "walhook peak RSS", rss, "MB")
 	return nil
+}
+
+// backlog fills the outbox with rows pending deliveries, one per object,
+// and vacuums it so that every run starts from the same state.
+func (b *bench) backlog(pool *pgxpool.Pool, rows int) error {
+	if _, err := pool.Exec(b.ctx, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
+		SELECT 'w', 'created', 'item', g::text, '0/1'::pg_lsn + g, 0, now(),
+			'{"event":"created","signal_received_timestamp":1700000000.000001,"model":"item","data":{"id":' || g || ',"name":"item ' || g || '","qty":1,"price":0.25}}'
+		FROM generate_series(1, $1::int) g`, rows); err != nil {
+		return err
+	}
+	_, err := pool.Exec(b.ctx, `VACUUM ANALYZE walhook.deliveries`)
+	return err
+}
+
+// scale: for each number of processes n, n `walhook run --dispatch-only`
+// processes on one outbox drain the same backlog of signed deliveries to
+// one local receiver, which counts each delivery id (exactly once is
+// expected: nobody is killed).
+func (b *bench) scale() error {
+	var counts []int
+	for _, f := range strings.Split(scaleProcs, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("bad -scale-procs %q", scaleProcs)
+		}
+		counts = append(counts, n)
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		seen[r.Header.Get("X-Walhook-Delivery")]++
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	url := "http://" + ln.Addr().String() + "/hook"
+	var base float64
+	for _, n := range counts {
+		mu.Lock()
+		clear(seen)
+		mu.Unlock()
+		pool, _, cfg, err := b.db(itemSchema, url, fmt.Sprintf("dispatch: {concurrency: %d, poll_interval: 200ms}\n", scaleConc))
+		if err != nil {
+			return err
+		}
+		if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+			pool.Close()
+			return fmt.Errorf("migrate: %v: %s", err, out)
+		}
+		if err := b.backlog(pool, scaleRows); err != nil {
+			pool.Close()
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "scale: %d dispatch-only processes draining %d deliveries...\n", n, scaleRows)
+		load := loadAvg()
+		busy0, total0 := machineCPU()
+		start := time.Now()
+		var ps []*proc
+		for i := 0; i < n; i++ {
+			p, err := b.start(cfg, "run", "--dispatch-only")
+			if err != nil {
+				pool.Close()
+				return err
+			}
+			ps = append(ps, p)
+		}
+		received := func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(seen)
+		}
+		// Watch the receiver (cheap) first, then the outbox until every
+		// outcome is written.
+		err = waitFor(10*time.Minute, 20*time.Millisecond, func() bool { return received() >= scaleRows })
+		if err == nil {
+			err = waitFor(time.Minute, 20*time.Millisecond, func() bool {
+				return count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE state IN ('pending', 'delivering')`) == 0
+			})
+		}
+		el := time.Since(start)
+		busy1, total1 := machineCPU()
+		var rss, walhookCPU float64
+		var outs []string
+		for _, p := range ps {
+			walhookCPU += procCPU(p.cmd.Process.Pid)
+			rss = max(rss, p.stop())
+			outs = append(outs, p.out.String())
+		}
+		pool.Close()
+		if err != nil {
+			return fmt.Errorf("%d processes: %w: %s", n, err, strings.Join(outs, "\n"))
+		}
+		mu.Lock()
+		dupes := 0
+		for _, c := range seen {
+			dupes += c - 1
+		}
+		mu.Unlock()
+		rate := float64(scaleRows) / el.Seconds()
+		if base == 0 {
+			base = rate
+		}
+		b.add("scale", fmt.Sprintf("%d dispatch-only processes (concurrency %d each)", n, scaleConc), rate, "deliveries/s")
+		b.add("scale", fmt.Sprintf("%d processes: speed-up over %d", n, counts[0]), rate/base, "x")
+		b.add("scale", fmt.Sprintf("%d processes: requests sent twice", n), float64(dupes), "requests")
+		b.add("scale", fmt.Sprintf("%d processes: peak RSS of one process", n), rss, "MB")
+		if total1 > total0 {
+			cores := float64(runtime.NumCPU())
+			b.add("scale", fmt.Sprintf("%d processes: machine CPU busy", n), cores*(busy1-busy0)/(total1-total0), fmt.Sprintf("of %d cores", runtime.NumCPU()))
+			b.add("scale", fmt.Sprintf("%d processes: walhook CPU (all processes)", n), walhookCPU/el.Seconds(), "cores")
+		}
+		// Other work on the machine skews these figures: say how busy it was.
+		b.add("scale", fmt.Sprintf("%d processes: load average before", n), load, "")
+	}
+	return nil
+}
+
+// procCPU returns the CPU seconds (user + system) a process used so far.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ
+}
+
+// machineCPU returns the busy and total jiffies of all CPUs so far.
+func machineCPU() (busy, total float64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	for i, v := range f[1:] {
+		x, _ := strconv.ParseFloat(v, 64)
+		if i >= 7 { // steal is counted, guest and guest_nice are in user already
+			if i == 7 {
+				total += x
+				busy += x
+			}
+			continue
+		}
+		total += x
+		if i != 3 && i != 4 { // idle, iowait
+			busy += x
+		}
+	}
+	return busy, total
+}
+
+// loadAvg returns the one-minute load average.
+func loadAvg() float64 {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }

@@ -1,0 +1,692 @@
+package cdc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/migrations"
+)
+
+// Backfill ordering (no stale overwrites)
+//
+// Each page of a backfill is read under its own snapshot and its rows are
+// enqueued with commit_lsn = L, the end of a WAL record written just before
+// that snapshot (pg_logical_emit_message, non-transactional: pgoutput does
+// not send it), and a negative seq. Before the snapshot is taken, the
+// backfill waits for every transaction that was running when L was written
+// to finish, so:
+//
+//   - a source transaction whose commit record lies before L is visible in
+//     the page (the row read includes its change) and sorts before the row;
+//   - one that is not visible commits at L or later and sorts after it
+//     (negative seq: after it even at exactly L).
+//
+// The dispatcher sends each object's deliveries in (commit_lsn, seq) order,
+// but only among rows present in the outbox, so two more rules close the
+// gaps: a page is enqueued only once capture has committed every change
+// before L (its checkpoint or the slot's confirmed LSN has reached L), and
+// inside the enqueueing transaction, which locks the outbox against capture's
+// inserts, a row is left out when the outbox already holds a change of the
+// same object at L or later (that change, or a later one, carries the newer
+// state).
+
+// BackfillOptions configure Backfill.
+type BackfillOptions struct {
+	Config *config.Config
+	// Source is a pool on the source database with SessionParams set.
+	Source *pgxpool.Pool
+	Outbox *pgxpool.Pool
+	Logger zerolog.Logger
+	Model  string // model name (config)
+	// Webhook restricts the backfill to one webhook; "" means every enabled
+	// webhook that takes Event for Model.
+	Webhook string
+	Where   string  // SQL boolean expression on the table's columns; "" for all rows
+	Event   string  // EventCreated (default) or EventUpdated
+	Rate    float64 // rows per second; 0: unlimited
+	Restart bool    // start over even when finished or interrupted
+	// PageSize is the number of rows read per page (default 1000).
+	PageSize int
+	// Progress, when set, is called after every page and at the end.
+	Progress func(BackfillProgress)
+	// CaptureWait bounds how long to wait for capture to pass a page's LSN
+	// before logging a warning (default 10s); waiting goes on after it.
+	CaptureWait time.Duration
+}
+
+// BackfillProgress is the state of a running backfill.
+type BackfillProgress struct {
+	ID         int64
+	Done       int64 // rows read so far (all runs)
+	Total      int64 // estimate; may be exceeded
+	Enqueued   int64 // delivery rows enqueued (all runs)
+	Skipped    int64 // delivery rows left out in this run: a newer live change was enqueued
+	RunDone    int64 // rows read in this run
+	Elapsed    time.Duration
+	Finished   bool
+	AlreadyRun bool // finished before: nothing done (use Restart)
+}
+
+// BackfillError is a usage problem (unknown model, bad --where, no
+// webhook): the command exits with status 2.
+type BackfillError struct{ Msg string }
+
+func (e *BackfillError) Error() string { return e.Msg }
+
+func bfErr(format string, args ...any) error {
+	return &BackfillError{Msg: fmt.Sprintf(format, args...)}
+}
+
+// backfill is one run.
+type backfill struct {
+	o       BackfillOptions
+	model   *config.Model
+	table   string // quoted schema.name
+	s       *stream
+	out     chan batch
+	rel     *relation
+	hooks   []string
+	pkCols  []colInfo
+	selSQL  string
+	pageSQL string // with a key condition
+	firstSQ string // without
+	id      int64
+	lastKey []string
+	done    int64
+	enq     int64
+	total   int64
+	slot    string
+	hasSlot bool
+	d       string // quoted deliveries table
+	b       string // quoted backfills table
+}
+
+// Backfill enqueues a delivery for every row of a model (or those matching
+// Where), resuming an interrupted run. See the ordering note above.
+func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) {
+	if o.Event == "" {
+		o.Event = EventCreated
+	}
+	if o.Event != EventCreated && o.Event != EventUpdated {
+		return BackfillProgress{}, bfErr("--event must be created or updated, not %q", o.Event)
+	}
+	if o.PageSize <= 0 {
+		o.PageSize = 1000
+	}
+	if o.Rate > 0 && float64(o.PageSize) > o.Rate {
+		o.PageSize = max(1, int(o.Rate))
+	}
+	if o.CaptureWait <= 0 {
+		o.CaptureWait = 10 * time.Second
+	}
+	bf := &backfill{o: o}
+	for i := range o.Config.Models {
+		if o.Config.Models[i].Model == o.Model {
+			bf.model = &o.Config.Models[i]
+		}
+	}
+	if bf.model == nil {
+		var names []string
+		for _, m := range o.Config.Models {
+			names = append(names, m.Model)
+		}
+		return BackfillProgress{}, bfErr("unknown model %q (configured: %s)", o.Model, strings.Join(names, ", "))
+	}
+	schema := o.Config.Database.Schema
+	bf.d = migrations.Table(schema, "deliveries")
+	bf.b = migrations.Table(schema, "backfills")
+	bf.slot = o.Config.Database.Slot
+	if err := bf.prepare(ctx); err != nil {
+		return BackfillProgress{}, err
+	}
+	return bf.run(ctx)
+}
+
+// prepare builds the relation from the catalog, the webhook list and the
+// page queries, and validates Where.
+func (bf *backfill) prepare(ctx context.Context) error {
+	o, m := bf.o, bf.model
+	for _, w := range o.Config.Webhooks {
+		if o.Webhook != "" && w.Name != o.Webhook {
+			continue
+		}
+		if w.Wants(m.Model, o.Event) {
+			bf.hooks = append(bf.hooks, w.Name)
+		}
+	}
+	if len(bf.hooks) == 0 {
+		if o.Webhook != "" {
+			found := false
+			for _, w := range o.Config.Webhooks {
+				found = found || w.Name == o.Webhook
+			}
+			if !found {
+				return bfErr("unknown webhook %q", o.Webhook)
+			}
+			return bfErr("webhook %q does not take %s events of model %s (check its models, events and enabled)", o.Webhook, o.Event, m.Model)
+		}
+		return bfErr("no enabled webhook takes %s events of model %s", o.Event, m.Model)
+	}
+	bf.table = pgx.Identifier{m.Schema, m.Name}.Sanitize()
+	// The table as pgoutput describes it: columns in attnum order without
+	// dropped and generated ones, replica identity flags.
+	var relOID uint32
+	var ident string
+	err := o.Source.QueryRow(ctx, `SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, m.Schema, m.Name).Scan(&relOID, &ident)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return bfErr("table %s.%s of model %s does not exist", m.Schema, m.Name, m.Model)
+	}
+	if err != nil {
+		return fmt.Errorf("read table %s.%s: %w", m.Schema, m.Name, err)
+	}
+	rows, err := o.Source.Query(ctx, `
+		SELECT a.attname::text, a.atttypid, quote_ident(tn.nspname) || '.' || quote_ident(t.typname),
+			$2 = 'f' OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY (i.indkey)
+				AND CASE $2 WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END)
+		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		ORDER BY a.attnum`, relOID, ident)
+	if err != nil {
+		return fmt.Errorf("read columns of %s.%s: %w", m.Schema, m.Name, err)
+	}
+	msg := &pglogrepl.RelationMessage{RelationID: relOID, Namespace: m.Schema, RelationName: m.Name, ReplicaIdentity: ident[0]}
+	types := map[string]string{}
+	for rows.Next() {
+		var c pglogrepl.RelationMessageColumn
+		var typname string
+		var key bool
+		if err := rows.Scan(&c.Name, &c.DataType, &typname, &key); err != nil {
+			rows.Close()
+			return fmt.Errorf("read columns of %s.%s: %w", m.Schema, m.Name, err)
+		}
+		if key {
+			c.Flags = 1
+		}
+		types[c.Name] = typname
+		msg.Columns = append(msg.Columns, &c)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read columns of %s.%s: %w", m.Schema, m.Name, err)
+	}
+	msg.ColumnNum = uint16(len(msg.Columns))
+	pk, err := primaryKey(ctx, o.Source, relOID)
+	if err != nil {
+		return err
+	}
+	if len(pk) == 0 {
+		return bfErr("table %s.%s has no primary key: backfill pages through it by primary key", m.Schema, m.Name)
+	}
+	// Render exactly as capture does: a Capture and a stream that never
+	// connects; its batches land in bf.out.
+	c, err := New(Options{Config: o.Config, Source: o.Source, Outbox: o.Outbox, Logger: o.Logger})
+	if err != nil {
+		return err
+	}
+	bf.out = make(chan batch, o.PageSize*len(bf.hooks)/chunkRows+4)
+	s := &stream{c: c, out: bf.out, log: c.log.With().Str("backfill", m.Model).Logger(), rels: map[uint32]*relation{},
+		nextStatus: time.Now().Add(100 * 365 * 24 * time.Hour)}
+	s.tpl = newTemplater()
+	if s.specs, err = hookSpecs(o.Config, s.tpl); err != nil {
+		return bfErr("%v", err)
+	}
+	if err := s.relation(ctx, msg); err != nil {
+		return err
+	}
+	bf.s, bf.rel = s, s.rels[relOID]
+	// Only the chosen webhooks.
+	hs := &bf.rel.hooks[eventIndex(o.Event)]
+	var names []string
+	var specs []*hookSpec
+	for i, n := range hs.names {
+		if contains(bf.hooks, n) {
+			names, specs = append(names, n), append(specs, hs.specs[i])
+		}
+	}
+	hs.names, hs.specs = names, specs
+	// Page queries.
+	var sel []string
+	for _, col := range msg.Columns {
+		sel = append(sel, pgx.Identifier{col.Name}.Sanitize()+"::text")
+	}
+	// Key columns qualified: "id" alone in ORDER BY would be the text
+	// output column.
+	var keyCols, keyArgs []string
+	for i, name := range pk {
+		bf.pkCols = append(bf.pkCols, colInfo{name: name, typname: types[name]})
+		keyCols = append(keyCols, pgx.Identifier{m.Schema, m.Name, name}.Sanitize())
+		keyArgs = append(keyArgs, fmt.Sprintf("$%d::text::%s", i+1, types[name]))
+	}
+	where := ""
+	if strings.TrimSpace(o.Where) != "" {
+		where = " AND (" + o.Where + "\n)"
+	}
+	lim := fmt.Sprintf("$%d", len(pk)+1)
+	order := " ORDER BY " + strings.Join(keyCols, ", ") + " LIMIT "
+	bf.selSQL = "SELECT " + strings.Join(sel, ", ") + " FROM " + bf.table
+	bf.firstSQ = bf.selSQL + " WHERE true" + where + order + "$1"
+	bf.pageSQL = bf.selSQL + " WHERE (" + strings.Join(keyCols, ", ") + ") > (" + strings.Join(keyArgs, ", ") + ")" + where + order + lim
+	// Validate Where (and estimate the rows) with EXPLAIN: one statement
+	// over the extended protocol, so a second statement is rejected.
+	if err := bf.estimate(ctx); err != nil {
+		return err
+	}
+	return nil
+}
+
+// estimate validates the page query with EXPLAIN and sets bf.total: the
+// planner's estimate, or an exact count when that is small.
+func (bf *backfill) estimate(ctx context.Context) error {
+	q := "SELECT 1 FROM " + bf.table
+	if strings.TrimSpace(bf.o.Where) != "" {
+		q += " WHERE (" + bf.o.Where + "\n)"
+	}
+	var plan string
+	tx, err := bf.o.Source.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("source database: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := tx.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+q).Scan(&plan); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if bf.o.Where != "" {
+			return bfErr("--where %q is not valid SQL for table %s: %s", bf.o.Where, bf.table, pgMessage(err))
+		}
+		return fmt.Errorf("explain %s: %w", q, err)
+	}
+	if err := tx.QueryRow(ctx, "EXPLAIN "+bf.pageSQL, append(make([]any, len(bf.pkCols)), 1)...).Scan(new(string)); err != nil {
+		return bfErr("--where %q cannot be used with keyset paging on %s: %s", bf.o.Where, bf.table, pgMessage(err))
+	}
+	var p []struct {
+		Plan struct {
+			Rows float64 `json:"Plan Rows"`
+		} `json:"Plan"`
+	}
+	if err := json.Unmarshal([]byte(plan), &p); err == nil && len(p) == 1 {
+		bf.total = int64(p[0].Plan.Rows)
+	}
+	if bf.total < 2_000_000 {
+		if err := tx.QueryRow(ctx, "SELECT count(*) FROM ("+q+") x").Scan(&bf.total); err != nil {
+			return fmt.Errorf("count rows: %w", err)
+		}
+	}
+	return nil
+}
+
+// start finds or creates the progress row and takes its lock.
+func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool, err error) {
+	o := bf.o
+	err = conn.QueryRow(ctx, "INSERT INTO "+bf.b+` (model, webhook, event, where_sql, rows_total) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (model, webhook, event, where_sql) DO UPDATE SET updated_at = backfills.updated_at RETURNING id`,
+		bf.model.Model, o.Webhook, o.Event, o.Where, bf.total).Scan(&bf.id)
+	if err != nil {
+		return false, fmt.Errorf("outbox: create backfill progress: %w", err)
+	}
+	var got bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext($1))", fmt.Sprintf("walhook.backfill.%s.%d", bf.o.Config.Database.Schema, bf.id)).Scan(&got); err != nil {
+		return false, fmt.Errorf("outbox: backfill lock: %w", err)
+	}
+	if !got {
+		return false, errors.New("this backfill is already running in another process (same model, webhook, event and --where)")
+	}
+	if o.Restart {
+		_, err := conn.Exec(ctx, "UPDATE "+bf.b+` SET last_key = NULL, rows_done = 0, deliveries = 0, rows_total = $2,
+			started_at = now(), updated_at = now(), finished_at = NULL WHERE id = $1`, bf.id, bf.total)
+		if err != nil {
+			return false, fmt.Errorf("outbox: restart backfill: %w", err)
+		}
+	}
+	var finished *time.Time
+	var total *int64
+	err = conn.QueryRow(ctx, "SELECT last_key, rows_done, deliveries, rows_total, finished_at FROM "+bf.b+" WHERE id = $1", bf.id).
+		Scan(&bf.lastKey, &bf.done, &bf.enq, &total, &finished)
+	if err != nil {
+		return false, fmt.Errorf("outbox: read backfill progress: %w", err)
+	}
+	if finished != nil {
+		if total != nil {
+			bf.total = *total
+		}
+		return true, nil
+	}
+	// Resuming: what is left plus what is done.
+	if bf.lastKey != nil {
+		bf.total = max(bf.total, bf.done)
+		_, _ = conn.Exec(ctx, "UPDATE "+bf.b+" SET rows_total = $2 WHERE id = $1", bf.id, bf.total)
+	}
+	return false, nil
+}
+
+func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
+	o := bf.o
+	lockConn, err := o.Outbox.Acquire(ctx)
+	if err != nil {
+		return BackfillProgress{}, fmt.Errorf("outbox: connect: %w", err)
+	}
+	defer func() {
+		// The session lock goes with the connection.
+		lockConn.Conn().Close(context.WithoutCancel(ctx))
+		lockConn.Release()
+	}()
+	already, err := bf.start(ctx, lockConn)
+	if err != nil {
+		return BackfillProgress{}, err
+	}
+	started := time.Now()
+	prog := func(runDone, skipped int64, finished bool) BackfillProgress {
+		return BackfillProgress{ID: bf.id, Done: bf.done, Total: bf.total, Enqueued: bf.enq, Skipped: skipped,
+			RunDone: runDone, Elapsed: time.Since(started), Finished: finished}
+	}
+	if already {
+		p := prog(0, 0, true)
+		p.AlreadyRun = true
+		return p, nil
+	}
+	if err := o.Source.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", bf.slot).Scan(&bf.hasSlot); err != nil {
+		return BackfillProgress{}, fmt.Errorf("read replication slot: %w", err)
+	}
+	if !bf.hasSlot {
+		o.Logger.Info().Str("slot", bf.slot).Msg("no replication slot yet: no live changes to order the backfill against")
+	}
+	src, err := o.Source.Acquire(ctx)
+	if err != nil {
+		return BackfillProgress{}, fmt.Errorf("source database: %w", err)
+	}
+	defer src.Release()
+	var runDone, skipped int64
+	for {
+		n, sk, err := bf.page(ctx, src.Conn())
+		if err != nil {
+			return prog(runDone, skipped, false), err
+		}
+		runDone += int64(n)
+		skipped += sk
+		finished := n < o.PageSize
+		if o.Progress != nil {
+			o.Progress(prog(runDone, skipped, finished))
+		}
+		if finished {
+			return prog(runDone, skipped, true), nil
+		}
+		if o.Rate > 0 {
+			due := started.Add(time.Duration(float64(runDone) / o.Rate * float64(time.Second)))
+			select {
+			case <-ctx.Done():
+				return prog(runDone, skipped, false), ctx.Err()
+			case <-time.After(time.Until(due)):
+			}
+		}
+	}
+}
+
+// page reads, renders and enqueues one page; it returns the rows read and
+// the delivery rows left out for a newer live change.
+func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error) {
+	o := bf.o
+	// 1. The page's LSN: a WAL record of its own, so L is unique per page
+	//    and every later commit record starts at L or after.
+	var lsnText string
+	if err := conn.QueryRow(ctx, "SELECT pg_logical_emit_message(false, 'walhook.backfill', '')::text").Scan(&lsnText); err != nil {
+		return 0, 0, fmt.Errorf("source database: write the page's WAL position: %w", err)
+	}
+	lsn, err := pglogrepl.ParseLSN(lsnText)
+	if err != nil {
+		return 0, 0, err
+	}
+	// 2. Wait for the transactions running now (some may have written their
+	//    commit record before L without being visible yet).
+	var xip []string
+	if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x").Scan(&xip); err != nil {
+		return 0, 0, fmt.Errorf("source database: read running transactions: %w", err)
+	}
+	waitStart, warned := time.Now(), false
+	for len(xip) > 0 {
+		if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(x::text), '{}') FROM unnest($1::text[]) x WHERE pg_xact_status(x::xid8) = 'in progress'", xip).Scan(&xip); err != nil {
+			return 0, 0, fmt.Errorf("source database: check running transactions: %w", err)
+		}
+		if len(xip) == 0 {
+			break
+		}
+		if !warned && time.Since(waitStart) > o.CaptureWait {
+			warned = true
+			o.Logger.Warn().Strs("xids", xip).Msg("backfill is waiting for long-running source transactions to end (see pg_stat_activity)")
+		}
+		if err := sleepCtx(ctx, 2*time.Millisecond); err != nil {
+			return 0, 0, err
+		}
+	}
+	// 3. Read the page (one statement: one snapshot) in a read-only
+	//    transaction, so --where cannot write.
+	q, args := bf.firstSQ, []any{o.PageSize}
+	if bf.lastKey != nil {
+		q = bf.pageSQL
+		args = args[:0]
+		for _, k := range bf.lastKey {
+			args = append(args, k)
+		}
+		args = append(args, o.PageSize)
+	}
+	var vals [][][]byte
+	err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			raw := rows.RawValues()
+			r := make([][]byte, len(raw))
+			for i, v := range raw {
+				if v != nil {
+					r[i] = append(make([]byte, 0, len(v)), v...)
+				}
+			}
+			vals = append(vals, r)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("read %s: %w", bf.table, err)
+	}
+	at := time.Now().UTC()
+	if len(vals) == 0 {
+		return 0, 0, bf.commitTx(ctx, func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, "UPDATE "+bf.b+" SET finished_at = now(), updated_at = now() WHERE id = $1", bf.id)
+			return err
+		})
+	}
+	// 4. Render as capture does.
+	s := bf.s
+	s.txnLSN, s.txnAt, s.seq = lsn, at, -int32(len(vals))
+	tuple := &pglogrepl.TupleData{ColumnNum: uint16(len(bf.rel.cols)), Columns: make([]*pglogrepl.TupleDataColumn, len(bf.rel.cols))}
+	for i := range tuple.Columns {
+		tuple.Columns[i] = &pglogrepl.TupleDataColumn{}
+	}
+	for _, r := range vals {
+		for i, v := range r {
+			c := tuple.Columns[i]
+			if v == nil {
+				c.DataType, c.Data = 'n', nil
+			} else {
+				c.DataType, c.Data = 't', v
+			}
+		}
+		if err := s.change(ctx, o.Event, bf.rel.id, 0, nil, tuple); err != nil {
+			return 0, 0, err
+		}
+	}
+	if len(s.pending) > 0 {
+		if err := s.flushPending(ctx); err != nil {
+			return 0, 0, err
+		}
+	}
+	var out []outRow
+	for len(bf.out) > 0 {
+		out = append(out, (<-bf.out).rows...)
+	}
+	out = append(out, s.rows...)
+	s.rows = nil
+	// The page's last key.
+	last := vals[len(vals)-1]
+	key := make([]string, len(bf.pkCols))
+	for i, pc := range bf.pkCols {
+		for j, c := range bf.rel.cols {
+			if c.name == pc.name {
+				key[i] = string(last[j])
+			}
+		}
+	}
+	// 5. Wait until capture has enqueued every change before L.
+	if err := bf.waitCapture(ctx, conn, lsn); err != nil {
+		return 0, 0, err
+	}
+	// 6. Enqueue with the progress row.
+	sk, err := bf.enqueue(ctx, out, lsn, key, len(vals))
+	if err != nil {
+		return 0, 0, err
+	}
+	bf.lastKey = key
+	return len(vals), sk, nil
+}
+
+// waitCapture waits until the capture checkpoint or the slot's confirmed
+// LSN has reached lsn (when a slot exists).
+func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) error {
+	if !bf.hasSlot {
+		return nil
+	}
+	start, warned := time.Now(), false
+	delay := 5 * time.Millisecond
+	for {
+		var confirmed *string
+		err := conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", bf.slot).Scan(&confirmed)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // dropped: nothing captures
+		}
+		if err != nil {
+			return fmt.Errorf("source database: read slot: %w", err)
+		}
+		if confirmed != nil {
+			if l, err := pglogrepl.ParseLSN(*confirmed); err == nil && l >= lsn {
+				return nil
+			}
+		}
+		ckpt, err := readCheckpoint(ctx, bf.o.Outbox, bf.o.Config.Database.Schema, bf.slot)
+		if err != nil {
+			return err
+		}
+		if ckpt >= lsn {
+			return nil
+		}
+		if !warned && time.Since(start) > bf.o.CaptureWait {
+			warned = true
+			bf.o.Logger.Warn().Str("slot", bf.slot).Str("lsn", lsn.String()).
+				Msg("backfill is waiting for capture to pass the page's LSN: is walhook run running? (backfill rows must be enqueued after the live changes before them)")
+		}
+		if err := sleepCtx(ctx, delay); err != nil {
+			return err
+		}
+		delay = min(delay*2, 100*time.Millisecond)
+	}
+}
+
+// enqueue writes a page's rows and its progress in one outbox transaction,
+// leaving out rows of objects that have a change at lsn or later in the
+// outbox. The outbox is locked against capture's inserts meanwhile.
+func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
+	var skipped, inserted int64
+	err := bf.commitTx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+bf.d+" IN SHARE ROW EXCLUSIVE MODE"); err != nil {
+			return err
+		}
+		newer := map[[2]string]bool{}
+		r, err := tx.Query(ctx, "SELECT DISTINCT webhook, object_key FROM "+bf.d+" WHERE webhook = ANY($1) AND commit_lsn >= $2::text::pg_lsn AND model = $3",
+			bf.hooks, lsn.String(), bf.model.Model)
+		if err != nil {
+			return err
+		}
+		for r.Next() {
+			var w, k string
+			if err := r.Scan(&w, &k); err != nil {
+				r.Close()
+				return err
+			}
+			newer[[2]string{w, k}] = true
+		}
+		r.Close()
+		if err := r.Err(); err != nil {
+			return err
+		}
+		if len(newer) > 0 {
+			kept := rows[:0]
+			for _, row := range rows {
+				if newer[[2]string{row.webhook, row.key}] {
+					skipped++
+					continue
+				}
+				kept = append(kept, row)
+			}
+			rows = kept
+		}
+		w := writer{}
+		for i := 0; i < len(rows); i += chunkRows {
+			chunk := rows[i:min(i+chunkRows, len(rows))]
+			tag, err := tx.Exec(ctx, bf.insertSQL(), w.insertArgs(chunk)...)
+			if err != nil {
+				return err
+			}
+			inserted += tag.RowsAffected()
+		}
+		if _, err := tx.Exec(ctx, "UPDATE "+bf.b+` SET last_key = $2, rows_done = rows_done + $3, deliveries = deliveries + $4, updated_at = now(),
+			finished_at = CASE WHEN $5 THEN now() END WHERE id = $1`,
+			bf.id, key, n, inserted, n < bf.o.PageSize); err != nil {
+			return err
+		}
+		if inserted > 0 {
+			if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", migrations.Channel(bf.o.Config.Database.Schema)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("outbox: enqueue backfill page: %w", err)
+	}
+	bf.done += int64(n)
+	bf.enq += inserted
+	return skipped, nil
+}
+
+func (bf *backfill) commitTx(ctx context.Context, f func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, bf.o.Outbox, f)
+}
+
+func (bf *backfill) insertSQL() string {
+	return "INSERT INTO " + bf.d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, state, last_error)
+		SELECT w, e, m, k, l, s, c, b, coalesce(nullif(st, ''), 'pending'), nullif(le, '')
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS u(w, e, m, k, l, s, c, b, st, le)
+		ON CONFLICT (webhook, commit_lsn, seq) DO NOTHING`
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,111 @@
+package cdc
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/walhook/walhook/internal/config"
+)
+
+// withWebhooks replaces the test config's webhooks (base: webhooks a and b).
+func (b *bundle) withWebhooks(modelsYAML, webhooksYAML string) {
+	b.t.Helper()
+	src := fmt.Sprintf("database:\n  dsn: %s\n  slot: %s\nmodels:\n%s\nwebhooks:\n%s\nhttp:\n  listen: \"\"\n",
+		b.dsn, slotName(b.dsn), modelsYAML, webhooksYAML)
+	cfg, err := config.Parse("test.yaml", []byte(src), os.LookupEnv)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.cfg = cfg
+}
+
+var (
+	isoTimeRE  = regexp.MustCompile(`"timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00"`)
+	unixTimeRE = regexp.MustCompile(`"signal_received_timestamp":\d+\.\d{6}`)
+)
+
+// golden replaces the commit times of a body by placeholders.
+func golden(body string) string {
+	body = isoTimeRE.ReplaceAllString(body, `"timestamp":"T"`)
+	return unixTimeRE.ReplaceAllString(body, `"signal_received_timestamp":T`)
+}
+
+const formatSchema = `
+CREATE TABLE region (id int PRIMARY KEY, name text NOT NULL);
+CREATE TABLE site (id int PRIMARY KEY, name text NOT NULL, status text, region_id int REFERENCES region, comments text);
+ALTER TABLE site REPLICA IDENTITY FULL;
+CREATE TABLE device (id int PRIMARY KEY, name text NOT NULL, site_id int);
+INSERT INTO region VALUES (7, 'Ohio');`
+
+const formatModels = `
+  - table: site
+    model: Site
+    object_type: dcim.site
+    exclude: [comments]
+    url: /api/dcim/sites/{id}/
+    choices:
+      status: {active: Active}
+    relations:
+      region_id: {table: region, columns: [id, name]}
+    computed:
+      device_count: {sql: "SELECT count(*) FROM device WHERE site_id = $1", args: [id]}
+  - table: device
+    model: Device
+    rename: {site_id: site}`
+
+func TestFormatsGolden(t *testing.T) {
+	b := setup(t, formatSchema, formatModels)
+	b.withWebhooks(formatModels, `
+  - name: n
+    url: http://127.0.0.1:1/n
+  - name: v
+    url: http://127.0.0.1:1/v
+    format: netbox-v4
+    object_type: dcim.device
+    models: [Device]
+  - name: vs
+    url: http://127.0.0.1:1/vs
+    format: netbox-v4
+    models: [Site]`)
+	b.start()
+	b.exec(`INSERT INTO site VALUES (1, 'ams1', 'planned', 7, 'note')`)
+	b.exec(`UPDATE site SET status = 'active', comments = 'x' WHERE id = 1`)
+	b.exec(`DELETE FROM site WHERE id = 1`)
+	b.exec(`INSERT INTO device VALUES (5, 'r1', 1)`)
+	b.exec(`UPDATE device SET name = 'r2' WHERE id = 5`)
+	b.exec(`DELETE FROM device WHERE id = 5`)
+	b.waitRows(12)
+	want := []string{
+		// Site, REPLICA IDENTITY FULL: complete snapshots, foreign keys raw.
+		`n created {"event":"created","signal_received_timestamp":T,"model":"Site","data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"planned","label":"planned"},"region":{"id":7,"name":"Ohio"},"device_count":0}}`,
+		`vs created {"event":"created","timestamp":"T","object_type":"dcim.site","username":null,"request_id":null,"data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"planned","label":"planned"},"region":{"id":7,"name":"Ohio"},"device_count":0},"snapshots":{"prechange":null,"postchange":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"planned","label":"planned"},"region":7}}}`,
+		`n updated {"event":"updated","signal_received_timestamp":T,"model":"Site","data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"active","label":"Active"},"region":{"id":7,"name":"Ohio"},"device_count":0}}`,
+		`vs updated {"event":"updated","timestamp":"T","object_type":"dcim.site","username":null,"request_id":null,"data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"active","label":"Active"},"region":{"id":7,"name":"Ohio"},"device_count":0},"snapshots":{"prechange":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"planned","label":"planned"},"region":7},"postchange":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"active","label":"Active"},"region":7}}}`,
+		`n deleted {"event":"deleted","signal_received_timestamp":T,"model":"Site","data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"active","label":"Active"},"region":{"id":7,"name":"Ohio"},"device_count":0}}`,
+		`vs deleted {"event":"deleted","timestamp":"T","object_type":"dcim.site","username":null,"request_id":null,"data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"active","label":"Active"},"region":{"id":7,"name":"Ohio"},"device_count":0},"snapshots":{"prechange":{"id":1,"url":"/api/dcim/sites/1/","name":"ams1","status":{"value":"active","label":"Active"},"region":7},"postchange":null}}`,
+		// Device, default identity: no prechange for updates, keys only for deletes.
+		`n created {"event":"created","signal_received_timestamp":T,"model":"Device","data":{"id":5,"name":"r1","site":1}}`,
+		`v created {"event":"created","timestamp":"T","object_type":"dcim.device","username":null,"request_id":null,"data":{"id":5,"name":"r1","site":1},"snapshots":{"prechange":null,"postchange":{"id":5,"name":"r1","site":1}}}`,
+		`n updated {"event":"updated","signal_received_timestamp":T,"model":"Device","data":{"id":5,"name":"r2","site":1}}`,
+		`v updated {"event":"updated","timestamp":"T","object_type":"dcim.device","username":null,"request_id":null,"data":{"id":5,"name":"r2","site":1},"snapshots":{"prechange":null,"postchange":{"id":5,"name":"r2","site":1}}}`,
+		`n deleted {"event":"deleted","signal_received_timestamp":T,"model":"Device","data":{"id":5}}`,
+		`v deleted {"event":"deleted","timestamp":"T","object_type":"dcim.device","username":null,"request_id":null,"data":{"id":5},"snapshots":{"prechange":{"id":5},"postchange":null}}`,
+	}
+	got := b.deliveries("true")
+	var lines []string
+	for _, d := range got {
+		lines = append(lines, d.Webhook+" "+d.Event+" "+golden(d.Raw))
+	}
+	// deliveries orders by commit_lsn, seq, webhook.
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Errorf("bodies:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+	for _, d := range got {
+		if ts, ok := d.Body["timestamp"].(string); ok && !isoTimeRE.MatchString(`"timestamp":"`+ts+`"`) {
+			t.Errorf("timestamp %q", ts)
+		}
+	}
+}
