@@ -117,7 +117,7 @@ func TestBackfillDeliversEachRowOnce(t *testing.T) {
 }
 
 func TestBackfillKillAndResume(t *testing.T) {
-	const n = 30_000
+	const n = 20_000
 	e := newEnv(t, fmt.Sprintf(backfillSchema, n))
 	e.writeConfig(backfillConfig("127.0.0.1:9"))
 	kills := 0
@@ -156,14 +156,14 @@ func TestBackfillKillAndResume(t *testing.T) {
 	if got := e.count(`SELECT count(*) FROM item WHERE NOT EXISTS (SELECT 1 FROM walhook.deliveries WHERE object_key = item.id::text)`); got != 0 {
 		t.Fatalf("%d rows never enqueued", got)
 	}
-	if got := e.count(`SELECT count(*) FROM walhook.backfills WHERE rows_done = 30000 AND deliveries = 30000 AND finished_at IS NOT NULL`); got != 1 {
-		t.Fatal("progress row does not say finished with 30000 rows")
+	if got := e.count(`SELECT count(*) FROM walhook.backfills WHERE rows_done = 20000 AND deliveries = 20000 AND finished_at IS NOT NULL`); got != 1 {
+		t.Fatal("progress row does not say finished with 20000 rows")
 	}
 	t.Logf("%d SIGKILLs, resumed each time: %d rows once each", kills, n)
 }
 
 func TestBackfillWithLiveUpdatesEndsWithNewestState(t *testing.T) {
-	const n = 5_000
+	const n = 2_000
 	e := newEnv(t, fmt.Sprintf(backfillSchema, n))
 	rcv := newOrderReceiver(t)
 	e.writeConfig(backfillConfig(rcv.addr))
@@ -190,7 +190,7 @@ func TestBackfillWithLiveUpdatesEndsWithNewestState(t *testing.T) {
 					return
 				default:
 				}
-				if updates.Load() >= 20_000 { // bound the test's deliveries
+				if updates.Load() >= 8_000 { // bound the test's deliveries
 					time.Sleep(10 * time.Millisecond)
 					continue
 				}
