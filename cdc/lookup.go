@@ -630,6 +630,9 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 			jobs = append(jobs, func(lr *lookupRun) { s.computedLookup(ctx, lr, rel, slot, cl, ps, idxs) })
 		}
 	}
+	if len(jobs) > 0 {
+		s.waitVisible(ctx, s.txnXid)
+	}
 	workers := min(len(jobs), maxLookupWorkers, max(1, int(s.c.source.Config().MaxConns)/2))
 	if workers <= 1 {
 		lr := &lookupRun{pool: s.c.source, log: s.log}
@@ -958,4 +961,24 @@ func pgMessage(err error) string {
 		msg += " (" + pe.Hint + ")"
 	}
 	return msg
+}
+
+// waitVisible waits (briefly) until transaction xid is visible to new
+// snapshots. The walsender can send a transaction as soon as its commit
+// record is flushed, a moment before other sessions see it; lookups must read
+// the committed state, not the one before it.
+func (s *stream) waitVisible(ctx context.Context, xid uint32) {
+	if xid == 0 {
+		return
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var running bool
+		err := s.c.source.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) x
+			WHERE x::text::bigint % 4294967296 = $1)`, int64(xid)).Scan(&running)
+		if err != nil || !running || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
 }

@@ -42,6 +42,7 @@ type stream struct {
 	inTxn   bool
 	txnLSN  pglogrepl.LSN
 	txnAt   time.Time
+	txnXid  uint32 // the source transaction's id, to wait until it is visible to lookups
 	seq     int32
 	skipped bool // current transaction seen but not for us
 	coal    coalescer
@@ -163,7 +164,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 	case *pglogrepl.RelationMessage:
 		return s.relation(ctx, m)
 	case *pglogrepl.BeginMessage:
-		s.inTxn, s.txnLSN, s.txnAt, s.seq = true, m.FinalLSN, m.CommitTime, 0
+		s.inTxn, s.txnLSN, s.txnAt, s.txnXid, s.seq = true, m.FinalLSN, m.CommitTime, m.Xid, 0
 		s.coal.reset()
 	case *pglogrepl.InsertMessage:
 		return s.change(ctx, EventCreated, m.RelationID, 0, nil, m.Tuple)
