@@ -363,38 +363,14 @@ func rewriteParams(sql string, repl func(n int) (string, error)) (string, error)
 		switch {
 		case c == '\'':
 			escapes := i > 0 && (sql[i-1] == 'E' || sql[i-1] == 'e') && (i < 2 || !identChar(sql[i-2]))
-			j := i + 1
-			for j < len(sql) {
-				if escapes && sql[j] == '\\' {
-					j += 2
-					continue
-				}
-				if sql[j] == '\'' {
-					if j+1 < len(sql) && sql[j+1] == '\'' {
-						j += 2
-						continue
-					}
-					break
-				}
-				j++
-			}
+			j := closingQuote(sql, i, '\'', escapes)
 			if j >= len(sql) {
 				return "", errors.New("sql has an unterminated string literal")
 			}
 			b.WriteString(sql[i : j+1])
 			i = j + 1
 		case c == '"':
-			j := i + 1
-			for j < len(sql) {
-				if sql[j] == '"' {
-					if j+1 < len(sql) && sql[j+1] == '"' {
-						j += 2
-						continue
-					}
-					break
-				}
-				j++
-			}
+			j := closingQuote(sql, i, '"', false)
 			if j >= len(sql) {
 				return "", errors.New("sql has an unterminated quoted identifier")
 			}
@@ -981,4 +957,24 @@ func (s *stream) waitVisible(ctx context.Context, xid uint32) {
 		}
 		time.Sleep(200 * time.Microsecond)
 	}
+}
+
+// closingQuote returns the index of the quote q that closes the quoted text
+// opening at sql[open] (a doubled quote is part of the text; with backslash,
+// so is any character after a backslash), or len(sql) when it is unclosed.
+func closingQuote(sql string, open int, q byte, backslash bool) int {
+	j := open + 1
+	for j < len(sql) {
+		switch {
+		case backslash && sql[j] == '\\':
+			j += 2
+		case sql[j] == q && j+1 < len(sql) && sql[j+1] == q:
+			j += 2
+		case sql[j] == q:
+			return j
+		default:
+			j++
+		}
+	}
+	return len(sql)
 }
