@@ -2,90 +2,15 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/walhook/walhook/internal/outbox"
 )
-
-// statements are the Dispatcher's SQL, built once for its schema.
-type statements struct {
-	claim, outcome, rescue, purge, unknown string
-}
-
-func newStatements(table string) statements {
-	return statements{
-		// Due rows of served webhooks whose object has no earlier open
-		// change (deliveries_object_open), oldest first; rows other
-		// senders hold are skipped. $3 is the lease in microseconds.
-		//
-		// The UPDATE finds its rows by primary key only and the previous
-		// last_attempt_at comes from a jsonb map (a binary search): a join
-		// here would let stale statistics pick a nested loop that is
-		// quadratic in the batch, or a scan of the whole outbox.
-		claim: `WITH due AS (
-	SELECT d.id, d.last_attempt_at AS prev_attempt_at
-	FROM ` + table + ` AS d
-	WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND d.webhook = ANY($1::text[])
-	  AND NOT EXISTS (
-		SELECT 1 FROM ` + table + ` AS e
-		WHERE e.webhook = d.webhook AND e.model = d.model AND e.object_key = d.object_key
-		  AND e.state IN ('pending', 'delivering')
-		  AND (e.commit_lsn, e.seq) < (d.commit_lsn, d.seq))
-	ORDER BY d.next_attempt_at, d.id
-	LIMIT $2
-	FOR UPDATE OF d SKIP LOCKED
-), prev AS (
-	SELECT jsonb_object_agg(id::text, prev_attempt_at) AS m FROM due
-)
-UPDATE ` + table + ` AS d
-SET state = 'delivering', attempts = d.attempts + 1,
-	locked_until = now() + $3::bigint * interval '1 microsecond', locked_by = $4, last_attempt_at = now()
-WHERE d.id = ANY(ARRAY(SELECT id FROM due))
-RETURNING d.id, d.webhook, d.body, d.attempts, d.last_attempt_at,
-	((SELECT m FROM prev) ->> d.id::text)::timestamptz, d.committed_at`,
-
-		// Writes a batch of outcomes. $1 maps each id to
-		// [state, undo, status, error, delay_us, claimed_at, prev_attempt_at]
-		// (see outcomeJSON); rows are found by primary key only, for the
-		// same reason as in claim. A row is only written while it is
-		// still the claim this sender made (locked_by, which only a claim
-		// sets, and the claim's last_attempt_at), so a sender whose lease
-		// ran out cannot overwrite a newer claim. undo=1 releases an
-		// unsent row: no attempt happened, so attempts and
-		// last_attempt_at go back.
-		outcome: `UPDATE ` + table + ` AS d
-SET state = $1::jsonb -> d.id::text ->> 0,
-	attempts = d.attempts - ($1::jsonb -> d.id::text ->> 1)::int,
-	next_attempt_at = coalesce(now() + ($1::jsonb -> d.id::text ->> 4)::bigint * interval '1 microsecond',
-		d.next_attempt_at),
-	delivered_at = CASE WHEN $1::jsonb -> d.id::text ->> 0 = 'delivered' THEN now() ELSE d.delivered_at END,
-	last_status = CASE WHEN $1::jsonb -> d.id::text ->> 1 = '1' THEN d.last_status
-		ELSE ($1::jsonb -> d.id::text ->> 2)::int END,
-	last_error = CASE WHEN $1::jsonb -> d.id::text ->> 1 = '1' THEN d.last_error
-		ELSE $1::jsonb -> d.id::text ->> 3 END,
-	last_attempt_at = CASE WHEN $1::jsonb -> d.id::text ->> 1 = '1'
-		THEN ($1::jsonb -> d.id::text ->> 6)::timestamptz ELSE d.last_attempt_at END,
-	locked_until = NULL, locked_by = NULL
-WHERE d.id = ANY($2::bigint[]) AND d.locked_by = $3
-	AND d.last_attempt_at = ($1::jsonb -> d.id::text ->> 5)::timestamptz`,
-
-		rescue: `UPDATE ` + table + `
-SET state = 'pending', locked_until = NULL, locked_by = NULL
-WHERE state = 'delivering' AND locked_until < now()`,
-
-		purge: `DELETE FROM ` + table + `
-WHERE id IN (SELECT id FROM ` + table + `
-		WHERE state = 'delivered' AND delivered_at < now() - $1::bigint * interval '1 microsecond'
-		LIMIT ` + fmt.Sprint(retentionBatch) + `)
-	AND state = 'delivered' AND delivered_at < now() - $1::bigint * interval '1 microsecond'`,
-
-		unknown: `SELECT webhook, count(*) FROM ` + table + `
-WHERE state = 'pending' AND NOT (webhook = ANY($1::text[]))
-GROUP BY webhook ORDER BY webhook`,
-	}
-}
 
 // job is one claimed delivery.
 type job struct {
@@ -104,29 +29,34 @@ type job struct {
 	// deadline is the local (monotonic) time after which the row must not
 	// be sent any more: the request could outlive the lease.
 	deadline time.Time
+	// probe: the row was claimed to probe an open circuit breaker.
+	probe bool
 }
 
-// claimLoop claims deliveries into jobs until ctx is done. It claims when
-// woken (NOTIFY, rows rescued), on every poll, and again at once after a
-// full batch, as long as request slots are free; after outcomes are written
-// it claims once no claim is running. Up to
-// claimsInFlight claims run at once, so that sending never waits for a
-// claim's round trip; each reserves its slots before it starts.
-func (d *Dispatcher) claimLoop(ctx, hard context.Context, jobs chan<- *job) {
+// claimLoop claims deliveries into the webhooks' queues until ctx is done.
+// It claims when woken (NOTIFY, rows rescued), on every poll, and again at
+// once after a full batch, as long as some webhook has room; after outcomes
+// are written it claims once no claim is running. Up to claimsInFlight
+// claims run at once, so that sending never waits for a claim's round trip;
+// each reserves its rows before it starts.
+func (d *Dispatcher) claimLoop(ctx, hard context.Context) {
 	type claimed struct {
-		n, limit int
-		err      error
+		full bool
+		err  error
 	}
 	done := make(chan claimed, claimsInFlight)
 	inFlight := 0
 	defer func() {
-		// jobs is closed after we return: wait for running claims.
+		// The queues are closed after we return: wait for running claims.
 		for ; inFlight > 0; inFlight-- {
 			<-done
 		}
 	}()
 	poll := time.NewTimer(0)
 	defer poll.Stop()
+	// probe wakes the loop when an open breaker may be probed.
+	probe := time.NewTicker(250 * time.Millisecond)
+	defer probe.Stop()
 	var retry <-chan time.Time
 	failures := 0
 	want := true
@@ -136,15 +66,13 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context, jobs chan<- *job) {
 	// slot a claim for newly enqueued rows needs.
 	wantClosed := false
 	for ctx.Err() == nil {
-		if (want || (wantClosed && inFlight == 0)) && retry == nil && inFlight < claimsInFlight && len(d.hookNames) > 0 {
-			if limit := d.claimLimit(); limit > 0 {
-				d.held.Add(int64(limit))
-				d.unwritten.Add(int64(limit))
+		if (want || (wantClosed && inFlight == 0)) && retry == nil && inFlight < claimsInFlight && len(d.order) > 0 {
+			if req := d.claimRequest(); req != nil {
 				inFlight++
 				want, wantClosed = false, false
 				go func() {
-					n, err := d.claim(hard, limit, jobs)
-					done <- claimed{n, limit, err}
+					full, err := d.claim(hard, req)
+					done <- claimed{full, err}
 				}()
 				continue
 			}
@@ -163,7 +91,7 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context, jobs chan<- *job) {
 			}
 			failures = 0
 			// A full batch suggests more is due.
-			want = want || c.n == c.limit
+			want = want || c.full
 		case <-d.wake:
 			want = true
 		case <-d.closed:
@@ -171,6 +99,10 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context, jobs chan<- *job) {
 		case <-poll.C:
 			want = true
 			poll.Reset(jitter(d.poll, d.rand()))
+		case <-probe.C:
+			if d.probeDue() {
+				want = true
+			}
 		case <-d.freed:
 		case <-retry:
 			retry = nil
@@ -183,79 +115,144 @@ func jitter(d time.Duration, r float64) time.Duration {
 	return time.Duration(float64(d) * (0.9 + 0.2*r))
 }
 
-// claimLimit is how many rows to claim now; 0 means wait for free slots.
-// Rows of running claims count as held.
-// While enough rows are queued to keep every slot busy, it waits until half
-// of the local queue is free, so claims stay large.
-func (d *Dispatcher) claimLimit() int {
-	held := int(d.held.Load())
-	free := d.maxHeld - held
-	if free <= 0 || int(d.unwritten.Load()) >= d.maxUnwritten {
-		return 0
-	}
-	if free < d.maxHeld/2 && held >= d.concurrency {
-		return 0
-	}
-	// Each claim takes at most its share of the queue, so that another
-	// can start while it runs: otherwise one claim's reservation (nearly
-	// the whole queue) keeps every other claim waiting for its round trip,
-	// even when it finds only a row or two, and claims are serialised.
-	return min(free, maxClaimBatch, max(d.maxHeld/claimsInFlight, 1))
+// claimReq is one claim in preparation: per webhook, the rows reserved.
+type claimReq struct {
+	outbox.ClaimRequest
+	hooks  []*hook
+	probes []bool
 }
 
-// claim claims up to limit due rows with one statement and queues them. The
-// caller has counted limit rows as held and unwritten; claim gives back what
-// it did not claim. Rows are queued only once the statement has completed:
-// the server sends RETURNING rows before its implicit transaction commits,
-// and an outcome written before that commit would not see the claim.
-func (d *Dispatcher) claim(ctx context.Context, limit int, jobs chan<- *job) (n int, err error) {
+// probeDue reports whether some webhook's breaker waits for a probe.
+func (d *Dispatcher) probeDue() bool {
+	now := time.Now()
+	for _, h := range d.order {
+		if st := h.breaker.status(); st.State == BreakerOpen && !now.Before(st.NextProbe) {
+			return true
+		}
+	}
+	return false
+}
+
+// claimRequest reserves rows for one claim: for each webhook, as many as it
+// has room for (see limitFor), one for a breaker's probe, none while its
+// breaker is open. It returns nil when no webhook has room. Every webhook
+// with room gets its own LIMIT in the same statement: a webhook with a
+// backlog never takes another's turn.
+func (d *Dispatcher) claimRequest() *claimReq {
+	if int(d.unwritten.Load()) >= d.maxUnwritten {
+		return nil
+	}
+	now := time.Now()
+	var req *claimReq
+	for _, h := range d.order {
+		limit, probe := h.breaker.admit(now, d.limitFor(h))
+		if limit <= 0 {
+			continue
+		}
+		if req == nil {
+			req = &claimReq{ClaimRequest: outbox.ClaimRequest{By: d.id}}
+		}
+		h.held.Add(int64(limit))
+		d.held.Add(int64(limit))
+		d.unwritten.Add(int64(limit))
+		req.Webhooks = append(req.Webhooks, h.name)
+		req.Limits = append(req.Limits, int32(limit))
+		req.Leases = append(req.Leases, h.lease)
+		req.hooks = append(req.hooks, h)
+		req.probes = append(req.probes, probe)
+	}
+	return req
+}
+
+// limitFor is how many rows of h to claim now; 0 means wait for room.
+// Rows of running claims count as held. While enough rows are queued to
+// keep every slot of the webhook busy, it waits until half of its queue is
+// free, so claims stay large. Each claim takes at most its share of the
+// queue, so that another can start while it runs.
+func (d *Dispatcher) limitFor(h *hook) int {
+	held := int(h.held.Load())
+	free := h.maxHeld - held
+	if free <= 0 {
+		return 0
+	}
+	if free < h.maxHeld/2 && held >= h.limit {
+		return 0
+	}
+	return min(free, maxClaimBatch, max(h.maxHeld/claimsInFlight, 1))
+}
+
+// claim runs req and queues the claimed rows. It gives back the rows it
+// reserved but did not claim, and reports whether some webhook's claim was
+// full (claimed and parked rows filled its limit: more may be due). Rows
+// are queued only once the statement has completed: the server sends
+// RETURNING rows before its implicit transaction commits, and an outcome
+// written before that commit would not see the claim.
+func (d *Dispatcher) claim(ctx context.Context, req *claimReq) (full bool, err error) {
+	got := make([]int, len(req.hooks))
 	defer func() {
-		d.held.Add(int64(n - limit))
-		d.unwritten.Add(int64(n - limit))
+		for i, h := range req.hooks {
+			back := int64(got[i] - int(req.Limits[i]))
+			h.held.Add(back)
+			d.held.Add(back)
+			d.unwritten.Add(back)
+		}
 	}()
 	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
 	start := time.Now()
-	rows, err := d.pool.Query(ctx, d.sql.claim, d.hookNames, limit, d.lease.Microseconds(), d.id)
+	claimed, parked, err := d.store.Claim(ctx, req.ClaimRequest)
 	if err != nil {
-		return 0, fmt.Errorf("claim: %w", err)
-	}
-	claimed := make([]job, 0, min(limit, 64))
-	var name string
-	for rows.Next() {
-		var j job
-		if err := rows.Scan(&j.id, &name, &j.body, &j.attempts, &j.claimedAt, &j.prevAttemptAt, &j.committedAt); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("claim: read row: %w", err)
+		for i, h := range req.hooks {
+			if req.probes[i] {
+				h.breaker.noProbe(time.Now())
+			}
 		}
-		h, ok := d.hooks[name]
+		return false, err
+	}
+	index := make(map[string]int, len(req.hooks))
+	for i, h := range req.hooks {
+		index[h.name] = i
+	}
+	jobs := make([]job, len(claimed))
+	for k, c := range claimed {
+		i, ok := index[c.Webhook]
 		if !ok {
-			// Impossible: the statement only claims served webhooks.
-			rows.Close()
-			return 0, fmt.Errorf("claim: row %d names unknown webhook %q", j.id, name)
+			// Impossible: the statement only claims the webhooks asked.
+			return false, fmt.Errorf("claim: row %d names unknown webhook %q", c.ID, c.Webhook)
 		}
-		j.hook = h
-		j.deadline = start.Add(d.lease - h.timeout - leaseSafety)
-		claimed = append(claimed, j)
+		h := req.hooks[i]
+		got[i]++
+		jobs[k] = job{
+			id: c.ID, hook: h, body: c.Body, attempts: c.Attempts,
+			claimedAt: c.ClaimedAt, prevAttemptAt: c.PrevAttemptAt, committedAt: c.CommittedAt,
+			deadline: start.Add(h.lease - h.timeout - leaseSafety),
+			probe:    req.probes[i],
+		}
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		// Whatever the statement did is rolled back or, at worst, returns
-		// to pending when its lease expires.
-		return 0, fmt.Errorf("claim: %w", err)
+	for k := range jobs {
+		jobs[k].hook.queue <- &jobs[k] // never blocks: the queue holds maxHeld and held <= maxHeld
 	}
-	for i := range claimed {
-		jobs <- &claimed[i] // never blocks: jobs holds maxHeld and held <= maxHeld
+	for i, h := range req.hooks {
+		if req.probes[i] && got[i] == 0 {
+			h.breaker.noProbe(time.Now())
+		}
+		if got[i]+parked[h.name] >= int(req.Limits[i]) {
+			full = true
+		}
 	}
-	if len(claimed) > 0 {
-		d.log.Debug().Int("claimed", len(claimed)).Msg("claimed deliveries")
+	if len(claimed) > 0 || len(parked) > 0 {
+		d.log.Debug().Int("claimed", len(claimed)).Any("parked", parked).Msg("claimed deliveries")
 	}
-	return len(claimed), nil
+	return full, nil
 }
 
-// maintain takes back expired leases and deletes old delivered rows.
+// maintain keeps the heartbeat, takes back the rows of dead dispatchers,
+// makes due the retries of webhooks whose breaker closed, and deletes old
+// delivered and failed rows.
 func (d *Dispatcher) maintain(ctx context.Context) {
 	d.warnUnserved(ctx)
+	beat := time.NewTicker(heartbeatEvery)
+	defer beat.Stop()
 	rescue := time.NewTimer(0)
 	defer rescue.Stop()
 	purge := time.NewTimer(0)
@@ -264,9 +261,13 @@ func (d *Dispatcher) maintain(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-beat.C:
+			d.beat(ctx)
+		case name := <-d.reopened:
+			d.releaseBackoff(ctx, name)
 		case <-rescue.C:
 			d.rescue(ctx)
-			rescue.Reset(jitter(d.rescueEvery, d.rand()))
+			rescue.Reset(jitter(rescueEvery, d.rand()))
 		case <-purge.C:
 			d.purge(ctx)
 			purge.Reset(jitter(retentionEvery, d.rand()))
@@ -274,65 +275,121 @@ func (d *Dispatcher) maintain(ctx context.Context) {
 	}
 }
 
-// rescue puts rows whose lease expired back to pending. Their attempts are
-// kept: the crashed sender may well have sent them.
-func (d *Dispatcher) rescue(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
+// beat records this dispatcher's heartbeat with its breakers' states.
+func (d *Dispatcher) beat(ctx context.Context) {
+	states := map[string]BreakerStatus{}
+	for _, h := range d.order {
+		if st := h.breaker.status(); st.State != BreakerClosed {
+			states[h.name] = st
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, heartbeatEvery*3)
 	defer cancel()
-	tag, err := d.pool.Exec(ctx, d.sql.rescue)
-	if err != nil {
-		if ctx.Err() == nil {
-			d.log.Warn().Err(err).Msg("rescuing expired leases failed")
+	if err := d.store.Heartbeat(ctx, d.id, states); err != nil {
+		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			d.log.Warn().Err(err).Msg("recording the heartbeat failed; sending stops if it keeps failing")
 		}
 		return
 	}
-	if n := tag.RowsAffected(); n > 0 {
-		d.log.Warn().Int64("rows", n).Msg("took back deliveries whose lease expired")
+	d.lastBeat.Store(time.Now().UnixNano())
+}
+
+// alive reports whether the heartbeat was recorded recently enough that no
+// other dispatcher has taken this one's rows back.
+func (d *Dispatcher) alive() bool {
+	return time.Since(time.Unix(0, d.lastBeat.Load())) < stopSendingAfter
+}
+
+// releaseBackoff makes due the rows of webhook name that wait for a retry:
+// its receiver answers again.
+func (d *Dispatcher) releaseBackoff(ctx context.Context, name string) {
+	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	n, err := d.store.ReleaseBackoff(ctx, name)
+	if err != nil {
+		d.log.Warn().Err(err).Str("webhook", name).Msg("could not make retries due after the circuit closed; they wait for their backoff")
+		return
+	}
+	if n > 0 {
+		d.log.Info().Str("webhook", name).Int64("rows", n).Msg("receiver answers again: deliveries waiting for a retry are due now")
 		signal(d.wake)
 	}
 }
 
-// purge deletes delivered rows older than the retention, a batch at a time.
-func (d *Dispatcher) purge(ctx context.Context) {
-	if d.retention <= 0 {
+// rescue puts back to pending the rows of dispatchers that stopped beating
+// and rows whose lease expired.
+func (d *Dispatcher) rescue(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	n, err := d.store.Rescue(ctx, deadAfter)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn().Err(err).Msg("taking back the deliveries of dead dispatchers failed")
+		}
 		return
 	}
-	var total int64
-	for ctx.Err() == nil {
-		qctx, cancel := context.WithTimeout(ctx, dbTimeout)
-		tag, err := d.pool.Exec(qctx, d.sql.purge, d.retention.Microseconds())
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Warn().Err(err).Msg("deleting old delivered rows failed")
-			}
-			break
-		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < retentionBatch {
-			break
-		}
-	}
-	if total > 0 {
-		d.log.Info().Int64("rows", total).Dur("retention", d.retention).Msg("deleted old delivered rows")
+	if n > 0 {
+		d.log.Warn().Int64("rows", n).Msg("took back deliveries claimed by a dispatcher that stopped (they are sent again)")
+		signal(d.wake)
 	}
 }
 
-// warnUnserved logs pending rows of webhooks this Dispatcher does not serve.
+// purge deletes delivered and failed rows older than their retention, a
+// batch at a time, and the heartbeat rows of long-gone dispatchers.
+func (d *Dispatcher) purge(ctx context.Context) {
+	for _, p := range []struct {
+		what string
+		age  time.Duration
+		del  func(context.Context, time.Duration) (int64, error)
+	}{
+		{"delivered", d.retention, d.store.PurgeDelivered},
+		{"failed", d.failedRetention, d.store.PurgeFailed},
+	} {
+		if p.age <= 0 {
+			continue
+		}
+		var total int64
+		for ctx.Err() == nil {
+			qctx, cancel := context.WithTimeout(ctx, dbTimeout)
+			n, err := p.del(qctx, p.age)
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					d.log.Warn().Err(err).Msgf("deleting old %s rows failed", p.what)
+				}
+				break
+			}
+			total += n
+			if n < outbox.PurgeBatch {
+				break
+			}
+		}
+		if total > 0 {
+			d.log.Info().Int64("rows", total).Dur("retention", p.age).Msgf("deleted old %s rows", p.what)
+		}
+	}
+	qctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	if err := d.store.PruneDispatchers(qctx); err != nil && ctx.Err() == nil {
+		d.log.Warn().Err(err).Msg("deleting old dispatcher rows failed")
+	}
+}
+
+// warnUnserved logs the webhooks with pending rows that this Dispatcher
+// does not serve.
 func (d *Dispatcher) warnUnserved(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
-	rows, err := d.pool.Query(ctx, d.sql.unknown, d.hookNames)
+	names, err := d.store.WebhooksWithPending(ctx)
 	if err != nil {
 		return
 	}
-	var name string
-	var n int64
-	_, _ = pgx.ForEachRow(rows, []any{&name, &n}, func() error {
-		d.log.Warn().Str("webhook", name).Int64("rows", n).
-			Msg("pending deliveries for a webhook that is not configured or is disabled are not sent")
-		return nil
-	})
+	for _, name := range names {
+		if _, ok := d.hooks[name]; !ok {
+			d.log.Warn().Str("webhook", name).
+				Msg("pending deliveries for a webhook that is not configured or is disabled are not sent")
+		}
+	}
 }
 
 // listen wakes the claimer on every NOTIFY on the outbox channel. It keeps a
@@ -358,7 +415,7 @@ func (d *Dispatcher) listen(ctx context.Context) {
 }
 
 func (d *Dispatcher) listenOnce(ctx context.Context) (listened bool, err error) {
-	c, err := d.pool.Acquire(ctx)
+	c, err := d.store.Pool().Acquire(ctx)
 	if err != nil {
 		return false, fmt.Errorf("listen: acquire connection: %w", err)
 	}
@@ -370,7 +427,7 @@ func (d *Dispatcher) listenOnce(ctx context.Context) (listened bool, err error) 
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{d.channel}.Sanitize()); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{d.store.Channel()}.Sanitize()); err != nil {
 		return false, fmt.Errorf("listen: %w", err)
 	}
 	signal(d.wake) // catch up with anything enqueued while not listening

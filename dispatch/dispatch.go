@@ -6,11 +6,11 @@ import (
 	"crypto/sha512"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,8 +18,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"golang.org/x/time/rate"
+
 	"github.com/walhook/walhook/internal/config"
-	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // Options configure a Dispatcher. Pool and Config are required.
@@ -60,13 +62,14 @@ type Options struct {
 // Tuning constants. They are not configuration: the contract only promises
 // what they bound.
 const (
-	// heldPerWorker bounds how many claimed deliveries may wait for a free
-	// request slot, per slot. It trades claim batching against how long a
-	// claimed row may wait, which the lease must cover.
+	// heldPerWorker bounds how many claimed deliveries of a webhook may
+	// wait for a free request slot, per slot of that webhook. It trades
+	// claim batching against how long a claimed row may wait, which the
+	// lease must cover.
 	heldPerWorker = 8
-	// maxHeldTotal caps the claimed-but-unsent rows of one Dispatcher.
+	// maxHeldTotal caps the claimed-but-unsent rows of one webhook.
 	maxHeldTotal = 4096
-	// maxClaimBatch caps the rows one claim statement takes.
+	// maxClaimBatch caps the rows one claim statement takes per webhook.
 	maxClaimBatch = 512
 	// claimsInFlight is how many claim statements may run at once.
 	claimsInFlight = 2
@@ -86,23 +89,30 @@ const (
 	// maxDrain is how much more of a response body is read so that the
 	// connection can be reused; larger bodies cost a new connection.
 	maxDrain = 64 << 10
-	// retentionBatch is how many delivered rows one DELETE removes.
-	retentionBatch = 1000
 	// dbTimeout bounds every statement the Dispatcher runs.
 	dbTimeout = 30 * time.Second
 	// shutdownWait bounds how long Run keeps trying to write outcomes after
 	// its context is cancelled.
 	shutdownWait = 15 * time.Second
-	// rescueEvery is how often expired leases are taken back (at most).
-	rescueEvery = 5 * time.Second
-	// retentionEvery is how often old delivered rows are deleted.
+	// heartbeatEvery is how often a dispatcher records that it is alive.
+	heartbeatEvery = time.Second
+	// deadAfter is the silence after which a dispatcher counts as dead and
+	// its claimed rows are taken back by the others; rescueEvery is how
+	// often they look. A killed dispatcher's rows go out again within
+	// deadAfter + rescueEvery + a claim.
+	deadAfter   = 5 * time.Second
+	rescueEvery = 2 * time.Second
+	// A dispatcher that could not record its heartbeat for stopSendingAfter
+	// stops sending (others may already have taken its rows back).
+	stopSendingAfter = deadAfter - time.Second
+	// retentionEvery is how often old delivered and failed rows are deleted.
 	retentionEvery = 5 * time.Minute
 )
 
 // Dispatcher claims deliveries from the outbox and sends them. Create it with
 // New and start it with Run.
 type Dispatcher struct {
-	pool   *pgxpool.Pool
+	store  *outbox.Store
 	log    zerolog.Logger
 	client *http.Client
 	now    func() time.Time
@@ -110,26 +120,26 @@ type Dispatcher struct {
 	id     string
 	obs    Observer
 
-	schema  string
-	channel string
-	sql     statements
-
 	hooks     map[string]*hook
 	hookNames []string
+	order     []*hook // claim order
 
-	concurrency  int
-	maxHeld      int
-	maxUnwritten int
-	lease        time.Duration
-	poll         time.Duration
-	retention    time.Duration
-	rescueEvery  time.Duration
+	concurrency     int
+	maxUnwritten    int
+	poll            time.Duration
+	retention       time.Duration
+	failedRetention time.Duration
 
 	running atomic.Bool
+	// slots holds a token per request in flight, all webhooks together
+	// (dispatch.concurrency). Waiting senders get slots in turn.
+	slots chan struct{}
 	// held counts claimed rows whose request has not finished yet.
 	held atomic.Int64
 	// unwritten counts claimed rows whose outcome is not in the database yet.
 	unwritten atomic.Int64
+	// lastBeat is when the heartbeat was last recorded (UnixNano).
+	lastBeat atomic.Int64
 	// wake asks the claimer to claim now; closed asks it to claim once no
 	// claim is running (outcomes were written, which may have unblocked a
 	// later change of the same object); freed tells it that a request
@@ -137,11 +147,24 @@ type Dispatcher struct {
 	wake   chan struct{}
 	closed chan struct{}
 	freed  chan struct{}
+	// reopened receives webhooks whose breaker closed: their rows waiting
+	// for a retry are made due.
+	reopened chan string
 }
 
 // hook is a configured webhook prepared for sending.
 type hook struct {
-	name        string
+	name string
+	// limit caps this webhook's requests in flight; maxHeld its claimed
+	// rows not finished yet; lease is how long a claim of it lasts.
+	limit   int
+	maxHeld int
+	lease   time.Duration
+	held    atomic.Int64
+	queue   chan *job
+	breaker *breaker
+	rate    *rate.Limiter // nil: no rate limit
+
 	url         string
 	method      string
 	header      http.Header
@@ -174,19 +197,20 @@ func New(opts Options) (*Dispatcher, error) {
 	}
 	cfg := opts.Config
 	d := &Dispatcher{
-		pool:        opts.Pool,
-		log:         opts.Logger.With().Str("component", "dispatch").Logger(),
-		now:         opts.Now,
-		id:          opts.ID,
-		obs:         opts.Observer,
-		schema:      cfg.Database.Schema,
-		concurrency: cfg.Dispatch.Concurrency,
-		poll:        cfg.Dispatch.PollInterval.D(),
-		retention:   cfg.Dispatch.Retention.D(),
-		hooks:       map[string]*hook{},
-		wake:        make(chan struct{}, 1),
-		closed:      make(chan struct{}, 1),
-		freed:       make(chan struct{}, 1),
+		store:           outbox.New(opts.Pool, cfg.Database.Schema),
+		log:             opts.Logger.With().Str("component", "dispatch").Logger(),
+		now:             opts.Now,
+		id:              opts.ID,
+		obs:             opts.Observer,
+		concurrency:     cfg.Dispatch.Concurrency,
+		poll:            cfg.Dispatch.PollInterval.D(),
+		retention:       cfg.Dispatch.Retention.D(),
+		failedRetention: cfg.Dispatch.FailedRetention.D(),
+		hooks:           map[string]*hook{},
+		wake:            make(chan struct{}, 1),
+		closed:          make(chan struct{}, 1),
+		freed:           make(chan struct{}, 1),
+		reopened:        make(chan string, 64),
 	}
 	if d.now == nil {
 		d.now = time.Now
@@ -196,7 +220,9 @@ func New(opts Options) (*Dispatcher, error) {
 		if err != nil || host == "" {
 			host = "localhost"
 		}
-		d.id = host + ":" + strconv.Itoa(os.Getpid())
+		// The random part tells a restarted process (same host, same pid
+		// in a container) from the one that died.
+		d.id = fmt.Sprintf("%s:%d:%04x", host, os.Getpid(), rand.IntN(1<<16))
 	}
 	if opts.Rand == nil {
 		d.rand = rand.Float64
@@ -208,9 +234,6 @@ func New(opts Options) (*Dispatcher, error) {
 			return opts.Rand()
 		}
 	}
-	if d.schema == "" {
-		d.schema = "walhook"
-	}
 	if d.concurrency <= 0 {
 		d.concurrency = 16
 	}
@@ -221,7 +244,13 @@ func New(opts Options) (*Dispatcher, error) {
 	if version == "" {
 		version = "dev"
 	}
-	var maxTimeout time.Duration
+	enabled := 0
+	for _, w := range cfg.Webhooks {
+		if w.IsEnabled() {
+			enabled++
+		}
+	}
+	maxHeld := 0
 	for _, w := range cfg.Webhooks {
 		if !w.IsEnabled() {
 			continue
@@ -233,19 +262,33 @@ func New(opts Options) (*Dispatcher, error) {
 		if err != nil {
 			return nil, err
 		}
+		h.limit = w.Concurrency
+		if h.limit <= 0 {
+			h.limit = config.DefaultWebhookConcurrency(d.concurrency, enabled)
+		}
+		h.limit = min(h.limit, d.concurrency)
+		h.maxHeld = min(h.limit*heldPerWorker, maxHeldTotal)
+		if w.Rate > 0 {
+			burst := max(1, int(math.Ceil(w.Rate/10)))
+			h.rate = rate.NewLimiter(rate.Limit(w.Rate), burst)
+			// Rows wait for their turn while claimed: hold about two
+			// seconds' worth, so the lease covers the wait.
+			h.maxHeld = min(h.maxHeld, max(h.limit, int(math.Ceil(2*w.Rate))))
+		}
+		// A claimed row waits for at most maxHeld/limit requests ahead of
+		// it, each bounded by a timeout, then takes its own: the lease
+		// covers that. (A dead dispatcher's rows are taken back sooner,
+		// through its heartbeat.)
+		h.lease = time.Duration((h.maxHeld+h.limit-1)/h.limit+1)*h.timeout + leaseMargin
+		h.queue = make(chan *job, h.maxHeld)
+		h.breaker = newBreaker()
 		d.hooks[w.Name] = h
 		d.hookNames = append(d.hookNames, w.Name)
-		maxTimeout = max(maxTimeout, h.timeout)
+		d.order = append(d.order, h)
+		maxHeld += h.maxHeld
 	}
-	d.maxHeld = min(d.concurrency*heldPerWorker, maxHeldTotal)
-	d.maxUnwritten = 4 * d.maxHeld
-	// A claimed row waits for at most maxHeld/concurrency requests ahead of
-	// it, each bounded by a timeout, then takes its own: the lease covers
-	// that, so a live sender never loses a row to the rescuer.
-	d.lease = time.Duration((d.maxHeld+d.concurrency-1)/d.concurrency+1)*maxTimeout + leaseMargin
-	d.rescueEvery = min(d.lease/2, rescueEvery)
-	d.channel = migrations.Channel(d.schema)
-	d.sql = newStatements(migrations.Table(d.schema, "deliveries"))
+	d.maxUnwritten = 4 * max(maxHeld, 1)
+	d.slots = make(chan struct{}, d.concurrency)
 	if opts.Client != nil {
 		c := *opts.Client
 		c.CheckRedirect = noRedirects
@@ -343,16 +386,18 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if len(d.hookNames) == 0 {
 		d.log.Warn().Msg("no enabled webhooks: nothing will be sent")
 	}
-	d.log.Info().Str("id", d.id).Int("concurrency", d.concurrency).Dur("lease", d.lease).
+	d.log.Info().Str("id", d.id).Int("concurrency", d.concurrency).
 		Strs("webhooks", d.hookNames).Msg("dispatcher started")
 
 	// Requests, claims and outcome writes run on a context that shutdown
 	// does not cancel, so that nothing is left half-done; each is bounded by
 	// its own timeout instead.
 	hard := context.WithoutCancel(ctx)
-	jobs := make(chan *job, d.maxHeld)
-	results := make(chan result, d.maxHeld)
+	results := make(chan result, 4*d.concurrency)
 
+	// The heartbeat comes first: rows are claimed only by a dispatcher
+	// the others can see alive.
+	d.beat(ctx)
 	var bg sync.WaitGroup
 	bg.Go(func() { d.listen(ctx) })
 	bg.Go(func() { d.maintain(ctx) })
@@ -362,17 +407,26 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.writeOutcomes(hard, results)
 	}()
 	var workers sync.WaitGroup
-	for range d.concurrency {
-		workers.Go(func() { d.work(ctx, hard, jobs, results) })
+	for _, h := range d.order {
+		for range h.limit {
+			workers.Go(func() { d.work(ctx, hard, h, results) })
+		}
 	}
 
-	d.claimLoop(ctx, hard, jobs)
+	d.claimLoop(ctx, hard)
 
-	close(jobs)
+	for _, h := range d.order {
+		close(h.queue)
+	}
 	workers.Wait()
 	close(results)
 	<-writerDone
 	bg.Wait()
+	dctx, cancel := context.WithTimeout(hard, 5*time.Second)
+	if err := d.store.Deregister(dctx, d.id); err != nil {
+		d.log.Warn().Err(err).Msg("could not remove this dispatcher's heartbeat row")
+	}
+	cancel()
 	d.log.Info().Msg("dispatcher stopped")
 	return nil
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // received is one request a test receiver got.
@@ -161,15 +162,17 @@ func TestDeliverSignedRequest(t *testing.T) {
 func TestRetryUntilFailedThenRequeue(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
+	// 422 rather than 5xx: seven failures in a row would open the circuit
+	// breaker, which pauses rather than spends attempts (TestBreaker).
 	rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
-		w.WriteHeader(500)
+		w.WriteHeader(422)
 		io.WriteString(w, "boom")
 	})
 	e.start(e.pool, testConfig(2, hookConfig("w", rec.srv.URL)))
 	id := e.insertOne("w", `{"n":1}`)
 
 	r := e.waitState(id, "failed", 10*time.Second)
-	if r.Attempts != 3 || deref(r.LastStatus) != 500 || deref(r.LastError) != "HTTP 500: boom" || r.LockedBy != nil || r.LastAttemptAt == nil {
+	if r.Attempts != 3 || deref(r.LastStatus) != 422 || deref(r.LastError) != "HTTP 422: boom" || r.LockedBy != nil || r.LastAttemptAt == nil {
 		t.Fatalf("failed row = %+v (error %v)", r, deref(r.LastError))
 	}
 	if n := rec.len(); n != 3 {
@@ -190,8 +193,8 @@ func TestRetryUntilFailedThenRequeue(t *testing.T) {
 	}
 
 	// Requeue with ResetAttempts: the full schedule again.
-	n, err := dispatch.Requeue(context.Background(), e.pool, "walhook",
-		dispatch.RequeueFilter{IDs: []int64{id}, ResetAttempts: true}, time.Now())
+	n, err := outbox.New(e.pool, "walhook").Requeue(context.Background(),
+		outbox.RequeueFilter{IDs: []int64{id}, ResetAttempts: true}, time.Now())
 	if err != nil || n != 1 {
 		t.Fatalf("Requeue = %d, %v", n, err)
 	}
@@ -239,25 +242,25 @@ func TestRequeueFilters(t *testing.T) {
 	x := reset()
 	tests := []struct {
 		name    string
-		filter  dispatch.RequeueFilter
+		filter  outbox.RequeueFilter
 		want    []int64
 		wantErr error
 	}{
-		{name: "no filter", filter: dispatch.RequeueFilter{ResetAttempts: true}, wantErr: dispatch.ErrNoFilter},
-		{name: "all failed", filter: dispatch.RequeueFilter{AllFailed: true}, want: []int64{x.failedA1, x.failedB1Old, x.failedA2}},
-		{name: "webhook", filter: dispatch.RequeueFilter{Webhook: "w1"}, want: []int64{x.failedA1, x.failedB1Old}},
-		{name: "model", filter: dispatch.RequeueFilter{Model: "A"}, want: []int64{x.failedA1, x.failedA2}},
-		{name: "webhook and model", filter: dispatch.RequeueFilter{Webhook: "w1", Model: "A"}, want: []int64{x.failedA1}},
-		{name: "since", filter: dispatch.RequeueFilter{Since: time.Hour}, want: []int64{x.failedA1, x.failedA2}},
-		{name: "ids: failed and delivered only", filter: dispatch.RequeueFilter{
+		{name: "no filter", filter: outbox.RequeueFilter{ResetAttempts: true}, wantErr: outbox.ErrNoFilter},
+		{name: "all failed", filter: outbox.RequeueFilter{AllFailed: true}, want: []int64{x.failedA1, x.failedB1Old, x.failedA2}},
+		{name: "webhook", filter: outbox.RequeueFilter{Webhook: "w1"}, want: []int64{x.failedA1, x.failedB1Old}},
+		{name: "model", filter: outbox.RequeueFilter{Model: "A"}, want: []int64{x.failedA1, x.failedA2}},
+		{name: "webhook and model", filter: outbox.RequeueFilter{Webhook: "w1", Model: "A"}, want: []int64{x.failedA1}},
+		{name: "since", filter: outbox.RequeueFilter{Since: time.Hour}, want: []int64{x.failedA1, x.failedA2}},
+		{name: "ids: failed and delivered only", filter: outbox.RequeueFilter{
 			IDs: []int64{x.failedB1Old, x.delivered, x.pending, x.delivering}}, want: []int64{x.failedB1Old, x.delivered}},
-		{name: "ids and webhook", filter: dispatch.RequeueFilter{IDs: []int64{x.failedA1, x.failedA2}, Webhook: "w2"}, want: []int64{x.failedA2}},
-		{name: "unknown webhook", filter: dispatch.RequeueFilter{Webhook: "nope"}},
+		{name: "ids and webhook", filter: outbox.RequeueFilter{IDs: []int64{x.failedA1, x.failedA2}, Webhook: "w2"}, want: []int64{x.failedA2}},
+		{name: "unknown webhook", filter: outbox.RequeueFilter{Webhook: "nope"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			reset()
-			n, err := dispatch.Requeue(context.Background(), e.pool, "walhook", tt.filter, time.Now())
+			n, err := outbox.New(e.pool, "walhook").Requeue(context.Background(), tt.filter, time.Now())
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
@@ -289,8 +292,8 @@ func TestRequeueFilters(t *testing.T) {
 
 	t.Run("reset attempts", func(t *testing.T) {
 		reset()
-		n, err := dispatch.Requeue(context.Background(), e.pool, "walhook",
-			dispatch.RequeueFilter{AllFailed: true, ResetAttempts: true}, time.Now())
+		n, err := outbox.New(e.pool, "walhook").Requeue(context.Background(),
+			outbox.RequeueFilter{AllFailed: true, ResetAttempts: true}, time.Now())
 		if err != nil || n != 3 {
 			t.Fatalf("Requeue = %d, %v", n, err)
 		}
@@ -299,8 +302,8 @@ func TestRequeueFilters(t *testing.T) {
 		}
 	})
 	t.Run("negative since", func(t *testing.T) {
-		if _, err := dispatch.Requeue(context.Background(), e.pool, "walhook",
-			dispatch.RequeueFilter{Since: -time.Hour}, time.Now()); err == nil {
+		if _, err := outbox.New(e.pool, "walhook").Requeue(context.Background(),
+			outbox.RequeueFilter{Since: -time.Hour}, time.Now()); err == nil {
 			t.Error("negative Since accepted")
 		}
 	})
@@ -619,23 +622,31 @@ func TestLeaseRescue(t *testing.T) {
 	e := setup(t)
 	rec := newRecorder(t, nil)
 	id := e.insertOne("w", `{}`)
+	dead := e.insertOne("w", `{}`)
 	live := e.insertOne("w", `{}`)
 	e.exec(`UPDATE walhook.deliveries SET state = 'delivering', attempts = 1, locked_by = 'crashed',
 		locked_until = now() - interval '1 second', last_attempt_at = now() - interval '1 minute' WHERE id = $1`, id)
-	// A live lease of another sender is left alone.
+	// A dispatcher silent for a minute: its rows are taken back although
+	// their lease has an hour to run.
+	e.exec(`INSERT INTO walhook.dispatchers (id, heartbeat_at) VALUES ('silent', now() - interval '1 minute'), ('alive', now() + interval '1 hour')`)
+	e.exec(`UPDATE walhook.deliveries SET state = 'delivering', attempts = 1, locked_by = 'silent',
+		locked_until = now() + interval '1 hour', last_attempt_at = now() - interval '1 minute' WHERE id = $1`, dead)
+	// The claim of a live dispatcher is left alone.
 	e.exec(`UPDATE walhook.deliveries SET state = 'delivering', attempts = 1, locked_by = 'alive',
 		locked_until = now() + interval '1 hour' WHERE id = $1`, live)
 	e.start(e.pool, testConfig(2, hookConfig("w", rec.srv.URL)))
-	r := e.waitState(id, "delivered", 10*time.Second)
-	if r.Attempts != 2 {
-		t.Errorf("rescued row has %d attempts, want 2", r.Attempts)
+	for _, id := range []int64{id, dead} {
+		r := e.waitState(id, "delivered", 10*time.Second)
+		if r.Attempts != 2 {
+			t.Errorf("rescued row has %d attempts, want 2", r.Attempts)
+		}
 	}
 	time.Sleep(200 * time.Millisecond)
 	if r := e.row(live); r.State != "delivering" || deref(r.LockedBy) != "alive" {
 		t.Errorf("live lease taken: %+v", r)
 	}
-	if n := rec.len(); n != 1 {
-		t.Errorf("receiver got %d requests, want 1", n)
+	if n := rec.len(); n != 2 {
+		t.Errorf("receiver got %d requests, want 2", n)
 	}
 }
 

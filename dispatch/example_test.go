@@ -63,24 +63,3 @@ func ExampleDispatcher_Run() {
 	// unsent claimed rows are released.
 	_ = d.Run(ctx)
 }
-
-func ExampleRequeue() {
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, os.Getenv("WALHOOK_OUTBOX_DSN"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return
-	}
-	defer pool.Close()
-	// walhook retry --webhook inventory --since 1h --reset-attempts
-	n, err := dispatch.Requeue(ctx, pool, "walhook", dispatch.RequeueFilter{
-		Webhook:       "inventory",
-		Since:         time.Hour,
-		ResetAttempts: true,
-	}, time.Now())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return
-	}
-	fmt.Printf("re-queued %d deliveries\n", n)
-}

@@ -8,6 +8,13 @@ type Observer interface {
 	Attempted(Attempt)
 }
 
+// BreakerObserver, when the Observer implements it too, is told every
+// transition of a webhook's circuit breaker (open, closed). It must be
+// safe for concurrent use and must not block.
+type BreakerObserver interface {
+	BreakerChanged(webhook string, state BreakerState)
+}
+
 // Outcome is what an attempt led to.
 type Outcome string
 

@@ -2,28 +2,17 @@ package dispatch
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // result is the outcome of one claimed row, waiting to be written.
-type result struct {
-	id            int64
-	claimedAt     time.Time
-	prevAttemptAt pgtype.Timestamptz
-	state         string        // stateDelivered, statePending or stateFailed
-	undo          bool          // released unsent: no attempt was made
-	status        int           // HTTP status; 0 writes NULL
-	err           string        // last_error; "" writes NULL
-	delay         time.Duration // for a retry: next_attempt_at = now() + delay
-}
+type result = outbox.Outcome
 
 // writeOutcomes writes results in batches until results is closed and
 // everything is written. A batch is written once it has flushTarget rows or
@@ -105,7 +94,7 @@ func (d *Dispatcher) flush(ctx context.Context, batch []result) error {
 			if !rejected(err) {
 				return err
 			}
-			d.log.Error().Err(err).Int64("delivery", batch[i].id).Msg("dropping an outcome the database rejects")
+			d.log.Error().Err(err).Int64("delivery", batch[i].ID).Msg("dropping an outcome the database rejects")
 		}
 	}
 	return nil
@@ -119,79 +108,16 @@ func rejected(err error) bool {
 }
 
 func (d *Dispatcher) write(ctx context.Context, batch []result) error {
-	n := len(batch)
-	ids := make([]int64, n)
-	for i, r := range batch {
-		ids[i] = r.id
-	}
 	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
-	tag, err := d.pool.Exec(ctx, d.sql.outcome, outcomeJSON(batch), ids, d.id)
+	n, err := d.store.WriteOutcomes(ctx, d.id, batch)
 	if err != nil {
-		return fmt.Errorf("write %d outcomes: %w", n, err)
+		return err
 	}
-	if lost := int64(n) - tag.RowsAffected(); lost > 0 {
-		// The lease ran out and another sender took these rows over; its
-		// outcome is the one that counts.
-		d.log.Warn().Int64("rows", lost).Msg("outcomes not written: the rows' lease had expired and they were taken back")
+	if lost := int64(len(batch)) - n; lost > 0 {
+		// This dispatcher was taken for dead (or the lease ran out) and
+		// another took these rows over; its outcome is the one that counts.
+		d.log.Warn().Int64("rows", lost).Msg("outcomes not written: the rows were taken back by another dispatcher meanwhile")
 	}
 	return nil
-}
-
-// outcomeJSON encodes batch as the jsonb object the outcome statement
-// reads: {"<id>": [state, undo, status, error, delay_us, claimed_at,
-// prev_attempt_at], ...}, with null for absent values.
-func outcomeJSON(batch []result) string {
-	b := make([]byte, 0, 96*len(batch))
-	b = append(b, '{')
-	for i, r := range batch {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, '"')
-		b = strconv.AppendInt(b, r.id, 10)
-		b = append(b, `":["`...)
-		b = append(b, r.state...)
-		if r.undo {
-			b = append(b, `",1,`...)
-		} else {
-			b = append(b, `",0,`...)
-		}
-		if r.status != 0 {
-			b = strconv.AppendInt(b, int64(r.status), 10)
-		} else {
-			b = append(b, "null"...)
-		}
-		b = append(b, ',')
-		if r.err != "" {
-			q, _ := json.Marshal(r.err)
-			b = append(b, q...)
-		} else {
-			b = append(b, "null"...)
-		}
-		b = append(b, ',')
-		if r.state == statePending && !r.undo {
-			b = strconv.AppendInt(b, r.delay.Microseconds(), 10)
-		} else {
-			b = append(b, "null"...)
-		}
-		b = append(b, ',')
-		b = appendTime(b, r.claimedAt)
-		b = append(b, ',')
-		if r.prevAttemptAt.Valid {
-			b = appendTime(b, r.prevAttemptAt.Time)
-		} else {
-			b = append(b, "null"...)
-		}
-		b = append(b, ']')
-	}
-	b = append(b, '}')
-	return string(b)
-}
-
-// appendTime appends t as a quoted timestamp PostgreSQL reads back exactly.
-func appendTime(b []byte, t time.Time) []byte {
-	b = append(b, '"')
-	b = t.UTC().AppendFormat(b, "2006-01-02T15:04:05.999999Z07:00")
-	return append(b, '"')
 }

@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // Sign returns the lowercase hex HMAC-SHA512 of body keyed with secret's
@@ -75,40 +76,56 @@ func Backoff(attempt int, initial, max time.Duration, jitter float64) time.Durat
 	return d
 }
 
-// work sends queued jobs one at a time until jobs is closed. Jobs taken
-// after ctx is done are released unsent.
-func (d *Dispatcher) work(ctx, hard context.Context, jobs <-chan *job, results chan<- result) {
-	for j := range jobs {
-		var r result
-		switch {
-		case ctx.Err() != nil:
-			r = release(j)
-		case time.Now().After(j.deadline):
-			// It waited so long that its lease could run out mid-request
-			// and another sender could send it too. Cannot happen unless
-			// the process stalled: the lease covers the longest wait.
-			j.hook.log.Warn().Int64("delivery", j.id).Msg("claimed delivery waited too long to be sent; releasing it")
-			r = release(j)
-		default:
-			r = d.attempt(hard, j)
-		}
+// work sends h's queued jobs one at a time until the queue is closed, each
+// in a request slot shared by all webhooks. Jobs are released unsent when
+// ctx is done, when their lease could run out, while h's circuit breaker
+// is open (unless the job is the probe), and while this dispatcher could
+// not record its heartbeat (others may have taken its rows back).
+func (d *Dispatcher) work(ctx, hard context.Context, h *hook, results chan<- result) {
+	for j := range h.queue {
+		r := d.handle(ctx, hard, j)
+		h.held.Add(-1)
 		d.held.Add(-1)
 		signal(d.freed)
 		results <- r
 	}
 }
 
-// release is the outcome of a claimed row that was not sent.
-func release(j *job) result {
-	return result{id: j.id, claimedAt: j.claimedAt, prevAttemptAt: j.prevAttemptAt, state: statePending, undo: true}
+func (d *Dispatcher) handle(ctx, hard context.Context, j *job) result {
+	h := j.hook
+	if !h.breaker.sending(j.probe) || ctx.Err() != nil {
+		return release(j)
+	}
+	if h.rate != nil {
+		if err := h.rate.Wait(ctx); err != nil {
+			return release(j)
+		}
+	}
+	select {
+	case d.slots <- struct{}{}:
+	case <-ctx.Done():
+		return release(j)
+	}
+	defer func() { <-d.slots }()
+	switch {
+	case time.Now().After(j.deadline):
+		// It waited so long that its lease could run out mid-request
+		// and another sender could send it too. Cannot happen unless
+		// the process stalled: the lease covers the longest wait.
+		h.log.Warn().Int64("delivery", j.id).Msg("claimed delivery waited too long to be sent; releasing it")
+		return release(j)
+	case !d.alive():
+		return release(j)
+	case !h.breaker.sending(j.probe):
+		return release(j)
+	}
+	return d.attempt(hard, j)
 }
 
-// Row states written by outcomes.
-const (
-	stateDelivered = "delivered"
-	statePending   = "pending"
-	stateFailed    = "failed"
-)
+// release is the outcome of a claimed row that was not sent.
+func release(j *job) result {
+	return result{ID: j.id, ClaimedAt: j.claimedAt, PrevAttemptAt: j.prevAttemptAt, State: outbox.StatePending, Mode: outbox.Released}
+}
 
 // response is what one attempt produced.
 type response struct {
@@ -119,21 +136,34 @@ type response struct {
 
 // attempt sends j once and turns the response into the row's outcome. It
 // logs the outcome (delivered at debug, failed attempts at warn; the error
-// text is cut short and no body or header is logged) and tells the Observer.
+// text is cut short and no body or header is logged), feeds the webhook's
+// circuit breaker and tells the Observer.
 func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	h := j.hook
 	start := time.Now()
 	resp := d.send(ctx, j)
 	took := time.Since(start)
-	r := result{id: j.id, claimedAt: j.claimedAt, status: resp.status, err: resp.err}
+	r := result{ID: j.id, ClaimedAt: j.claimedAt, PrevAttemptAt: j.prevAttemptAt, Status: resp.status, Err: resp.err}
+	ok := resp.status >= 200 && resp.status < 300
+	// The breaker counts failures that say the receiver is unwell: no
+	// response, a timeout, 5xx or 429. Any other answer shows it is up.
+	healthy := resp.status != 0 && resp.status < 500 && resp.status != http.StatusTooManyRequests
+	if state, changed := h.breaker.record(time.Now(), healthy, j.probe, resp.err); changed {
+		d.breakerChanged(h, state, resp)
+	}
 	var outcome Outcome
 	switch {
-	case resp.status >= 200 && resp.status < 300:
-		r.state, outcome = stateDelivered, OutcomeDelivered
+	case ok:
+		r.State, outcome = outbox.StateDelivered, OutcomeDelivered
 		h.log.Debug().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
 			Dur("took", took).Msg("delivered")
+	case j.probe && !healthy:
+		// A failed probe: recorded, but it does not use up an attempt.
+		r.State, r.Mode, outcome = outbox.StatePending, outbox.Probed, OutcomeRetry
+		h.log.Debug().Int64("delivery", j.id).Int("status", resp.status).Str("error", logText(resp.err)).
+			Dur("took", took).Msg("circuit-breaker probe failed")
 	case j.attempts >= h.maxAttempts:
-		r.state, outcome = stateFailed, OutcomeFailed
+		r.State, outcome = outbox.StateFailed, OutcomeFailed
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
 			Str("error", logText(resp.err)).Dur("took", took).
 			Msg("delivery failed after its last attempt; retry it with `walhook retry`")
@@ -142,7 +172,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 		if resp.retryAfter >= 0 {
 			delay = min(max(delay, resp.retryAfter), h.maxInterval)
 		}
-		r.state, r.delay, outcome = statePending, delay, OutcomeRetry
+		r.State, r.Delay, outcome = outbox.StatePending, delay, OutcomeRetry
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
 			Str("error", logText(resp.err)).Dur("took", took).Dur("retry_in", delay).
 			Msg("delivery attempt failed")
@@ -154,6 +184,26 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 		})
 	}
 	return r
+}
+
+// breakerChanged logs a breaker's transition (one line each) and tells
+// the Observer.
+func (d *Dispatcher) breakerChanged(h *hook, state BreakerState, resp response) {
+	switch state {
+	case BreakerOpen:
+		h.log.Error().Int("failures", breakerThreshold).Int("status", resp.status).Str("error", logText(resp.err)).
+			Dur("probe_in", breakerMinInterval).
+			Msg("circuit opened: the receiver keeps failing; its deliveries are paused (none is marked failed) and it is probed with one request at a growing interval")
+	case BreakerClosed:
+		h.log.Info().Msg("circuit closed: the receiver answers again; its deliveries resume")
+		select {
+		case d.reopened <- h.name:
+		default:
+		}
+	}
+	if o, ok := d.obs.(BreakerObserver); ok {
+		o.BreakerChanged(h.name, state)
+	}
 }
 
 // maxLogError is how much of an attempt's error text is logged; the

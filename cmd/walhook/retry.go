@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // idList is a repeatable --id flag (also accepts comma-separated ids).
@@ -29,7 +29,7 @@ func (l *idList) Set(s string) error {
 
 func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, path := newFlags("retry", stderr)
-	var f dispatch.RequeueFilter
+	var f outbox.RequeueFilter
 	var ids idList
 	var since string
 	fs.Var(&ids, "id", "delivery id to retry (repeatable)")
@@ -65,7 +65,7 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer pool.Close()
-	n, err := dispatch.Requeue(ctx, pool, cfg.Database.Schema, f, time.Now())
+	n, err := outbox.New(pool, cfg.Database.Schema).Requeue(ctx, f, time.Now())
 	if err != nil {
 		return err
 	}

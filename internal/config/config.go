@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -134,7 +135,16 @@ type Webhook struct {
 	ObjectType   string            `yaml:"object_type"`
 	Signature    string            `yaml:"signature"`
 	Coalesce     string            `yaml:"coalesce"`
-	Line         int               `yaml:"-"`
+	// Concurrency caps this webhook's requests in flight (default: all of
+	// dispatch.concurrency when it is the only enabled webhook, else half,
+	// so that a hung receiver leaves slots to the others).
+	Concurrency int `yaml:"concurrency"`
+	// RateLimit caps the requests per second, minute or hour sent to this
+	// webhook by one dispatcher ("200/s", "600/m"); "" is no limit.
+	RateLimit string `yaml:"rate_limit"`
+	// Rate is RateLimit in requests per second (0: no limit).
+	Rate float64 `yaml:"-"`
+	Line int     `yaml:"-"`
 	// Condition is Conditions compiled; nil matches every change.
 	Condition *Condition `yaml:"-"`
 }
@@ -184,6 +194,8 @@ type Dispatch struct {
 	Concurrency  int      `yaml:"concurrency"`
 	PollInterval Duration `yaml:"poll_interval"`
 	Retention    Duration `yaml:"retention"`
+	// FailedRetention is how long failed rows are kept (default 30 days).
+	FailedRetention Duration `yaml:"failed_retention"`
 }
 
 // HTTP holds the status/metrics server settings.
@@ -211,6 +223,18 @@ type Duration time.Duration
 
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// ParseRate reads a rate limit such as "200/s", "600/m" or "1000/h" and
+// returns it in requests per second.
+func ParseRate(s string) (float64, error) {
+	n, unit, ok := strings.Cut(strings.ReplaceAll(s, " ", ""), "/")
+	per := map[string]float64{"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}[unit]
+	v, err := strconv.ParseFloat(n, 64)
+	if !ok || per == 0 || err != nil || !(v > 0) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("rate_limit %q: write a positive number of requests per second, minute or hour, e.g. 200/s, 600/m, 1000/h", s)
+	}
+	return v / per, nil
+}
 
 // ParseDuration parses Go durations plus a whole-day suffix "d".
 func ParseDuration(s string) (time.Duration, error) {

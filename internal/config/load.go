@@ -763,8 +763,34 @@ func (p *parser) defaults(c *Config) {
 	if d.Retention == 0 && !p.given("dispatch.retention") {
 		d.Retention = Duration(7 * 24 * time.Hour)
 	}
+	if d.FailedRetention == 0 && !p.given("dispatch.failed_retention") {
+		d.FailedRetention = Duration(30 * 24 * time.Hour)
+	}
+	enabled := 0
+	for _, w := range c.Webhooks {
+		if w.IsEnabled() {
+			enabled++
+		}
+	}
+	for i := range c.Webhooks {
+		w := &c.Webhooks[i]
+		if w.Concurrency == 0 && !p.given(fmt.Sprintf("webhooks[%d].concurrency", i)) {
+			w.Concurrency = DefaultWebhookConcurrency(d.Concurrency, enabled)
+		}
+	}
 	c.Log.Level = or(c.Log.Level, "info")
 	c.Log.Format = or(c.Log.Format, "json")
+}
+
+// DefaultWebhookConcurrency is a webhook's cap on requests in flight when
+// its configuration sets none: all of dispatch.concurrency for a single
+// enabled webhook, else half of it (at least 1), so that a receiver that
+// hangs holds at most half of the slots and the other webhooks keep theirs.
+func DefaultWebhookConcurrency(total, enabledWebhooks int) int {
+	if enabledWebhooks <= 1 {
+		return max(total, 1)
+	}
+	return max(total/2, 1)
 }
 
 // SplitTable splits "schema.table" (a bare name means public).
@@ -910,6 +936,25 @@ func (p *parser) validate(c *Config) {
 	}
 	if d.Retention <= 0 {
 		p.at("dispatch.retention", "dispatch.retention must be positive")
+	}
+	if d.FailedRetention <= 0 {
+		p.at("dispatch.failed_retention", "dispatch.failed_retention must be positive")
+	}
+	for i := range c.Webhooks {
+		w := &c.Webhooks[i]
+		path := fmt.Sprintf("webhooks[%d]", i)
+		if w.Concurrency <= 0 {
+			p.at(path+".concurrency", "webhook %q: concurrency must be positive", w.Name)
+		} else if d.Concurrency > 0 && w.Concurrency > d.Concurrency {
+			p.at(path+".concurrency", "webhook %q: concurrency %d is more than dispatch.concurrency (%d), which caps all webhooks together", w.Name, w.Concurrency, d.Concurrency)
+		}
+		if w.RateLimit != "" {
+			r, err := ParseRate(w.RateLimit)
+			if err != nil {
+				p.at(path+".rate_limit", "webhook %q: %v", w.Name, err)
+			}
+			w.Rate = r
+		}
 	}
 	if l := c.HTTP.ListenAddr(); l != "" {
 		host, _, err := net.SplitHostPort(l)

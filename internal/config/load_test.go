@@ -261,7 +261,7 @@ log:
 				if w.Retry != (Retry{3, Duration(time.Second), Duration(7 * 24 * time.Hour)}) {
 					t.Errorf("retry = %+v", w.Retry)
 				}
-				if c.Dispatch != (Dispatch{4, Duration(90 * time.Minute), Duration(168 * time.Hour)}) {
+				if c.Dispatch != (Dispatch{4, Duration(90 * time.Minute), Duration(168 * time.Hour), Duration(720 * time.Hour)}) {
 					t.Errorf("dispatch = %+v", c.Dispatch)
 				}
 				if c.HTTP.ListenAddr() != "0.0.0.0:9187" || c.Log != (Log{"debug", "console"}) {

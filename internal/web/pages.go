@@ -20,8 +20,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/migrations"
 )
 
@@ -598,7 +598,7 @@ func (s *Server) retryDelivery(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	back := "/deliveries/" + strconv.FormatInt(id, 10)
-	s.requeue(w, r, dispatch.RequeueFilter{IDs: []int64{id}}, back)
+	s.requeue(w, r, outbox.RequeueFilter{IDs: []int64{id}}, back)
 }
 
 // retryWebhook puts every failed delivery of a webhook back to pending.
@@ -611,16 +611,16 @@ func (s *Server) retryWebhook(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no webhook named", http.StatusNotFound)
 		return
 	}
-	s.requeue(w, r, dispatch.RequeueFilter{Webhook: name, AllFailed: true}, "/?webhook="+url.QueryEscape(name))
+	s.requeue(w, r, outbox.RequeueFilter{Webhook: name, AllFailed: true}, "/?webhook="+url.QueryEscape(name))
 }
 
-func (s *Server) requeue(w http.ResponseWriter, r *http.Request, f dispatch.RequeueFilter, back string) {
+func (s *Server) requeue(w http.ResponseWriter, r *http.Request, f outbox.RequeueFilter, back string) {
 	if ret := r.PostForm.Get("return"); ret != "" {
 		back = safeNext(ret)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
-	n, err := dispatch.Requeue(ctx, s.outbox, s.schema, f, s.now())
+	n, err := s.store.Requeue(ctx, f, s.now())
 	log := s.log.With().Str("remote", r.RemoteAddr).Ints64("ids", f.IDs).Str("webhook", f.Webhook).Logger()
 	if err != nil {
 		log.Warn().Err(err).Msg("re-queueing from the status page failed")

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // CaptureStatus is what the server reads from the capture running in this
@@ -55,6 +56,7 @@ type Options struct {
 type Server struct {
 	cfg         *config.Config
 	outbox      *pgxpool.Pool
+	store       *outbox.Store
 	capture     CaptureStatus
 	dispatching bool
 	metrics     *Metrics
@@ -87,6 +89,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		cfg:          cfg,
 		outbox:       opts.Outbox,
+		store:        outbox.New(opts.Outbox, cfg.Database.Schema),
 		capture:      opts.Capture,
 		dispatching:  opts.Dispatching,
 		metrics:      opts.Metrics,

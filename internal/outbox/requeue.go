@@ -1,4 +1,4 @@
-package dispatch
+package outbox
 
 import (
 	"context"
@@ -9,9 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/walhook/walhook/migrations"
 )
 
 // ErrNoFilter is returned by Requeue when the filter selects nothing: a
@@ -40,15 +37,12 @@ type RequeueFilter struct {
 // how many it changed. It never touches pending or delivering rows. It
 // notifies running Dispatchers so the rows go out at once. now is the
 // reference time for f.Since.
-func Requeue(ctx context.Context, pool *pgxpool.Pool, schema string, f RequeueFilter, now time.Time) (int64, error) {
+func (s *Store) Requeue(ctx context.Context, f RequeueFilter, now time.Time) (int64, error) {
 	if len(f.IDs) == 0 && f.Webhook == "" && f.Model == "" && f.Since == 0 && !f.AllFailed {
 		return 0, ErrNoFilter
 	}
 	if f.Since < 0 {
 		return 0, fmt.Errorf("requeue: negative since %s", f.Since)
-	}
-	if schema == "" {
-		schema = "walhook"
 	}
 	var (
 		where []string
@@ -76,16 +70,16 @@ func Requeue(ctx context.Context, pool *pgxpool.Pool, schema string, f RequeueFi
 	if f.ResetAttempts {
 		set += ", attempts = 0"
 	}
-	q := "UPDATE " + migrations.Table(schema, "deliveries") + " SET " + set + " WHERE " + strings.Join(where, " AND ")
+	q := "UPDATE " + s.deliveries + " SET " + set + " WHERE " + strings.Join(where, " AND ")
 	var n int64
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, q, args...)
 		if err != nil {
 			return err
 		}
 		n = tag.RowsAffected()
 		if n > 0 {
-			_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", migrations.Channel(schema))
+			_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", s.channel)
 		}
 		return err
 	})

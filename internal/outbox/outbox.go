@@ -1,0 +1,80 @@
+// Package outbox owns walhook's outbox: the state names of a delivery and
+// every statement dispatch, the status page and the CLI run against the
+// outbox tables (deliveries, dispatchers). The tables themselves are
+// created by the numbered SQL files of package migrations; their columns
+// are a public interface (see the README).
+//
+// The deliveries table is a queue. A row is pending (due at
+// next_attempt_at), parked (waiting for an earlier change of the same
+// webhook and object), delivering (claimed by a dispatcher), delivered or
+// failed. Claims take due rows per webhook with an ordered index scan and a
+// LIMIT, and park a row whose object has an earlier open change, so that
+// no later claim reads it again; the statement that records an outcome
+// makes the next parked change of that object pending. The cost of a claim
+// therefore depends on the batch, not on the backlog, on the rows waiting
+// behind a retrying change, or on the table's statistics.
+package outbox
+
+import (
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/migrations"
+)
+
+// Delivery states (the state column).
+const (
+	// StatePending rows are due at next_attempt_at.
+	StatePending = "pending"
+	// StateParked rows wait for an earlier change of their object (same
+	// webhook, model and object_key) to be delivered or to fail.
+	StateParked = "parked"
+	// StateDelivering rows are claimed by the dispatcher in locked_by.
+	StateDelivering = "delivering"
+	// StateDelivered rows were accepted by the receiver (2xx).
+	StateDelivered = "delivered"
+	// StateFailed rows used all their attempts; they stay until retried or
+	// purged after dispatch.failed_retention.
+	StateFailed = "failed"
+)
+
+// States lists every delivery state, in the order a row goes through them.
+var States = []string{StatePending, StateParked, StateDelivering, StateDelivered, StateFailed}
+
+// OpenStates are the states of a change not finished yet: an open change
+// holds back later changes of its object.
+var OpenStates = []string{StatePending, StateParked, StateDelivering}
+
+// Store runs the outbox statements on a pool. Create it with New.
+type Store struct {
+	pool        *pgxpool.Pool
+	schema      string
+	deliveries  string // quoted deliveries table
+	dispatchers string // quoted dispatchers table
+	channel     string
+	q           queries
+}
+
+// New returns a Store for the outbox in schema ("" means walhook).
+func New(pool *pgxpool.Pool, schema string) *Store {
+	if schema == "" {
+		schema = "walhook"
+	}
+	s := &Store{
+		pool:        pool,
+		schema:      schema,
+		deliveries:  migrations.Table(schema, "deliveries"),
+		dispatchers: migrations.Table(schema, "dispatchers"),
+		channel:     migrations.Channel(schema),
+	}
+	s.q = newQueries(s.deliveries, s.dispatchers)
+	return s
+}
+
+// Schema is the outbox schema.
+func (s *Store) Schema() string { return s.schema }
+
+// Channel is the NOTIFY channel that wakes dispatchers.
+func (s *Store) Channel() string { return s.channel }
+
+// Pool is the pool the Store runs its statements on.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }

@@ -1,0 +1,433 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// PurgeBatch is how many rows one retention DELETE removes.
+const PurgeBatch = 1000
+
+// queries are the queue's statements, built once for a schema.
+type queries struct {
+	claim, outcome, promote, rescue, release string
+	purgeDelivered, purgeFailed              string
+	heartbeat, deregister, pruneDispatchers  string
+	webhooksWithPending                      string
+}
+
+func newQueries(t, dispatchers string) queries {
+	return queries{
+		// For each webhook ($1) up to its limit ($2) of due pending rows,
+		// oldest first, through deliveries_due (webhook, next_attempt_at,
+		// id): an ordered index scan that stops after the LIMIT, whatever
+		// the backlog and whatever the planner knows of the table. Rows
+		// other claims hold are skipped.
+		//
+		// Each candidate's nearest earlier open change of the same object
+		// is looked up with one probe of deliveries_object_open. Without
+		// one, the candidate is claimed. With one, the candidate is parked,
+		// which takes it out of deliveries_due for good, but only if that
+		// earlier row can be share-locked at once: an earlier row whose
+		// outcome is being written right now (row locked) may be about to
+		// promote its successors, so the candidate is left pending for the
+		// next claim rather than parked where nobody would promote it. The
+		// share lock makes an outcome that starts later wait until this
+		// claim has committed, so that its promotion sees the parked row.
+		// SKIP LOCKED everywhere: a claim never waits for a lock.
+		//
+		// The UPDATE finds its rows by primary key through the
+		// materialized pick: no join order for stale statistics to get
+		// wrong. $3 is the lease per webhook in microseconds, $4 the
+		// claiming dispatcher.
+		claim: `WITH cand AS MATERIALIZED (
+	SELECT c.*, w.lease
+	FROM unnest($1::text[], $2::int[], $3::bigint[]) AS w(name, lim, lease)
+	CROSS JOIN LATERAL (
+		SELECT d.id, d.webhook, d.model, d.object_key, d.commit_lsn, d.seq, d.last_attempt_at
+		FROM ` + t + ` AS d
+		WHERE d.state = 'pending' AND d.webhook = w.name AND d.next_attempt_at <= now()
+		ORDER BY d.next_attempt_at, d.id
+		LIMIT w.lim
+		FOR UPDATE OF d SKIP LOCKED) AS c
+), pick AS MATERIALIZED (
+	SELECT c.id, c.last_attempt_at AS prev_attempt_at, c.lease, b.id IS NULL AS claim
+	FROM cand AS c
+	LEFT JOIN LATERAL (
+		SELECT p.id FROM ` + t + ` AS p
+		WHERE p.webhook = c.webhook AND p.model = c.model AND p.object_key = c.object_key
+		  AND p.state IN ('pending', 'parked', 'delivering')
+		  AND (p.commit_lsn, p.seq) < (c.commit_lsn, c.seq)
+		ORDER BY p.commit_lsn DESC, p.seq DESC
+		LIMIT 1) AS b ON true
+	LEFT JOIN LATERAL (
+		SELECT p.id FROM ` + t + ` AS p
+		WHERE p.id = b.id AND p.state IN ('pending', 'parked', 'delivering')
+		FOR SHARE OF p SKIP LOCKED) AS l ON true
+	WHERE b.id IS NULL OR l.id IS NOT NULL
+)
+UPDATE ` + t + ` AS d
+SET state = CASE WHEN k.claim THEN 'delivering' ELSE 'parked' END,
+	attempts = d.attempts + CASE WHEN k.claim THEN 1 ELSE 0 END,
+	locked_until = CASE WHEN k.claim THEN now() + k.lease * interval '1 microsecond' END,
+	locked_by = CASE WHEN k.claim THEN $4 END,
+	last_attempt_at = CASE WHEN k.claim THEN now() ELSE d.last_attempt_at END
+FROM pick AS k
+WHERE d.id = k.id
+RETURNING d.id, d.webhook, k.claim, CASE WHEN k.claim THEN d.body END, d.attempts,
+	d.last_attempt_at, k.prev_attempt_at, d.committed_at`,
+
+		// Writes a batch of outcomes. $1 maps each id to
+		// [state, mode, status, error, delay_us, claimed_at, prev_attempt_at]
+		// (see outcomeJSON); rows are found by primary key only. A row is
+		// only written while it is still the claim this dispatcher made
+		// (locked_by, which only a claim sets, and the claim's
+		// last_attempt_at), so a dispatcher whose claim was taken back
+		// cannot overwrite a newer one. Mode 1 (released) puts back a row
+		// that was not sent: attempts and last_attempt_at go back, the
+		// last outcome stays. Mode 2 (probe) records a circuit-breaker
+		// probe that failed: its status and error are kept but it does not
+		// count as one of the row's attempts.
+		outcome: `UPDATE ` + t + ` AS d
+SET state = $1::jsonb -> d.id::text ->> 0,
+	attempts = d.attempts - CASE WHEN ($1::jsonb -> d.id::text ->> 1) IN ('1', '2') THEN 1 ELSE 0 END,
+	next_attempt_at = coalesce(now() + ($1::jsonb -> d.id::text ->> 4)::bigint * interval '1 microsecond',
+		d.next_attempt_at),
+	delivered_at = CASE WHEN $1::jsonb -> d.id::text ->> 0 = 'delivered' THEN now() ELSE d.delivered_at END,
+	last_status = CASE WHEN $1::jsonb -> d.id::text ->> 1 = '1' THEN d.last_status
+		ELSE ($1::jsonb -> d.id::text ->> 2)::int END,
+	last_error = CASE WHEN $1::jsonb -> d.id::text ->> 1 = '1' THEN d.last_error
+		ELSE $1::jsonb -> d.id::text ->> 3 END,
+	last_attempt_at = CASE WHEN $1::jsonb -> d.id::text ->> 1 = '1'
+		THEN ($1::jsonb -> d.id::text ->> 6)::timestamptz ELSE d.last_attempt_at END,
+	locked_until = NULL, locked_by = NULL
+WHERE d.id = ANY($2::bigint[]) AND d.locked_by = $3
+	AND d.last_attempt_at = ($1::jsonb -> d.id::text ->> 5)::timestamptz`,
+
+		// Runs right after outcome, in its transaction but as a statement
+		// of its own: its snapshot is taken after outcome got its row
+		// locks, so it sees every row a claim parked behind the finished
+		// ones (such a claim holds a share lock on the finished row until
+		// it commits). For each finished row, the first open change of its
+		// object becomes pending if it is parked.
+		promote: `UPDATE ` + t + ` AS d
+SET state = 'pending', next_attempt_at = greatest(d.next_attempt_at, now())
+WHERE d.id = ANY(ARRAY(
+	SELECT (SELECT p.id FROM ` + t + ` AS p
+		WHERE p.webhook = f.webhook AND p.model = f.model AND p.object_key = f.object_key
+		  AND p.state IN ('pending', 'parked', 'delivering')
+		ORDER BY p.commit_lsn, p.seq
+		LIMIT 1)
+	FROM ` + t + ` AS f
+	WHERE f.id = ANY($1::bigint[]) AND f.state IN ('delivered', 'failed')))
+  AND d.state = 'parked'`,
+
+		// Rows claimed by a dispatcher that stopped beating ($1: the
+		// silence in microseconds after which it counts as dead), or whose
+		// lease ran out, go back to pending. Their attempts are kept: the
+		// dead dispatcher may well have sent them. Few rows are delivering
+		// at any time: deliveries_lease holds exactly them.
+		rescue: `UPDATE ` + t + ` AS d
+SET state = 'pending', locked_until = NULL, locked_by = NULL
+WHERE d.state = 'delivering'
+  AND (d.locked_until < now() OR NOT EXISTS (
+	SELECT 1 FROM ` + dispatchers + ` AS h
+	WHERE h.id = d.locked_by AND h.heartbeat_at > now() - $1::bigint * interval '1 microsecond'))`,
+
+		// A circuit breaker closed: the receiver answers again, so rows
+		// waiting for a retry are due now.
+		release: `UPDATE ` + t + `
+SET next_attempt_at = now()
+WHERE webhook = $1 AND state = 'pending' AND next_attempt_at > now()`,
+
+		purgeDelivered: `DELETE FROM ` + t + `
+WHERE id IN (SELECT id FROM ` + t + `
+		WHERE state = 'delivered' AND delivered_at < now() - $1::bigint * interval '1 microsecond'
+		LIMIT ` + strconv.Itoa(PurgeBatch) + `)
+	AND state = 'delivered' AND delivered_at < now() - $1::bigint * interval '1 microsecond'`,
+
+		purgeFailed: `DELETE FROM ` + t + `
+WHERE id IN (SELECT id FROM ` + t + `
+		WHERE state = 'failed' AND last_attempt_at < now() - $1::bigint * interval '1 microsecond'
+		LIMIT ` + strconv.Itoa(PurgeBatch) + `)
+	AND state = 'failed' AND last_attempt_at < now() - $1::bigint * interval '1 microsecond'`,
+
+		heartbeat: `INSERT INTO ` + dispatchers + ` AS h (id, webhooks) VALUES ($1, $2)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), webhooks = EXCLUDED.webhooks`,
+		deregister:       `DELETE FROM ` + dispatchers + ` WHERE id = $1`,
+		pruneDispatchers: `DELETE FROM ` + dispatchers + ` WHERE heartbeat_at < now() - interval '1 day'`,
+
+		// The webhooks that have pending rows: a loose index scan of
+		// deliveries_due, one probe per webhook, however many rows wait.
+		webhooksWithPending: `WITH RECURSIVE w AS (
+	(SELECT webhook FROM ` + t + ` WHERE state = 'pending' ORDER BY webhook LIMIT 1)
+	UNION ALL
+	SELECT (SELECT d.webhook FROM ` + t + ` AS d WHERE d.state = 'pending' AND d.webhook > w.webhook
+		ORDER BY d.webhook LIMIT 1)
+	FROM w WHERE w.webhook IS NOT NULL
+)
+SELECT webhook FROM w WHERE webhook IS NOT NULL`,
+	}
+}
+
+// ClaimRequest says what one claim takes.
+type ClaimRequest struct {
+	// By is the claiming dispatcher's id (locked_by).
+	By string
+	// Webhooks, Limits and Leases are parallel: up to Limits[i] rows of
+	// Webhooks[i] are claimed, each for Leases[i].
+	Webhooks []string
+	Limits   []int32
+	Leases   []time.Duration
+}
+
+// Claimed is a delivery a claim took.
+type Claimed struct {
+	ID       int64
+	Webhook  string
+	Body     []byte
+	Attempts int
+	// ClaimedAt is the last_attempt_at the claim wrote; it identifies the
+	// claim when the outcome is written.
+	ClaimedAt time.Time
+	// PrevAttemptAt is last_attempt_at before the claim, restored when the
+	// row is released unsent.
+	PrevAttemptAt pgtype.Timestamptz
+	CommittedAt   time.Time
+}
+
+// Claim claims due rows for the webhooks of req in one statement. It
+// returns the claimed rows and how many rows it parked behind an earlier
+// change of their object. Claimed plus parked equal to a webhook's limit
+// means more may be due.
+func (s *Store) Claim(ctx context.Context, req ClaimRequest) (out []Claimed, parked map[string]int, err error) {
+	leases := make([]int64, len(req.Leases))
+	for i, l := range req.Leases {
+		leases[i] = l.Microseconds()
+	}
+	rows, err := s.pool.Query(ctx, s.q.claim, req.Webhooks, req.Limits, leases, req.By)
+	if err != nil {
+		return nil, nil, fmt.Errorf("claim: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			c       Claimed
+			took    bool
+			claimed pgtype.Timestamptz
+		)
+		if err := rows.Scan(&c.ID, &c.Webhook, &took, &c.Body, &c.Attempts, &claimed, &c.PrevAttemptAt, &c.CommittedAt); err != nil {
+			return nil, nil, fmt.Errorf("claim: read row: %w", err)
+		}
+		if !took {
+			if parked == nil {
+				parked = map[string]int{}
+			}
+			parked[c.Webhook]++
+			continue
+		}
+		c.ClaimedAt = claimed.Time
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("claim: %w", err)
+	}
+	return out, parked, nil
+}
+
+// OutcomeMode says how an outcome relates to an attempt.
+type OutcomeMode int
+
+const (
+	// Attempted: the row was sent; State, Status, Err and Delay record it.
+	Attempted OutcomeMode = iota
+	// Released: the row was not sent; it goes back to pending as it was.
+	Released
+	// Probed: a circuit-breaker probe failed; Status and Err are recorded
+	// but the attempt is not counted against the row's retry budget.
+	Probed
+)
+
+// Outcome is what became of one claimed row.
+type Outcome struct {
+	ID            int64
+	ClaimedAt     time.Time
+	PrevAttemptAt pgtype.Timestamptz
+	State         string // StateDelivered, StatePending or StateFailed
+	Mode          OutcomeMode
+	Status        int           // HTTP status; 0 writes NULL
+	Err           string        // last_error; "" writes NULL
+	Delay         time.Duration // pending: next_attempt_at = now() + Delay
+}
+
+// WriteOutcomes records batch, made by dispatcher by, and makes the next
+// parked change of each finished object pending, in one transaction (one
+// round trip). It returns how many rows were written: fewer than
+// len(batch) when some were taken back from this dispatcher meanwhile.
+func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (int64, error) {
+	ids := make([]int64, len(batch))
+	for i, o := range batch {
+		ids[i] = o.ID
+	}
+	b := &pgx.Batch{}
+	b.Queue(s.q.outcome, outcomeJSON(batch), ids, by)
+	b.Queue(s.q.promote, ids)
+	// A batch runs as one implicit transaction.
+	br := s.pool.SendBatch(ctx, b)
+	tag, err := br.Exec()
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("write %d outcomes: %w", len(batch), err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// outcomeJSON encodes batch as the jsonb object the outcome statement
+// reads: {"<id>": [state, mode, status, error, delay_us, claimed_at,
+// prev_attempt_at], ...}, with null for absent values.
+func outcomeJSON(batch []Outcome) string {
+	b := make([]byte, 0, 96*len(batch))
+	b = append(b, '{')
+	for i, r := range batch {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = strconv.AppendInt(b, r.ID, 10)
+		b = append(b, `":["`...)
+		b = append(b, r.State...)
+		b = append(b, `",`...)
+		b = strconv.AppendInt(b, int64(r.Mode), 10)
+		b = append(b, ',')
+		if r.Status != 0 {
+			b = strconv.AppendInt(b, int64(r.Status), 10)
+		} else {
+			b = append(b, "null"...)
+		}
+		b = append(b, ',')
+		if r.Err != "" {
+			q, _ := json.Marshal(r.Err)
+			b = append(b, q...)
+		} else {
+			b = append(b, "null"...)
+		}
+		b = append(b, ',')
+		if r.State == StatePending && r.Mode != Released {
+			b = strconv.AppendInt(b, r.Delay.Microseconds(), 10)
+		} else {
+			b = append(b, "null"...)
+		}
+		b = append(b, ',')
+		b = appendTime(b, r.ClaimedAt)
+		b = append(b, ',')
+		if r.PrevAttemptAt.Valid {
+			b = appendTime(b, r.PrevAttemptAt.Time)
+		} else {
+			b = append(b, "null"...)
+		}
+		b = append(b, ']')
+	}
+	b = append(b, '}')
+	return string(b)
+}
+
+// appendTime appends t as a quoted timestamp PostgreSQL reads back exactly.
+func appendTime(b []byte, t time.Time) []byte {
+	b = append(b, '"')
+	b = t.UTC().AppendFormat(b, "2006-01-02T15:04:05.999999Z07:00")
+	return append(b, '"')
+}
+
+// Rescue puts back to pending the rows claimed by dispatchers silent for
+// longer than dead, and rows whose lease ran out. It returns how many.
+func (s *Store) Rescue(ctx context.Context, dead time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, s.q.rescue, dead.Microseconds())
+	if err != nil {
+		return 0, fmt.Errorf("rescue: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// ReleaseBackoff makes webhook's rows that wait for a retry due now.
+func (s *Store) ReleaseBackoff(ctx context.Context, webhook string) (int64, error) {
+	tag, err := s.pool.Exec(ctx, s.q.release, webhook)
+	if err != nil {
+		return 0, fmt.Errorf("release backoff of %s: %w", webhook, err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// PurgeDelivered deletes up to PurgeBatch delivered rows older than age.
+func (s *Store) PurgeDelivered(ctx context.Context, age time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, s.q.purgeDelivered, age.Microseconds())
+	if err != nil {
+		return 0, fmt.Errorf("purge delivered rows: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// PurgeFailed deletes up to PurgeBatch failed rows whose last attempt is
+// older than age.
+func (s *Store) PurgeFailed(ctx context.Context, age time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, s.q.purgeFailed, age.Microseconds())
+	if err != nil {
+		return 0, fmt.Errorf("purge failed rows: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Heartbeat records that dispatcher id is alive, with its per-webhook
+// state (any JSON-encodable value; nil is {}).
+func (s *Store) Heartbeat(ctx context.Context, id string, webhooks any) error {
+	if webhooks == nil {
+		webhooks = map[string]any{}
+	}
+	js, err := json.Marshal(webhooks)
+	if err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	if _, err := s.pool.Exec(ctx, s.q.heartbeat, id, string(js)); err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	return nil
+}
+
+// Deregister removes dispatcher id's heartbeat row (on a clean stop).
+func (s *Store) Deregister(ctx context.Context, id string) error {
+	if _, err := s.pool.Exec(ctx, s.q.deregister, id); err != nil {
+		return fmt.Errorf("deregister dispatcher: %w", err)
+	}
+	return nil
+}
+
+// PruneDispatchers deletes heartbeat rows silent for a day.
+func (s *Store) PruneDispatchers(ctx context.Context) error {
+	if _, err := s.pool.Exec(ctx, s.q.pruneDispatchers); err != nil {
+		return fmt.Errorf("prune dispatchers: %w", err)
+	}
+	return nil
+}
+
+// WebhooksWithPending lists the webhooks that have pending rows.
+func (s *Store) WebhooksWithPending(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, s.q.webhooksWithPending)
+	if err != nil {
+		return nil, fmt.Errorf("webhooks with pending rows: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("webhooks with pending rows: %w", err)
+	}
+	return names, nil
+}
