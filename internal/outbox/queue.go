@@ -42,10 +42,14 @@ func newQueries(t, dispatchers string) queries {
 		// claim has committed, so that its promotion sees the parked row.
 		// SKIP LOCKED everywhere: a claim never waits for a lock.
 		//
-		// The UPDATE finds its rows by primary key through the
-		// materialized pick: no join order for stale statistics to get
-		// wrong. $3 is the lease per webhook in microseconds, $4 the
-		// claiming dispatcher.
+		// Every row is locked and decided before the first one is
+		// updated: the arrays of agg are init plans, computed in full
+		// before the UPDATE reads its first row. (Read lazily, a later
+		// candidate's share lock would meet a row this very statement
+		// already updated, and fail.) The UPDATE finds its rows by
+		// primary key: no join order for missing statistics to get wrong.
+		// $3 is the lease per webhook in microseconds, $4 the claiming
+		// dispatcher.
 		claim: `WITH cand AS MATERIALIZED (
 	SELECT c.*, w.lease
 	FROM unnest($1::text[], $2::int[], $3::bigint[]) AS w(name, lim, lease)
@@ -71,6 +75,10 @@ func newQueries(t, dispatchers string) queries {
 		WHERE p.id = b.id AND p.state IN ('pending', 'parked', 'delivering')
 		FOR SHARE OF p SKIP LOCKED) AS l ON true
 	WHERE b.id IS NULL OR l.id IS NOT NULL
+), agg AS (
+	SELECT array_agg(id) AS ids, array_agg(claim) AS claims,
+		array_agg(prev_attempt_at) AS prevs, array_agg(lease) AS leases
+	FROM pick
 )
 UPDATE ` + t + ` AS d
 SET state = CASE WHEN k.claim THEN 'delivering' ELSE 'parked' END,
@@ -78,7 +86,8 @@ SET state = CASE WHEN k.claim THEN 'delivering' ELSE 'parked' END,
 	locked_until = CASE WHEN k.claim THEN now() + k.lease * interval '1 microsecond' END,
 	locked_by = CASE WHEN k.claim THEN $4 END,
 	last_attempt_at = CASE WHEN k.claim THEN now() ELSE d.last_attempt_at END
-FROM pick AS k
+FROM unnest((SELECT ids FROM agg), (SELECT claims FROM agg), (SELECT prevs FROM agg), (SELECT leases FROM agg))
+	AS k(id, claim, prev_attempt_at, lease)
 WHERE d.id = k.id
 RETURNING d.id, d.webhook, k.claim, CASE WHEN k.claim THEN d.body END, d.attempts,
 	d.last_attempt_at, k.prev_attempt_at, d.committed_at`,

@@ -1,0 +1,304 @@
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/test/pgtest"
+)
+
+var pg *pgtest.Cluster
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
+
+func setup(t *testing.T) (*Store, *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pg.NewDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := migrations.Apply(ctx, pool, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	return New(pool, "walhook"), pool
+}
+
+func exec(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// insert adds a pending change of object key for webhook, in commit order.
+func insert(t *testing.T, pool *pgxpool.Pool, webhook, key string, lsn int) int64 {
+	t.Helper()
+	var id int64
+	err := pool.QueryRow(context.Background(), `INSERT INTO walhook.deliveries
+		(webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
+		VALUES ($1, 'updated', 'M', $2, ('0/' || to_hex($3::int))::pg_lsn, 0, now(), '{}') RETURNING id`,
+		webhook, key, lsn).Scan(&id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func count(t *testing.T, pool *pgxpool.Pool, where string) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM walhook.deliveries WHERE `+where).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func state(t *testing.T, pool *pgxpool.Pool, id int64) string {
+	t.Helper()
+	var s string
+	if err := pool.QueryRow(context.Background(), `SELECT state FROM walhook.deliveries WHERE id = $1`, id).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func claimIDs(t *testing.T, s *Store, webhook string, limit int) ([]Claimed, int) {
+	t.Helper()
+	c, parked, err := s.Claim(context.Background(), ClaimRequest{By: "d1", Webhooks: []string{webhook},
+		Limits: []int32{int32(limit)}, Leases: []time.Duration{time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, parked[webhook]
+}
+
+func finish(t *testing.T, s *Store, c Claimed, st string) {
+	t.Helper()
+	n, err := s.WriteOutcomes(context.Background(), "d1", []Outcome{{ID: c.ID, ClaimedAt: c.ClaimedAt, State: st}})
+	if err != nil || n != 1 {
+		t.Fatalf("WriteOutcomes = %d, %v", n, err)
+	}
+}
+
+// An object's changes go out one at a time in commit order: later ones
+// are parked by the claim and promoted by their predecessor's outcome,
+// delivered or failed; other objects are not held back.
+func TestParkAndPromote(t *testing.T) {
+	t.Parallel()
+	s, pool := setup(t)
+	r1 := insert(t, pool, "w", "x", 100)
+	r2 := insert(t, pool, "w", "x", 200)
+	other := insert(t, pool, "w", "y", 250)
+	r3 := insert(t, pool, "w", "x", 300)
+
+	c, parked := claimIDs(t, s, "w", 10)
+	if len(c) != 2 || c[0].ID != r1 || c[1].ID != other || parked != 2 {
+		t.Fatalf("first claim: %+v, %d parked; want %d and %d claimed, 2 parked", c, parked, r1, other)
+	}
+	if state(t, pool, r2) != StateParked || state(t, pool, r3) != StateParked {
+		t.Fatal("later changes of x are not parked")
+	}
+	// Nothing due: parked rows are not read again.
+	if c, parked := claimIDs(t, s, "w", 10); len(c) != 0 || parked != 0 {
+		t.Fatalf("second claim: %+v, %d parked", c, parked)
+	}
+	finish(t, s, c[0], StateDelivered)
+	if state(t, pool, r2) != StatePending || state(t, pool, r3) != StateParked {
+		t.Fatalf("after r1 delivered: r2 %s, r3 %s; want pending, parked", state(t, pool, r2), state(t, pool, r3))
+	}
+	c2, _ := claimIDs(t, s, "w", 10)
+	if len(c2) != 1 || c2[0].ID != r2 {
+		t.Fatalf("third claim: %+v, want r2", c2)
+	}
+	// A failed change does not block later ones.
+	finish(t, s, c2[0], StateFailed)
+	c3, _ := claimIDs(t, s, "w", 10)
+	if len(c3) != 1 || c3[0].ID != r3 {
+		t.Fatalf("fourth claim: %+v, want r3", c3)
+	}
+	// A retry (pending again, due later) keeps the object's next change
+	// parked, and the contract's SQL retry of a failed row is checked
+	// against its object like any pending row.
+	r4 := insert(t, pool, "w", "x", 400)
+	n, err := s.WriteOutcomes(context.Background(), "d1", []Outcome{{ID: c3[0].ID, ClaimedAt: c3[0].ClaimedAt,
+		State: StatePending, Delay: time.Hour, Status: 503, Err: "HTTP 503"}})
+	if err != nil || n != 1 {
+		t.Fatal(n, err)
+	}
+	if c, parked := claimIDs(t, s, "w", 10); len(c) != 0 || parked != 1 || state(t, pool, r4) != StateParked {
+		t.Fatalf("claim behind a retry: %+v, %d parked, r4 %s", c, parked, state(t, pool, r4))
+	}
+	// r2 is earlier than r3: retried by SQL, it has no earlier open change
+	// and goes out (the order a manual retry asks for).
+	exec(t, pool, `UPDATE walhook.deliveries SET state = 'pending', next_attempt_at = now() WHERE state = 'failed'`)
+	if c, _ := claimIDs(t, s, "w", 10); len(c) != 1 || c[0].ID != r2 {
+		t.Fatalf("claim after the SQL retry: %+v, want r2", c)
+	}
+}
+
+// A claim never parks a row behind a change whose outcome is being written
+// at that moment (its row is locked): the promotion could miss it. The row
+// stays pending for the next claim instead.
+func TestClaimLeavesRowBehindLockedPredecessor(t *testing.T) {
+	t.Parallel()
+	s, pool := setup(t)
+	ctx := context.Background()
+	insert(t, pool, "w", "x", 100)
+	c, _ := claimIDs(t, s, "w", 10)
+	r2 := insert(t, pool, "w", "x", 200)
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `UPDATE walhook.deliveries SET state = 'delivered', delivered_at = now(), locked_until = NULL WHERE id = $1`, c[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	got, parked := claimIDs(t, s, "w", 10)
+	if len(got) != 0 || parked != 0 || state(t, pool, r2) != StatePending {
+		t.Fatalf("claim behind a locked predecessor: %+v, %d parked, r2 %s", got, parked, state(t, pool, r2))
+	}
+}
+
+// explain runs sql under EXPLAIN (ANALYZE, BUFFERS) in a transaction that
+// is rolled back, with a custom and with a generic plan (what a prepared
+// statement gets after five runs), and returns the larger number of
+// buffers touched and that plan.
+func explain(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) (int64, string) {
+	t.Helper()
+	ctx := context.Background()
+	var worst int64
+	var worstPlan string
+	for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SET LOCAL plan_cache_mode = "+mode); err != nil {
+				return err
+			}
+			var js string
+			if err := tx.QueryRow(ctx, "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "+sql, args...).Scan(&js); err != nil {
+				return err
+			}
+			var plan []struct {
+				Plan map[string]any `json:"Plan"`
+			}
+			if err := json.Unmarshal([]byte(js), &plan); err != nil {
+				return err
+			}
+			p := plan[0].Plan
+			n := int64(p["Shared Hit Blocks"].(float64) + p["Shared Read Blocks"].(float64))
+			if n >= worst {
+				var text string
+				_ = tx.QueryRow(ctx, "EXPLAIN (COSTS OFF) "+sql, args...).Scan(&text)
+				rows, _ := tx.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+sql, args...)
+				lines, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+				worst, worstPlan = n, mode+":\n"+strings.Join(lines, "\n")
+			}
+			return pgx.ErrTxClosed // roll back
+		})
+		if err != nil && err != pgx.ErrTxClosed {
+			t.Fatalf("explain %s: %v", mode, err)
+		}
+	}
+	return worst, worstPlan
+}
+
+// The statements that run all the time touch a number of buffers bounded by
+// their batch, not by the backlog, on a 1,000,000-row outbox that was never
+// analyzed or vacuumed, where most rows wait behind retrying changes of
+// their objects.
+func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a 1,000,000-row outbox")
+	}
+	t.Parallel()
+	s, pool := setup(t)
+	ctx := context.Background()
+	// No statistics, ever: the worst case production can meet.
+	exec(t, pool, `ALTER TABLE walhook.deliveries SET (autovacuum_enabled = false)`)
+	// 1,000,000 rows of two webhooks: 2,000 objects whose first change is
+	// retrying (due in an hour) with 400,000 changes behind them, then
+	// 600,000 rows of 300,000 other objects, due now, and some delivered
+	// and failed rows.
+	exec(t, pool, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body,
+			state, attempts, next_attempt_at, last_attempt_at, delivered_at)
+		SELECT CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, 'updated', 'M',
+			CASE WHEN g <= 402000 THEN 'r' || (g % 2000) ELSE 'o' || (g % 300000) END,
+			('0/' || to_hex(16 + g))::pg_lsn, 0, now(), '{}',
+			CASE WHEN g % 97 = 0 AND g > 402000 THEN 'delivered' WHEN g % 101 = 0 AND g > 402000 THEN 'failed' ELSE 'pending' END,
+			CASE WHEN g <= 2000 THEN 1 ELSE 0 END,
+			CASE WHEN g <= 2000 THEN now() + interval '1 hour' ELSE now() - interval '1 minute' END,
+			CASE WHEN g <= 2000 OR (g % 101 = 0 AND g > 402000) THEN now() - interval '40 days' END,
+			CASE WHEN g % 97 = 0 AND g > 402000 THEN now() - interval '10 days' END
+		FROM generate_series(1, 1000000) AS g`)
+	var analyzed bool
+	if err := pool.QueryRow(ctx, `SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL
+		FROM pg_stat_user_tables WHERE relid = 'walhook.deliveries'::regclass`).Scan(&analyzed); err != nil || analyzed {
+		t.Fatalf("outbox analyzed (%v, %v): the test needs a table without statistics", analyzed, err)
+	}
+
+	const batch = 64
+	// Bounds: a claim touches a few index and heap pages per row it takes
+	// or parks; the backlog is 1,000,000 rows in about 10,000 pages.
+	limit := int64(2 * batch * 40)
+	claimArgs := []any{[]string{"a", "b"}, []int32{batch, batch}, []int64{60e6, 60e6}, "d1"}
+	// First claims meet the 400,000 rows blocked behind retrying changes:
+	// they park them, a batch at a time.
+	for i := range 3 {
+		n, plan := explain(t, pool, s.q.claim, claimArgs...)
+		if n > limit {
+			t.Fatalf("claim %d touched %d buffers (limit %d):\n%s", i, n, limit, plan)
+		}
+		if _, _, err := s.Claim(ctx, ClaimRequest{By: "d1", Webhooks: []string{"a", "b"}, Limits: []int32{batch, batch},
+			Leases: []time.Duration{time.Minute, time.Minute}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := count(t, pool, `state = 'parked'`); n != 6*batch {
+		t.Fatalf("%d rows parked, want %d", n, 6*batch)
+	}
+	// The first retrying changes finish: their parked successors are
+	// promoted.
+	var ids []int64
+	for id := int64(1); id <= batch; id++ {
+		ids = append(ids, id)
+	}
+	exec(t, pool, `UPDATE walhook.deliveries SET state = 'delivered', delivered_at = now(), locked_until = NULL WHERE id = ANY($1)`, ids)
+	stmts := []struct {
+		name string
+		sql  string
+		args []any
+	}{
+		{"promote", s.q.promote, []any{ids}},
+		{"rescue", s.q.rescue, []any{int64(5e6)}},
+		{"release backoff", s.q.release, []any{"a"}},
+		{"purge delivered", s.q.purgeDelivered, []any{int64(7 * 24 * 3600e6)}},
+		{"purge failed", s.q.purgeFailed, []any{int64(30 * 24 * 3600e6)}},
+		{"webhooks with pending rows", s.q.webhooksWithPending, nil},
+	}
+	for _, st := range stmts {
+		n, plan := explain(t, pool, st.sql, st.args...)
+		// release backoff touches the 1,000 retrying rows of webhook a;
+		// the purges up to PurgeBatch rows. An updated row costs a heap page
+		// and an entry in each of the indexes whose columns it changes.
+		bound := limit
+		switch st.name {
+		case "release backoff":
+			bound = 1000 * 25
+		case "purge delivered", "purge failed":
+			bound = PurgeBatch * 25
+		}
+		if n > bound {
+			t.Errorf("%s touched %d buffers (limit %d):\n%s", st.name, n, bound, plan)
+		}
+	}
+}
