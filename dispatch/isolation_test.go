@@ -1,0 +1,203 @@
+package dispatch_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/config"
+)
+
+// breakerLog records breaker transitions (the Observer side).
+type breakerLog struct {
+	mu     sync.Mutex
+	states []string
+}
+
+func (b *breakerLog) Attempted(dispatch.Attempt) {}
+func (b *breakerLog) BreakerChanged(webhook string, s dispatch.BreakerState) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.states = append(b.states, webhook+":"+string(s))
+}
+func (b *breakerLog) list() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.states...)
+}
+
+// A receiver that hangs takes only its own webhook's request slots and is
+// paused by its breaker: the healthy webhook's rows, queued after the hung
+// webhook's backlog, go out at once.
+func TestHungWebhookDoesNotDelayOthers(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	hung := newRecorder(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	ok := newRecorder(t, nil)
+	// The hung webhook's backlog comes first in the outbox.
+	e.insertMany("hung", 400, 0)
+	e.insertMany("ok", 50, 1000)
+	obs := &breakerLog{}
+	e.start(e.pool, testConfig(4,
+		hookConfig("hung", hung.srv.URL, func(w *config.Webhook) { w.Timeout = config.Duration(time.Second) }),
+		hookConfig("ok", ok.srv.URL)), func(o *dispatch.Options) { o.Observer = obs })
+	// Old behaviour: 4 shared slots, all taken by the hung receiver for
+	// 100 rounds of 1 s timeouts.
+	waitFor(t, 8*time.Second, "the healthy webhook's 50 deliveries", func() bool { return ok.len() == 50 })
+	if n := e.count(`webhook = 'ok' AND state = 'delivered'`); n != 50 {
+		waitFor(t, 5*time.Second, "50 delivered rows", func() bool { return e.count(`webhook = 'ok' AND state = 'delivered'`) == 50 })
+	}
+	// The hung webhook is paused by its breaker after 5 timeouts: a
+	// handful of attempts, no row failed.
+	waitFor(t, 10*time.Second, "the breaker to open", func() bool {
+		for _, s := range obs.list() {
+			if s == "hung:open" {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(1500 * time.Millisecond)
+	if n := hung.len(); n > 12 {
+		t.Errorf("hung receiver got %d requests; the breaker should have paused it after 5 (2 in flight, then probes)", n)
+	}
+	if n := e.count(`state = 'failed'`); n != 0 {
+		t.Errorf("%d rows failed while the breaker was open", n)
+	}
+}
+
+// The breaker opens after consecutive 5xx, probes with one request at a
+// time, and closes at the first success; then every row goes out, none
+// failed (pausing spends no attempts), each object in order.
+func TestBreakerOpensProbesAndCloses(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	var healthy atomic.Bool
+	var inFlight, maxWhileOpen atomic.Int32
+	var opened atomic.Bool
+	rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		if opened.Load() && n > maxWhileOpen.Load() {
+			maxWhileOpen.Store(n)
+		}
+		if healthy.Load() {
+			w.WriteHeader(204)
+			return
+		}
+		w.WriteHeader(503)
+	})
+	var rows []delivery
+	for i := range 60 {
+		rows = append(rows, delivery{webhook: "w", key: string(rune('a' + i%20)), lsn: uint64(100 + i),
+			body: `{"n":` + string(rune('0'+i%10)) + `}`})
+	}
+	ids := e.insert(rows...)
+	obs := &breakerLog{}
+	e.start(e.pool, testConfig(4, hookConfig("w", rec.srv.URL, func(w *config.Webhook) {
+		w.Retry.MaxAttempts = 2 // fewer than the breaker's threshold
+	})), func(o *dispatch.Options) { o.Observer = obs })
+	waitFor(t, 10*time.Second, "the breaker to open", func() bool { return len(obs.list()) > 0 })
+	opened.Store(true)
+	// While open: the heartbeat row shows it, probes come one at a time.
+	waitFor(t, 5*time.Second, "the open breaker in the dispatchers table", func() bool {
+		var js string
+		_ = e.pool.QueryRow(t.Context(), `SELECT webhooks::text FROM walhook.dispatchers`).Scan(&js)
+		var m map[string]dispatch.BreakerStatus
+		_ = json.Unmarshal([]byte(js), &m)
+		return m["w"].State == dispatch.BreakerOpen || m["w"].State == dispatch.BreakerProbing
+	})
+	before := rec.len()
+	time.Sleep(2500 * time.Millisecond)
+	probes := rec.len() - before
+	if probes < 1 || probes > 3 {
+		t.Errorf("%d probes in 2.5 s while open, want 1 to 3 (1 s, then 2 s)", probes)
+	}
+	if n := maxWhileOpen.Load(); n > 1 {
+		t.Errorf("%d requests in flight while the breaker was open, want 1", n)
+	}
+	if n := e.count(`state = 'failed'`); n != 0 {
+		t.Fatalf("%d rows failed: pausing must not spend attempts", n)
+	}
+	healthy.Store(true)
+	waitFor(t, 15*time.Second, "every row delivered", func() bool { return e.count(`state = 'delivered'`) == len(ids) })
+	got := obs.list()
+	if len(got) != 2 || got[0] != "w:open" || got[1] != "w:closed" {
+		t.Errorf("breaker transitions = %v, want [w:open w:closed]", got)
+	}
+	// Per-object order: each object's rows were delivered in commit order.
+	var bad int
+	_ = e.pool.QueryRow(t.Context(), `SELECT count(*) FROM (
+		SELECT object_key, delivered_at, lag(delivered_at) OVER (PARTITION BY object_key ORDER BY commit_lsn) AS prev
+		FROM walhook.deliveries) x WHERE delivered_at < prev`).Scan(&bad)
+	if bad != 0 {
+		t.Errorf("%d rows delivered before an earlier change of their object", bad)
+	}
+}
+
+// rate_limit spaces a webhook's requests.
+func TestRateLimit(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	var mu sync.Mutex
+	var at []time.Time
+	rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+		mu.Lock()
+		at = append(at, time.Now())
+		mu.Unlock()
+		w.WriteHeader(204)
+	})
+	e.insertMany("w", 45, 0)
+	e.start(e.pool, testConfig(8, hookConfig("w", rec.srv.URL, func(w *config.Webhook) {
+		w.Rate = 20 // rate_limit: 20/s
+	})))
+	waitFor(t, 15*time.Second, "45 deliveries", func() bool { return rec.len() == 45 })
+	mu.Lock()
+	defer mu.Unlock()
+	// Any one-second window holds at most the rate plus the burst (2).
+	for i := range at {
+		n := 0
+		for j := i; j < len(at) && at[j].Sub(at[i]) < time.Second; j++ {
+			n++
+		}
+		if n > 22 {
+			t.Fatalf("%d requests within one second, rate limit 20/s", n)
+		}
+	}
+	if d := at[len(at)-1].Sub(at[0]); d < 1500*time.Millisecond {
+		t.Errorf("45 requests at 20/s took %s", d)
+	}
+}
+
+// Failed rows are deleted after dispatch.failed_retention, delivered rows
+// after dispatch.retention; nothing younger is touched.
+func TestFailedRetention(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	oldFailed := e.insertOne("w", `{}`)
+	newFailed := e.insertOne("w", `{}`)
+	oldDelivered := e.insertOne("w", `{}`)
+	e.exec(`UPDATE walhook.deliveries SET state = 'failed', attempts = 8, last_attempt_at = now() - interval '31 days' WHERE id = $1`, oldFailed)
+	e.exec(`UPDATE walhook.deliveries SET state = 'failed', attempts = 8, last_attempt_at = now() - interval '29 days' WHERE id = $1`, newFailed)
+	e.exec(`UPDATE walhook.deliveries SET state = 'delivered', attempts = 1, last_attempt_at = now() - interval '8 days',
+		delivered_at = now() - interval '8 days' WHERE id = $1`, oldDelivered)
+	rec := newRecorder(t, nil)
+	cfg := testConfig(2, hookConfig("w", rec.srv.URL))
+	cfg.Dispatch.FailedRetention = config.Duration(30 * 24 * time.Hour)
+	e.start(e.pool, cfg)
+	waitFor(t, 10*time.Second, "old rows purged", func() bool { return e.count(`id IN ($1, $2)`, oldFailed, oldDelivered) == 0 })
+	if e.count(`id = $1 AND state = 'failed'`, newFailed) != 1 {
+		t.Error("a failed row younger than failed_retention was deleted")
+	}
+}
