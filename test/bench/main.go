@@ -47,6 +47,8 @@ var (
 	scaleRows  int
 	scaleProcs string
 	scaleConc  int
+
+	backlogRows int
 )
 
 type bench struct {
@@ -64,7 +66,8 @@ func main() {
 	rate := flag.Int("rate", 1000, "rows/s in the latency phase")
 	dur := flag.Duration("latency-for", 10*time.Second, "length of the latency phase")
 	out := flag.String("out", "bench-results.json", "where to write the JSON results")
-	phases := flag.String("phases", "capture,dispatch,latency,huge", "phases to run, comma-separated (capture, dispatch, latency, huge, scale)")
+	phases := flag.String("phases", "capture,dispatch,latency,huge,backlog,claims,outage,hang", "phases to run, comma-separated (capture, dispatch, latency, huge, backlog, claims, outage, hang, scale)")
+	flag.IntVar(&backlogRows, "backlog-rows", 1000000, "rows captured into the outbox in the backlog phase")
 	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
 	flag.IntVar(&scaleRows, "scale-rows", 200000, "backlog drained in the scale phase")
 	flag.StringVar(&scaleProcs, "scale-procs", "1,2,4", "numbers of dispatch-only processes in the scale phase")
@@ -118,6 +121,16 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 	if huge > 0 && want["huge"] {
 		if err := b.hugeTx(huge); err != nil {
 			return fmt.Errorf("huge transaction: %w", err)
+		}
+	}
+	for _, ph := range []struct {
+		name string
+		run  func() error
+	}{{"backlog", b.backlogPhase}, {"claims", b.claims}, {"outage", func() error { return b.outage(false) }}, {"hang", func() error { return b.outage(true) }}} {
+		if want[ph.name] {
+			if err := ph.run(); err != nil {
+				return fmt.Errorf("%s: %w", ph.name, err)
+			}
 		}
 	}
 	if want["scale"] {
@@ -458,8 +471,8 @@ func (b *bench) hugeTx(n int) error {
 	return nil
 }
 
-// backlog fills the outbox with rows pending deliveries, one per object,
-// and vacuums it so that every run starts from the same state.
+// backlog fills the outbox with rows pending deliveries, one per object, as
+// they are after capture wrote them: never vacuumed or analyzed by hand.
 func (b *bench) backlog(pool *pgxpool.Pool, rows int) error {
 	if _, err := pool.Exec(b.ctx, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
 		SELECT 'w', 'created', 'item', g::text, '0/1'::pg_lsn + g, 0, now(),
@@ -467,8 +480,7 @@ func (b *bench) backlog(pool *pgxpool.Pool, rows int) error {
 		FROM generate_series(1, $1::int) g`, rows); err != nil {
 		return err
 	}
-	_, err := pool.Exec(b.ctx, `VACUUM ANALYZE walhook.deliveries`)
-	return err
+	return nil
 }
 
 // scale: for each number of processes n, n `walhook run --dispatch-only`

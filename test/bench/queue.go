@@ -1,0 +1,337 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/internal/outbox"
+)
+
+// backlogPhase: backlogRows inserts (1,000 per transaction) are captured by
+// `walhook run --capture-only` into a fresh outbox, then one `walhook run
+// --dispatch-only` drains them. Nothing is vacuumed or analyzed by hand:
+// the outbox is as capture left it. For reference only, the same rows are
+// then put back to pending, the table is VACUUM ANALYZEd by hand, and
+// drained again.
+func (b *bench) backlogPhase() error {
+	url, closeRecv, err := receiver(nil)
+	if err != nil {
+		return err
+	}
+	defer closeRecv()
+	pool, _, cfg, err := b.db(itemSchema, url, "dispatch: {concurrency: 32}\n")
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	capt, err := b.start(cfg, "run", "--capture-only")
+	if err != nil {
+		return err
+	}
+	if err := waitFor(30*time.Second, 20*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'bench%'`) == 1
+	}); err != nil {
+		capt.stop()
+		return fmt.Errorf("capture did not start: %s", capt.out.String())
+	}
+	for i := 0; i < backlogRows; i += 1000 {
+		if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series($1::int + 1, $1::int + 1000) g`, i); err != nil {
+			capt.stop()
+			return err
+		}
+	}
+	err = waitFor(10*time.Minute, 100*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries`) >= backlogRows
+	})
+	capt.stop()
+	if err != nil {
+		return err
+	}
+	drain := func() (float64, float64, error) {
+		start := time.Now()
+		p, err := b.start(cfg, "run", "--dispatch-only")
+		if err != nil {
+			return 0, 0, err
+		}
+		err = waitFor(20*time.Minute, 50*time.Millisecond, func() bool {
+			return count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE state IN ('pending', 'parked', 'delivering')`) == 0
+		})
+		el := time.Since(start)
+		rss := p.stop()
+		if err != nil {
+			return 0, 0, fmt.Errorf("%w: %s", err, p.out.String())
+		}
+		return float64(backlogRows) / el.Seconds(), rss, nil
+	}
+	rate, rss, err := drain()
+	if err != nil {
+		return err
+	}
+	phase := fmt.Sprintf("backlog %d", backlogRows)
+	b.add(phase, "drained by one dispatch-only (as capture left it, never analyzed)", rate, "deliveries/s")
+	b.add(phase, "walhook peak RSS", rss, "MB")
+	if _, err := pool.Exec(b.ctx, `UPDATE walhook.deliveries SET state = 'pending', attempts = 0, delivered_at = NULL,
+		last_attempt_at = NULL, last_status = NULL, next_attempt_at = now()`); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(b.ctx, `VACUUM ANALYZE walhook.deliveries`); err != nil {
+		return err
+	}
+	ref, _, err := drain()
+	if err != nil {
+		return err
+	}
+	b.add(phase, "reference: same rows after a manual VACUUM ANALYZE", ref, "deliveries/s")
+	b.add(phase, "never analyzed / analyzed", rate/ref, "x")
+	return nil
+}
+
+// claims: the latency of one claim of 64 rows (plus parking) with a 10,000
+// and a 1,000,000-row backlog that was never analyzed, where a third of
+// the rows wait behind a retrying change of their object.
+func (b *bench) claims() error {
+	var p99s []float64
+	for _, n := range []int{10000, 1000000} {
+		pool, _, cfg, err := b.db(itemSchema, "", "")
+		if err != nil {
+			return err
+		}
+		if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+			pool.Close()
+			return fmt.Errorf("migrate: %v: %s", err, out)
+		}
+		blocked := n / 3
+		heads := max(blocked/100, 1)
+		if _, err := pool.Exec(b.ctx, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body,
+				attempts, next_attempt_at)
+			SELECT 'w', 'updated', 'item', CASE WHEN g <= $2 THEN 'r' || (g % $3) ELSE g::text END, '0/1'::pg_lsn + g, 0, now(),
+				'{"event":"updated","model":"item","data":{"id":' || g || '}}',
+				CASE WHEN g <= $3 THEN 1 ELSE 0 END,
+				CASE WHEN g <= $3 THEN now() + interval '1 hour' ELSE now() END
+			FROM generate_series(1, $1::int) g`, n, blocked, heads); err != nil {
+			pool.Close()
+			return err
+		}
+		store := outbox.New(pool, "walhook")
+		var lat []float64
+		for range 300 {
+			start := time.Now()
+			if _, _, err := store.Claim(b.ctx, outbox.ClaimRequest{By: "bench", Webhooks: []string{"w"},
+				Limits: []int32{64}, Leases: []time.Duration{time.Minute}}); err != nil {
+				pool.Close()
+				return err
+			}
+			lat = append(lat, float64(time.Since(start).Microseconds())/1e3)
+		}
+		pool.Close()
+		sort.Float64s(lat)
+		pct := func(q float64) float64 { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+		b.add("claim latency", fmt.Sprintf("p50, 64 rows, %d-row backlog", n), pct(0.5), "ms")
+		b.add("claim latency", fmt.Sprintf("p99, 64 rows, %d-row backlog", n), pct(0.99), "ms")
+		p99s = append(p99s, pct(0.99))
+	}
+	b.add("claim latency", "p99 1,000,000 / p99 10,000", p99s[1]/p99s[0], "x")
+	return nil
+}
+
+// orderRecv counts deliveries per webhook path and checks per-object order
+// (the body's data.id is the object, data.v its version).
+type orderRecv struct {
+	mu     sync.Mutex
+	last   map[string]int
+	n      map[string]int
+	bad    int
+	status atomic.Int32 // answer for /b: 0 = 204, -1 = hang
+	url    string
+	close  func()
+}
+
+func newOrderRecv() (*orderRecv, error) {
+	o := &orderRecv{last: map[string]int{}, n: map[string]int{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if r.URL.Path == "/b" {
+			switch st := o.status.Load(); {
+			case st < 0:
+				<-r.Context().Done()
+				return
+			case st > 0:
+				w.WriteHeader(int(st))
+				return
+			}
+		}
+		s := string(body)
+		id, v := field(s, `"id":`), field(s, `"v":`)
+		key := r.URL.Path + "/" + strconv.Itoa(id)
+		o.mu.Lock()
+		if prev, seen := o.last[key]; seen && v <= prev {
+			o.bad++
+		}
+		o.last[key] = v
+		o.n[r.URL.Path]++
+		o.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})}
+	go srv.Serve(ln)
+	o.url, o.close = "http://"+ln.Addr().String(), func() { srv.Close() }
+	return o, nil
+}
+
+func field(s, name string) int {
+	i := strings.Index(s, name)
+	if i < 0 {
+		return -1
+	}
+	s = s[i+len(name):]
+	j := strings.IndexAny(s, ",}")
+	n, _ := strconv.Atoi(s[:j])
+	return n
+}
+
+// reset forgets what was received (each run re-sends the same versions).
+func (o *orderRecv) reset() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.last, o.n = map[string]int{}, map[string]int{}
+}
+
+func (o *orderRecv) count(path string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[path]
+}
+
+// outage (hang=false) or hang: two webhooks on one outbox, 2,000 objects
+// changed 20 times each (40,000 deliveries per webhook, one commit order).
+// First webhook a alone drains its rows; then, on a fresh copy, a drains
+// while b's receiver answers 503 (outage) or never answers (hang); then b's
+// receiver recovers and b drains its backlog, most rows queued behind a
+// retrying change of their object. Per-object order is checked at the
+// receiver.
+func (b *bench) outage(hang bool) error {
+	const objects, changes = 2000, 20
+	total := objects * changes
+	name := "outage (503)"
+	bStatus := int32(503)
+	if hang {
+		name, bStatus = "hang (no answer, timeout 2s)", -1
+	}
+	rcv, err := newOrderRecv()
+	if err != nil {
+		return err
+	}
+	defer rcv.close()
+	fill := func(hooks string) (*pgxpool.Pool, string, error) {
+		pool, _, cfg, err := b.db(itemSchema, rcv.url+"/unused", "dispatch: {concurrency: 32}\n")
+		if err != nil {
+			return nil, "", err
+		}
+		// Replace the webhooks of the generated config.
+		if err := rewriteHooks(cfg, hooks); err != nil {
+			pool.Close()
+			return nil, "", err
+		}
+		if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+			pool.Close()
+			return nil, "", fmt.Errorf("migrate: %v: %s", err, out)
+		}
+		_, err = pool.Exec(b.ctx, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
+			SELECT w, 'updated', 'item', (g % $1)::text, '0/1'::pg_lsn + g, 0, now(),
+				'{"event":"updated","model":"item","data":{"id":' || (g % $1) || ',"v":' || (g / $1) || '}}'
+			FROM generate_series(0, $2::int - 1) g, unnest(ARRAY['a', 'b']) AS w`, objects, total)
+		return pool, cfg, err
+	}
+	hookA := fmt.Sprintf("  - {name: a, url: %q, secret: s}\n", rcv.url+"/a")
+	hookB := fmt.Sprintf("  - {name: b, url: %q, secret: s, timeout: 2s}\n", rcv.url+"/b")
+	drainA := func(hooks string) (float64, *pgxpool.Pool, string, *proc, error) {
+		pool, cfg, err := fill(hooks)
+		if err != nil {
+			return 0, nil, "", nil, err
+		}
+		rcv.reset()
+		before := 0
+		start := time.Now()
+		p, err := b.start(cfg, "run", "--dispatch-only")
+		if err != nil {
+			pool.Close()
+			return 0, nil, "", nil, err
+		}
+		err = waitFor(5*time.Minute, 20*time.Millisecond, func() bool { return rcv.count("/a")-before >= total })
+		rate := float64(total) / time.Since(start).Seconds()
+		if err != nil {
+			p.stop()
+			pool.Close()
+			return 0, nil, "", nil, fmt.Errorf("%w: %s", err, p.out.String())
+		}
+		return rate, pool, cfg, p, nil
+	}
+	alone, pool, _, p, err := drainA(hookA)
+	if err != nil {
+		return err
+	}
+	p.stop()
+	pool.Close()
+	rcv.status.Store(bStatus)
+	during, pool, _, p, err := drainA(hookA + hookB)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	b.add(name, "healthy webhook alone", alone, "deliveries/s")
+	b.add(name, "healthy webhook while the other fails", during, "deliveries/s")
+	b.add(name, "healthy during / alone", during/alone, "x")
+	// Recovery: b answers again; its backlog drains once the breaker's
+	// probe succeeds.
+	time.Sleep(2 * time.Second)
+	rcv.status.Store(0)
+	start := time.Now()
+	before := rcv.count("/b")
+	err = waitFor(5*time.Minute, 20*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE webhook = 'b' AND state IN ('pending', 'parked', 'delivering')`) == 0
+	})
+	el := time.Since(start)
+	rss := p.stop()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, p.out.String())
+	}
+	got := rcv.count("/b") - before
+	b.add(name, "recovering webhook's backlog drain (from recovery)", float64(got)/el.Seconds(), "deliveries/s")
+	b.add(name, "rows of the failing webhook marked failed", float64(count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE state = 'failed'`)), "rows")
+	rcv.mu.Lock()
+	bad := rcv.bad
+	rcv.mu.Unlock()
+	b.add(name, "deliveries out of per-object order at the receiver", float64(bad), "deliveries")
+	b.add(name, "walhook peak RSS", rss, "MB")
+	return nil
+}
+
+// rewriteHooks replaces the webhooks section of a bench config.
+func rewriteHooks(cfg, hooks string) error {
+	text, err := os.ReadFile(cfg)
+	if err != nil {
+		return err
+	}
+	s := string(text)
+	i := strings.Index(s, "webhooks:\n")
+	j := strings.Index(s, "dispatch:")
+	if i < 0 || j < i {
+		return fmt.Errorf("unexpected bench config %s", cfg)
+	}
+	return os.WriteFile(cfg, []byte(s[:i]+"webhooks:\n"+hooks+s[j:]), 0o600)
+}
