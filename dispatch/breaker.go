@@ -3,20 +3,8 @@ package dispatch
 import (
 	"sync"
 	"time"
-)
 
-// BreakerState is the state of a webhook's circuit breaker.
-type BreakerState string
-
-// Circuit-breaker states.
-const (
-	// BreakerClosed: deliveries flow.
-	BreakerClosed BreakerState = "closed"
-	// BreakerOpen: the receiver failed breakerThreshold times in a row;
-	// nothing is sent until the next probe.
-	BreakerOpen BreakerState = "open"
-	// BreakerProbing: one delivery is being sent to test the receiver.
-	BreakerProbing BreakerState = "probing"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // Circuit-breaker tuning.
@@ -38,7 +26,7 @@ const (
 // without using up one of the row's attempts.
 type breaker struct {
 	mu       sync.Mutex
-	state    BreakerState
+	state    outbox.BreakerState
 	failures int           // consecutive failures while closed
 	interval time.Duration // current wait between probes
 	since    time.Time     // when the current state began
@@ -46,7 +34,9 @@ type breaker struct {
 	lastErr  string        // the failure that opened it (or the last probe's)
 }
 
-func newBreaker() *breaker { return &breaker{state: BreakerClosed, interval: breakerMinInterval} }
+func newBreaker() *breaker {
+	return &breaker{state: outbox.BreakerClosed, interval: breakerMinInterval}
+}
 
 // admit says how many rows may be claimed now, given the normal limit, and
 // whether the claim is a probe. An open breaker whose wait is over turns
@@ -55,11 +45,11 @@ func (b *breaker) admit(now time.Time, limit int) (int, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch b.state {
-	case BreakerClosed:
+	case outbox.BreakerClosed:
 		return limit, false
-	case BreakerOpen:
+	case outbox.BreakerOpen:
 		if limit > 0 && !now.Before(b.probeAt) {
-			b.state = BreakerProbing
+			b.state = outbox.BreakerProbing
 			return 1, true
 		}
 	}
@@ -71,8 +61,8 @@ func (b *breaker) admit(now time.Time, limit int) (int, bool) {
 func (b *breaker) noProbe(now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state == BreakerProbing {
-		b.state, b.probeAt = BreakerOpen, now.Add(b.interval)
+	if b.state == outbox.BreakerProbing {
+		b.state, b.probeAt = outbox.BreakerOpen, now.Add(b.interval)
 	}
 }
 
@@ -81,59 +71,47 @@ func (b *breaker) noProbe(now time.Time) {
 func (b *breaker) sending(probe bool) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.state == BreakerClosed || probe
+	return b.state == outbox.BreakerClosed || probe
 }
 
 // record counts an attempt's result (ok: the receiver answered with
 // anything but 5xx or 429) and returns the new state when it changed.
-func (b *breaker) record(now time.Time, ok, probe bool, errText string) (BreakerState, bool) {
+func (b *breaker) record(now time.Time, ok, probe bool, errText string) (outbox.BreakerState, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if ok {
 		b.failures = 0
-		if b.state == BreakerClosed {
+		if b.state == outbox.BreakerClosed {
 			return "", false
 		}
-		b.state, b.since, b.interval = BreakerClosed, now, breakerMinInterval
-		return BreakerClosed, true
+		b.state, b.since, b.interval = outbox.BreakerClosed, now, breakerMinInterval
+		return outbox.BreakerClosed, true
 	}
 	switch {
-	case b.state == BreakerClosed:
+	case b.state == outbox.BreakerClosed:
 		b.failures++
 		if b.failures < breakerThreshold {
 			return "", false
 		}
 		b.failures = 0
-		b.state, b.since, b.interval, b.lastErr = BreakerOpen, now, breakerMinInterval, errText
+		b.state, b.since, b.interval, b.lastErr = outbox.BreakerOpen, now, breakerMinInterval, errText
 		b.probeAt = now.Add(b.interval)
-		return BreakerOpen, true
+		return outbox.BreakerOpen, true
 	case probe:
 		b.interval = min(2*b.interval, breakerMaxInterval)
-		b.state, b.probeAt, b.lastErr = BreakerOpen, now.Add(b.interval), errText
+		b.state, b.probeAt, b.lastErr = outbox.BreakerOpen, now.Add(b.interval), errText
 	}
 	return "", false
 }
 
-// BreakerStatus is a breaker's state as walhook status and the status page
-// show it (stored in the dispatchers table).
-type BreakerStatus struct {
-	State BreakerState `json:"state"`
-	// Since is when the breaker opened (zero while closed).
-	Since time.Time `json:"since,omitzero"`
-	// NextProbe is when the next probe may be sent (open only).
-	NextProbe time.Time `json:"next_probe,omitzero"`
-	// LastError is the failure that opened it, or the last probe's.
-	LastError string `json:"last_error,omitempty"`
-}
-
-func (b *breaker) status() BreakerStatus {
+func (b *breaker) status() outbox.BreakerStatus {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state == BreakerClosed {
-		return BreakerStatus{State: BreakerClosed}
+	if b.state == outbox.BreakerClosed {
+		return outbox.BreakerStatus{State: outbox.BreakerClosed}
 	}
-	st := BreakerStatus{State: b.state, Since: b.since, LastError: logText(b.lastErr)}
-	if b.state == BreakerOpen {
+	st := outbox.BreakerStatus{State: b.state, Since: b.since, LastError: logText(b.lastErr)}
+	if b.state == outbox.BreakerOpen {
 		st.NextProbe = b.probeAt
 	}
 	return st

@@ -126,7 +126,7 @@ type claimReq struct {
 func (d *Dispatcher) probeDue() bool {
 	now := time.Now()
 	for _, h := range d.order {
-		if st := h.breaker.status(); st.State == BreakerOpen && !now.Before(st.NextProbe) {
+		if st := h.breaker.status(); st.State == outbox.BreakerOpen && !now.Before(st.NextProbe) {
 			return true
 		}
 	}
@@ -277,9 +277,9 @@ func (d *Dispatcher) maintain(ctx context.Context) {
 
 // beat records this dispatcher's heartbeat with its breakers' states.
 func (d *Dispatcher) beat(ctx context.Context) {
-	states := map[string]BreakerStatus{}
+	states := map[string]outbox.BreakerStatus{}
 	for _, h := range d.order {
-		if st := h.breaker.status(); st.State != BreakerClosed {
+		if st := h.breaker.status(); st.State != outbox.BreakerClosed {
 			states[h.name] = st
 		}
 	}

@@ -100,7 +100,7 @@ const (
 	// its claimed rows are taken back by the others; rescueEvery is how
 	// often they look. A killed dispatcher's rows go out again within
 	// deadAfter + rescueEvery + a claim.
-	deadAfter   = 5 * time.Second
+	deadAfter   = outbox.DeadAfter
 	rescueEvery = 2 * time.Second
 	// A dispatcher that could not record its heartbeat for stopSendingAfter
 	// stops sending (others may already have taken its rows back).

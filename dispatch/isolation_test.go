@@ -10,6 +10,7 @@ import (
 
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // breakerLog records breaker transitions (the Observer side).
@@ -18,8 +19,8 @@ type breakerLog struct {
 	states []string
 }
 
-func (b *breakerLog) Attempted(dispatch.Attempt) {}
-func (b *breakerLog) BreakerChanged(webhook string, s dispatch.BreakerState) {
+func (b *breakerLog) Attempted(outbox.Attempt) {}
+func (b *breakerLog) BreakerChanged(webhook string, s outbox.BreakerState) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.states = append(b.states, webhook+":"+string(s))
@@ -114,9 +115,9 @@ func TestBreakerOpensProbesAndCloses(t *testing.T) {
 	waitFor(t, 5*time.Second, "the open breaker in the dispatchers table", func() bool {
 		var js string
 		_ = e.pool.QueryRow(t.Context(), `SELECT webhooks::text FROM walhook.dispatchers`).Scan(&js)
-		var m map[string]dispatch.BreakerStatus
+		var m map[string]outbox.BreakerStatus
 		_ = json.Unmarshal([]byte(js), &m)
-		return m["w"].State == dispatch.BreakerOpen || m["w"].State == dispatch.BreakerProbing
+		return m["w"].State == outbox.BreakerOpen || m["w"].State == outbox.BreakerProbing
 	})
 	before := rec.len()
 	time.Sleep(2500 * time.Millisecond)

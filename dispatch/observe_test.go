@@ -8,24 +8,25 @@ import (
 
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // attempts records what a Dispatcher reports to its Observer.
 type attempts struct {
 	mu  sync.Mutex
-	got []dispatch.Attempt
+	got []outbox.Attempt
 }
 
-func (a *attempts) Attempted(at dispatch.Attempt) {
+func (a *attempts) Attempted(at outbox.Attempt) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.got = append(a.got, at)
 }
 
-func (a *attempts) all() []dispatch.Attempt {
+func (a *attempts) all() []outbox.Attempt {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([]dispatch.Attempt(nil), a.got...)
+	return append([]outbox.Attempt(nil), a.got...)
 }
 
 func TestObserverSeesEveryAttemptWithItsOutcome(t *testing.T) {
@@ -45,7 +46,7 @@ func TestObserverSeesEveryAttemptWithItsOutcome(t *testing.T) {
 	e.waitState(okID, "delivered", 10*time.Second)
 	e.waitState(badID, "failed", 10*time.Second)
 
-	byID := map[int64][]dispatch.Attempt{}
+	byID := map[int64][]outbox.Attempt{}
 	waitFor(t, 5*time.Second, "three attempts reported", func() bool { return len(obs.all()) == 3 })
 	for _, a := range obs.all() {
 		byID[a.Delivery] = append(byID[a.Delivery], a)
@@ -56,7 +57,7 @@ func TestObserverSeesEveryAttemptWithItsOutcome(t *testing.T) {
 			t.Errorf("delivery %d: Duration = %v", a.Delivery, a.Duration)
 		}
 	}
-	if got := byID[okID]; len(got) != 1 || got[0].Outcome != dispatch.OutcomeDelivered || got[0].Status != 204 ||
+	if got := byID[okID]; len(got) != 1 || got[0].Outcome != outbox.OutcomeDelivered || got[0].Status != 204 ||
 		got[0].Webhook != "ok" || got[0].Attempt != 1 {
 		t.Errorf("ok delivery reported %+v", got)
 	}
@@ -64,8 +65,8 @@ func TestObserverSeesEveryAttemptWithItsOutcome(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("bad delivery reported %d attempts, want 2: %+v", len(got), got)
 	}
-	if got[0].Outcome != dispatch.OutcomeRetry || got[0].Attempt != 1 || got[0].Status != 500 ||
-		got[1].Outcome != dispatch.OutcomeFailed || got[1].Attempt != 2 || got[1].Webhook != "bad" {
+	if got[0].Outcome != outbox.OutcomeRetry || got[0].Attempt != 1 || got[0].Status != 500 ||
+		got[1].Outcome != outbox.OutcomeFailed || got[1].Attempt != 2 || got[1].Webhook != "bad" {
 		t.Errorf("bad delivery reported %+v", got)
 	}
 }

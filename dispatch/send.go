@@ -151,19 +151,19 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	if state, changed := h.breaker.record(time.Now(), healthy, j.probe, resp.err); changed {
 		d.breakerChanged(h, state, resp)
 	}
-	var outcome Outcome
+	var outcome outbox.AttemptOutcome
 	switch {
 	case ok:
-		r.State, outcome = outbox.StateDelivered, OutcomeDelivered
+		r.State, outcome = outbox.StateDelivered, outbox.OutcomeDelivered
 		h.log.Debug().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
 			Dur("took", took).Msg("delivered")
 	case j.probe && !healthy:
 		// A failed probe: recorded, but it does not use up an attempt.
-		r.State, r.Mode, outcome = outbox.StatePending, outbox.Probed, OutcomeRetry
+		r.State, r.Mode, outcome = outbox.StatePending, outbox.Probed, outbox.OutcomeRetry
 		h.log.Debug().Int64("delivery", j.id).Int("status", resp.status).Str("error", logText(resp.err)).
 			Dur("took", took).Msg("circuit-breaker probe failed")
 	case j.attempts >= h.maxAttempts:
-		r.State, outcome = outbox.StateFailed, OutcomeFailed
+		r.State, outcome = outbox.StateFailed, outbox.OutcomeFailed
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
 			Str("error", logText(resp.err)).Dur("took", took).
 			Msg("delivery failed after its last attempt; retry it with `walhook retry`")
@@ -172,13 +172,13 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 		if resp.retryAfter >= 0 {
 			delay = min(max(delay, resp.retryAfter), h.maxInterval)
 		}
-		r.State, r.Delay, outcome = outbox.StatePending, delay, OutcomeRetry
+		r.State, r.Delay, outcome = outbox.StatePending, delay, outbox.OutcomeRetry
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
 			Str("error", logText(resp.err)).Dur("took", took).Dur("retry_in", delay).
 			Msg("delivery attempt failed")
 	}
 	if d.obs != nil {
-		d.obs.Attempted(Attempt{
+		d.obs.Attempted(outbox.Attempt{
 			Webhook: h.name, Delivery: j.id, Attempt: j.attempts, Outcome: outcome,
 			Status: resp.status, Duration: took, CommittedAt: j.committedAt,
 		})
@@ -188,13 +188,13 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 
 // breakerChanged logs a breaker's transition (one line each) and tells
 // the Observer.
-func (d *Dispatcher) breakerChanged(h *hook, state BreakerState, resp response) {
+func (d *Dispatcher) breakerChanged(h *hook, state outbox.BreakerState, resp response) {
 	switch state {
-	case BreakerOpen:
+	case outbox.BreakerOpen:
 		h.log.Error().Int("failures", breakerThreshold).Int("status", resp.status).Str("error", logText(resp.err)).
 			Dur("probe_in", breakerMinInterval).
 			Msg("circuit opened: the receiver keeps failing; its deliveries are paused (none is marked failed) and it is probed with one request at a growing interval")
-	case BreakerClosed:
+	case outbox.BreakerClosed:
 		h.log.Info().Msg("circuit closed: the receiver answers again; its deliveries resume")
 		select {
 		case d.reopened <- h.name:

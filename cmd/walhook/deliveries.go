@@ -14,64 +14,18 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
-// delivery is one outbox row as `walhook deliveries` prints it. Body is
-// set by `deliveries show` only.
-type delivery struct {
-	ID            int64      `json:"id"`
-	Webhook       string     `json:"webhook"`
-	Event         string     `json:"event"`
-	Model         string     `json:"model"`
-	ObjectKey     string     `json:"object_key"`
-	CommitLSN     string     `json:"commit_lsn"`
-	Seq           int32      `json:"seq"`
-	CommittedAt   time.Time  `json:"committed_at"`
-	State         string     `json:"state"`
-	Attempts      int32      `json:"attempts"`
-	NextAttemptAt time.Time  `json:"next_attempt_at"`
-	LockedUntil   *time.Time `json:"locked_until"`
-	LockedBy      *string    `json:"locked_by"`
-	LastStatus    *int32     `json:"last_status"`
-	LastError     *string    `json:"last_error"`
-	LastAttemptAt *time.Time `json:"last_attempt_at"`
-	DeliveredAt   *time.Time `json:"delivered_at"`
-	CreatedAt     time.Time  `json:"created_at"`
-	Body          *string    `json:"body,omitempty"`
-
-	now time.Time // the database's clock, for ages
-}
-
-const deliveryColumns = `id, webhook, event, model, object_key, commit_lsn::text, seq, committed_at, state, attempts,
-	next_attempt_at, locked_until, locked_by, last_status, last_error, last_attempt_at, delivered_at, created_at, now()`
-
-func (d *delivery) scanArgs() []any {
-	return []any{&d.ID, &d.Webhook, &d.Event, &d.Model, &d.ObjectKey, &d.CommitLSN, &d.Seq, &d.CommittedAt, &d.State, &d.Attempts,
-		&d.NextAttemptAt, &d.LockedUntil, &d.LockedBy, &d.LastStatus, &d.LastError, &d.LastAttemptAt, &d.DeliveredAt, &d.CreatedAt, &d.now}
-}
-
-func (d *delivery) utc() {
-	for _, t := range []*time.Time{&d.CommittedAt, &d.NextAttemptAt, &d.CreatedAt} {
-		*t = t.UTC()
-	}
-	for _, t := range []**time.Time{&d.LockedUntil, &d.LastAttemptAt, &d.DeliveredAt} {
-		if *t != nil {
-			u := (*t).UTC()
-			*t = &u
-		}
-	}
-}
-
-var deliveryStates = []string{"pending", "delivering", "delivered", "failed"}
+// delivery is one outbox row as `walhook deliveries` prints it.
+type delivery = outbox.Delivery
 
 func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "show" {
 		return cmdDeliveryShow(ctx, args[1:], stdout, stderr)
 	}
 	fs, path := newFlags("deliveries", stderr)
-	state := fs.String("state", "", "only deliveries in this state: pending, delivering, delivered or failed")
+	state := fs.String("state", "", "only deliveries in this state: "+strings.Join(outbox.States, ", "))
 	webhook := fs.String("webhook", "", "only deliveries of this webhook")
 	model := fs.String("model", "", "only deliveries of this model")
 	limit := fs.Int("limit", 50, "at most this many, newest first")
@@ -83,8 +37,8 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *state != "" && !slices.Contains(deliveryStates, *state) {
-		return usageErr("--state %q: use pending, delivering, delivered or failed", *state)
+	if *state != "" && !slices.Contains(outbox.States, *state) {
+		return usageErr("--state %q: use %s", *state, strings.Join(outbox.States, ", "))
 	}
 	if *limit <= 0 {
 		return usageErr("--limit must be positive")
@@ -99,40 +53,13 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	defer pool.Close()
 
-	var where []string
-	var qargs []any
-	for _, f := range []struct{ col, v string }{{"state", *state}, {"webhook", *webhook}, {"model", *model}} {
-		if f.v != "" {
-			qargs = append(qargs, f.v)
-			where = append(where, fmt.Sprintf("%s = $%d", f.col, len(qargs)))
-		}
-	}
-	q := "SELECT " + deliveryColumns + " FROM " + migrations.Table(cfg.Database.Schema, "deliveries")
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	qargs = append(qargs, *limit+1) // one more, to know whether there are more
-	q += fmt.Sprintf(" ORDER BY id DESC LIMIT $%d", len(qargs))
-	rows, err := pool.Query(ctx, q, qargs...)
+	list, more, err := outbox.New(pool, cfg.Database.Schema).List(ctx, outbox.ListFilter{
+		State: *state, Webhook: *webhook, Model: *model, Limit: *limit})
 	if err != nil {
 		return outboxError(err, cfg.Database.Schema)
 	}
-	list := []delivery{}
-	for rows.Next() {
-		var d delivery
-		if err := rows.Scan(d.scanArgs()...); err != nil {
-			rows.Close()
-			return outboxError(err, cfg.Database.Schema)
-		}
-		d.utc()
-		list = append(list, d)
-	}
-	if err := rows.Err(); err != nil {
-		return outboxError(err, cfg.Database.Schema)
-	}
-	more := len(list) > *limit
-	if more {
-		list = list[:*limit]
+	if list == nil {
+		list = []delivery{}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -153,7 +80,7 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 		next := "-"
 		switch d.State {
 		case "pending":
-			if wait := d.NextAttemptAt.Sub(d.now); wait > 0 {
+			if wait := d.NextAttemptAt.Sub(d.DBNow); wait > 0 {
 				next = "in " + formatAge(wait)
 			} else {
 				next = "due"
@@ -166,7 +93,7 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 			lastErr = shorten(*d.LastError, 50)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", d.ID, d.Webhook, d.Event, d.Model, shorten(d.ObjectKey, 30),
-			d.State, d.Attempts, status, formatAge(d.now.Sub(d.CommittedAt)), next, lastErr)
+			d.State, d.Attempts, status, formatAge(d.DBNow.Sub(d.CommittedAt)), next, lastErr)
 	}
 	tw.Flush()
 	if more {
@@ -205,23 +132,19 @@ func cmdDeliveryShow(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	defer pool.Close()
-	var d delivery
-	d.Body = new(string)
-	err = pool.QueryRow(ctx, "SELECT "+deliveryColumns+", body FROM "+migrations.Table(cfg.Database.Schema, "deliveries")+" WHERE id = $1", id).
-		Scan(append(d.scanArgs(), d.Body)...)
-	if errors.Is(err, pgx.ErrNoRows) {
+	d, err := outbox.New(pool, cfg.Database.Schema).Get(ctx, id)
+	if errors.Is(err, outbox.ErrNotFound) {
 		return fmt.Errorf("delivery %d not found in %s.deliveries (delivered rows are deleted after dispatch.retention): walhook deliveries lists them", id, cfg.Database.Schema)
 	}
 	if err != nil {
 		return outboxError(err, cfg.Database.Schema)
 	}
-	d.utc()
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(d)
 	}
-	printDelivery(stdout, &d)
+	printDelivery(stdout, d)
 	return nil
 }
 
@@ -231,7 +154,7 @@ func printDelivery(w io.Writer, d *delivery) {
 		if t == nil {
 			return "-"
 		}
-		return fmt.Sprintf("%s (%s)", t.Format(time.RFC3339Nano), relative(d.now, *t))
+		return fmt.Sprintf("%s (%s)", t.Format(time.RFC3339Nano), relative(d.DBNow, *t))
 	}
 	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
 	row("id", strconv.FormatInt(d.ID, 10))

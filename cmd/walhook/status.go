@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/walhook/walhook/internal/config"
-	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // statusReport is what `walhook status --json` prints.
@@ -27,6 +29,8 @@ type statusReport struct {
 	Webhooks  []webhookStatus `json:"webhooks"`
 	Slot      slotStatus      `json:"slot"`
 	Capture   captureStatus   `json:"capture"`
+	// Dispatchers are the dispatch processes that beat within a day.
+	Dispatchers []outbox.Dispatcher `json:"dispatchers"`
 }
 
 // sourceStatus names the source database: the one with the slot and the
@@ -49,28 +53,23 @@ type webhookStatus struct {
 	Name string `json:"name"`
 	// Configured is false for a webhook that has rows but is no longer in
 	// the configuration.
-	Configured bool        `json:"configured"`
-	Enabled    bool        `json:"enabled"`
-	Counts     stateCounts `json:"counts"`
+	Configured bool          `json:"configured"`
+	Enabled    bool          `json:"enabled"`
+	Counts     outbox.Counts `json:"counts"`
 	// OldestPendingAgeSeconds is how long ago the oldest pending delivery's
 	// change was committed; null when nothing is pending.
-	OldestPendingAgeSeconds *float64   `json:"oldest_pending_age_seconds"`
-	LastError               *lastError `json:"last_error"`
+	OldestPendingAgeSeconds *float64          `json:"oldest_pending_age_seconds"`
+	LastError               *outbox.LastError `json:"last_error"`
+	// Breaker is set while a live dispatcher has paused the webhook
+	// (circuit breaker open or probing).
+	Breaker *breakerStatus `json:"breaker,omitempty"`
 }
 
-type stateCounts struct {
-	Pending    int64 `json:"pending"`
-	Delivering int64 `json:"delivering"`
-	Delivered  int64 `json:"delivered"`
-	Failed     int64 `json:"failed"`
-}
-
-type lastError struct {
-	DeliveryID int64      `json:"delivery_id"`
-	State      string     `json:"state"`
-	Status     *int32     `json:"status"`
-	Error      string     `json:"error"`
-	At         *time.Time `json:"at"`
+// breakerStatus is a paused webhook's breaker, and on how many live
+// dispatchers it is not closed.
+type breakerStatus struct {
+	outbox.BreakerStatus
+	Dispatchers int `json:"dispatchers"`
 }
 
 type slotStatus struct {
@@ -111,14 +110,14 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer source.Close()
-	outbox := source
+	ob := source
 	if cfg.Database.OutboxDSN != "" {
-		if outbox, err = openPool(ctx, cfg.Database.OutboxDSN, "outbox database", nil); err != nil {
+		if ob, err = openPool(ctx, cfg.Database.OutboxDSN, "outbox database", nil); err != nil {
 			return err
 		}
-		defer outbox.Close()
+		defer ob.Close()
 	}
-	rep, err := readStatus(ctx, cfg, source, outbox)
+	rep, err := readStatus(ctx, cfg, source, ob)
 	if err != nil {
 		return err
 	}
@@ -131,15 +130,15 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-func readStatus(ctx context.Context, cfg *config.Config, source, outbox *pgxpool.Pool) (*statusReport, error) {
+func readStatus(ctx context.Context, cfg *config.Config, source, ob *pgxpool.Pool) (*statusReport, error) {
 	rep := &statusReport{Outbox: outboxStatus{Schema: cfg.Database.Schema}, Slot: slotStatus{Name: cfg.Database.Slot}}
 	if err := source.QueryRow(ctx, "SELECT now(), pg_current_wal_lsn()::text, current_database()").Scan(&rep.Time, &rep.ServerLSN, &rep.Source.Database); err != nil {
 		return nil, fmt.Errorf("source database: read the WAL position: %w", err)
 	}
 	rep.Outbox.Database = rep.Source.Database
-	if outbox != source {
+	if ob != source {
 		rep.Outbox.Separate = true
-		if err := outbox.QueryRow(ctx, "SELECT current_database()").Scan(&rep.Outbox.Database); err != nil {
+		if err := ob.QueryRow(ctx, "SELECT current_database()").Scan(&rep.Outbox.Database); err != nil {
 			return nil, fmt.Errorf("outbox database: %w", err)
 		}
 	}
@@ -165,11 +164,12 @@ func readStatus(ctx context.Context, cfg *config.Config, source, outbox *pgxpool
 	}
 
 	// The outbox.
-	var reg *string
-	if err := outbox.QueryRow(ctx, "SELECT to_regclass($1)::text", migrations.Table(cfg.Database.Schema, "deliveries")).Scan(&reg); err != nil {
+	store := outbox.New(ob, cfg.Database.Schema)
+	exists, err := store.Exists(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("outbox database: %w", err)
 	}
-	rep.Outbox.Exists = reg != nil
+	rep.Outbox.Exists = exists
 	byName := map[string]*webhookStatus{}
 	for _, w := range cfg.Webhooks {
 		rep.Webhooks = append(rep.Webhooks, webhookStatus{Name: w.Name, Configured: true, Enabled: w.IsEnabled()})
@@ -191,62 +191,50 @@ func readStatus(ctx context.Context, cfg *config.Config, source, outbox *pgxpool
 		}
 		return byName[name]
 	}
-	deliveries := migrations.Table(cfg.Database.Schema, "deliveries")
-	rows, err := outbox.Query(ctx, `SELECT webhook,
-		count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'delivering'),
-		count(*) FILTER (WHERE state = 'delivered'), count(*) FILTER (WHERE state = 'failed'),
-		extract(epoch FROM now() - min(committed_at) FILTER (WHERE state = 'pending'))::float8
-		FROM `+deliveries+` GROUP BY webhook ORDER BY webhook`)
+	counts, err := store.CountAll(ctx)
 	if err != nil {
 		return nil, outboxError(err, cfg.Database.Schema)
 	}
-	for rows.Next() {
-		var name string
-		var c stateCounts
-		var age *float64
-		if err := rows.Scan(&name, &c.Pending, &c.Delivering, &c.Delivered, &c.Failed, &age); err != nil {
-			rows.Close()
-			return nil, outboxError(err, cfg.Database.Schema)
-		}
+	for _, name := range sortedNames(counts) {
+		c := counts[name]
 		w := get(name)
-		w.Counts, w.OldestPendingAgeSeconds = c, age
+		w.Counts = *c
+		if c.OldestPendingAge != nil {
+			age := c.OldestPendingAge.Seconds()
+			w.OldestPendingAgeSeconds = &age
+		}
 	}
-	if err := rows.Err(); err != nil {
-		return nil, outboxError(err, cfg.Database.Schema)
-	}
-	rows, err = outbox.Query(ctx, `SELECT DISTINCT ON (webhook) webhook, id, state, last_status, last_error, last_attempt_at
-		FROM `+deliveries+` WHERE last_error IS NOT NULL
-		ORDER BY webhook, last_attempt_at DESC NULLS LAST, id DESC`)
+	lastErrors, err := store.LastErrors(ctx)
 	if err != nil {
 		return nil, outboxError(err, cfg.Database.Schema)
 	}
-	for rows.Next() {
-		var name string
-		var le lastError
-		if err := rows.Scan(&name, &le.DeliveryID, &le.State, &le.Status, &le.Error, &le.At); err != nil {
-			rows.Close()
-			return nil, outboxError(err, cfg.Database.Schema)
-		}
-		if le.At != nil {
-			t := le.At.UTC()
-			le.At = &t
-		}
-		get(name).LastError = &le
+	for _, name := range sortedNames(lastErrors) {
+		get(name).LastError = lastErrors[name]
 	}
-	if err := rows.Err(); err != nil {
-		return nil, outboxError(err, cfg.Database.Schema)
+	// Dispatchers and their circuit breakers (the dispatchers table comes
+	// with migration 3; an older outbox has none).
+	if ds, err := store.Dispatchers(ctx); err == nil {
+		rep.Dispatchers = ds
+		for _, d := range ds {
+			if !d.Alive {
+				continue
+			}
+			for name, b := range d.Breakers {
+				w := get(name)
+				if w.Breaker == nil || b.State == outbox.BreakerOpen {
+					w.Breaker = &breakerStatus{BreakerStatus: b}
+				}
+				w.Breaker.Dispatchers++
+			}
+		}
 	}
 
 	// The capture checkpoint.
-	var lsn string
-	var updated time.Time
-	err = outbox.QueryRow(ctx, "SELECT lsn::text, updated_at FROM "+migrations.Table(cfg.Database.Schema, "checkpoints")+" WHERE slot = $1", cfg.Database.Slot).Scan(&lsn, &updated)
+	lsn, updated, ok, err := store.Checkpoint(ctx, cfg.Database.Slot)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
 		return nil, outboxError(err, cfg.Database.Schema)
-	default:
-		updated = updated.UTC()
+	case ok:
 		rep.Capture.CheckpointLSN, rep.Capture.UpdatedAt = lsn, &updated
 		cp, err1 := pglogrepl.ParseLSN(lsn)
 		server, err2 := pglogrepl.ParseLSN(rep.ServerLSN)
@@ -262,6 +250,16 @@ func readStatus(ctx context.Context, cfg *config.Config, source, outbox *pgxpool
 		}
 	}
 	return rep, nil
+}
+
+// sortedNames returns the keys of m, sorted.
+func sortedNames[V any](m map[string]V) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // outboxError turns a missing outbox table into a line that says what to do.
@@ -305,10 +303,30 @@ func printStatus(w io.Writer, rep *statusReport) {
 			}
 			last = fmt.Sprintf("%s#%d: %s", when, le.DeliveryID, shorten(le.Error, 60))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", h.Name, state, h.Counts.Pending, h.Counts.Delivering, h.Counts.Delivered, h.Counts.Failed, oldest, last)
+		if b := h.Breaker; b != nil {
+			state = "PAUSED: circuit " + string(b.State)
+			if !b.Since.IsZero() {
+				state += " since " + formatAge(rep.Time.Sub(b.Since)) + " ago"
+			}
+		}
+		pending := strconv.FormatInt(h.Counts.Pending, 10)
+		if h.Counts.Parked > 0 {
+			pending += fmt.Sprintf(" (%d behind an earlier change)", h.Counts.Parked)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", h.Name, state, pending, h.Counts.Delivering, h.Counts.Delivered, h.Counts.Failed, oldest, last)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
+	for _, h := range rep.Webhooks {
+		if b := h.Breaker; b != nil {
+			next := ""
+			if !b.NextProbe.IsZero() {
+				next = fmt.Sprintf("; next probe in %s", formatAge(b.NextProbe.Sub(rep.Time)))
+			}
+			fmt.Fprintf(w, "webhook %s is paused on %d dispatcher(s): its receiver keeps failing (%s)%s. Rows wait, none is marked failed; the first successful probe resumes it.\n\n",
+				h.Name, b.Dispatchers, shorten(b.LastError, 80), next)
+		}
+	}
 
 	s := rep.Slot
 	fmt.Fprintln(tw, "SLOT\tACTIVE\tWAL STATUS\tCONFIRMED LSN\tLAG\tRETAINED WAL")

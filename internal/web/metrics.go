@@ -7,8 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // namespace prefixes every walhook metric.
@@ -29,6 +29,7 @@ type Metrics struct {
 	attempts *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	latency  *prometheus.HistogramVec
+	breaker  *prometheus.GaugeVec
 	// hooks holds the series of the configured webhooks, resolved once so
 	// that observing an attempt takes no lock. Read-only after NewMetrics.
 	hooks map[string]*hookMetrics
@@ -66,6 +67,10 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 			Help:    "Time from the source transaction's commit to the receiver's 2xx answer, by webhook (retries included).",
 			Buckets: latencyBuckets,
 		}, []string{"webhook"}),
+		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "webhook_circuit_open",
+			Help: "1 while this process has paused a webhook because its receiver keeps failing (circuit breaker open or probing), else 0.",
+		}, []string{"webhook"}),
 		hooks: map[string]*hookMetrics{},
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -74,7 +79,7 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, build,
+	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, m.breaker, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if cfg == nil {
 		return m
@@ -87,6 +92,7 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 	for _, w := range cfg.Webhooks {
 		if _, ok := m.hooks[w.Name]; !ok {
 			m.hooks[w.Name] = m.newHook(w.Name)
+			m.breaker.WithLabelValues(w.Name).Set(0)
 		}
 	}
 	return m
@@ -94,9 +100,9 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 
 func (m *Metrics) newHook(name string) *hookMetrics {
 	return &hookMetrics{
-		delivered: m.attempts.WithLabelValues(name, string(dispatch.OutcomeDelivered)),
-		retry:     m.attempts.WithLabelValues(name, string(dispatch.OutcomeRetry)),
-		failed:    m.attempts.WithLabelValues(name, string(dispatch.OutcomeFailed)),
+		delivered: m.attempts.WithLabelValues(name, string(outbox.OutcomeDelivered)),
+		retry:     m.attempts.WithLabelValues(name, string(outbox.OutcomeRetry)),
+		failed:    m.attempts.WithLabelValues(name, string(outbox.OutcomeFailed)),
 		duration:  m.duration.WithLabelValues(name),
 		latency:   m.latency.WithLabelValues(name),
 	}
@@ -112,7 +118,7 @@ func (m *Metrics) Enqueued(model, event string, rows int) {
 
 // Attempted implements dispatch.Observer. It takes no lock for configured
 // webhooks.
-func (m *Metrics) Attempted(a dispatch.Attempt) {
+func (m *Metrics) Attempted(a outbox.Attempt) {
 	h, ok := m.hooks[a.Webhook]
 	if !ok {
 		// Not configured, so the dispatcher cannot send it; handled for
@@ -121,19 +127,28 @@ func (m *Metrics) Attempted(a dispatch.Attempt) {
 	}
 	h.duration.Observe(a.Duration.Seconds())
 	switch a.Outcome {
-	case dispatch.OutcomeDelivered:
+	case outbox.OutcomeDelivered:
 		h.delivered.Inc()
 		h.nDelivered.Add(1)
 		if !a.CommittedAt.IsZero() {
 			h.latency.Observe(max(time.Since(a.CommittedAt).Seconds(), 0))
 		}
-	case dispatch.OutcomeRetry:
+	case outbox.OutcomeRetry:
 		h.retry.Inc()
 		h.nRetry.Add(1)
-	case dispatch.OutcomeFailed:
+	case outbox.OutcomeFailed:
 		h.failed.Inc()
 		h.nFailed.Add(1)
 	}
+}
+
+// BreakerChanged implements dispatch.BreakerObserver.
+func (m *Metrics) BreakerChanged(webhook string, state outbox.BreakerState) {
+	v := 1.0
+	if state == outbox.BreakerClosed {
+		v = 0
+	}
+	m.breaker.WithLabelValues(webhook).Set(v)
 }
 
 // processCounts are a webhook's attempts made by this process, for the page.

@@ -14,15 +14,10 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
-	"github.com/walhook/walhook/migrations"
 )
 
 //go:embed templates/*.html
@@ -176,6 +171,9 @@ type hookView struct {
 	RetryURL    string
 	LastFailure *failureView
 	Process     *processCounts
+	// Paused is set while a live dispatcher's circuit breaker holds the
+	// webhook (open or probing): "open since 3m" and its last error.
+	Paused, PausedError string
 }
 
 type failureView struct {
@@ -278,6 +276,16 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 		configured = append(configured, wh.Name)
 	}
 	names := st.hookNames(configured)
+	paused := map[string]outbox.BreakerStatus{}
+	if ds, err := s.store.Dispatchers(ctx); err == nil {
+		for _, d := range ds {
+			for name, b := range d.Breakers {
+				if d.Alive && (paused[name].State == "" || b.State == outbox.BreakerOpen) {
+					paused[name] = b
+				}
+			}
+		}
+	}
 	failures, err := s.lastFailures(ctx, names)
 	if err != nil && p.StatsErr == "" {
 		p.StatsErr = err.Error()
@@ -289,6 +297,12 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 		}
 		if v.OldestAge > 0 {
 			v.Oldest = human(v.OldestAge)
+		}
+		if b, ok := paused[name]; ok {
+			v.Paused, v.PausedError = "circuit "+string(b.State), b.LastError
+			if !b.Since.IsZero() {
+				v.Paused += " since " + human(s.now().Sub(b.Since))
+			}
 		}
 		if wh, ok := s.cfg.WebhookByName(name); ok {
 			v.Configured, v.Enabled, v.Target = true, wh.IsEnabled(), target(wh.URL)
@@ -357,65 +371,24 @@ func target(raw string) string {
 	return t
 }
 
-const listColumns = `id, webhook, event, model, object_key, state, attempts, last_status,
-	left(last_error, 300), last_attempt_at, committed_at, next_attempt_at`
-
 // list reads a page of deliveries matching f, newest first. more says
 // whether there are further rows in the paging direction.
 func (s *Server) list(ctx context.Context, f filter) (rows []rowView, more bool, err error) {
-	var where []string
-	var args []any
-	arg := func(v any) string {
-		args = append(args, v)
-		return "$" + strconv.Itoa(len(args))
-	}
-	if f.State != "" {
-		// A literal from a fixed list, so that the planner can use the
-		// partial index of that state.
-		where = append(where, "state = '"+f.State+"'")
-	}
-	if f.Webhook != "" {
-		where = append(where, "webhook = "+arg(f.Webhook))
-	}
-	if f.Model != "" {
-		where = append(where, "model = "+arg(f.Model))
-	}
-	order := "id DESC"
-	switch {
-	case f.After > 0:
-		where = append(where, "id > "+arg(f.After))
-		order = "id ASC"
-	case f.Before > 0:
-		where = append(where, "id < "+arg(f.Before))
-	}
-	q := "SELECT " + listColumns + " FROM " + migrations.Table(s.schema, "deliveries")
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	q += " ORDER BY " + order + " LIMIT " + strconv.Itoa(pageSize+1)
-	res, err := s.outbox.Query(ctx, q, args...)
+	list, more, err := s.store.List(ctx, outbox.ListFilter{State: f.State, Webhook: f.Webhook, Model: f.Model,
+		After: f.After, Before: f.Before, Limit: pageSize})
 	if err != nil {
-		return nil, false, fmt.Errorf("list deliveries: %w", err)
+		return nil, false, err
 	}
-	var v rowView
-	var lastErr pgtype.Text
-	_, err = pgx.ForEachRow(res, []any{&v.ID, &v.Webhook, &v.Event, &v.Model, &v.Key, &v.State, &v.Attempts,
-		&v.LastStatus, &lastErr, &v.LastAttempt, &v.Commit, &v.NextAttempt}, func() error {
-		r := v
-		r.LastError = cut(lastErr.String, maxListError)
-		r.CanRetry = r.State == "failed"
+	for _, d := range list {
+		r := rowView{ID: d.ID, Webhook: d.Webhook, Model: d.Model, Event: d.Event, Key: d.ObjectKey, State: d.State,
+			Attempts: d.Attempts, LastStatus: d.LastStatus, LastAttempt: d.LastAttemptAt,
+			CanRetry: d.State == outbox.StateFailed}
+		commit, next := d.CommittedAt, d.NextAttemptAt
+		r.Commit, r.NextAttempt = &commit, &next
+		if d.LastError != nil {
+			r.LastError = cut(*d.LastError, maxListError)
+		}
 		rows = append(rows, r)
-		v = rowView{}
-		return nil
-	})
-	if err != nil {
-		return nil, false, fmt.Errorf("list deliveries: %w", err)
-	}
-	if len(rows) > pageSize {
-		rows, more = rows[:pageSize], true
-	}
-	if f.After > 0 {
-		slices.Reverse(rows)
 	}
 	return rows, more, nil
 }
@@ -431,34 +404,14 @@ func cut(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// lastFailures reads each webhook's most recent failed delivery: one
-// backward step on deliveries_failed per webhook.
+// lastFailures reads each webhook's most recent failed delivery.
 func (s *Server) lastFailures(ctx context.Context, names []string) (map[string]*failureView, error) {
 	out := map[string]*failureView{}
-	if len(names) == 0 {
-		return out, nil
+	got, err := s.store.LastFailures(ctx, names)
+	for name, f := range got {
+		out[name] = &failureView{At: f.At, Status: f.Status, Error: cut(f.Error, maxListError)}
 	}
-	t := migrations.Table(s.schema, "deliveries")
-	rows, err := s.outbox.Query(ctx, `SELECT w.name, f.last_attempt_at, f.last_status, left(f.last_error, 300)
-FROM unnest($1::text[]) AS w(name)
-CROSS JOIN LATERAL (SELECT last_attempt_at, last_status, last_error FROM `+t+`
-	WHERE state = 'failed' AND webhook = w.name ORDER BY last_attempt_at DESC LIMIT 1) AS f`, names)
-	if err != nil {
-		return out, fmt.Errorf("read last failures: %w", err)
-	}
-	var name string
-	var at *time.Time
-	var status *int32
-	var msg pgtype.Text
-	_, err = pgx.ForEachRow(rows, []any{&name, &at, &status, &msg}, func() error {
-		out[name] = &failureView{At: at, Status: status, Error: cut(msg.String, maxListError)}
-		at, status = nil, nil
-		return nil
-	})
-	if err != nil {
-		return out, fmt.Errorf("read last failures: %w", err)
-	}
-	return out, nil
+	return out, err
 }
 
 // detailView is one delivery with everything the outbox keeps.
@@ -509,14 +462,8 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
-	var d detailView
-	err = s.outbox.QueryRow(ctx, `SELECT id, webhook, event, model, object_key, commit_lsn::text, seq, committed_at,
-	body, state, attempts, next_attempt_at, locked_until, locked_by, last_status, last_error, last_attempt_at,
-	delivered_at, created_at FROM `+migrations.Table(s.schema, "deliveries")+` WHERE id = $1`, id).
-		Scan(&d.ID, &d.Webhook, &d.Event, &d.Model, &d.Key, &d.CommitLSN, &d.Seq, &d.Committed, &d.Body, &d.State,
-			&d.Attempts, &d.NextAttempt, &d.LockedUntil, &d.LockedBy, &d.LastStatus, &d.LastError, &d.LastAttempt,
-			&d.Delivered, &d.Created)
-	if errors.Is(err, pgx.ErrNoRows) {
+	row, err := s.store.Get(ctx, id)
+	if errors.Is(err, outbox.ErrNotFound) {
 		http.Error(w, fmt.Sprintf("delivery %d does not exist (delivered rows are deleted after dispatch.retention)", id), http.StatusNotFound)
 		return
 	}
@@ -525,6 +472,12 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the outbox database did not answer: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
+	commit, next, created := row.CommittedAt, row.NextAttemptAt, row.CreatedAt
+	d := detailView{ID: row.ID, Webhook: row.Webhook, Event: row.Event, Model: row.Model, Key: row.ObjectKey,
+		CommitLSN: row.CommitLSN, Seq: row.Seq, Committed: &commit, Body: *row.Body, State: row.State,
+		Attempts: row.Attempts, NextAttempt: &next, LockedUntil: row.LockedUntil, LockedBy: row.LockedBy,
+		LastStatus: row.LastStatus, LastError: row.LastError, LastAttempt: row.LastAttemptAt,
+		Delivered: row.DeliveredAt, Created: &created}
 	p := &deliveryPage{pageBase: s.base(r, fmt.Sprintf("Delivery %d", id)), D: d, Here: here(r),
 		Back: "/?webhook=" + url.QueryEscape(d.Webhook)}
 	if wh, ok := s.cfg.WebhookByName(d.Webhook); ok {

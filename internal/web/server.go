@@ -125,7 +125,7 @@ func New(opts Options) (*Server, error) {
 	for _, w := range cfg.Webhooks {
 		hooks = append(hooks, w.Name)
 	}
-	s.stats = newStatsReader(s.outbox, opts.SlotDB, s.schema, cfg.Database.Slot)
+	s.stats = newStatsReader(s.store, opts.SlotDB, cfg.Database.Slot)
 	if err := s.metrics.reg.Register(newCollector(s.stats, opts.Capture, hooks, cfg.Database.Slot)); err != nil {
 		return nil, fmt.Errorf("web: register collector: %w", err)
 	}

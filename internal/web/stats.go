@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 const (
@@ -75,35 +75,17 @@ func (s *outboxStats) hookNames(extra []string) []string {
 
 // statsReader runs the stats queries, at most once per statsMaxAge.
 type statsReader struct {
-	outbox *pgxpool.Pool
+	store  *outbox.Store
 	slotDB *pgxpool.Pool // nil: no slot stats
 	slot   string
-
-	openSQL, deliveringSQL, failedSQL string
 
 	mu   sync.Mutex
 	last *outboxStats
 	at   time.Time
 }
 
-func newStatsReader(outbox, slotDB *pgxpool.Pool, schema, slot string) *statsReader {
-	t := migrations.Table(schema, "deliveries")
-	return &statsReader{
-		outbox: outbox, slotDB: slotDB, slot: slot,
-		// Open rows per webhook: an index-only scan of the partial index
-		// deliveries_object_open (webhook leads it). The oldest open
-		// change is the one with the smallest commit LSN; its commit
-		// time comes from the unique (webhook, commit_lsn, seq) index.
-		openSQL: `SELECT o.webhook, o.n, coalesce(extract(epoch FROM now() - (
-		SELECT min(x.committed_at) FROM ` + t + ` AS x WHERE x.webhook = o.webhook AND x.commit_lsn = o.lsn)), 0)::float8
-FROM (SELECT webhook, count(*) AS n, min(commit_lsn) AS lsn FROM ` + t + `
-	WHERE state IN ('pending', 'delivering') GROUP BY webhook) AS o`,
-		// Rows being sent: few, found through deliveries_lease.
-		deliveringSQL: `SELECT webhook, count(*) FROM ` + t + ` WHERE state = 'delivering' GROUP BY webhook`,
-		// Failed rows stay until retried: an index-only scan of
-		// deliveries_failed.
-		failedSQL: `SELECT webhook, count(*) FROM ` + t + ` WHERE state = 'failed' GROUP BY webhook`,
-	}
+func newStatsReader(store *outbox.Store, slotDB *pgxpool.Pool, slot string) *statsReader {
+	return &statsReader{store: store, slotDB: slotDB, slot: slot}
 }
 
 // slotSQL reads the slot's lag; pg_replication_slots is visible from every
@@ -149,53 +131,16 @@ func (r *statsReader) invalidate() {
 }
 
 func (r *statsReader) readOutbox(ctx context.Context, s *outboxStats) error {
-	hook := func(name string) *hookStats {
-		h, ok := s.Hooks[name]
-		if !ok {
-			h = &hookStats{}
-			s.Hooks[name] = h
+	counts, err := r.store.CountOpen(ctx)
+	if err != nil {
+		return err
+	}
+	for name, c := range counts {
+		h := &hookStats{Pending: c.Pending, Delivering: c.Delivering, Failed: c.Failed}
+		if c.OldestPendingAge != nil {
+			h.OldestAge = *c.OldestPendingAge
 		}
-		return h
-	}
-	var b pgx.Batch
-	b.Queue(r.openSQL).Query(func(rows pgx.Rows) error {
-		var name string
-		var n int64
-		var age float64
-		_, err := pgx.ForEachRow(rows, []any{&name, &n, &age}, func() error {
-			h := hook(name)
-			h.Pending += n
-			h.OldestAge = time.Duration(age * float64(time.Second))
-			return nil
-		})
-		return err
-	})
-	b.Queue(r.deliveringSQL).Query(func(rows pgx.Rows) error {
-		var name string
-		var n int64
-		_, err := pgx.ForEachRow(rows, []any{&name, &n}, func() error {
-			h := hook(name)
-			h.Delivering += n
-			return nil
-		})
-		return err
-	})
-	b.Queue(r.failedSQL).Query(func(rows pgx.Rows) error {
-		var name string
-		var n int64
-		_, err := pgx.ForEachRow(rows, []any{&name, &n}, func() error {
-			hook(name).Failed += n
-			return nil
-		})
-		return err
-	})
-	if err := r.outbox.SendBatch(ctx, &b).Close(); err != nil {
-		return fmt.Errorf("read outbox counts: %w", err)
-	}
-	// The open count includes the delivering rows; the two statements run
-	// apart, so clamp.
-	for _, h := range s.Hooks {
-		h.Pending = max(h.Pending-h.Delivering, 0)
+		s.Hooks[name] = h
 	}
 	return nil
 }

@@ -22,8 +22,8 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/rs/zerolog"
 
-	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/web"
 	"github.com/walhook/walhook/migrations"
 	"github.com/walhook/walhook/test/pgtest"
@@ -328,13 +328,13 @@ func TestMetricsExposeOutboxCaptureAndAttempts(t *testing.T) {
 	e.metrics.Enqueued("Site", "created", 7)
 	e.metrics.Enqueued("Site", "created", 2)
 	now := time.Now()
-	e.metrics.Attempted(dispatch.Attempt{Webhook: "inventory", Outcome: dispatch.OutcomeDelivered, Status: 204,
+	e.metrics.Attempted(outbox.Attempt{Webhook: "inventory", Outcome: outbox.OutcomeDelivered, Status: 204,
 		Duration: 30 * time.Millisecond, CommittedAt: now.Add(-3 * time.Second)})
-	e.metrics.Attempted(dispatch.Attempt{Webhook: "inventory", Outcome: dispatch.OutcomeDelivered, Status: 200,
+	e.metrics.Attempted(outbox.Attempt{Webhook: "inventory", Outcome: outbox.OutcomeDelivered, Status: 200,
 		Duration: 70 * time.Millisecond, CommittedAt: now.Add(-20 * time.Second)})
-	e.metrics.Attempted(dispatch.Attempt{Webhook: "inventory", Outcome: dispatch.OutcomeRetry, Status: 503,
+	e.metrics.Attempted(outbox.Attempt{Webhook: "inventory", Outcome: outbox.OutcomeRetry, Status: 503,
 		Duration: 2 * time.Second, CommittedAt: now})
-	e.metrics.Attempted(dispatch.Attempt{Webhook: "audit", Outcome: dispatch.OutcomeFailed, Status: 0,
+	e.metrics.Attempted(outbox.Attempt{Webhook: "audit", Outcome: outbox.OutcomeFailed, Status: 0,
 		Duration: 10 * time.Second, CommittedAt: now})
 	capture.streaming.Store(false)
 	capture.lsn.Store(0x1_0000_0200)
