@@ -752,6 +752,20 @@ webhooks:
 			},
 		},
 		{
+			name: "webhook concurrency and rate limit",
+			yaml: minimal + "    concurrency: 0\n    rate_limit: fast\ndispatch:\n  concurrency: 4\n  failed_retention: 0s\n",
+			want: []string{
+				"8: concurrency must be positive",
+				`9: rate_limit "fast": write a positive number of requests per second, minute or hour`,
+				"12: dispatch.failed_retention must be positive",
+			},
+		},
+		{
+			name: "webhook concurrency above the total",
+			yaml: minimal + "    concurrency: 5\ndispatch:\n  concurrency: 4\n",
+			want: []string{"8: concurrency 5 is more than dispatch.concurrency (4)"},
+		},
+		{
 			name: "max_interval shorter than initial_interval",
 			yaml: minimal + "    retry:\n      initial_interval: 1m\n      max_interval: 30s\n",
 			want: []string{"10: retry.max_interval is shorter than initial_interval"},
@@ -1145,5 +1159,46 @@ func TestHelpers(t *testing.T) {
 		if got := RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    float64
+		wantErr bool
+	}{
+		{in: "200/s", want: 200},
+		{in: "600/m", want: 10},
+		{in: "600 / min", want: 10},
+		{in: "1800/h", want: 0.5},
+		{in: "0.5/s", want: 0.5},
+		{in: "200", wantErr: true},
+		{in: "0/s", wantErr: true},
+		{in: "-1/s", wantErr: true},
+		{in: "10/d", wantErr: true},
+		{in: "NaN/s", wantErr: true},
+		{in: "Inf/s", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := ParseRate(tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("ParseRate(%q) = %v, %v; want %v (error %v)", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestDefaultWebhookConcurrency(t *testing.T) {
+	for _, tt := range []struct{ total, hooks, want int }{{16, 1, 16}, {16, 2, 8}, {16, 5, 8}, {1, 3, 1}, {3, 2, 1}} {
+		if got := DefaultWebhookConcurrency(tt.total, tt.hooks); got != tt.want {
+			t.Errorf("DefaultWebhookConcurrency(%d, %d) = %d, want %d", tt.total, tt.hooks, got, tt.want)
+		}
+	}
+	c, e := parseErr(t, y(minimal), nil)
+	if e != nil {
+		t.Fatal(e)
+	}
+	if c.Webhooks[0].Concurrency != 16 || c.Dispatch.FailedRetention.D() != 30*24*time.Hour {
+		t.Errorf("defaults: concurrency %d, failed_retention %s", c.Webhooks[0].Concurrency, c.Dispatch.FailedRetention.D())
 	}
 }
