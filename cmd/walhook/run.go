@@ -16,6 +16,7 @@ import (
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/web"
 	"github.com/walhook/walhook/migrations"
 )
@@ -62,6 +63,9 @@ func openPool(ctx context.Context, dsn, what string, params map[string]string) (
 	if !strings.Contains(dsn, "pool_max_conns") && pc.MaxConns < 10 {
 		pc.MaxConns = 10
 	}
+	// Every pool may run outbox statements (the outbox is in the source
+	// database by default).
+	pc.AfterConnect = outbox.PrepareConn
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
@@ -137,12 +141,12 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 	if outboxDSN == "" {
 		outboxDSN = cfg.Database.DSN
 	}
-	outbox, err := openPool(ctx, outboxDSN, "outbox database", map[string]string{"application_name": "walhook"})
+	obPool, err := openPool(ctx, outboxDSN, "outbox database", map[string]string{"application_name": "walhook"})
 	if err != nil {
 		return err
 	}
-	defer outbox.Close()
-	applied, err := migrations.Apply(ctx, outbox, cfg.Database.Schema)
+	defer obPool.Close()
+	applied, err := migrations.Apply(ctx, obPool, cfg.Database.Schema)
 	if err != nil {
 		return err
 	}
@@ -175,7 +179,7 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 	if cfg.Database.OutboxDSN == "" {
 		// The slot is on the outbox's server: slot metrics work even
 		// without capture in this process.
-		slotDB = outbox
+		slotDB = obPool
 	}
 	if capture {
 		source, err := openPool(ctx, cfg.Database.DSN, "source database", cdc.SessionParams)
@@ -184,21 +188,21 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		}
 		defer source.Close()
 		slotDB = source
-		capt, err = cdc.New(cdc.Options{Config: cfg, Source: source, Outbox: outbox, Logger: log, Observer: metrics})
+		capt, err = cdc.New(cdc.Options{Config: cfg, Source: source, Outbox: obPool, Logger: log, Observer: metrics})
 		if err != nil {
 			return err
 		}
 		starts = append(starts, running("capture", capt.Run))
 	}
 	if send {
-		d, err := dispatch.New(dispatch.Options{Pool: outbox, Config: cfg, Logger: log, Version: walhookVersion(), Observer: metrics})
+		d, err := dispatch.New(dispatch.Options{Pool: obPool, Config: cfg, Logger: log, Version: walhookVersion(), Observer: metrics})
 		if err != nil {
 			return err
 		}
 		starts = append(starts, running("dispatch", d.Run))
 	}
 	if addr := cfg.HTTP.ListenAddr(); addr != "" {
-		opts := web.Options{Config: cfg, Outbox: outbox, SlotDB: slotDB, Dispatching: send, Metrics: metrics,
+		opts := web.Options{Config: cfg, Outbox: obPool, SlotDB: slotDB, Dispatching: send, Metrics: metrics,
 			Logger: log, Version: walhookVersion()}
 		if capt != nil {
 			opts.Capture = capt

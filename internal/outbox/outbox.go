@@ -16,6 +16,10 @@
 package outbox
 
 import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/migrations"
@@ -78,3 +82,17 @@ func (s *Store) Channel() string { return s.channel }
 
 // Pool is the pool the Store runs its statements on.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// PrepareConn readies a connection to the outbox database; use it as the
+// pool's AfterConnect. It turns JIT compilation off for the session: the
+// queue's statements are short, but their LIMIT comes from a parameter, so
+// once the table has statistics the planner may estimate a claim at many
+// thousand rows, and PostgreSQL's default jit_above_cost then spends more
+// than a second compiling each claim (seen: 1.5 s per claim, 700
+// deliveries/s instead of over 10,000).
+func PrepareConn(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, "SET jit = off"); err != nil {
+		return fmt.Errorf("outbox: prepare connection: %w", err)
+	}
+	return nil
+}

@@ -175,10 +175,17 @@ func TestClaimLeavesRowBehindLockedPredecessor(t *testing.T) {
 // statement gets after five runs), and returns the larger number of
 // buffers touched and that plan.
 func explain(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) (int64, string) {
+	n, plan, _ := explainJIT(t, pool, sql, args...)
+	return n, plan
+}
+
+// explainJIT is explain, and says whether either plan was JIT-compiled.
+func explainJIT(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) (int64, string, bool) {
 	t.Helper()
 	ctx := context.Background()
 	var worst int64
 	var worstPlan string
+	jit := false
 	for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, "SET LOCAL plan_cache_mode = "+mode); err != nil {
@@ -190,11 +197,13 @@ func explain(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) (int64, 
 			}
 			var plan []struct {
 				Plan map[string]any `json:"Plan"`
+				JIT  any            `json:"JIT"`
 			}
 			if err := json.Unmarshal([]byte(js), &plan); err != nil {
 				return err
 			}
 			p := plan[0].Plan
+			jit = jit || plan[0].JIT != nil
 			n := int64(p["Shared Hit Blocks"].(float64) + p["Shared Read Blocks"].(float64))
 			if n >= worst {
 				var text string
@@ -209,7 +218,7 @@ func explain(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) (int64, 
 			t.Fatalf("explain %s: %v", mode, err)
 		}
 	}
-	return worst, worstPlan
+	return worst, worstPlan, jit
 }
 
 // The statements that run all the time touch a number of buffers bounded by
@@ -300,5 +309,24 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 		if n > bound {
 			t.Errorf("%s touched %d buffers (limit %d):\n%s", st.name, n, bound, plan)
 		}
+	}
+
+	// With statistics, the planner takes a claim's parameter LIMIT for
+	// 10% of the table, and the default jit_above_cost would compile each
+	// claim for a second or more: connections prepared by PrepareConn
+	// never JIT-compile.
+	exec(t, pool, `ANALYZE walhook.deliveries`)
+	cfg := pool.Config()
+	cfg.AfterConnect = PrepareConn
+	prepared, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prepared.Close()
+	if _, plan, jit := explainJIT(t, prepared, s.q.claim, claimArgs...); jit {
+		t.Errorf("claim JIT-compiled on a prepared connection:\n%s", plan)
+	}
+	if _, _, jit := explainJIT(t, pool, s.q.claim, claimArgs...); !jit {
+		t.Log("this server does not JIT-compile the claim even unprepared (no LLVM, or jit off)")
 	}
 }

@@ -66,7 +66,7 @@ func main() {
 	rate := flag.Int("rate", 1000, "rows/s in the latency phase")
 	dur := flag.Duration("latency-for", 10*time.Second, "length of the latency phase")
 	out := flag.String("out", "bench-results.json", "where to write the JSON results")
-	phases := flag.String("phases", "capture,dispatch,latency,huge,backlog,claims,outage,hang", "phases to run, comma-separated (capture, dispatch, latency, huge, backlog, claims, outage, hang, scale)")
+	phases := flag.String("phases", "capture,dispatch,latency,huge,burst,backlog,claims,outage,hang", "phases to run, comma-separated (capture, dispatch, latency, huge, burst, backlog, claims, outage, hang, scale)")
 	flag.IntVar(&backlogRows, "backlog-rows", 1000000, "rows captured into the outbox in the backlog phase")
 	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
 	flag.IntVar(&scaleRows, "scale-rows", 200000, "backlog drained in the scale phase")
@@ -126,7 +126,7 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 	for _, ph := range []struct {
 		name string
 		run  func() error
-	}{{"backlog", b.backlogPhase}, {"claims", b.claims}, {"outage", func() error { return b.outage(false) }}, {"hang", func() error { return b.outage(true) }}} {
+	}{{"burst", b.burst}, {"backlog", b.backlogPhase}, {"claims", b.claims}, {"outage", func() error { return b.outage(false) }}, {"hang", func() error { return b.outage(true) }}} {
 		if want[ph.name] {
 			if err := ph.run(); err != nil {
 				return fmt.Errorf("%s: %w", ph.name, err)
@@ -359,7 +359,7 @@ func (b *bench) dispatch(rows int) error {
 		return err
 	}
 	err = waitFor(5*time.Minute, 20*time.Millisecond, func() bool {
-		return count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE state IN ('pending', 'delivering')`) == 0
+		return count(b.ctx, pool, `SELECT count(*) FROM (SELECT 1 FROM walhook.deliveries WHERE state IN ('pending', 'parked', 'delivering') LIMIT 1) AS x`) == 0
 	})
 	el := time.Since(start)
 	rss := p.stop()
@@ -552,7 +552,7 @@ func (b *bench) scale() error {
 		err = waitFor(10*time.Minute, 20*time.Millisecond, func() bool { return received() >= scaleRows })
 		if err == nil {
 			err = waitFor(time.Minute, 20*time.Millisecond, func() bool {
-				return count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE state IN ('pending', 'delivering')`) == 0
+				return count(b.ctx, pool, `SELECT count(*) FROM (SELECT 1 FROM walhook.deliveries WHERE state IN ('pending', 'parked', 'delivering') LIMIT 1) AS x`) == 0
 			})
 		}
 		el := time.Since(start)

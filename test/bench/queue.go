@@ -66,7 +66,7 @@ func (b *bench) backlogPhase() error {
 			return 0, 0, err
 		}
 		err = waitFor(20*time.Minute, 50*time.Millisecond, func() bool {
-			return count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE state IN ('pending', 'parked', 'delivering')`) == 0
+			return count(b.ctx, pool, `SELECT count(*) FROM (SELECT 1 FROM walhook.deliveries WHERE state IN ('pending', 'parked', 'delivering') LIMIT 1) AS x`) == 0
 		})
 		el := time.Since(start)
 		rss := p.stop()
@@ -334,4 +334,61 @@ func rewriteHooks(cfg, hooks string) error {
 		return fmt.Errorf("unexpected bench config %s", cfg)
 	}
 	return os.WriteFile(cfg, []byte(s[:i]+"webhooks:\n"+hooks+s[j:]), 0o600)
+}
+
+// burst: `walhook run` on a fresh outbox; 100 transactions of 1,000
+// inserts are committed as fast as one connection can. Reported: the rate
+// from the first commit to the last delivery, the time from the first
+// commit to the first delivery, and claim errors in walhook's log.
+func (b *bench) burst() error {
+	const txns, per = 100, 1000
+	var got atomic.Int64
+	var first atomic.Int64 // UnixNano of the first delivery
+	var last atomic.Int64
+	url, closeRecv, err := receiver(func([]byte) {
+		now := time.Now().UnixNano()
+		first.CompareAndSwap(0, now)
+		last.Store(now)
+		got.Add(1)
+	})
+	if err != nil {
+		return err
+	}
+	defer closeRecv()
+	pool, _, cfg, err := b.db(itemSchema, url, "dispatch: {concurrency: 32}\n")
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	p, err := b.start(cfg, "run")
+	if err != nil {
+		return err
+	}
+	if err := waitFor(30*time.Second, 20*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'bench%'`) == 1
+	}); err != nil {
+		p.stop()
+		return fmt.Errorf("walhook did not start streaming: %s", p.out.String())
+	}
+	var firstCommit time.Time
+	for i := range txns {
+		if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series($1::int + 1, $1::int + $2::int) g`, i*per, per); err != nil {
+			p.stop()
+			return err
+		}
+		if i == 0 {
+			firstCommit = time.Now()
+		}
+	}
+	err = waitFor(5*time.Minute, 10*time.Millisecond, func() bool { return got.Load() >= txns*per })
+	rss := p.stop()
+	if err != nil {
+		return fmt.Errorf("%w (%d delivered): %s", err, got.Load(), p.out.String())
+	}
+	el := time.Unix(0, last.Load()).Sub(firstCommit)
+	b.add("burst 100 x 1,000", "deliveries/s, first commit to last delivery (walhook run, fresh outbox)", float64(txns*per)/el.Seconds(), "deliveries/s")
+	b.add("burst 100 x 1,000", "first delivery after the first commit", float64(time.Unix(0, first.Load()).Sub(firstCommit).Microseconds())/1e3, "ms")
+	b.add("burst 100 x 1,000", "claim errors in the log", float64(strings.Count(p.out.String(), "claiming deliveries failed")), "lines")
+	b.add("burst 100 x 1,000", "walhook peak RSS", rss, "MB")
+	return nil
 }
