@@ -303,7 +303,7 @@ func (b *bench) outage(hang bool) error {
 	start := time.Now()
 	before := rcv.count("/b")
 	err = waitFor(5*time.Minute, 20*time.Millisecond, func() bool {
-		return count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE webhook = 'b' AND state IN ('pending', 'parked', 'delivering')`) == 0
+		return count(b.ctx, pool, `SELECT count(*) FROM (SELECT 1 FROM walhook.deliveries WHERE webhook = 'b' AND state IN ('pending', 'parked', 'delivering') LIMIT 1) AS x`) == 0
 	})
 	el := time.Since(start)
 	rss := p.stop()
