@@ -104,6 +104,13 @@ func (b *breaker) record(now time.Time, ok, probe bool, errText string) (outbox.
 	return "", false
 }
 
+// probeDue reports whether the breaker is open and its wait is over.
+func (b *breaker) probeDue(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state == outbox.BreakerOpen && !now.Before(b.probeAt)
+}
+
 func (b *breaker) status() outbox.BreakerStatus {
 	b.mu.Lock()
 	defer b.mu.Unlock()

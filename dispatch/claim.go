@@ -126,7 +126,7 @@ type claimReq struct {
 func (d *Dispatcher) probeDue() bool {
 	now := time.Now()
 	for _, h := range d.order {
-		if st := h.breaker.status(); st.State == outbox.BreakerOpen && !now.Before(st.NextProbe) {
+		if h.breaker.probeDue(now) {
 			return true
 		}
 	}
@@ -251,8 +251,6 @@ func (d *Dispatcher) claim(ctx context.Context, req *claimReq) (full bool, err e
 // delivered and failed rows.
 func (d *Dispatcher) maintain(ctx context.Context) {
 	d.warnUnserved(ctx)
-	beat := time.NewTicker(heartbeatEvery)
-	defer beat.Stop()
 	rescue := time.NewTimer(0)
 	defer rescue.Stop()
 	purge := time.NewTimer(0)
@@ -261,8 +259,6 @@ func (d *Dispatcher) maintain(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-beat.C:
-			d.beat(ctx)
 		case name := <-d.reopened:
 			d.releaseBackoff(ctx, name)
 		case <-rescue.C:
@@ -271,6 +267,23 @@ func (d *Dispatcher) maintain(ctx context.Context) {
 		case <-purge.C:
 			d.purge(ctx)
 			purge.Reset(jitter(retentionEvery, d.rand()))
+		}
+	}
+}
+
+// heartbeat records the heartbeat every heartbeatEvery until ctx is done.
+// Run stops it only once every request has finished and every outcome is
+// written, so that no other dispatcher takes back a row while this one is
+// still sending it.
+func (d *Dispatcher) heartbeat(ctx context.Context) {
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.beat(ctx)
 		}
 	}
 }
@@ -286,7 +299,7 @@ func (d *Dispatcher) beat(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, heartbeatEvery*3)
 	defer cancel()
 	if err := d.store.Heartbeat(ctx, d.id, states); err != nil {
-		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		if !errors.Is(err, context.Canceled) {
 			d.log.Warn().Err(err).Msg("recording the heartbeat failed; sending stops if it keeps failing")
 		}
 		return

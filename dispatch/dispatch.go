@@ -398,6 +398,12 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// The heartbeat comes first: rows are claimed only by a dispatcher
 	// the others can see alive.
 	d.beat(ctx)
+	beatCtx, stopBeat := context.WithCancel(hard)
+	beatDone := make(chan struct{})
+	go func() {
+		defer close(beatDone)
+		d.heartbeat(beatCtx)
+	}()
 	var bg sync.WaitGroup
 	bg.Go(func() { d.listen(ctx) })
 	bg.Go(func() { d.maintain(ctx) })
@@ -422,6 +428,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	close(results)
 	<-writerDone
 	bg.Wait()
+	stopBeat()
+	<-beatDone
 	dctx, cancel := context.WithTimeout(hard, 5*time.Second)
 	if err := d.store.Deregister(dctx, d.id); err != nil {
 		d.log.Warn().Err(err).Msg("could not remove this dispatcher's heartbeat row")

@@ -84,6 +84,10 @@ func Backoff(attempt int, initial, max time.Duration, jitter float64) time.Durat
 func (d *Dispatcher) work(ctx, hard context.Context, h *hook, results chan<- result) {
 	for j := range h.queue {
 		r := d.handle(ctx, hard, j)
+		if j.probe && r.Mode == outbox.Released {
+			// The probe was not sent: probe again after the interval.
+			h.breaker.noProbe(time.Now())
+		}
 		h.held.Add(-1)
 		d.held.Add(-1)
 		signal(d.freed)

@@ -49,6 +49,7 @@ var (
 	scaleConc  int
 
 	backlogRows int
+	prebuilt    string
 )
 
 type bench struct {
@@ -68,6 +69,7 @@ func main() {
 	out := flag.String("out", "bench-results.json", "where to write the JSON results")
 	phases := flag.String("phases", "capture,dispatch,latency,huge,burst,backlog,claims,outage,hang", "phases to run, comma-separated (capture, dispatch, latency, huge, burst, backlog, claims, outage, hang, scale)")
 	flag.IntVar(&backlogRows, "backlog-rows", 1000000, "rows captured into the outbox in the backlog phase")
+	flag.StringVar(&prebuilt, "bin", "", "measure this walhook binary instead of building ./cmd/walhook (e.g. an older version, for a before/after comparison)")
 	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
 	flag.IntVar(&scaleRows, "scale-rows", 200000, "backlog drained in the scale phase")
 	flag.StringVar(&scaleProcs, "scale-procs", "1,2,4", "numbers of dispatch-only processes in the scale phase")
@@ -95,7 +97,9 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 	defer os.RemoveAll(dir)
 	b := &bench{ctx: ctx, dir: dir, bin: filepath.Join(dir, "walhook")}
 	fmt.Fprintln(os.Stderr, "building walhook and starting PostgreSQL (fsync on)...")
-	if out, err := exec.Command("go", "build", "-o", b.bin, "./cmd/walhook").CombinedOutput(); err != nil {
+	if prebuilt != "" {
+		b.bin = prebuilt
+	} else if out, err := exec.Command("go", "build", "-o", b.bin, "./cmd/walhook").CombinedOutput(); err != nil {
 		return fmt.Errorf("build: %v: %s", err, out)
 	}
 	b.cl, err = pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"fsync": "on", "synchronous_commit": "on"}})
