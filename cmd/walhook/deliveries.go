@@ -79,13 +79,15 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		next := "-"
 		switch d.State {
-		case "pending":
+		case outbox.StateParked:
+			next = "after an earlier change"
+		case outbox.StatePending:
 			if wait := d.NextAttemptAt.Sub(d.DBNow); wait > 0 {
 				next = "in " + formatAge(wait)
 			} else {
 				next = "due"
 			}
-		case "delivering":
+		case outbox.StateDelivering:
 			next = "sending"
 		}
 		lastErr := "-"
@@ -167,10 +169,13 @@ func printDelivery(w io.Writer, d *delivery) {
 	row("commit_lsn", fmt.Sprintf("%s (seq %d)", d.CommitLSN, d.Seq))
 	row("committed_at", ts(&d.CommittedAt))
 	row("created_at", ts(&d.CreatedAt))
-	if d.State == "pending" {
+	if d.State == outbox.StatePending {
 		row("next_attempt_at", ts(&d.NextAttemptAt))
 	}
-	if d.State == "delivering" {
+	if d.State == outbox.StateParked {
+		row("waiting for", "an earlier change of the same object to be delivered or to fail")
+	}
+	if d.State == outbox.StateDelivering {
 		by := "-"
 		if d.LockedBy != nil {
 			by = *d.LockedBy

@@ -41,7 +41,7 @@ const (
 )
 
 // states are the delivery states, in the order the page lists them.
-var states = []string{"pending", "delivering", "delivered", "failed"}
+var states = outbox.States
 
 var funcs = template.FuncMap{
 	"time": func(t *time.Time) string {
