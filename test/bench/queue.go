@@ -318,7 +318,11 @@ func (b *bench) outage(hang bool) error {
 	rcv.status.Store(0)
 	start := time.Now()
 	before := rcv.count("/b")
+	var resumed time.Duration
 	err = waitFor(5*time.Minute, 20*time.Millisecond, func() bool {
+		if resumed == 0 && rcv.count("/b") > before {
+			resumed = time.Since(start)
+		}
 		return count(b.ctx, pool, `SELECT count(*) FROM (SELECT 1 FROM walhook.deliveries WHERE webhook = 'b' AND state IN ('pending', 'parked', 'delivering') LIMIT 1) AS x`) == 0
 	})
 	el := time.Since(start)
@@ -327,7 +331,11 @@ func (b *bench) outage(hang bool) error {
 		return fmt.Errorf("%w: %s", err, p.out.String())
 	}
 	got := rcv.count("/b") - before
-	b.add(name, "recovering webhook's backlog drain (from recovery)", float64(got)/el.Seconds(), "deliveries/s")
+	b.add(name, "recovering webhook: first delivery after the receiver recovered (next breaker probe)", float64(resumed.Milliseconds()), "ms")
+	b.add(name, "recovering webhook's backlog drain (from recovery, probe wait included)", float64(got)/el.Seconds(), "deliveries/s")
+	if el > resumed {
+		b.add(name, "recovering webhook's backlog drain (from its first delivery)", float64(got)/(el-resumed).Seconds(), "deliveries/s")
+	}
 	b.add(name, "rows of the failing webhook marked failed", float64(count(b.ctx, pool, `SELECT count(*) FROM walhook.deliveries WHERE state = 'failed'`)), "rows")
 	rcv.mu.Lock()
 	bad := rcv.bad
