@@ -8,12 +8,18 @@ const (
 	FormatNetboxV4 = "netbox-v4" // NetBox v4 shape with snapshots
 )
 
-// appendISOTime writes t as a JSON string in UTC, ISO 8601 with
-// microseconds and "+00:00", as NetBox (Python's isoformat) writes it:
-// "2024-01-02T03:04:05.123456+00:00".
+// appendISOTime writes t as a JSON string in UTC, ISO 8601 with "+00:00",
+// as NetBox (Python's datetime.isoformat) writes it: six fractional digits
+// when the microseconds are not zero ("2024-01-02T03:04:05.120000+00:00"),
+// none when they are ("2024-01-02T03:04:05+00:00").
 func appendISOTime(dst []byte, t time.Time) []byte {
+	t = t.UTC().Truncate(time.Microsecond)
 	dst = append(dst, '"')
-	dst = t.UTC().AppendFormat(dst, "2006-01-02T15:04:05.000000")
+	if t.Nanosecond() == 0 {
+		dst = t.AppendFormat(dst, "2006-01-02T15:04:05")
+	} else {
+		dst = t.AppendFormat(dst, "2006-01-02T15:04:05.000000")
+	}
 	return append(dst, `+00:00"`...)
 }
 

@@ -23,7 +23,7 @@ func (b *bundle) withWebhooks(modelsYAML, webhooksYAML string) {
 }
 
 var (
-	isoTimeRE  = regexp.MustCompile(`"timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00"`)
+	isoTimeRE  = regexp.MustCompile(`"timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00"`)
 	unixTimeRE = regexp.MustCompile(`"signal_received_timestamp":\d+\.\d{6}`)
 )
 
