@@ -220,7 +220,9 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		return nil, fmt.Sprintf("%d foreign-key columns but %s.%s is keyed by %d (%s): set key: [...]", len(rl.fk), schema, table, len(refKey), strings.Join(refKey, ", ")), nil
 	}
 	// Selected columns: rendered ones, then url placeholders not rendered.
-	var sel []string
+	// sel holds the column names ("" for an expression), selSQL what the
+	// query selects for each.
+	var sel, selSQL []string
 	selIndex := map[string]int{}
 	selectCol := func(name string) (int, string) {
 		if i, ok := selIndex[name]; ok {
@@ -232,6 +234,7 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		}
 		selIndex[name] = len(sel)
 		sel = append(sel, name)
+		selSQL = append(selSQL, "r."+pgx.Identifier{name}.Sanitize())
 		rl.sel = append(rl.sel, rcols[ci].oid)
 		return len(sel) - 1, ""
 	}
@@ -244,6 +247,21 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		rc, err := config.ParseRelationColumn(c)
 		if err != nil {
 			return nil, err.Error(), nil
+		}
+		if rc.Expr != "" {
+			// An expression over the related row r, rendered as to_json
+			// renders its value. Parameters have no meaning here.
+			body, err := rewriteParams(rc.Expr, func(n int) (string, error) {
+				return "", fmt.Errorf("column %q: an expression cannot use $%d (it sees the related row as r)", c, n)
+			})
+			if err != nil {
+				return nil, err.Error(), nil
+			}
+			rl.out = append(rl.out, relOut{name: rc.As, sel: len(sel)})
+			sel = append(sel, "")
+			selSQL = append(selSQL, "to_json(("+body+"\n))")
+			rl.sel = append(rl.sel, vtJSON)
+			continue
 		}
 		i, msg := selectCol(rc.Column)
 		if msg != "" {
@@ -275,9 +293,9 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 	// JOIN "public"."dcim_region" AS r ON r."id" = k.k1::pg_catalog.int8
 	var b strings.Builder
 	b.WriteString("SELECT k.n")
-	for _, n := range sel {
-		b.WriteString(", r.")
-		b.WriteString(pgx.Identifier{n}.Sanitize())
+	for _, e := range selSQL {
+		b.WriteString(", ")
+		b.WriteString(e)
 	}
 	b.WriteString(" FROM unnest(")
 	for i := range rl.fk {

@@ -84,6 +84,9 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 		switch {
 		case v.kind == 'n' || v.kind == 'u':
 			dst = append(dst, "null"...)
+		case c.choices != nil && len(v.data) == 0:
+			// An empty choice renders as null, as NetBox's ChoiceField does.
+			dst = append(dst, "null"...)
 		case c.choices != nil:
 			label, ok := c.choices[string(v.data)]
 			if !ok {
