@@ -1,0 +1,128 @@
+package cdc
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/walhook/walhook/internal/config"
+)
+
+// NetBox fidelity: examples/netbox.yaml, unchanged, on a subset of NetBox's
+// v4.2 demo data (testdata/netbox-demo, see extract.sh there). The expected
+// "data" objects in testdata/netbox-demo/expected were written by hand from
+// NetBox v4.2.5's serializers (dcim/api/serializers_/sites.py, devices.py,
+// device_components.py, netbox/api/serializers/, netbox/api/fields.py), as
+// its webhooks send them: serialized without a request, so URLs are
+// relative, and nested objects in their brief forms.
+
+// netboxDemo starts a capture with examples/netbox.yaml on the demo subset.
+func netboxDemo(t *testing.T) *bundle {
+	t.Helper()
+	schema, err := os.ReadFile("testdata/netbox-demo/netbox-demo.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := setup(t, string(schema)+`
+		ALTER TABLE dcim_device REPLICA IDENTITY FULL;
+		ALTER TABLE dcim_interface REPLICA IDENTITY FULL;`, "  - table: dcim_site")
+	text, err := os.ReadFile("../examples/netbox.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"DATABASE_URL": b.dsn}
+	cfg, err := config.Parse("examples/netbox.yaml", text, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Database.Slot, cfg.Database.Publication = slotName(b.dsn), slotName(b.dsn)
+	b.cfg = cfg
+	return b
+}
+
+// jsonDiff compares two decoded JSON values key by key and returns the
+// top-level keys of want that got does not match, and the keys got has that
+// want lacks.
+func jsonDiff(got, want map[string]any) (mismatch, extra []string) {
+	for k, w := range want {
+		g, ok := got[k]
+		if !ok || !reflect.DeepEqual(g, w) {
+			mismatch = append(mismatch, k)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			extra = append(extra, k)
+		}
+	}
+	slices.Sort(mismatch)
+	slices.Sort(extra)
+	return mismatch, extra
+}
+
+func TestNetBoxGolden(t *testing.T) {
+	b := netboxDemo(t)
+	b.start()
+	// Changes like the ones NetBox makes when these objects are edited
+	// (each object in its own transaction, as NetBox's API does).
+	for _, sql := range []string{
+		`UPDATE dcim_site SET description = 'Akron branch office', latitude = 41.081400, longitude = -81.519000,
+			last_updated = '2025-01-02 03:04:05.22108+00' WHERE id = 2`,
+		`UPDATE dcim_device SET serial = 'FGL2231', asset_tag = 'DM-0001', primary_ip4_id = 1 WHERE id = 1`,
+		`UPDATE dcim_device SET description = '48-port patch panel', face = '', position = NULL WHERE id = 74`,
+		`UPDATE dcim_device SET description = 'ToR switch, VC master' WHERE id = 98`,
+		`UPDATE dcim_interface SET mode = 'access', untagged_vlan_id = 1, description = 'uplink to sw01' WHERE id = 3`,
+		`UPDATE dcim_interface SET description = 'LAG to sw01' WHERE id = 833`,
+	} {
+		b.exec(sql)
+	}
+	b.waitRows(6)
+	got := map[string]map[string]any{}
+	for _, d := range b.deliveries("webhook = 'netbox'") {
+		if d.Event != EventUpdated {
+			t.Errorf("%s %s: event %s", d.Model, d.Key, d.Event)
+		}
+		var body struct{ Data map[string]any }
+		if err := json.Unmarshal([]byte(d.Raw), &body); err != nil {
+			t.Fatal(err)
+		}
+		got[strings.ToLower(d.Model)+"-"+d.Key] = body.Data
+	}
+	files, _ := filepath.Glob("testdata/netbox-demo/expected/*.json")
+	if len(files) == 0 {
+		t.Fatal("no expected payloads")
+	}
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".json")
+		t.Run(name, func(t *testing.T) {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want map[string]any
+			if err := json.Unmarshal(raw, &want); err != nil {
+				t.Fatal(err)
+			}
+			g, ok := got[name]
+			if !ok {
+				t.Fatalf("no delivery for %s", name)
+			}
+			mismatch, extra := jsonDiff(g, want)
+			t.Logf("%s: %d/%d fields match NetBox 4.2", name, len(want)-len(mismatch), len(want))
+			for _, k := range mismatch {
+				gj, _ := json.Marshal(g[k])
+				wj, _ := json.Marshal(want[k])
+				_, has := g[k]
+				t.Errorf("%s: got %s (present %v)\n  want %s", k, gj, has, wj)
+			}
+			if len(extra) > 0 {
+				t.Errorf("fields NetBox does not send: %s", fmt.Sprint(extra))
+			}
+		})
+	}
+}
