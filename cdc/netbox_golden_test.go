@@ -126,3 +126,50 @@ func TestNetBoxGolden(t *testing.T) {
 		})
 	}
 }
+
+// NetBox keeps counter caches (interface_count, ...) with QuerySet.update(),
+// which sends no webhook; examples/netbox.yaml lists them in ignore_changes,
+// so the UPDATEs that maintain them send nothing either.
+func TestNetBoxCounterUpdatesSendNothing(t *testing.T) {
+	b := netboxDemo(t)
+	b.start()
+	const counts = `console_port_count, console_server_port_count, power_port_count, power_outlet_count, interface_count,
+		front_port_count, rear_port_count, device_bay_count, module_bay_count, inventory_item_count`
+	newInterface := func(id int, name string) string {
+		return fmt.Sprintf(`INSERT INTO dcim_interface (id, custom_field_data, name, label, description, mark_connected, enabled, _name, type, mgmt_only, device_id)
+			VALUES (%d, '{}', '%s', '', '', false, true, '%s', '1000base-t', false, 500);
+			UPDATE dcim_device SET interface_count = interface_count + 1 WHERE id = 500;`, id, name, name)
+	}
+	count := func(model, event string) int {
+		return b.count(fmt.Sprintf("webhook = 'netbox' AND model = '%s' AND event = '%s'", model, event))
+	}
+	steps := []struct {
+		name                                     string
+		sql                                      string
+		deviceCreated, deviceUpdated, ifsCreated int
+	}{
+		{"a device created with two interfaces (one transaction, as NetBox does)", `BEGIN;
+			INSERT INTO dcim_device (id, custom_field_data, name, serial, status, comments, role_id, device_type_id, site_id, description, ` + counts + `)
+			VALUES (500, '{}', 'new-sw01', '', 'active', '', 1, 6, 2, '', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);` +
+			newInterface(5001, "Gi0/1") + newInterface(5002, "Gi0/2") + `COMMIT`, 1, 0, 2},
+		{"an interface added later", newInterface(5003, "Gi0/3"), 1, 0, 3},
+		{"a real change of the device", `UPDATE dcim_device SET serial = 'X1' WHERE id = 500`, 1, 1, 3},
+		{"a real change with a counter", `UPDATE dcim_device SET serial = 'X2', interface_count = 0 WHERE id = 500`, 1, 2, 3},
+	}
+	for i, st := range steps {
+		b.exec(st.sql)
+		// A change that is always sent, committed after: once it is in the
+		// outbox, so is anything from st.sql.
+		b.exec(`UPDATE dcim_site SET description = description || '.' WHERE id = 2`)
+		b.waitRows(st.deviceCreated + st.deviceUpdated + st.ifsCreated + i + 1)
+		if got := count("Device", "created"); got != st.deviceCreated {
+			t.Errorf("%s: %d Device created, want %d", st.name, got, st.deviceCreated)
+		}
+		if got := count("Device", "updated"); got != st.deviceUpdated {
+			t.Errorf("%s: %d Device updated, want %d", st.name, got, st.deviceUpdated)
+		}
+		if got := count("Interface", "created"); got != st.ifsCreated {
+			t.Errorf("%s: %d Interface created, want %d", st.name, got, st.ifsCreated)
+		}
+	}
+}
