@@ -55,9 +55,9 @@ func TestCoalesceTransaction(t *testing.T) {
 		`INSERT INTO item VALUES (1, 'a'); UPDATE item SET name = 'b' WHERE id = 1; UPDATE item SET name = 'c' WHERE id = 1`,
 		// updates: one updated, prechange = the row before the transaction
 		`UPDATE item SET name = 'x' WHERE id = 2; UPDATE item SET name = 'y' WHERE id = 2`,
-		// update then delete: deleted
+		// update then delete: deleted, prechange = the row before the transaction
 		`UPDATE item SET name = 'z' WHERE id = 3; DELETE FROM item WHERE id = 3`,
-		// insert then delete: nothing
+		// insert then delete: deleted (as NetBox does), no prechange
 		`INSERT INTO item VALUES (4, 'four'); DELETE FROM item WHERE id = 4`,
 		// delete then insert again: updated
 		`DELETE FROM item WHERE id = 5; INSERT INTO item VALUES (5, 'new five')`,
@@ -68,7 +68,7 @@ func TestCoalesceTransaction(t *testing.T) {
 	for _, tx := range txns {
 		b.exec("BEGIN; " + tx + "; COMMIT")
 	}
-	b.waitRows(35)
+	b.waitRows(36)
 	want := []string{
 		"c created 0 2 two pre=null post=two",
 		"c created 1 3 three pre=null post=three",
@@ -76,7 +76,8 @@ func TestCoalesceTransaction(t *testing.T) {
 		"c created 2 1 c pre=null post=c",
 		"c updated 1 2 y pre=two post=y",
 		"cu updated 1 2 y",
-		"c deleted 1 3 z pre=z post=null",
+		"c deleted 1 3 z pre=three post=null",
+		"c deleted 1 4 four pre=null post=null",
 		"c updated 1 5 new five pre=five post=new five",
 		"cu updated 1 5 new five",
 		"c updated 3 1 r pre=c post=r",

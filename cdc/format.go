@@ -23,6 +23,10 @@ func appendISOTime(dst []byte, t time.Time) []byte {
 	return append(dst, `+00:00"`...)
 }
 
+// oldNone is the oldType of a coalesced delete of an object created in the
+// same transaction: it has no prechange snapshot.
+const oldNone uint8 = 'N'
+
 // appendSnapshot renders a snapshot: the row with the model's column
 // options (exclude, rename, url, choices) but without relation or computed
 // lookups; foreign keys render as their raw values. A nil row renders null.
@@ -43,9 +47,11 @@ func (rd *renderer) appendSnapshot(dst []byte, rel *relation, vals row, keysOnly
 //
 // data is as in the netbox format (with the looked-up fields ex). prechange
 // is the old row image: for an update only when it is complete (oldType
-// 'O', REPLICA IDENTITY FULL), else null; for a delete the deleted row
-// (keys only without FULL); null for a create. postchange is the new row,
-// null for a delete.
+// 'O', REPLICA IDENTITY FULL), else null; for a delete old when given with
+// oldType 'O' (a coalesced delete: the row before the transaction), null
+// with oldType oldNone (created in the same transaction), else the deleted
+// row (keys only without FULL); null for a create. postchange is the new
+// row, null for a delete.
 func (rd *renderer) netboxV4Body(event string, committed time.Time, objectType string, rel *relation, vals row, keysOnly bool, ex []lookupVal, old row, oldType uint8) string {
 	b := rd.buf[:0]
 	b = append(b, `{"event":"`...)
@@ -59,7 +65,14 @@ func (rd *renderer) netboxV4Body(event string, committed time.Time, objectType s
 	b = append(b, `,"snapshots":{"prechange":`...)
 	switch event {
 	case EventDeleted:
-		b = rd.appendSnapshot(b, rel, vals, keysOnly)
+		switch {
+		case oldType == oldNone:
+			b = append(b, "null"...)
+		case oldType == 'O' && old != nil:
+			b = rd.appendSnapshot(b, rel, old, false)
+		default:
+			b = rd.appendSnapshot(b, rel, vals, keysOnly)
+		}
 		b = append(b, `,"postchange":null}}`...)
 	case EventUpdated:
 		if oldType != 'O' {
