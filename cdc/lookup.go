@@ -91,6 +91,13 @@ type relLookup struct {
 	out      []relOut // keys of the nested object, in order
 	urlAt    int      // "url" is rendered before out[urlAt]; -1: no url
 	urlParts []urlPart
+	// table is the related table ("schema.name"), refKey the columns the
+	// foreign key refers to; imageSQL renders the nested object from row
+	// images (json objects) instead of the table: a related row deleted in
+	// the change's own transaction renders from its old image.
+	table    string
+	refKey   []string
+	imageSQL string
 	logLimit
 }
 
@@ -318,6 +325,19 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		fmt.Fprintf(&b, "r.%s = k.k%d::%s", pgx.Identifier{k}.Sanitize(), i+1, rcols[rindex[k]].typname)
 	}
 	rl.sql = b.String()
+	// SELECT k.n, r."id", ... FROM unnest($1::text[]) WITH ORDINALITY AS k(img, n)
+	// CROSS JOIN LATERAL json_populate_record(NULL::"public"."dcim_device", k.img::json) AS r
+	b.Reset()
+	b.WriteString("SELECT k.n")
+	for _, e := range selSQL {
+		b.WriteString(", ")
+		b.WriteString(e)
+	}
+	b.WriteString(" FROM unnest($1::text[]) WITH ORDINALITY AS k(img, n) CROSS JOIN LATERAL json_populate_record(NULL::")
+	b.WriteString(pgx.Identifier{schema, table}.Sanitize())
+	b.WriteString(", k.img::json) AS r")
+	rl.imageSQL = b.String()
+	rl.table, rl.refKey = schema+"."+table, refKey
 	return rl, "", nil
 }
 
@@ -701,6 +721,7 @@ func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relatio
 		s.lookupFailed(&rl.logLimit, rel, "relation", rl.key, len(refs), err)
 		return
 	}
+	s.dels.fillFromImages(ctx, lr, rl, ks, results, s.rd.resolve)
 	for _, r := range refs {
 		if j := results[r.key]; j != nil {
 			*r.p = lookupVal{present: true, json: j}
@@ -708,6 +729,165 @@ func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relatio
 			*r.p = lookupVal{present: true, json: jsonNull} // row not found
 		}
 	}
+}
+
+// maxDeletedImages bounds the deleted rows a transaction keeps for the
+// relations of its other changes.
+var maxDeletedImages = 10000
+
+// deletedImages keeps the old images (REPLICA IDENTITY FULL) of the rows a
+// source transaction deletes from tables that relations point at, so that a
+// relation to a row deleted in the same transaction (a cascaded delete:
+// interfaces, then their device) renders the row as it was, the way NetBox
+// serializes an object before it deletes it, instead of null.
+type deletedImages struct {
+	lsn     uint64                    // the transaction the images belong to
+	targets map[string]bool           // related tables of the configured relations
+	rows    map[string][]deletedImage // table -> deleted rows
+	n       int
+	warned  bool
+}
+
+type deletedImage struct {
+	rel  *relation
+	vals row
+}
+
+// keep records a deleted row of rel, when some relation points at its table
+// and the row is complete. lsn identifies the transaction.
+func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64, rel *relation, vals row, keysOnly bool) {
+	if d.targets == nil {
+		d.targets = map[string]bool{}
+		for _, m := range cfg.Models {
+			for _, r := range m.Relations {
+				sch, name := config.SplitTable(r.Table)
+				d.targets[sch+"."+name] = true
+			}
+		}
+	}
+	table := rel.schema + "." + rel.name
+	if keysOnly || !d.targets[table] {
+		return
+	}
+	if d.lsn != lsn {
+		clear(d.rows)
+		d.lsn, d.n, d.warned = lsn, 0, false
+	}
+	if d.n >= maxDeletedImages {
+		if !d.warned {
+			d.warned = true
+			log.Warn().Str("table", table).Int("rows", maxDeletedImages).
+				Msg("transaction deletes more related rows than are kept: relations to the rest of them render as null")
+		}
+		return
+	}
+	if d.rows == nil {
+		d.rows = map[string][]deletedImage{}
+	}
+	d.rows[table] = append(d.rows[table], deletedImage{rel: rel, vals: copyRow(vals)})
+	d.n++
+}
+
+// fillFromImages renders the keys of ks that the lookup did not find
+// (results[i] == nil) from the deleted rows of the current transaction.
+func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *relLookup, ks *keySet, results [][]byte, resolve TypeResolver) {
+	imgs := d.rows[rl.table]
+	if len(imgs) == 0 || rl.imageSQL == "" {
+		return
+	}
+	var keyBuf []byte
+	keyOf := func(get func(i int) *string) string {
+		keyBuf = keyBuf[:0]
+		for i := range rl.refKey {
+			if v := get(i); v != nil {
+				keyBuf = append(keyBuf, 't')
+				keyBuf = strconv.AppendInt(keyBuf, int64(len(*v)), 10)
+				keyBuf = append(keyBuf, ':')
+				keyBuf = append(keyBuf, *v...)
+			} else {
+				keyBuf = append(keyBuf, 'n')
+			}
+		}
+		return string(keyBuf)
+	}
+	// The images by the values of the columns the foreign key refers to.
+	byKey := map[string]int{}
+	for n, img := range imgs {
+		cols := make([]int, len(rl.refKey))
+		ok := true
+		for i, k := range rl.refKey {
+			cols[i] = -1
+			for j, c := range img.rel.cols {
+				if c.name == k {
+					cols[i] = j
+				}
+			}
+			ok = ok && cols[i] >= 0 && cols[i] < len(img.vals)
+		}
+		if !ok {
+			continue
+		}
+		byKey[keyOf(func(i int) *string {
+			v := img.vals[cols[i]]
+			if v.kind != 't' {
+				return nil
+			}
+			s := string(v.data)
+			return &s
+		})] = n
+	}
+	var args []*string
+	var slots []int
+	for i := range results {
+		if results[i] != nil {
+			continue
+		}
+		n, ok := byKey[keyOf(func(c int) *string { return ks.cols[c][i] })]
+		if !ok {
+			continue
+		}
+		j := string(imageJSON(imgs[n].rel, imgs[n].vals))
+		args = append(args, &j)
+		slots = append(slots, i)
+	}
+	if len(args) == 0 {
+		return
+	}
+	err := lr.query(ctx, rl.imageSQL, []any{args}, func(vals [][]byte) {
+		n, err := strconv.Atoi(string(vals[0]))
+		if err != nil || n < 1 || n > len(slots) {
+			return
+		}
+		results[slots[n-1]] = rl.render(nil, vals[1:], resolve)
+	})
+	if err != nil {
+		lr.log.Warn().Err(err).Str("relation", rl.key).Msg("relation to rows deleted in the same transaction: cannot render them from their old images; they render as null")
+	}
+}
+
+// imageJSON is a row as a JSON object of its columns' text values (json and
+// jsonb embedded), for json_populate_record.
+func imageJSON(rel *relation, vals row) []byte {
+	b := []byte{'{'}
+	for i, c := range rel.cols {
+		if i >= len(vals) || vals[i].kind == 'u' {
+			continue
+		}
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		b = AppendJSONString(b, c.name)
+		b = append(b, ':')
+		switch {
+		case vals[i].kind != 't':
+			b = append(b, "null"...)
+		case c.oid == vtJSON || c.oid == vtJSONB:
+			b = append(b, vals[i].data...)
+		default:
+			b = AppendJSONStringBytes(b, vals[i].data)
+		}
+	}
+	return append(b, '}')
 }
 
 func (s *stream) computedLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, cl *compLookup, ps []pending, idxs []int) {

@@ -173,3 +173,43 @@ func TestNetBoxCounterUpdatesSendNothing(t *testing.T) {
 		}
 	}
 }
+
+// A relation to a row deleted in the same transaction renders from the
+// row's old image (REPLICA IDENTITY FULL), as NetBox serializes an object
+// before it deletes it: deleting a device deletes its interfaces first, and
+// their "device" is the device as it was, not null.
+func TestNetBoxCascadedDeleteKeepsRelations(t *testing.T) {
+	b := netboxDemo(t)
+	b.start()
+	b.exec(`BEGIN; DELETE FROM dcim_interface WHERE device_id = 1; DELETE FROM dcim_device WHERE id = 1; COMMIT`)
+	b.waitRows(15)
+	want := map[string]any{"id": 1.0, "url": "/api/dcim/devices/1/", "display": "dmi01-akron-rtr01", "name": "dmi01-akron-rtr01", "description": ""}
+	n := 0
+	for _, d := range b.deliveries("webhook = 'netbox' AND model = 'Interface'") {
+		n++
+		var body struct{ Data map[string]any }
+		if err := json.Unmarshal([]byte(d.Raw), &body); err != nil {
+			t.Fatal(err)
+		}
+		if d.Event != EventDeleted || !reflect.DeepEqual(body.Data["device"], want) {
+			t.Errorf("interface %s %s: device %v, want %v", d.Key, d.Event, body.Data["device"], want)
+		}
+		if d.Key == "3" {
+			lag, _ := body.Data["lag"].(map[string]any)
+			if lag == nil || lag["id"] != 833.0 || lag["display"] != "Po1" {
+				t.Errorf("interface 3: lag %v, want Po1 (deleted in the same transaction)", body.Data["lag"])
+			}
+		}
+	}
+	if n != 14 {
+		t.Errorf("%d interface deletes, want 14", n)
+	}
+	// A relation to a row deleted by an earlier transaction renders as null:
+	// the images are the transaction's own.
+	b.exec(`DELETE FROM dcim_interface WHERE id = 834`)
+	b.exec(`DELETE FROM dcim_interface WHERE id = 170`)
+	b.waitRows(17)
+	if ds := b.deliveries("object_key = '170'"); len(ds) != 1 || !strings.Contains(ds[0].Raw, `"lag":null`) {
+		t.Errorf("interface 170: %v", ds)
+	}
+}

@@ -46,6 +46,7 @@ type stream struct {
 	seq     int32
 	skipped bool // current transaction seen but not for us
 	coal    coalescer
+	dels    deletedImages // rows deleted by the transaction, for relations to them
 
 	lastSentEnd pglogrepl.LSN // end of the last transaction handed to the writer
 	kaEnd       pglogrepl.LSN // keepalive WAL end known to be safe once kaNeed is flushed
@@ -336,6 +337,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		if vals == nil {
 			return fmt.Errorf("%s.%s: delete without old row", rel.schema, rel.name)
 		}
+		s.dels.keep(s.c.cfg, s.log, uint64(s.txnLSN), rel, vals, keysOnly)
 	} else {
 		if vals, err = tupleRow(newT, len(rel.cols)); err != nil {
 			return fmt.Errorf("%s.%s: new row: %w", rel.schema, rel.name, err)
