@@ -152,7 +152,7 @@ func TestCoalesceLookupsAndChunks(t *testing.T) {
 		INSERT INTO device VALUES (1, 'd1', 1); UPDATE site SET name = 'ams2' WHERE id = 1; COMMIT`)
 	b.waitRows(2)
 	ds := b.deliveries("webhook = 'c'")
-	want := `{"event":"created","timestamp":"T","object_type":"dcim.site","username":null,"request_id":null,"data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams2","status":{"value":"planned","label":"planned"},"region":{"id":7,"name":"Ohio"},"device_count":1},"snapshots":{"prechange":null,"postchange":{"id":1,"url":"/api/dcim/sites/1/","name":"ams2","status":{"value":"planned","label":"planned"},"region":7}}}`
+	want := `{"event":"created","timestamp":"T","object_type":"dcim.site","model":"site","username":null,"request_id":null,"data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams2","status":{"value":"planned","label":"planned"},"region":{"id":7,"name":"Ohio"},"device_count":1},"snapshots":{"prechange":null,"postchange":{"id":1,"name":"ams2","status":"planned","region":7}}}`
 	if len(ds) != 1 || golden(ds[0].Raw) != want || ds[0].Seq != 3 {
 		t.Fatalf("got %+v\nwant seq 3 %s", ds, want)
 	}

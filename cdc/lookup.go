@@ -111,6 +111,7 @@ type compLookup struct {
 	name string
 	args []int // indexes of the argument columns in the captured row
 	sql  string
+	snap bool // a snapshot field (config Snapshot.Computed), not rendered in "data"
 	logLimit
 }
 
@@ -140,7 +141,7 @@ type lookupProblem struct {
 // row order, are cols. Relations and computed fields with problems are left
 // out of the plan and reported.
 func planLookups(ctx context.Context, q queryer, m *config.Model, cols []colInfo) (*lookupPlan, []lookupProblem, error) {
-	if len(m.Relations) == 0 && len(m.Computed) == 0 {
+	if len(m.Relations) == 0 && len(m.Computed) == 0 && (m.Snapshot == nil || len(m.Snapshot.Computed) == 0) {
 		return nil, nil, nil
 	}
 	index := map[string]int{}
@@ -180,6 +181,18 @@ func planLookups(ctx context.Context, q queryer, m *config.Model, cols []colInfo
 			continue
 		}
 		plan.comps = append(plan.comps, cl)
+	}
+	if sn := m.Snapshot; sn != nil {
+		for _, name := range sn.ComputedOrder {
+			c := sn.Computed[name]
+			cl, msg := planComputed(name, c, cols, index)
+			if msg != "" {
+				probs = append(probs, lookupProblem{c.Line, fmt.Sprintf("model %s: snapshot computed field %s: %s", m.Model, name, msg)})
+				continue
+			}
+			cl.snap = true
+			plan.comps = append(plan.comps, cl)
+		}
 	}
 	return plan, probs, nil
 }
@@ -639,7 +652,11 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 		for li, rl := range rel.plan.rels {
 			jobs = append(jobs, func(lr *lookupRun) { s.relationLookup(ctx, lr, rel, li, rl, ps, idxs) })
 		}
+		snaps := wantsSnapshots(rel)
 		for ci, cl := range rel.plan.comps {
+			if cl.snap && !snaps {
+				continue // no webhook of the model renders snapshots
+			}
 			slot := len(rel.plan.rels) + ci
 			jobs = append(jobs, func(lr *lookupRun) { s.computedLookup(ctx, lr, rel, slot, cl, ps, idxs) })
 		}
@@ -678,6 +695,21 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 		return err // shutting down: do not store payloads missing fields
 	}
 	return nil
+}
+
+// wantsSnapshots reports whether a webhook of rel's model renders
+// snapshots (format netbox-v4).
+func wantsSnapshots(rel *relation) bool {
+	for _, set := range [][3]hookSet{rel.hooks, rel.coal} {
+		for _, hs := range set {
+			for _, sp := range hs.specs {
+				if sp != nil && sp.format == FormatNetboxV4 {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, rl *relLookup, ps []pending, idxs []int) {
@@ -1055,6 +1087,9 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 		keys[rl.field] = "relation " + rl.key
 	}
 	for _, cl := range plan.comps {
+		if cl.snap {
+			continue
+		}
 		if prev, dup := keys[cl.name]; dup {
 			add(m.Computed[cl.name].Line, "model %s: computed field %s clashes with %s: rename it", m.Model, cl.name, prev)
 		}
@@ -1103,7 +1138,27 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 			err = probe(cl.sql, len(cl.args))
 		}
 		if err != nil {
-			add(m.Computed[cl.name].Line, "model %s: computed field %s: %s", m.Model, cl.name, pgMessage(err))
+			if cl.snap {
+				add(m.Snapshot.Computed[cl.name].Line, "model %s: snapshot computed field %s: %s", m.Model, cl.name, pgMessage(err))
+			} else {
+				add(m.Computed[cl.name].Line, "model %s: computed field %s: %s", m.Model, cl.name, pgMessage(err))
+			}
+		}
+	}
+	if sn := m.Snapshot; sn != nil {
+		names := map[string]bool{}
+		for _, c := range cols {
+			names[c.name] = true
+		}
+		for _, e := range sn.Exclude {
+			if !names[e] {
+				add(m.Line, "model %s: snapshot.exclude names unknown column %q of %s", m.Model, e, m.QualifiedTable())
+			}
+		}
+		for c := range sn.Rename {
+			if !names[c] {
+				add(m.Line, "model %s: snapshot.rename names unknown column %q of %s", m.Model, c, m.QualifiedTable())
+			}
 		}
 	}
 	return probs

@@ -21,8 +21,9 @@ import (
 // its webhooks send them: serialized without a request, so URLs are
 // relative, and nested objects in their brief forms.
 
-// netboxDemo starts a capture with examples/netbox.yaml on the demo subset.
-func netboxDemo(t *testing.T) *bundle {
+// netboxDemo prepares a capture with examples/netbox.yaml on the demo
+// subset; with v4 it adds a webhook "v4" of format netbox-v4.
+func netboxDemo(t *testing.T, v4 bool) *bundle {
 	t.Helper()
 	schema, err := os.ReadFile("testdata/netbox-demo/netbox-demo.sql")
 	if err != nil {
@@ -34,6 +35,14 @@ func netboxDemo(t *testing.T) *bundle {
 	text, err := os.ReadFile("../examples/netbox.yaml")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if v4 { // a netbox-v4 webhook besides the example's own
+		text = []byte(strings.Replace(string(text), "\nhttp:", `
+  - name: v4
+    url: http://127.0.0.1:1/v4
+    format: netbox-v4
+    models: [Site, Device, Interface]
+`+"\nhttp:", 1))
 	}
 	env := map[string]string{"DATABASE_URL": b.dsn}
 	cfg, err := config.Parse("examples/netbox.yaml", text, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
@@ -66,7 +75,7 @@ func jsonDiff(got, want map[string]any) (mismatch, extra []string) {
 }
 
 func TestNetBoxGolden(t *testing.T) {
-	b := netboxDemo(t)
+	b := netboxDemo(t, true)
 	b.start()
 	// Changes like the ones NetBox makes when these objects are edited
 	// (each object in its own transaction, as NetBox's API does).
@@ -81,7 +90,7 @@ func TestNetBoxGolden(t *testing.T) {
 	} {
 		b.exec(sql)
 	}
-	b.waitRows(6)
+	b.waitRows(12)
 	got := map[string]map[string]any{}
 	for _, d := range b.deliveries("webhook = 'netbox'") {
 		if d.Event != EventUpdated {
@@ -125,13 +134,76 @@ func TestNetBoxGolden(t *testing.T) {
 			}
 		})
 	}
+	// The netbox-v4 body: NetBox 4.0-4.4's keys, data as above, snapshots
+	// as NetBox's serialize_object (testdata/netbox-demo/expected/snapshots).
+	for _, d := range b.deliveries("webhook = 'v4'") {
+		name := strings.ToLower(d.Model) + "-" + d.Key
+		t.Run("v4-"+name, func(t *testing.T) {
+			var body map[string]any
+			if err := json.Unmarshal([]byte(d.Raw), &body); err != nil {
+				t.Fatal(err)
+			}
+			var keys []string
+			for k := range body {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			if fmt.Sprint(keys) != "[data event model object_type request_id snapshots timestamp username]" {
+				t.Errorf("keys %v", keys)
+			}
+			if body["model"] != strings.ToLower(d.Model) || body["object_type"] != "dcim."+strings.ToLower(d.Model) ||
+				body["username"] != nil || body["request_id"] != nil || body["event"] != "updated" {
+				t.Errorf("envelope %v %v %v %v %v", body["event"], body["model"], body["object_type"], body["username"], body["request_id"])
+			}
+			if !reflect.DeepEqual(body["data"], got[name]) {
+				t.Errorf("data differs from the netbox webhook's")
+			}
+			sn, _ := body["snapshots"].(map[string]any)
+			pre, _ := sn["prechange"].(map[string]any)
+			post, _ := sn["postchange"].(map[string]any)
+			switch d.Model {
+			case "Site": // default replica identity: PostgreSQL logs no old row
+				if sn["prechange"] != nil {
+					t.Errorf("site prechange %v", sn["prechange"])
+				}
+			case "Device":
+				if d.Key == "1" && (pre == nil || pre["serial"] != "" || pre["asset_tag"] != nil || pre["primary_ip4"] != nil || post["serial"] != "FGL2231") {
+					t.Errorf("device 1 prechange %v", pre)
+				}
+			case "Interface":
+				if d.Key == "3" && (pre == nil || pre["mode"] != nil || pre["untagged_vlan"] != nil || pre["description"] != "") {
+					t.Errorf("interface 3 prechange %v", pre)
+				}
+			}
+			raw, err := os.ReadFile("testdata/netbox-demo/expected/snapshots/" + name + ".json")
+			if os.IsNotExist(err) {
+				return
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			var want map[string]any
+			if err := json.Unmarshal(raw, &want); err != nil {
+				t.Fatal(err)
+			}
+			mismatch, extra := jsonDiff(post, want)
+			t.Logf("%s postchange: %d/%d fields match NetBox 4.2's serialize_object", name, len(want)-len(mismatch), len(want))
+			for _, k := range mismatch {
+				gj, _ := json.Marshal(post[k])
+				wj, _ := json.Marshal(want[k])
+				t.Errorf("postchange %s: got %s\n  want %s", k, gj, wj)
+			}
+			if len(extra) > 0 {
+				t.Errorf("postchange has keys serialize_object does not: %v", extra)
+			}
+		})
+	}
 }
 
 // NetBox keeps counter caches (interface_count, ...) with QuerySet.update(),
 // which sends no webhook; examples/netbox.yaml lists them in ignore_changes,
 // so the UPDATEs that maintain them send nothing either.
 func TestNetBoxCounterUpdatesSendNothing(t *testing.T) {
-	b := netboxDemo(t)
+	b := netboxDemo(t, false)
 	b.start()
 	const counts = `console_port_count, console_server_port_count, power_port_count, power_outlet_count, interface_count,
 		front_port_count, rear_port_count, device_bay_count, module_bay_count, inventory_item_count`
@@ -179,7 +251,7 @@ func TestNetBoxCounterUpdatesSendNothing(t *testing.T) {
 // before it deletes it: deleting a device deletes its interfaces first, and
 // their "device" is the device as it was, not null.
 func TestNetBoxCascadedDeleteKeepsRelations(t *testing.T) {
-	b := netboxDemo(t)
+	b := netboxDemo(t, false)
 	b.start()
 	b.exec(`BEGIN; DELETE FROM dcim_interface WHERE device_id = 1; DELETE FROM dcim_device WHERE id = 1; COMMIT`)
 	b.waitRows(15)

@@ -245,7 +245,7 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 		return err
 	}
 	r := newRelation(m, model, pk)
-	if len(model.Relations)+len(model.Computed) > 0 {
+	if len(model.Relations)+len(model.Computed) > 0 || model.Snapshot != nil {
 		if err := s.planRelation(ctx, r, m); err != nil {
 			return err
 		}

@@ -45,6 +45,7 @@ type Model struct {
 	Choices       map[string]Choices  `yaml:"choices"`
 	IgnoreChanges []string            `yaml:"ignore_changes"`
 	ObjectType    string              `yaml:"object_type"`
+	Snapshot      *Snapshot           `yaml:"snapshot"`
 	Line          int                 `yaml:"-"`
 	// ComputedOrder is the names of Computed in the order they are written
 	// in the file: computed fields render in this order.
@@ -128,6 +129,28 @@ type Computed struct {
 	SQL  string   `yaml:"sql"`
 	Args []string `yaml:"args"`
 	Line int      `yaml:"-"`
+}
+
+// Snapshot says how a model's rows render in the snapshots (prechange,
+// postchange) of format netbox-v4, which follow NetBox's serialize_object:
+// columns by name (a foreign key with a relation under the relation's
+// field, as its raw value), raw choice values, no url, no relation or
+// computed fields of "data". Without a snapshot section a snapshot has the
+// columns "data" has (exclude and rename apply).
+type Snapshot struct {
+	// Exclude lists the columns left out of snapshots; it replaces the
+	// model's exclude there (NetBox's snapshots have no "id", for one).
+	Exclude []string `yaml:"exclude"`
+	// Rename maps columns to snapshot keys, over the model's rename and
+	// relation fields ({_path_id: _path}).
+	Rename map[string]string `yaml:"rename"`
+	// Computed are fields added to snapshots only (tags as names,
+	// many-to-many ids), read like computed fields: once per change, after
+	// the transaction commits, so a prechange snapshot shows them as they
+	// are then.
+	Computed map[string]Computed `yaml:"computed"`
+	// ComputedOrder is the names of Computed in file order.
+	ComputedOrder []string `yaml:"-"`
 }
 
 // Choices maps a column's stored values to display labels.
