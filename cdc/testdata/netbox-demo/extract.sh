@@ -25,11 +25,12 @@ dcim_device dcim_devicetype dcim_manufacturer dcim_devicerole dcim_platform dcim
 extras_configtemplate dcim_devicebay dcim_module dcim_modulebay dcim_moduletype dcim_interface dcim_interface_vdcs
 dcim_virtualdevicecontext dcim_macaddress dcim_cable dcim_cabletermination dcim_cablepath
 dcim_interface_tagged_vlans dcim_interface_wireless_lans wireless_wirelesslan wireless_wirelesslink
-vpn_l2vpntermination vpn_l2vpn"
+vpn_l2vpntermination vpn_l2vpn virtualization_vminterface"
 psql "$base/$db" -q <<SQL
 DELETE FROM dcim_interface WHERE device_id NOT IN (1, 14, 98, 99);
 DELETE FROM dcim_cabletermination WHERE cable_id NOT IN (SELECT cable_id FROM dcim_interface WHERE cable_id IS NOT NULL);
 DELETE FROM dcim_cable WHERE id NOT IN (SELECT cable_id FROM dcim_cabletermination);
+DELETE FROM virtualization_vminterface;
 DELETE FROM dcim_cablepath WHERE id NOT IN (SELECT _path_id FROM dcim_interface WHERE _path_id IS NOT NULL);
 SQL
 args=""
