@@ -1158,10 +1158,43 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 				add(m.Line, "model %s: snapshot.exclude names unknown column %q of %s", m.Model, e, m.QualifiedTable())
 			}
 		}
-		for c := range sn.Rename {
+		for _, c := range sortedKeys(sn.Rename) {
 			if !names[c] {
 				add(m.Line, "model %s: snapshot.rename names unknown column %q of %s", m.Model, c, m.QualifiedTable())
 			}
+		}
+		// Keys of a snapshot must be unique too.
+		relField := map[int]string{}
+		for _, rl := range plan.rels {
+			if len(rl.fk) == 1 {
+				relField[rl.fk[0]] = rl.field
+			}
+		}
+		skeys := map[string]string{}
+		for i, c := range cols {
+			if contains(sn.Exclude, c.name) {
+				continue
+			}
+			out := c.name
+			if rn := m.Rename[c.name]; rn != "" {
+				out = rn
+			}
+			if f, ok := relField[i]; ok {
+				out = f
+			}
+			if rn := sn.Rename[c.name]; rn != "" {
+				out = rn
+			}
+			if prev, dup := skeys[out]; dup {
+				add(m.Line, "model %s: in snapshots column %s renders as %q, like %s", m.Model, c.name, out, prev)
+			}
+			skeys[out] = "column " + c.name
+		}
+		for _, name := range sn.ComputedOrder {
+			if prev, dup := skeys[name]; dup {
+				add(sn.Computed[name].Line, "model %s: snapshot computed field %s clashes with %s: exclude or rename it in snapshot", m.Model, name, prev)
+			}
+			skeys[name] = "snapshot computed field " + name
 		}
 	}
 	return probs
