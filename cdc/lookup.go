@@ -788,9 +788,8 @@ type deletedImage struct {
 	vals row
 }
 
-// keep records a deleted row of rel, when some relation points at its table
-// and the row is complete. lsn identifies the transaction.
-func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64, rel *relation, vals row, keysOnly bool) {
+// wants reports whether some relation points at rel's table.
+func (d *deletedImages) wants(cfg *config.Config, rel *relation) bool {
 	if d.targets == nil {
 		d.targets = map[string]bool{}
 		for _, m := range cfg.Models {
@@ -800,8 +799,14 @@ func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64,
 			}
 		}
 	}
+	return d.targets[rel.schema+"."+rel.name]
+}
+
+// keep records a deleted row of rel, when some relation points at its table
+// and the row is complete. lsn identifies the transaction.
+func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64, rel *relation, vals row, keysOnly bool) {
 	table := rel.schema + "." + rel.name
-	if keysOnly || !d.targets[table] {
+	if keysOnly || !d.wants(cfg, rel) {
 		return
 	}
 	if d.lsn != lsn {

@@ -24,6 +24,11 @@ import (
 // netboxDemo prepares a capture with examples/netbox.yaml on the demo
 // subset; with v4 it adds a webhook "v4" of format netbox-v4.
 func netboxDemo(t *testing.T, v4 bool) *bundle {
+	return netboxDemoEdit(t, v4, nil)
+}
+
+// netboxDemoEdit is netboxDemo with edit applied to the example's text.
+func netboxDemoEdit(t *testing.T, v4 bool, edit func(string) string) *bundle {
 	t.Helper()
 	schema, err := os.ReadFile("testdata/netbox-demo/netbox-demo.sql")
 	if err != nil {
@@ -35,6 +40,9 @@ func netboxDemo(t *testing.T, v4 bool) *bundle {
 	text, err := os.ReadFile("../examples/netbox.yaml")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if edit != nil {
+		text = []byte(edit(string(text)))
 	}
 	if v4 { // a netbox-v4 webhook besides the example's own
 		text = []byte(strings.Replace(string(text), "\nhttp:", `
@@ -258,10 +266,24 @@ func TestNetBoxCounterUpdatesSendNothing(t *testing.T) {
 // before it deletes it: deleting a device deletes its interfaces first, and
 // their "device" is the device as it was, not null.
 func TestNetBoxCascadedDeleteKeepsRelations(t *testing.T) {
-	b := netboxDemo(t, false)
+	t.Run("device deletes sent", func(t *testing.T) { testCascadedDelete(t, nil) })
+	// The device's own delete goes to no webhook: its image is kept all the same.
+	t.Run("device deletes not sent", func(t *testing.T) {
+		testCascadedDelete(t, func(s string) string {
+			return strings.Replace(s, "  - name: netbox\n", "  - name: netbox\n    models: [Interface]\n", 1)
+		})
+	})
+}
+
+func testCascadedDelete(t *testing.T, edit func(string) string) {
+	b := netboxDemoEdit(t, false, edit)
 	b.start()
+	devices := 1
+	if edit != nil {
+		devices = 0
+	}
 	b.exec(`BEGIN; DELETE FROM dcim_interface WHERE device_id = 1; DELETE FROM dcim_device WHERE id = 1; COMMIT`)
-	b.waitRows(15)
+	b.waitRows(14 + devices)
 	want := map[string]any{"id": 1.0, "url": "/api/dcim/devices/1/", "display": "dmi01-akron-rtr01", "name": "dmi01-akron-rtr01", "description": ""}
 	n := 0
 	for _, d := range b.deliveries("webhook = 'netbox' AND model = 'Interface'") {
@@ -287,7 +309,7 @@ func TestNetBoxCascadedDeleteKeepsRelations(t *testing.T) {
 	// the images are the transaction's own.
 	b.exec(`DELETE FROM dcim_interface WHERE id = 834`)
 	b.exec(`DELETE FROM dcim_interface WHERE id = 170`)
-	b.waitRows(17)
+	b.waitRows(16 + devices)
 	if ds := b.deliveries("object_key = '170'"); len(ds) != 1 || !strings.Contains(ds[0].Raw, `"lag":null`) {
 		t.Errorf("interface 170: %v", ds)
 	}

@@ -321,6 +321,14 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	}
 	hs := &rel.hooks[eventIndex(event)]
 	if len(hs.names) == 0 && !rel.coalesce {
+		if event == EventDeleted && oldType == 'O' && s.dels.wants(s.c.cfg, rel) {
+			// No webhook takes the delete, but relations may point at the row.
+			old, err := tupleRow(oldT, len(rel.cols))
+			if err != nil {
+				return fmt.Errorf("%s.%s: old row: %w", rel.schema, rel.name, err)
+			}
+			s.dels.keep(s.c.cfg, s.log, uint64(s.txnLSN), rel, old, false)
+		}
 		return nil
 	}
 	var vals, old row
