@@ -15,7 +15,7 @@ import (
 
 // BenchmarkNetBoxExample measures capture with examples/netbox.yaml (or the
 // file in $WALHOOK_NETBOX_EXAMPLE) on the NetBox demo subset: 40 committed
-// bulk updates of its 176 interfaces (Interface has 12 relations and 20
+// bulk updates of its 176 interfaces (Interface has 12 relations and 18
 // computed fields) wait in the WAL; the time is from Run to all 7,040
 // deliveries committed. Its own cluster, fsync on.
 func BenchmarkNetBoxExample(b *testing.B) {

@@ -96,16 +96,17 @@ func TestNetBoxGolden(t *testing.T) {
 		`UPDATE dcim_device SET description = 'ToR switch, VC master' WHERE id = 98`,
 		`UPDATE dcim_interface SET mode = 'access', untagged_vlan_id = 1, description = 'uplink to sw01' WHERE id = 3`,
 		`UPDATE dcim_interface SET description = 'LAG to sw01' WHERE id = 833`,
+		`UPDATE dcim_interface SET description = 'WAN to Level3' WHERE id = 1`,
 		// Objects that refer to others come after them: related values are
 		// read when a change is rendered, after its commit.
 		`UPDATE ipam_ipaddress SET address = '192.0.2.1/32', nat_inside_id = 1 WHERE id = 2`,
-		`UPDATE ipam_ipaddress SET status = 'dhcp', assigned_object_type_id = 39, assigned_object_id = 1, dns_name = 'rtr01.example.net' WHERE id = 1`,
+		`UPDATE ipam_ipaddress SET status = 'dhcp', assigned_object_type_id = 39, assigned_object_id = 4, dns_name = 'rtr01.example.net' WHERE id = 1`,
 		`UPDATE ipam_vlan SET description = 'Voice VLAN' WHERE id = 2`,
 		`UPDATE ipam_prefix SET description = 'Akron data' WHERE id = 8`,
 	} {
 		b.exec(sql)
 	}
-	b.waitRows(11 + 6) // 11 changes to the netbox webhook, 6 of them (Site, Device, Interface) to v4
+	b.waitRows(12 + 7) // 12 changes to the netbox webhook, 7 of them (Site, Device, Interface) to v4
 	got := map[string]map[string]any{}
 	for _, d := range b.deliveries("webhook = 'netbox'") {
 		if d.Event != EventUpdated {

@@ -7,7 +7,7 @@
 #
 # It loads the dump into a scratch database, keeps the tables that
 # examples/netbox.yaml reads, deletes the interfaces (and their cables and
-# paths) of all devices but a few, and writes the schema (without foreign
+# paths, and the ports those reach) of all devices but a few, and writes the schema (without foreign
 # keys, indexes, owners or grants) and the rows as INSERTs.
 set -eu
 dump=${1:?usage: extract.sh netbox-demo-v4.2.sql}
@@ -25,13 +25,21 @@ dcim_device dcim_devicetype dcim_manufacturer dcim_devicerole dcim_platform dcim
 extras_configtemplate dcim_devicebay dcim_module dcim_modulebay dcim_moduletype dcim_interface dcim_interface_vdcs
 dcim_virtualdevicecontext dcim_macaddress dcim_cable dcim_cabletermination dcim_cablepath
 dcim_interface_tagged_vlans dcim_interface_wireless_lans wireless_wirelesslan wireless_wirelesslink
-vpn_l2vpntermination vpn_l2vpn virtualization_vminterface"
+vpn_l2vpntermination vpn_l2vpn virtualization_vminterface dcim_frontport dcim_rearport dcim_consoleport
+dcim_consoleserverport dcim_powerport dcim_poweroutlet circuits_circuit circuits_provider circuits_providernetwork"
 psql "$base/$db" -q <<SQL
 DELETE FROM dcim_interface WHERE device_id NOT IN (1, 14, 98, 99);
 DELETE FROM dcim_cabletermination WHERE cable_id NOT IN (SELECT cable_id FROM dcim_interface WHERE cable_id IS NOT NULL);
 DELETE FROM dcim_cable WHERE id NOT IN (SELECT cable_id FROM dcim_cabletermination);
 DELETE FROM virtualization_vminterface;
 DELETE FROM dcim_cablepath WHERE id NOT IN (SELECT _path_id FROM dcim_interface WHERE _path_id IS NOT NULL);
+-- device components only where a kept cable or path reaches them
+DELETE FROM dcim_frontport WHERE id NOT IN (SELECT termination_id FROM dcim_cabletermination WHERE termination_type_id = (SELECT id FROM django_content_type WHERE model = 'frontport'));
+DELETE FROM dcim_rearport WHERE id NOT IN (SELECT termination_id FROM dcim_cabletermination WHERE termination_type_id = (SELECT id FROM django_content_type WHERE model = 'rearport'));
+DELETE FROM dcim_consoleport WHERE id NOT IN (SELECT termination_id FROM dcim_cabletermination WHERE termination_type_id = (SELECT id FROM django_content_type WHERE model = 'consoleport'));
+DELETE FROM dcim_consoleserverport WHERE id NOT IN (SELECT termination_id FROM dcim_cabletermination WHERE termination_type_id = (SELECT id FROM django_content_type WHERE model = 'consoleserverport'));
+DELETE FROM dcim_powerport WHERE id NOT IN (SELECT termination_id FROM dcim_cabletermination WHERE termination_type_id = (SELECT id FROM django_content_type WHERE model = 'powerport'));
+DELETE FROM dcim_poweroutlet WHERE id NOT IN (SELECT termination_id FROM dcim_cabletermination WHERE termination_type_id = (SELECT id FROM django_content_type WHERE model = 'poweroutlet'));
 SQL
 args=""
 for t in $tables; do args="$args -t public.$t"; done
