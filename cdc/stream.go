@@ -47,6 +47,7 @@ type stream struct {
 	skipped bool // current transaction seen but not for us
 	coal    coalescer
 	dels    deletedImages // rows deleted by the transaction, for relations to them
+	imgs    txnImages     // last images of objects changed by the transaction, for ignore_changes
 
 	lastSentEnd pglogrepl.LSN // end of the last transaction handed to the writer
 	kaEnd       pglogrepl.LSN // keepalive WAL end known to be safe once kaNeed is flushed
@@ -252,7 +253,7 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 	}
 	if len(model.IgnoreChanges) > 0 && m.ReplicaIdentity != 'f' {
 		s.log.Warn().Str("table", m.Namespace+"."+m.RelationName).
-			Msg("ignore_changes has no effect: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
+			Msg("ignore_changes applies only to updates of rows changed earlier in the same transaction: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
 	}
 	for e, ev := range config.Events {
 		for _, n := range s.c.hooks[model.Model][ev] {
@@ -367,6 +368,20 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	}
 	if event == EventUpdated && oldType == 'O' && onlyIgnoredChanged(rel, vals, old) {
 		return nil
+	}
+	if s.imgs.tracks(rel) {
+		lsn := uint64(s.txnLSN)
+		if event == EventUpdated && oldType != 'O' {
+			if prev := s.imgs.get(lsn, rel, vals); prev != nil && onlyIgnoredChanged(rel, vals, prev) {
+				s.imgs.put(lsn, rel, vals, false)
+				return nil
+			}
+		}
+		if !s.imgs.put(lsn, rel, vals, event == EventDeleted) && !s.imgs.warned {
+			s.imgs.warned = true
+			s.log.Warn().Str("table", rel.schema+"."+rel.name).Int("objects", maxTxnImages).
+				Msg("ignore_changes: transaction changes more objects than are tracked without REPLICA IDENTITY FULL: their later updates are sent")
+		}
 	}
 	if rel.plan == nil && !hs.special && len(s.pending) == 0 {
 		// The plain path: render now, one body for every webhook.
