@@ -83,14 +83,20 @@ func (s *stream) coalesceChange(ctx context.Context, rel *relation, event string
 	return nil
 }
 
-// coalescedEvent is the one event of an object's changes in a transaction:
-// it did not exist before and does after: created (with the last row); it
-// did and does not: deleted; it did and does: updated (prechange = the row
-// before the transaction); neither (insert then delete): none.
+// event is the one event of an object's changes in a transaction, as
+// NetBox's enqueue_event (extras/events.py) folds them: the first change's
+// event, turned into deleted by a later delete; data and postchange are the
+// last change's, prechange is the first change's. So: created then updated:
+// created (prechange null); updated twice: updated (prechange = the row
+// before the transaction); updated then deleted: deleted (prechange = the
+// row before the transaction); created then deleted: deleted (prechange
+// null, data = the row as deleted). One deliberate difference: deleted then
+// created again (same key) is updated here, where NetBox keeps "deleted"
+// for an object that exists.
 func (e *coalEntry) event() string {
 	switch {
-	case !e.before && !e.after:
-		return ""
+	case !e.after:
+		return EventDeleted
 	case !e.before:
 		return EventCreated
 	case !e.after:
@@ -129,7 +135,12 @@ func (s *stream) flushCoalesced(ctx context.Context) error {
 			p.old, p.oldType = e.old, e.oldType
 		case EventDeleted:
 			p.keysOnly = e.keysOnly
-			if !e.keysOnly {
+			switch {
+			case !e.before:
+				p.oldType = oldNone // created in this transaction: no prechange
+			case e.old != nil && len(e.old) == len(e.vals):
+				p.old, p.oldType = e.old, 'O' // the row before the transaction
+			case !e.keysOnly:
 				p.oldType = 'O'
 			}
 		}

@@ -55,9 +55,9 @@ func TestCoalesceTransaction(t *testing.T) {
 		`INSERT INTO item VALUES (1, 'a'); UPDATE item SET name = 'b' WHERE id = 1; UPDATE item SET name = 'c' WHERE id = 1`,
 		// updates: one updated, prechange = the row before the transaction
 		`UPDATE item SET name = 'x' WHERE id = 2; UPDATE item SET name = 'y' WHERE id = 2`,
-		// update then delete: deleted
+		// update then delete: deleted, prechange = the row before the transaction
 		`UPDATE item SET name = 'z' WHERE id = 3; DELETE FROM item WHERE id = 3`,
-		// insert then delete: nothing
+		// insert then delete: deleted (as NetBox does), no prechange
 		`INSERT INTO item VALUES (4, 'four'); DELETE FROM item WHERE id = 4`,
 		// delete then insert again: updated
 		`DELETE FROM item WHERE id = 5; INSERT INTO item VALUES (5, 'new five')`,
@@ -68,7 +68,7 @@ func TestCoalesceTransaction(t *testing.T) {
 	for _, tx := range txns {
 		b.exec("BEGIN; " + tx + "; COMMIT")
 	}
-	b.waitRows(35)
+	b.waitRows(36)
 	want := []string{
 		"c created 0 2 two pre=null post=two",
 		"c created 1 3 three pre=null post=three",
@@ -76,7 +76,8 @@ func TestCoalesceTransaction(t *testing.T) {
 		"c created 2 1 c pre=null post=c",
 		"c updated 1 2 y pre=two post=y",
 		"cu updated 1 2 y",
-		"c deleted 1 3 z pre=z post=null",
+		"c deleted 1 3 z pre=three post=null",
+		"c deleted 1 4 four pre=null post=null",
 		"c updated 1 5 new five pre=five post=new five",
 		"cu updated 1 5 new five",
 		"c updated 3 1 r pre=c post=r",
@@ -151,7 +152,7 @@ func TestCoalesceLookupsAndChunks(t *testing.T) {
 		INSERT INTO device VALUES (1, 'd1', 1); UPDATE site SET name = 'ams2' WHERE id = 1; COMMIT`)
 	b.waitRows(2)
 	ds := b.deliveries("webhook = 'c'")
-	want := `{"event":"created","timestamp":"T","object_type":"dcim.site","username":null,"request_id":null,"data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams2","status":{"value":"planned","label":"planned"},"region":{"id":7,"name":"Ohio"},"device_count":1},"snapshots":{"prechange":null,"postchange":{"id":1,"url":"/api/dcim/sites/1/","name":"ams2","status":{"value":"planned","label":"planned"},"region":7}}}`
+	want := `{"event":"created","timestamp":"T","object_type":"dcim.site","model":"site","username":null,"request_id":null,"data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams2","status":{"value":"planned","label":"planned"},"region":{"id":7,"name":"Ohio"},"device_count":1},"snapshots":{"prechange":null,"postchange":{"id":1,"name":"ams2","status":"planned","region":7}}}`
 	if len(ds) != 1 || golden(ds[0].Raw) != want || ds[0].Seq != 3 {
 		t.Fatalf("got %+v\nwant seq 3 %s", ds, want)
 	}

@@ -118,6 +118,19 @@ func TestTimestampAndObjectKey(t *testing.T) {
 			t.Errorf("appendTimestamp(%v) = %s, want %s", tc.t, got, tc.want)
 		}
 	}
+	// The netbox-v4 envelope's timestamp: Python's isoformat.
+	for _, tc := range []struct {
+		t    time.Time
+		want string
+	}{
+		{time.Date(2024, 1, 2, 3, 4, 5, 221080000, time.UTC), `"2024-01-02T03:04:05.221080+00:00"`},
+		{time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), `"2024-01-02T03:04:05+00:00"`},
+		{time.Date(2024, 1, 2, 4, 4, 5, 999, time.FixedZone("x", 3600)), `"2024-01-02T03:04:05+00:00"`},
+	} {
+		if got := string(appendISOTime(nil, tc.t)); got != tc.want {
+			t.Errorf("appendISOTime(%v) = %s, want %s", tc.t, got, tc.want)
+		}
+	}
 	m := &pglogrepl.RelationMessage{Columns: []*pglogrepl.RelationMessageColumn{{Name: "a", DataType: 23}, {Name: "b", DataType: 25}, {Name: "c", DataType: 25}}}
 	rel := newRelation(m, &config.Model{Model: "X"}, []string{"a", "b"})
 	vals := row{{kind: 't', data: []byte("1")}, {kind: 't', data: []byte(`x"y`)}, {kind: 'n'}}

@@ -1,6 +1,9 @@
 package cdc
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Payload formats of a webhook (config format).
 const (
@@ -8,38 +11,85 @@ const (
 	FormatNetboxV4 = "netbox-v4" // NetBox v4 shape with snapshots
 )
 
-// appendISOTime writes t as a JSON string in UTC, ISO 8601 with
-// microseconds and "+00:00", as NetBox (Python's isoformat) writes it:
-// "2024-01-02T03:04:05.123456+00:00".
+// appendISOTime writes t as a JSON string in UTC, ISO 8601 with "+00:00",
+// as NetBox (Python's datetime.isoformat) writes it: six fractional digits
+// when the microseconds are not zero ("2024-01-02T03:04:05.120000+00:00"),
+// none when they are ("2024-01-02T03:04:05+00:00").
 func appendISOTime(dst []byte, t time.Time) []byte {
+	t = t.UTC().Truncate(time.Microsecond)
 	dst = append(dst, '"')
-	dst = t.UTC().AppendFormat(dst, "2006-01-02T15:04:05.000000")
+	if t.Nanosecond() == 0 {
+		dst = t.AppendFormat(dst, "2006-01-02T15:04:05")
+	} else {
+		dst = t.AppendFormat(dst, "2006-01-02T15:04:05.000000")
+	}
 	return append(dst, `+00:00"`...)
 }
 
-// appendSnapshot renders a snapshot: the row with the model's column
-// options (exclude, rename, url, choices) but without relation or computed
-// lookups; foreign keys render as their raw values. A nil row renders null.
-func (rd *renderer) appendSnapshot(dst []byte, rel *relation, vals row, keysOnly bool) []byte {
+// oldNone is the oldType of a coalesced delete of an object created in the
+// same transaction: it has no prechange snapshot.
+const oldNone uint8 = 'N'
+
+// appendSnapshot renders a snapshot: the row in the form of NetBox's
+// serialize_object (see renderer.snapshot and config.Snapshot) with the
+// model's snapshot computed fields from ex. A nil row renders null.
+func (rd *renderer) appendSnapshot(dst []byte, rel *relation, vals row, keysOnly bool, ex []lookupVal) []byte {
 	if vals == nil {
 		return append(dst, "null"...)
 	}
-	rd.rawFK = true
-	dst = rd.appendData(dst, rel, vals, keysOnly, nil)
-	rd.rawFK = false
+	rd.snapshot = true
+	dst = rd.appendData(dst, rel, vals, keysOnly, ex)
+	rd.snapshot = false
 	return dst
 }
 
-// netboxV4Body renders the NetBox v4 webhook body of a change:
+// appendSnapshotValue renders a column value in a snapshot as Django's JSON
+// encoder writes a model field: timestamps in ISO 8601 with milliseconds
+// ("2021-12-30T15:45:37.458Z"), numeric (Python's Decimal) as a string of its
+// digits, everything else as in "data".
+func appendSnapshotValue(dst []byte, oid uint32, text []byte, resolve TypeResolver) []byte {
+	switch oid {
+	case vtNumeric:
+		return AppendJSONStringBytes(dst, text)
+	case vtTimestamptz, vtTimestamp:
+		start := len(dst)
+		dst = AppendValue(dst, oid, text, resolve)
+		// "...T15:45:37.458000Z": keep three of the six fractional digits.
+		if dot := lastIndexByte(dst[start:], '.'); dot >= 0 && start+dot+7 <= len(dst) && jvDigits(dst, start+dot+1, 6) {
+			i := start + dot + 4
+			dst = append(dst[:i], dst[i+3:]...)
+		}
+		return dst
+	}
+	return AppendValue(dst, oid, text, resolve)
+}
+
+func lastIndexByte(b []byte, c byte) int {
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// netboxV4Body renders the NetBox v4 webhook body of a change, with the keys
+// of NetBox 4.0-4.3 (event, timestamp, model, username, request_id, data,
+// snapshots) and 4.4's object_type:
 //
-//	{"event", "timestamp", "object_type", "username": null, "request_id": null,
-//	 "data", "snapshots": {"prechange", "postchange"}}
+//	{"event", "timestamp", "object_type", "model", "username": null,
+//	 "request_id": null, "data", "snapshots": {"prechange", "postchange"}}
+//
+// username and request_id are null: a change read from the WAL carries no
+// NetBox user or request.
 //
 // data is as in the netbox format (with the looked-up fields ex). prechange
 // is the old row image: for an update only when it is complete (oldType
-// 'O', REPLICA IDENTITY FULL), else null; for a delete the deleted row
-// (keys only without FULL); null for a create. postchange is the new row,
-// null for a delete.
+// 'O', REPLICA IDENTITY FULL), else null; for a delete old when given with
+// oldType 'O' (a coalesced delete: the row before the transaction), null
+// with oldType oldNone (created in the same transaction), else the deleted
+// row (keys only without FULL); null for a create. postchange is the new
+// row, null for a delete.
 func (rd *renderer) netboxV4Body(event string, committed time.Time, objectType string, rel *relation, vals row, keysOnly bool, ex []lookupVal, old row, oldType uint8) string {
 	b := rd.buf[:0]
 	b = append(b, `{"event":"`...)
@@ -48,26 +98,45 @@ func (rd *renderer) netboxV4Body(event string, committed time.Time, objectType s
 	b = appendISOTime(b, committed)
 	b = append(b, `,"object_type":`...)
 	b = AppendJSONString(b, objectType)
+	b = append(b, `,"model":`...)
+	b = AppendJSONString(b, v4ModelName(objectType, rel.model.Model))
 	b = append(b, `,"username":null,"request_id":null,"data":`...)
 	b = rd.appendData(b, rel, vals, keysOnly, ex)
 	b = append(b, `,"snapshots":{"prechange":`...)
 	switch event {
 	case EventDeleted:
-		b = rd.appendSnapshot(b, rel, vals, keysOnly)
+		switch {
+		case oldType == oldNone:
+			b = append(b, "null"...)
+		case oldType == 'O' && old != nil:
+			b = rd.appendSnapshot(b, rel, old, false, ex)
+		default:
+			b = rd.appendSnapshot(b, rel, vals, keysOnly, ex)
+		}
 		b = append(b, `,"postchange":null}}`...)
 	case EventUpdated:
 		if oldType != 'O' {
 			old = nil
 		}
-		b = rd.appendSnapshot(b, rel, old, false)
+		b = rd.appendSnapshot(b, rel, old, false, ex)
 		b = append(b, `,"postchange":`...)
-		b = rd.appendSnapshot(b, rel, vals, false)
+		b = rd.appendSnapshot(b, rel, vals, false, ex)
 		b = append(b, "}}"...)
 	default:
 		b = append(b, `null,"postchange":`...)
-		b = rd.appendSnapshot(b, rel, vals, false)
+		b = rd.appendSnapshot(b, rel, vals, false, ex)
 		b = append(b, "}}"...)
 	}
 	rd.buf = b
 	return string(b)
+}
+
+// v4ModelName is the "model" of a netbox-v4 body: the lowercase model name
+// as NetBox sends it (its ContentType's model, "site" for "dcim.site"),
+// from the object type, else the configured model name in lower case.
+func v4ModelName(objectType, model string) string {
+	if i := strings.LastIndexByte(objectType, '.'); i >= 0 && i+1 < len(objectType) {
+		return objectType[i+1:]
+	}
+	return strings.ToLower(model)
 }

@@ -26,8 +26,11 @@ import (
 // lookupTimeout is the statement_timeout of each lookup query.
 const lookupTimeout = 5 * time.Second
 
-// lookupBegin starts the read-only transaction of a chunk's lookups.
-var lookupBegin = fmt.Sprintf("BEGIN READ ONLY; SET LOCAL statement_timeout = %d", lookupTimeout.Milliseconds())
+// lookupBegin starts the read-only transaction of a chunk's lookups. JIT is
+// off: these are short indexed queries, and compiling a computed field's
+// plan (PostgreSQL JITs any plan above jit_above_cost) cost more than running
+// it: capture with examples/netbox.yaml ran at about half the speed with it.
+var lookupBegin = fmt.Sprintf("BEGIN READ ONLY; SET LOCAL statement_timeout = %d; SET LOCAL jit = off", lookupTimeout.Milliseconds())
 
 // colInfo is a column of a captured or related table.
 type colInfo struct {
@@ -91,6 +94,13 @@ type relLookup struct {
 	out      []relOut // keys of the nested object, in order
 	urlAt    int      // "url" is rendered before out[urlAt]; -1: no url
 	urlParts []urlPart
+	// table is the related table ("schema.name"), refKey the columns the
+	// foreign key refers to; imageSQL renders the nested object from row
+	// images (json objects) instead of the table: a related row deleted in
+	// the change's own transaction renders from its old image.
+	table    string
+	refKey   []string
+	imageSQL string
 	logLimit
 }
 
@@ -104,6 +114,7 @@ type compLookup struct {
 	name string
 	args []int // indexes of the argument columns in the captured row
 	sql  string
+	snap bool // a snapshot field (config Snapshot.Computed), not rendered in "data"
 	logLimit
 }
 
@@ -133,7 +144,7 @@ type lookupProblem struct {
 // row order, are cols. Relations and computed fields with problems are left
 // out of the plan and reported.
 func planLookups(ctx context.Context, q queryer, m *config.Model, cols []colInfo) (*lookupPlan, []lookupProblem, error) {
-	if len(m.Relations) == 0 && len(m.Computed) == 0 {
+	if len(m.Relations) == 0 && len(m.Computed) == 0 && (m.Snapshot == nil || len(m.Snapshot.Computed) == 0) {
 		return nil, nil, nil
 	}
 	index := map[string]int{}
@@ -173,6 +184,18 @@ func planLookups(ctx context.Context, q queryer, m *config.Model, cols []colInfo
 			continue
 		}
 		plan.comps = append(plan.comps, cl)
+	}
+	if sn := m.Snapshot; sn != nil {
+		for _, name := range sn.ComputedOrder {
+			c := sn.Computed[name]
+			cl, msg := planComputed(name, c, cols, index)
+			if msg != "" {
+				probs = append(probs, lookupProblem{c.Line, fmt.Sprintf("model %s: snapshot computed field %s: %s", m.Model, name, msg)})
+				continue
+			}
+			cl.snap = true
+			plan.comps = append(plan.comps, cl)
+		}
 	}
 	return plan, probs, nil
 }
@@ -220,7 +243,9 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		return nil, fmt.Sprintf("%d foreign-key columns but %s.%s is keyed by %d (%s): set key: [...]", len(rl.fk), schema, table, len(refKey), strings.Join(refKey, ", ")), nil
 	}
 	// Selected columns: rendered ones, then url placeholders not rendered.
-	var sel []string
+	// sel holds the column names ("" for an expression), selSQL what the
+	// query selects for each.
+	var sel, selSQL []string
 	selIndex := map[string]int{}
 	selectCol := func(name string) (int, string) {
 		if i, ok := selIndex[name]; ok {
@@ -232,6 +257,7 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		}
 		selIndex[name] = len(sel)
 		sel = append(sel, name)
+		selSQL = append(selSQL, "r."+pgx.Identifier{name}.Sanitize())
 		rl.sel = append(rl.sel, rcols[ci].oid)
 		return len(sel) - 1, ""
 	}
@@ -244,6 +270,21 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		rc, err := config.ParseRelationColumn(c)
 		if err != nil {
 			return nil, err.Error(), nil
+		}
+		if rc.Expr != "" {
+			// An expression over the related row r, rendered as to_json
+			// renders its value. Parameters have no meaning here.
+			body, err := rewriteParams(rc.Expr, func(n int) (string, error) {
+				return "", fmt.Errorf("column %q: an expression cannot use $%d (it sees the related row as r)", c, n)
+			})
+			if err != nil {
+				return nil, err.Error(), nil
+			}
+			rl.out = append(rl.out, relOut{name: rc.As, sel: len(sel)})
+			sel = append(sel, "")
+			selSQL = append(selSQL, "to_json(("+body+"\n))")
+			rl.sel = append(rl.sel, vtJSON)
+			continue
 		}
 		i, msg := selectCol(rc.Column)
 		if msg != "" {
@@ -275,9 +316,9 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 	// JOIN "public"."dcim_region" AS r ON r."id" = k.k1::pg_catalog.int8
 	var b strings.Builder
 	b.WriteString("SELECT k.n")
-	for _, n := range sel {
-		b.WriteString(", r.")
-		b.WriteString(pgx.Identifier{n}.Sanitize())
+	for _, e := range selSQL {
+		b.WriteString(", ")
+		b.WriteString(e)
 	}
 	b.WriteString(" FROM unnest(")
 	for i := range rl.fk {
@@ -300,6 +341,19 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		fmt.Fprintf(&b, "r.%s = k.k%d::%s", pgx.Identifier{k}.Sanitize(), i+1, rcols[rindex[k]].typname)
 	}
 	rl.sql = b.String()
+	// SELECT k.n, r."id", ... FROM unnest($1::text[]) WITH ORDINALITY AS k(img, n)
+	// CROSS JOIN LATERAL json_populate_record(NULL::"public"."dcim_device", k.img::json) AS r
+	b.Reset()
+	b.WriteString("SELECT k.n")
+	for _, e := range selSQL {
+		b.WriteString(", ")
+		b.WriteString(e)
+	}
+	b.WriteString(" FROM unnest($1::text[]) WITH ORDINALITY AS k(img, n) CROSS JOIN LATERAL json_populate_record(NULL::")
+	b.WriteString(pgx.Identifier{schema, table}.Sanitize())
+	b.WriteString(", k.img::json) AS r")
+	rl.imageSQL = b.String()
+	rl.table, rl.refKey = schema+"."+table, refKey
 	return rl, "", nil
 }
 
@@ -601,7 +655,11 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 		for li, rl := range rel.plan.rels {
 			jobs = append(jobs, func(lr *lookupRun) { s.relationLookup(ctx, lr, rel, li, rl, ps, idxs) })
 		}
+		snaps := wantsSnapshots(rel)
 		for ci, cl := range rel.plan.comps {
+			if cl.snap && !snaps {
+				continue // no webhook of the model renders snapshots
+			}
 			slot := len(rel.plan.rels) + ci
 			jobs = append(jobs, func(lr *lookupRun) { s.computedLookup(ctx, lr, rel, slot, cl, ps, idxs) })
 		}
@@ -640,6 +698,21 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 		return err // shutting down: do not store payloads missing fields
 	}
 	return nil
+}
+
+// wantsSnapshots reports whether a webhook of rel's model renders
+// snapshots (format netbox-v4).
+func wantsSnapshots(rel *relation) bool {
+	for _, set := range [][3]hookSet{rel.hooks, rel.coal} {
+		for _, hs := range set {
+			for _, sp := range hs.specs {
+				if sp != nil && sp.format == FormatNetboxV4 {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, rl *relLookup, ps []pending, idxs []int) {
@@ -683,6 +756,7 @@ func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relatio
 		s.lookupFailed(&rl.logLimit, rel, "relation", rl.key, len(refs), err)
 		return
 	}
+	s.dels.fillFromImages(ctx, lr, rl, ks, results, s.rd.resolve)
 	for _, r := range refs {
 		if j := results[r.key]; j != nil {
 			*r.p = lookupVal{present: true, json: j}
@@ -690,6 +764,170 @@ func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relatio
 			*r.p = lookupVal{present: true, json: jsonNull} // row not found
 		}
 	}
+}
+
+// maxDeletedImages bounds the deleted rows a transaction keeps for the
+// relations of its other changes.
+var maxDeletedImages = 10000
+
+// deletedImages keeps the old images (REPLICA IDENTITY FULL) of the rows a
+// source transaction deletes from tables that relations point at, so that a
+// relation to a row deleted in the same transaction (a cascaded delete:
+// interfaces, then their device) renders the row as it was, the way NetBox
+// serializes an object before it deletes it, instead of null.
+type deletedImages struct {
+	lsn     uint64                    // the transaction the images belong to
+	targets map[string]bool           // related tables of the configured relations
+	rows    map[string][]deletedImage // table -> deleted rows
+	n       int
+	warned  bool
+}
+
+type deletedImage struct {
+	rel  *relation
+	vals row
+}
+
+// wants reports whether some relation points at rel's table.
+func (d *deletedImages) wants(cfg *config.Config, rel *relation) bool {
+	if d.targets == nil {
+		d.targets = map[string]bool{}
+		for _, m := range cfg.Models {
+			for _, r := range m.Relations {
+				sch, name := config.SplitTable(r.Table)
+				d.targets[sch+"."+name] = true
+			}
+		}
+	}
+	return d.targets[rel.schema+"."+rel.name]
+}
+
+// keep records a deleted row of rel, when some relation points at its table
+// and the row is complete. lsn identifies the transaction.
+func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64, rel *relation, vals row, keysOnly bool) {
+	table := rel.schema + "." + rel.name
+	if keysOnly || !d.wants(cfg, rel) {
+		return
+	}
+	if d.lsn != lsn {
+		clear(d.rows)
+		d.lsn, d.n, d.warned = lsn, 0, false
+	}
+	if d.n >= maxDeletedImages {
+		if !d.warned {
+			d.warned = true
+			log.Warn().Str("table", table).Int("rows", maxDeletedImages).
+				Msg("transaction deletes more related rows than are kept: relations to the rest of them render as null")
+		}
+		return
+	}
+	if d.rows == nil {
+		d.rows = map[string][]deletedImage{}
+	}
+	d.rows[table] = append(d.rows[table], deletedImage{rel: rel, vals: copyRow(vals)})
+	d.n++
+}
+
+// fillFromImages renders the keys of ks that the lookup did not find
+// (results[i] == nil) from the deleted rows of the current transaction.
+func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *relLookup, ks *keySet, results [][]byte, resolve TypeResolver) {
+	imgs := d.rows[rl.table]
+	if len(imgs) == 0 || rl.imageSQL == "" {
+		return
+	}
+	var keyBuf []byte
+	keyOf := func(get func(i int) *string) string {
+		keyBuf = keyBuf[:0]
+		for i := range rl.refKey {
+			if v := get(i); v != nil {
+				keyBuf = append(keyBuf, 't')
+				keyBuf = strconv.AppendInt(keyBuf, int64(len(*v)), 10)
+				keyBuf = append(keyBuf, ':')
+				keyBuf = append(keyBuf, *v...)
+			} else {
+				keyBuf = append(keyBuf, 'n')
+			}
+		}
+		return string(keyBuf)
+	}
+	// The images by the values of the columns the foreign key refers to.
+	byKey := map[string]int{}
+	for n, img := range imgs {
+		cols := make([]int, len(rl.refKey))
+		ok := true
+		for i, k := range rl.refKey {
+			cols[i] = -1
+			for j, c := range img.rel.cols {
+				if c.name == k {
+					cols[i] = j
+				}
+			}
+			ok = ok && cols[i] >= 0 && cols[i] < len(img.vals)
+		}
+		if !ok {
+			continue
+		}
+		byKey[keyOf(func(i int) *string {
+			v := img.vals[cols[i]]
+			if v.kind != 't' {
+				return nil
+			}
+			s := string(v.data)
+			return &s
+		})] = n
+	}
+	var args []*string
+	var slots []int
+	for i := range results {
+		if results[i] != nil {
+			continue
+		}
+		n, ok := byKey[keyOf(func(c int) *string { return ks.cols[c][i] })]
+		if !ok {
+			continue
+		}
+		j := string(imageJSON(imgs[n].rel, imgs[n].vals))
+		args = append(args, &j)
+		slots = append(slots, i)
+	}
+	if len(args) == 0 {
+		return
+	}
+	err := lr.query(ctx, rl.imageSQL, []any{args}, func(vals [][]byte) {
+		n, err := strconv.Atoi(string(vals[0]))
+		if err != nil || n < 1 || n > len(slots) {
+			return
+		}
+		results[slots[n-1]] = rl.render(nil, vals[1:], resolve)
+	})
+	if err != nil {
+		lr.log.Warn().Err(err).Str("relation", rl.key).Msg("relation to rows deleted in the same transaction: cannot render them from their old images; they render as null")
+	}
+}
+
+// imageJSON is a row as a JSON object of its columns' text values (json and
+// jsonb embedded), for json_populate_record.
+func imageJSON(rel *relation, vals row) []byte {
+	b := []byte{'{'}
+	for i, c := range rel.cols {
+		if i >= len(vals) || vals[i].kind == 'u' {
+			continue
+		}
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		b = AppendJSONString(b, c.name)
+		b = append(b, ':')
+		switch {
+		case vals[i].kind != 't':
+			b = append(b, "null"...)
+		case c.oid == vtJSON || c.oid == vtJSONB:
+			b = append(b, vals[i].data...)
+		default:
+			b = AppendJSONStringBytes(b, vals[i].data)
+		}
+	}
+	return append(b, '}')
 }
 
 func (s *stream) computedLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, cl *compLookup, ps []pending, idxs []int) {
@@ -857,6 +1095,9 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 		keys[rl.field] = "relation " + rl.key
 	}
 	for _, cl := range plan.comps {
+		if cl.snap {
+			continue
+		}
 		if prev, dup := keys[cl.name]; dup {
 			add(m.Computed[cl.name].Line, "model %s: computed field %s clashes with %s: rename it", m.Model, cl.name, prev)
 		}
@@ -905,7 +1146,60 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 			err = probe(cl.sql, len(cl.args))
 		}
 		if err != nil {
-			add(m.Computed[cl.name].Line, "model %s: computed field %s: %s", m.Model, cl.name, pgMessage(err))
+			if cl.snap {
+				add(m.Snapshot.Computed[cl.name].Line, "model %s: snapshot computed field %s: %s", m.Model, cl.name, pgMessage(err))
+			} else {
+				add(m.Computed[cl.name].Line, "model %s: computed field %s: %s", m.Model, cl.name, pgMessage(err))
+			}
+		}
+	}
+	if sn := m.Snapshot; sn != nil {
+		names := map[string]bool{}
+		for _, c := range cols {
+			names[c.name] = true
+		}
+		for _, e := range sn.Exclude {
+			if !names[e] {
+				add(m.Line, "model %s: snapshot.exclude names unknown column %q of %s", m.Model, e, m.QualifiedTable())
+			}
+		}
+		for _, c := range sortedKeys(sn.Rename) {
+			if !names[c] {
+				add(m.Line, "model %s: snapshot.rename names unknown column %q of %s", m.Model, c, m.QualifiedTable())
+			}
+		}
+		// Keys of a snapshot must be unique too.
+		relField := map[int]string{}
+		for _, rl := range plan.rels {
+			if len(rl.fk) == 1 {
+				relField[rl.fk[0]] = rl.field
+			}
+		}
+		skeys := map[string]string{}
+		for i, c := range cols {
+			if contains(sn.Exclude, c.name) {
+				continue
+			}
+			out := c.name
+			if rn := m.Rename[c.name]; rn != "" {
+				out = rn
+			}
+			if f, ok := relField[i]; ok {
+				out = f
+			}
+			if rn := sn.Rename[c.name]; rn != "" {
+				out = rn
+			}
+			if prev, dup := skeys[out]; dup {
+				add(m.Line, "model %s: in snapshots column %s renders as %q, like %s", m.Model, c.name, out, prev)
+			}
+			skeys[out] = "column " + c.name
+		}
+		for _, name := range sn.ComputedOrder {
+			if prev, dup := skeys[name]; dup {
+				add(sn.Computed[name].Line, "model %s: snapshot computed field %s clashes with %s: exclude or rename it in snapshot", m.Model, name, prev)
+			}
+			skeys[name] = "snapshot computed field " + name
 		}
 	}
 	return probs

@@ -356,7 +356,11 @@ func TestLookupProblemsAreConfigErrors(t *testing.T) {
       bad_sql: {sql: "SELEC 1", args: [id]}
       bad_arg: {sql: "SELECT $2", args: [id]}
       no_col: {sql: "SELECT 1", args: [nope]}
-      status: {sql: "SELECT 1"}`)
+      status: {sql: "SELECT 1"}
+    snapshot:
+      exclude: [nope]
+      computed:
+        name: {sql: "SELECT 1", args: [id]}`)
 	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db})
 	if err != nil {
 		t.Fatal(err)
@@ -375,12 +379,15 @@ func TestLookupProblemsAreConfigErrors(t *testing.T) {
 		`test.yaml:14: model dcim_site: computed field bad_arg: sql uses $2 but args lists 1 column(s)`,
 		`test.yaml:15: model dcim_site: computed field no_col: args names unknown column "nope"`,
 		`test.yaml:16: model dcim_site: computed field status clashes with column status`,
+		`test.yaml:7: model dcim_site: snapshot.exclude names unknown column "nope" of public.dcim_site`,
+		`test.yaml:7: model dcim_site: in snapshots column slug renders as "name", like column name`,
+		`test.yaml:20: model dcim_site: snapshot computed field name clashes with column slug: exclude or rename it in snapshot`,
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q:\n%s", want, msg)
 		}
 	}
-	if len(ce.Problems) != 7 {
-		t.Errorf("%d problems, want 7:\n%s", len(ce.Problems), msg)
+	if len(ce.Problems) != 10 {
+		t.Errorf("%d problems, want 10:\n%s", len(ce.Problems), msg)
 	}
 }

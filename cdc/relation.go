@@ -16,6 +16,9 @@ type column struct {
 	choices config.Choices
 	rel     int  // 1 + index of the relation lookup rendered in this column's place; 0: none
 	hidden  bool // a further column of a composite foreign key (rendered by the first)
+	// In snapshots (format netbox-v4): left out, and the key when renamed.
+	snapExclude bool
+	snapName    string
 }
 
 // relation is a captured table: the stream's description plus the model
@@ -76,6 +79,13 @@ func newRelation(m *pglogrepl.RelationMessage, model *config.Model, pkNames []st
 	for _, k := range pkNames {
 		isPK[k] = true
 	}
+	snapExcluded, snapRename := excluded, map[string]string(nil)
+	if sn := model.Snapshot; sn != nil {
+		snapExcluded, snapRename = map[string]bool{}, sn.Rename
+		for _, e := range sn.Exclude {
+			snapExcluded[e] = true
+		}
+	}
 	for _, c := range m.Columns {
 		out := c.Name
 		if rn, ok := model.Rename[c.Name]; ok && rn != "" {
@@ -84,6 +94,7 @@ func newRelation(m *pglogrepl.RelationMessage, model *config.Model, pkNames []st
 		r.cols = append(r.cols, column{
 			name: c.Name, outName: out, oid: c.DataType, key: c.Flags&1 != 0,
 			pk: isPK[c.Name], exclude: excluded[c.Name], choices: model.Choices[c.Name],
+			snapExclude: snapExcluded[c.Name], snapName: snapRename[c.Name],
 		})
 	}
 	for i, c := range r.cols {

@@ -27,11 +27,13 @@ type row []tupleValue
 type renderer struct {
 	buf     []byte
 	resolve TypeResolver
-	// rawFK renders foreign-key columns that have a relation as their raw
-	// value instead of the nested object (snapshots): a one-column key under
-	// the relation's field name, as NetBox's snapshots do ("region": 51),
-	// the columns of a composite key under their own names.
-	rawFK bool
+	// snapshot renders the snapshot form (format netbox-v4, as NetBox's
+	// serialize_object): foreign-key columns that have a relation as their
+	// raw value, a one-column key under the relation's field name
+	// ("region": 51), the columns of a composite key under their own names;
+	// raw choice values; no url; timestamps and numerics as Django's JSON
+	// encoder writes them; the model's snapshot options.
+	snapshot bool
 }
 
 // appendData renders the "data" object of a row. keysOnly renders only
@@ -46,12 +48,16 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 	if len(rel.urlParts) > 0 && len(rel.pkCols) > 0 {
 		lastPK = rel.pkCols[len(rel.pkCols)-1]
 	}
-	urlDone := len(rel.urlParts) == 0
+	urlDone := len(rel.urlParts) == 0 || rd.snapshot
 	for i := range rel.cols {
 		c := &rel.cols[i]
-		skip := c.exclude || (c.hidden && !rd.rawFK) || (keysOnly && !c.key) || i >= len(vals)
+		excluded := c.exclude
+		if rd.snapshot && rel.model != nil && rel.model.Snapshot != nil {
+			excluded = c.snapExclude
+		}
+		skip := excluded || (c.hidden && !rd.snapshot) || (keysOnly && !c.key) || i >= len(vals)
 		name := c.outName
-		if !skip && c.rel > 0 && rd.rawFK {
+		if !skip && c.rel > 0 && rd.snapshot {
 			if rl := rel.plan.rels[c.rel-1]; len(rl.fk) == 1 {
 				name = rl.field
 			}
@@ -74,6 +80,9 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 			}
 			continue
 		}
+		if rd.snapshot && c.snapName != "" {
+			name = c.snapName
+		}
 		if !first {
 			dst = append(dst, ',')
 		}
@@ -83,6 +92,11 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 		v := vals[i]
 		switch {
 		case v.kind == 'n' || v.kind == 'u':
+			dst = append(dst, "null"...)
+		case rd.snapshot:
+			dst = appendSnapshotValue(dst, c.oid, v.data, rd.resolve)
+		case c.choices != nil && len(v.data) == 0:
+			// An empty choice renders as null, as NetBox's ChoiceField does.
 			dst = append(dst, "null"...)
 		case c.choices != nil:
 			label, ok := c.choices[string(v.data)]
@@ -108,7 +122,7 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 	if rel.plan != nil {
 		base := len(rel.plan.rels)
 		for j, cl := range rel.plan.comps {
-			if base+j >= len(ex) || !ex[base+j].present {
+			if cl.snap != rd.snapshot || base+j >= len(ex) || !ex[base+j].present {
 				continue
 			}
 			if !first {

@@ -83,7 +83,7 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 		for _, g := range placeholderRE.FindAllStringSubmatch(m.URL, -1) {
 			has(g[1], "url")
 		}
-		if len(m.Relations) > 0 || len(m.Computed) > 0 {
+		if len(m.Relations) > 0 || len(m.Computed) > 0 || m.Snapshot != nil {
 			probs = append(probs, checkLookups(ctx, conn, cfg, m)...)
 		}
 	}

@@ -46,6 +46,8 @@ type stream struct {
 	seq     int32
 	skipped bool // current transaction seen but not for us
 	coal    coalescer
+	dels    deletedImages // rows deleted by the transaction, for relations to them
+	imgs    txnImages     // last images of objects changed by the transaction, for ignore_changes
 
 	lastSentEnd pglogrepl.LSN // end of the last transaction handed to the writer
 	kaEnd       pglogrepl.LSN // keepalive WAL end known to be safe once kaNeed is flushed
@@ -244,14 +246,14 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 		return err
 	}
 	r := newRelation(m, model, pk)
-	if len(model.Relations)+len(model.Computed) > 0 {
+	if len(model.Relations)+len(model.Computed) > 0 || model.Snapshot != nil {
 		if err := s.planRelation(ctx, r, m); err != nil {
 			return err
 		}
 	}
 	if len(model.IgnoreChanges) > 0 && m.ReplicaIdentity != 'f' {
 		s.log.Warn().Str("table", m.Namespace+"."+m.RelationName).
-			Msg("ignore_changes has no effect: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
+			Msg("ignore_changes applies only to updates of rows changed earlier in the same transaction: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
 	}
 	for e, ev := range config.Events {
 		for _, n := range s.c.hooks[model.Model][ev] {
@@ -320,6 +322,14 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	}
 	hs := &rel.hooks[eventIndex(event)]
 	if len(hs.names) == 0 && !rel.coalesce {
+		if event == EventDeleted && oldType == 'O' && s.dels.wants(s.c.cfg, rel) {
+			// No webhook takes the delete, but relations may point at the row.
+			old, err := tupleRow(oldT, len(rel.cols))
+			if err != nil {
+				return fmt.Errorf("%s.%s: old row: %w", rel.schema, rel.name, err)
+			}
+			s.dels.keep(s.c.cfg, s.log, uint64(s.txnLSN), rel, old, false)
+		}
 		return nil
 	}
 	var vals, old row
@@ -336,6 +346,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		if vals == nil {
 			return fmt.Errorf("%s.%s: delete without old row", rel.schema, rel.name)
 		}
+		s.dels.keep(s.c.cfg, s.log, uint64(s.txnLSN), rel, vals, keysOnly)
 	} else {
 		if vals, err = tupleRow(newT, len(rel.cols)); err != nil {
 			return fmt.Errorf("%s.%s: new row: %w", rel.schema, rel.name, err)
@@ -357,6 +368,20 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	}
 	if event == EventUpdated && oldType == 'O' && onlyIgnoredChanged(rel, vals, old) {
 		return nil
+	}
+	if s.imgs.tracks(rel) {
+		lsn := uint64(s.txnLSN)
+		if event == EventUpdated && oldType != 'O' {
+			if prev := s.imgs.get(lsn, rel, vals); prev != nil && onlyIgnoredChanged(rel, vals, prev) {
+				s.imgs.put(lsn, rel, vals, false)
+				return nil
+			}
+		}
+		if !s.imgs.put(lsn, rel, vals, event == EventDeleted) && !s.imgs.warned {
+			s.imgs.warned = true
+			s.log.Warn().Str("table", rel.schema+"."+rel.name).Int("objects", maxTxnImages).
+				Msg("ignore_changes: transaction changes more objects than are tracked without REPLICA IDENTITY FULL: their later updates are sent")
+		}
 	}
 	if rel.plan == nil && !hs.special && len(s.pending) == 0 {
 		// The plain path: render now, one body for every webhook.

@@ -345,10 +345,15 @@ func jvDigits(b []byte, i, n int) bool {
 // (withZone=true) in ISO DateStyle output format as an ISO 8601 JSON string:
 //
 //	2024-01-02 03:04:05.123456+00    -> "2024-01-02T03:04:05.123456Z"
+//	2024-01-02 03:04:05.22108+00     -> "2024-01-02T03:04:05.221080Z"
 //	2024-01-02 03:04:05-08           -> "2024-01-02T03:04:05-08:00"
 //	2024-01-02 03:04:05+05:30        -> "2024-01-02T03:04:05+05:30"
 //	1900-01-01 00:00:00+05:53:28     -> "1900-01-01T00:00:00+05:53:28"
-//	2024-01-02 03:04:05.5            -> "2024-01-02T03:04:05.5" (timestamp)
+//	2024-01-02 03:04:05.5            -> "2024-01-02T03:04:05.500000" (timestamp)
+//
+// Like Python's isoformat (and so NetBox's REST API), a fraction is written
+// with six digits (PostgreSQL drops trailing zeros), and left out when the
+// microseconds are zero.
 //
 // Years may have more than four digits. Anything else, notably infinity,
 // -infinity and BC dates (" BC" suffix), is rendered as the raw text.
@@ -368,14 +373,17 @@ func jvAppendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 		return AppendJSONStringBytes(dst, text)
 	}
 	i += 8
+	pad := 0 // zeros that make the fraction six digits
 	if i < len(text) && text[i] == '.' {
 		i++
 		if i >= len(text) || !jvIsDigit(text[i]) {
 			return AppendJSONStringBytes(dst, text)
 		}
+		start := i
 		for i < len(text) && jvIsDigit(text[i]) {
 			i++
 		}
+		pad = max(0, 6-(i-start))
 	}
 	timeEnd := i
 	if !withZone {
@@ -386,6 +394,7 @@ func jvAppendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 		dst = append(dst, text[:dateEnd]...)
 		dst = append(dst, 'T')
 		dst = append(dst, text[dateEnd+1:timeEnd]...)
+		dst = append(dst, "000000"[:pad]...)
 		return append(dst, '"')
 	}
 	// Zone: ±HH[:MM[:SS]]
@@ -416,6 +425,7 @@ func jvAppendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 	dst = append(dst, text[:dateEnd]...)
 	dst = append(dst, 'T')
 	dst = append(dst, text[dateEnd+1:timeEnd]...)
+	dst = append(dst, "000000"[:pad]...)
 	if jvAllZero(hh) && jvAllZero(mm) && jvAllZero(ss) {
 		dst = append(dst, 'Z')
 		return append(dst, '"')

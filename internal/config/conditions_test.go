@@ -139,7 +139,7 @@ webhooks:
 		got = append(got, p.String())
 	}
 	want := []string{
-		`walhook.yaml:5: relation region_id: column "a b c": write a column name, or "name AS key"`,
+		`walhook.yaml:5: relation region_id: column "a b c": write a column name, "name AS key" to render it under another key, or "<sql expression over r> AS key"`,
 		`walhook.yaml:6: relation "vlan_site, vlan_vid" (a composite key) needs a field`,
 		`walhook.yaml:6: relation vlan_site, vlan_vid: key names 1 columns for 2 foreign-key columns`,
 		`walhook.yaml:7: relation tenant: key "id" is rendered twice in the nested object`,
@@ -178,5 +178,33 @@ webhooks:
 	}
 	if strings.Join(m.ComputedOrder, ",") != "zeta,alpha" {
 		t.Errorf("computed order %v, want the file's", m.ComputedOrder)
+	}
+}
+
+func TestParseRelationColumn(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    RelationColumn
+		wantErr bool
+	}{
+		{in: "name", want: RelationColumn{Column: "name", As: "name"}},
+		{in: "name AS display", want: RelationColumn{Column: "name", As: "display"}},
+		{in: " level as _depth ", want: RelationColumn{Column: "level", As: "_depth"}},
+		{in: "0 AS site_count", want: RelationColumn{Expr: "0", As: "site_count"}},
+		{in: "coalesce(r.label, '#' || r.id) AS display", want: RelationColumn{Expr: "coalesce(r.label, '#' || r.id)", As: "display"}},
+		{in: "(SELECT json_build_object('a', 1)\n  FROM t WHERE t.id = r.x) AS nested", want: RelationColumn{Expr: "(SELECT json_build_object('a', 1)\n  FROM t WHERE t.id = r.x)", As: "nested"}},
+		{in: "a b c", wantErr: true},
+		{in: "r.name", wantErr: true},
+		{in: "", wantErr: true},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseRelationColumn(tc.in)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
+			}
+			if err == nil && got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }

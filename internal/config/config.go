@@ -46,6 +46,7 @@ type Model struct {
 	Choices       map[string]Choices  `yaml:"choices"`
 	IgnoreChanges []string            `yaml:"ignore_changes"`
 	ObjectType    string              `yaml:"object_type"`
+	Snapshot      *Snapshot           `yaml:"snapshot"`
 	Line          int                 `yaml:"-"`
 	// ComputedOrder is the names of Computed in the order they are written
 	// in the file: computed fields render in this order.
@@ -67,7 +68,11 @@ type Relation struct {
 	// Table is the related table, schema-qualified (bare name: public).
 	Table string `yaml:"table"`
 	// Columns are the related table's columns to render, each "name" or
-	// "name AS key" (e.g. "name AS display").
+	// "name AS key" (e.g. "name AS display"), or an SQL expression over the
+	// related row, aliased r, with its key: "coalesce(r.label, '#' || r.id)
+	// AS display", "0 AS site_count", "(SELECT ... WHERE m.id =
+	// r.manufacturer_id) AS manufacturer". An expression's value renders as
+	// to_json gives it (numbers, strings, nested json objects).
 	Columns []string `yaml:"columns"`
 	// URL adds "url" to the nested object; placeholders are columns of the
 	// related table.
@@ -87,20 +92,35 @@ func FKColumns(key string) []string {
 	return parts
 }
 
-// RelationColumn is one entry of Relation.Columns: the column and the key it
-// renders under.
-type RelationColumn struct{ Column, As string }
+// RelationColumn is one entry of Relation.Columns: the column (or SQL
+// expression) and the key it renders under.
+type RelationColumn struct {
+	Column, As string
+	// Expr is an SQL expression over the related row (aliased r) rendered
+	// in place of a column; Column is empty then.
+	Expr string
+}
 
-// ParseRelationColumn parses "name" or "name AS key".
+var (
+	relColumnAsRE = regexp.MustCompile(`(?is)^(.*?\S)\s+as\s+([A-Za-z_][A-Za-z0-9_]*)$`)
+	plainIdentRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
+)
+
+// ParseRelationColumn parses "name", "name AS key" or "<sql expression> AS
+// key".
 func ParseRelationColumn(s string) (RelationColumn, error) {
-	f := strings.Fields(s)
-	switch {
-	case len(f) == 1:
-		return RelationColumn{f[0], f[0]}, nil
-	case len(f) == 3 && strings.EqualFold(f[1], "as"):
-		return RelationColumn{f[0], f[2]}, nil
+	s = strings.TrimSpace(s)
+	if plainIdentRE.MatchString(s) {
+		return RelationColumn{Column: s, As: s}, nil
 	}
-	return RelationColumn{}, fmt.Errorf("column %q: write a column name, or \"name AS key\" to render it under another key", s)
+	if m := relColumnAsRE.FindStringSubmatch(s); m != nil {
+		left := strings.TrimSpace(m[1])
+		if plainIdentRE.MatchString(left) {
+			return RelationColumn{Column: left, As: m[2]}, nil
+		}
+		return RelationColumn{Expr: left, As: m[2]}, nil
+	}
+	return RelationColumn{}, fmt.Errorf("column %q: write a column name, \"name AS key\" to render it under another key, or \"<sql expression over r> AS key\"", s)
 }
 
 // Computed is an extra field computed by SQL with row columns as arguments.
@@ -110,6 +130,28 @@ type Computed struct {
 	SQL  string   `yaml:"sql"`
 	Args []string `yaml:"args"`
 	Line int      `yaml:"-"`
+}
+
+// Snapshot says how a model's rows render in the snapshots (prechange,
+// postchange) of format netbox-v4, which follow NetBox's serialize_object:
+// columns by name (a foreign key with a relation under the relation's
+// field, as its raw value), raw choice values, no url, no relation or
+// computed fields of "data". Without a snapshot section a snapshot has the
+// columns "data" has (exclude and rename apply).
+type Snapshot struct {
+	// Exclude lists the columns left out of snapshots; it replaces the
+	// model's exclude there (NetBox's snapshots have no "id", for one).
+	Exclude []string `yaml:"exclude"`
+	// Rename maps columns to snapshot keys, over the model's rename and
+	// relation fields ({_path_id: _path}).
+	Rename map[string]string `yaml:"rename"`
+	// Computed are fields added to snapshots only (tags as names,
+	// many-to-many ids), read like computed fields: once per change, after
+	// the transaction commits, so a prechange snapshot shows them as they
+	// are then.
+	Computed map[string]Computed `yaml:"computed"`
+	// ComputedOrder is the names of Computed in file order.
+	ComputedOrder []string `yaml:"-"`
 }
 
 // Choices maps a column's stored values to display labels.

@@ -728,6 +728,20 @@ func (p *parser) defaults(c *Config) {
 			}
 			return m.ComputedOrder[a] < m.ComputedOrder[b]
 		})
+		if sn := m.Snapshot; sn != nil {
+			for name, c := range sn.Computed {
+				c.Line = p.line(path + ".snapshot.computed." + name)
+				sn.Computed[name] = c
+				sn.ComputedOrder = append(sn.ComputedOrder, name)
+			}
+			sort.Slice(sn.ComputedOrder, func(a, b int) bool {
+				la, lb := sn.Computed[sn.ComputedOrder[a]].Line, sn.Computed[sn.ComputedOrder[b]].Line
+				if la != lb {
+					return la < lb
+				}
+				return sn.ComputedOrder[a] < sn.ComputedOrder[b]
+			})
+		}
 	}
 	// A duration or number written as 0 stays 0 (and is reported as not
 	// positive); only an absent or null one takes the default.
@@ -1035,8 +1049,7 @@ func (p *parser) validateLookups(m Model, path string) {
 			seen[rc.As] = true
 		}
 	}
-	for _, name := range m.ComputedOrder {
-		c, cp := m.Computed[name], path+".computed."+name
+	checkComputed := func(name string, c Computed, cp string) {
 		if strings.TrimSpace(c.SQL) == "" {
 			p.at(cp, "computed field %s needs sql", name)
 		}
@@ -1045,10 +1058,19 @@ func (p *parser) validateLookups(m Model, path string) {
 				p.at(fmt.Sprintf("%s.args[%d]", cp, j), "computed field %s: args are column names of %s", name, m.QualifiedTable())
 			}
 		}
+	}
+	for _, name := range m.ComputedOrder {
+		c, cp := m.Computed[name], path+".computed."+name
+		checkComputed(name, c, cp)
 		if prev, dup := fields[name]; dup {
 			p.at(cp, "computed field %s has the name of %s", name, prev)
 		}
 		fields[name] = "computed field " + name
+	}
+	if sn := m.Snapshot; sn != nil {
+		for _, name := range sn.ComputedOrder {
+			checkComputed(name, sn.Computed[name], path+".snapshot.computed."+name)
+		}
 	}
 }
 

@@ -12,7 +12,7 @@ func TestNetBoxExampleParses(t *testing.T) {
 		t.Errorf("unexpected example config: %d models, %+v", len(c.Models), c.Webhooks)
 	}
 	site := c.Models[0]
-	if site.Model != "Site" || site.Relations["region_id"].URL != "https://netbox.example.com/api/dcim/regions/{id}/" || site.ComputedOrder[0] != "display" {
+	if site.Model != "Site" || site.Relations["region_id"].URL != "/api/dcim/regions/{id}/" || site.ComputedOrder[0] != "display_url" {
 		t.Errorf("site model: %+v", site)
 	}
 }
