@@ -316,7 +316,7 @@ func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error
 		initial:     w.Retry.InitialInterval.D(),
 		maxInterval: w.Retry.MaxInterval.D(),
 		header:      http.Header{},
-		log:         log.With().Str("webhook", w.Name).Str("url", config.RedactURL(w.URL)).Logger(),
+		log:         log.With().Str("webhook", w.Name).Str("url", config.URLTarget(w.URL)).Logger(),
 	}
 	if h.method == "" {
 		h.method = http.MethodPost

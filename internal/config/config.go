@@ -336,6 +336,21 @@ func (c *Config) WebhookByName(name string) (*Webhook, bool) {
 }
 
 // RedactURL returns u with any password replaced, for logs and errors.
+// URLTarget is a webhook URL as logs and the status page show it: scheme
+// and host only, with "/…" when a path or query was cut (a Slack-style URL
+// carries its secret in the path).
+func URLTarget(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(unparseable URL)"
+	}
+	t := u.Scheme + "://" + u.Host
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		t += "/…"
+	}
+	return t
+}
+
 func RedactURL(u string) string {
 	p, err := url.Parse(u)
 	if err != nil {

@@ -440,6 +440,9 @@ func TestReadyzFollowsTheDatabaseAndCapture(t *testing.T) {
 	if resp.StatusCode != 503 || !strings.Contains(body, "outbox database unreachable") {
 		t.Errorf("/readyz with the database down: %s %s", resp.Status, body)
 	}
+	if strings.Contains(body, "127.0.0.1") || strings.Contains(body, "postgres") {
+		t.Errorf("/readyz names the server or the user: %s", body)
+	}
 	if d := time.Since(start); d > 4*time.Second {
 		t.Errorf("/readyz took %s with the database down", d)
 	}
@@ -606,17 +609,27 @@ func TestRetryNeedsTheCSRFToken(t *testing.T) {
 	}
 }
 
-func TestTokenProtectsEverythingButHealthz(t *testing.T) {
+func TestTokenProtectsEverythingButTheProbes(t *testing.T) {
 	const token = "correct-horse-battery-staple"
 	e := newEnv(t, withToken(token))
 	id := e.insert(row{state: "failed", attempts: 3})
 	c := client(t)
 	u := e.srv.URL
 
-	if resp, _ := do(t, c, "GET", u+"/healthz", nil); resp.StatusCode != 200 {
-		t.Errorf("/healthz without token: %s", resp.Status)
+	// The probes answer without the token (a Kubernetes probe or a load
+	// balancer has no secret), and name no host, user or database.
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, body := do(t, c, "GET", u+path, nil)
+		if resp.StatusCode != 200 {
+			t.Errorf("%s without token: %s %s", path, resp.Status, body)
+		}
+		for _, secret := range []string{"127.0.0.1", "postgres", e.pool.Config().ConnConfig.Database} {
+			if strings.Contains(body, secret) {
+				t.Errorf("%s body names %q: %s", path, secret, body)
+			}
+		}
 	}
-	for _, path := range []string{"/metrics", "/readyz", "/", fmt.Sprintf("/deliveries/%d", id)} {
+	for _, path := range []string{"/metrics", "/", fmt.Sprintf("/deliveries/%d", id)} {
 		resp, _ := do(t, c, "GET", u+path, nil)
 		if resp.StatusCode != 401 || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
 			t.Errorf("%s without token: %s", path, resp.Status)
