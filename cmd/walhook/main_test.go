@@ -4,8 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // run is the default command: no command, or flags first, runs it (here it
@@ -36,5 +42,59 @@ func TestRunIsTheDefaultCommand(t *testing.T) {
 	var out bytes.Buffer
 	if err := dispatchCommand(context.Background(), []string{"--help"}, &out, &out); err != nil || !strings.Contains(out.String(), "Usage:") {
 		t.Errorf("--help = %v, %q", err, out.String())
+	}
+}
+
+// A server that accepts connections and never answers: status, deliveries
+// and retry give up with a clear error instead of hanging (10 s connect
+// timeout unless the DSN sets connect_timeout).
+func TestCommandsTimeOutOnASilentServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the 10 s connect timeout")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // accepted, never answered
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
+	text := fmt.Sprintf("database:\n  dsn: postgres://walhook@%s/app?sslmode=disable\nmodels:\n  - table: t\nwebhooks:\n  - name: w\n    url: http://127.0.0.1:1/\n", ln.Addr())
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"status"}, {"deliveries"}, {"retry", "--all-failed"}} {
+		t.Run(args[0], func(t *testing.T) {
+			t.Parallel()
+			start := time.Now()
+			var out bytes.Buffer
+			err := dispatchCommand(context.Background(), append(args, "-c", cfg), &out, &out)
+			took := time.Since(start)
+			if err == nil || !strings.Contains(err.Error(), "no answer from") {
+				t.Fatalf("walhook %v on a silent server = %v after %s; want "no answer from"", args, err, took)
+			}
+			if took > 40*time.Second {
+				t.Errorf("walhook %v gave up after %s", args, took)
+			}
+		})
 	}
 }
