@@ -358,3 +358,47 @@ func RedactURL(u string) string {
 	}
 	return p.Redacted()
 }
+
+// reservedHeaders are set by walhook (or by Go's HTTP client) on every
+// request: a webhook's headers may not name them. The Standard Webhooks
+// headers (webhook-id, webhook-timestamp, webhook-signature) are reserved
+// too, checked with the signature settings.
+var reservedHeaders = []string{"Content-Length", "Host", "Transfer-Encoding", "Connection", "X-Hook-Signature", "X-Walhook-Delivery"}
+
+// ReservedHeader reports whether walhook sets header name itself.
+func ReservedHeader(name string) bool {
+	for _, r := range reservedHeaders {
+		if strings.EqualFold(r, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// ValidHeaderName reports whether name is an RFC 9110 token.
+func ValidHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ValidHeaderValue reports whether v can be sent as a header value: no
+// control characters (CR, LF, NUL among them) except horizontal tab.
+func ValidHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}

@@ -902,8 +902,13 @@ func (p *parser) validate(c *Config) {
 			p.at(path+".retry.max_interval", "webhook %q: retry.max_interval is shorter than initial_interval", w.Name)
 		}
 		for _, k := range sortedKeys(w.Headers) {
-			if strings.ContainsAny(k, " :\r\n") || k == "" {
-				p.at(path+".headers."+k, "webhook %q: %q is not a valid header name", w.Name, k)
+			switch {
+			case !ValidHeaderName(k):
+				p.at(path+".headers."+k, "webhook %q: %q is not a valid header name (RFC 9110: letters, digits and !#$%%&'*+-.^_`|~ only)", w.Name, k)
+			case ReservedHeader(k):
+				p.at(path+".headers."+k, "webhook %q: header %s is set by walhook on every request and cannot be configured", w.Name, k)
+			case !ValidHeaderValue(w.Headers[k]):
+				p.at(path+".headers."+k, "webhook %q: the value of header %s contains a line break or a control character", w.Name, k)
 			}
 		}
 		if !contains([]string{"netbox", "netbox-v4"}, w.Format) {
