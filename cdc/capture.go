@@ -38,13 +38,18 @@ type Options struct {
 }
 
 // SessionParams are the runtime parameters that pin the text format of
-// values, for both the replication connection and the source pool.
+// values, for both the replication connection and the source pool: a
+// setting made with ALTER DATABASE or ALTER ROLE must not change a payload.
+// extra_float_digits = 3 gives the shortest exact float text on PostgreSQL 12+
+// (and 17 digits before); lc_monetary = C fixes the money format.
 var SessionParams = map[string]string{
-	"TimeZone":         "UTC",
-	"DateStyle":        "ISO, YMD",
-	"IntervalStyle":    "postgres",
-	"bytea_output":     "hex",
-	"application_name": "walhook",
+	"TimeZone":           "UTC",
+	"DateStyle":          "ISO, YMD",
+	"IntervalStyle":      "postgres",
+	"bytea_output":       "hex",
+	"extra_float_digits": "3",
+	"lc_monetary":        "C",
+	"application_name":   "walhook",
 }
 
 // Capture streams changes from the source database into the outbox.
