@@ -60,7 +60,12 @@ type Capture struct {
 	log    zerolog.Logger
 	opts   Options
 	models map[string]*config.Model
+	// byOID maps the OIDs of the configured tables, resolved by Prepare, to
+	// their models: a table renamed or moved while walhook runs keeps its
+	// model (its Relation message carries the new name).
+	byOID  map[uint32]*config.Model
 	hooks  map[string]map[string][]string
+	losses lossCounts
 	types  *typeCache
 
 	// confirmed is the last LSN reported to the server; received the end
@@ -92,6 +97,7 @@ func New(opts Options) (*Capture, error) {
 		cfg: opts.Config, source: opts.Source, outbox: opts.Outbox, opts: opts,
 		log:    opts.Logger.With().Str("component", "capture").Logger(),
 		models: map[string]*config.Model{},
+		byOID:  map[uint32]*config.Model{},
 		hooks:  hookIndex(opts.Config),
 		types:  &typeCache{pool: opts.Source, info: map[uint32]TypeInfo{}},
 	}
@@ -101,6 +107,53 @@ func New(opts Options) (*Capture, error) {
 	}
 	return c, nil
 }
+
+// LossObserver, when the Options' Observer implements it too, is told about
+// every change capture sends nothing for, so that it can count them
+// (walhook_changes_unmapped_total{table}, walhook_truncates_total{table}).
+type LossObserver interface {
+	// Unmapped: a change of a published table that no model maps.
+	Unmapped(table string)
+	// Truncated: a TRUNCATE of a captured table (its rows are not sent).
+	Truncated(table string)
+}
+
+// lossCounts counts, per table, the changes capture sent nothing for.
+type lossCounts struct {
+	mu        sync.Mutex
+	unmapped  map[string]int64
+	truncated map[string]int64
+}
+
+// add counts one loss in m (unmapped or truncated) and reports whether it
+// is the table's first.
+func (l *lossCounts) add(m *map[string]int64, table string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if *m == nil {
+		*m = map[string]int64{}
+	}
+	(*m)[table]++
+	return (*m)[table] == 1
+}
+
+func (l *lossCounts) snapshot(m map[string]int64) map[string]int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// Unmapped returns, per table, how many changes of published tables that no
+// model maps were seen (and not sent) since the Capture started.
+func (c *Capture) Unmapped() map[string]int64 { return c.losses.snapshot(c.losses.unmapped) }
+
+// Truncated returns, per table, how many TRUNCATEs of captured tables were
+// seen (their rows are not sent) since the Capture started.
+func (c *Capture) Truncated() map[string]int64 { return c.losses.snapshot(c.losses.truncated) }
 
 // Streaming reports whether the replication stream is connected.
 func (c *Capture) Streaming() bool { return c.streaming.Load() }
@@ -127,6 +180,16 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	}
 	if err := checkTables(ctx, conn, c.cfg); err != nil {
 		return err
+	}
+	for i := range c.cfg.Models {
+		m := &c.cfg.Models[i]
+		ti, err := lookupTable(ctx, conn, m.Schema, m.Name)
+		if err != nil {
+			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
+		}
+		if ti != nil {
+			c.byOID[ti.oid] = m
+		}
 	}
 	// Serialise set-up between processes starting together.
 	key := "walhook.setup." + c.cfg.Database.Slot

@@ -1,9 +1,199 @@
 package cdc
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/internal/config"
 )
+
+// logBuf collects a capture's log lines (and passes them to the test log).
+type logBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// count is how many log lines contain all of subs.
+func (l *logBuf) count(subs ...string) int {
+	n := 0
+	for _, line := range strings.Split(l.String(), "\n") {
+		ok := line != ""
+		for _, s := range subs {
+			ok = ok && strings.Contains(line, s)
+		}
+		if ok {
+			n++
+		}
+	}
+	return n
+}
+
+// startLogged is b.start with the capture's log kept in the returned logBuf.
+func (b *bundle) startLogged() *logBuf {
+	b.t.Helper()
+	lb := &logBuf{}
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db,
+		Logger:         zerolog.New(io.MultiWriter(zerolog.NewTestWriter(b.t), lb)).Level(zerolog.InfoLevel),
+		StatusInterval: 200 * time.Millisecond})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if err := c.Prepare(ctx); err != nil {
+		b.t.Fatal(err)
+	}
+	b.cap, b.cancel, b.done = c, cancel, make(chan error, 1)
+	go func() { b.done <- c.Run(ctx) }()
+	b.t.Cleanup(b.stop)
+	return lb
+}
+
+// waitUntil polls cond for up to 20 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPartitionedTableCapturedAsRoot: a partitioned table is captured under
+// its own name (publish_via_partition_root), and check says so.
+func TestPartitionedTableCapturedAsRoot(t *testing.T) {
+	b := setup(t, `CREATE TABLE m (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+		CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu'); CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');`, `
+  - table: m
+    model: Metric`)
+	// A publication made by an older walhook: without publish_via_partition_root.
+	b.exec(`CREATE PUBLICATION walhook FOR TABLE m WITH (publish = 'insert, update, delete')`)
+	wantCheck(t, Preflight(context.Background(), b.cfg, b.source, b.db), "publication walhook", OK, "publish_via_partition_root is off", "")
+	b.start()
+	noFailures(t, Preflight(context.Background(), b.cfg, b.source, b.db))
+	wantCheck(t, Preflight(context.Background(), b.cfg, b.source, b.db), "publication walhook", OK, "publishes exactly the 1 configured tables", "")
+	b.exec(`INSERT INTO m VALUES (1, 'eu', 0), (2, 'us', 0)`)
+	b.exec(`UPDATE m SET v = 1 WHERE id = 1`)
+	b.exec(`DELETE FROM m WHERE id = 2`)
+	b.waitRows(7) // a: 2 created, updated, deleted; b: 2 created, deleted
+	ds := b.deliveries("webhook = 'a'")
+	var got []string
+	for _, d := range ds {
+		if d.Model != "Metric" {
+			t.Errorf("model %q", d.Model)
+		}
+		got = append(got, d.Event+" "+d.Key)
+	}
+	if want := `created ["1","eu"],created ["2","us"],updated ["1","eu"],deleted ["2","us"]`; strings.Join(got, ",") != want {
+		t.Errorf("deliveries %s, want %s", strings.Join(got, ","), want)
+	}
+}
+
+// TestPartitionAndItsRootRefused: a partition whose partitioned table is
+// captured too is refused (its changes arrive under the root's name).
+func TestPartitionAndItsRootRefused(t *testing.T) {
+	b := setup(t, `CREATE TABLE m (id int PRIMARY KEY) PARTITION BY RANGE (id); CREATE TABLE m_1 PARTITION OF m FOR VALUES FROM (0) TO (100);`, `
+  - table: m
+  - table: m_1`)
+	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Prepare(context.Background())
+	var ce *config.Error
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "table public.m_1 is a partition of public.m") {
+		t.Fatalf("Prepare = %v", err)
+	}
+}
+
+// TestRenamedTableKeepsCapturing: a captured table renamed, then moved to
+// another schema, while walhook runs is still captured, with a warning; the
+// next start refuses the configuration until it names the table again.
+func TestRenamedTableKeepsCapturing(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE SCHEMA other`, `
+  - table: s
+    model: S`)
+	lb := b.startLogged()
+	b.exec(`INSERT INTO s VALUES (1)`)
+	b.exec(`ALTER TABLE s RENAME TO s2`)
+	b.exec(`INSERT INTO s2 VALUES (2)`)
+	b.exec(`ALTER TABLE s2 SET SCHEMA other`)
+	b.exec(`UPDATE other.s2 SET id = 30 WHERE id = 2`)
+	b.exec(`DELETE FROM other.s2 WHERE id = 1`)
+	b.waitRows(2 + 2 + 1 + 2)
+	var got []string
+	for _, d := range b.deliveries("webhook = 'a'") {
+		got = append(got, d.Model+" "+d.Event+" "+d.Key)
+	}
+	if want := "S created 1,S created 2,S updated 30,S deleted 1"; strings.Join(got, ",") != want {
+		t.Errorf("deliveries %s, want %s", strings.Join(got, ","), want)
+	}
+	if lb.count(`"level":"warn"`, "renamed or moved to other.s2", "table: other.s2") == 0 {
+		t.Errorf("no warning about the renamed table:\n%s", lb)
+	}
+	b.stop()
+	wantCheck(t, Preflight(context.Background(), b.cfg, b.source, b.db), "table public.s", Fail, "does not exist", "")
+	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Prepare(context.Background()); err == nil || !strings.Contains(err.Error(), "table public.s does not exist") {
+		t.Fatalf("restart with the old name: Prepare = %v", err)
+	}
+}
+
+// TestUnmappedTableIsCounted: a table added to the publication by hand is
+// not captured, but its changes are logged (once) and counted.
+func TestUnmappedTableIsCounted(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE extra (id int PRIMARY KEY)`, `
+  - table: s`)
+	lb := b.startLogged()
+	b.exec(`ALTER PUBLICATION walhook ADD TABLE extra`)
+	b.exec(`INSERT INTO extra VALUES (1)`)
+	b.exec(`INSERT INTO extra VALUES (2)`)
+	b.exec(`INSERT INTO s VALUES (1)`)
+	b.waitRows(2)
+	waitUntil(t, "the unmapped count", func() bool { return b.cap.Unmapped()["public.extra"] == 2 })
+	if n := lb.count(`"level":"error"`, "public.extra", "no model maps it"); n != 1 {
+		t.Errorf("%d error lines about the unmapped table, want 1:\n%s", n, lb)
+	}
+}
+
+// TestTruncateIsLoud: on the publication walhook creates itself, a TRUNCATE
+// of a captured table is an error line and a count; nothing is sent for it.
+func TestTruncateIsLoud(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
+  - table: s`)
+	lb := b.startLogged()
+	b.exec(`INSERT INTO s VALUES (1), (2)`)
+	b.exec(`TRUNCATE s`)
+	b.exec(`INSERT INTO s VALUES (3)`)
+	b.waitRows(6)
+	waitUntil(t, "the truncate count", func() bool { return b.cap.Truncated()["public.s"] == 1 })
+	if n := lb.count(`"level":"error"`, "TRUNCATE is not captured", "public.s"); n != 1 {
+		t.Errorf("%d error lines about the TRUNCATE, want 1:\n%s", n, lb)
+	}
+}
 
 // TestHostileOutputSettings: settings of the database that change the text
 // form of values (set with ALTER DATABASE, as a DBA might) change nothing in

@@ -174,13 +174,19 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 		return s.change(ctx, EventDeleted, m.RelationID, m.OldTupleType, m.OldTuple, nil)
 	case *pglogrepl.TruncateMessage:
 		var names []string
+		lo, _ := s.c.opts.Observer.(LossObserver)
 		for _, id := range m.RelationIDs {
 			if r := s.rels[id]; r != nil {
-				names = append(names, r.schema+"."+r.name)
+				t := r.schema + "." + r.name
+				names = append(names, t)
+				s.c.losses.add(&s.c.losses.truncated, t)
+				if lo != nil {
+					lo.Truncated(t)
+				}
 			}
 		}
-		s.log.Warn().Strs("tables", names).Str("lsn", s.txnLSN.String()).
-			Msg("TRUNCATE is not captured: no webhooks are sent for the removed rows")
+		s.log.Error().Strs("tables", names).Str("lsn", s.txnLSN.String()).
+			Msg("TRUNCATE is not captured: no webhooks are sent for the removed rows (use walhook backfill or your own reconciliation)")
 		s.seq++
 	case *pglogrepl.CommitMessage:
 		if err := s.flushCoalesced(ctx); err != nil {
@@ -229,7 +235,14 @@ func (s *stream) send(ctx context.Context, b batch) error {
 }
 
 func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
-	model := s.c.models[m.Namespace+"."+m.RelationName]
+	table := m.Namespace + "." + m.RelationName
+	model := s.c.byOID[m.RelationID]
+	if model == nil {
+		model = s.c.models[table]
+	} else if model.QualifiedTable() != table {
+		s.log.Warn().Str("table", table).Str("model", model.Model).Str("configured", model.QualifiedTable()).
+			Msgf("table %s was renamed or moved to %s: still captured as model %s, but the configuration names a table that no longer exists, so walhook will refuse to start until you set table: %s", model.QualifiedTable(), table, model.Model, table)
+	}
 	if model == nil {
 		s.rels[m.RelationID] = &relation{id: m.RelationID, schema: m.Namespace, name: m.RelationName}
 		return nil
@@ -316,6 +329,16 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		return fmt.Errorf("change for relation %d before its Relation message", relID)
 	}
 	if rel.model == nil {
+		// A published table no model maps (added to the publication by
+		// hand?): nothing can render it, but it must not pass unseen.
+		t := rel.schema + "." + rel.name
+		if s.c.losses.add(&s.c.losses.unmapped, t) {
+			s.log.Error().Str("table", t).Str("lsn", s.txnLSN.String()).
+				Msgf("changes of table %s are published but no model maps it: they are NOT sent (counted in walhook_changes_unmapped_total); add a model for it, or remove it from publication %s", t, s.c.cfg.Database.Publication)
+		}
+		if lo, ok := s.c.opts.Observer.(LossObserver); ok {
+			lo.Unmapped(t)
+		}
 		return nil
 	}
 	hs := &rel.hooks[eventIndex(event)]
