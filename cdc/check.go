@@ -310,7 +310,7 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 				full+"  -- as the owner (or add a primary key)")
 			good = false
 		case ti.identity == "i":
-			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\"", full+"  -- optional: whole rows on delete")
+			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\", and unless the index holds the primary key, object_key (the per-object order) is built from the index's columns: a change of them starts a new object", full+"  -- optional: whole rows on delete, keyed by the primary key")
 		default:
 			pk, _ := primaryKey(ctx, p.conn, ti.oid)
 			p.warn(name, fmt.Sprintf("DEFAULT: deleted rows carry only the primary key (%s) in \"data\"", strings.Join(pk, ", ")),

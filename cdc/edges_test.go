@@ -226,3 +226,34 @@ func TestHostileOutputSettings(t *testing.T) {
 		})
 	}
 }
+
+// TestReplicaIdentityIndexKey: with REPLICA IDENTITY USING INDEX on a unique
+// index without the primary key, a DELETE carries only the index's columns,
+// so the object key of every event is built from them: each object keeps one
+// key (per-object order, coalescing) and no delete has an empty key.
+func TestReplicaIdentityIndexKey(t *testing.T) {
+	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, slug text NOT NULL, v int);
+		CREATE UNIQUE INDEX site_slug ON site (slug); ALTER TABLE site REPLICA IDENTITY USING INDEX site_slug;
+		CREATE TABLE dev (id int PRIMARY KEY, slug text NOT NULL, v int);
+		CREATE UNIQUE INDEX dev_id_slug ON dev (id, slug); ALTER TABLE dev REPLICA IDENTITY USING INDEX dev_id_slug;`, `
+  - table: site
+  - table: dev`)
+	b.start()
+	b.exec(`INSERT INTO site VALUES (1, 'ams', 0), (2, 'fra', 0), (3, 'lon', 0); INSERT INTO dev VALUES (1, 'sw1', 0)`)
+	b.exec(`UPDATE site SET v = 1 WHERE id = 2; UPDATE dev SET v = 1`)
+	b.exec(`DELETE FROM site; DELETE FROM dev`)
+	b.waitRows(2*4 + 2*2 + 1 + 3 + 1 + 1)
+	got := map[string][]string{}
+	for _, d := range b.deliveries("webhook = 'a'") {
+		got[d.Model] = append(got[d.Model], d.Event+" "+d.Key)
+	}
+	want := map[string]string{
+		"site": "created ams,created fra,created lon,updated fra,deleted ams,deleted lon,deleted fra", // deletes in heap order
+		"dev":  "created 1,updated 1,deleted 1", // the index holds the primary key: keyed by it
+	}
+	for m, w := range want {
+		if g := strings.Join(got[m], ","); g != w {
+			t.Errorf("%s: %s, want %s", m, g, w)
+		}
+	}
+}

@@ -64,8 +64,9 @@ type urlPart struct {
 }
 
 // newRelation builds a relation from a Relation message. pkNames are the
-// table's primary-key columns (from the catalog); when empty the replica
-// identity columns are used, and failing that every column.
+// table's primary-key columns (from the catalog); when empty, or when the
+// replica identity is an index without them, the replica identity columns
+// are used, and failing that every column.
 func newRelation(m *pglogrepl.RelationMessage, model *config.Model, pkNames []string) *relation {
 	r := &relation{id: m.RelationID, schema: m.Namespace, name: m.RelationName, identity: m.ReplicaIdentity, model: model}
 	excluded := map[string]bool{}
@@ -89,6 +90,18 @@ func newRelation(m *pglogrepl.RelationMessage, model *config.Model, pkNames []st
 	for i, c := range r.cols {
 		if c.pk {
 			r.pkCols = append(r.pkCols, i)
+		}
+	}
+	if r.identity == 'i' {
+		// REPLICA IDENTITY USING INDEX: a DELETE carries only the index's
+		// columns. The object key must be built from columns every event
+		// carries: the primary key when the index holds it, else the
+		// index's columns.
+		for _, i := range r.pkCols {
+			if !r.cols[i].key {
+				r.pkCols = nil
+				break
+			}
 		}
 	}
 	if len(r.pkCols) == 0 {
