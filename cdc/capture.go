@@ -66,7 +66,9 @@ type Capture struct {
 	byOID  map[uint32]*config.Model
 	hooks  map[string]map[string][]string
 	losses lossCounts
-	types  *typeCache
+	// stall, when set, says why capture is holding changes back.
+	stall atomic.Pointer[string]
+	types *typeCache
 
 	// confirmed is the last LSN reported to the server; received the end
 	// LSN of the last source transaction received; both for status.
@@ -154,6 +156,24 @@ func (c *Capture) Unmapped() map[string]int64 { return c.losses.snapshot(c.losse
 // Truncated returns, per table, how many TRUNCATEs of captured tables were
 // seen (their rows are not sent) since the Capture started.
 func (c *Capture) Truncated() map[string]int64 { return c.losses.snapshot(c.losses.truncated) }
+
+// Stall says why capture is holding changes back ("" when it is not): a
+// source transaction not yet visible to lookups, or a lookup that keeps
+// failing. For /readyz and the status page.
+func (c *Capture) Stall() string {
+	if p := c.stall.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+func (c *Capture) setStall(msg string) {
+	if msg == "" {
+		c.stall.Store(nil)
+		return
+	}
+	c.stall.Store(&msg)
+}
 
 // Streaming reports whether the replication stream is connected.
 func (c *Capture) Streaming() bool { return c.streaming.Load() }

@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/test/pgtest"
 )
 
 // logBuf collects a capture's log lines (and passes them to the test log).
@@ -249,11 +251,96 @@ func TestReplicaIdentityIndexKey(t *testing.T) {
 	}
 	want := map[string]string{
 		"site": "created ams,created fra,created lon,updated fra,deleted ams,deleted lon,deleted fra", // deletes in heap order
-		"dev":  "created 1,updated 1,deleted 1", // the index holds the primary key: keyed by it
+		"dev":  "created 1,updated 1,deleted 1",                                                       // the index holds the primary key: keyed by it
 	}
 	for m, w := range want {
 		if g := strings.Join(got[m], ","); g != w {
 			t.Errorf("%s: %s, want %s", m, g, w)
 		}
+	}
+}
+
+// TestLookupsWaitForCommitVisibility: a source transaction whose commit is
+// flushed but not yet visible (its session waits for a synchronous standby
+// that is not there) is held until it is visible: its relation lookup and
+// its unchanged-TOAST read-back see its own writes, never the rows before.
+func TestLookupsWaitForCommitVisibility(t *testing.T) {
+	ctx := context.Background()
+	src, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{
+		"synchronous_standby_names": "'nosuch'", "synchronous_commit": "local"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	srcDSN := src.NewDB(t)
+	b := setup(t, `SELECT 1`, `
+  - table: site
+    relations:
+      region_id: {field: region, table: public.region, columns: [id, name]}
+  - table: doc`)
+	b.cfg.Database.DSN = srcDSN
+	srcDB, err := pgxpool.New(ctx, srcDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srcDB.Close()
+	// release lets the waiting COMMIT through (deferred too, so that a
+	// failing test does not leave it hanging).
+	release := func() {
+		for _, q := range []string{`ALTER SYSTEM SET synchronous_standby_names = ''`, `SELECT pg_reload_conf()`} {
+			if _, err := srcDB.Exec(ctx, q); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer release()
+	if _, err := srcDB.Exec(ctx, `CREATE TABLE region (id int PRIMARY KEY, name text);
+		CREATE TABLE site (id int PRIMARY KEY, region_id int REFERENCES region);
+		CREATE TABLE doc (id int PRIMARY KEY, title text, body text);
+		INSERT INTO region VALUES (1, 'old');
+		INSERT INTO doc VALUES (1, 't1', 'x' || `+bigTextSQL+`)`); err != nil {
+		t.Fatal(err)
+	}
+	pc, _ := pgxpool.ParseConfig(srcDSN)
+	for k, v := range SessionParams {
+		pc.ConnConfig.RuntimeParams[k] = v
+	}
+	if b.source, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
+		t.Fatal(err)
+	}
+	defer b.source.Close()
+	lb := b.startLogged()
+	// One transaction: rename the region, point a site at it, and rewrite
+	// the document's body then its title (the title's UPDATE carries the
+	// body as an unchanged TOAST value). Its COMMIT waits for the standby.
+	committed := make(chan error, 1)
+	go func() {
+		_, err := srcDB.Exec(ctx, `SET synchronous_commit = on; BEGIN;
+			UPDATE region SET name = 'new' WHERE id = 1; INSERT INTO site VALUES (1, 1);
+			UPDATE doc SET body = 'y' || `+bigTextSQL+`; UPDATE doc SET title = 't2';
+			COMMIT; SET synchronous_commit = local`)
+		committed <- err
+	}()
+	waitUntil(t, "capture to hold the invisible transaction", func() bool {
+		return strings.Contains(b.cap.Stall(), "not yet visible") || b.count("true") > 0
+	})
+	if ds := b.deliveries("webhook = 'a'"); len(ds) != 0 {
+		t.Errorf("%d deliveries enqueued while their transaction is not visible: %s", len(ds), ds[0].Raw)
+	}
+	release()
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	b.waitRows(2 + 2) // site created (a, b), doc updated twice (a)
+	site := dataOf(t, b.deliveries("webhook = 'a' AND model = 'site'")[0].Raw)
+	if site != `{"id":1,"region":{"id":1,"name":"new"}}` {
+		t.Errorf("site = %s, want the region as the transaction left it", site)
+	}
+	docs := b.deliveries("webhook = 'a' AND model = 'doc'")
+	if body, _ := data(docs[1])["body"].(string); !strings.HasPrefix(body, "y") {
+		t.Errorf("second doc update carries body %.10q..., want the transaction's own 'y...'", body)
+	}
+	if b.cap.Stall() != "" || lb.count(`"level":"warn"`, "not yet visible") == 0 {
+		t.Errorf("stall %q; log:\n%s", b.cap.Stall(), lb)
 	}
 }

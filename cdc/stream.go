@@ -43,9 +43,11 @@ type stream struct {
 	txnLSN  pglogrepl.LSN
 	txnAt   time.Time
 	txnXid  uint32 // the source transaction's id, to wait until it is visible to lookups
-	seq     int32
-	skipped bool // current transaction seen but not for us
-	coal    coalescer
+	// visibleXid is the last transaction id found visible (waitVisible).
+	visibleXid uint32
+	seq        int32
+	skipped    bool // current transaction seen but not for us
+	coal       coalescer
 
 	lastSentEnd pglogrepl.LSN // end of the last transaction handed to the writer
 	kaEnd       pglogrepl.LSN // keepalive WAL end known to be safe once kaNeed is flushed
@@ -578,6 +580,9 @@ func (s *stream) fillUnchanged(ctx context.Context, rel *relation, vals, old row
 	}
 	if len(missing) == 0 {
 		return nil
+	}
+	if err := s.waitVisible(ctx, s.txnXid); err != nil {
+		return err
 	}
 	var sel, where []string
 	var args []any
