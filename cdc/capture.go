@@ -68,6 +68,8 @@ type Capture struct {
 	losses lossCounts
 	// stall, when set, says why capture is holding changes back.
 	stall atomic.Pointer[string]
+	// lookupErrors counts failed lookup queries that were retried.
+	lookupErrors atomic.Int64
 	types *typeCache
 
 	// confirmed is the last LSN reported to the server; received the end
@@ -166,6 +168,11 @@ func (c *Capture) Stall() string {
 	}
 	return ""
 }
+
+// LookupErrors is how many lookup queries (relations, computed fields,
+// unchanged-TOAST read-backs) failed and were retried since the Capture
+// started.
+func (c *Capture) LookupErrors() int64 { return c.lookupErrors.Load() }
 
 func (c *Capture) setStall(msg string) {
 	if msg == "" {

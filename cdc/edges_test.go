@@ -7,9 +7,11 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
@@ -342,5 +344,96 @@ func TestLookupsWaitForCommitVisibility(t *testing.T) {
 	}
 	if b.cap.Stall() != "" || lb.count(`"level":"warn"`, "not yet visible") == 0 {
 		t.Errorf("stall %q; log:\n%s", b.cap.Stall(), lb)
+	}
+}
+
+// queryCounter counts the SELECT queries whose SQL contains sub.
+type queryCounter struct {
+	sub string
+	n   atomic.Int64
+}
+
+func (c *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if strings.HasPrefix(d.SQL, "SELECT") && strings.Contains(d.SQL, c.sub) {
+		c.n.Add(1)
+	}
+	return ctx
+}
+
+func (c *queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// TestUnchangedToastReadBackIsBatched: the unchanged TOAST values of a
+// transaction's updates are read back with one query per chunk (in the
+// lookups' read-only transaction, with their statement timeout), not one
+// per row.
+func TestUnchangedToastReadBackIsBatched(t *testing.T) {
+	b := setup(t, `CREATE TABLE doc (id int PRIMARY KEY, title text, body text);
+		INSERT INTO doc SELECT g, 't', g || `+bigTextSQL+` FROM generate_series(1, 40) g`, `
+  - table: doc`)
+	qc := &queryCounter{sub: `"public"."doc"`}
+	pc, err := pgxpool.ParseConfig(b.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range SessionParams {
+		pc.ConnConfig.RuntimeParams[k] = v
+	}
+	pc.ConnConfig.Tracer = qc
+	if b.source, err = pgxpool.NewWithConfig(context.Background(), pc); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.source.Close)
+	b.start()
+	b.exec(`UPDATE doc SET title = 't2'`)
+	b.waitRows(40)
+	if n := qc.n.Load(); n != 1 {
+		t.Errorf("%d read-back queries for 40 updated rows, want 1", n)
+	}
+	for _, d := range b.deliveries("true") {
+		if body, _ := data(d)["body"].(string); !strings.HasPrefix(body, d.Key+"c4ca4238") {
+			t.Fatalf("row %s: body %.20q...", d.Key, body)
+		}
+	}
+}
+
+// TestFailedLookupHoldsCapture: a relation lookup that fails is retried,
+// holding capture (Stall says why), and the change is sent with the field
+// once it succeeds; a model with on_lookup_error: omit sends it without.
+func TestFailedLookupHoldsCapture(t *testing.T) {
+	b := setup(t, `CREATE TABLE region (id int PRIMARY KEY, name text); INSERT INTO region VALUES (1, 'r1');
+		CREATE TABLE site (id int PRIMARY KEY, region_id int); CREATE TABLE rack (id int PRIMARY KEY, region_id int)`, `
+  - table: site
+    relations:
+      region_id: {table: region, columns: [id, name]}
+  - table: rack
+    on_lookup_error: omit
+    relations:
+      region_id: {table: region, columns: [id, name]}`)
+	lb := b.startLogged()
+	b.exec(`INSERT INTO site VALUES (1, 1); INSERT INTO rack VALUES (1, 1)`)
+	b.waitRows(4)
+	b.exec(`ALTER TABLE region RENAME TO region_away`)
+	b.exec(`INSERT INTO rack VALUES (2, 1)`)
+	b.exec(`INSERT INTO site VALUES (2, 1)`)
+	waitUntil(t, "capture to stall", func() bool { return strings.Contains(b.cap.Stall(), "lookup failed") })
+	b.waitRows(6) // rack 2, without its region
+	time.Sleep(300 * time.Millisecond)
+	if n := b.count("model = 'site'"); n != 2 {
+		t.Fatalf("%d site deliveries while its lookup fails, want 2 (the first site only)", n)
+	}
+	b.exec(`ALTER TABLE region_away RENAME TO region`)
+	b.waitRows(8)
+	want := map[string]string{
+		"site 2": `{"id":2,"region":{"id":1,"name":"r1"}}`,
+		"rack 2": `{"id":2}`,
+	}
+	for _, d := range b.deliveries("webhook = 'a' AND object_key = '2'") {
+		if got := dataOf(t, d.Raw); got != want[d.Model+" 2"] {
+			t.Errorf("%s 2: %s, want %s", d.Model, got, want[d.Model+" 2"])
+		}
+	}
+	waitUntil(t, "the stall to clear", func() bool { return b.cap.Stall() == "" })
+	if b.cap.LookupErrors() == 0 || lb.count(`"level":"warn"`, "capture holds the changes and retries") == 0 {
+		t.Errorf("lookup errors %d; log:\n%s", b.cap.LookupErrors(), lb)
 	}
 }

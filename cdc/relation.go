@@ -29,6 +29,7 @@ type relation struct {
 	cols     []column
 	model    *config.Model
 	pkCols   []int // indexes into cols forming object_key
+	keyTypes []string // SQL type names of pkCols, for reading rows back (set on first use)
 	urlParts []urlPart
 	plan     *lookupPlan // relations and computed fields; nil when none
 	hooks    [3]hookSet  // webhooks per event (eventIndex), sent one event per change
