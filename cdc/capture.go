@@ -70,7 +70,7 @@ type Capture struct {
 	stall atomic.Pointer[string]
 	// lookupErrors counts failed lookup queries that were retried.
 	lookupErrors atomic.Int64
-	types *typeCache
+	types        *typeCache
 
 	// confirmed is the last LSN reported to the server; received the end
 	// LSN of the last source transaction received; both for status.

@@ -28,7 +28,7 @@ type relation struct {
 	identity uint8 // 'd' default, 'f' full, 'i' index, 'n' nothing
 	cols     []column
 	model    *config.Model
-	pkCols   []int // indexes into cols forming object_key
+	pkCols   []int    // indexes into cols forming object_key
 	keyTypes []string // SQL type names of pkCols, for reading rows back (set on first use)
 	urlParts []urlPart
 	plan     *lookupPlan // relations and computed fields; nil when none
