@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
@@ -105,6 +106,7 @@ func New(opts Options) (*Capture, error) {
 		hooks:  hookIndex(opts.Config),
 		types:  &typeCache{pool: opts.Source, info: map[uint32]TypeInfo{}},
 	}
+	c.types.log = c.log
 	for i := range opts.Config.Models {
 		m := &opts.Config.Models[i]
 		c.models[m.QualifiedTable()] = m
@@ -404,8 +406,22 @@ func (c *Capture) session(ctx context.Context) error {
 // them) from the catalog, once per OID.
 type typeCache struct {
 	pool *pgxpool.Pool
+	log  zerolog.Logger
 	mu   sync.RWMutex
 	info map[uint32]TypeInfo
+	// names are the types' names from pgoutput's Type messages, which
+	// describe a type as it was when the change was written.
+	names map[uint32]string
+}
+
+// named records a type's name from a Type message.
+func (t *typeCache) named(oid uint32, name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.names == nil {
+		t.names = map[uint32]string{}
+	}
+	t.names[oid] = name
 }
 
 func (t *typeCache) resolve(oid uint32) (TypeInfo, bool) {
@@ -426,6 +442,21 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 		var delim string
 		err := t.pool.QueryRow(ctx, `SELECT t.typtype::text, t.typcategory::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
 			FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem WHERE t.oid = $1`, oid).Scan(&typtype, &category, &base, &elem, &delim)
+		if errors.Is(err, pgx.ErrNoRows) {
+			// Dropped since (the stream decodes WAL written before, e.g.
+			// after ALTER COLUMN ... TYPE; DROP TYPE while capture lagged):
+			// render its values as their text, and say so once.
+			t.mu.Lock()
+			t.info[oid] = TypeInfo{}
+			name := t.names[oid]
+			t.mu.Unlock()
+			if name == "" {
+				name = "(name unknown)"
+			}
+			t.log.Warn().Uint32("type_oid", oid).Str("type", name).
+				Msg("a column's type no longer exists in the catalog (dropped after the change was written): its values render as JSON strings of their text")
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("look up type %d: %w", oid, err)
 		}

@@ -437,3 +437,36 @@ func TestFailedLookupHoldsCapture(t *testing.T) {
 		t.Errorf("lookup errors %d; log:\n%s", b.cap.LookupErrors(), lb)
 	}
 }
+
+// TestDroppedTypeDoesNotStall: changes written while a column had a custom
+// type that was dropped before capture read them render as text, with a
+// warning, instead of stopping capture.
+func TestDroppedTypeDoesNotStall(t *testing.T) {
+	b := setup(t, `CREATE TYPE mood AS ENUM ('ok', 'sad'); CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+		CREATE TABLE t (id int PRIMARY KEY, m mood, ma mood[], p posint)`, `
+  - table: t`)
+	b.start()
+	b.exec(`INSERT INTO t VALUES (1, 'ok', '{ok}', 1)`)
+	b.waitRows(2)
+	b.stop()
+	b.exec(`INSERT INTO t VALUES (2, 'sad', '{ok,sad}', 2)`)
+	b.exec(`ALTER TABLE t ALTER COLUMN m TYPE text, ALTER COLUMN ma TYPE text[], ALTER COLUMN p TYPE int; DROP TYPE mood; DROP DOMAIN posint`)
+	b.exec(`INSERT INTO t VALUES (3, 'new', '{a}', 3)`)
+	lb := b.startLogged()
+	b.waitRows(6)
+	got := map[string]string{}
+	for _, d := range b.deliveries("webhook = 'a'") {
+		got[d.Key] = dataOf(t, d.Raw)
+	}
+	for key, want := range map[string]string{
+		"2": `{"id":2,"m":"sad","ma":"{ok,sad}","p":"2"}`, // types gone: their text
+		"3": `{"id":3,"m":"new","ma":["a"],"p":3}`,
+	} {
+		if got[key] != want {
+			t.Errorf("row %s: %s, want %s", key, got[key], want)
+		}
+	}
+	if lb.count(`"level":"warn"`, "public.mood", "no longer exists") == 0 {
+		t.Errorf("no warning naming the dropped type:\n%s", lb)
+	}
+}

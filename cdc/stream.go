@@ -163,6 +163,8 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
 		return s.relation(ctx, m)
+	case *pglogrepl.TypeMessage:
+		s.c.types.named(m.DataType, m.Namespace+"."+m.Name)
 	case *pglogrepl.BeginMessage:
 		s.inTxn, s.txnLSN, s.txnAt, s.txnXid, s.seq = true, m.FinalLSN, m.CommitTime, m.Xid, 0
 		s.coal.reset()
