@@ -244,16 +244,27 @@ func (bf *backfill) prepare(ctx context.Context) error {
 		return err
 	}
 	bf.s, bf.rel = s, s.rels[relOID]
-	// Only the chosen webhooks.
+	// Only the chosen webhooks, each row its own event: a backfilled row is
+	// one object's current state, so a webhook with coalesce: transaction
+	// gets it like any other (never parked in the coalescer, where it would
+	// wait for a commit that never comes, and be stamped with a later page's
+	// LSN).
 	hs := &bf.rel.hooks[eventIndex(o.Event)]
+	co := &bf.rel.coal[eventIndex(o.Event)]
 	var names []string
 	var specs []*hookSpec
-	for i, n := range hs.names {
-		if contains(bf.hooks, n) {
-			names, specs = append(names, n), append(specs, hs.specs[i])
+	for _, set := range []*hookSet{hs, co} {
+		for i, n := range set.names {
+			if contains(bf.hooks, n) {
+				names, specs = append(names, n), append(specs, set.specs[i])
+			}
 		}
 	}
-	hs.names, hs.specs = names, specs
+	*hs = hookSet{}
+	for i, n := range names {
+		hs.add(n, specs[i])
+	}
+	bf.rel.coal, bf.rel.coalesce = [3]hookSet{}, false
 	// Page queries.
 	var sel []string
 	for _, col := range msg.Columns {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -468,5 +470,67 @@ func TestDroppedTypeDoesNotStall(t *testing.T) {
 	}
 	if lb.count(`"level":"warn"`, "public.mood", "no longer exists") == 0 {
 		t.Errorf("no warning naming the dropped type:\n%s", lb)
+	}
+}
+
+// TestBackfillWithCoalescingWebhook: a backfill sends a webhook with
+// coalesce: transaction one event per row, stamped with its own page's LSN,
+// and writes only to the webhooks it was asked for.
+func TestBackfillWithCoalescingWebhook(t *testing.T) {
+	old := maxCoalesceObjects
+	maxCoalesceObjects = 40 // what 10,000 rows did with the default
+	defer func() { maxCoalesceObjects = old }()
+	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, v text); INSERT INTO item SELECT g, 'x' FROM generate_series(1, 250) g`, `
+  - table: item`)
+	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, `
+database:
+  dsn: %s
+  slot: %s
+models:
+  - table: item
+webhooks:
+  - name: plain
+    url: http://127.0.0.1:1/p
+  - name: co
+    url: http://127.0.0.1:1/c
+    coalesce: transaction
+http:
+  listen: ""`, b.dsn, b.cfg.Database.Slot), os.LookupEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(webhook string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		p, err := Backfill(ctx, BackfillOptions{Config: cfg, Source: b.source, Outbox: b.db, Logger: zerolog.New(zerolog.NewTestWriter(t)),
+			Model: "item", Webhook: webhook, PageSize: 100, Restart: true})
+		if err != nil || !p.Finished {
+			t.Fatalf("backfill --webhook %q: %+v, %v", webhook, p, err)
+		}
+	}
+	run("plain")
+	if n, co := b.count("true"), b.count("webhook = 'co'"); n != 250 || co != 0 {
+		t.Fatalf("backfill --webhook plain: %d rows, %d for co; want 250 for plain only", n, co)
+	}
+	b.exec(`DELETE FROM walhook.deliveries`)
+	run("co")
+	if n, co := b.count("true"), b.count("webhook = 'co'"); n != 250 || co != 250 {
+		t.Fatalf("backfill --webhook co: %d rows, %d for co; want 250 for co only", n, co)
+	}
+	b.exec(`DELETE FROM walhook.deliveries`)
+	run("")
+	if n, co := b.count("webhook = 'plain'"), b.count("webhook = 'co'"); n != 250 || co != 250 {
+		t.Fatalf("backfill of every webhook: %d rows for plain, %d for co, want 250 each", n, co)
+	}
+	// Both webhooks' rows of an object carry the same page LSN and seq; 3
+	// pages, 3 LSNs.
+	if n := b.count(`(commit_lsn, seq, object_key) NOT IN (SELECT commit_lsn, seq, object_key FROM walhook.deliveries WHERE webhook = 'co')
+		AND webhook = 'plain'`); n != 0 {
+		t.Errorf("%d rows for plain without the same page LSN and seq for co", n)
+	}
+	var pages int
+	if err := b.db.QueryRow(context.Background(), `SELECT count(DISTINCT commit_lsn) FROM walhook.deliveries WHERE webhook = 'plain'`).Scan(&pages); err != nil || pages != 3 {
+		t.Errorf("plain's rows carry %d page LSNs, want 3 (%v)", pages, err)
 	}
 }
