@@ -534,3 +534,73 @@ http:
 		t.Errorf("plain's rows carry %d page LSNs, want 3 (%v)", pages, err)
 	}
 }
+
+// TestBackfillWaitsForCommittingTransaction: a backfill page does not read a
+// row before a transaction that has written its commit record (and so sorts
+// before the page) becomes visible: the page would carry the row's state
+// from before it, after it.
+func TestBackfillWaitsForCommittingTransaction(t *testing.T) {
+	ctx := context.Background()
+	src, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{
+		"synchronous_standby_names": "'nosuch'", "synchronous_commit": "local"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	srcDSN := src.NewDB(t)
+	b := setup(t, `SELECT 1`, `
+  - table: item`)
+	b.cfg.Database.DSN = srcDSN
+	srcDB, err := pgxpool.New(ctx, srcDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srcDB.Close()
+	release := func() {
+		for _, q := range []string{`ALTER SYSTEM SET synchronous_standby_names = ''`, `SELECT pg_reload_conf()`} {
+			if _, err := srcDB.Exec(ctx, q); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer release()
+	if _, err := srcDB.Exec(ctx, `CREATE TABLE item (id int PRIMARY KEY, v int); INSERT INTO item VALUES (1, 1)`); err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan error, 1)
+	go func() {
+		_, err := srcDB.Exec(ctx, `SET synchronous_commit = on; BEGIN; UPDATE item SET v = 2; COMMIT; SET synchronous_commit = local`)
+		committed <- err
+	}()
+	// The UPDATE's commit record is flushed once it waits for the standby.
+	waitUntil(t, "the update to wait for the standby", func() bool {
+		var n int
+		_ = srcDB.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'`).Scan(&n)
+		return n == 1
+	})
+	done := make(chan error, 1)
+	go func() {
+		_, err := Backfill(ctx, BackfillOptions{Config: b.cfg, Source: srcDB, Outbox: b.db, Logger: zerolog.New(zerolog.NewTestWriter(t)), Model: "item"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Errorf("backfill finished (%v) while a transaction before its page was not visible", err)
+	case <-time.After(time.Second):
+	}
+	release()
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("backfill did not finish")
+	}
+	if got := dataOf(t, b.deliveries("webhook = 'a'")[0].Raw); got != `{"id":1,"v":2}` {
+		t.Errorf("backfilled %s, want the committed state v=2", got)
+	}
+}
