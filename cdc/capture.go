@@ -71,7 +71,9 @@ type Capture struct {
 	stall atomic.Pointer[string]
 	// lookupErrors counts failed lookup queries that were retried.
 	lookupErrors atomic.Int64
-	types        *typeCache
+	// gaps counts starts after a gap (identity.go).
+	gaps  atomic.Int64
+	types *typeCache
 
 	// confirmed is the last LSN reported to the server; received the end
 	// LSN of the last source transaction received; both for status.
@@ -237,7 +239,10 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if changed {
 		c.log.Info().Str("publication", c.cfg.Database.Publication).Bool("created", !pubExisted).Msg("publication set to the configured tables")
 	}
-	ckpt, err := readCheckpoint(ctx, c.outbox, c.cfg.Database.Schema, c.cfg.Database.Slot)
+	if err := c.claimOwnWebhooks(ctx); err != nil {
+		return err
+	}
+	ckpt, err := readCheckpointState(ctx, c.outbox, c.cfg.Database.Schema, c.cfg.Database.Slot)
 	if err != nil {
 		return err
 	}
@@ -245,18 +250,10 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case res.created && (ckpt != 0 || res.recreated != ""):
-		why := res.recreated
-		if why == "" {
-			why = "it was missing (dropped by someone else?)"
-		}
-		c.log.Error().Str("slot", c.cfg.Database.Slot).Str("checkpoint", ckpt.String()).
-			Msgf("replication slot %s was created again because %s: changes committed after LSN %s until now were NOT captured; use walhook backfill to resend current rows", c.cfg.Database.Slot, why, ckpt)
-	case res.created:
+	if res.created && !ckpt.exists && res.recreated == "" {
 		c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("replication slot created")
 	}
-	return nil
+	return c.reconcileCheckpoint(ctx, conn, ckpt, res.created, res.recreated)
 }
 
 // Run streams until ctx ends, reconnecting with backoff when PostgreSQL goes

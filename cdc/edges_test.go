@@ -604,3 +604,96 @@ func TestBackfillWaitsForCommittingTransaction(t *testing.T) {
 		t.Errorf("backfilled %s, want the committed state v=2", got)
 	}
 }
+
+// TestSlotCreatedAgainBehindCheckpoint: when the slot is created again (a
+// failover, a restore) at a position before the stored checkpoint, capture
+// starts at the slot's position, reports the gap, and loses none of the
+// changes the new slot carries.
+func TestSlotCreatedAgainBehindCheckpoint(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
+  - table: s`)
+	b.start()
+	b.exec(`INSERT INTO s VALUES (1)`)
+	b.waitRows(2)
+	b.stop()
+	// The checkpoint of an old primary that was ahead of the new one.
+	b.exec(`UPDATE walhook.checkpoints SET lsn = 'FF/0'`)
+	// (the walsender may hold the slot a moment after capture stopped)
+	waitUntil(t, "the slot to be dropped", func() bool {
+		_, err := b.db.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, b.cfg.Database.Slot)
+		return err == nil
+	})
+	lb := b.startLogged()
+	b.exec(`INSERT INTO s VALUES (2)`)
+	b.waitRows(4)
+	if b.cap.Gaps() != 1 || lb.count(`"level":"error"`, "lies ahead of the slot's position", "NOT captured") != 1 {
+		t.Errorf("gaps %d; log:\n%s", b.cap.Gaps(), lb)
+	}
+}
+
+// TestOtherSourceBehindCheckpoint: a checkpoint written for another source
+// server (system identifier) does not make capture skip this one's changes.
+func TestOtherSourceBehindCheckpoint(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
+  - table: s`)
+	b.start()
+	b.exec(`INSERT INTO s VALUES (1)`)
+	b.waitRows(2)
+	b.stop()
+	b.exec(`UPDATE walhook.checkpoints SET lsn = 'FF/0', system_id = '42'`)
+	lb := b.startLogged()
+	b.exec(`INSERT INTO s VALUES (2)`)
+	b.waitRows(4)
+	if b.cap.Gaps() != 1 || lb.count(`"level":"error"`, "another server or timeline", "was 42 timeline") != 1 {
+		t.Errorf("gaps %d; log:\n%s", b.cap.Gaps(), lb)
+	}
+	// The next start finds its own identity: no gap.
+	b.stop()
+	lb = b.startLogged()
+	b.exec(`INSERT INTO s VALUES (3)`)
+	b.waitRows(6)
+	if b.cap.Gaps() != 0 || lb.count(`"level":"error"`) != 0 {
+		t.Errorf("second start: gaps %d; log:\n%s", b.cap.Gaps(), lb)
+	}
+}
+
+// TestSharedWebhookNameAcrossCapturesRefused: a second capture (its own slot
+// and publication) into the same outbox may not use a webhook name the first
+// one writes.
+func TestSharedWebhookNameAcrossCapturesRefused(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY)`, `
+  - table: s`)
+	b.start()
+	other := func(hooks string) error {
+		cfg, err := config.Parse("other.yaml", fmt.Appendf(nil, `
+database:
+  dsn: %s
+  slot: %s_2
+  publication: other
+models:
+  - table: u
+webhooks:
+%s
+http:
+  listen: ""`, b.dsn, b.cfg.Database.Slot, hooks), os.LookupEnv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := New(Options{Config: cfg, Source: b.source, Outbox: b.db, Logger: zerolog.Nop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_, _ = b.db.Exec(context.Background(), "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", cfg.Database.Slot)
+		})
+		return c.Prepare(context.Background())
+	}
+	err := other("  - name: a\n    url: http://127.0.0.1:1/a2\n  - name: c\n    url: http://127.0.0.1:1/c")
+	if !IsFatal(err) || !strings.Contains(err.Error(), `webhook "a" is already captured into this outbox by slot `+b.cfg.Database.Slot) ||
+		!strings.Contains(err.Error(), "DELETE FROM") {
+		t.Fatalf("second capture with webhook a: %v", err)
+	}
+	if err := other("  - name: c\n    url: http://127.0.0.1:1/c"); err != nil {
+		t.Fatalf("second capture with its own webhook: %v", err)
+	}
+}
