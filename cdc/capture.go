@@ -232,7 +232,7 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", c.cfg.Database.Publication).Scan(&pubExisted); err != nil {
 		return fmt.Errorf("read publication: %w", err)
 	}
-	changed, err := ensurePublication(ctx, conn, c.cfg)
+	changed, err := ensurePublication(ctx, conn, c.cfg, func(msg string) { c.log.Warn().Str("publication", c.cfg.Database.Publication).Msg(msg) })
 	if err != nil {
 		return err
 	}

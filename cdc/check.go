@@ -483,6 +483,14 @@ func (p *preflight) publication(ctx context.Context) {
 	switch {
 	case p.super || (owned && len(notOwned) == 0):
 		p.ok(name, "differs from the configuration ("+strings.Join(diff, "; ")+"); walhook run updates it")
+	case !owned && len(add) == 0 && len(drop) == 0 && ins && upd && del && (rootOK || !p.partitioned()):
+		// Made for an older walhook: capture works, TRUNCATE goes unseen.
+		fixAs := fmt.Sprintf("-- as role %s or a superuser:\n%s", owner, strings.Join(fix, "\n"))
+		if trunc {
+			p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (publish_via_partition_root is off, and no partitioned table is captured)", len(want)))
+		} else {
+			p.warn(name, fmt.Sprintf("does not publish truncate and is owned by role %s, which role %s may not alter: a TRUNCATE of a captured table goes unseen (walhook cannot log it)", owner, p.user), fixAs)
+		}
 	case !owned:
 		p.fail(name, fmt.Sprintf("differs from the configuration (%s) and is owned by role %s: role %s may not alter it", strings.Join(diff, "; "), owner, p.user),
 			fmt.Sprintf("-- as role %s or a superuser:\n%s\n-- or hand it over: ALTER PUBLICATION %s OWNER TO %s;", owner, strings.Join(fix, "\n"), ident(pub), ident(p.user)))
@@ -490,6 +498,16 @@ func (p *preflight) publication(ctx context.Context) {
 		p.fail(name, fmt.Sprintf("differs from the configuration (%s), and role %s may not add %s to it: it does not own them", strings.Join(diff, "; "), p.user, strings.Join(notOwned, ", ")),
 			"-- as the tables' owner or a superuser:\n"+strings.Join(fix, "\n"))
 	}
+}
+
+// partitioned reports whether a configured table is a partitioned table.
+func (p *preflight) partitioned() bool {
+	for _, t := range p.byTable {
+		if t != nil && t.kind == "p" {
+			return true
+		}
+	}
+	return false
 }
 
 func publishList(ins, upd, del, trunc bool) string {

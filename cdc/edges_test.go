@@ -697,3 +697,26 @@ http:
 		t.Fatalf("second capture with its own webhook: %v", err)
 	}
 }
+
+// TestOldPublicationOfAnotherOwnerStillWorks: a publication a DBA made for
+// an older walhook (no truncate) that walhook's role may not alter is used
+// with a warning, not refused, and check says what it costs.
+func TestOldPublicationOfAnotherOwnerStillWorks(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE PUBLICATION walhook FOR TABLE s WITH (publish = 'insert, update, delete')`, `
+  - table: s`)
+	role := b.role("REPLICATION")
+	b.exec("GRANT SELECT ON s TO " + role)
+	pool := poolAs(t, b.dsn, role)
+	lb := &logBuf{}
+	c, err := New(Options{Config: b.cfg, Source: pool, Outbox: b.db, Logger: zerolog.New(lb)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Prepare(context.Background()); err != nil {
+		t.Fatalf("Prepare: %v", err)
+	}
+	if lb.count(`"level":"warn"`, "does not publish truncate", "ALTER PUBLICATION") != 1 {
+		t.Errorf("log:\n%s", lb)
+	}
+	wantCheck(t, Preflight(context.Background(), b.cfg, pool, b.db), "publication walhook", Warn, "TRUNCATE of a captured table goes unseen", "ALTER PUBLICATION")
+}

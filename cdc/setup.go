@@ -234,7 +234,8 @@ func serverVersionNum(ctx context.Context, conn queryer) (int, error) {
 
 // ensurePublication creates the publication for exactly the configured
 // tables, or alters it to match. It must run before the slot is created.
-func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (changed bool, err error) {
+// warn is told about a difference walhook may not fix but can live with.
+func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, warn func(string)) (changed bool, err error) {
 	pub := cfg.Database.Publication
 	var tables []string
 	for _, m := range cfg.Models {
@@ -295,12 +296,27 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (c
 	// lists a partitioned table's partitions instead of the table.
 	if !ins || !upd || !del || !trunc || (num >= viaRootVersion && !viaRoot) {
 		if !mayAlter {
-			return false, notOwner("is not WITH (" + with + ")")
+			// A publication made by a DBA for an older walhook lacks
+			// truncate (and via-root): capture still works, but TRUNCATE
+			// goes unseen. Refuse only what loses changes.
+			partitioned := false
+			if !viaRoot && num >= viaRootVersion {
+				if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = ANY ($1::text[]::regclass[]) AND relkind = 'p')", tables).Scan(&partitioned); err != nil {
+					return false, fmt.Errorf("read publication %s tables: %w", pub, err)
+				}
+			}
+			if !ins || !upd || !del || partitioned {
+				return false, notOwner("is not WITH (" + with + ")")
+			}
+			if !trunc {
+				warn(fmt.Sprintf("publication %s does not publish truncate, and role %s may not change it: a TRUNCATE of a captured table goes unseen (walhook cannot log it); as %s or a superuser run ALTER PUBLICATION %s SET (%s);", pub, me, owner, qpub, with))
+			}
+		} else {
+			if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+qpub+" SET ("+with+")"); err != nil {
+				return false, fmt.Errorf("update publication %s options: %w", pub, permissionHint(err))
+			}
+			changed = true
 		}
-		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+qpub+" SET ("+with+")"); err != nil {
-			return false, fmt.Errorf("update publication %s options: %w", pub, permissionHint(err))
-		}
-		changed = true
 		if rows, err = conn.Query(ctx, "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1", pub); err == nil {
 			have, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		}
