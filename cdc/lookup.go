@@ -693,6 +693,9 @@ func (s *stream) runLookups(ctx context.Context, jobs []lookupJob) error {
 			ev = ev.Dur("statement_timeout", lookupTimeout)
 		}
 		ev.Msg("lookup failed: capture holds the changes and retries (set on_lookup_error: omit on the model to send them without the field instead)")
+		if err := s.keepAlive(ctx); err != nil {
+			return err
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -1159,6 +1162,17 @@ func pgMessage(err error) string {
 	return msg
 }
 
+// keepAlive sends the server a status update when one is due, so that a
+// long wait of the stream (for visibility, or retrying lookups) does not
+// make the walsender drop the connection (wal_sender_timeout). It confirms
+// only what the writer committed: the stream is inside a transaction.
+func (s *stream) keepAlive(ctx context.Context) error {
+	if s.conn == nil || time.Now().Before(s.nextStatus) {
+		return nil
+	}
+	return s.sendStatus(ctx)
+}
+
 // visibleSQL reports whether the transaction with the 32-bit id $1 is
 // visible to a new snapshot. The full 64-bit id is rebuilt from the
 // snapshot's xmax (the nearest id with those low 32 bits); a transaction
@@ -1205,6 +1219,9 @@ func (s *stream) waitVisible(ctx context.Context, xid uint32) error {
 			s.c.setStall(msg)
 			s.log.Warn().Uint32("xid", xid).Dur("waited", now.Sub(start)).Msg(msg)
 			nextWarn = now.Add(30 * time.Second)
+		}
+		if err := s.keepAlive(ctx); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
