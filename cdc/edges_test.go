@@ -619,8 +619,10 @@ func TestSlotCreatedAgainBehindCheckpoint(t *testing.T) {
 	b.exec(`INSERT INTO s VALUES (1)`)
 	b.waitRows(2)
 	b.stop()
-	// The checkpoint of an old primary that was ahead of the new one.
+	// The checkpoint of an old primary that was ahead of the new one, and
+	// its deliveries.
 	b.exec(`UPDATE walhook.checkpoints SET lsn = 'FF/0'`)
+	b.exec(`UPDATE walhook.deliveries SET commit_lsn = 'FE/0'`)
 	// (the walsender may hold the slot a moment after capture stopped)
 	waitUntil(t, "the slot to be dropped", func() bool {
 		_, err := b.db.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, b.cfg.Database.Slot)
@@ -629,7 +631,8 @@ func TestSlotCreatedAgainBehindCheckpoint(t *testing.T) {
 	lb := b.startLogged()
 	b.exec(`INSERT INTO s VALUES (2)`)
 	b.waitRows(4)
-	if b.cap.Gaps() != 1 || lb.count(`"level":"error"`, "lies ahead of the slot's position", "NOT captured") != 1 {
+	if b.cap.Gaps() != 1 || lb.count(`"level":"error"`, "lies ahead of the slot's position", "NOT captured") != 1 ||
+		lb.count(`"level":"error"`, "holds 2 deliveries of the old history") != 1 {
 		t.Errorf("gaps %d; log:\n%s", b.cap.Gaps(), lb)
 	}
 }

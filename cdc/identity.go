@@ -228,6 +228,7 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st chec
 		ev := c.log.Error().Str("slot", slot).Str("checkpoint", st.lsn.String()).Str("slot_position", pos.String())
 		if st.lsn > pos {
 			reset = true
+			c.warnAmbiguous(ctx, pos, st.lsn)
 			ev.Msgf("%s: the stored checkpoint %s lies ahead of the slot's position %s, so capture starts at the slot's position instead of skipping what lies between; changes the old source committed after checkpoint %s that are not in this source's WAL after %s were NOT captured: use walhook backfill to resend current rows", what, st.lsn, pos, st.lsn, pos)
 		} else {
 			ev.Msgf("%s: changes committed after LSN %s until %s were NOT captured: use walhook backfill to resend current rows", what, st.lsn, pos)
@@ -254,3 +255,20 @@ type GapObserver interface {
 // Gaps is how many times this Capture started after a gap in the changes it
 // could capture (a slot created again, another source server or timeline).
 func (c *Capture) Gaps() int64 { return c.gaps.Load() }
+
+// warnAmbiguous says how many deliveries of the old history lie in the
+// commit-LSN range the new slot will number its own changes in: a new change
+// with exactly the same (webhook, commit LSN, seq) as one of them would be
+// taken for a replay and not enqueued.
+func (c *Capture) warnAmbiguous(ctx context.Context, from, to pglogrepl.LSN) {
+	var n int64
+	err := c.outbox.QueryRow(ctx, "SELECT count(*) FROM "+migrations.Table(c.cfg.Database.Schema, "deliveries")+
+		" WHERE commit_lsn > $1::text::pg_lsn AND commit_lsn <= $2::text::pg_lsn AND seq >= 0 AND webhook = ANY ($3::text[])",
+		from.String(), to.String(), c.capturedWebhooks()).Scan(&n)
+	if err != nil || n == 0 {
+		return
+	}
+	c.log.Error().Int64("deliveries", n).Str("from", from.String()).Str("to", to.String()).
+		Msgf("the outbox holds %d deliveries of the old history with commit LSNs between %s and %s, where this source numbers its own changes: a new change at exactly the same commit LSN and position as one of them would be taken for a replay and NOT enqueued (compare the source with a backfill if that matters)",
+			n, from, to)
+}
