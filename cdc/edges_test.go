@@ -726,3 +726,35 @@ func TestOldPublicationOfAnotherOwnerStillWorks(t *testing.T) {
 	}
 	wantCheck(t, Preflight(context.Background(), b.cfg, pool, b.db), "publication walhook", Warn, "TRUNCATE of a captured table goes unseen", "ALTER PUBLICATION")
 }
+
+// TestReplicaIdentityIndexKeyCoalesced: with REPLICA IDENTITY USING INDEX,
+// deleting several rows in one transaction gives a coalesce: transaction
+// webhook one deleted event per row (they are distinct objects).
+func TestReplicaIdentityIndexKeyCoalesced(t *testing.T) {
+	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, slug text NOT NULL);
+		CREATE UNIQUE INDEX site_slug ON site (slug); ALTER TABLE site REPLICA IDENTITY USING INDEX site_slug`, `
+  - table: site`)
+	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, `
+database:
+  dsn: %s
+  slot: %s
+models:
+  - table: site
+webhooks:
+  - name: co
+    url: http://127.0.0.1:1/c
+    coalesce: transaction
+http:
+  listen: ""`, b.dsn, b.cfg.Database.Slot), os.LookupEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.cfg = cfg
+	b.start()
+	b.exec(`INSERT INTO site VALUES (1, 'ams'), (2, 'fra'), (3, 'lon')`)
+	b.exec(`DELETE FROM site`)
+	b.waitRows(6)
+	if n := b.count("event = 'deleted' AND object_key <> ''"); n != 3 {
+		t.Errorf("%d deleted events with a key, want 3", n)
+	}
+}
