@@ -758,3 +758,33 @@ http:
 		t.Errorf("%d deleted events with a key, want 3", n)
 	}
 }
+
+// TestCoalescedUpdateCarriesUnchangedToast: a coalesce: transaction webhook's
+// updated event carries an unchanged TOAST value read back like any other.
+func TestCoalescedUpdateCarriesUnchangedToast(t *testing.T) {
+	b := setup(t, `CREATE TABLE doc (id int PRIMARY KEY, title text, body text); INSERT INTO doc VALUES (1, 't', 'z' || `+bigTextSQL+`)`, `
+  - table: doc`)
+	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, `
+database:
+  dsn: %s
+  slot: %s
+models:
+  - table: doc
+webhooks:
+  - name: co
+    url: http://127.0.0.1:1/c
+    coalesce: transaction
+http:
+  listen: ""`, b.dsn, b.cfg.Database.Slot), os.LookupEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.cfg = cfg
+	b.start()
+	b.exec(`BEGIN; UPDATE doc SET title = 't2'; UPDATE doc SET title = 't3'; COMMIT`)
+	b.waitRows(1)
+	d := data(b.deliveries("true")[0])
+	if body, _ := d["body"].(string); d["title"] != "t3" || !strings.HasPrefix(body, "zc4ca4238") {
+		t.Errorf("coalesced update: title %v, body %.12q...", d["title"], body)
+	}
+}
