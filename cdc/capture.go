@@ -71,9 +71,13 @@ type Capture struct {
 	stall atomic.Pointer[string]
 	// lookupErrors counts failed lookup queries that were retried.
 	lookupErrors atomic.Int64
-	// gaps counts starts after a gap (identity.go).
-	gaps  atomic.Int64
-	types *typeCache
+	// gaps counts starts after a gap; window is the LSN range where new
+	// changes may collide with the old history, collided counts those
+	// (identity.go).
+	gaps     atomic.Int64
+	window   atomic.Pointer[gapWindow]
+	collided atomic.Int64
+	types    *typeCache
 
 	// confirmed is the last LSN reported to the server; received the end
 	// LSN of the last source transaction received; both for status.
@@ -359,6 +363,7 @@ func (c *Capture) session(ctx context.Context) error {
 
 	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
 	w.flushed.Store(uint64(startLSN))
+	w.window, w.collided = &c.window, &c.collided
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWriter()
 	ch := make(chan batch, 16)

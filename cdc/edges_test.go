@@ -788,3 +788,34 @@ http:
 		t.Errorf("coalesced update: title %v, body %.12q...", d["title"], body)
 	}
 }
+
+// TestCollisionWithOldHistoryIsLoud: after a gap, a change whose (webhook,
+// commit LSN, seq) a delivery of the old history already holds cannot be
+// enqueued; it is reported at error level and counted, never skipped
+// silently as a replay.
+func TestCollisionWithOldHistoryIsLoud(t *testing.T) {
+	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
+  - table: s`)
+	b.exec(`INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, created_at)
+		VALUES ('a', 'created', 's', '1', '0/5000000', 0, now(), '{}', now() - interval '1 hour')`)
+	var window atomic.Pointer[gapWindow]
+	window.Store(&gapWindow{from: 0x4000000, to: 0x6000000, before: time.Now()})
+	var collided, rows atomic.Int64
+	var safe atomic.Bool
+	lb := &logBuf{}
+	w := newWriter(b.db, "walhook", b.cfg.Database.Slot, 2000, 20*time.Millisecond, &rows, &safe, nil, zerolog.New(lb))
+	w.window, w.collided = &window, &collided
+	ch := make(chan batch, 1)
+	at := time.Now()
+	ch <- batch{rows: []outRow{
+		{webhook: "a", event: "created", model: "s", key: "9", commitLSN: 0x5000000, seq: 0, committedAt: at, body: "{}"},
+		{webhook: "a", event: "created", model: "s", key: "10", commitLSN: 0x5000000, seq: 1, committedAt: at, body: "{}"},
+	}, commit: true, endLSN: 0x5000100}
+	close(ch)
+	if err := w.run(context.Background(), ch); err != nil {
+		t.Fatal(err)
+	}
+	if collided.Load() != 1 || b.count("object_key = '10'") != 1 || lb.count(`"level":"error"`, "NOT enqueued", `"key":"9"`) != 1 {
+		t.Errorf("collided %d; log:\n%s", collided.Load(), lb)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -229,6 +230,7 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st chec
 		if st.lsn > pos {
 			reset = true
 			c.warnAmbiguous(ctx, pos, st.lsn)
+			c.window.Store(&gapWindow{from: pos, to: st.lsn, before: time.Now()})
 			ev.Msgf("%s: the stored checkpoint %s lies ahead of the slot's position %s, so capture starts at the slot's position instead of skipping what lies between; changes the old source committed after checkpoint %s that are not in this source's WAL after %s were NOT captured: use walhook backfill to resend current rows", what, st.lsn, pos, st.lsn, pos)
 		} else {
 			ev.Msgf("%s: changes committed after LSN %s until %s were NOT captured: use walhook backfill to resend current rows", what, st.lsn, pos)
@@ -272,3 +274,46 @@ func (c *Capture) warnAmbiguous(ctx context.Context, from, to pglogrepl.LSN) {
 		Msgf("the outbox holds %d deliveries of the old history with commit LSNs between %s and %s, where this source numbers its own changes: a new change at exactly the same commit LSN and position as one of them would be taken for a replay and NOT enqueued (compare the source with a backfill if that matters)",
 			n, from, to)
 }
+
+// gapWindow is the commit-LSN range (from, to] where, after a gap, the new
+// source's changes may meet deliveries of the old history written before
+// "before" with the same (webhook, commit_lsn, seq): the insert then skips
+// them as a replay. The writer checks the rows it writes in the window and
+// reports such collisions loudly (they are not enqueued).
+type gapWindow struct {
+	from, to pglogrepl.LSN
+	before   time.Time
+}
+
+func (g *gapWindow) holds(l pglogrepl.LSN) bool { return g != nil && l > g.from && l <= g.to }
+
+// collisions counts the rows of keys that were not enqueued because a
+// delivery of the old history (created before g.before) holds their
+// (webhook, commit_lsn, seq).
+func collisions(ctx context.Context, pool *pgxpool.Pool, schema string, g *gapWindow, keys []outRow) ([]outRow, error) {
+	n := len(keys)
+	webhooks, lsns, seqs := make([]string, n), make([]string, n), make([]int32, n)
+	for i, r := range keys {
+		webhooks[i], lsns[i], seqs[i] = r.webhook, r.commitLSN.String(), r.seq
+	}
+	rows, err := pool.Query(ctx, "SELECT u.n FROM unnest($1::text[], $2::text[]::pg_lsn[], $3::int4[]) WITH ORDINALITY AS u(w, l, s, n) JOIN "+
+		migrations.Table(schema, "deliveries")+" d ON d.webhook = u.w AND d.commit_lsn = u.l AND d.seq = u.s WHERE d.created_at < $4",
+		webhooks, lsns, seqs, g.before)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: check collisions with the old history: %w", err)
+	}
+	idx, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("outbox: check collisions with the old history: %w", err)
+	}
+	out := make([]outRow, 0, len(idx))
+	for _, i := range idx {
+		out = append(out, keys[i-1])
+	}
+	return out, nil
+}
+
+// Collisions is how many delivery rows were not enqueued because a delivery
+// of an older history (before a gap) holds the same (webhook, commit_lsn,
+// seq).
+func (c *Capture) Collisions() int64 { return c.collided.Load() }
