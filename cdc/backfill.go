@@ -244,16 +244,27 @@ func (bf *backfill) prepare(ctx context.Context) error {
 		return err
 	}
 	bf.s, bf.rel = s, s.rels[relOID]
-	// Only the chosen webhooks.
+	// Only the chosen webhooks, each row its own event: a backfilled row is
+	// one object's current state, so a webhook with coalesce: transaction
+	// gets it like any other (never parked in the coalescer, where it would
+	// wait for a commit that never comes, and be stamped with a later page's
+	// LSN).
 	hs := &bf.rel.hooks[eventIndex(o.Event)]
+	co := &bf.rel.coal[eventIndex(o.Event)]
 	var names []string
 	var specs []*hookSpec
-	for i, n := range hs.names {
-		if contains(bf.hooks, n) {
-			names, specs = append(names, n), append(specs, hs.specs[i])
+	for _, set := range []*hookSet{hs, co} {
+		for i, n := range set.names {
+			if contains(bf.hooks, n) {
+				names, specs = append(names, n), append(specs, set.specs[i])
+			}
 		}
 	}
-	hs.names, hs.specs = names, specs
+	*hs = hookSet{}
+	for i, n := range names {
+		hs.add(n, specs[i])
+	}
+	bf.rel.coal, bf.rel.coalesce = [3]hookSet{}, false
 	// Page queries.
 	var sel []string
 	for _, col := range msg.Columns {
@@ -431,6 +442,15 @@ func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
 	}
 }
 
+// backfillRunningSQL lists the ids of the transactions that may be running
+// or committing now: the snapshot's xip list, and every id from its xmax up
+// to one assigned by this statement (which ends at once).
+const backfillRunningSQL = `SELECT coalesce(array_agg(x::text), '{}') FROM (
+		SELECT x FROM pg_snapshot_xip((SELECT pg_current_snapshot())) x
+		UNION ALL
+		SELECT (xmax + g)::text::xid8 FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax,
+			pg_current_xact_id()::text::bigint AS mine) q, generate_series(0, mine - xmax - 1) g) r`
+
 // page reads, renders and enqueues one page; it returns the rows read and
 // the delivery rows left out for a newer live change.
 func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error) {
@@ -446,14 +466,17 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 		return 0, 0, err
 	}
 	// 2. Wait for the transactions running now (some may have written their
-	//    commit record before L without being visible yet).
+	//    commit record before L without being visible yet) to be visible or
+	//    gone: those in the snapshot's xip list, and those at or above its
+	//    xmax (a committing transaction holding the newest ids is not in
+	//    the list), up to an id assigned now.
 	var xip []string
-	if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x").Scan(&xip); err != nil {
+	if err := conn.QueryRow(ctx, backfillRunningSQL).Scan(&xip); err != nil {
 		return 0, 0, fmt.Errorf("source database: read running transactions: %w", err)
 	}
 	waitStart, warned := time.Now(), false
 	for len(xip) > 0 {
-		if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(x::text), '{}') FROM unnest($1::text[]) x WHERE pg_xact_status(x::xid8) = 'in progress'", xip).Scan(&xip); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(x::text), '{}') FROM unnest($1::text[]) x WHERE NOT pg_visible_in_snapshot(x::xid8, pg_current_snapshot())", xip).Scan(&xip); err != nil {
 			return 0, 0, fmt.Errorf("source database: check running transactions: %w", err)
 		}
 		if len(xip) == 0 {

@@ -101,6 +101,7 @@ type preflight struct {
 	user, db      string
 	super, repl   bool
 	canCreateInDB bool
+	versionNum    int                        // server_version_num
 	byTable       map[string]*preflightTable // by qualified table; nil entry: missing
 	slotExists    bool
 	pubMissing    bool // the publication does not exist
@@ -126,6 +127,7 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 func (p *preflight) server(ctx context.Context) bool {
 	var version, level string
 	var versionNum int
+	defer func() { p.versionNum = versionNum }()
 	err := p.conn.QueryRow(ctx, `
 		SELECT current_setting('server_version'), current_setting('server_version_num')::int,
 		       current_setting('wal_level'), current_user, current_database(),
@@ -308,7 +310,7 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 				full+"  -- as the owner (or add a primary key)")
 			good = false
 		case ti.identity == "i":
-			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\"", full+"  -- optional: whole rows on delete")
+			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\", and unless the index holds the primary key, object_key (the per-object order) is built from the index's columns: a change of them starts a new object", full+"  -- optional: whole rows on delete, keyed by the primary key")
 		default:
 			pk, _ := primaryKey(ctx, p.conn, ti.oid)
 			p.warn(name, fmt.Sprintf("DEFAULT: deleted rows carry only the primary key (%s) in \"data\"", strings.Join(pk, ", ")),
@@ -386,13 +388,15 @@ func (p *preflight) publication(ctx context.Context) {
 		wantQuoted = append(wantQuoted, ident(m.Schema, m.Name))
 	}
 	list := strings.Join(wantQuoted, ", ")
-	create := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert, update, delete');", ident(pub), list)
+	with := publicationWith(p.versionNum)
+	create := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", ident(pub), list, with)
 
 	var owner string
-	var owned, all, ins, upd, del, trunc bool
+	var owned, all, ins, upd, del, trunc, viaRoot bool
 	err := p.conn.QueryRow(ctx, `SELECT pg_get_userbyid(pubowner)::text, pg_has_role(pubowner, 'USAGE'), puballtables,
-		pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1`, pub).
-		Scan(&owner, &owned, &all, &ins, &upd, &del, &trunc)
+		pubinsert, pubupdate, pubdelete, pubtruncate, coalesce((to_jsonb(p) ->> 'pubviaroot')::bool, false)
+		FROM pg_publication p WHERE pubname = $1`, pub).
+		Scan(&owner, &owned, &all, &ins, &upd, &del, &trunc, &viaRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		p.pubMissing = true
 		var notOwned []string
@@ -444,9 +448,10 @@ func (p *preflight) publication(ctx context.Context) {
 			drop = append(drop, t)
 		}
 	}
-	optsOK := ins && upd && del && !trunc
+	rootOK := viaRoot || p.versionNum < viaRootVersion
+	optsOK := ins && upd && del && trunc && rootOK
 	if len(add) == 0 && len(drop) == 0 && optsOK {
-		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (insert, update, delete)", len(want)))
+		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (%s)", len(want), publishOps))
 		return
 	}
 	var diff []string
@@ -456,15 +461,18 @@ func (p *preflight) publication(ctx context.Context) {
 	if len(drop) > 0 {
 		diff = append(diff, "also publishes "+strings.Join(drop, ", "))
 	}
-	if !optsOK {
-		diff = append(diff, fmt.Sprintf("publishes %s instead of insert, update, delete", publishList(ins, upd, del, trunc)))
+	if !(ins && upd && del && trunc) {
+		diff = append(diff, fmt.Sprintf("publishes %s instead of %s", publishList(ins, upd, del, trunc), publishOps))
+	}
+	if !rootOK {
+		diff = append(diff, "publish_via_partition_root is off (a partitioned table's changes would arrive under its partitions' names)")
 	}
 	var fix []string
 	if len(add) > 0 || len(drop) > 0 {
 		fix = append(fix, fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s;", ident(pub), list))
 	}
 	if !optsOK {
-		fix = append(fix, fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete');", ident(pub)))
+		fix = append(fix, fmt.Sprintf("ALTER PUBLICATION %s SET (%s);", ident(pub), with))
 	}
 	var notOwned []string
 	for _, t := range add {
@@ -475,6 +483,14 @@ func (p *preflight) publication(ctx context.Context) {
 	switch {
 	case p.super || (owned && len(notOwned) == 0):
 		p.ok(name, "differs from the configuration ("+strings.Join(diff, "; ")+"); walhook run updates it")
+	case !owned && len(add) == 0 && len(drop) == 0 && ins && upd && del && (rootOK || !p.partitioned()):
+		// Made for an older walhook: capture works, TRUNCATE goes unseen.
+		fixAs := fmt.Sprintf("-- as role %s or a superuser:\n%s", owner, strings.Join(fix, "\n"))
+		if trunc {
+			p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (publish_via_partition_root is off, and no partitioned table is captured)", len(want)))
+		} else {
+			p.warn(name, fmt.Sprintf("does not publish truncate and is owned by role %s, which role %s may not alter: a TRUNCATE of a captured table goes unseen (walhook cannot log it)", owner, p.user), fixAs)
+		}
 	case !owned:
 		p.fail(name, fmt.Sprintf("differs from the configuration (%s) and is owned by role %s: role %s may not alter it", strings.Join(diff, "; "), owner, p.user),
 			fmt.Sprintf("-- as role %s or a superuser:\n%s\n-- or hand it over: ALTER PUBLICATION %s OWNER TO %s;", owner, strings.Join(fix, "\n"), ident(pub), ident(p.user)))
@@ -482,6 +498,16 @@ func (p *preflight) publication(ctx context.Context) {
 		p.fail(name, fmt.Sprintf("differs from the configuration (%s), and role %s may not add %s to it: it does not own them", strings.Join(diff, "; "), p.user, strings.Join(notOwned, ", ")),
 			"-- as the tables' owner or a superuser:\n"+strings.Join(fix, "\n"))
 	}
+}
+
+// partitioned reports whether a configured table is a partitioned table.
+func (p *preflight) partitioned() bool {
+	for _, t := range p.byTable {
+		if t != nil && t.kind == "p" {
+			return true
+		}
+	}
+	return false
 }
 
 func publishList(ins, upd, del, trunc bool) string {

@@ -43,6 +43,7 @@ type batch struct {
 // transaction whose rows are committed: the only LSN safe to confirm.
 type writer struct {
 	pool       *pgxpool.Pool
+	schema     string
 	slot       string
 	insertSQL  string
 	table      pgx.Identifier
@@ -57,6 +58,13 @@ type writer struct {
 	rows     *atomic.Int64 // rows enqueued (committed), shared with Capture
 	observer Observer
 	counts   map[modelEvent]int // rows per model and event in the open transaction
+
+	// window, when set, is the commit-LSN range where rows may collide with
+	// an older history (identity.go); inWindow collects the rows of the
+	// open transaction in it, collided counts the rows that did.
+	window   *atomic.Pointer[gapWindow]
+	inWindow []outRow
+	collided *atomic.Int64
 }
 
 // Observer is told about committed outbox rows (for metrics). Counts are
@@ -74,7 +82,7 @@ const chunkRows = 500
 func newWriter(pool *pgxpool.Pool, schema, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, safe *atomic.Bool, obs Observer, log zerolog.Logger) *writer {
 	d := migrations.Table(schema, "deliveries")
 	return &writer{
-		pool: pool, slot: slot, groupRows: groupRows, groupDelay: groupDelay, rows: rows, safe: safe, log: log,
+		pool: pool, schema: schema, slot: slot, groupRows: groupRows, groupDelay: groupDelay, rows: rows, safe: safe, log: log,
 		observer: obs, counts: map[modelEvent]int{},
 		channel: migrations.Channel(schema),
 		table:   pgx.Identifier{schema, "deliveries"},
@@ -136,6 +144,15 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 	}()
 	count := func(rows []outRow) {
+		if w.window != nil {
+			if g := w.window.Load(); g != nil {
+				for _, r := range rows {
+					if g.holds(r.commitLSN) {
+						w.inWindow = append(w.inWindow, r)
+					}
+				}
+			}
+		}
 		if w.observer != nil {
 			for _, r := range rows {
 				w.counts[modelEvent{r.model, r.event}]++
@@ -196,6 +213,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		open = false
 		count(small)
+		if err := w.checkWindow(ctx, lastEnd); err != nil {
+			return err
+		}
 		w.flushed.Store(uint64(lastEnd))
 		w.rows.Add(inserted)
 		if w.observer != nil {
@@ -243,6 +263,38 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			}
 		}
 	}
+}
+
+// checkWindow reports the rows just committed in the gap window that were
+// not enqueued because the old history holds their key, and closes the
+// window once the committed position passes it.
+func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error {
+	if w.window == nil {
+		return nil
+	}
+	g := w.window.Load()
+	if g == nil {
+		return nil
+	}
+	if len(w.inWindow) > 0 {
+		lost, err := collisions(ctx, w.pool, w.schema, g, w.inWindow)
+		if err != nil {
+			return err
+		}
+		w.inWindow = w.inWindow[:0]
+		if len(lost) > 0 {
+			w.collided.Add(int64(len(lost)))
+			for _, r := range lost {
+				w.log.Error().Str("webhook", r.webhook).Str("model", r.model).Str("key", r.key).Str("event", r.event).
+					Str("commit_lsn", r.commitLSN.String()).Int32("seq", r.seq).
+					Msg("change NOT enqueued: a delivery of the source's old history (before the gap) holds the same webhook, commit LSN and position; resend the object with walhook backfill")
+			}
+		}
+	}
+	if committed > g.to {
+		w.window.CompareAndSwap(g, nil)
+	}
+	return nil
 }
 
 // pgLSNOID is the type OID of pg_lsn.

@@ -47,13 +47,23 @@ type Model struct {
 	IgnoreChanges []string            `yaml:"ignore_changes"`
 	ObjectType    string              `yaml:"object_type"`
 	Snapshot      *Snapshot           `yaml:"snapshot"`
-	Line          int                 `yaml:"-"`
+	// OnLookupError says what capture does when a relation or computed
+	// field lookup fails: LookupErrorRetry (default) holds capture and
+	// retries; LookupErrorOmit sends the change without the field.
+	OnLookupError string `yaml:"on_lookup_error"`
+	Line          int    `yaml:"-"`
 	// ComputedOrder is the names of Computed in the order they are written
 	// in the file: computed fields render in this order.
 	ComputedOrder []string `yaml:"-"`
 	Schema        string   `yaml:"-"` // schema part of Table
 	Name          string   `yaml:"-"` // table part of Table
 }
+
+// The values of Model.OnLookupError.
+const (
+	LookupErrorRetry = "retry"
+	LookupErrorOmit  = "omit"
+)
 
 // QualifiedTable is "schema.table" with the parts unquoted.
 func (m Model) QualifiedTable() string { return m.Schema + "." + m.Name }

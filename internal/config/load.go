@@ -708,6 +708,7 @@ func (p *parser) defaults(c *Config) {
 		m.Line = p.line(fmt.Sprintf("models[%d]", i))
 		m.Schema, m.Name = SplitTable(m.Table)
 		m.Model = or(m.Model, m.Name)
+		m.OnLookupError = or(m.OnLookupError, LookupErrorRetry)
 		path := fmt.Sprintf("models[%d]", i)
 		for key, r := range m.Relations {
 			r.Line = p.line(path + ".relations." + key)
@@ -852,6 +853,9 @@ func (p *parser) validate(c *Config) {
 		}
 		models[m.Model] = true
 		p.validateLookups(m, path)
+		if !contains([]string{LookupErrorRetry, LookupErrorOmit}, m.OnLookupError) {
+			p.at(path+".on_lookup_error", "model %s: on_lookup_error %q must be %s or %s", m.Model, m.OnLookupError, LookupErrorRetry, LookupErrorOmit)
+		}
 	}
 	modelNames := sortedKeys(models)
 	names := map[string]bool{}
