@@ -208,7 +208,7 @@ func TestHostileOutputSettings(t *testing.T) {
 	const schema = `CREATE TABLE region (id int PRIMARY KEY, weight float8, created timestamptz, span interval, raw bytea, price money);
 		CREATE TABLE site (id int PRIMARY KEY, region_id int REFERENCES region, f8 float8, f4 float4, ts timestamptz, tsn timestamp, d date, iv interval, by bytea, m money);
 		INSERT INTO region VALUES (1, 0.30000000000000004, '2024-01-02 03:04:05.5+00', '1 day 02:00:00', '\xdead', 12.5);`
-	const wantData = `{"id":1,"region":{"id":1,"weight":0.30000000000000004,"created":"2024-01-02T03:04:05.5Z","span":"1 day 02:00:00","raw":"3q0=","price":"$12.50"},` +
+	const wantData = `{"id":1,"region":{"id":1,"weight":0.30000000000000004,"created":"2024-01-02T03:04:05.500000Z","span":"1 day 02:00:00","raw":"3q0=","price":"$12.50"},` +
 		`"f8":1.2345678901234567,"f4":0.1,"ts":"2024-01-02T01:04:05.123456Z","tsn":"2024-01-02T03:04:05","d":"2024-01-02","iv":"-1 days -02:03:00","by":"3q2+7w==","m":"$1,234.56"}`
 	for _, tc := range []struct{ setting, value string }{
 		{"extra_float_digits", "0"},
