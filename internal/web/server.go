@@ -26,6 +26,12 @@ import (
 type CaptureStatus interface {
 	Streaming() bool
 	ConfirmedLSN() pglogrepl.LSN
+	// Stall says why capture holds changes back ("" when it does not).
+	Stall() string
+	// LookupErrors counts failed relation and computed-field lookups;
+	// Collisions counts changes taken for replays after a gap.
+	LookupErrors() int64
+	Collisions() int64
 }
 
 // Options configure a Server. Config and Outbox are required.
@@ -263,6 +269,13 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.capture != nil && !s.capture.Streaming() {
 		problems = append(problems, "capture is not streaming from the replication slot")
+	}
+	if s.capture != nil {
+		if why := s.capture.Stall(); why != "" {
+			// The reason may quote a database error: it is in the log
+			// and on the status page, not in this unauthenticated body.
+			problems = append(problems, "capture is holding changes back (a source transaction not yet visible, or a lookup that keeps failing; details in the log)")
+		}
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if len(problems) > 0 {
