@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // Options configure a Capture.
@@ -58,6 +59,7 @@ type Capture struct {
 	cfg    *config.Config
 	source *pgxpool.Pool
 	outbox *pgxpool.Pool
+	store  *outbox.Store // the outbox's statements
 	log    zerolog.Logger
 	opts   Options
 	models map[string]*config.Model
@@ -106,6 +108,7 @@ func New(opts Options) (*Capture, error) {
 	}
 	c := &Capture{
 		cfg: opts.Config, source: opts.Source, outbox: opts.Outbox, opts: opts,
+		store:  outbox.New(opts.Outbox, opts.Config.Database.Schema),
 		log:    opts.Logger.With().Str("component", "capture").Logger(),
 		models: map[string]*config.Model{},
 		byOID:  map[uint32]*config.Model{},
@@ -246,7 +249,7 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err := c.claimOwnWebhooks(ctx); err != nil {
 		return err
 	}
-	ckpt, err := readCheckpointState(ctx, c.outbox, c.cfg.Database.Schema, c.cfg.Database.Slot)
+	ckpt, err := c.store.ReadCheckpointState(ctx, c.cfg.Database.Slot)
 	if err != nil {
 		return err
 	}
@@ -254,7 +257,7 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if res.created && !ckpt.exists && res.recreated == "" {
+	if res.created && !ckpt.Exists && res.recreated == "" {
 		c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("replication slot created")
 	}
 	return c.reconcileCheckpoint(ctx, conn, ckpt, res.created, res.recreated)
@@ -331,7 +334,7 @@ func ReplicationConfig(dsn string) (*pgconn.Config, error) {
 
 func (c *Capture) session(ctx context.Context) error {
 	slot := c.cfg.Database.Slot
-	startLSN, err := readCheckpoint(ctx, c.outbox, c.cfg.Database.Schema, slot)
+	startLSN, err := c.store.CheckpointLSN(ctx, slot)
 	if err != nil {
 		return err
 	}
@@ -361,7 +364,7 @@ func (c *Capture) session(ctx context.Context) error {
 	c.streaming.Store(true)
 	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Msg("streaming changes")
 
-	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
+	w := newWriter(c.outbox, c.store, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
 	w.flushed.Store(uint64(startLSN))
 	w.window, w.collided = &c.window, &c.collided
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))

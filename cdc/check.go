@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/migrations"
 )
 
@@ -615,17 +616,13 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 		return
 	}
 	latest := all[len(all)-1].Version
-	var exists, usage, canCreateSchema, canCreateInDB bool
-	var user, db string
-	err = pool.QueryRow(ctx, `SELECT n.oid IS NOT NULL,
-		coalesce(has_schema_privilege(n.oid, 'USAGE'), false), coalesce(has_schema_privilege(n.oid, 'CREATE'), false),
-		has_database_privilege(current_database(), 'CREATE'), current_user, current_database()
-		FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = $1`, schema).
-		Scan(&exists, &usage, &canCreateSchema, &canCreateInDB, &user, &db)
+	store := outbox.New(pool, schema)
+	acc, err := store.Access(ctx)
 	if err != nil {
 		p.fail(name, "cannot read the outbox database: "+err.Error(), "")
 		return
 	}
+	exists, usage, canCreateSchema, canCreateInDB, user, db := acc.Exists, acc.Usage, acc.CanCreate, acc.CanCreateInDB, acc.User, acc.Database
 	if !exists {
 		if canCreateInDB {
 			p.ok(name, fmt.Sprintf("does not exist yet; walhook run (or walhook migrate) creates it in database %s", db))
@@ -640,18 +637,11 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 			fmt.Sprintf("GRANT USAGE, CREATE ON SCHEMA %s TO %s;\nGRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %s TO %s;  -- as the schema's owner", ident(schema), ident(user), ident(schema), ident(user)))
 		return
 	}
-	var versions *string
-	if err := pool.QueryRow(ctx, "SELECT to_regclass($1)::text", migrations.Table(schema, "schema_migrations")).Scan(&versions); err != nil {
-		p.fail(name, "cannot read the outbox database: "+err.Error(), "")
+	current, err := store.MigrationVersion(ctx)
+	if err != nil {
+		p.fail(name, "cannot read the applied migrations: "+err.Error(),
+			fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s;\nGRANT SELECT ON %s TO %s;", ident(schema), ident(user), store.MigrationsTable(), ident(user)))
 		return
-	}
-	current := 0
-	if versions != nil {
-		if err := pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+migrations.Table(schema, "schema_migrations")).Scan(&current); err != nil {
-			p.fail(name, "cannot read the applied migrations: "+err.Error(),
-				fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s;\nGRANT SELECT ON %s TO %s;", ident(schema), ident(user), migrations.Table(schema, "schema_migrations"), ident(user)))
-			return
-		}
 	}
 	if current < latest && !canCreateSchema {
 		p.fail(name, fmt.Sprintf("exists, at migration %d of %d, and role %s may not create tables in it to apply the rest", current, latest, user),
@@ -667,18 +657,10 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 		return
 	}
 	// Current: can the role use the tables?
-	var missing []string
-	for _, t := range []string{"deliveries", "checkpoints"} {
-		var s, i, u, d bool
-		err := pool.QueryRow(ctx, `SELECT has_table_privilege($1, 'SELECT'), has_table_privilege($1, 'INSERT'),
-			has_table_privilege($1, 'UPDATE'), has_table_privilege($1, 'DELETE')`, migrations.Table(schema, t)).Scan(&s, &i, &u, &d)
-		if err != nil {
-			p.fail(name, fmt.Sprintf("cannot read privileges on %s.%s: %v", schema, t, err), "")
-			return
-		}
-		if !s || !i || !u || !d {
-			missing = append(missing, migrations.Table(schema, t))
-		}
+	missing, err := store.MissingPrivileges(ctx)
+	if err != nil {
+		p.fail(name, err.Error(), "")
+		return
 	}
 	if len(missing) > 0 {
 		p.fail(name, fmt.Sprintf("role %s may not read and write %s", user, strings.Join(missing, ", ")),

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -803,7 +804,7 @@ func TestCollisionWithOldHistoryIsLoud(t *testing.T) {
 	var collided, rows atomic.Int64
 	var safe atomic.Bool
 	lb := &logBuf{}
-	w := newWriter(b.db, "walhook", b.cfg.Database.Slot, 2000, 20*time.Millisecond, &rows, &safe, nil, zerolog.New(lb))
+	w := newWriter(b.db, outbox.New(b.db, "walhook"), b.cfg.Database.Slot, 2000, 20*time.Millisecond, &rows, &safe, nil, zerolog.New(lb))
 	w.window, w.collided = &window, &collided
 	ch := make(chan batch, 1)
 	at := time.Now()

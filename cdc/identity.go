@@ -2,7 +2,6 @@ package cdc
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -10,15 +9,13 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/walhook/walhook/migrations"
+
+	"github.com/walhook/walhook/internal/outbox"
 )
 
-// The outbox SQL of this file (the checkpoint's identity and the webhook
-// owners) is kept in small functions so that it can move with the rest of
-// the outbox SQL.
+// The outbox statements this file runs (the checkpoint's identity, the
+// webhook owners) live in internal/outbox.
 
 // sourceIdentity is the source server as IDENTIFY_SYSTEM describes it.
 type sourceIdentity struct {
@@ -45,70 +42,6 @@ func identifySource(ctx context.Context, dsn string) (sourceIdentity, error) {
 	return sourceIdentity{systemID: res.SystemID, timeline: res.Timeline}, nil
 }
 
-// checkpointState is a slot's checkpoint row with what it belongs to.
-type checkpointState struct {
-	exists   bool
-	lsn      pglogrepl.LSN
-	systemID string // "" when unknown (written by an older walhook)
-	timeline int32
-	slotLSN  pglogrepl.LSN // the slot's consistent point when walhook created it; 0: unknown
-}
-
-// readCheckpointState reads slot's checkpoint row.
-func readCheckpointState(ctx context.Context, pool *pgxpool.Pool, schema, slot string) (checkpointState, error) {
-	var st checkpointState
-	var lsn string
-	var sys, slotLSN *string
-	var tl *int32
-	err := pool.QueryRow(ctx, "SELECT lsn::text, system_id, timeline, slot_lsn::text FROM "+migrations.Table(schema, "checkpoints")+" WHERE slot = $1", slot).
-		Scan(&lsn, &sys, &tl, &slotLSN)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return st, nil
-	}
-	if err != nil {
-		return st, fmt.Errorf("read checkpoint: %w", err)
-	}
-	st.exists = true
-	if st.lsn, err = pglogrepl.ParseLSN(lsn); err != nil {
-		return st, fmt.Errorf("read checkpoint: %w", err)
-	}
-	if sys != nil {
-		st.systemID = *sys
-	}
-	if tl != nil {
-		st.timeline = *tl
-	}
-	if slotLSN != nil {
-		if st.slotLSN, err = pglogrepl.ParseLSN(*slotLSN); err != nil {
-			return st, fmt.Errorf("read checkpoint: %w", err)
-		}
-	}
-	return st, nil
-}
-
-// writeCheckpointState stores what slot's checkpoint belongs to; with reset,
-// it also sets the checkpoint LSN to lsn (even backwards: a new slot's
-// position), otherwise it keeps the stored LSN (lsn when there is none).
-func writeCheckpointState(ctx context.Context, pool *pgxpool.Pool, schema, slot string, lsn pglogrepl.LSN, reset bool, id sourceIdentity, slotLSN pglogrepl.LSN) error {
-	var sl any
-	if slotLSN != 0 {
-		sl = slotLSN.String()
-	}
-	set := "lsn = checkpoints.lsn"
-	if reset {
-		set = "lsn = EXCLUDED.lsn"
-	}
-	_, err := pool.Exec(ctx, "INSERT INTO "+migrations.Table(schema, "checkpoints")+` AS checkpoints (slot, lsn, system_id, timeline, slot_lsn, updated_at)
-		VALUES ($1, $2::text::pg_lsn, $3, $4, $5::text::pg_lsn, now())
-		ON CONFLICT (slot) DO UPDATE SET `+set+`, system_id = EXCLUDED.system_id, timeline = EXCLUDED.timeline,
-			slot_lsn = coalesce(EXCLUDED.slot_lsn, checkpoints.slot_lsn), updated_at = now()`,
-		slot, lsn.String(), id.systemID, id.timeline, sl)
-	if err != nil {
-		return fmt.Errorf("write checkpoint: %w", err)
-	}
-	return nil
-}
-
 // slotPosition returns the slot's confirmed_flush_lsn (its consistent point
 // when it has just been created).
 func slotPosition(ctx context.Context, conn queryer, slot string) (pglogrepl.LSN, error) {
@@ -117,42 +50,6 @@ func slotPosition(ctx context.Context, conn queryer, slot string) (pglogrepl.LSN
 		return 0, fmt.Errorf("read replication slot %s: %w", slot, err)
 	}
 	return pglogrepl.ParseLSN(s)
-}
-
-// claimWebhooks records that slot's capture writes the deliveries of the
-// webhooks names, drops the names it no longer writes, and returns the names
-// another slot already owns, with that slot.
-func claimWebhooks(ctx context.Context, pool *pgxpool.Pool, schema, slot string, names []string) (map[string]string, error) {
-	t := migrations.Table(schema, "webhook_owners")
-	b := &pgx.Batch{}
-	b.Queue("INSERT INTO "+t+" (webhook, slot) SELECT unnest($1::text[]), $2 ON CONFLICT (webhook) DO NOTHING", names, slot)
-	b.Queue("DELETE FROM "+t+" WHERE slot = $2 AND NOT (webhook = ANY ($1::text[]))", names, slot)
-	b.Queue("SELECT webhook, slot FROM "+t+" WHERE webhook = ANY ($1::text[]) AND slot <> $2", names, slot)
-	br := pool.SendBatch(ctx, b)
-	defer br.Close()
-	for i := 0; i < 2; i++ {
-		if _, err := br.Exec(); err != nil {
-			return nil, fmt.Errorf("outbox: claim webhook names: %w", err)
-		}
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return nil, fmt.Errorf("outbox: claim webhook names: %w", err)
-	}
-	taken := map[string]string{}
-	for rows.Next() {
-		var w, s string
-		if err := rows.Scan(&w, &s); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("outbox: claim webhook names: %w", err)
-		}
-		taken[w] = s
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("outbox: claim webhook names: %w", err)
-	}
-	return taken, nil
 }
 
 // capturedWebhooks are the names of the webhooks capture writes rows for.
@@ -174,8 +71,8 @@ func (c *Capture) capturedWebhooks() []string {
 // claimOwnWebhooks refuses a configuration whose webhook names another
 // capture (slot) already writes into this outbox.
 func (c *Capture) claimOwnWebhooks(ctx context.Context) error {
-	slot, schema := c.cfg.Database.Slot, c.cfg.Database.Schema
-	taken, err := claimWebhooks(ctx, c.outbox, schema, slot, c.capturedWebhooks())
+	slot := c.cfg.Database.Slot
+	taken, err := c.store.ClaimWebhooks(ctx, slot, c.capturedWebhooks())
 	if err != nil || len(taken) == 0 {
 		return err
 	}
@@ -184,7 +81,7 @@ func (c *Capture) claimOwnWebhooks(ctx context.Context) error {
 		msgs = append(msgs, fmt.Sprintf("webhook %q is already captured into this outbox by slot %s", w, taken[w]))
 	}
 	return fatalf("%s: two captures (configurations with their own slot) writing into one outbox must not share a webhook name, or their deliveries could collide on (webhook, commit_lsn, seq) and be dropped; rename the webhook in one of them, or if the configuration using slot %s is gone for good run: DELETE FROM %s WHERE slot = %s;",
-		strings.Join(msgs, "; "), taken[sortedKeys(taken)[0]], migrations.Table(schema, "webhook_owners"), quoteLiteral(taken[sortedKeys(taken)[0]]))
+		strings.Join(msgs, "; "), taken[sortedKeys(taken)[0]], c.store.WebhookOwnersTable(), quoteLiteral(taken[sortedKeys(taken)[0]]))
 }
 
 // reconcileCheckpoint compares the stored checkpoint with the source and
@@ -193,8 +90,8 @@ func (c *Capture) claimOwnWebhooks(ctx context.Context) error {
 // this slot can stream: starting there would silently skip the changes in
 // between, so the checkpoint moves to the slot's position and the gap is
 // reported. created is whether Prepare created the slot just now.
-func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st checkpointState, created bool, why string) error {
-	slot, schema := c.cfg.Database.Slot, c.cfg.Database.Schema
+func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outbox.CheckpointState, created bool, why string) error {
+	slot := c.cfg.Database.Slot
 	id, err := identifySource(ctx, c.cfg.Database.DSN)
 	if err != nil {
 		return err
@@ -207,10 +104,10 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st chec
 	if created {
 		slotLSN = pos
 	}
-	otherSource := st.systemID != "" && (st.systemID != id.systemID || st.timeline != id.timeline)
+	otherSource := st.SystemID != "" && (st.SystemID != id.systemID || st.Timeline != id.timeline)
 	reset := false
 	switch {
-	case !st.exists:
+	case !st.Exists:
 		if why != "" {
 			c.log.Error().Str("slot", slot).Msgf("replication slot %s was created again because %s: changes committed before LSN %s were NOT captured: use walhook backfill to resend current rows", slot, why, pos)
 			c.gaps.Add(1)
@@ -224,27 +121,27 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st chec
 		}
 		if otherSource {
 			what = fmt.Sprintf("the source is another server or timeline than the checkpoint's (system identifier %s timeline %d, was %s timeline %d: a failover, or a restore?)",
-				id.systemID, id.timeline, st.systemID, st.timeline)
+				id.systemID, id.timeline, st.SystemID, st.Timeline)
 		}
-		ev := c.log.Error().Str("slot", slot).Str("checkpoint", st.lsn.String()).Str("slot_position", pos.String())
-		if st.lsn > pos {
+		ev := c.log.Error().Str("slot", slot).Str("checkpoint", st.LSN.String()).Str("slot_position", pos.String())
+		if st.LSN > pos {
 			reset = true
-			c.warnAmbiguous(ctx, pos, st.lsn)
-			c.window.Store(&gapWindow{from: pos, to: st.lsn, before: time.Now()})
-			ev.Msgf("%s: the stored checkpoint %s lies ahead of the slot's position %s, so capture starts at the slot's position instead of skipping what lies between; changes the old source committed after checkpoint %s that are not in this source's WAL after %s were NOT captured: use walhook backfill to resend current rows", what, st.lsn, pos, st.lsn, pos)
+			c.warnAmbiguous(ctx, pos, st.LSN)
+			c.window.Store(&gapWindow{from: pos, to: st.LSN, before: time.Now()})
+			ev.Msgf("%s: the stored checkpoint %s lies ahead of the slot's position %s, so capture starts at the slot's position instead of skipping what lies between; changes the old source committed after checkpoint %s that are not in this source's WAL after %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos, st.LSN, pos)
 		} else {
-			ev.Msgf("%s: changes committed after LSN %s until %s were NOT captured: use walhook backfill to resend current rows", what, st.lsn, pos)
+			ev.Msgf("%s: changes committed after LSN %s until %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos)
 		}
 		c.gaps.Add(1)
 		if lo, ok := c.opts.Observer.(GapObserver); ok {
 			lo.Gap(slot)
 		}
 	}
-	lsn := st.lsn
-	if reset || !st.exists {
+	lsn := st.LSN
+	if reset || !st.Exists {
 		lsn = pos
 	}
-	return writeCheckpointState(ctx, c.outbox, schema, slot, lsn, reset, id, slotLSN)
+	return c.store.WriteCheckpointState(ctx, slot, lsn, reset, id.systemID, id.timeline, slotLSN)
 }
 
 // GapObserver, when the Options' Observer implements it too, is told when
@@ -263,10 +160,7 @@ func (c *Capture) Gaps() int64 { return c.gaps.Load() }
 // with exactly the same (webhook, commit LSN, seq) as one of them would be
 // taken for a replay and not enqueued.
 func (c *Capture) warnAmbiguous(ctx context.Context, from, to pglogrepl.LSN) {
-	var n int64
-	err := c.outbox.QueryRow(ctx, "SELECT count(*) FROM "+migrations.Table(c.cfg.Database.Schema, "deliveries")+
-		" WHERE commit_lsn > $1::text::pg_lsn AND commit_lsn <= $2::text::pg_lsn AND seq >= 0 AND webhook = ANY ($3::text[])",
-		from.String(), to.String(), c.capturedWebhooks()).Scan(&n)
+	n, err := c.store.CountInLSNRange(ctx, from, to, c.capturedWebhooks())
 	if err != nil || n == 0 {
 		return
 	}
@@ -286,32 +180,6 @@ type gapWindow struct {
 }
 
 func (g *gapWindow) holds(l pglogrepl.LSN) bool { return g != nil && l > g.from && l <= g.to }
-
-// collisions counts the rows of keys that were not enqueued because a
-// delivery of the old history (created before g.before) holds their
-// (webhook, commit_lsn, seq).
-func collisions(ctx context.Context, pool *pgxpool.Pool, schema string, g *gapWindow, keys []outRow) ([]outRow, error) {
-	n := len(keys)
-	webhooks, lsns, seqs := make([]string, n), make([]string, n), make([]int32, n)
-	for i, r := range keys {
-		webhooks[i], lsns[i], seqs[i] = r.webhook, r.commitLSN.String(), r.seq
-	}
-	rows, err := pool.Query(ctx, "SELECT u.n FROM unnest($1::text[], $2::text[]::pg_lsn[], $3::int4[]) WITH ORDINALITY AS u(w, l, s, n) JOIN "+
-		migrations.Table(schema, "deliveries")+" d ON d.webhook = u.w AND d.commit_lsn = u.l AND d.seq = u.s WHERE d.created_at < $4",
-		webhooks, lsns, seqs, g.before)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: check collisions with the old history: %w", err)
-	}
-	idx, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, fmt.Errorf("outbox: check collisions with the old history: %w", err)
-	}
-	out := make([]outRow, 0, len(idx))
-	for _, i := range idx {
-		out = append(out, keys[i-1])
-	}
-	return out, nil
-}
 
 // Collisions is how many delivery rows were not enqueued because a delivery
 // of an older history (before a gap) holds the same (webhook, commit_lsn,
