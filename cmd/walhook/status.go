@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -206,7 +207,16 @@ func readStatus(ctx context.Context, cfg *config.Config, source, ob *pgxpool.Poo
 			w.OldestPendingAgeSeconds = &age
 		}
 	}
-	lastErrors, err := store.LastErrors(ctx)
+	names, err := store.WebhookNames(ctx)
+	if err != nil {
+		return nil, outboxError(err, cfg.Database.Schema)
+	}
+	for _, w := range cfg.Webhooks {
+		if !slices.Contains(names, w.Name) {
+			names = append(names, w.Name)
+		}
+	}
+	lastErrors, err := store.LastErrors(ctx, names)
 	if err != nil {
 		return nil, outboxError(err, cfg.Database.Schema)
 	}

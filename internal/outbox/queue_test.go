@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -308,6 +309,28 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 		}
 		if n > bound {
 			t.Errorf("%s touched %d buffers (limit %d):\n%s", st.name, n, bound, plan)
+		}
+	}
+
+	// walhook status: the counts read the partial index of their state
+	// (never the table), the rest a few index pages.
+	for _, q := range []string{statusQueries.pending, statusQueries.parked, statusQueries.delivering,
+		statusQueries.delivered, statusQueries.failed} {
+		q = fmt.Sprintf(q, s.deliveries)
+		if _, plan := explain(t, pool, q); strings.Contains(plan, "Seq Scan") {
+			t.Errorf("status count reads the whole table:\n%s", plan)
+		}
+	}
+	for _, st := range []struct {
+		name string
+		sql  string
+		args []any
+	}{
+		{"last errors", fmt.Sprintf(lastErrorsSQL, s.deliveries), []any{[]string{"a", "b", "c"}}},
+		{"webhook names", fmt.Sprintf(webhookNamesSQL, s.deliveries), nil},
+	} {
+		if n, plan := explain(t, pool, st.sql, st.args...); n > 200 {
+			t.Errorf("%s touched %d buffers (limit 200):\n%s", st.name, n, plan)
 		}
 	}
 

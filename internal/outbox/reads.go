@@ -174,32 +174,71 @@ type Counts struct {
 	OldestPendingAge *time.Duration `json:"-"`
 }
 
-// CountAll counts every webhook's deliveries by state (delivered ones
-// included, so it reads the whole table: for `walhook status`).
+// statusQueries are the reads of `walhook status`. Each goes through a
+// partial index of its state (or the unique key), never through the whole
+// table: an outbox of millions of delivered rows answers as fast as a small
+// one (TestStatusReadsUseIndexes).
+var statusQueries = struct {
+	pending, parked, delivering, delivered, failed, oldest string
+}{
+	pending:    `SELECT webhook, count(*) FROM %[1]s WHERE state = 'pending' GROUP BY webhook`,
+	parked:     `SELECT webhook, count(*) FROM %[1]s WHERE state = 'parked' GROUP BY webhook`,
+	delivering: `SELECT webhook, count(*) FROM %[1]s WHERE state = 'delivering' GROUP BY webhook`,
+	delivered:  `SELECT webhook, count(*) FROM %[1]s WHERE state = 'delivered' GROUP BY webhook`,
+	failed:     `SELECT webhook, count(*) FROM %[1]s WHERE state = 'failed' GROUP BY webhook`,
+	// The oldest open change of each webhook: the smallest commit LSN of
+	// deliveries_object_open, its commit time from the unique key.
+	oldest: `SELECT o.webhook, extract(epoch FROM now() - (
+		SELECT min(x.committed_at) FROM %[1]s AS x WHERE x.webhook = o.webhook AND x.commit_lsn = o.lsn))::float8
+FROM (SELECT webhook, min(commit_lsn) AS lsn FROM %[1]s WHERE state IN ('pending', 'parked', 'delivering') GROUP BY webhook) AS o`,
+}
+
+// CountAll counts every webhook's deliveries by state, delivered ones
+// included (for `walhook status`), through the partial index of each state.
 func (s *Store) CountAll(ctx context.Context) (map[string]*Counts, error) {
-	rows, err := s.pool.Query(ctx, `SELECT webhook,
-		count(*) FILTER (WHERE state IN ('pending', 'parked')), count(*) FILTER (WHERE state = 'parked'),
-		count(*) FILTER (WHERE state = 'delivering'),
-		count(*) FILTER (WHERE state = 'delivered'), count(*) FILTER (WHERE state = 'failed'),
-		extract(epoch FROM now() - min(committed_at) FILTER (WHERE state IN ('pending', 'parked', 'delivering')))::float8
-		FROM `+s.deliveries+` GROUP BY webhook`)
-	if err != nil {
-		return nil, fmt.Errorf("count deliveries: %w", err)
-	}
 	out := map[string]*Counts{}
-	var name string
-	var c Counts
-	var age *float64
-	_, err = pgx.ForEachRow(rows, []any{&name, &c.Pending, &c.Parked, &c.Delivering, &c.Delivered, &c.Failed, &age}, func() error {
-		cc := c
-		if age != nil {
-			d := time.Duration(*age * float64(time.Second))
-			cc.OldestPendingAge = &d
+	get := func(name string) *Counts {
+		c, ok := out[name]
+		if !ok {
+			c = &Counts{}
+			out[name] = c
 		}
-		out[name] = &cc
-		return nil
+		return c
+	}
+	var b pgx.Batch
+	for _, q := range []struct {
+		sql string
+		add func(*Counts, int64)
+	}{
+		{statusQueries.pending, func(c *Counts, n int64) { c.Pending += n }},
+		{statusQueries.parked, func(c *Counts, n int64) { c.Pending += n; c.Parked += n }},
+		{statusQueries.delivering, func(c *Counts, n int64) { c.Delivering += n }},
+		{statusQueries.delivered, func(c *Counts, n int64) { c.Delivered += n }},
+		{statusQueries.failed, func(c *Counts, n int64) { c.Failed += n }},
+	} {
+		b.Queue(fmt.Sprintf(q.sql, s.deliveries)).Query(func(rows pgx.Rows) error {
+			var name string
+			var n int64
+			_, err := pgx.ForEachRow(rows, []any{&name, &n}, func() error {
+				q.add(get(name), n)
+				return nil
+			})
+			return err
+		})
+	}
+	b.Queue(fmt.Sprintf(statusQueries.oldest, s.deliveries)).Query(func(rows pgx.Rows) error {
+		var name string
+		var age *float64
+		_, err := pgx.ForEachRow(rows, []any{&name, &age}, func() error {
+			if age != nil {
+				d := time.Duration(*age * float64(time.Second))
+				get(name).OldestPendingAge = &d
+			}
+			return nil
+		})
+		return err
 	})
-	if err != nil {
+	if err := s.pool.SendBatch(ctx, &b).Close(); err != nil {
 		return nil, fmt.Errorf("count deliveries: %w", err)
 	}
 	return out, nil
@@ -277,20 +316,41 @@ type LastError struct {
 	At         *time.Time `json:"at"`
 }
 
-// LastErrors returns each webhook's most recent row with an error, in any
-// state (for `walhook status`).
-func (s *Store) LastErrors(ctx context.Context) (map[string]*LastError, error) {
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (webhook) webhook, id, state, last_status, last_error, last_attempt_at
-		FROM `+s.deliveries+` WHERE last_error IS NOT NULL
-		ORDER BY webhook, last_attempt_at DESC NULLS LAST, id DESC`)
+// lastErrorsSQL finds, per webhook ($1), its most recent failed row
+// (deliveries_failed, newest first) and its row waiting longest for a retry
+// (deliveries_due, the latest next_attempt_at: the latest failed attempt
+// with the longest backoff), and keeps the newer of the two: one index step
+// each, however large the outbox.
+const lastErrorsSQL = `SELECT w.name, e.id, e.state, e.last_status, e.last_error, e.last_attempt_at
+FROM unnest($1::text[]) AS w(name)
+CROSS JOIN LATERAL (
+	SELECT * FROM (
+		(SELECT id, state, last_status, last_error, last_attempt_at FROM %[1]s
+			WHERE state = 'failed' AND webhook = w.name ORDER BY last_attempt_at DESC LIMIT 1)
+		UNION ALL
+		(SELECT id, state, last_status, last_error, last_attempt_at FROM %[1]s
+			WHERE state = 'pending' AND webhook = w.name AND next_attempt_at > now() AND last_error IS NOT NULL
+			ORDER BY next_attempt_at DESC, id DESC LIMIT 1)
+	) AS c ORDER BY last_attempt_at DESC NULLS LAST LIMIT 1) AS e`
+
+// LastErrors returns the most recent error of each of the named webhooks:
+// its newest failed row, or a newer row waiting for a retry (for `walhook
+// status`).
+func (s *Store) LastErrors(ctx context.Context, names []string) (map[string]*LastError, error) {
+	out := map[string]*LastError{}
+	if len(names) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, fmt.Sprintf(lastErrorsSQL, s.deliveries), names)
 	if err != nil {
 		return nil, fmt.Errorf("read last errors: %w", err)
 	}
-	out := map[string]*LastError{}
 	var name string
 	var le LastError
-	_, err = pgx.ForEachRow(rows, []any{&name, &le.DeliveryID, &le.State, &le.Status, &le.Error, &le.At}, func() error {
+	var msg pgtype.Text
+	_, err = pgx.ForEachRow(rows, []any{&name, &le.DeliveryID, &le.State, &le.Status, &msg, &le.At}, func() error {
 		e := le
+		e.Error = msg.String
 		if e.At != nil {
 			t := e.At.UTC()
 			e.At = &t
@@ -304,6 +364,28 @@ func (s *Store) LastErrors(ctx context.Context) (map[string]*LastError, error) {
 	}
 	return out, nil
 }
+
+// WebhookNames lists the webhooks that have rows in any state: one index
+// probe per webhook (a loose scan of the unique key).
+func (s *Store) WebhookNames(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, fmt.Sprintf(webhookNamesSQL, s.deliveries))
+	if err != nil {
+		return nil, fmt.Errorf("list webhooks: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list webhooks: %w", err)
+	}
+	return names, nil
+}
+
+const webhookNamesSQL = `WITH RECURSIVE w AS (
+	(SELECT webhook FROM %[1]s ORDER BY webhook LIMIT 1)
+	UNION ALL
+	SELECT (SELECT d.webhook FROM %[1]s AS d WHERE d.webhook > w.webhook ORDER BY d.webhook LIMIT 1)
+	FROM w WHERE w.webhook IS NOT NULL
+)
+SELECT webhook FROM w WHERE webhook IS NOT NULL`
 
 // LastFailures returns the most recent failed delivery of each of the named
 // webhooks: one backward step on deliveries_failed per webhook (for the
