@@ -500,3 +500,32 @@ func TestConnectionErrorsAreOneLineWithWhatToDo(t *testing.T) {
 		})
 	}
 }
+
+// walhook retry says so before it would send a change older than one of the
+// same object already delivered, and --skip-superseded / --include-superseded
+// choose.
+func TestRetryWarnsAboutSupersededDeliveries(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE site (id int PRIMARY KEY)`)
+	e.writeConfig("models:\n  - table: site\nwebhooks:\n  - name: w\n    url: http://127.0.0.1:1/\n")
+	if r := opsRun(t, e.cfg, "migrate"); r.code != 0 {
+		t.Fatalf("migrate: %s", r)
+	}
+	e.exec(`INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, state, attempts,
+			last_attempt_at, delivered_at)
+		VALUES ('w', 'updated', 'site', '1', '0/100', 0, now(), '{}', 'failed', 8, now(), NULL),
+		       ('w', 'updated', 'site', '1', '0/200', 0, now(), '{}', 'delivered', 1, now(), now()),
+		       ('w', 'updated', 'site', '2', '0/150', 0, now(), '{}', 'failed', 8, now(), NULL)`)
+	r := opsRun(t, e.cfg, "retry", "--all-failed")
+	if r.code != 2 || !strings.Contains(r.stderr, "1 of these deliveries are older than a change of the same object that was already delivered") {
+		t.Fatalf("retry --all-failed with a superseded row: %s", r)
+	}
+	if n := e.count(`SELECT count(*) FROM walhook.deliveries WHERE state = 'failed'`); n != 2 {
+		t.Fatalf("%d failed rows after a refused retry, want 2", n)
+	}
+	if r := opsRun(t, e.cfg, "retry", "--all-failed", "--skip-superseded"); r.code != 0 || !strings.Contains(r.stdout, "re-queued 1 deliveries") {
+		t.Fatalf("retry --skip-superseded: %s", r)
+	}
+	if r := opsRun(t, e.cfg, "retry", "--all-failed", "--include-superseded"); r.code != 0 || !strings.Contains(r.stdout, "re-queued 1 deliveries") {
+		t.Fatalf("retry --include-superseded: %s", r)
+	}
+}

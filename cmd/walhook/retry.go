@@ -40,6 +40,8 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&since, "since", "", "retry deliveries that failed within this duration (e.g. 1h)")
 	fs.BoolVar(&f.AllFailed, "all-failed", false, "retry every failed delivery")
 	fs.BoolVar(&f.ResetAttempts, "reset-attempts", false, "give the deliveries the full retry schedule again")
+	fs.BoolVar(&f.SkipSuperseded, "skip-superseded", false, "leave alone deliveries a later change of the same object was delivered after")
+	include := fs.Bool("include-superseded", false, "retry them too, although the receiver then gets older state last")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -67,7 +69,25 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer pool.Close()
-	n, err := outbox.New(pool, cfg.Database.Schema).Requeue(ctx, f, time.Now())
+	if f.SkipSuperseded && *include {
+		return usageErr("--skip-superseded and --include-superseded contradict each other")
+	}
+	store := outbox.New(pool, cfg.Database.Schema)
+	now := time.Now()
+	if !f.SkipSuperseded && !*include {
+		// Say so before doing it: an old change sent after a newer one of
+		// the same object leaves the receiver with the older state.
+		stale, err := store.Superseded(ctx, f, now)
+		if err != nil {
+			return outboxError(err, cfg.Database.Schema)
+		}
+		if stale > 0 {
+			return usageErr("%d of these deliveries are older than a change of the same object that was already delivered: "+
+				"sending them now would leave the receiver with the older state. Nothing was re-queued. "+
+				"Add --skip-superseded to retry only the others, or --include-superseded to retry them all anyway", stale)
+		}
+	}
+	n, err := store.Requeue(ctx, f, now)
 	if err != nil {
 		return err
 	}

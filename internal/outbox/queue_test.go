@@ -353,3 +353,30 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 		t.Log("this server does not JIT-compile the claim even unprepared (no LLVM, or jit off)")
 	}
 }
+
+// A failed change that a later change of its object was delivered after is
+// superseded: Superseded counts it and SkipSuperseded leaves it failed.
+func TestRequeueSuperseded(t *testing.T) {
+	t.Parallel()
+	s, pool := setup(t)
+	ctx := context.Background()
+	old := insert(t, pool, "w", "x", 100)
+	newer := insert(t, pool, "w", "x", 200)
+	alone := insert(t, pool, "w", "y", 150)
+	exec(t, pool, `UPDATE walhook.deliveries SET state = 'failed', attempts = 8, last_attempt_at = now() WHERE id IN ($1, $2)`, old, alone)
+	exec(t, pool, `UPDATE walhook.deliveries SET state = 'delivered', attempts = 1, delivered_at = now() WHERE id = $1`, newer)
+	f := RequeueFilter{AllFailed: true}
+	if n, err := s.Superseded(ctx, f, time.Now()); err != nil || n != 1 {
+		t.Fatalf("Superseded = %d, %v; want 1", n, err)
+	}
+	f.SkipSuperseded = true
+	if n, err := s.Requeue(ctx, f, time.Now()); err != nil || n != 1 {
+		t.Fatalf("Requeue skipping superseded = %d, %v; want 1", n, err)
+	}
+	if state(t, pool, old) != StateFailed || state(t, pool, alone) != StatePending {
+		t.Errorf("after requeue: old %s (want failed), alone %s (want pending)", state(t, pool, old), state(t, pool, alone))
+	}
+	if n, err := s.Requeue(ctx, RequeueFilter{IDs: []int64{old}}, time.Now()); err != nil || n != 1 {
+		t.Fatalf("Requeue by id = %d, %v", n, err)
+	}
+}

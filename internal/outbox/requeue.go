@@ -31,7 +31,17 @@ type RequeueFilter struct {
 	// Otherwise the attempts count is kept and a failed row gets one more
 	// attempt, as with the plain SQL UPDATE.
 	ResetAttempts bool
+	// SkipSuperseded leaves alone the rows a later change of the same
+	// object (webhook, model, key) was delivered after: sending them would
+	// put older state last at the receiver.
+	SkipSuperseded bool
 }
+
+// supersededSQL is true for a row d of which a later change of the same
+// object was delivered.
+const supersededSQL = `EXISTS (SELECT 1 FROM %[1]s AS l
+	WHERE l.webhook = d.webhook AND l.model = d.model AND l.object_key = d.object_key
+	  AND (l.commit_lsn, l.seq) > (d.commit_lsn, d.seq) AND l.state = 'delivered')`
 
 // Requeue puts the deliveries f selects back to pending, due now, and returns
 // how many it changed. It never touches pending or delivering rows. It
@@ -44,10 +54,36 @@ func (s *Store) Requeue(ctx context.Context, f RequeueFilter, now time.Time) (in
 	if f.Since < 0 {
 		return 0, fmt.Errorf("requeue: negative since %s", f.Since)
 	}
-	var (
-		where []string
-		args  []any
-	)
+	where, args := s.requeueWhere(f, now)
+	set := "state = 'pending', next_attempt_at = now(), delivered_at = NULL, locked_until = NULL, locked_by = NULL"
+	if f.ResetAttempts {
+		set += ", attempts = 0"
+	}
+	if f.SkipSuperseded {
+		where = append(where, "NOT "+fmt.Sprintf(supersededSQL, s.deliveries))
+	}
+	q := "UPDATE " + s.deliveries + " AS d SET " + set + " WHERE " + strings.Join(where, " AND ")
+	var n int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		n = tag.RowsAffected()
+		if n > 0 {
+			_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", s.channel)
+		}
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("requeue: %w", err)
+	}
+	return n, nil
+}
+
+// requeueWhere is the condition of the rows f selects, on the deliveries
+// table as d.
+func (s *Store) requeueWhere(f RequeueFilter, now time.Time) (where []string, args []any) {
 	arg := func(v any) string {
 		args = append(args, v)
 		return "$" + strconv.Itoa(len(args))
@@ -66,25 +102,21 @@ func (s *Store) Requeue(ctx context.Context, f RequeueFilter, now time.Time) (in
 	if f.Since > 0 {
 		where = append(where, "last_attempt_at >= "+arg(now.Add(-f.Since)))
 	}
-	set := "state = 'pending', next_attempt_at = now(), delivered_at = NULL, locked_until = NULL, locked_by = NULL"
-	if f.ResetAttempts {
-		set += ", attempts = 0"
+	return where, args
+}
+
+// Superseded counts the rows f selects (as Requeue would, without
+// SkipSuperseded) that a later change of the same object was delivered
+// after: retrying them puts older state last at the receiver.
+func (s *Store) Superseded(ctx context.Context, f RequeueFilter, now time.Time) (int64, error) {
+	if len(f.IDs) == 0 && f.Webhook == "" && f.Model == "" && f.Since == 0 && !f.AllFailed {
+		return 0, ErrNoFilter
 	}
-	q := "UPDATE " + s.deliveries + " SET " + set + " WHERE " + strings.Join(where, " AND ")
+	where, args := s.requeueWhere(f, now)
+	where = append(where, fmt.Sprintf(supersededSQL, s.deliveries))
 	var n int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, q, args...)
-		if err != nil {
-			return err
-		}
-		n = tag.RowsAffected()
-		if n > 0 {
-			_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", s.channel)
-		}
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("requeue: %w", err)
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM "+s.deliveries+" AS d WHERE "+strings.Join(where, " AND "), args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count superseded deliveries: %w", err)
 	}
 	return n, nil
 }

@@ -440,6 +440,9 @@ type deliveryPage struct {
 	Body        string
 	BodyNote    string
 	RetryLabel  string
+	// Superseded: a later change of the same object was delivered, so
+	// retrying this one would leave the receiver with older state.
+	Superseded bool
 	Back        string
 	Here        string
 }
@@ -481,10 +484,17 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 		p.Headers, p.Signed = s.requestHeaders(wh, d.ID)
 	}
 	switch d.State {
-	case "failed":
+	case outbox.StateFailed:
 		p.RetryLabel = "Retry"
-	case "delivered":
+	case outbox.StateDelivered:
 		p.RetryLabel = "Send again"
+	}
+	if p.RetryLabel != "" {
+		// Say so before the click: a later change of this object was
+		// delivered, and this older one would arrive after it.
+		if n, err := s.store.Superseded(ctx, outbox.RequeueFilter{IDs: []int64{d.ID}}, s.now()); err == nil && n > 0 {
+			p.Superseded = true
+		}
 	}
 	body := d.Body
 	if len(body) > maxShownBody {
@@ -554,7 +564,10 @@ func (s *Server) retryWebhook(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no webhook named", http.StatusNotFound)
 		return
 	}
-	s.requeue(w, r, outbox.RequeueFilter{Webhook: name, AllFailed: true}, "/?webhook="+url.QueryEscape(name))
+	// Rows a later change of their object was delivered after stay failed:
+	// sending them would leave the receiver with older state (retry them
+	// one by one from their page, or with walhook retry --include-superseded).
+	s.requeue(w, r, outbox.RequeueFilter{Webhook: name, AllFailed: true, SkipSuperseded: true}, "/?webhook="+url.QueryEscape(name))
 }
 
 func (s *Server) requeue(w http.ResponseWriter, r *http.Request, f outbox.RequeueFilter, back string) {

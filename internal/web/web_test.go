@@ -825,3 +825,28 @@ func TestListFiltersAndPages(t *testing.T) {
 		t.Error("no retry-all button for audit's failed delivery")
 	}
 }
+
+// A failed delivery older than a delivered change of the same object: its
+// page says so before the click, and "retry all failed" leaves it failed.
+func TestRetrySaysSoForSupersededDeliveries(t *testing.T) {
+	e := newEnv(t)
+	old := e.insert(row{state: "failed", key: "42", attempts: 3})
+	e.insert(row{state: "delivered", key: "42", attempts: 1})
+	other := e.insert(row{state: "failed", key: "43", attempts: 3})
+	c := client(t)
+	_, page := do(t, c, "GET", fmt.Sprintf("%s/deliveries/%d", e.srv.URL, old), nil)
+	if !strings.Contains(page, `id="superseded"`) {
+		t.Errorf("the page of a superseded delivery does not warn:\n%s", page)
+	}
+	if _, p2 := do(t, c, "GET", fmt.Sprintf("%s/deliveries/%d", e.srv.URL, other), nil); strings.Contains(p2, `id="superseded"`) {
+		t.Error("the page of a delivery nothing superseded warns")
+	}
+	_, index := do(t, c, "GET", e.srv.URL+"/", nil)
+	resp, _ := do(t, c, "POST", e.srv.URL+"/webhooks/inventory/retry-failed", url.Values{"csrf": {csrf(t, index)}})
+	if resp.StatusCode != 303 {
+		t.Fatalf("retry all: %s", resp.Status)
+	}
+	if e.state(old) != "failed" || e.state(other) != "pending" {
+		t.Errorf("after retry all: superseded %s (want failed), other %s (want pending)", e.state(old), e.state(other))
+	}
+}
