@@ -443,8 +443,8 @@ type deliveryPage struct {
 	// Superseded: a later change of the same object was delivered, so
 	// retrying this one would leave the receiver with older state.
 	Superseded bool
-	Back        string
-	Here        string
+	Back       string
+	Here       string
 }
 
 func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
