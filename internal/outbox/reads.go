@@ -193,9 +193,35 @@ var statusQueries = struct {
 FROM (SELECT webhook, min(commit_lsn) AS lsn FROM %[1]s WHERE state IN ('pending', 'parked', 'delivering') GROUP BY webhook) AS o`,
 }
 
+// countQuery is one per-state count and where it adds up.
+type countQuery struct {
+	sql string
+	add func(*Counts, int64)
+}
+
+var (
+	countPending    = countQuery{statusQueries.pending, func(c *Counts, n int64) { c.Pending += n }}
+	countParked     = countQuery{statusQueries.parked, func(c *Counts, n int64) { c.Pending += n; c.Parked += n }}
+	countDelivering = countQuery{statusQueries.delivering, func(c *Counts, n int64) { c.Delivering += n }}
+	countDelivered  = countQuery{statusQueries.delivered, func(c *Counts, n int64) { c.Delivered += n }}
+	countFailed     = countQuery{statusQueries.failed, func(c *Counts, n int64) { c.Failed += n }}
+)
+
 // CountAll counts every webhook's deliveries by state, delivered ones
 // included (for `walhook status`), through the partial index of each state.
 func (s *Store) CountAll(ctx context.Context) (map[string]*Counts, error) {
+	return s.count(ctx, countPending, countParked, countDelivering, countDelivered, countFailed)
+}
+
+// CountOpen counts the rows not finished yet and the failed ones, per
+// webhook, leaving out the delivered rows, the bulk of the table (for the
+// status page and /metrics).
+func (s *Store) CountOpen(ctx context.Context) (map[string]*Counts, error) {
+	return s.count(ctx, countPending, countParked, countDelivering, countFailed)
+}
+
+// count runs qs and the oldest open change's age in one round trip.
+func (s *Store) count(ctx context.Context, qs ...countQuery) (map[string]*Counts, error) {
 	out := map[string]*Counts{}
 	get := func(name string) *Counts {
 		c, ok := out[name]
@@ -206,16 +232,7 @@ func (s *Store) CountAll(ctx context.Context) (map[string]*Counts, error) {
 		return c
 	}
 	var b pgx.Batch
-	for _, q := range []struct {
-		sql string
-		add func(*Counts, int64)
-	}{
-		{statusQueries.pending, func(c *Counts, n int64) { c.Pending += n }},
-		{statusQueries.parked, func(c *Counts, n int64) { c.Pending += n; c.Parked += n }},
-		{statusQueries.delivering, func(c *Counts, n int64) { c.Delivering += n }},
-		{statusQueries.delivered, func(c *Counts, n int64) { c.Delivered += n }},
-		{statusQueries.failed, func(c *Counts, n int64) { c.Failed += n }},
-	} {
+	for _, q := range qs {
 		b.Queue(fmt.Sprintf(q.sql, s.deliveries)).Query(func(rows pgx.Rows) error {
 			var name string
 			var n int64
@@ -240,69 +257,6 @@ func (s *Store) CountAll(ctx context.Context) (map[string]*Counts, error) {
 	})
 	if err := s.pool.SendBatch(ctx, &b).Close(); err != nil {
 		return nil, fmt.Errorf("count deliveries: %w", err)
-	}
-	return out, nil
-}
-
-// CountOpen counts the rows not finished yet (pending, parked, delivering)
-// and the failed ones, per webhook, through the partial indexes of those
-// states: delivered rows, the bulk of the table, are not read. For the
-// status page and /metrics.
-func (s *Store) CountOpen(ctx context.Context) (map[string]*Counts, error) {
-	out := map[string]*Counts{}
-	get := func(name string) *Counts {
-		c, ok := out[name]
-		if !ok {
-			c = &Counts{}
-			out[name] = c
-		}
-		return c
-	}
-	var b pgx.Batch
-	// The oldest open change is the one with the smallest commit LSN; its
-	// commit time comes from the unique (webhook, commit_lsn, seq) index.
-	b.Queue(`SELECT o.webhook, o.n, extract(epoch FROM now() - (
-		SELECT min(x.committed_at) FROM ` + s.deliveries + ` AS x WHERE x.webhook = o.webhook AND x.commit_lsn = o.lsn))::float8
-FROM (SELECT webhook, count(*) AS n, min(commit_lsn) AS lsn FROM ` + s.deliveries + `
-	WHERE state IN ('pending', 'parked', 'delivering') GROUP BY webhook) AS o`).Query(func(rows pgx.Rows) error {
-		var name string
-		var n int64
-		var age *float64
-		_, err := pgx.ForEachRow(rows, []any{&name, &n, &age}, func() error {
-			c := get(name)
-			c.Pending += n
-			if age != nil {
-				d := time.Duration(*age * float64(time.Second))
-				c.OldestPendingAge = &d
-			}
-			return nil
-		})
-		return err
-	})
-	for _, st := range []struct {
-		state string
-		add   func(*Counts, int64)
-	}{
-		{StateDelivering, func(c *Counts, n int64) { c.Delivering += n }},
-		{StateFailed, func(c *Counts, n int64) { c.Failed += n }},
-	} {
-		b.Queue(`SELECT webhook, count(*) FROM ` + s.deliveries + ` WHERE state = '` + st.state + `' GROUP BY webhook`).Query(func(rows pgx.Rows) error {
-			var name string
-			var n int64
-			_, err := pgx.ForEachRow(rows, []any{&name, &n}, func() error {
-				st.add(get(name), n)
-				return nil
-			})
-			return err
-		})
-	}
-	if err := s.pool.SendBatch(ctx, &b).Close(); err != nil {
-		return nil, fmt.Errorf("count open deliveries: %w", err)
-	}
-	// The open count includes the delivering rows; the statements run
-	// apart, so clamp.
-	for _, c := range out {
-		c.Pending = max(c.Pending-c.Delivering, 0)
 	}
 	return out, nil
 }
