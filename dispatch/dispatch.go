@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/walhook/walhook/internal/clienttls"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
 )
@@ -164,6 +165,9 @@ type hook struct {
 	queue   chan *job
 	breaker *breaker
 	rate    *rate.Limiter // nil: no rate limit
+	// client sends this webhook's requests when it has tls settings (its
+	// own transport); nil: the Dispatcher's shared client.
+	client *http.Client
 
 	url         string
 	method      string
@@ -261,6 +265,11 @@ func New(opts Options) (*Dispatcher, error) {
 		h, err := newHook(w, version, d.log)
 		if err != nil {
 			return nil, err
+		}
+		if w.TLS.IsSet() {
+			if h.client, err = tlsClient(w, d.concurrency, h.log); err != nil {
+				return nil, err
+			}
 		}
 		h.limit = w.Concurrency
 		if h.limit <= 0 {
@@ -362,6 +371,11 @@ func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 func defaultClient(concurrency int) *http.Client {
+	return &http.Client{Transport: defaultTransport(concurrency), CheckRedirect: noRedirects}
+}
+
+// defaultTransport is a keep-alive transport sized to concurrency.
+func defaultTransport(concurrency int) *http.Transport {
 	t, ok := http.DefaultTransport.(*http.Transport)
 	if !ok {
 		t = &http.Transport{Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second}
@@ -369,7 +383,28 @@ func defaultClient(concurrency int) *http.Client {
 	t = t.Clone()
 	t.MaxIdleConns = max(100, 2*concurrency)
 	t.MaxIdleConnsPerHost = concurrency
-	return &http.Client{Transport: t, CheckRedirect: noRedirects}
+	return t
+}
+
+// tlsClient is the client of a webhook with tls settings: a transport of
+// its own (it keeps its connections alive like the shared one) whose TLS
+// configuration reads the certificate files again when they change. It
+// logs a warning when the receiver's certificate is not checked.
+func tlsClient(w config.Webhook, concurrency int, log zerolog.Logger) (*http.Client, error) {
+	opts := w.TLS.Options()
+	opts.OnReloadError = func(err error) {
+		log.Error().Err(err).Msg("tls: a changed certificate file cannot be used; fix it (the previous one is kept)")
+	}
+	tc, err := clienttls.New(opts)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: webhook %q: tls: %w", w.Name, err)
+	}
+	if w.TLS.InsecureSkipVerify {
+		log.Warn().Msg("tls.insecure_skip_verify is set: the receiver's certificate is not checked, so anyone on the path can read and change these webhooks; set tls.ca_file instead")
+	}
+	t := defaultTransport(concurrency)
+	t.TLSClientConfig = tc.TLS()
+	return &http.Client{Transport: t, CheckRedirect: noRedirects}, nil
 }
 
 // Run claims and sends deliveries until ctx is cancelled. On return, rows it

@@ -20,6 +20,7 @@ import (
 
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/tracecontext"
 )
 
 // Sign returns the lowercase hex HMAC-SHA512 of body keyed with secret's
@@ -248,8 +249,14 @@ func (d *Dispatcher) send(ctx context.Context, j *job) response {
 		req.Header["X-Hook-Signature"] = []string{h.sign(j.body)}
 	}
 	req.Header["X-Walhook-Delivery"] = []string{strconv.FormatInt(j.id, 10)}
+	req.Header["Traceparent"] = []string{tracecontext.Format(
+		tracecontext.ForDelivery(h.name, j.id), tracecontext.NewSpanID(), tracecontext.FlagSampled)}
 
-	resp, err := d.client.Do(req)
+	client := d.client
+	if h.client != nil {
+		client = h.client
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(context.Cause(ctx), h.timeoutErr) {
 			return response{err: h.timeoutErr.Error(), retryAfter: -1}
