@@ -357,7 +357,7 @@ func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error
 		switch http.CanonicalHeaderKey(k) {
 		case "Host":
 			h.host = v
-		case "X-Hook-Signature", "X-Walhook-Delivery", "Content-Length", "Webhook-Id", "Webhook-Timestamp", "Webhook-Signature":
+		case "X-Hook-Signature", "X-Walhook-Delivery", "Traceparent", "Content-Length", "Webhook-Id", "Webhook-Timestamp", "Webhook-Signature":
 			return nil, fmt.Errorf("dispatch: webhook %q: header %s is set by walhook and cannot be configured", w.Name, k)
 		default:
 			h.header.Set(k, v)
