@@ -15,6 +15,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 	"sync"
@@ -75,7 +76,14 @@ type FileError struct {
 	Err       error
 }
 
-func (e *FileError) Error() string { return fmt.Sprintf("%s %s: %v", e.Key, e.Path, e.Err) }
+func (e *FileError) Error() string {
+	err := e.Err
+	var pe *fs.PathError
+	if errors.As(err, &pe) && pe.Path == e.Path {
+		err = pe.Err // the path is named once
+	}
+	return fmt.Sprintf("%s %s: %v", e.Key, e.Path, err)
+}
 func (e *FileError) Unwrap() error { return e.Err }
 
 // Config holds a webhook's certificate files and hands out a *tls.Config
