@@ -249,4 +249,3 @@ func TestTraceparent(t *testing.T) {
 		spans[span] = true
 	}
 }
-
