@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	oteltrace "go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/walhook/walhook/internal/clienttls"
@@ -58,6 +59,10 @@ type Options struct {
 	// metrics). It is called from the sending goroutines, so it must be
 	// safe for concurrent use and must not block.
 	Observer Observer
+	// Tracer, when set, records a span per attempt (see tracing.go). It
+	// must come from a provider using tracing.IDGenerator, so that spans
+	// carry the delivery's trace id. Optional: no spans.
+	Tracer oteltrace.Tracer
 }
 
 // Tuning constants. They are not configuration: the contract only promises
@@ -120,6 +125,7 @@ type Dispatcher struct {
 	rand   func() float64
 	id     string
 	obs    Observer
+	tracer oteltrace.Tracer // nil: no spans
 
 	hooks     map[string]*hook
 	hookNames []string
@@ -206,6 +212,7 @@ func New(opts Options) (*Dispatcher, error) {
 		now:             opts.Now,
 		id:              opts.ID,
 		obs:             opts.Observer,
+		tracer:          opts.Tracer,
 		concurrency:     cfg.Dispatch.Concurrency,
 		poll:            cfg.Dispatch.PollInterval.D(),
 		retention:       cfg.Dispatch.Retention.D(),
