@@ -22,6 +22,7 @@ type Config struct {
 	Dispatch Dispatch  `yaml:"dispatch"`
 	HTTP     HTTP      `yaml:"http"`
 	Log      Log       `yaml:"log"`
+	Tracing  Tracing   `yaml:"tracing"`
 
 	// File is the path the configuration was read from ("" when from bytes).
 	File string `yaml:"-"`
@@ -194,6 +195,13 @@ type Webhook struct {
 	Line int     `yaml:"-"`
 	// Condition is Conditions compiled; nil matches every change.
 	Condition *Condition `yaml:"-"`
+}
+
+// Tracing configures OpenTelemetry span export (off by default).
+type Tracing struct {
+	// OTLPEndpoint is the OTLP/HTTP collector URL (http://host:4318);
+	// "" exports nothing.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
 }
 
 // WebhookTLS is a webhook's tls settings. File paths are resolved against

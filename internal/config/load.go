@@ -982,6 +982,11 @@ func (p *parser) validate(c *Config) {
 			p.at("http.listen", "http.listen %q is not a loopback address: set http.token (e.g. token: ${WALHOOK_HTTP_TOKEN}) so the status page and retry actions are protected", l)
 		}
 	}
+	if e := c.Tracing.OTLPEndpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			p.at("tracing.otlp_endpoint", "tracing.otlp_endpoint %q is not an http(s) URL: give the collector's OTLP/HTTP address, e.g. http://localhost:4318", RedactURL(e))
+		}
+	}
 	if !contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		p.at("log.level", "log.level %q must be debug, info, warn or error", c.Log.Level)
 	}

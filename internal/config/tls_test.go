@@ -87,3 +87,16 @@ func TestTLSRelativePaths(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestTracingEndpoint(t *testing.T) {
+	c, e := parseErr(t, y(minimal+"tracing: {otlp_endpoint: \"http://localhost:4318\"}\n"), nil)
+	if e != nil || c.Tracing.OTLPEndpoint != "http://localhost:4318" {
+		t.Fatalf("valid endpoint: %v %+v", e, c)
+	}
+	c, _ = parseErr(t, y(minimal), nil)
+	if c.Tracing.OTLPEndpoint != "" {
+		t.Error("tracing is on by default")
+	}
+	_, e = parseErr(t, y(minimal+"tracing: {otlp_endpoint: \"localhost:4318\"}\n"), nil)
+	checkProblems(t, e, []string{"8: tracing.otlp_endpoint \"localhost:4318\" is not an http(s) URL"})
+}

@@ -92,4 +92,3 @@ func (idGenerator) NewIDs(ctx context.Context) (trace.TraceID, trace.SpanID) {
 func (idGenerator) NewSpanID(context.Context, trace.TraceID) trace.SpanID {
 	return trace.SpanID(tracecontext.NewSpanID())
 }
-
