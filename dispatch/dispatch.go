@@ -40,7 +40,8 @@ type Options struct {
 	Logger zerolog.Logger
 	// Client sends the webhook requests. Optional: the default is a
 	// keep-alive transport sized to dispatch.concurrency. Whatever the
-	// client, redirects are never followed.
+	// client, redirects are never followed. Webhooks with tls settings
+	// always use a transport of their own.
 	Client *http.Client
 	// Now is the clock used to interpret Retry-After dates. Optional:
 	// time.Now. Database timestamps always come from the database's now().

@@ -43,7 +43,16 @@ func tlsChecks(ctx context.Context, cfg *config.Config) []cdc.Check {
 	checks := make([]cdc.Check, len(idx))
 	var wg sync.WaitGroup
 	for k, i := range idx {
-		wg.Go(func() { checks[k] = tlsCheck(ctx, cfg.File, cfg.Webhooks[i], i, time.Now) })
+		wg.Go(func() {
+			w := cfg.Webhooks[i]
+			c := tlsCheck(ctx, cfg.File, w, i, time.Now)
+			if c.Status == cdc.OK && w.TLS.InsecureSkipVerify {
+				c.Status = cdc.Warn
+				c.Detail += "; the certificate is NOT checked (tls.insecure_skip_verify)"
+				c.Fix = fmt.Sprintf("-- set tls.ca_file to the receiver's CA and remove tls.insecure_skip_verify (webhooks[%d].tls at %s:%d)", i, cfg.File, w.Line)
+			}
+			checks[k] = c
+		})
 	}
 	wg.Wait()
 	return checks
