@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -58,6 +60,44 @@ func TestTLSCheck(t *testing.T) {
 			}
 			if tc.want == cdc.Fail && !strings.Contains(got.Fix, "walhook.yaml:12") && !strings.Contains(tc.name, "client cert") {
 				t.Errorf("fix %q does not name the config line", got.Fix)
+			}
+		})
+	}
+}
+
+// TestBadCertificateFileExits2 checks that run and check both refuse a
+// configuration naming a missing certificate file, with its file:line,
+// as a configuration error (exit 2), before touching any database.
+func TestBadCertificateFileExits2(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := pkitest.Write(t, dir, "walhook.yaml", []byte(`database:
+  dsn: postgres://walhook@127.0.0.1:1/app
+models:
+  - table: dcim_site
+webhooks:
+  - name: inventory
+    url: https://hooks.internal/netbox
+    tls:
+      ca_file: missing-ca.pem
+`))
+	for _, cmd := range []string{"check", "run"} {
+		t.Run(cmd, func(t *testing.T) {
+			var out, errOut strings.Builder
+			var err error
+			if cmd == "check" {
+				err = cmdCheck(context.Background(), []string{"-c", path}, &out, &errOut)
+			} else {
+				err = cmdRun(context.Background(), []string{"-c", path}, &errOut)
+			}
+			var ee *exitError
+			if !errors.As(err, &ee) || ee.code != 2 {
+				t.Fatalf("%s: error %v, want exit 2", cmd, err)
+			}
+			msg := out.String() + err.Error()
+			want := path + `:9: webhook "inventory": tls.ca_file ` + filepath.Join(dir, "missing-ca.pem") + ": no such file or directory"
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s output lacks %q:\n%s", cmd, want, msg)
 			}
 		})
 	}
