@@ -32,7 +32,8 @@ func (s SpanID) String() string { return hex.EncodeToString(s[:]) }
 // (the one invalid value): that hash is replaced by one with a 1 in its
 // last byte.
 func ForDelivery(webhook string, id int64) TraceID {
-	buf := make([]byte, 0, 16+len(webhook)+20)
+	var arr [128]byte // on the stack for names up to ~100 bytes
+	buf := arr[:0]
 	buf = append(buf, "walhook\x00"...)
 	buf = append(buf, webhook...)
 	buf = append(buf, 0)
