@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/walhook/walhook/internal/tracecontext"
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -427,10 +428,20 @@ dispatch:
 			t.Errorf("deliveries show lacks %q:\n%s", want, r)
 		}
 	}
+	trace := tracecontext.ForDelivery(failed[0].Webhook, failed[0].ID).String()
+	if !strings.Contains(r.stdout, "trace_id         "+trace) {
+		t.Errorf("deliveries show lacks trace id %s:\n%s", trace, r)
+	}
 	r = opsRun(t, e.cfg, "deliveries", "show", id, "--json")
 	var one deliveryJSON
 	if err := json.Unmarshal([]byte(r.stdout), &one); err != nil || one.Body == nil || !strings.Contains(*one.Body, `"model":"Device"`) || one.LastError == nil {
 		t.Errorf("deliveries show --json: %v\n%s", err, r)
+	}
+	var withTrace struct {
+		TraceID string `json:"trace_id"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &withTrace); err != nil || withTrace.TraceID != trace {
+		t.Errorf("deliveries show --json: trace_id %q, want %s (%v)", withTrace.TraceID, trace, err)
 	}
 	if r := opsRun(t, e.cfg, "deliveries", "show", "999999"); r.code != 1 || !strings.Contains(r.stderr, "delivery 999999 not found") {
 		t.Errorf("show missing id:\n%s", r)
