@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
-	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // Backfill ordering (no stale overwrites)
@@ -106,8 +106,8 @@ type backfill struct {
 	total   int64
 	slot    string
 	hasSlot bool
-	d       string // quoted deliveries table
-	b       string // quoted backfills table
+	store   *outbox.Store
+	sql     outbox.BackfillStatements
 }
 
 // Backfill enqueues a delivery for every row of a model (or those matching
@@ -142,8 +142,8 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 		return BackfillProgress{}, bfErr("unknown model %q (configured: %s)", o.Model, strings.Join(names, ", "))
 	}
 	schema := o.Config.Database.Schema
-	bf.d = migrations.Table(schema, "deliveries")
-	bf.b = migrations.Table(schema, "backfills")
+	bf.store = outbox.New(bf.o.Outbox, schema)
+	bf.sql = bf.store.Backfill()
 	bf.slot = o.Config.Database.Slot
 	if err := bf.prepare(ctx); err != nil {
 		return BackfillProgress{}, err
@@ -244,16 +244,27 @@ func (bf *backfill) prepare(ctx context.Context) error {
 		return err
 	}
 	bf.s, bf.rel = s, s.rels[relOID]
-	// Only the chosen webhooks.
+	// Only the chosen webhooks, each row its own event: a backfilled row is
+	// one object's current state, so a webhook with coalesce: transaction
+	// gets it like any other (never parked in the coalescer, where it would
+	// wait for a commit that never comes, and be stamped with a later page's
+	// LSN).
 	hs := &bf.rel.hooks[eventIndex(o.Event)]
+	co := &bf.rel.coal[eventIndex(o.Event)]
 	var names []string
 	var specs []*hookSpec
-	for i, n := range hs.names {
-		if contains(bf.hooks, n) {
-			names, specs = append(names, n), append(specs, hs.specs[i])
+	for _, set := range []*hookSet{hs, co} {
+		for i, n := range set.names {
+			if contains(bf.hooks, n) {
+				names, specs = append(names, n), append(specs, set.specs[i])
+			}
 		}
 	}
-	hs.names, hs.specs = names, specs
+	*hs = hookSet{}
+	for i, n := range names {
+		hs.add(n, specs[i])
+	}
+	bf.rel.coal, bf.rel.coalesce = [3]hookSet{}, false
 	// Page queries.
 	var sel []string
 	for _, col := range msg.Columns {
@@ -328,8 +339,7 @@ func (bf *backfill) estimate(ctx context.Context) error {
 // start finds or creates the progress row and takes its lock.
 func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool, err error) {
 	o := bf.o
-	err = conn.QueryRow(ctx, "INSERT INTO "+bf.b+` (model, webhook, event, where_sql, rows_total) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (model, webhook, event, where_sql) DO UPDATE SET updated_at = backfills.updated_at RETURNING id`,
+	err = conn.QueryRow(ctx, bf.sql.Create,
 		bf.model.Model, o.Webhook, o.Event, o.Where, bf.total).Scan(&bf.id)
 	if err != nil {
 		return false, fmt.Errorf("outbox: create backfill progress: %w", err)
@@ -342,15 +352,14 @@ func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool
 		return false, errors.New("this backfill is already running in another process (same model, webhook, event and --where)")
 	}
 	if o.Restart {
-		_, err := conn.Exec(ctx, "UPDATE "+bf.b+` SET last_key = NULL, rows_done = 0, deliveries = 0, rows_total = $2,
-			started_at = now(), updated_at = now(), finished_at = NULL WHERE id = $1`, bf.id, bf.total)
+		_, err := conn.Exec(ctx, bf.sql.Restart, bf.id, bf.total)
 		if err != nil {
 			return false, fmt.Errorf("outbox: restart backfill: %w", err)
 		}
 	}
 	var finished *time.Time
 	var total *int64
-	err = conn.QueryRow(ctx, "SELECT last_key, rows_done, deliveries, rows_total, finished_at FROM "+bf.b+" WHERE id = $1", bf.id).
+	err = conn.QueryRow(ctx, bf.sql.Read, bf.id).
 		Scan(&bf.lastKey, &bf.done, &bf.enq, &total, &finished)
 	if err != nil {
 		return false, fmt.Errorf("outbox: read backfill progress: %w", err)
@@ -364,7 +373,7 @@ func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool
 	// Resuming: what is left plus what is done.
 	if bf.lastKey != nil {
 		bf.total = max(bf.total, bf.done)
-		_, _ = conn.Exec(ctx, "UPDATE "+bf.b+" SET rows_total = $2 WHERE id = $1", bf.id, bf.total)
+		_, _ = conn.Exec(ctx, bf.sql.SetTotal, bf.id, bf.total)
 	}
 	return false, nil
 }
@@ -431,6 +440,15 @@ func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
 	}
 }
 
+// backfillRunningSQL lists the ids of the transactions that may be running
+// or committing now: the snapshot's xip list, and every id from its xmax up
+// to one assigned by this statement (which ends at once).
+const backfillRunningSQL = `SELECT coalesce(array_agg(x::text), '{}') FROM (
+		SELECT x FROM pg_snapshot_xip((SELECT pg_current_snapshot())) x
+		UNION ALL
+		SELECT (xmax + g)::text::xid8 FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax,
+			pg_current_xact_id()::text::bigint AS mine) q, generate_series(0, mine - xmax - 1) g) r`
+
 // page reads, renders and enqueues one page; it returns the rows read and
 // the delivery rows left out for a newer live change.
 func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error) {
@@ -446,14 +464,17 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 		return 0, 0, err
 	}
 	// 2. Wait for the transactions running now (some may have written their
-	//    commit record before L without being visible yet).
+	//    commit record before L without being visible yet) to be visible or
+	//    gone: those in the snapshot's xip list, and those at or above its
+	//    xmax (a committing transaction holding the newest ids is not in
+	//    the list), up to an id assigned now.
 	var xip []string
-	if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) x").Scan(&xip); err != nil {
+	if err := conn.QueryRow(ctx, backfillRunningSQL).Scan(&xip); err != nil {
 		return 0, 0, fmt.Errorf("source database: read running transactions: %w", err)
 	}
 	waitStart, warned := time.Now(), false
 	for len(xip) > 0 {
-		if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(x::text), '{}') FROM unnest($1::text[]) x WHERE pg_xact_status(x::xid8) = 'in progress'", xip).Scan(&xip); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(x::text), '{}') FROM unnest($1::text[]) x WHERE NOT pg_visible_in_snapshot(x::xid8, pg_current_snapshot())", xip).Scan(&xip); err != nil {
 			return 0, 0, fmt.Errorf("source database: check running transactions: %w", err)
 		}
 		if len(xip) == 0 {
@@ -503,7 +524,7 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 	at := time.Now().UTC()
 	if len(vals) == 0 {
 		return 0, 0, bf.commitTx(ctx, func(tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, "UPDATE "+bf.b+" SET finished_at = now(), updated_at = now() WHERE id = $1", bf.id)
+			_, err := tx.Exec(ctx, bf.sql.Finish, bf.id)
 			return err
 		})
 	}
@@ -583,7 +604,7 @@ func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogre
 				return nil
 			}
 		}
-		ckpt, err := readCheckpoint(ctx, bf.o.Outbox, bf.o.Config.Database.Schema, bf.slot)
+		ckpt, err := bf.store.CheckpointLSN(ctx, bf.slot)
 		if err != nil {
 			return err
 		}
@@ -608,11 +629,11 @@ func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogre
 func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
 	var skipped, inserted int64
 	err := bf.commitTx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "LOCK TABLE "+bf.d+" IN SHARE ROW EXCLUSIVE MODE"); err != nil {
+		if _, err := tx.Exec(ctx, bf.sql.LockDeliveries); err != nil {
 			return err
 		}
 		newer := map[[2]string]bool{}
-		r, err := tx.Query(ctx, "SELECT DISTINCT webhook, object_key FROM "+bf.d+" WHERE webhook = ANY($1) AND commit_lsn >= $2::text::pg_lsn AND model = $3",
+		r, err := tx.Query(ctx, bf.sql.NewerObjects,
 			bf.hooks, lsn.String(), bf.model.Model)
 		if err != nil {
 			return err
@@ -643,19 +664,18 @@ func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LS
 		w := writer{}
 		for i := 0; i < len(rows); i += chunkRows {
 			chunk := rows[i:min(i+chunkRows, len(rows))]
-			tag, err := tx.Exec(ctx, bf.insertSQL(), w.insertArgs(chunk)...)
+			tag, err := tx.Exec(ctx, bf.store.Enqueue().Insert, w.insertArgs(chunk)...)
 			if err != nil {
 				return err
 			}
 			inserted += tag.RowsAffected()
 		}
-		if _, err := tx.Exec(ctx, "UPDATE "+bf.b+` SET last_key = $2, rows_done = rows_done + $3, deliveries = deliveries + $4, updated_at = now(),
-			finished_at = CASE WHEN $5 THEN now() END WHERE id = $1`,
+		if _, err := tx.Exec(ctx, bf.sql.Progress,
 			bf.id, key, n, inserted, n < bf.o.PageSize); err != nil {
 			return err
 		}
 		if inserted > 0 {
-			if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", migrations.Channel(bf.o.Config.Database.Schema)); err != nil {
+			if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", bf.store.Channel()); err != nil {
 				return err
 			}
 		}
@@ -671,13 +691,6 @@ func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LS
 
 func (bf *backfill) commitTx(ctx context.Context, f func(pgx.Tx) error) error {
 	return pgx.BeginFunc(ctx, bf.o.Outbox, f)
-}
-
-func (bf *backfill) insertSQL() string {
-	return "INSERT INTO " + bf.d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, state, last_error)
-		SELECT w, e, m, k, l, s, c, b, coalesce(nullif(st, ''), 'pending'), nullif(le, '')
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS u(w, e, m, k, l, s, c, b, st, le)
-		ON CONFLICT (webhook, commit_lsn, seq) DO NOTHING`
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // Options configure a Capture.
@@ -38,13 +40,18 @@ type Options struct {
 }
 
 // SessionParams are the runtime parameters that pin the text format of
-// values, for both the replication connection and the source pool.
+// values, for both the replication connection and the source pool: a
+// setting made with ALTER DATABASE or ALTER ROLE must not change a payload.
+// extra_float_digits = 3 gives the shortest exact float text on PostgreSQL 12+
+// (and 17 digits before); lc_monetary = C fixes the money format.
 var SessionParams = map[string]string{
-	"TimeZone":         "UTC",
-	"DateStyle":        "ISO, YMD",
-	"IntervalStyle":    "postgres",
-	"bytea_output":     "hex",
-	"application_name": "walhook",
+	"TimeZone":           "UTC",
+	"DateStyle":          "ISO, YMD",
+	"IntervalStyle":      "postgres",
+	"bytea_output":       "hex",
+	"extra_float_digits": "3",
+	"lc_monetary":        "C",
+	"application_name":   "walhook",
 }
 
 // Capture streams changes from the source database into the outbox.
@@ -52,11 +59,27 @@ type Capture struct {
 	cfg    *config.Config
 	source *pgxpool.Pool
 	outbox *pgxpool.Pool
+	store  *outbox.Store // the outbox's statements
 	log    zerolog.Logger
 	opts   Options
 	models map[string]*config.Model
+	// byOID maps the OIDs of the configured tables, resolved by Prepare, to
+	// their models: a table renamed or moved while walhook runs keeps its
+	// model (its Relation message carries the new name).
+	byOID  map[uint32]*config.Model
 	hooks  map[string]map[string][]string
-	types  *typeCache
+	losses lossCounts
+	// stall, when set, says why capture is holding changes back.
+	stall atomic.Pointer[string]
+	// lookupErrors counts failed lookup queries that were retried.
+	lookupErrors atomic.Int64
+	// gaps counts starts after a gap; window is the LSN range where new
+	// changes may collide with the old history, collided counts those
+	// (identity.go).
+	gaps     atomic.Int64
+	window   atomic.Pointer[gapWindow]
+	collided atomic.Int64
+	types    *typeCache
 
 	// confirmed is the last LSN reported to the server; received the end
 	// LSN of the last source transaction received; both for status.
@@ -85,16 +108,89 @@ func New(opts Options) (*Capture, error) {
 	}
 	c := &Capture{
 		cfg: opts.Config, source: opts.Source, outbox: opts.Outbox, opts: opts,
+		store:  outbox.New(opts.Outbox, opts.Config.Database.Schema),
 		log:    opts.Logger.With().Str("component", "capture").Logger(),
 		models: map[string]*config.Model{},
+		byOID:  map[uint32]*config.Model{},
 		hooks:  hookIndex(opts.Config),
 		types:  &typeCache{pool: opts.Source, info: map[uint32]TypeInfo{}},
 	}
+	c.types.log = c.log
 	for i := range opts.Config.Models {
 		m := &opts.Config.Models[i]
 		c.models[m.QualifiedTable()] = m
 	}
 	return c, nil
+}
+
+// LossObserver, when the Options' Observer implements it too, is told about
+// every change capture sends nothing for, so that it can count them
+// (walhook_changes_unmapped_total{table}, walhook_truncates_total{table}).
+type LossObserver interface {
+	// Unmapped: a change of a published table that no model maps.
+	Unmapped(table string)
+	// Truncated: a TRUNCATE of a captured table (its rows are not sent).
+	Truncated(table string)
+}
+
+// lossCounts counts, per table, the changes capture sent nothing for.
+type lossCounts struct {
+	mu        sync.Mutex
+	unmapped  map[string]int64
+	truncated map[string]int64
+}
+
+// add counts one loss in m (unmapped or truncated) and reports whether it
+// is the table's first.
+func (l *lossCounts) add(m *map[string]int64, table string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if *m == nil {
+		*m = map[string]int64{}
+	}
+	(*m)[table]++
+	return (*m)[table] == 1
+}
+
+func (l *lossCounts) snapshot(m map[string]int64) map[string]int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// Unmapped returns, per table, how many changes of published tables that no
+// model maps were seen (and not sent) since the Capture started.
+func (c *Capture) Unmapped() map[string]int64 { return c.losses.snapshot(c.losses.unmapped) }
+
+// Truncated returns, per table, how many TRUNCATEs of captured tables were
+// seen (their rows are not sent) since the Capture started.
+func (c *Capture) Truncated() map[string]int64 { return c.losses.snapshot(c.losses.truncated) }
+
+// Stall says why capture is holding changes back ("" when it is not): a
+// source transaction not yet visible to lookups, or a lookup that keeps
+// failing. For /readyz and the status page.
+func (c *Capture) Stall() string {
+	if p := c.stall.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// LookupErrors is how many lookup queries (relations, computed fields,
+// unchanged-TOAST read-backs) failed and were retried since the Capture
+// started.
+func (c *Capture) LookupErrors() int64 { return c.lookupErrors.Load() }
+
+func (c *Capture) setStall(msg string) {
+	if msg == "" {
+		c.stall.Store(nil)
+		return
+	}
+	c.stall.Store(&msg)
 }
 
 // Streaming reports whether the replication stream is connected.
@@ -123,6 +219,16 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err := checkTables(ctx, conn, c.cfg); err != nil {
 		return err
 	}
+	for i := range c.cfg.Models {
+		m := &c.cfg.Models[i]
+		ti, err := lookupTable(ctx, conn, m.Schema, m.Name)
+		if err != nil {
+			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
+		}
+		if ti != nil {
+			c.byOID[ti.oid] = m
+		}
+	}
 	// Serialise set-up between processes starting together.
 	key := "walhook.setup." + c.cfg.Database.Slot
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", key); err != nil {
@@ -133,14 +239,17 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", c.cfg.Database.Publication).Scan(&pubExisted); err != nil {
 		return fmt.Errorf("read publication: %w", err)
 	}
-	changed, err := ensurePublication(ctx, conn, c.cfg)
+	changed, err := ensurePublication(ctx, conn, c.cfg, func(msg string) { c.log.Warn().Str("publication", c.cfg.Database.Publication).Msg(msg) })
 	if err != nil {
 		return err
 	}
 	if changed {
 		c.log.Info().Str("publication", c.cfg.Database.Publication).Bool("created", !pubExisted).Msg("publication set to the configured tables")
 	}
-	ckpt, err := readCheckpoint(ctx, c.outbox, c.cfg.Database.Schema, c.cfg.Database.Slot)
+	if err := c.claimOwnWebhooks(ctx); err != nil {
+		return err
+	}
+	ckpt, err := c.store.ReadCheckpointState(ctx, c.cfg.Database.Slot)
 	if err != nil {
 		return err
 	}
@@ -148,18 +257,10 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case res.created && (ckpt != 0 || res.recreated != ""):
-		why := res.recreated
-		if why == "" {
-			why = "it was missing (dropped by someone else?)"
-		}
-		c.log.Error().Str("slot", c.cfg.Database.Slot).Str("checkpoint", ckpt.String()).
-			Msgf("replication slot %s was created again because %s: changes committed after LSN %s until now were NOT captured; use walhook backfill to resend current rows", c.cfg.Database.Slot, why, ckpt)
-	case res.created:
+	if res.created && !ckpt.Exists && res.recreated == "" {
 		c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("replication slot created")
 	}
-	return nil
+	return c.reconcileCheckpoint(ctx, conn, ckpt, res.created, res.recreated)
 }
 
 // Run streams until ctx ends, reconnecting with backoff when PostgreSQL goes
@@ -233,7 +334,7 @@ func ReplicationConfig(dsn string) (*pgconn.Config, error) {
 
 func (c *Capture) session(ctx context.Context) error {
 	slot := c.cfg.Database.Slot
-	startLSN, err := readCheckpoint(ctx, c.outbox, c.cfg.Database.Schema, slot)
+	startLSN, err := c.store.CheckpointLSN(ctx, slot)
 	if err != nil {
 		return err
 	}
@@ -263,8 +364,9 @@ func (c *Capture) session(ctx context.Context) error {
 	c.streaming.Store(true)
 	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Msg("streaming changes")
 
-	w := newWriter(c.outbox, c.cfg.Database.Schema, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
+	w := newWriter(c.outbox, c.store, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
 	w.flushed.Store(uint64(startLSN))
+	w.window, w.collided = &c.window, &c.collided
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWriter()
 	ch := make(chan batch, 16)
@@ -309,8 +411,22 @@ func (c *Capture) session(ctx context.Context) error {
 // them) from the catalog, once per OID.
 type typeCache struct {
 	pool *pgxpool.Pool
+	log  zerolog.Logger
 	mu   sync.RWMutex
 	info map[uint32]TypeInfo
+	// names are the types' names from pgoutput's Type messages, which
+	// describe a type as it was when the change was written.
+	names map[uint32]string
+}
+
+// named records a type's name from a Type message.
+func (t *typeCache) named(oid uint32, name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.names == nil {
+		t.names = map[uint32]string{}
+	}
+	t.names[oid] = name
 }
 
 func (t *typeCache) resolve(oid uint32) (TypeInfo, bool) {
@@ -331,6 +447,21 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 		var delim string
 		err := t.pool.QueryRow(ctx, `SELECT t.typtype::text, t.typcategory::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
 			FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem WHERE t.oid = $1`, oid).Scan(&typtype, &category, &base, &elem, &delim)
+		if errors.Is(err, pgx.ErrNoRows) {
+			// Dropped since (the stream decodes WAL written before, e.g.
+			// after ALTER COLUMN ... TYPE; DROP TYPE while capture lagged):
+			// render its values as their text, and say so once.
+			t.mu.Lock()
+			t.info[oid] = TypeInfo{}
+			name := t.names[oid]
+			t.mu.Unlock()
+			if name == "" {
+				name = "(name unknown)"
+			}
+			t.log.Warn().Uint32("type_oid", oid).Str("type", name).
+				Msg("a column's type no longer exists in the catalog (dropped after the change was written): its values render as JSON strings of their text")
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("look up type %d: %w", oid, err)
 		}

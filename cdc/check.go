@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/migrations"
 )
 
@@ -101,6 +102,7 @@ type preflight struct {
 	user, db      string
 	super, repl   bool
 	canCreateInDB bool
+	versionNum    int                        // server_version_num
 	byTable       map[string]*preflightTable // by qualified table; nil entry: missing
 	slotExists    bool
 	pubMissing    bool // the publication does not exist
@@ -126,6 +128,7 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 func (p *preflight) server(ctx context.Context) bool {
 	var version, level string
 	var versionNum int
+	defer func() { p.versionNum = versionNum }()
 	err := p.conn.QueryRow(ctx, `
 		SELECT current_setting('server_version'), current_setting('server_version_num')::int,
 		       current_setting('wal_level'), current_user, current_database(),
@@ -308,7 +311,7 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 				full+"  -- as the owner (or add a primary key)")
 			good = false
 		case ti.identity == "i":
-			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\"", full+"  -- optional: whole rows on delete")
+			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\", and unless the index holds the primary key, object_key (the per-object order) is built from the index's columns: a change of them starts a new object", full+"  -- optional: whole rows on delete, keyed by the primary key")
 		default:
 			pk, _ := primaryKey(ctx, p.conn, ti.oid)
 			p.warn(name, fmt.Sprintf("DEFAULT: deleted rows carry only the primary key (%s) in \"data\"", strings.Join(pk, ", ")),
@@ -386,13 +389,15 @@ func (p *preflight) publication(ctx context.Context) {
 		wantQuoted = append(wantQuoted, ident(m.Schema, m.Name))
 	}
 	list := strings.Join(wantQuoted, ", ")
-	create := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert, update, delete');", ident(pub), list)
+	with := publicationWith(p.versionNum)
+	create := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", ident(pub), list, with)
 
 	var owner string
-	var owned, all, ins, upd, del, trunc bool
+	var owned, all, ins, upd, del, trunc, viaRoot bool
 	err := p.conn.QueryRow(ctx, `SELECT pg_get_userbyid(pubowner)::text, pg_has_role(pubowner, 'USAGE'), puballtables,
-		pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1`, pub).
-		Scan(&owner, &owned, &all, &ins, &upd, &del, &trunc)
+		pubinsert, pubupdate, pubdelete, pubtruncate, coalesce((to_jsonb(p) ->> 'pubviaroot')::bool, false)
+		FROM pg_publication p WHERE pubname = $1`, pub).
+		Scan(&owner, &owned, &all, &ins, &upd, &del, &trunc, &viaRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		p.pubMissing = true
 		var notOwned []string
@@ -444,9 +449,10 @@ func (p *preflight) publication(ctx context.Context) {
 			drop = append(drop, t)
 		}
 	}
-	optsOK := ins && upd && del && !trunc
+	rootOK := viaRoot || p.versionNum < viaRootVersion
+	optsOK := ins && upd && del && trunc && rootOK
 	if len(add) == 0 && len(drop) == 0 && optsOK {
-		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (insert, update, delete)", len(want)))
+		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (%s)", len(want), publishOps))
 		return
 	}
 	var diff []string
@@ -456,15 +462,18 @@ func (p *preflight) publication(ctx context.Context) {
 	if len(drop) > 0 {
 		diff = append(diff, "also publishes "+strings.Join(drop, ", "))
 	}
-	if !optsOK {
-		diff = append(diff, fmt.Sprintf("publishes %s instead of insert, update, delete", publishList(ins, upd, del, trunc)))
+	if !(ins && upd && del && trunc) {
+		diff = append(diff, fmt.Sprintf("publishes %s instead of %s", publishList(ins, upd, del, trunc), publishOps))
+	}
+	if !rootOK {
+		diff = append(diff, "publish_via_partition_root is off (a partitioned table's changes would arrive under its partitions' names)")
 	}
 	var fix []string
 	if len(add) > 0 || len(drop) > 0 {
 		fix = append(fix, fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s;", ident(pub), list))
 	}
 	if !optsOK {
-		fix = append(fix, fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete');", ident(pub)))
+		fix = append(fix, fmt.Sprintf("ALTER PUBLICATION %s SET (%s);", ident(pub), with))
 	}
 	var notOwned []string
 	for _, t := range add {
@@ -475,6 +484,14 @@ func (p *preflight) publication(ctx context.Context) {
 	switch {
 	case p.super || (owned && len(notOwned) == 0):
 		p.ok(name, "differs from the configuration ("+strings.Join(diff, "; ")+"); walhook run updates it")
+	case !owned && len(add) == 0 && len(drop) == 0 && ins && upd && del && (rootOK || !p.partitioned()):
+		// Made for an older walhook: capture works, TRUNCATE goes unseen.
+		fixAs := fmt.Sprintf("-- as role %s or a superuser:\n%s", owner, strings.Join(fix, "\n"))
+		if trunc {
+			p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (publish_via_partition_root is off, and no partitioned table is captured)", len(want)))
+		} else {
+			p.warn(name, fmt.Sprintf("does not publish truncate and is owned by role %s, which role %s may not alter: a TRUNCATE of a captured table goes unseen (walhook cannot log it)", owner, p.user), fixAs)
+		}
 	case !owned:
 		p.fail(name, fmt.Sprintf("differs from the configuration (%s) and is owned by role %s: role %s may not alter it", strings.Join(diff, "; "), owner, p.user),
 			fmt.Sprintf("-- as role %s or a superuser:\n%s\n-- or hand it over: ALTER PUBLICATION %s OWNER TO %s;", owner, strings.Join(fix, "\n"), ident(pub), ident(p.user)))
@@ -482,6 +499,16 @@ func (p *preflight) publication(ctx context.Context) {
 		p.fail(name, fmt.Sprintf("differs from the configuration (%s), and role %s may not add %s to it: it does not own them", strings.Join(diff, "; "), p.user, strings.Join(notOwned, ", ")),
 			"-- as the tables' owner or a superuser:\n"+strings.Join(fix, "\n"))
 	}
+}
+
+// partitioned reports whether a configured table is a partitioned table.
+func (p *preflight) partitioned() bool {
+	for _, t := range p.byTable {
+		if t != nil && t.kind == "p" {
+			return true
+		}
+	}
+	return false
 }
 
 func publishList(ins, upd, del, trunc bool) string {
@@ -589,17 +616,13 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 		return
 	}
 	latest := all[len(all)-1].Version
-	var exists, usage, canCreateSchema, canCreateInDB bool
-	var user, db string
-	err = pool.QueryRow(ctx, `SELECT n.oid IS NOT NULL,
-		coalesce(has_schema_privilege(n.oid, 'USAGE'), false), coalesce(has_schema_privilege(n.oid, 'CREATE'), false),
-		has_database_privilege(current_database(), 'CREATE'), current_user, current_database()
-		FROM (SELECT 1) one LEFT JOIN pg_namespace n ON n.nspname = $1`, schema).
-		Scan(&exists, &usage, &canCreateSchema, &canCreateInDB, &user, &db)
+	store := outbox.New(pool, schema)
+	acc, err := store.Access(ctx)
 	if err != nil {
 		p.fail(name, "cannot read the outbox database: "+err.Error(), "")
 		return
 	}
+	exists, usage, canCreateSchema, canCreateInDB, user, db := acc.Exists, acc.Usage, acc.CanCreate, acc.CanCreateInDB, acc.User, acc.Database
 	if !exists {
 		if canCreateInDB {
 			p.ok(name, fmt.Sprintf("does not exist yet; walhook run (or walhook migrate) creates it in database %s", db))
@@ -614,18 +637,11 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 			fmt.Sprintf("GRANT USAGE, CREATE ON SCHEMA %s TO %s;\nGRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %s TO %s;  -- as the schema's owner", ident(schema), ident(user), ident(schema), ident(user)))
 		return
 	}
-	var versions *string
-	if err := pool.QueryRow(ctx, "SELECT to_regclass($1)::text", migrations.Table(schema, "schema_migrations")).Scan(&versions); err != nil {
-		p.fail(name, "cannot read the outbox database: "+err.Error(), "")
+	current, err := store.MigrationVersion(ctx)
+	if err != nil {
+		p.fail(name, "cannot read the applied migrations: "+err.Error(),
+			fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s;\nGRANT SELECT ON %s TO %s;", ident(schema), ident(user), store.MigrationsTable(), ident(user)))
 		return
-	}
-	current := 0
-	if versions != nil {
-		if err := pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+migrations.Table(schema, "schema_migrations")).Scan(&current); err != nil {
-			p.fail(name, "cannot read the applied migrations: "+err.Error(),
-				fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %s;\nGRANT SELECT ON %s TO %s;", ident(schema), ident(user), migrations.Table(schema, "schema_migrations"), ident(user)))
-			return
-		}
 	}
 	if current < latest && !canCreateSchema {
 		p.fail(name, fmt.Sprintf("exists, at migration %d of %d, and role %s may not create tables in it to apply the rest", current, latest, user),
@@ -641,18 +657,10 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 		return
 	}
 	// Current: can the role use the tables?
-	var missing []string
-	for _, t := range []string{"deliveries", "checkpoints"} {
-		var s, i, u, d bool
-		err := pool.QueryRow(ctx, `SELECT has_table_privilege($1, 'SELECT'), has_table_privilege($1, 'INSERT'),
-			has_table_privilege($1, 'UPDATE'), has_table_privilege($1, 'DELETE')`, migrations.Table(schema, t)).Scan(&s, &i, &u, &d)
-		if err != nil {
-			p.fail(name, fmt.Sprintf("cannot read privileges on %s.%s: %v", schema, t, err), "")
-			return
-		}
-		if !s || !i || !u || !d {
-			missing = append(missing, migrations.Table(schema, t))
-		}
+	missing, err := store.MissingPrivileges(ctx)
+	if err != nil {
+		p.fail(name, err.Error(), "")
+		return
 	}
 	if len(missing) > 0 {
 		p.fail(name, fmt.Sprintf("role %s may not read and write %s", user, strings.Join(missing, ", ")),

@@ -151,7 +151,7 @@ func TestPreflightAsRoleWithoutPrivileges(t *testing.T) {
 	ctx := context.Background()
 	for _, q := range []string{
 		"GRANT SELECT ON s TO " + role,
-		"CREATE PUBLICATION walhook FOR TABLE s WITH (publish = 'insert, update, delete')",
+		"CREATE PUBLICATION walhook FOR TABLE s WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)",
 	} {
 		if _, err := b.db.Exec(ctx, q); err != nil {
 			t.Fatal(err)

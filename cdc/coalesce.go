@@ -126,7 +126,7 @@ func (s *stream) flushCoalesced(ctx context.Context) error {
 		if len(hs.names) == 0 {
 			continue
 		}
-		p := pending{rel: e.rel, hooks: hs, event: ev, seq: e.seq, vals: e.vals}
+		p := pending{rel: e.rel, hooks: hs, event: ev, seq: e.seq, vals: e.vals, fill: hasUnchanged(e.vals)}
 		switch ev {
 		case EventUpdated:
 			if e.old != nil && len(e.old) == len(e.vals) && onlyIgnoredChanged(e.rel, e.vals, e.old) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -625,16 +626,35 @@ func (ks *keySet) args() []any {
 // maxLookupWorkers bounds the connections a chunk's lookups use at once.
 const maxLookupWorkers = 4
 
-// lookups fills in the relation and computed fields of a chunk of pending
-// changes, one query per relation and computed field of each model in it.
-// The queries run on up to maxLookupWorkers connections of the source pool
-// (at most half of it), each in its own read-only transaction.
+// lookupJob is one query of a chunk's lookups; it writes only its own slot
+// of the changes' fields. An error it returns is retried.
+type lookupJob func(*lookupRun) error
+
+// lookupRetryFor bounds how long a chunk's failing lookups are retried in
+// place (the stream answers no keepalive meanwhile); after that the stream
+// ends with the error and Run reconnects with backoff and replays.
+var lookupRetryFor = 20 * time.Second
+
+// lookups fills in the unchanged TOAST values, then the relation and
+// computed fields of a chunk of pending changes, one query per table (read
+// back), relation and computed field of each model in it. The queries run on
+// up to maxLookupWorkers connections of the source pool (at most half of
+// it), each in its own read-only transaction with a statement timeout.
+// A failing query is retried with backoff, holding capture (a warning, and
+// Capture.Stall), unless its model says on_lookup_error: omit.
 func (s *stream) lookups(ctx context.Context, ps []pending) error {
 	// Changes per relation (table version), in order of first appearance.
-	var order []*relation
+	var order, fillOrder []*relation
 	groups := map[*relation][]int{}
+	fills := map[*relation][]int{}
 	for i := range ps {
 		p := &ps[i]
+		if p.fill {
+			if _, ok := fills[p.rel]; !ok {
+				fillOrder = append(fillOrder, p.rel)
+			}
+			fills[p.rel] = append(fills[p.rel], i)
+		}
 		pl := p.rel.plan
 		if pl == nil {
 			continue
@@ -648,12 +668,15 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 			p.oldExtra = make([]lookupVal, len(pl.rels))
 		}
 	}
-	// Each job writes only its own slot of the changes' extra fields.
-	var jobs []func(*lookupRun)
+	var fillJobs, jobs []lookupJob
+	for _, rel := range fillOrder {
+		idxs := fills[rel]
+		fillJobs = append(fillJobs, func(lr *lookupRun) error { return s.readBack(ctx, lr, rel, ps, idxs) })
+	}
 	for _, rel := range order {
 		idxs := groups[rel]
 		for li, rl := range rel.plan.rels {
-			jobs = append(jobs, func(lr *lookupRun) { s.relationLookup(ctx, lr, rel, li, rl, ps, idxs) })
+			jobs = append(jobs, func(lr *lookupRun) error { return s.relationLookup(ctx, lr, rel, li, rl, ps, idxs) })
 		}
 		snaps := wantsSnapshots(rel)
 		for ci, cl := range rel.plan.comps {
@@ -661,38 +684,25 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 				continue // no webhook of the model renders snapshots
 			}
 			slot := len(rel.plan.rels) + ci
-			jobs = append(jobs, func(lr *lookupRun) { s.computedLookup(ctx, lr, rel, slot, cl, ps, idxs) })
+			jobs = append(jobs, func(lr *lookupRun) error { return s.computedLookup(ctx, lr, rel, slot, cl, ps, idxs) })
 		}
 	}
-	if len(jobs) > 0 {
-		s.waitVisible(ctx, s.txnXid)
+	if len(jobs)+len(fillJobs) > 0 {
+		if err := s.waitVisible(ctx, s.txnXid); err != nil {
+			return err
+		}
 	}
-	workers := min(len(jobs), maxLookupWorkers, max(1, int(s.c.source.Config().MaxConns)/2))
-	if workers <= 1 {
-		lr := &lookupRun{pool: s.c.source, log: s.log}
-		for _, j := range jobs {
-			j(lr)
+	// Read-backs first: computed fields may take a filled column.
+	if err := s.runLookups(ctx, fillJobs); err != nil {
+		return err
+	}
+	for _, i := range fills {
+		for _, j := range i {
+			ps[j].fill = false
 		}
-		lr.finish(ctx)
-	} else {
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				lr := &lookupRun{pool: s.c.source, log: s.log}
-				defer lr.finish(ctx)
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= len(jobs) {
-						return
-					}
-					jobs[i](lr)
-				}
-			}()
-		}
-		wg.Wait()
+	}
+	if err := s.runLookups(ctx, jobs); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err // shutting down: do not store payloads missing fields
@@ -715,7 +725,212 @@ func wantsSnapshots(rel *relation) bool {
 	return false
 }
 
-func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, rl *relLookup, ps []pending, idxs []int) {
+// runLookups runs jobs, retrying the failing ones with backoff for up to
+// lookupRetryFor.
+func (s *stream) runLookups(ctx context.Context, jobs []lookupJob) error {
+	start := time.Now()
+	backoff := 250 * time.Millisecond
+	stalled := false
+	for {
+		errs := s.runJobs(ctx, jobs)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var retry []lookupJob
+		var first error
+		for i, err := range errs {
+			if err != nil {
+				retry = append(retry, jobs[i])
+				if first == nil {
+					first = err
+				}
+			}
+		}
+		if len(retry) == 0 {
+			if stalled {
+				s.c.setStall("")
+				s.log.Info().Dur("waited", time.Since(start)).Msg("lookups succeed again: capture goes on")
+			}
+			return nil
+		}
+		s.c.lookupErrors.Add(int64(len(retry)))
+		msg := fmt.Sprintf("lookup failed, capture holds the transaction (commit LSN %s) and retries (set on_lookup_error: omit on the model to send changes without the field instead): %v", s.txnLSN, first)
+		s.c.setStall(msg)
+		stalled = true
+		if time.Since(start) >= lookupRetryFor {
+			return fmt.Errorf("lookups of the transaction with commit LSN %s still fail after %s (capture reconnects and retries): %w", s.txnLSN, lookupRetryFor, first)
+		}
+		ev := s.log.Warn().Err(first).Int("failed_queries", len(retry)).Dur("retry_in", backoff)
+		var pe *pgconn.PgError
+		if errors.As(first, &pe) && pe.Code == "57014" {
+			ev = ev.Dur("statement_timeout", lookupTimeout)
+		}
+		ev.Msg("lookup failed: capture holds the changes and retries (set on_lookup_error: omit on the model to send them without the field instead)")
+		if err := s.keepAlive(ctx); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 4*time.Second)
+		jobs = retry
+	}
+}
+
+// runJobs runs jobs on up to maxLookupWorkers connections and returns their
+// errors.
+func (s *stream) runJobs(ctx context.Context, jobs []lookupJob) []error {
+	errs := make([]error, len(jobs))
+	workers := min(len(jobs), maxLookupWorkers, max(1, int(s.c.source.Config().MaxConns)/2))
+	if workers <= 1 {
+		lr := &lookupRun{pool: s.c.source, log: s.log}
+		for i, j := range jobs {
+			errs[i] = j(lr)
+		}
+		lr.finish(ctx)
+		return errs
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lr := &lookupRun{pool: s.c.source, log: s.log}
+			defer lr.finish(ctx)
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(jobs) {
+					return
+				}
+				errs[i] = jobs[i](lr)
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+// readBack replaces the unchanged TOAST values ('u') of the changes idxs of
+// ps, all of table version rel, with the values read back by key: one query
+// for the chunk. A row that is gone renders those columns as null, with a
+// warning.
+func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *relation, ps []pending, idxs []int) error {
+	if rel.keyTypes == nil {
+		types := make([]string, len(rel.pkCols))
+		for n, i := range rel.pkCols {
+			err := lr.query(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND NOT attisdropped`,
+				[]any{rel.id, rel.cols[i].name}, func(vals [][]byte) { types[n] = string(vals[0]) })
+			if err != nil {
+				return fmt.Errorf("%s.%s: read key types: %w", rel.schema, rel.name, err)
+			}
+			if types[n] == "" {
+				return fmt.Errorf("%s.%s: key column %s not found", rel.schema, rel.name, rel.cols[i].name)
+			}
+		}
+		rel.keyTypes = types
+	}
+	// The columns missing in any of the changes, and the distinct keys.
+	var cols []int
+	have := map[int]bool{}
+	ks := newKeySet(len(rel.pkCols))
+	keyOf := make([]int, len(idxs))
+	for n, i := range idxs {
+		p := &ps[i]
+		keyOf[n] = -1
+		for c, v := range p.vals {
+			if v.kind == 'u' && !have[c] {
+				have[c] = true
+				cols = append(cols, c)
+			}
+		}
+		ok := true
+		for _, c := range rel.pkCols {
+			ok = ok && p.vals[c].kind == 't'
+		}
+		if !ok {
+			s.log.Error().Str("table", rel.schema+"."+rel.name).
+				Msg("unchanged TOAST value with no key to read it back: those columns render as null (set REPLICA IDENTITY FULL to carry them)")
+			continue
+		}
+		keyOf[n] = ks.add(p.vals, rel.pkCols)
+	}
+	results := make([][][]byte, ks.len())
+	if ks.len() > 0 {
+		var b strings.Builder
+		b.WriteString("SELECT k.n")
+		for _, c := range cols {
+			b.WriteString(", t.")
+			b.WriteString(pgx.Identifier{rel.cols[c].name}.Sanitize())
+		}
+		b.WriteString(" FROM unnest(")
+		for n := range rel.pkCols {
+			if n > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "$%d::text[]", n+1)
+		}
+		b.WriteString(") WITH ORDINALITY AS k(")
+		for n := range rel.pkCols {
+			fmt.Fprintf(&b, "k%d, ", n+1)
+		}
+		b.WriteString("n) JOIN ")
+		b.WriteString(pgx.Identifier{rel.schema, rel.name}.Sanitize())
+		b.WriteString(" AS t ON ")
+		for n, c := range rel.pkCols {
+			if n > 0 {
+				b.WriteString(" AND ")
+			}
+			fmt.Fprintf(&b, "t.%s = k.k%d::%s", pgx.Identifier{rel.cols[c].name}.Sanitize(), n+1, rel.keyTypes[n])
+		}
+		err := lr.query(ctx, b.String(), ks.args(), func(vals [][]byte) {
+			n, err := strconv.Atoi(string(vals[0]))
+			if err != nil || n < 1 || n > len(results) || results[n-1] != nil {
+				return
+			}
+			row := make([][]byte, len(cols))
+			for i, v := range vals[1:] {
+				if v != nil {
+					row[i] = slices.Clone(v)
+				}
+			}
+			results[n-1] = row
+		})
+		if err != nil {
+			return fmt.Errorf("%s.%s: read back unchanged TOAST columns: %w", rel.schema, rel.name, err)
+		}
+	}
+	gone := 0
+	for n, i := range idxs {
+		p := &ps[i]
+		var got [][]byte
+		if keyOf[n] >= 0 {
+			got = results[keyOf[n]]
+		}
+		if got == nil && keyOf[n] >= 0 {
+			gone++
+		}
+		for j, c := range cols {
+			if p.vals[c].kind != 'u' {
+				continue
+			}
+			if got == nil || got[j] == nil {
+				p.vals[c] = tupleValue{kind: 'n'}
+			} else {
+				p.vals[c] = tupleValue{kind: 't', data: got[j]}
+			}
+		}
+	}
+	if gone > 0 {
+		s.log.Warn().Str("table", rel.schema+"."+rel.name).Int("changes", gone).
+			Msg("row with unchanged TOAST columns is gone; those columns render as null (set REPLICA IDENTITY FULL to carry them)")
+	}
+	return nil
+}
+
+func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, rl *relLookup, ps []pending, idxs []int) error {
 	ks := newKeySet(len(rl.fk))
 	type ref struct {
 		p   *lookupVal
@@ -742,7 +957,7 @@ func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relatio
 		}
 	}
 	if ks.len() == 0 {
-		return
+		return nil
 	}
 	results := make([][]byte, ks.len())
 	err := lr.query(ctx, rl.sql, ks.args(), func(vals [][]byte) {
@@ -753,8 +968,11 @@ func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relatio
 		results[n-1] = rl.render(nil, vals[1:], s.rd.resolve)
 	})
 	if err != nil {
+		if rel.model.OnLookupError != config.LookupErrorOmit {
+			return fmt.Errorf("model %s: relation %s: %w", rel.model.Model, rl.key, err)
+		}
 		s.lookupFailed(&rl.logLimit, rel, "relation", rl.key, len(refs), err)
-		return
+		return nil
 	}
 	s.dels.fillFromImages(ctx, lr, rl, ks, results, s.rd.resolve)
 	for _, r := range refs {
@@ -764,6 +982,7 @@ func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relatio
 			*r.p = lookupVal{present: true, json: jsonNull} // row not found
 		}
 	}
+	return nil
 }
 
 // maxDeletedImages bounds the deleted rows a transaction keeps for the
@@ -930,7 +1149,7 @@ func imageJSON(rel *relation, vals row) []byte {
 	return append(b, '}')
 }
 
-func (s *stream) computedLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, cl *compLookup, ps []pending, idxs []int) {
+func (s *stream) computedLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, cl *compLookup, ps []pending, idxs []int) error {
 	ks := newKeySet(len(cl.args))
 	type ref struct {
 		p   *lookupVal
@@ -950,7 +1169,7 @@ outer:
 		refs = append(refs, ref{&p.extra[slot], ks.add(p.vals, cl.args)})
 	}
 	if len(refs) == 0 {
-		return
+		return nil
 	}
 	results := make([][]byte, max(ks.len(), 1))
 	err := lr.query(ctx, cl.sql, ks.args(), func(vals [][]byte) {
@@ -965,8 +1184,11 @@ outer:
 		}
 	})
 	if err != nil {
+		if rel.model.OnLookupError != config.LookupErrorOmit {
+			return fmt.Errorf("model %s: computed field %s: %w", rel.model.Model, cl.name, err)
+		}
 		s.lookupFailed(&cl.logLimit, rel, "computed field", cl.name, len(refs), err)
-		return
+		return nil
 	}
 	for _, r := range refs {
 		k := r.key
@@ -979,6 +1201,7 @@ outer:
 			*r.p = lookupVal{present: true, json: jsonNull}
 		}
 	}
+	return nil
 }
 
 func (s *stream) lookupFailed(l *logLimit, rel *relation, what, name string, changes int, err error) {
@@ -1233,23 +1456,73 @@ func pgMessage(err error) string {
 	return msg
 }
 
-// waitVisible waits (briefly) until transaction xid is visible to new
-// snapshots. The walsender can send a transaction as soon as its commit
-// record is flushed, a moment before other sessions see it; lookups must read
-// the committed state, not the one before it.
-func (s *stream) waitVisible(ctx context.Context, xid uint32) {
-	if xid == 0 {
-		return
+// keepAlive sends the server a status update when one is due, so that a
+// long wait of the stream (for visibility, or retrying lookups) does not
+// make the walsender drop the connection (wal_sender_timeout). It confirms
+// only what the writer committed: the stream is inside a transaction.
+func (s *stream) keepAlive(ctx context.Context) error {
+	if s.conn == nil || time.Now().Before(s.nextStatus) {
+		return nil
 	}
-	deadline := time.Now().Add(2 * time.Second)
+	return s.sendStatus(ctx)
+}
+
+// visibleSQL reports whether the transaction with the 32-bit id $1 is
+// visible to a new snapshot. The full 64-bit id is rebuilt from the
+// snapshot's xmax (the nearest id with those low 32 bits); a transaction
+// is visible when below xmin, or below xmax and not in progress. One that
+// has committed but is not visible yet (its commit record is flushed, so the
+// walsender may send it, while the backend still waits, e.g. for a
+// synchronous standby) is at or above xmax when it holds the newest id.
+const visibleSQL = `SELECT txid_visible_in_snapshot(greatest(3, x + (($1::bigint - x) % 4294967296 + 6442450944) % 4294967296 - 2147483648), s)
+	FROM (SELECT txid_current_snapshot() AS s) q, LATERAL (SELECT txid_snapshot_xmax(q.s) AS x) m`
+
+// visibleWarnAfter is how long waitVisible waits before it says so, and
+// then how often it repeats it.
+var visibleWarnAfter = 2 * time.Second
+
+// waitVisible waits until transaction xid is visible to new snapshots, so
+// that lookups and read-backs see the committed state, not the one before
+// it. The walsender can send a transaction as soon as its commit record is
+// flushed, a moment (or, with synchronous replication waiting for a standby,
+// much longer) before other sessions see it. It never gives up: rendering
+// with data that may be stale would be wrong for good, so a long wait holds
+// capture, visibly (a warning, and Capture.Stall).
+func (s *stream) waitVisible(ctx context.Context, xid uint32) error {
+	if xid == 0 || xid == s.visibleXid {
+		return nil
+	}
+	start := time.Now()
+	nextWarn := start.Add(visibleWarnAfter)
+	pause := 200 * time.Microsecond
 	for {
-		var running bool
-		err := s.c.source.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) x
-			WHERE x::text::bigint % 4294967296 = $1)`, int64(xid)).Scan(&running)
-		if err != nil || !running || time.Now().After(deadline) {
-			return
+		var visible bool
+		if err := s.c.source.QueryRow(ctx, visibleSQL, int64(xid)).Scan(&visible); err != nil {
+			return fmt.Errorf("wait until source transaction %d is visible: %w", xid, err)
 		}
-		time.Sleep(200 * time.Microsecond)
+		if visible {
+			s.visibleXid = xid
+			if time.Since(start) >= visibleWarnAfter {
+				s.c.setStall("")
+				s.log.Info().Uint32("xid", xid).Dur("waited", time.Since(start)).Msg("source transaction is visible: capture goes on")
+			}
+			return nil
+		}
+		if now := time.Now(); now.After(nextWarn) {
+			msg := fmt.Sprintf("source transaction %d (commit LSN %s) is committed but not yet visible to other sessions (waiting for a synchronous standby? see pg_stat_activity wait_event SyncRep): capture holds its changes until it is, so that lookups do not read stale rows", xid, s.txnLSN)
+			s.c.setStall(msg)
+			s.log.Warn().Uint32("xid", xid).Dur("waited", now.Sub(start)).Msg(msg)
+			nextWarn = now.Add(30 * time.Second)
+		}
+		if err := s.keepAlive(ctx); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+		pause = min(pause*2, 100*time.Millisecond)
 	}
 }
 

@@ -31,7 +31,8 @@ type relation struct {
 	identity uint8 // 'd' default, 'f' full, 'i' index, 'n' nothing
 	cols     []column
 	model    *config.Model
-	pkCols   []int // indexes into cols forming object_key
+	pkCols   []int    // indexes into cols forming object_key
+	keyTypes []string // SQL type names of pkCols, for reading rows back (set on first use)
 	urlParts []urlPart
 	plan     *lookupPlan // relations and computed fields; nil when none
 	hooks    [3]hookSet  // webhooks per event (eventIndex), sent one event per change
@@ -67,8 +68,9 @@ type urlPart struct {
 }
 
 // newRelation builds a relation from a Relation message. pkNames are the
-// table's primary-key columns (from the catalog); when empty the replica
-// identity columns are used, and failing that every column.
+// table's primary-key columns (from the catalog); when empty, or when the
+// replica identity is an index without them, the replica identity columns
+// are used, and failing that every column.
 func newRelation(m *pglogrepl.RelationMessage, model *config.Model, pkNames []string) *relation {
 	r := &relation{id: m.RelationID, schema: m.Namespace, name: m.RelationName, identity: m.ReplicaIdentity, model: model}
 	excluded := map[string]bool{}
@@ -100,6 +102,18 @@ func newRelation(m *pglogrepl.RelationMessage, model *config.Model, pkNames []st
 	for i, c := range r.cols {
 		if c.pk {
 			r.pkCols = append(r.pkCols, i)
+		}
+	}
+	if r.identity == 'i' {
+		// REPLICA IDENTITY USING INDEX: a DELETE carries only the index's
+		// columns. The object key must be built from columns every event
+		// carries: the primary key when the index holds it, else the
+		// index's columns.
+		for _, i := range r.pkCols {
+			if !r.cols[i].key {
+				r.pkCols = nil
+				break
+			}
 		}
 	}
 	if len(r.pkCols) == 0 {

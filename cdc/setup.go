@@ -35,6 +35,7 @@ func IsFatal(err error) bool {
 // tableInfo is what the catalog says about a configured table.
 type tableInfo struct {
 	oid      uint32
+	kind     string // relkind: r table, p partitioned table
 	identity string
 	hasPK    bool
 	columns  []string
@@ -49,6 +50,13 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 	add := func(line int, format string, args ...any) {
 		probs = append(probs, config.Problem{File: cfg.File, Line: line, Msg: fmt.Sprintf(format, args...)})
 	}
+	configured := map[uint32]*config.Model{}
+	for i := range cfg.Models {
+		m := &cfg.Models[i]
+		if ti, err := lookupTable(ctx, conn, m.Schema, m.Name); err == nil && ti != nil {
+			configured[ti.oid] = m
+		}
+	}
 	for i := range cfg.Models {
 		m := &cfg.Models[i]
 		ti, err := lookupTable(ctx, conn, m.Schema, m.Name)
@@ -59,6 +67,11 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 		if ti == nil {
 			add(m.Line, "table %s does not exist in the source database (model %s)", m.QualifiedTable(), m.Model)
 			continue
+		}
+		if msg, err := partitionProblem(ctx, conn, ti, configured); err != nil {
+			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
+		} else if msg != "" {
+			add(m.Line, "table %s %s", m.QualifiedTable(), msg)
 		}
 		if ti.identity == "n" || (!ti.hasPK && ti.identity == "d") {
 			add(m.Line, "table %s has no primary key or replica identity: publishing it would make the application's UPDATE and DELETE on it fail; run: ALTER TABLE %s REPLICA IDENTITY FULL;", m.QualifiedTable(), qt)
@@ -93,6 +106,35 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 	return nil
 }
 
+// partitionProblem says why a partitioned table or a partition cannot be
+// captured as configured: before PostgreSQL 13 a publication cannot carry a
+// partitioned table; a partition whose partitioned table is captured too
+// would have its changes published under the partitioned table's name.
+func partitionProblem(ctx context.Context, conn queryer, ti *tableInfo, configured map[uint32]*config.Model) (string, error) {
+	num, err := serverVersionNum(ctx, conn)
+	if err != nil {
+		return "", err
+	}
+	if ti.kind == "p" && num < viaRootVersion {
+		return "is partitioned, and PostgreSQL before 13 cannot publish a partitioned table as one table: configure each partition as its own model (with the same model name), or upgrade to PostgreSQL 13 or newer", nil
+	}
+	if ti.kind == "p" || num < 120000 { // pg_partition_ancestors: 12+
+		return "", nil
+	}
+	var ancestors []uint32
+	err = conn.QueryRow(ctx, `SELECT coalesce(array_agg(a.relid::oid), '{}') FROM pg_class c, pg_partition_ancestors(c.oid) a
+		WHERE c.oid = $1 AND c.relispartition AND a.relid::oid <> c.oid`, ti.oid).Scan(&ancestors)
+	if err != nil {
+		return "", fmt.Errorf("read partition ancestors: %w", err)
+	}
+	for _, a := range ancestors {
+		if m := configured[a]; m != nil {
+			return fmt.Sprintf("is a partition of %s, which model %s captures (with all its partitions, under its own name): remove this model", m.QualifiedTable(), m.Model), nil
+		}
+	}
+	return "", nil
+}
+
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
@@ -111,13 +153,13 @@ type queryer interface {
 func lookupTable(ctx context.Context, conn queryer, schema, name string) (*tableInfo, error) {
 	var ti tableInfo
 	err := conn.QueryRow(ctx, `
-		SELECT c.oid, c.relreplident::text,
+		SELECT c.oid, c.relkind::text, c.relreplident::text,
 		       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
 		       coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
 		                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}')
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, name).
-		Scan(&ti.oid, &ti.identity, &ti.hasPK, &ti.columns)
+		Scan(&ti.oid, &ti.kind, &ti.identity, &ti.hasPK, &ti.columns)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -162,9 +204,38 @@ func checkServer(ctx context.Context, conn queryer) error {
 	return nil
 }
 
+// publishOps are the operations the publication publishes. TRUNCATE is
+// included so that capture sees it and says loudly that it sends nothing
+// for the removed rows (publishing it changes nothing for the application).
+const publishOps = "insert, update, delete, truncate"
+
+// viaRootVersion is the first server version (server_version_num) with
+// publish_via_partition_root, and able to publish a partitioned table.
+const viaRootVersion = 130000
+
+// publicationWith is the WITH clause of walhook's publication on a server of
+// version num: on 13+ publish_via_partition_root, so that the changes of a
+// partitioned table arrive under its own name, not its partitions'.
+func publicationWith(num int) string {
+	if num >= viaRootVersion {
+		return "publish = '" + publishOps + "', publish_via_partition_root = true"
+	}
+	return "publish = '" + publishOps + "'"
+}
+
+// serverVersionNum reads server_version_num.
+func serverVersionNum(ctx context.Context, conn queryer) (int, error) {
+	var num int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&num); err != nil {
+		return 0, fmt.Errorf("read server_version_num: %w", err)
+	}
+	return num, nil
+}
+
 // ensurePublication creates the publication for exactly the configured
 // tables, or alters it to match. It must run before the slot is created.
-func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (changed bool, err error) {
+// warn is told about a difference walhook may not fix but can live with.
+func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, warn func(string)) (changed bool, err error) {
 	pub := cfg.Database.Publication
 	var tables []string
 	for _, m := range cfg.Models {
@@ -172,17 +243,24 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (c
 	}
 	list := strings.Join(tables, ", ")
 	qpub := pgx.Identifier{pub}.Sanitize()
-	var ins, upd, del, trunc, allTables, mayAlter bool
+	num, err := serverVersionNum(ctx, conn)
+	if err != nil {
+		return false, err
+	}
+	with := publicationWith(num)
+	var ins, upd, del, trunc, viaRoot, allTables, mayAlter bool
 	var owner, me string
-	err = conn.QueryRow(ctx, `SELECT p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, p.puballtables,
+	// pubviaroot exists from PostgreSQL 13: read it through to_jsonb.
+	err = conn.QueryRow(ctx, `SELECT p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate,
+			coalesce((to_jsonb(p) ->> 'pubviaroot')::bool, false), p.puballtables,
 			pg_get_userbyid(p.pubowner), current_user::text,
 			pg_has_role(p.pubowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-		FROM pg_publication p WHERE p.pubname = $1`, pub).Scan(&ins, &upd, &del, &trunc, &allTables, &owner, &me, &mayAlter)
+		FROM pg_publication p WHERE p.pubname = $1`, pub).Scan(&ins, &upd, &del, &trunc, &viaRoot, &allTables, &owner, &me, &mayAlter)
 	if errors.Is(err, pgx.ErrNoRows) {
-		_, err = conn.Exec(ctx, "CREATE PUBLICATION "+qpub+" FOR TABLE "+list+" WITH (publish = 'insert, update, delete')")
+		_, err = conn.Exec(ctx, "CREATE PUBLICATION "+qpub+" FOR TABLE "+list+" WITH ("+with+")")
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == "42501" {
-			return false, fatalf("create publication %s: %v: the role must own the captured tables; as their owner or a superuser run: CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert, update, delete');", pub, err, qpub, list)
+			return false, fatalf("create publication %s: %v: the role must own the captured tables; as their owner or a superuser run: CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", pub, err, qpub, list, with)
 		}
 		if err != nil {
 			return false, fmt.Errorf("create publication %s: %w", pub, permissionHint(err))
@@ -197,8 +275,8 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (c
 	}
 	// notOwner explains a publication that must change but is not ours.
 	notOwner := func(what string) error {
-		return fatalf("publication %s is owned by role %s and %s, which role %s may not change: as %s or a superuser run ALTER PUBLICATION %s SET TABLE %s; ALTER PUBLICATION %s SET (publish = 'insert, update, delete'); or hand it over with ALTER PUBLICATION %s OWNER TO %s;",
-			pub, owner, what, me, owner, qpub, list, qpub, qpub, pgx.Identifier{me}.Sanitize())
+		return fatalf("publication %s is owned by role %s and %s, which role %s may not change: as %s or a superuser run ALTER PUBLICATION %s SET TABLE %s; ALTER PUBLICATION %s SET (%s); or hand it over with ALTER PUBLICATION %s OWNER TO %s;",
+			pub, owner, what, me, owner, qpub, list, qpub, with, qpub, pgx.Identifier{me}.Sanitize())
 	}
 	rows, err := conn.Query(ctx, "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1", pub)
 	if err != nil {
@@ -214,21 +292,45 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config) (c
 	}
 	sort.Strings(have)
 	sort.Strings(want)
+	// Options first: with publish_via_partition_root off, pg_publication_tables
+	// lists a partitioned table's partitions instead of the table.
+	if !ins || !upd || !del || !trunc || (num >= viaRootVersion && !viaRoot) {
+		if !mayAlter {
+			// A publication made by a DBA for an older walhook lacks
+			// truncate (and via-root): capture still works, but TRUNCATE
+			// goes unseen. Refuse only what loses changes.
+			partitioned := false
+			if !viaRoot && num >= viaRootVersion {
+				if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = ANY ($1::text[]::regclass[]) AND relkind = 'p')", tables).Scan(&partitioned); err != nil {
+					return false, fmt.Errorf("read publication %s tables: %w", pub, err)
+				}
+			}
+			if !ins || !upd || !del || partitioned {
+				return false, notOwner("is not WITH (" + with + ")")
+			}
+			if !trunc {
+				warn(fmt.Sprintf("publication %s does not publish truncate, and role %s may not change it: a TRUNCATE of a captured table goes unseen (walhook cannot log it); as %s or a superuser run ALTER PUBLICATION %s SET (%s);", pub, me, owner, qpub, with))
+			}
+		} else {
+			if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+qpub+" SET ("+with+")"); err != nil {
+				return false, fmt.Errorf("update publication %s options: %w", pub, permissionHint(err))
+			}
+			changed = true
+		}
+		if rows, err = conn.Query(ctx, "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1", pub); err == nil {
+			have, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err != nil {
+			return false, fmt.Errorf("read publication %s tables: %w", pub, err)
+		}
+		sort.Strings(have)
+	}
 	if !slices.Equal(have, want) {
 		if !mayAlter {
 			return false, notOwner(fmt.Sprintf("publishes %s instead of the configured %s", strings.Join(have, ", "), strings.Join(want, ", ")))
 		}
-		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" SET TABLE "+list); err != nil {
+		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+qpub+" SET TABLE "+list); err != nil {
 			return false, fmt.Errorf("update publication %s to the configured tables: %w", pub, permissionHint(err))
-		}
-		changed = true
-	}
-	if !ins || !upd || !del || trunc {
-		if !mayAlter {
-			return false, notOwner("does not publish exactly insert, update, delete")
-		}
-		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" SET (publish = 'insert, update, delete')"); err != nil {
-			return false, fmt.Errorf("update publication %s options: %w", pub, permissionHint(err))
 		}
 		changed = true
 	}

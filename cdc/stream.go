@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
@@ -43,11 +41,13 @@ type stream struct {
 	txnLSN  pglogrepl.LSN
 	txnAt   time.Time
 	txnXid  uint32 // the source transaction's id, to wait until it is visible to lookups
-	seq     int32
-	skipped bool // current transaction seen but not for us
-	coal    coalescer
-	dels    deletedImages // rows deleted by the transaction, for relations to them
-	imgs    txnImages     // last images of objects changed by the transaction, for ignore_changes
+	// visibleXid is the last transaction id found visible (waitVisible).
+	visibleXid uint32
+	seq        int32
+	skipped    bool // current transaction seen but not for us
+	coal       coalescer
+	dels       deletedImages // rows deleted by the transaction, for relations to them
+	imgs       txnImages     // last images of objects changed by the transaction, for ignore_changes
 
 	lastSentEnd pglogrepl.LSN // end of the last transaction handed to the writer
 	kaEnd       pglogrepl.LSN // keepalive WAL end known to be safe once kaNeed is flushed
@@ -165,6 +165,8 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
 		return s.relation(ctx, m)
+	case *pglogrepl.TypeMessage:
+		s.c.types.named(m.DataType, m.Namespace+"."+m.Name)
 	case *pglogrepl.BeginMessage:
 		s.inTxn, s.txnLSN, s.txnAt, s.txnXid, s.seq = true, m.FinalLSN, m.CommitTime, m.Xid, 0
 		s.coal.reset()
@@ -176,13 +178,19 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 		return s.change(ctx, EventDeleted, m.RelationID, m.OldTupleType, m.OldTuple, nil)
 	case *pglogrepl.TruncateMessage:
 		var names []string
+		lo, _ := s.c.opts.Observer.(LossObserver)
 		for _, id := range m.RelationIDs {
 			if r := s.rels[id]; r != nil {
-				names = append(names, r.schema+"."+r.name)
+				t := r.schema + "." + r.name
+				names = append(names, t)
+				s.c.losses.add(&s.c.losses.truncated, t)
+				if lo != nil {
+					lo.Truncated(t)
+				}
 			}
 		}
-		s.log.Warn().Strs("tables", names).Str("lsn", s.txnLSN.String()).
-			Msg("TRUNCATE is not captured: no webhooks are sent for the removed rows")
+		s.log.Error().Strs("tables", names).Str("lsn", s.txnLSN.String()).
+			Msg("TRUNCATE is not captured: no webhooks are sent for the removed rows (use walhook backfill or your own reconciliation)")
 		s.seq++
 	case *pglogrepl.CommitMessage:
 		if err := s.flushCoalesced(ctx); err != nil {
@@ -201,6 +209,9 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 		}
 		s.lastSentEnd = m.TransactionEndLSN
 		s.c.received.Store(uint64(m.TransactionEndLSN))
+		if s.c.stall.Load() != nil {
+			s.c.setStall("") // the transaction went through
+		}
 	}
 	return nil
 }
@@ -231,7 +242,14 @@ func (s *stream) send(ctx context.Context, b batch) error {
 }
 
 func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
-	model := s.c.models[m.Namespace+"."+m.RelationName]
+	table := m.Namespace + "." + m.RelationName
+	model := s.c.byOID[m.RelationID]
+	if model == nil {
+		model = s.c.models[table]
+	} else if model.QualifiedTable() != table {
+		s.log.Warn().Str("table", table).Str("model", model.Model).Str("configured", model.QualifiedTable()).
+			Msgf("table %s was renamed or moved to %s: still captured as model %s, but the configuration names a table that no longer exists, so walhook will refuse to start until you set table: %s", model.QualifiedTable(), table, model.Model, table)
+	}
 	if model == nil {
 		s.rels[m.RelationID] = &relation{id: m.RelationID, schema: m.Namespace, name: m.RelationName}
 		return nil
@@ -294,6 +312,11 @@ func (s *stream) planRelation(ctx context.Context, r *relation, m *pglogrepl.Rel
 	if err != nil {
 		return err
 	}
+	if len(probs) > 0 && r.model.OnLookupError != config.LookupErrorOmit {
+		msg := fmt.Sprintf("table %s: %s: capture holds its changes until this is fixed (or set on_lookup_error: omit on model %s to send them without the field)", r.schema+"."+r.name, probs[0].msg, r.model.Model)
+		s.c.setStall(msg)
+		return errors.New(msg)
+	}
 	for _, p := range probs {
 		s.log.Error().Str("table", r.schema+"."+r.name).Msg(p.msg + ": rendered without it")
 	}
@@ -318,6 +341,16 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		return fmt.Errorf("change for relation %d before its Relation message", relID)
 	}
 	if rel.model == nil {
+		// A published table no model maps (added to the publication by
+		// hand?): nothing can render it, but it must not pass unseen.
+		t := rel.schema + "." + rel.name
+		if s.c.losses.add(&s.c.losses.unmapped, t) {
+			s.log.Error().Str("table", t).Str("lsn", s.txnLSN.String()).
+				Msgf("changes of table %s are published but no model maps it: they are NOT sent (counted in walhook_changes_unmapped_total); add a model for it, or remove it from publication %s", t, s.c.cfg.Database.Publication)
+		}
+		if lo, ok := s.c.opts.Observer.(LossObserver); ok {
+			lo.Unmapped(t)
+		}
 		return nil
 	}
 	hs := &rel.hooks[eventIndex(event)]
@@ -352,11 +385,9 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 			return fmt.Errorf("%s.%s: new row: %w", rel.schema, rel.name, err)
 		}
 	}
-	if event == EventUpdated {
-		if err := s.fillUnchanged(ctx, rel, vals, old, oldType); err != nil {
-			return err
-		}
-	}
+	// Unchanged TOAST values not in the old row are read back with the
+	// chunk's lookups: the change waits in pending.
+	fill := event == EventUpdated && fillFromOld(vals, old, oldType)
 	if rel.coalesce {
 		// Webhooks with coalesce: transaction get their events at commit.
 		if err := s.coalesceChange(ctx, rel, event, seq, vals, old, oldType, keysOnly); err != nil {
@@ -383,7 +414,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 				Msg("ignore_changes: transaction changes more objects than are tracked without REPLICA IDENTITY FULL: their later updates are sent")
 		}
 	}
-	if rel.plan == nil && !hs.special && len(s.pending) == 0 {
+	if rel.plan == nil && !hs.special && len(s.pending) == 0 && !fill {
 		// The plain path: render now, one body for every webhook.
 		body := s.rd.netboxBody(event, s.txnAt, rel, vals, keysOnly)
 		key := objectKey(rel, vals)
@@ -393,11 +424,11 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		}
 		return s.sendFull(ctx)
 	}
-	p := pending{rel: rel, hooks: hs, event: event, seq: seq, vals: vals, oldType: oldType, keysOnly: keysOnly}
+	p := pending{rel: rel, hooks: hs, event: event, seq: seq, vals: vals, oldType: oldType, keysOnly: keysOnly, fill: fill}
 	if event == EventUpdated && hs.special {
 		p.old = old
 	}
-	if rel.plan == nil && len(s.pending) == 0 {
+	if rel.plan == nil && len(s.pending) == 0 && !fill {
 		return s.emit(ctx, &p) // nothing to look up: render now
 	}
 	// Buffer until the chunk's lookups (the values point into the message
@@ -433,6 +464,7 @@ type pending struct {
 	keysOnly bool
 	extra    []lookupVal // relation fields, then computed fields (rel.plan)
 	oldExtra []lookupVal // relation fields of old
+	fill     bool        // vals has unchanged TOAST values to read back
 }
 
 // oldNeeded reports whether the old row is rendered (for .old).
@@ -563,11 +595,11 @@ func onlyIgnoredChanged(rel *relation, vals, old row) bool {
 	return true
 }
 
-// fillUnchanged replaces unchanged TOAST values ('u') with their values:
-// from the old row image when the table has REPLICA IDENTITY FULL, else read
-// back by primary key (the current value, shortly after commit).
-func (s *stream) fillUnchanged(ctx context.Context, rel *relation, vals, old row, oldType uint8) error {
-	var missing []int
+// fillFromOld replaces unchanged TOAST values ('u') with their values from
+// the old row image (REPLICA IDENTITY FULL) and reports whether some are
+// left: those are read back by key with the chunk's lookups (the current
+// value, once the transaction is visible).
+func fillFromOld(vals, old row, oldType uint8) (missing bool) {
 	for i, v := range vals {
 		if v.kind != 'u' {
 			continue
@@ -576,52 +608,19 @@ func (s *stream) fillUnchanged(ctx context.Context, rel *relation, vals, old row
 			vals[i] = old[i]
 			continue
 		}
-		missing = append(missing, i)
+		missing = true
 	}
-	if len(missing) == 0 {
-		return nil
-	}
-	var sel, where []string
-	var args []any
-	for _, i := range missing {
-		sel = append(sel, pgx.Identifier{rel.cols[i].name}.Sanitize())
-	}
-	for n, i := range rel.pkCols {
-		if vals[i].kind != 't' {
-			return fmt.Errorf("%s.%s: unchanged TOAST value with no key to read it back", rel.schema, rel.name)
-		}
-		where = append(where, fmt.Sprintf("%s = $%d", pgx.Identifier{rel.cols[i].name}.Sanitize(), n+1))
-		args = append(args, string(vals[i].data))
-	}
-	q := "SELECT " + strings.Join(sel, ", ") + " FROM " + pgx.Identifier{rel.schema, rel.name}.Sanitize() +
-		" WHERE " + strings.Join(where, " AND ")
-	// Simple protocol: keys go as quoted literals that PostgreSQL casts to
-	// the column types, and results come back in text format.
-	rows, err := s.c.source.Query(ctx, q, append([]any{pgx.QueryExecModeSimpleProtocol}, args...)...)
-	if err != nil {
-		return fmt.Errorf("%s.%s: read back unchanged TOAST columns: %w", rel.schema, rel.name, err)
-	}
-	defer rows.Close()
-	found := false
-	if rows.Next() {
-		found = true
-		for n, raw := range rows.RawValues() {
-			i := missing[n]
-			if raw == nil {
-				vals[i] = tupleValue{kind: 'n'}
-			} else {
-				vals[i] = tupleValue{kind: 't', data: slices.Clone(raw)}
-			}
+	return missing
+}
+
+// hasUnchanged reports whether vals holds unchanged TOAST values ('u').
+func hasUnchanged(vals row) bool {
+	for _, v := range vals {
+		if v.kind == 'u' {
+			return true
 		}
 	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("%s.%s: read back unchanged TOAST columns: %w", rel.schema, rel.name, err)
-	}
-	if !found {
-		s.log.Warn().Str("table", rel.schema+"."+rel.name).Str("key", objectKey(rel, vals)).
-			Msg("row with unchanged TOAST columns is gone; those columns render as null (set REPLICA IDENTITY FULL to carry them)")
-	}
-	return nil
+	return false
 }
 
 // hookIndex maps model -> event -> names of webhooks that take it.

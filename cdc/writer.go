@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
-	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/internal/outbox"
 )
 
 // outRow is one delivery row to enqueue.
@@ -43,10 +43,9 @@ type batch struct {
 // transaction whose rows are committed: the only LSN safe to confirm.
 type writer struct {
 	pool       *pgxpool.Pool
+	store      *outbox.Store
+	sql        outbox.EnqueueStatements
 	slot       string
-	insertSQL  string
-	table      pgx.Identifier
-	ckptSQL    string
 	channel    string
 	groupRows  int
 	groupDelay time.Duration
@@ -57,6 +56,13 @@ type writer struct {
 	rows     *atomic.Int64 // rows enqueued (committed), shared with Capture
 	observer Observer
 	counts   map[modelEvent]int // rows per model and event in the open transaction
+
+	// window, when set, is the commit-LSN range where rows may collide with
+	// an older history (identity.go); inWindow collects the rows of the
+	// open transaction in it, collided counts the rows that did.
+	window   *atomic.Pointer[gapWindow]
+	inWindow []outRow
+	collided *atomic.Int64
 }
 
 // Observer is told about committed outbox rows (for metrics). Counts are
@@ -71,33 +77,12 @@ type modelEvent struct{ model, event string }
 // outbox transaction.
 const chunkRows = 500
 
-func newWriter(pool *pgxpool.Pool, schema, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, safe *atomic.Bool, obs Observer, log zerolog.Logger) *writer {
-	d := migrations.Table(schema, "deliveries")
+func newWriter(pool *pgxpool.Pool, store *outbox.Store, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, safe *atomic.Bool, obs Observer, log zerolog.Logger) *writer {
 	return &writer{
-		pool: pool, slot: slot, groupRows: groupRows, groupDelay: groupDelay, rows: rows, safe: safe, log: log,
-		observer: obs, counts: map[modelEvent]int{},
-		channel: migrations.Channel(schema),
-		table:   pgx.Identifier{schema, "deliveries"},
-		insertSQL: "INSERT INTO " + d + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, state, last_error)
-			SELECT w, e, m, k, l, s, c, b, coalesce(nullif(st, ''), 'pending'), nullif(le, '')
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS u(w, e, m, k, l, s, c, b, st, le)
-			ON CONFLICT (webhook, commit_lsn, seq) DO NOTHING`,
-		ckptSQL: "INSERT INTO " + migrations.Table(schema, "checkpoints") + ` (slot, lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now())
-			ON CONFLICT (slot) DO UPDATE SET lsn = GREATEST(EXCLUDED.lsn, checkpoints.lsn), updated_at = now()`,
+		pool: pool, store: store, sql: store.Enqueue(), slot: slot, groupRows: groupRows, groupDelay: groupDelay,
+		rows: rows, safe: safe, log: log, observer: obs, counts: map[modelEvent]int{},
+		channel: store.Channel(),
 	}
-}
-
-// Checkpoint reads the stored progress LSN of slot (0 when none).
-func readCheckpoint(ctx context.Context, pool *pgxpool.Pool, schema, slot string) (pglogrepl.LSN, error) {
-	var s string
-	err := pool.QueryRow(ctx, "SELECT lsn::text FROM "+migrations.Table(schema, "checkpoints")+" WHERE slot = $1", slot).Scan(&s)
-	if err == pgx.ErrNoRows {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("read checkpoint: %w", err)
-	}
-	return pglogrepl.ParseLSN(s)
 }
 
 // smallGroup is the most rows a group may have to be written together with
@@ -136,6 +121,15 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 	}()
 	count := func(rows []outRow) {
+		if w.window != nil {
+			if g := w.window.Load(); g != nil {
+				for _, r := range rows {
+					if g.holds(r.commitLSN) {
+						w.inWindow = append(w.inWindow, r)
+					}
+				}
+			}
+		}
 		if w.observer != nil {
 			for _, r := range rows {
 				w.counts[modelEvent{r.model, r.event}]++
@@ -169,12 +163,12 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			small, buf = buf, buf[len(buf):]
 			b.Queue("BEGIN")
 			if len(small) > 0 {
-				b.Queue(w.insertSQL, w.insertArgs(small)...)
+				b.Queue(w.sql.Insert, w.insertArgs(small)...)
 			}
 		} else if err := copyBuf(); err != nil {
 			return err
 		}
-		b.Queue(w.ckptSQL, w.slot, lastEnd.String())
+		b.Queue(w.sql.Checkpoint, w.slot, lastEnd.String())
 		if inserted > 0 || len(small) > 0 {
 			b.Queue("SELECT pg_notify($1, '')", w.channel)
 		}
@@ -196,6 +190,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		open = false
 		count(small)
+		if err := w.checkWindow(ctx, lastEnd); err != nil {
+			return err
+		}
 		w.flushed.Store(uint64(lastEnd))
 		w.rows.Add(inserted)
 		if w.observer != nil {
@@ -245,10 +242,48 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 	}
 }
 
+// checkWindow reports the rows just committed in the gap window that were
+// not enqueued because the old history holds their key, and closes the
+// window once the committed position passes it.
+func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error {
+	if w.window == nil {
+		return nil
+	}
+	g := w.window.Load()
+	if g == nil {
+		return nil
+	}
+	if len(w.inWindow) > 0 {
+		keys := make([]outbox.DeliveryKey, len(w.inWindow))
+		for i, r := range w.inWindow {
+			keys[i] = outbox.DeliveryKey{Webhook: r.webhook, CommitLSN: r.commitLSN, Seq: r.seq}
+		}
+		idx, err := w.store.CreatedBefore(ctx, keys, g.before)
+		if err != nil {
+			return err
+		}
+		lost := make([]outRow, len(idx))
+		for i, j := range idx {
+			lost[i] = w.inWindow[j]
+		}
+		w.inWindow = w.inWindow[:0]
+		if len(lost) > 0 {
+			w.collided.Add(int64(len(lost)))
+			for _, r := range lost {
+				w.log.Error().Str("webhook", r.webhook).Str("model", r.model).Str("key", r.key).Str("event", r.event).
+					Str("commit_lsn", r.commitLSN.String()).Int32("seq", r.seq).
+					Msg("change NOT enqueued: a delivery of the source's old history (before the gap) holds the same webhook, commit LSN and position; resend the object with walhook backfill")
+			}
+		}
+	}
+	if committed > g.to {
+		w.window.CompareAndSwap(g, nil)
+	}
+	return nil
+}
+
 // pgLSNOID is the type OID of pg_lsn.
 const pgLSNOID = 3220
-
-var copyColumns = []string{"webhook", "event", "model", "object_key", "commit_lsn", "seq", "committed_at", "body", "state", "last_error"}
 
 // copyRows writes rows with COPY. COPY cannot skip rows that exist, so a
 // replay of changes already enqueued (which starting from the checkpoint
@@ -257,13 +292,13 @@ var copyColumns = []string{"webhook", "event", "model", "object_key", "commit_ls
 // and the stream replays.
 func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []outRow) (int64, error) {
 	if w.safe.Load() {
-		tag, err := conn.Exec(ctx, w.insertSQL, w.insertArgs(rows)...)
+		tag, err := conn.Exec(ctx, w.sql.Insert, w.insertArgs(rows)...)
 		if err != nil {
 			return 0, fmt.Errorf("outbox: insert %d deliveries: %w", len(rows), err)
 		}
 		return tag.RowsAffected(), nil
 	}
-	n, err := conn.CopyFrom(ctx, w.table, copyColumns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
+	n, err := conn.CopyFrom(ctx, w.sql.Table, w.sql.Columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
 		r := &rows[i]
 		state, lastErr := "pending", any(nil)
 		if r.state != "" {

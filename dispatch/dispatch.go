@@ -179,7 +179,6 @@ type hook struct {
 	url         string
 	method      string
 	header      http.Header
-	host        string
 	secret      string   // key of X-Hook-Signature ("" when unsigned)
 	scheme      string   // config signature: netbox, standard-webhooks or both
 	secrets     []string // Standard Webhooks secrets (whsec_...), several while rotating
@@ -333,7 +332,7 @@ func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error
 		initial:     w.Retry.InitialInterval.D(),
 		maxInterval: w.Retry.MaxInterval.D(),
 		header:      http.Header{},
-		log:         log.With().Str("webhook", w.Name).Str("url", config.RedactURL(w.URL)).Logger(),
+		log:         log.With().Str("webhook", w.Name).Str("url", config.URLTarget(w.URL)).Logger(),
 	}
 	if h.method == "" {
 		h.method = http.MethodPost
@@ -362,16 +361,24 @@ func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error
 	h.header.Set("Content-Type", ct)
 	h.header.Set("User-Agent", "walhook/"+version)
 	for k, v := range w.Headers {
-		switch http.CanonicalHeaderKey(k) {
-		case "Host":
-			h.host = v
-		case "X-Hook-Signature", "X-Walhook-Delivery", "Traceparent", "Content-Length", "Webhook-Id", "Webhook-Timestamp", "Webhook-Signature":
-			return nil, fmt.Errorf("dispatch: webhook %q: header %s is set by walhook and cannot be configured", w.Name, k)
-		default:
-			h.header.Set(k, v)
+		// Load refuses these with the file and line; a Config built in
+		// code gets the same rules here.
+		if !config.ValidHeaderName(k) || !config.ValidHeaderValue(v) || config.ReservedHeader(k) || isStandardHeader(k) {
+			return nil, fmt.Errorf("dispatch: webhook %q: header %q cannot be configured (invalid, or set by walhook)", w.Name, k)
 		}
+		h.header.Set(k, v)
 	}
 	return h, nil
+}
+
+// isStandardHeader reports whether name is one of the Standard Webhooks
+// headers walhook sets when it signs that way.
+func isStandardHeader(name string) bool {
+	switch http.CanonicalHeaderKey(name) {
+	case "Webhook-Id", "Webhook-Timestamp", "Webhook-Signature":
+		return true
+	}
+	return false
 }
 
 // noRedirects makes the client return 3xx responses as they are: a redirect

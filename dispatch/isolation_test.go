@@ -3,10 +3,13 @@ package dispatch_test
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
@@ -201,4 +204,43 @@ func TestFailedRetention(t *testing.T) {
 	if e.count(`id = $1 AND state = 'failed'`, newFailed) != 1 {
 		t.Error("a failed row younger than failed_retention was deleted")
 	}
+}
+
+// Logs name a webhook's receiver by scheme and host only: a Slack-style
+// URL carries its secret in the path.
+func TestLogsNeverShowTheURLPath(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request, _ int) { w.WriteHeader(500) })
+	var logs syncBuffer
+	id := e.insertOne("w", `{}`)
+	e.start(e.pool, testConfig(2, hookConfig("w", rec.srv.URL+"/services/T000/B000/XXXXsecretXXXX?token=abc")),
+		func(o *dispatch.Options) { o.Logger = zerolog.New(&logs) })
+	e.waitState(id, "failed", 10*time.Second)
+	out := logs.String()
+	if !strings.Contains(out, "delivery attempt failed") {
+		t.Fatalf("no failed attempt logged:\n%s", out)
+	}
+	for _, secret := range []string{"XXXXsecretXXXX", "token=abc", "/services/"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("log shows %q:\n%s", secret, out)
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -250,9 +250,6 @@ func (d *Dispatcher) send(ctx context.Context, j *job, traceparent string) respo
 		return response{err: "build request: " + redactErr(err), retryAfter: -1}
 	}
 	req.Header = h.header.Clone()
-	if h.host != "" {
-		req.Host = h.host
-	}
 	if h.scheme == SchemeStandard || h.scheme == SchemeBoth {
 		if err := signatureHeaders(req.Header, h.scheme, h.secrets, j.id, j.body, time.Now()); err != nil {
 			return response{err: "sign: " + err.Error(), retryAfter: -1}

@@ -22,6 +22,8 @@ import (
 type delivery = outbox.Delivery
 
 func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	ctx, cancel := context.WithTimeoutCause(ctx, commandTimeout, errCommandTimeout)
+	defer cancel()
 	if len(args) > 0 && args[0] == "show" {
 		return cmdDeliveryShow(ctx, args[1:], stdout, stderr)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -43,7 +44,7 @@ func usageErr(format string, args ...any) error {
 
 const usage = `walhook turns committed PostgreSQL row changes into signed webhooks.
 
-Usage: walhook <command> [flags]
+Usage: walhook [command] [flags]     (no command: run)
 
 Commands:
   check       preflight: what to change before walhook can run (--json)
@@ -80,9 +81,10 @@ func main() {
 }
 
 func dispatchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return &exitError{code: 2, err: flag.ErrHelp}
+	// run is the default command: `walhook` alone, or `walhook -c FILE`
+	// (a container whose CMD is replaced by flags), runs it.
+	if len(args) == 0 || (strings.HasPrefix(args[0], "-") && !slices.Contains(helpAndVersion, args[0])) {
+		return cmdRun(ctx, args, stderr)
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
@@ -114,6 +116,9 @@ func dispatchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	fmt.Fprint(stderr, usage)
 	return usageErr("unknown command %q", cmd)
 }
+
+// helpAndVersion are the flags that are commands of their own.
+var helpAndVersion = []string{"-h", "--help", "-help", "--version", "-version"}
 
 // flags returns a FlagSet for cmd with -c/--config.
 func newFlags(cmd string, stderr io.Writer) (*flag.FlagSet, *string) {

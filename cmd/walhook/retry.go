@@ -28,6 +28,8 @@ func (l *idList) Set(s string) error {
 }
 
 func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	ctx, cancel := context.WithTimeoutCause(ctx, commandTimeout, errCommandTimeout)
+	defer cancel()
 	fs, path := newFlags("retry", stderr)
 	var f outbox.RequeueFilter
 	var ids idList

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -51,6 +52,17 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 
 // openPool opens a pool and checks that the database answers, turning the
 // usual failures into one line that says what to do.
+// defaultConnectTimeout bounds every connection attempt of a command whose
+// DSN sets no connect_timeout.
+const defaultConnectTimeout = 10 * time.Second
+
+// errCommandTimeout is why a one-shot command gave up.
+var errCommandTimeout = errors.New("no answer from the database within " + commandTimeout.String())
+
+// commandTimeout bounds the one-shot commands that read or change the
+// outbox (status, deliveries, retry).
+const commandTimeout = time.Minute
+
 func openPool(ctx context.Context, dsn, what string, params map[string]string) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
@@ -58,6 +70,11 @@ func openPool(ctx context.Context, dsn, what string, params map[string]string) (
 	}
 	for k, v := range params {
 		pc.ConnConfig.RuntimeParams[k] = v
+	}
+	// A server that accepts TCP and never answers must not hang a command:
+	// 10 s to connect unless the DSN says otherwise.
+	if !strings.Contains(dsn, "connect_timeout") {
+		pc.ConnConfig.ConnectTimeout = defaultConnectTimeout
 	}
 	// pgxpool's default cap is max(4, CPUs): on a small machine capture,
 	// dispatch (up to four at once), the metrics and the status page would

@@ -96,6 +96,8 @@ type captureStatus struct {
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	ctx, cancel := context.WithTimeoutCause(ctx, commandTimeout, errCommandTimeout)
+	defer cancel()
 	fs, path := newFlags("status", stderr)
 	asJSON := fs.Bool("json", false, "print the status as JSON")
 	if err := parseFlags(fs, args); err != nil {

@@ -50,13 +50,23 @@ type Model struct {
 	IgnoreChanges []string            `yaml:"ignore_changes"`
 	ObjectType    string              `yaml:"object_type"`
 	Snapshot      *Snapshot           `yaml:"snapshot"`
-	Line          int                 `yaml:"-"`
+	// OnLookupError says what capture does when a relation or computed
+	// field lookup fails: LookupErrorRetry (default) holds capture and
+	// retries; LookupErrorOmit sends the change without the field.
+	OnLookupError string `yaml:"on_lookup_error"`
+	Line          int    `yaml:"-"`
 	// ComputedOrder is the names of Computed in the order they are written
 	// in the file: computed fields render in this order.
 	ComputedOrder []string `yaml:"-"`
 	Schema        string   `yaml:"-"` // schema part of Table
 	Name          string   `yaml:"-"` // table part of Table
 }
+
+// The values of Model.OnLookupError.
+const (
+	LookupErrorRetry = "retry"
+	LookupErrorOmit  = "omit"
+)
 
 // QualifiedTable is "schema.table" with the parts unquoted.
 func (m Model) QualifiedTable() string { return m.Schema + "." + m.Name }
@@ -373,10 +383,69 @@ func (c *Config) WebhookByName(name string) (*Webhook, bool) {
 }
 
 // RedactURL returns u with any password replaced, for logs and errors.
+// URLTarget is a webhook URL as logs and the status page show it: scheme
+// and host only, with "/…" when a path or query was cut (a Slack-style URL
+// carries its secret in the path).
+func URLTarget(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(unparseable URL)"
+	}
+	t := u.Scheme + "://" + u.Host
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		t += "/…"
+	}
+	return t
+}
+
 func RedactURL(u string) string {
 	p, err := url.Parse(u)
 	if err != nil {
 		return "(unparseable URL)"
 	}
 	return p.Redacted()
+}
+
+// reservedHeaders are set by walhook (or by Go's HTTP client) on every
+// request: a webhook's headers may not name them. The Standard Webhooks
+// headers (webhook-id, webhook-timestamp, webhook-signature) are reserved
+// too, checked with the signature settings.
+var reservedHeaders = []string{"Content-Length", "Host", "Transfer-Encoding", "Connection", "X-Hook-Signature", "X-Walhook-Delivery", "Traceparent"}
+
+// ReservedHeader reports whether walhook sets header name itself.
+func ReservedHeader(name string) bool {
+	for _, r := range reservedHeaders {
+		if strings.EqualFold(r, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// ValidHeaderName reports whether name is an RFC 9110 token.
+func ValidHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ValidHeaderValue reports whether v can be sent as a header value: no
+// control characters (CR, LF, NUL among them) except horizontal tab.
+func ValidHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }

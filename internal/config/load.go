@@ -711,6 +711,7 @@ func (p *parser) defaults(c *Config) {
 		m.Line = p.line(fmt.Sprintf("models[%d]", i))
 		m.Schema, m.Name = SplitTable(m.Table)
 		m.Model = or(m.Model, m.Name)
+		m.OnLookupError = or(m.OnLookupError, LookupErrorRetry)
 		path := fmt.Sprintf("models[%d]", i)
 		for key, r := range m.Relations {
 			r.Line = p.line(path + ".relations." + key)
@@ -855,6 +856,9 @@ func (p *parser) validate(c *Config) {
 		}
 		models[m.Model] = true
 		p.validateLookups(m, path)
+		if !contains([]string{LookupErrorRetry, LookupErrorOmit}, m.OnLookupError) {
+			p.at(path+".on_lookup_error", "model %s: on_lookup_error %q must be %s or %s", m.Model, m.OnLookupError, LookupErrorRetry, LookupErrorOmit)
+		}
 	}
 	modelNames := sortedKeys(models)
 	names := map[string]bool{}
@@ -905,8 +909,13 @@ func (p *parser) validate(c *Config) {
 			p.at(path+".retry.max_interval", "webhook %q: retry.max_interval is shorter than initial_interval", w.Name)
 		}
 		for _, k := range sortedKeys(w.Headers) {
-			if strings.ContainsAny(k, " :\r\n") || k == "" {
-				p.at(path+".headers."+k, "webhook %q: %q is not a valid header name", w.Name, k)
+			switch {
+			case !ValidHeaderName(k):
+				p.at(path+".headers."+k, "webhook %q: %q is not a valid header name (RFC 9110: letters, digits and !#$%%&'*+-.^_`|~ only)", w.Name, k)
+			case ReservedHeader(k):
+				p.at(path+".headers."+k, "webhook %q: header %s is set by walhook on every request and cannot be configured", w.Name, k)
+			case !ValidHeaderValue(w.Headers[k]):
+				p.at(path+".headers."+k, "webhook %q: the value of header %s contains a line break or a control character", w.Name, k)
 			}
 		}
 		if !contains([]string{"netbox", "netbox-v4"}, w.Format) {

@@ -761,6 +761,16 @@ webhooks:
 			},
 		},
 		{
+			name: "headers",
+			yaml: minimal + "    headers:\n      \"Bad Name\": x\n      X-Hook-Signature: forged\n      host: other\n      X-Ok: \"a\\r\\nInjected: 1\"\n      X-Fine: \"tab\\tok\"\n",
+			want: []string{
+				`9: "Bad Name" is not a valid header name`,
+				"10: header X-Hook-Signature is set by walhook",
+				"11: header host is set by walhook",
+				"12: the value of header X-Ok contains a line break",
+			},
+		},
+		{
 			name: "webhook concurrency above the total",
 			yaml: minimal + "    concurrency: 5\ndispatch:\n  concurrency: 4\n",
 			want: []string{"8: concurrency 5 is more than dispatch.concurrency (4)"},

@@ -54,6 +54,9 @@ type Store struct {
 	schema      string
 	deliveries  string // quoted deliveries table
 	dispatchers string // quoted dispatchers table
+	checkpoints string // quoted checkpoints table
+	owners      string // quoted webhook_owners table
+	backfills   string // quoted backfills table
 	channel     string
 	q           queries
 }
@@ -68,6 +71,9 @@ func New(pool *pgxpool.Pool, schema string) *Store {
 		schema:      schema,
 		deliveries:  migrations.Table(schema, "deliveries"),
 		dispatchers: migrations.Table(schema, "dispatchers"),
+		checkpoints: migrations.Table(schema, "checkpoints"),
+		owners:      migrations.Table(schema, "webhook_owners"),
+		backfills:   migrations.Table(schema, "backfills"),
 		channel:     migrations.Channel(schema),
 	}
 	s.q = newQueries(s.deliveries, s.dispatchers)

@@ -12,8 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
-
-	"github.com/walhook/walhook/migrations"
 )
 
 // ErrNotFound is returned by Get for a delivery that does not exist.
@@ -342,7 +340,7 @@ CROSS JOIN LATERAL (SELECT id, last_attempt_at, last_status, last_error FROM `+s
 // source transaction whose deliveries are committed. ok is false when
 // capture has not written one yet.
 func (s *Store) Checkpoint(ctx context.Context, slot string) (lsn string, updated time.Time, ok bool, err error) {
-	err = s.pool.QueryRow(ctx, "SELECT lsn::text, updated_at FROM "+migrations.Table(s.schema, "checkpoints")+" WHERE slot = $1", slot).
+	err = s.pool.QueryRow(ctx, "SELECT lsn::text, updated_at FROM "+s.checkpoints+" WHERE slot = $1", slot).
 		Scan(&lsn, &updated)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", time.Time{}, false, nil

@@ -128,13 +128,14 @@ func (s *Server) csrfToken(session string) string {
 }
 
 // authenticate lets requests in. Without a token every request is in;
-// with one, everything but /healthz, /login and /static/ needs the token as
+// with one, everything but the probes (/healthz, /readyz), /login and
+// /static/ needs the token as
 // a bearer header or a session cookie from /login. Without a token, pages
 // give a session cookie to browsers that have none, for CSRF tokens.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.Path
-		if p == "/healthz" || p == "/login" || strings.HasPrefix(p, "/static/") {
+		if isProbe(p) || p == "/login" || strings.HasPrefix(p, "/static/") {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -153,6 +154,11 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), authKey{}, a)))
 	})
 }
+
+// isProbe reports whether path is a health probe: answered without the
+// token (like Prometheus' /-/healthy and /-/ready), so a load balancer or a
+// Kubernetes probe needs no secret. Their bodies name no host, user or DSN.
+func isProbe(path string) bool { return path == "/healthz" || path == "/readyz" }
 
 // isPage reports whether path is an HTML page (as opposed to /metrics and
 // /readyz, which machines read).

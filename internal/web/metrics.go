@@ -30,6 +30,9 @@ type Metrics struct {
 	duration *prometheus.HistogramVec
 	latency  *prometheus.HistogramVec
 	breaker  *prometheus.GaugeVec
+	unmapped *prometheus.CounterVec
+	truncate *prometheus.CounterVec
+	gaps     *prometheus.CounterVec
 	// hooks holds the series of the configured webhooks, resolved once so
 	// that observing an attempt takes no lock. Read-only after NewMetrics.
 	hooks map[string]*hookMetrics
@@ -71,6 +74,18 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 			Namespace: namespace, Name: "webhook_circuit_open",
 			Help: "1 while this process has paused a webhook because its receiver keeps failing (circuit breaker open or probing), else 0.",
 		}, []string{"webhook"}),
+		unmapped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "changes_unmapped_total",
+			Help: "Changes of a published table that no model maps: not sent (each table is also logged at error level once).",
+		}, []string{"table"}),
+		truncate: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "truncates_total",
+			Help: "TRUNCATEs of captured tables: their rows are not sent (resend with a backfill if receivers need them).",
+		}, []string{"table"}),
+		gaps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "capture_gaps_total",
+			Help: "Starts of capture after a gap: the slot was created again, or the source is another server or timeline; changes in the gap were not captured.",
+		}, []string{"slot"}),
 		hooks: map[string]*hookMetrics{},
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -79,7 +94,7 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, m.breaker, build,
+	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, m.breaker, m.unmapped, m.truncate, m.gaps, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if cfg == nil {
 		return m
@@ -89,6 +104,7 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 			m.enqueued.WithLabelValues(md.Model, ev)
 		}
 	}
+	m.gaps.WithLabelValues(cfg.Database.Slot)
 	for _, w := range cfg.Webhooks {
 		if _, ok := m.hooks[w.Name]; !ok {
 			m.hooks[w.Name] = m.newHook(w.Name)
@@ -141,6 +157,15 @@ func (m *Metrics) Attempted(a outbox.Attempt) {
 		h.nFailed.Add(1)
 	}
 }
+
+// Unmapped implements cdc.LossObserver.
+func (m *Metrics) Unmapped(table string) { m.unmapped.WithLabelValues(table).Inc() }
+
+// Truncated implements cdc.LossObserver.
+func (m *Metrics) Truncated(table string) { m.truncate.WithLabelValues(table).Inc() }
+
+// Gap implements cdc.GapObserver.
+func (m *Metrics) Gap(slot string) { m.gaps.WithLabelValues(slot).Inc() }
 
 // BreakerChanged implements dispatch.BreakerObserver.
 func (m *Metrics) BreakerChanged(webhook string, state outbox.BreakerState) {

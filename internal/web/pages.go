@@ -363,17 +363,7 @@ func limit(s string, n int) string {
 // target shows where a webhook goes without what may be a secret: many
 // receivers carry a token in the URL's path or query, so only the scheme
 // and host are shown.
-func target(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" {
-		return "(unparseable URL)"
-	}
-	t := u.Scheme + "://" + u.Host
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		t += "/…"
-	}
-	return t
-}
+func target(raw string) string { return config.URLTarget(raw) }
 
 // list reads a page of deliveries matching f, newest first. more says
 // whether there are further rows in the paging direction.

@@ -26,6 +26,12 @@ import (
 type CaptureStatus interface {
 	Streaming() bool
 	ConfirmedLSN() pglogrepl.LSN
+	// Stall says why capture holds changes back ("" when it does not).
+	Stall() string
+	// LookupErrors counts failed relation and computed-field lookups;
+	// Collisions counts changes taken for replays after a gap.
+	LookupErrors() int64
+	Collisions() int64
 }
 
 // Options configure a Server. Config and Outbox are required.
@@ -221,7 +227,7 @@ func (s *Server) secure(next http.Handler) http.Handler {
 // to 127.0.0.1 must not reach the unprotected page.
 func (s *Server) checkHost(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.loopbackOnly && r.URL.Path != "/healthz" && !loopbackHost(r.Host) {
+		if s.loopbackOnly && !isProbe(r.URL.Path) && !loopbackHost(r.Host) {
 			http.Error(w, "this walhook runs without http.token and answers only requests to a loopback address "+
 				"(127.0.0.1, [::1] or localhost); set http.token to serve it under another name", http.StatusMisdirectedRequest)
 			return
@@ -250,16 +256,26 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 }
 
 // readyz checks that the outbox database answers and, when this process
-// captures, that capture is streaming.
+// captures, that capture is streaming. It needs no token, so its body says
+// what is wrong without naming a host, a user or a DSN: the details go to
+// the log.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	var problems []string
 	if err := s.outbox.Ping(ctx); err != nil {
-		problems = append(problems, "outbox database unreachable: "+err.Error())
+		s.log.Warn().Err(err).Msg("readiness probe: the outbox database does not answer")
+		problems = append(problems, "outbox database unreachable (details in the log)")
 	}
 	if s.capture != nil && !s.capture.Streaming() {
 		problems = append(problems, "capture is not streaming from the replication slot")
+	}
+	if s.capture != nil {
+		if why := s.capture.Stall(); why != "" {
+			// The reason may quote a database error: it is in the log
+			// and on the status page, not in this unauthenticated body.
+			problems = append(problems, "capture is holding changes back (a source transaction not yet visible, or a lookup that keeps failing; details in the log)")
+		}
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if len(problems) > 0 {

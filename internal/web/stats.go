@@ -169,6 +169,8 @@ type collector struct {
 	depth, oldest, up        *prometheus.Desc
 	slotLag, slotWAL, slotUp *prometheus.Desc
 	connected, confirmed     *prometheus.Desc
+	stalled, lookupErrors    *prometheus.Desc
+	collisions               *prometheus.Desc
 }
 
 func newCollector(stats *statsReader, capture CaptureStatus, webhooks []string, slot string) *collector {
@@ -177,20 +179,24 @@ func newCollector(stats *statsReader, capture CaptureStatus, webhooks []string, 
 	}
 	return &collector{
 		stats: stats, capture: capture, webhooks: webhooks, slot: slot,
-		depth:     d("outbox_deliveries", "Deliveries in the outbox by webhook and state (pending, delivering, failed; delivered rows are not counted).", "webhook", "state"),
-		oldest:    d("outbox_oldest_pending_seconds", "Age since commit of the oldest pending or delivering delivery, by webhook; 0 when there is none.", "webhook"),
-		up:        d("outbox_up", "1 if the outbox could be read at this scrape, else 0.", nil...),
-		slotLag:   d("slot_lag_bytes", "WAL bytes written since the replication slot's confirmed_flush_lsn.", "slot"),
-		slotWAL:   d("slot_retained_wal_bytes", "WAL bytes the server keeps for the replication slot (since its restart_lsn).", "slot"),
-		slotUp:    d("slot_active", "1 if a walhook process is streaming from the replication slot, else 0.", "slot"),
-		connected: d("replication_connected", "1 while this process's capture is streaming from the slot, else 0.", nil...),
-		confirmed: d("replication_confirmed_lsn", "The LSN this process's capture last confirmed to the server, as a number (bytes).", nil...),
+		depth:        d("outbox_deliveries", "Deliveries in the outbox by webhook and state (pending, delivering, failed; delivered rows are not counted).", "webhook", "state"),
+		oldest:       d("outbox_oldest_pending_seconds", "Age since commit of the oldest pending or delivering delivery, by webhook; 0 when there is none.", "webhook"),
+		up:           d("outbox_up", "1 if the outbox could be read at this scrape, else 0.", nil...),
+		slotLag:      d("slot_lag_bytes", "WAL bytes written since the replication slot's confirmed_flush_lsn.", "slot"),
+		slotWAL:      d("slot_retained_wal_bytes", "WAL bytes the server keeps for the replication slot (since its restart_lsn).", "slot"),
+		slotUp:       d("slot_active", "1 if a walhook process is streaming from the replication slot, else 0.", "slot"),
+		connected:    d("replication_connected", "1 while this process's capture is streaming from the slot, else 0.", nil...),
+		confirmed:    d("replication_confirmed_lsn", "The LSN this process's capture last confirmed to the server, as a number (bytes).", nil...),
+		stalled:      d("capture_stalled", "1 while this process's capture holds changes back (a source transaction not yet visible, or a lookup that keeps failing), else 0.", nil...),
+		lookupErrors: d("lookup_errors_total", "Relation and computed-field lookups of this process's capture that failed (each is retried, or the field omitted with on_lookup_error: omit).", nil...),
+		collisions:   d("capture_collisions_total", "Changes this process's capture could not enqueue after a gap because an old delivery holds the same (webhook, commit LSN, seq): resend those objects with a backfill.", nil...),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.up, c.slotLag, c.slotWAL, c.slotUp, c.connected, c.confirmed} {
+	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.up, c.slotLag, c.slotWAL, c.slotUp, c.connected, c.confirmed,
+		c.stalled, c.lookupErrors, c.collisions} {
 		ch <- d
 	}
 }
@@ -200,6 +206,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if c.capture != nil {
 		ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, boolValue(c.capture.Streaming()))
 		ch <- prometheus.MustNewConstMetric(c.confirmed, prometheus.GaugeValue, float64(c.capture.ConfirmedLSN()))
+		ch <- prometheus.MustNewConstMetric(c.stalled, prometheus.GaugeValue, boolValue(c.capture.Stall() != ""))
+		ch <- prometheus.MustNewConstMetric(c.lookupErrors, prometheus.CounterValue, float64(c.capture.LookupErrors()))
+		ch <- prometheus.MustNewConstMetric(c.collisions, prometheus.CounterValue, float64(c.capture.Collisions()))
 	}
 	s := c.stats.read(context.Background())
 	if s.Err != nil {

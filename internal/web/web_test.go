@@ -271,10 +271,19 @@ func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, labels 
 type fakeCapture struct {
 	streaming atomic.Bool
 	lsn       atomic.Uint64
+	stall     atomic.Pointer[string]
 }
 
 func (c *fakeCapture) Streaming() bool             { return c.streaming.Load() }
 func (c *fakeCapture) ConfirmedLSN() pglogrepl.LSN { return pglogrepl.LSN(c.lsn.Load()) }
+func (c *fakeCapture) Stall() string {
+	if p := c.stall.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+func (c *fakeCapture) LookupErrors() int64 { return 3 }
+func (c *fakeCapture) Collisions() int64   { return 0 }
 
 func TestMetricsExposeOutboxCaptureAndAttempts(t *testing.T) {
 	capture := &fakeCapture{}
@@ -305,6 +314,31 @@ func TestMetricsExposeOutboxCaptureAndAttempts(t *testing.T) {
 	}
 	if v := value(t, fams, "walhook_replication_confirmed_lsn"); v != 0x1_0000_0100 {
 		t.Errorf("replication_confirmed_lsn = %v", v)
+	}
+	if v := value(t, fams, "walhook_lookup_errors_total"); v != 3 {
+		t.Errorf("lookup_errors_total = %v", v)
+	}
+	if v := value(t, fams, "walhook_capture_stalled"); v != 0 {
+		t.Errorf("capture_stalled = %v", v)
+	}
+	// Capture's loss signals (cdc.LossObserver, cdc.GapObserver).
+	e.metrics.Unmapped("public.extra")
+	e.metrics.Truncated("public.site")
+	e.metrics.Gap("walhook_web_test")
+	e.metrics.BreakerChanged("inventory", outbox.BreakerOpen)
+	fams2 := scrape(t, c, e.srv.URL)
+	for _, m := range []struct {
+		name   string
+		labels []string
+	}{
+		{"walhook_changes_unmapped_total", []string{"table", "public.extra"}},
+		{"walhook_truncates_total", []string{"table", "public.site"}},
+		{"walhook_capture_gaps_total", []string{"slot", "walhook_web_test"}},
+		{"walhook_webhook_circuit_open", []string{"webhook", "inventory"}},
+	} {
+		if v := value(t, fams2, m.name, m.labels...); v != 1 {
+			t.Errorf("%s%v = %v, want 1", m.name, m.labels, v)
+		}
 	}
 	if v := value(t, fams, "walhook_outbox_up"); v != 1 {
 		t.Errorf("outbox_up = %v", v)
@@ -432,6 +466,12 @@ func TestReadyzFollowsTheDatabaseAndCapture(t *testing.T) {
 		t.Errorf("/readyz while capture is not streaming: %s %s", resp.Status, body)
 	}
 	capture.streaming.Store(true)
+	why := "lookup of model Site failed: dial tcp 10.1.2.3:5432: connection refused"
+	capture.stall.Store(&why)
+	if resp, body := do(t, c, "GET", e.srv.URL+"/readyz", nil); resp.StatusCode != 503 || !strings.Contains(body, "holding changes back") || strings.Contains(body, "10.1.2.3") {
+		t.Errorf("/readyz while capture is stalled: %s %s", resp.Status, body)
+	}
+	capture.stall.Store(nil)
 
 	if err := cl.Stop(false); err != nil {
 		t.Fatal(err)
@@ -440,6 +480,9 @@ func TestReadyzFollowsTheDatabaseAndCapture(t *testing.T) {
 	resp, body := do(t, c, "GET", e.srv.URL+"/readyz", nil)
 	if resp.StatusCode != 503 || !strings.Contains(body, "outbox database unreachable") {
 		t.Errorf("/readyz with the database down: %s %s", resp.Status, body)
+	}
+	if strings.Contains(body, "127.0.0.1") || strings.Contains(body, "postgres") {
+		t.Errorf("/readyz names the server or the user: %s", body)
 	}
 	if d := time.Since(start); d > 4*time.Second {
 		t.Errorf("/readyz took %s with the database down", d)
@@ -607,17 +650,27 @@ func TestRetryNeedsTheCSRFToken(t *testing.T) {
 	}
 }
 
-func TestTokenProtectsEverythingButHealthz(t *testing.T) {
+func TestTokenProtectsEverythingButTheProbes(t *testing.T) {
 	const token = "correct-horse-battery-staple"
 	e := newEnv(t, withToken(token))
 	id := e.insert(row{state: "failed", attempts: 3})
 	c := client(t)
 	u := e.srv.URL
 
-	if resp, _ := do(t, c, "GET", u+"/healthz", nil); resp.StatusCode != 200 {
-		t.Errorf("/healthz without token: %s", resp.Status)
+	// The probes answer without the token (a Kubernetes probe or a load
+	// balancer has no secret), and name no host, user or database.
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, body := do(t, c, "GET", u+path, nil)
+		if resp.StatusCode != 200 {
+			t.Errorf("%s without token: %s %s", path, resp.Status, body)
+		}
+		for _, secret := range []string{"127.0.0.1", "postgres", e.pool.Config().ConnConfig.Database} {
+			if strings.Contains(body, secret) {
+				t.Errorf("%s body names %q: %s", path, secret, body)
+			}
+		}
 	}
-	for _, path := range []string{"/metrics", "/readyz", "/", fmt.Sprintf("/deliveries/%d", id)} {
+	for _, path := range []string{"/metrics", "/", fmt.Sprintf("/deliveries/%d", id)} {
 		resp, _ := do(t, c, "GET", u+path, nil)
 		if resp.StatusCode != 401 || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
 			t.Errorf("%s without token: %s", path, resp.Status)
@@ -693,7 +746,7 @@ func TestWithoutTokenOnlyLoopbackHostsAreServed(t *testing.T) {
 	c := client(t)
 	// DNS rebinding: a page on evil.example whose name now points to
 	// 127.0.0.1 sends Host: evil.example.
-	for _, path := range []string{"/", "/metrics", "/readyz"} {
+	for _, path := range []string{"/", "/metrics"} { // the probes name nothing and answer anyone
 		if resp, _ := do(t, c, "GET", e.srv.URL+path, nil, "Host", "evil.example:9187"); resp.StatusCode != http.StatusMisdirectedRequest {
 			t.Errorf("%s with Host evil.example: %s", path, resp.Status)
 		}

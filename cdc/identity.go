@@ -1,0 +1,187 @@
+package cdc
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walhook/walhook/internal/outbox"
+)
+
+// The outbox statements this file runs (the checkpoint's identity, the
+// webhook owners) live in internal/outbox.
+
+// sourceIdentity is the source server as IDENTIFY_SYSTEM describes it.
+type sourceIdentity struct {
+	systemID string
+	timeline int32
+}
+
+// identifySource reads the source's system identifier and timeline over a
+// replication connection.
+func identifySource(ctx context.Context, dsn string) (sourceIdentity, error) {
+	rcfg, err := ReplicationConfig(dsn)
+	if err != nil {
+		return sourceIdentity{}, &FatalError{Err: err}
+	}
+	conn, err := pgconn.ConnectConfig(ctx, rcfg)
+	if err != nil {
+		return sourceIdentity{}, fmt.Errorf("replication connection: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	res, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return sourceIdentity{}, fmt.Errorf("identify system: %w", err)
+	}
+	return sourceIdentity{systemID: res.SystemID, timeline: res.Timeline}, nil
+}
+
+// slotPosition returns the slot's confirmed_flush_lsn (its consistent point
+// when it has just been created).
+func slotPosition(ctx context.Context, conn queryer, slot string) (pglogrepl.LSN, error) {
+	var s string
+	if err := conn.QueryRow(ctx, "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&s); err != nil {
+		return 0, fmt.Errorf("read replication slot %s: %w", slot, err)
+	}
+	return pglogrepl.ParseLSN(s)
+}
+
+// capturedWebhooks are the names of the webhooks capture writes rows for.
+func (c *Capture) capturedWebhooks() []string {
+	var names []string
+	for _, evs := range c.hooks {
+		for _, ns := range evs {
+			for _, n := range ns {
+				if !slices.Contains(names, n) {
+					names = append(names, n)
+				}
+			}
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// claimOwnWebhooks refuses a configuration whose webhook names another
+// capture (slot) already writes into this outbox.
+func (c *Capture) claimOwnWebhooks(ctx context.Context) error {
+	slot := c.cfg.Database.Slot
+	taken, err := c.store.ClaimWebhooks(ctx, slot, c.capturedWebhooks())
+	if err != nil || len(taken) == 0 {
+		return err
+	}
+	var msgs []string
+	for _, w := range sortedKeys(taken) {
+		msgs = append(msgs, fmt.Sprintf("webhook %q is already captured into this outbox by slot %s", w, taken[w]))
+	}
+	return fatalf("%s: two captures (configurations with their own slot) writing into one outbox must not share a webhook name, or their deliveries could collide on (webhook, commit_lsn, seq) and be dropped; rename the webhook in one of them, or if the configuration using slot %s is gone for good run: DELETE FROM %s WHERE slot = %s;",
+		strings.Join(msgs, "; "), taken[sortedKeys(taken)[0]], c.store.WebhookOwnersTable(), quoteLiteral(taken[sortedKeys(taken)[0]]))
+}
+
+// reconcileCheckpoint compares the stored checkpoint with the source and
+// the slot. When the slot was created now, or the source is another server
+// or timeline than the checkpoint's, the stored LSN may lie ahead of what
+// this slot can stream: starting there would silently skip the changes in
+// between, so the checkpoint moves to the slot's position and the gap is
+// reported. created is whether Prepare created the slot just now.
+func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outbox.CheckpointState, created bool, why string) error {
+	slot := c.cfg.Database.Slot
+	id, err := identifySource(ctx, c.cfg.Database.DSN)
+	if err != nil {
+		return err
+	}
+	pos, err := slotPosition(ctx, conn, slot)
+	if err != nil {
+		return err
+	}
+	var slotLSN pglogrepl.LSN
+	if created {
+		slotLSN = pos
+	}
+	otherSource := st.SystemID != "" && (st.SystemID != id.systemID || st.Timeline != id.timeline)
+	reset := false
+	switch {
+	case !st.Exists:
+		if why != "" {
+			c.log.Error().Str("slot", slot).Msgf("replication slot %s was created again because %s: changes committed before LSN %s were NOT captured: use walhook backfill to resend current rows", slot, why, pos)
+			c.gaps.Add(1)
+		}
+	case created || otherSource:
+		what := "replication slot " + slot + " was created again"
+		if why != "" {
+			what += " because " + why
+		} else if created {
+			what += " (it was missing: dropped by someone else, a failover to a new primary, a restore?)"
+		}
+		if otherSource {
+			what = fmt.Sprintf("the source is another server or timeline than the checkpoint's (system identifier %s timeline %d, was %s timeline %d: a failover, or a restore?)",
+				id.systemID, id.timeline, st.SystemID, st.Timeline)
+		}
+		ev := c.log.Error().Str("slot", slot).Str("checkpoint", st.LSN.String()).Str("slot_position", pos.String())
+		if st.LSN > pos {
+			reset = true
+			c.warnAmbiguous(ctx, pos, st.LSN)
+			c.window.Store(&gapWindow{from: pos, to: st.LSN, before: time.Now()})
+			ev.Msgf("%s: the stored checkpoint %s lies ahead of the slot's position %s, so capture starts at the slot's position instead of skipping what lies between; changes the old source committed after checkpoint %s that are not in this source's WAL after %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos, st.LSN, pos)
+		} else {
+			ev.Msgf("%s: changes committed after LSN %s until %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos)
+		}
+		c.gaps.Add(1)
+		if lo, ok := c.opts.Observer.(GapObserver); ok {
+			lo.Gap(slot)
+		}
+	}
+	lsn := st.LSN
+	if reset || !st.Exists {
+		lsn = pos
+	}
+	return c.store.WriteCheckpointState(ctx, slot, lsn, reset, id.systemID, id.timeline, slotLSN)
+}
+
+// GapObserver, when the Options' Observer implements it too, is told when
+// capture starts after a gap: changes between the stored checkpoint and the
+// replication slot's position were not captured (walhook_capture_gaps_total).
+type GapObserver interface {
+	Gap(slot string)
+}
+
+// Gaps is how many times this Capture started after a gap in the changes it
+// could capture (a slot created again, another source server or timeline).
+func (c *Capture) Gaps() int64 { return c.gaps.Load() }
+
+// warnAmbiguous says how many deliveries of the old history lie in the
+// commit-LSN range the new slot will number its own changes in: a new change
+// with exactly the same (webhook, commit LSN, seq) as one of them would be
+// taken for a replay and not enqueued.
+func (c *Capture) warnAmbiguous(ctx context.Context, from, to pglogrepl.LSN) {
+	n, err := c.store.CountInLSNRange(ctx, from, to, c.capturedWebhooks())
+	if err != nil || n == 0 {
+		return
+	}
+	c.log.Error().Int64("deliveries", n).Str("from", from.String()).Str("to", to.String()).
+		Msgf("the outbox holds %d deliveries of the old history with commit LSNs between %s and %s, where this source numbers its own changes: a new change at exactly the same commit LSN and position as one of them would be taken for a replay and NOT enqueued (compare the source with a backfill if that matters)",
+			n, from, to)
+}
+
+// gapWindow is the commit-LSN range (from, to] where, after a gap, the new
+// source's changes may meet deliveries of the old history written before
+// "before" with the same (webhook, commit_lsn, seq): the insert then skips
+// them as a replay. The writer checks the rows it writes in the window and
+// reports such collisions loudly (they are not enqueued).
+type gapWindow struct {
+	from, to pglogrepl.LSN
+	before   time.Time
+}
+
+func (g *gapWindow) holds(l pglogrepl.LSN) bool { return g != nil && l > g.from && l <= g.to }
+
+// Collisions is how many delivery rows were not enqueued because a delivery
+// of an older history (before a gap) holds the same (webhook, commit_lsn,
+// seq).
+func (c *Capture) Collisions() int64 { return c.collided.Load() }
