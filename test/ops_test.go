@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -180,21 +181,32 @@ func TestCheckNamesTheReplicaIdentityFix(t *testing.T) {
 
 func TestCheckGoodSetupPasses(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE site (id int PRIMARY KEY, name text, comments text); ALTER TABLE site REPLICA IDENTITY FULL`)
+	// An HTTPS receiver with a certificate from its own CA: check makes
+	// one TLS handshake with it (and sends no request).
+	receiver := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		t.Error("check sent a request to the receiver")
+	}))
+	t.Cleanup(receiver.Close)
+	caFile := filepath.Join(t.TempDir(), "receiver-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: receiver.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	e.writeConfig(`models:
   - table: public.site
     model: Site
     exclude: [comments]
 webhooks:
   - name: inventory
-    url: https://hooks.example.com/netbox
-    secret: s3cret`)
+    url: ` + receiver.URL + `/netbox
+    secret: s3cret
+    tls: {ca_file: ` + caFile + `}`)
 	r := opsRun(t, e.cfg, "check")
 	if r.code != 0 || strings.Contains(r.stdout, "FAIL") || strings.Contains(r.stdout, "WARN") || !strings.HasSuffix(r.stdout, "Ready to run.\n") {
 		t.Fatalf("want every check OK:\n%s", r)
 	}
 	for _, name := range []string{"config", "source database", "wal_level", "replication privilege", "max_replication_slots",
 		"max_wal_senders", "table public.site", "SELECT on public.site", "replica identity public.site", "columns of public.site",
-		"publication walhook", "slot " + e.slot, "outbox schema walhook", "webhook inventory"} {
+		"publication walhook", "slot " + e.slot, "outbox schema walhook", "webhook inventory", "webhook inventory tls"} {
 		checkLine(t, r.stdout, name)
 	}
 	r = opsRun(t, e.cfg, "check", "--json")

@@ -51,6 +51,12 @@ func TestTLSCheck(t *testing.T) {
 		{name: "no client cert", tls: config.WebhookTLS{CAFile: ca}, want: cdc.Fail, fix: "set tls.cert_file and tls.key_file"},
 		{name: "untrusted client cert", tls: config.WebhookTLS{CAFile: ca, CertFile: badCert, KeyFile: badKey}, want: cdc.Fail, fix: "rejected the client certificate"},
 	}
+	t.Run("unreachable is a warning", func(t *testing.T) {
+		w := config.Webhook{Name: "inventory", URL: "https://127.0.0.1:1/netbox", Line: 12}
+		if got := tlsCheck(context.Background(), "walhook.yaml", w, 0, time.Now); got.Status != cdc.Warn || !strings.Contains(got.Detail, "cannot reach 127.0.0.1:1") {
+			t.Errorf("check = %+v", got)
+		}
+	})
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			w := config.Webhook{Name: "inventory", URL: srv.URL, TLS: tc.tls, Line: 12}
