@@ -3,31 +3,43 @@ package dispatch_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	oteltrace "go.opentelemetry.io/otel/trace"
+
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/tracing"
 	"github.com/walhook/walhook/internal/web"
 )
 
 // BenchmarkDispatch measures end-to-end throughput: rows already in the
 // outbox, signed POSTs to a local receiver that answers 204 at once, until
 // every row is marked delivered in the database. The metrics variant adds
-// the Prometheus observer walhook runs with.
+// the Prometheus observer walhook runs with; the tracing variants add a
+// span per attempt, batched by the OpenTelemetry SDK to an in-memory
+// exporter or over OTLP/HTTP to an in-process collector.
 func BenchmarkDispatch(b *testing.B) {
 	const rows = 20000
 	for _, bc := range []struct {
 		concurrency int
 		metrics     bool
-	}{{16, false}, {64, false}, {64, true}} {
+		tracing     string // "", "memory" or "otlp"
+	}{{16, false, ""}, {64, false, ""}, {64, true, ""}, {64, false, "memory"}, {64, false, "otlp"}} {
 		concurrency := bc.concurrency
 		name := fmt.Sprintf("concurrency=%d", concurrency)
 		if bc.metrics {
 			name += "/metrics"
+		}
+		if bc.tracing != "" {
+			name += "/tracing=" + bc.tracing
 		}
 		b.Run(name, func(b *testing.B) {
 			e := setup(b)
@@ -42,6 +54,26 @@ func BenchmarkDispatch(b *testing.B) {
 				w.Headers = map[string]string{"Authorization": "Bearer x"}
 			}))
 			cfg.Dispatch.PollInterval = config.Duration(time.Second)
+			var tracer oteltrace.Tracer
+			switch bc.tracing {
+			case "memory":
+				exp := tracetest.NewInMemoryExporter()
+				tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithIDGenerator(tracing.IDGenerator()))
+				b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+				tracer = tp.Tracer("bench")
+			case "otlp":
+				collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					_, _ = io.Copy(io.Discard, r.Body)
+					w.WriteHeader(http.StatusOK)
+				}))
+				b.Cleanup(collector.Close)
+				tp, err := tracing.New(collector.URL, "bench")
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+				tracer = tp.Tracer()
+			}
 			var elapsed time.Duration
 			var sent int
 			offset := 0
@@ -53,6 +85,7 @@ func BenchmarkDispatch(b *testing.B) {
 				e.exec(`VACUUM ANALYZE walhook.deliveries`)
 				got.Store(0)
 				opts := dispatch.Options{Pool: e.pool, Config: cfg, Logger: testLogger(b), Version: "bench"}
+				opts.Tracer = tracer
 				if bc.metrics {
 					opts.Observer = web.NewMetrics(cfg, "bench")
 				}

@@ -18,8 +18,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	oteltrace "go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/walhook/walhook/internal/clienttls"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
 )
@@ -38,7 +40,8 @@ type Options struct {
 	Logger zerolog.Logger
 	// Client sends the webhook requests. Optional: the default is a
 	// keep-alive transport sized to dispatch.concurrency. Whatever the
-	// client, redirects are never followed.
+	// client, redirects are never followed. Webhooks with tls settings
+	// always use a transport of their own.
 	Client *http.Client
 	// Now is the clock used to interpret Retry-After dates. Optional:
 	// time.Now. Database timestamps always come from the database's now().
@@ -57,6 +60,10 @@ type Options struct {
 	// metrics). It is called from the sending goroutines, so it must be
 	// safe for concurrent use and must not block.
 	Observer Observer
+	// Tracer, when set, records a span per attempt (see tracing.go). It
+	// must come from a provider using tracing.IDGenerator, so that spans
+	// carry the delivery's trace id. Optional: no spans.
+	Tracer oteltrace.Tracer
 }
 
 // Tuning constants. They are not configuration: the contract only promises
@@ -119,6 +126,7 @@ type Dispatcher struct {
 	rand   func() float64
 	id     string
 	obs    Observer
+	tracer oteltrace.Tracer // nil: no spans
 
 	hooks     map[string]*hook
 	hookNames []string
@@ -164,6 +172,9 @@ type hook struct {
 	queue   chan *job
 	breaker *breaker
 	rate    *rate.Limiter // nil: no rate limit
+	// client sends this webhook's requests when it has tls settings (its
+	// own transport); nil: the Dispatcher's shared client.
+	client *http.Client
 
 	url         string
 	method      string
@@ -201,6 +212,7 @@ func New(opts Options) (*Dispatcher, error) {
 		now:             opts.Now,
 		id:              opts.ID,
 		obs:             opts.Observer,
+		tracer:          opts.Tracer,
 		concurrency:     cfg.Dispatch.Concurrency,
 		poll:            cfg.Dispatch.PollInterval.D(),
 		retention:       cfg.Dispatch.Retention.D(),
@@ -260,6 +272,11 @@ func New(opts Options) (*Dispatcher, error) {
 		h, err := newHook(w, version, d.log)
 		if err != nil {
 			return nil, err
+		}
+		if w.TLS.IsSet() {
+			if h.client, err = tlsClient(w, d.concurrency, h.log); err != nil {
+				return nil, err
+			}
 		}
 		h.limit = w.Concurrency
 		if h.limit <= 0 {
@@ -369,6 +386,11 @@ func isStandardHeader(name string) bool {
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 func defaultClient(concurrency int) *http.Client {
+	return &http.Client{Transport: defaultTransport(concurrency), CheckRedirect: noRedirects}
+}
+
+// defaultTransport is a keep-alive transport sized to concurrency.
+func defaultTransport(concurrency int) *http.Transport {
 	t, ok := http.DefaultTransport.(*http.Transport)
 	if !ok {
 		t = &http.Transport{Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second}
@@ -376,7 +398,28 @@ func defaultClient(concurrency int) *http.Client {
 	t = t.Clone()
 	t.MaxIdleConns = max(100, 2*concurrency)
 	t.MaxIdleConnsPerHost = concurrency
-	return &http.Client{Transport: t, CheckRedirect: noRedirects}
+	return t
+}
+
+// tlsClient is the client of a webhook with tls settings: a transport of
+// its own (it keeps its connections alive like the shared one) whose TLS
+// configuration reads the certificate files again when they change. It
+// logs a warning when the receiver's certificate is not checked.
+func tlsClient(w config.Webhook, concurrency int, log zerolog.Logger) (*http.Client, error) {
+	opts := w.TLS.Options()
+	opts.OnReloadError = func(err error) {
+		log.Error().Err(err).Msg("tls: a changed certificate file cannot be used; fix it (the previous one is kept)")
+	}
+	tc, err := clienttls.New(opts)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: webhook %q: tls: %w", w.Name, err)
+	}
+	if w.TLS.InsecureSkipVerify {
+		log.Warn().Msg("tls.insecure_skip_verify is set: the receiver's certificate is not checked, so anyone on the path can read and change these webhooks; set tls.ca_file instead")
+	}
+	t := defaultTransport(concurrency)
+	t.TLSClientConfig = tc.TLS()
+	return &http.Client{Transport: t, CheckRedirect: noRedirects}, nil
 }
 
 // Run claims and sends deliveries until ctx is cancelled. On return, rows it

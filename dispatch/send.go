@@ -20,6 +20,9 @@ import (
 
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/tracecontext"
+
+	oteltrace "go.opentelemetry.io/otel/trace"
 )
 
 // Sign returns the lowercase hex HMAC-SHA512 of body keyed with secret's
@@ -144,9 +147,19 @@ type response struct {
 // circuit breaker and tells the Observer.
 func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	h := j.hook
+	trace := tracecontext.ForDelivery(h.name, j.id)
+	var span oteltrace.Span
+	parent := tracecontext.NewSpanID()
+	if d.tracer != nil {
+		ctx, span = d.startSpan(ctx, trace, j)
+		parent = tracecontext.SpanID(span.SpanContext().SpanID())
+	}
 	start := time.Now()
-	resp := d.send(ctx, j)
+	resp := d.send(ctx, j, tracecontext.Format(trace, parent, tracecontext.FlagSampled))
 	took := time.Since(start)
+	if span != nil {
+		endSpan(span, resp)
+	}
 	r := result{ID: j.id, ClaimedAt: j.claimedAt, PrevAttemptAt: j.prevAttemptAt, Status: resp.status, Err: resp.err}
 	ok := resp.status >= 200 && resp.status < 300
 	// The breaker counts failures that say the receiver is unwell: no
@@ -228,7 +241,7 @@ func logText(s string) string {
 }
 
 // send makes the HTTP request for j, bounded by the webhook's timeout.
-func (d *Dispatcher) send(ctx context.Context, j *job) response {
+func (d *Dispatcher) send(ctx context.Context, j *job, traceparent string) response {
 	h := j.hook
 	ctx, cancel := context.WithTimeoutCause(ctx, h.timeout, h.timeoutErr)
 	defer cancel()
@@ -245,8 +258,13 @@ func (d *Dispatcher) send(ctx context.Context, j *job) response {
 		req.Header["X-Hook-Signature"] = []string{h.sign(j.body)}
 	}
 	req.Header["X-Walhook-Delivery"] = []string{strconv.FormatInt(j.id, 10)}
+	req.Header["Traceparent"] = []string{traceparent}
 
-	resp, err := d.client.Do(req)
+	client := d.client
+	if h.client != nil {
+		client = h.client
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(context.Cause(ctx), h.timeoutErr) {
 			return response{err: h.timeoutErr.Error(), retryAfter: -1}

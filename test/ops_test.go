@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/walhook/walhook/internal/tracecontext"
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -179,21 +181,32 @@ func TestCheckNamesTheReplicaIdentityFix(t *testing.T) {
 
 func TestCheckGoodSetupPasses(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE site (id int PRIMARY KEY, name text, comments text); ALTER TABLE site REPLICA IDENTITY FULL`)
+	// An HTTPS receiver with a certificate from its own CA: check makes
+	// one TLS handshake with it (and sends no request).
+	receiver := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		t.Error("check sent a request to the receiver")
+	}))
+	t.Cleanup(receiver.Close)
+	caFile := filepath.Join(t.TempDir(), "receiver-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: receiver.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	e.writeConfig(`models:
   - table: public.site
     model: Site
     exclude: [comments]
 webhooks:
   - name: inventory
-    url: https://hooks.example.com/netbox
-    secret: s3cret`)
+    url: ` + receiver.URL + `/netbox
+    secret: s3cret
+    tls: {ca_file: ` + caFile + `}`)
 	r := opsRun(t, e.cfg, "check")
 	if r.code != 0 || strings.Contains(r.stdout, "FAIL") || strings.Contains(r.stdout, "WARN") || !strings.HasSuffix(r.stdout, "Ready to run.\n") {
 		t.Fatalf("want every check OK:\n%s", r)
 	}
 	for _, name := range []string{"config", "source database", "wal_level", "replication privilege", "max_replication_slots",
 		"max_wal_senders", "table public.site", "SELECT on public.site", "replica identity public.site", "columns of public.site",
-		"publication walhook", "slot " + e.slot, "outbox schema walhook", "webhook inventory"} {
+		"publication walhook", "slot " + e.slot, "outbox schema walhook", "webhook inventory", "webhook inventory tls"} {
 		checkLine(t, r.stdout, name)
 	}
 	r = opsRun(t, e.cfg, "check", "--json")
@@ -427,10 +440,20 @@ dispatch:
 			t.Errorf("deliveries show lacks %q:\n%s", want, r)
 		}
 	}
+	trace := tracecontext.ForDelivery(failed[0].Webhook, failed[0].ID).String()
+	if !strings.Contains(r.stdout, "trace_id         "+trace) {
+		t.Errorf("deliveries show lacks trace id %s:\n%s", trace, r)
+	}
 	r = opsRun(t, e.cfg, "deliveries", "show", id, "--json")
 	var one deliveryJSON
 	if err := json.Unmarshal([]byte(r.stdout), &one); err != nil || one.Body == nil || !strings.Contains(*one.Body, `"model":"Device"`) || one.LastError == nil {
 		t.Errorf("deliveries show --json: %v\n%s", err, r)
+	}
+	var withTrace struct {
+		TraceID string `json:"trace_id"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &withTrace); err != nil || withTrace.TraceID != trace {
+		t.Errorf("deliveries show --json: trace_id %q, want %s (%v)", withTrace.TraceID, trace, err)
 	}
 	if r := opsRun(t, e.cfg, "deliveries", "show", "999999"); r.code != 1 || !strings.Contains(r.stderr, "delivery 999999 not found") {
 		t.Errorf("show missing id:\n%s", r)

@@ -62,6 +62,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dbChecks, badDSN := databaseChecks(ctx, cfg)
 	rep.Checks = append(rep.Checks, dbChecks...)
 	rep.Checks = append(rep.Checks, webhookChecks(cfg)...)
+	rep.Checks = append(rep.Checks, tlsChecks(ctx, cfg)...)
 
 	if err := printChecks(stdout, rep, *asJSON); err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/tracecontext"
 )
 
 // delivery is one outbox row as `walhook deliveries` prints it.
@@ -146,7 +147,10 @@ func cmdDeliveryShow(ctx context.Context, args []string, stdout, stderr io.Write
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(d)
+		return enc.Encode(struct {
+			*delivery
+			TraceID string `json:"trace_id"`
+		}{d, tracecontext.ForDelivery(d.Webhook, d.ID).String()})
 	}
 	printDelivery(stdout, d)
 	return nil
@@ -169,6 +173,7 @@ func printDelivery(w io.Writer, d *delivery) {
 	row("state", d.State)
 	row("attempts", strconv.Itoa(int(d.Attempts)))
 	row("commit_lsn", fmt.Sprintf("%s (seq %d)", d.CommitLSN, d.Seq))
+	row("trace_id", tracecontext.ForDelivery(d.Webhook, d.ID).String()+" (traceparent; one span per attempt)")
 	row("committed_at", ts(&d.CommittedAt))
 	row("created_at", ts(&d.CreatedAt))
 	if d.State == outbox.StatePending {

@@ -18,8 +18,10 @@ import (
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/tracing"
 	"github.com/walhook/walhook/internal/web"
 	"github.com/walhook/walhook/migrations"
+	"go.opentelemetry.io/otel"
 )
 
 func loadConfig(path string) (*config.Config, error) {
@@ -212,7 +214,24 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		starts = append(starts, running("capture", capt.Run))
 	}
 	if send {
-		d, err := dispatch.New(dispatch.Options{Pool: obPool, Config: cfg, Logger: log, Version: walhookVersion(), Observer: metrics})
+		dopts := dispatch.Options{Pool: obPool, Config: cfg, Logger: log, Version: walhookVersion(), Observer: metrics}
+		if ep := cfg.Tracing.OTLPEndpoint; ep != "" {
+			tp, err := tracing.New(ep, walhookVersion())
+			if err != nil {
+				return err
+			}
+			otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+				log.Warn().Err(err).Msg("tracing: exporting spans failed (deliveries are not affected)")
+			}))
+			defer func() {
+				if err := tp.Shutdown(context.WithoutCancel(ctx)); err != nil {
+					log.Warn().Err(err).Msg("tracing: flushing the last spans failed")
+				}
+			}()
+			dopts.Tracer = tp.Tracer()
+			log.Info().Str("otlp_endpoint", config.RedactURL(ep)).Msg("tracing: exporting a span per delivery attempt over OTLP/HTTP")
+		}
+		d, err := dispatch.New(dopts)
 		if err != nil {
 			return err
 		}

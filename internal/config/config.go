@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/walhook/walhook/internal/clienttls"
 )
 
 // Config is the whole walhook configuration.
@@ -20,6 +22,7 @@ type Config struct {
 	Dispatch Dispatch  `yaml:"dispatch"`
 	HTTP     HTTP      `yaml:"http"`
 	Log      Log       `yaml:"log"`
+	Tracing  Tracing   `yaml:"tracing"`
 
 	// File is the path the configuration was read from ("" when from bytes).
 	File string `yaml:"-"`
@@ -194,11 +197,45 @@ type Webhook struct {
 	// RateLimit caps the requests per second, minute or hour sent to this
 	// webhook by one dispatcher ("200/s", "600/m"); "" is no limit.
 	RateLimit string `yaml:"rate_limit"`
+	// TLS configures HTTPS to a receiver behind a private CA or one that
+	// wants a client certificate (https URLs only).
+	TLS WebhookTLS `yaml:"tls"`
 	// Rate is RateLimit in requests per second (0: no limit).
 	Rate float64 `yaml:"-"`
 	Line int     `yaml:"-"`
 	// Condition is Conditions compiled; nil matches every change.
 	Condition *Condition `yaml:"-"`
+}
+
+// Tracing configures OpenTelemetry span export (off by default).
+type Tracing struct {
+	// OTLPEndpoint is the OTLP/HTTP collector URL (http://host:4318);
+	// "" exports nothing.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+}
+
+// WebhookTLS is a webhook's tls settings. File paths are resolved against
+// the configuration file's directory when loaded.
+type WebhookTLS struct {
+	CAFile             string `yaml:"ca_file"`
+	CAOnly             bool   `yaml:"ca_only"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+	MinVersion         string `yaml:"min_version"`
+}
+
+// IsSet reports whether any tls setting is given; a webhook without one
+// shares the default HTTP client.
+func (t WebhookTLS) IsSet() bool { return t != WebhookTLS{} }
+
+// Options returns the settings for clienttls.New.
+func (t WebhookTLS) Options() clienttls.Options {
+	return clienttls.Options{
+		CAFile: t.CAFile, CAOnly: t.CAOnly, CertFile: t.CertFile, KeyFile: t.KeyFile,
+		ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: t.MinVersion,
+	}
 }
 
 // SigningSecrets returns the webhook's secrets in order: secret, or the
@@ -373,7 +410,7 @@ func RedactURL(u string) string {
 // request: a webhook's headers may not name them. The Standard Webhooks
 // headers (webhook-id, webhook-timestamp, webhook-signature) are reserved
 // too, checked with the signature settings.
-var reservedHeaders = []string{"Content-Length", "Host", "Transfer-Encoding", "Connection", "X-Hook-Signature", "X-Walhook-Delivery"}
+var reservedHeaders = []string{"Content-Length", "Host", "Transfer-Encoding", "Connection", "X-Hook-Signature", "X-Walhook-Delivery", "Traceparent"}
 
 // ReservedHeader reports whether walhook sets header name itself.
 func ReservedHeader(name string) bool {

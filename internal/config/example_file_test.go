@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/walhook/walhook/internal/clienttls/pkitest"
 )
 
 // The shipped config.example.yaml must stay valid.
@@ -51,10 +53,20 @@ func TestExampleFileCommentedOptionsParse(t *testing.T) {
 	if uncommented < 5 {
 		t.Fatalf("only %d commented options found: has the file's layout changed?", uncommented)
 	}
-	path := filepath.Join(t.TempDir(), "uncommented.yaml")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "uncommented.yaml")
 	if err := os.WriteFile(path, []byte(strings.Join(out, "\n")), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The tls example's files, relative to the configuration file.
+	if err := os.Mkdir(filepath.Join(dir, "certs"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ca := pkitest.NewCA(t, "internal CA")
+	client := ca.Client("walhook")
+	pkitest.Write(t, dir, "certs/internal-ca.pem", ca.PEM)
+	pkitest.Write(t, dir, "certs/client.pem", client.CertPEM)
+	pkitest.Write(t, dir, "certs/client-key.pem", client.KeyPEM)
 	t.Setenv("HOOK_SECRET_NEW", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 	t.Setenv("HOOK_SECRET_OLD", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
 	if _, err := Load(path); err != nil {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
@@ -19,6 +20,8 @@ import (
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/walhook/walhook/internal/clienttls"
 )
 
 // Problem is one thing wrong with a configuration, at a line of its file.
@@ -925,6 +928,7 @@ func (p *parser) validate(c *Config) {
 			p.at(path+".coalesce", "webhook %q: coalesce %q must be none or transaction", w.Name, w.Coalesce)
 		}
 		p.validateSigning(c, w, path)
+		p.validateTLS(&c.Webhooks[i], path)
 		if w.BodyTemplate != "" {
 			if _, err := template.New(w.Name).Funcs(template.FuncMap{"json": func(any) string { return "" }}).Parse(w.BodyTemplate); err != nil {
 				p.templateError(path+".body_template", w.Name, err)
@@ -985,6 +989,11 @@ func (p *parser) validate(c *Config) {
 			p.at("http.listen", "http.listen %q: %v", l, err)
 		} else if !isLoopback(host) && c.HTTP.Token == "" {
 			p.at("http.listen", "http.listen %q is not a loopback address: set http.token (e.g. token: ${WALHOOK_HTTP_TOKEN}) so the status page and retry actions are protected", l)
+		}
+	}
+	if e := c.Tracing.OTLPEndpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			p.at("tracing.otlp_endpoint", "tracing.otlp_endpoint %q is not an http(s) URL: give the collector's OTLP/HTTP address, e.g. http://localhost:4318", RedactURL(e))
 		}
 	}
 	if !contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
@@ -1174,4 +1183,60 @@ func checkStandardSecret(s string) string {
 		return fmt.Sprintf("the key after whsec_ is %d bytes; use at least 16 (24 to 64 recommended)", len(key))
 	}
 	return ""
+}
+
+// validateTLS checks a webhook's tls settings and reads its certificate
+// files once, so that a missing or malformed file stops walhook at start
+// (run and check alike) with the line that names it. Relative paths are
+// made relative to the configuration file's directory.
+func (p *parser) validateTLS(w *Webhook, path string) {
+	t := &w.TLS
+	if !t.IsSet() {
+		return
+	}
+	path += ".tls"
+	if u, err := url.Parse(w.URL); err == nil && u.Scheme == "http" {
+		p.at(path, "webhook %q: tls applies to https URLs only: use an https:// url or remove tls", w.Name)
+		return
+	}
+	ok := true
+	if _, err := clienttls.ParseVersion(t.MinVersion); err != nil {
+		p.at(path+".min_version", "webhook %q: tls.%v", w.Name, err)
+		ok = false
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		at, missing := path+".cert_file", "key_file"
+		if t.CertFile == "" {
+			at, missing = path+".key_file", "cert_file"
+		}
+		p.at(at, "webhook %q: tls.cert_file and tls.key_file go together: add tls.%s", w.Name, missing)
+		ok = false
+	}
+	if t.CAOnly && t.CAFile == "" {
+		p.at(path+".ca_only", "webhook %q: tls.ca_only needs tls.ca_file (the only CAs then trusted)", w.Name)
+		ok = false
+	}
+	if t.InsecureSkipVerify && (t.CAFile != "" || t.ServerName != "") {
+		p.at(path+".insecure_skip_verify", "webhook %q: tls.insecure_skip_verify turns off the certificate check that ca_file and server_name are for: remove one or the other", w.Name)
+		ok = false
+	}
+	if p.file != "" {
+		dir := filepath.Dir(p.file)
+		for _, f := range []*string{&t.CAFile, &t.CertFile, &t.KeyFile} {
+			if *f != "" && !filepath.IsAbs(*f) {
+				*f = filepath.Join(dir, *f)
+			}
+		}
+	}
+	if !ok {
+		return
+	}
+	if _, err := clienttls.New(t.Options()); err != nil {
+		var fe *clienttls.FileError
+		if errors.As(err, &fe) {
+			p.at(path+"."+fe.Key, "webhook %q: tls.%v", w.Name, err)
+		} else {
+			p.at(path, "webhook %q: tls: %v", w.Name, err)
+		}
+	}
 }

@@ -598,7 +598,7 @@ extra: 1
 				`17: unknown key "concurency" in dispatch (did you mean "concurrency"?)`,
 				`19: unknown key "tokn" in http (did you mean "token"?)`,
 				`21: unknown key "LEVEL" in log (did you mean "level"?)`,
-				`22: unknown key "extra" in the top level (known keys: database, models, webhooks, dispatch, http, log)`,
+				`22: unknown key "extra" in the top level (known keys: database, models, webhooks, dispatch, http, log, tracing)`,
 			},
 		},
 		{
@@ -1001,7 +1001,7 @@ func TestBadIdentifiers(t *testing.T) {
 
 func TestErrorFormat(t *testing.T) {
 	_, err := Parse("conf/walhook.yaml", y(minimal+"bogus: 1\ndispatch: {concurrency: 0}\n"), envOf(nil))
-	want := "conf/walhook.yaml:8: unknown key \"bogus\" in the top level (known keys: database, models, webhooks, dispatch, http, log)\n" +
+	want := "conf/walhook.yaml:8: unknown key \"bogus\" in the top level (known keys: database, models, webhooks, dispatch, http, log, tracing)\n" +
 		"conf/walhook.yaml:9: dispatch.concurrency must be positive"
 	if err == nil || err.Error() != want {
 		t.Errorf("Error() =\n%v\nwant\n%s", err, want)
@@ -1059,7 +1059,7 @@ func TestLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = Load(bad)
-	if !errors.As(err, &ce) || ce.Error() != bad+`:8: unknown key "nope" in the top level (known keys: database, models, webhooks, dispatch, http, log)` {
+	if !errors.As(err, &ce) || ce.Error() != bad+`:8: unknown key "nope" in the top level (known keys: database, models, webhooks, dispatch, http, log, tracing)` {
 		t.Errorf("bad file: %v", err)
 	}
 }

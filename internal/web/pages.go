@@ -18,6 +18,7 @@ import (
 
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/tracecontext"
 )
 
 //go:embed templates/*.html
@@ -166,6 +167,8 @@ type hookView struct {
 	Target     string
 	Configured bool
 	Enabled    bool
+	// Insecure: tls.insecure_skip_verify is set.
+	Insecure bool
 	hookStats
 	Oldest      string
 	RetryURL    string
@@ -306,6 +309,7 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 		}
 		if wh, ok := s.cfg.WebhookByName(name); ok {
 			v.Configured, v.Enabled, v.Target = true, wh.IsEnabled(), target(wh.URL)
+			v.Insecure = wh.TLS.InsecureSkipVerify
 		}
 		if s.dispatching {
 			if c, ok := s.metrics.processCounts(name); ok {
@@ -409,6 +413,7 @@ type detailView struct {
 	ID                              int64
 	Webhook, Event, Model, Key      string
 	CommitLSN                       string
+	TraceID                         string
 	Seq                             int32
 	Committed                       *time.Time
 	Body                            string
@@ -470,7 +475,8 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 		CommitLSN: row.CommitLSN, Seq: row.Seq, Committed: &commit, Body: *row.Body, State: row.State,
 		Attempts: row.Attempts, NextAttempt: &next, LockedUntil: row.LockedUntil, LockedBy: row.LockedBy,
 		LastStatus: row.LastStatus, LastError: row.LastError, LastAttempt: row.LastAttemptAt,
-		Delivered: row.DeliveredAt, Created: &created}
+		Delivered: row.DeliveredAt, Created: &created,
+		TraceID: tracecontext.ForDelivery(row.Webhook, row.ID).String()}
 	p := &deliveryPage{pageBase: s.base(r, fmt.Sprintf("Delivery %d", id)), D: d, Here: here(r),
 		Back: "/?webhook=" + url.QueryEscape(d.Webhook)}
 	if wh, ok := s.cfg.WebhookByName(d.Webhook); ok {
@@ -524,6 +530,7 @@ func (s *Server) requestHeaders(wh *config.Webhook, id int64) ([]headerView, boo
 		{Name: "Content-Type", Value: ct},
 		{Name: "User-Agent", Value: "walhook/" + s.version},
 		{Name: "X-Walhook-Delivery", Value: strconv.FormatInt(id, 10)},
+		{Name: "Traceparent", Value: "00-" + tracecontext.ForDelivery(wh.Name, id).String() + "-<span id of the attempt>-01", Note: true},
 	}
 	signed := wh.Secret != ""
 	if signed {

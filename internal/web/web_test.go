@@ -24,6 +24,7 @@ import (
 
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/tracecontext"
 	"github.com/walhook/walhook/internal/web"
 	"github.com/walhook/walhook/migrations"
 	"github.com/walhook/walhook/test/pgtest"
@@ -848,5 +849,25 @@ func TestRetrySaysSoForSupersededDeliveries(t *testing.T) {
 	}
 	if e.state(old) != "failed" || e.state(other) != "pending" {
 		t.Errorf("after retry all: superseded %s (want failed), other %s (want pending)", e.state(old), e.state(other))
+	}
+}
+
+// TestPagesShowTraceAndInsecureTLS checks that the delivery page prints the
+// delivery's trace id (the one its traceparent carries) and that the
+// summary flags a webhook whose receiver certificate is not checked.
+func TestPagesShowTraceAndInsecureTLS(t *testing.T) {
+	e := newEnv(t, func(c *config.Config, _ *web.Options) { c.Webhooks[0].TLS.InsecureSkipVerify = true })
+	id := e.insert(row{state: "delivered"})
+	_, body := do(t, client(t), "GET", fmt.Sprintf("%s/deliveries/%d", e.srv.URL, id), nil)
+	trace := tracecontext.ForDelivery("inventory", id).String()
+	if !strings.Contains(body, `<code id="trace-id">`+trace+`</code>`) {
+		t.Errorf("delivery page lacks trace id %s", trace)
+	}
+	if !strings.Contains(body, "00-"+trace+"-") {
+		t.Errorf("delivery page lacks the traceparent header")
+	}
+	_, body = do(t, client(t), "GET", e.srv.URL+"/", nil)
+	if !strings.Contains(body, `id="insecure-inventory"`) || strings.Contains(body, `id="insecure-audit"`) {
+		t.Errorf("summary does not flag exactly the insecure webhook:\n%s", body)
 	}
 }
