@@ -255,6 +255,9 @@ func (d *Dispatcher) maintain(ctx context.Context) {
 	defer rescue.Stop()
 	purge := time.NewTimer(0)
 	defer purge.Stop()
+	sweep := time.NewTimer(sweepEvery)
+	defer sweep.Stop()
+	var cursor outbox.ObjectCursor
 	for {
 		select {
 		case <-ctx.Done():
@@ -267,6 +270,9 @@ func (d *Dispatcher) maintain(ctx context.Context) {
 		case <-purge.C:
 			d.purge(ctx)
 			purge.Reset(jitter(retentionEvery, d.rand()))
+		case <-sweep.C:
+			cursor = d.sweep(ctx, cursor)
+			sweep.Reset(jitter(sweepEvery, d.rand()))
 		}
 	}
 }
@@ -286,6 +292,26 @@ func (d *Dispatcher) heartbeat(ctx context.Context) {
 			d.beat(ctx)
 		}
 	}
+}
+
+// sweep promotes, among the next sweepObjects objects with open changes,
+// parked changes left without an earlier open change (their predecessor
+// was finished or deleted by hand), and returns where to go on next time.
+func (d *Dispatcher) sweep(ctx context.Context, c outbox.ObjectCursor) outbox.ObjectCursor {
+	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	n, next, err := d.store.PromoteOrphans(ctx, c, sweepObjects)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Warn().Err(err).Msg("looking for parked deliveries left without a predecessor failed")
+		}
+		return c
+	}
+	if n > 0 {
+		d.log.Warn().Int64("rows", n).Msg("parked deliveries whose earlier change was finished by hand are pending again")
+		signal(d.wake)
+	}
+	return next
 }
 
 // beat records this dispatcher's heartbeat with its breakers' states.

@@ -114,6 +114,11 @@ const (
 	stopSendingAfter = deadAfter - time.Second
 	// retentionEvery is how often old delivered and failed rows are deleted.
 	retentionEvery = 5 * time.Minute
+	// Every sweepEvery, the next sweepObjects objects with open changes are
+	// checked for parked changes left without a predecessor (one index
+	// descent each).
+	sweepEvery   = 10 * time.Second
+	sweepObjects = 1000
 )
 
 // Dispatcher claims deliveries from the outbox and sends them. Create it with

@@ -440,3 +440,62 @@ func (s *Store) WebhooksWithPending(ctx context.Context) ([]string, error) {
 	}
 	return names, nil
 }
+
+// ObjectCursor is where PromoteOrphans resumes: the last object it looked at.
+type ObjectCursor struct{ Webhook, Model, Key string }
+
+// orphansSQL walks the open changes object by object from after $1..$3 (a
+// loose scan of deliveries_object_open: one index descent per object) and
+// returns the first open change of each of the next $4 objects.
+const orphansSQL = `WITH RECURSIVE o AS (
+	(SELECT webhook, model, object_key, state, id FROM %[1]s
+	 WHERE state IN ('pending', 'parked', 'delivering') AND (webhook, model, object_key) > ($1, $2, $3)
+	 ORDER BY webhook, model, object_key, commit_lsn, seq LIMIT 1)
+	UNION ALL
+	SELECT n.webhook, n.model, n.object_key, n.state, n.id FROM o CROSS JOIN LATERAL (
+		SELECT webhook, model, object_key, state, id FROM %[1]s AS d
+		WHERE d.state IN ('pending', 'parked', 'delivering')
+		  AND (d.webhook, d.model, d.object_key) > (o.webhook, o.model, o.object_key)
+		ORDER BY d.webhook, d.model, d.object_key, d.commit_lsn, d.seq LIMIT 1) AS n
+)
+SELECT webhook, model, object_key, state, id FROM o LIMIT $4`
+
+// PromoteOrphans makes pending the parked changes that have no earlier open
+// change any more, among the next n objects after c, and returns how many it
+// promoted and where to resume (the zero cursor after the last object).
+// Promotion normally happens with the predecessor's outcome; this catches
+// rows whose predecessor was finished or deleted by hand. A row promoted
+// too early is harmless: every claim checks its object again.
+func (s *Store) PromoteOrphans(ctx context.Context, c ObjectCursor, n int) (int64, ObjectCursor, error) {
+	rows, err := s.pool.Query(ctx, fmt.Sprintf(orphansSQL, s.deliveries), c.Webhook, c.Model, c.Key, n)
+	if err != nil {
+		return 0, c, fmt.Errorf("look for orphaned parked rows: %w", err)
+	}
+	var ids []int64
+	var next ObjectCursor
+	seen := 0
+	var st string
+	var id int64
+	_, err = pgx.ForEachRow(rows, []any{&next.Webhook, &next.Model, &next.Key, &st, &id}, func() error {
+		seen++
+		if st == StateParked {
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, c, fmt.Errorf("look for orphaned parked rows: %w", err)
+	}
+	if seen < n {
+		next = ObjectCursor{} // the end: start over next time
+	}
+	if len(ids) == 0 {
+		return 0, next, nil
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE `+s.deliveries+` SET state = 'pending', next_attempt_at = greatest(next_attempt_at, now())
+		WHERE id = ANY($1::bigint[]) AND state = 'parked'`, ids)
+	if err != nil {
+		return 0, c, fmt.Errorf("promote orphaned parked rows: %w", err)
+	}
+	return tag.RowsAffected(), next, nil
+}

@@ -294,6 +294,7 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 		{"purge delivered", s.q.purgeDelivered, []any{int64(7 * 24 * 3600e6)}},
 		{"purge failed", s.q.purgeFailed, []any{int64(30 * 24 * 3600e6)}},
 		{"webhooks with pending rows", s.q.webhooksWithPending, nil},
+		{"orphan sweep", fmt.Sprintf(orphansSQL, s.deliveries), []any{"", "", "", 1000}},
 	}
 	for _, st := range stmts {
 		n, plan := explain(t, pool, st.sql, st.args...)
@@ -306,6 +307,8 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 			bound = 1000 * 25
 		case "purge delivered", "purge failed":
 			bound = PurgeBatch * 25
+		case "orphan sweep":
+			bound = 1000 * 8 // one index descent per object
 		}
 		if n > bound {
 			t.Errorf("%s touched %d buffers (limit %d):\n%s", st.name, n, bound, plan)
@@ -379,4 +382,39 @@ func TestRequeueSuperseded(t *testing.T) {
 	if n, err := s.Requeue(ctx, RequeueFilter{IDs: []int64{old}}, time.Now()); err != nil || n != 1 {
 		t.Fatalf("Requeue by id = %d, %v", n, err)
 	}
+}
+
+// A parked change whose predecessor was finished by hand (an UPDATE that
+// skipped the outcome's promotion) is found by PromoteOrphans; a parked row
+// that still has an open predecessor is left alone. The cursor walks the
+// objects a batch at a time and starts over at the end.
+func TestPromoteOrphans(t *testing.T) {
+	t.Parallel()
+	s, pool := setup(t)
+	ctx := context.Background()
+	a1 := insert(t, pool, "w", "a", 100)
+	a2 := insert(t, pool, "w", "a", 200)
+	b1 := insert(t, pool, "w", "b", 150)
+	b2 := insert(t, pool, "w", "b", 250)
+	if _, parked := claimIDs(t, s, "w", 10); parked != 2 {
+		t.Fatalf("%d parked, want 2", parked)
+	}
+	// a1 is finished by hand: a2 has no predecessor any more.
+	exec(t, pool, `UPDATE walhook.deliveries SET state = 'delivered', delivered_at = now(), locked_until = NULL WHERE id = $1`, a1)
+	n, next, err := s.PromoteOrphans(ctx, ObjectCursor{}, 1)
+	if err != nil || n != 1 || next.Key != "a" {
+		t.Fatalf("first sweep = %d, %+v, %v; want a2 promoted, cursor at a", n, next, err)
+	}
+	if state(t, pool, a2) != StatePending || state(t, pool, b2) != StateParked {
+		t.Fatalf("a2 %s, b2 %s; want pending, parked", state(t, pool, a2), state(t, pool, b2))
+	}
+	n, next, err = s.PromoteOrphans(ctx, next, 1)
+	if err != nil || n != 0 || next.Key != "b" {
+		t.Fatalf("second sweep = %d, %+v, %v; want nothing promoted (b1 still open), cursor at b", n, next, err)
+	}
+	n, next, err = s.PromoteOrphans(ctx, next, 1)
+	if err != nil || n != 0 || next != (ObjectCursor{}) {
+		t.Fatalf("third sweep = %d, %+v, %v; want the end", n, next, err)
+	}
+	_ = b1
 }
