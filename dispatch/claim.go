@@ -153,7 +153,6 @@ func (d *Dispatcher) claimRequest() *claimReq {
 			req = &claimReq{ClaimRequest: outbox.ClaimRequest{By: d.id}}
 		}
 		h.held.Add(int64(limit))
-		d.held.Add(int64(limit))
 		d.unwritten.Add(int64(limit))
 		req.Webhooks = append(req.Webhooks, h.name)
 		req.Limits = append(req.Limits, int32(limit))
@@ -193,7 +192,6 @@ func (d *Dispatcher) claim(ctx context.Context, req *claimReq) (full bool, err e
 		for i, h := range req.hooks {
 			back := int64(got[i] - int(req.Limits[i]))
 			h.held.Add(back)
-			d.held.Add(back)
 			d.unwritten.Add(back)
 		}
 	}()

@@ -147,8 +147,6 @@ type Dispatcher struct {
 	// slots holds a token per request in flight, all webhooks together
 	// (dispatch.concurrency). Waiting senders get slots in turn.
 	slots chan struct{}
-	// held counts claimed rows whose request has not finished yet.
-	held atomic.Int64
 	// unwritten counts claimed rows whose outcome is not in the database yet.
 	unwritten atomic.Int64
 	// lastBeat is when the heartbeat was last recorded (UnixNano).

@@ -92,7 +92,6 @@ func (d *Dispatcher) work(ctx, hard context.Context, h *hook, results chan<- res
 			h.breaker.noProbe(time.Now())
 		}
 		h.held.Add(-1)
-		d.held.Add(-1)
 		signal(d.freed)
 		results <- r
 	}
