@@ -16,6 +16,7 @@ import (
 type job struct {
 	id       int64
 	hook     *hook
+	model    string
 	body     []byte
 	attempts int
 	// claimedAt is the last_attempt_at the claim wrote; it identifies the
@@ -221,7 +222,7 @@ func (d *Dispatcher) claim(ctx context.Context, req *claimReq) (full bool, err e
 		h := req.hooks[i]
 		got[i]++
 		jobs[k] = job{
-			id: c.ID, hook: h, body: c.Body, attempts: c.Attempts,
+			id: c.ID, hook: h, model: c.Model, body: c.Body, attempts: c.Attempts,
 			claimedAt: c.ClaimedAt, prevAttemptAt: c.PrevAttemptAt, committedAt: c.CommittedAt,
 			deadline: start.Add(h.lease - h.timeout - leaseSafety),
 			probe:    req.probes[i],

@@ -16,6 +16,7 @@ import (
 const (
 	attrDelivery = "walhook.delivery.id"
 	attrWebhook  = "walhook.webhook"
+	attrModel    = "walhook.model"
 	attrAttempt  = "walhook.attempt"
 	attrProbe    = "walhook.breaker_probe"
 	attrStatus   = "http.response.status_code"
@@ -32,6 +33,7 @@ func (d *Dispatcher) startSpan(ctx context.Context, trace tracecontext.TraceID, 
 		oteltrace.WithAttributes(
 			attribute.Int64(attrDelivery, j.id),
 			attribute.String(attrWebhook, h.name),
+			attribute.String(attrModel, j.model),
 			attribute.Int(attrAttempt, j.attempts),
 			attribute.Bool(attrProbe, j.probe),
 			attribute.String(attrMethod, h.method),

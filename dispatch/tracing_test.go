@@ -70,7 +70,7 @@ func TestTracingSpans(t *testing.T) {
 			for _, kv := range s.Attributes {
 				attrs[kv.Key] = kv.Value
 			}
-			if attrs["walhook.delivery.id"].AsInt64() != id || attrs["walhook.webhook"].AsString() != "traced" {
+			if attrs["walhook.delivery.id"].AsInt64() != id || attrs["walhook.webhook"].AsString() != "traced" || attrs["walhook.model"].AsString() != "Site" {
 				t.Errorf("span attributes %v", s.Attributes)
 			}
 			header := tracecontext.Format(trace, tracecontext.SpanID(s.SpanContext.SpanID()), tracecontext.FlagSampled)

@@ -90,7 +90,7 @@ FROM unnest((SELECT ids FROM agg), (SELECT claims FROM agg), (SELECT prevs FROM 
 	AS k(id, claim, prev_attempt_at, lease)
 WHERE d.id = k.id
 RETURNING d.id, d.webhook, k.claim, CASE WHEN k.claim THEN d.body END, d.attempts,
-	d.last_attempt_at, k.prev_attempt_at, d.committed_at`,
+	d.last_attempt_at, k.prev_attempt_at, d.committed_at, d.model`,
 
 		// Writes a batch of outcomes. $1 maps each id to
 		// [state, mode, status, error, delay_us, claimed_at, prev_attempt_at]
@@ -200,6 +200,7 @@ type ClaimRequest struct {
 type Claimed struct {
 	ID       int64
 	Webhook  string
+	Model    string
 	Body     []byte
 	Attempts int
 	// ClaimedAt is the last_attempt_at the claim wrote; it identifies the
@@ -231,7 +232,7 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (out []Claimed, par
 			took    bool
 			claimed pgtype.Timestamptz
 		)
-		if err := rows.Scan(&c.ID, &c.Webhook, &took, &c.Body, &c.Attempts, &claimed, &c.PrevAttemptAt, &c.CommittedAt); err != nil {
+		if err := rows.Scan(&c.ID, &c.Webhook, &took, &c.Body, &c.Attempts, &claimed, &c.PrevAttemptAt, &c.CommittedAt, &c.Model); err != nil {
 			return nil, nil, fmt.Errorf("claim: read row: %w", err)
 		}
 		if !took {
