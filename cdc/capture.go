@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
 )
@@ -37,6 +39,10 @@ type Options struct {
 	StatusInterval time.Duration
 	// Observer, when set, is told about every committed batch of rows.
 	Observer Observer
+	// Tracer, when set, records a span per captured source transaction
+	// (Begin to Commit: its commit LSN and changes) and per outbox commit
+	// (the rows enqueued). Nil costs nothing.
+	Tracer trace.Tracer
 }
 
 // SessionParams are the runtime parameters that pin the text format of
@@ -365,6 +371,7 @@ func (c *Capture) session(ctx context.Context) error {
 	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Msg("streaming changes")
 
 	w := newWriter(c.outbox, c.store, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
+	w.tracer = c.opts.Tracer
 	w.flushed.Store(uint64(startLSN))
 	w.window, w.collided = &c.window, &c.collided
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/migrations"
 	"github.com/walhook/walhook/test/pgtest"
@@ -30,6 +31,7 @@ type bundle struct {
 	cap    *Capture
 	cancel context.CancelFunc
 	done   chan error
+	tracer trace.Tracer // optional, set before start
 }
 
 const baseConfig = `
@@ -95,7 +97,7 @@ func (b *bundle) start() {
 	b.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.New(zerolog.NewTestWriter(b.t)).Level(zerolog.InfoLevel),
-		StatusInterval: 200 * time.Millisecond})
+		StatusInterval: 200 * time.Millisecond, Tracer: b.tracer})
 	if err != nil {
 		b.t.Fatal(err)
 	}

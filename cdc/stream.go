@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // statusMinGap is the shortest time between two status updates sent to
@@ -38,6 +40,7 @@ type stream struct {
 	tpl     *templater
 	oldBuf  []byte
 	inTxn   bool
+	span    trace.Span // the open transaction's span (Options.Tracer)
 	txnLSN  pglogrepl.LSN
 	txnAt   time.Time
 	txnXid  uint32 // the source transaction's id, to wait until it is visible to lookups
@@ -170,6 +173,10 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 	case *pglogrepl.BeginMessage:
 		s.inTxn, s.txnLSN, s.txnAt, s.txnXid, s.seq = true, m.FinalLSN, m.CommitTime, m.Xid, 0
 		s.coal.reset()
+		if t := s.c.opts.Tracer; t != nil {
+			_, s.span = t.Start(ctx, "capture transaction", trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindConsumer),
+				trace.WithAttributes(attribute.String("walhook.commit_lsn", m.FinalLSN.String()), attribute.Int64("walhook.xid", int64(m.Xid))))
+		}
 	case *pglogrepl.InsertMessage:
 		return s.change(ctx, EventCreated, m.RelationID, 0, nil, m.Tuple)
 	case *pglogrepl.UpdateMessage:
@@ -204,6 +211,11 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 		b := batch{rows: s.rows, commit: true, endLSN: m.TransactionEndLSN}
 		s.rows = nil
 		s.inTxn = false
+		if s.span != nil {
+			s.span.SetAttributes(attribute.Int("walhook.changes", int(s.seq)), attribute.Int("walhook.deliveries", len(b.rows)))
+			s.span.End()
+			s.span = nil
+		}
 		if err := s.send(ctx, b); err != nil {
 			return err
 		}

@@ -14,6 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/outbox"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // outRow is one delivery row to enqueue.
@@ -42,6 +45,7 @@ type batch struct {
 // source transaction boundary. flushed is the end LSN of the last source
 // transaction whose rows are committed: the only LSN safe to confirm.
 type writer struct {
+	tracer     trace.Tracer // nil: no spans
 	pool       *pgxpool.Pool
 	store      *outbox.Store
 	sql        outbox.EnqueueStatements
@@ -156,7 +160,19 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		buf = buf[:0]
 		return nil
 	}
-	commit := func() error {
+	commit := func() (err error) {
+		var enq int64 // rows this commit enqueued, for its span
+		if w.tracer != nil {
+			_, span := w.tracer.Start(ctx, "enqueue", trace.WithNewRoot(),
+				trace.WithAttributes(attribute.String("walhook.up_to_lsn", lastEnd.String())))
+			defer func() {
+				span.SetAttributes(attribute.Int64("walhook.rows", enq))
+				if err != nil {
+					span.SetStatus(codes.Error, err.Error())
+				}
+				span.End()
+			}()
+		}
 		b := &pgx.Batch{}
 		var small []outRow
 		if !open && len(buf) <= smallGroup {
@@ -201,6 +217,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			}
 			clear(w.counts)
 		}
+		enq = inserted
 		inserted, groupRows = 0, 0
 		return nil
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/walhook/walhook/internal/web"
 	"github.com/walhook/walhook/migrations"
 	"go.opentelemetry.io/otel"
+	oteltrace "go.opentelemetry.io/otel/trace"
 )
 
 func loadConfig(path string) (*config.Config, error) {
@@ -200,6 +201,24 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		// without capture in this process.
 		slotDB = obPool
 	}
+	// One tracer for capture and dispatch, when tracing is on.
+	var tracer oteltrace.Tracer
+	if ep := cfg.Tracing.OTLPEndpoint; ep != "" {
+		tp, err := tracing.New(ep, walhookVersion())
+		if err != nil {
+			return err
+		}
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+			log.Warn().Err(err).Msg("tracing: exporting spans failed (deliveries are not affected)")
+		}))
+		defer func() {
+			if err := tp.Shutdown(context.WithoutCancel(ctx)); err != nil {
+				log.Warn().Err(err).Msg("tracing: flushing the last spans failed")
+			}
+		}()
+		tracer = tp.Tracer()
+		log.Info().Str("otlp_endpoint", config.RedactURL(ep)).Msg("tracing: exporting spans (captured transactions, enqueues, delivery attempts) over OTLP/HTTP")
+	}
 	if capture {
 		source, err := openPool(ctx, cfg.Database.DSN, "source database", cdc.SessionParams)
 		if err != nil {
@@ -207,7 +226,7 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		}
 		defer source.Close()
 		slotDB = source
-		capt, err = cdc.New(cdc.Options{Config: cfg, Source: source, Outbox: obPool, Logger: log, Observer: metrics})
+		capt, err = cdc.New(cdc.Options{Config: cfg, Source: source, Outbox: obPool, Logger: log, Observer: metrics, Tracer: tracer})
 		if err != nil {
 			return err
 		}
@@ -215,22 +234,7 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 	}
 	if send {
 		dopts := dispatch.Options{Pool: obPool, Config: cfg, Logger: log, Version: walhookVersion(), Observer: metrics}
-		if ep := cfg.Tracing.OTLPEndpoint; ep != "" {
-			tp, err := tracing.New(ep, walhookVersion())
-			if err != nil {
-				return err
-			}
-			otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
-				log.Warn().Err(err).Msg("tracing: exporting spans failed (deliveries are not affected)")
-			}))
-			defer func() {
-				if err := tp.Shutdown(context.WithoutCancel(ctx)); err != nil {
-					log.Warn().Err(err).Msg("tracing: flushing the last spans failed")
-				}
-			}()
-			dopts.Tracer = tp.Tracer()
-			log.Info().Str("otlp_endpoint", config.RedactURL(ep)).Msg("tracing: exporting a span per delivery attempt over OTLP/HTTP")
-		}
+		dopts.Tracer = tracer
 		d, err := dispatch.New(dopts)
 		if err != nil {
 			return err
