@@ -11,10 +11,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
-	"go.opentelemetry.io/otel/trace"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/migrations"
 	"github.com/walhook/walhook/test/pgtest"
+	"go.opentelemetry.io/otel/trace"
 )
 
 var pg *pgtest.Cluster
