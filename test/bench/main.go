@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -67,7 +68,7 @@ func main() {
 	rate := flag.Int("rate", 1000, "rows/s in the latency phase")
 	dur := flag.Duration("latency-for", 10*time.Second, "length of the latency phase")
 	out := flag.String("out", "bench-results.json", "where to write the JSON results")
-	phases := flag.String("phases", "capture,dispatch,latency,huge,burst,backlog,claims,outage,hang", "phases to run, comma-separated (capture, dispatch, latency, huge, burst, backlog, claims, outage, hang, scale)")
+	phases := flag.String("phases", "capture,dispatch,latency,huge,burst,tracing,backlog,claims,outage,hang", "phases to run, comma-separated (capture, dispatch, latency, huge, burst, tracing, backlog, claims, outage, hang, scale)")
 	flag.IntVar(&backlogRows, "backlog-rows", 1000000, "rows captured into the outbox in the backlog phase")
 	flag.StringVar(&prebuilt, "bin", "", "measure this walhook binary instead of building ./cmd/walhook (e.g. an older version, for a before/after comparison)")
 	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
@@ -130,7 +131,7 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 	for _, ph := range []struct {
 		name string
 		run  func() error
-	}{{"burst", b.burst}, {"backlog", b.backlogPhase}, {"claims", b.claims}, {"outage", func() error { return b.outage(false) }}, {"hang", func() error { return b.outage(true) }}} {
+	}{{"burst", b.burst}, {"tracing", func() error { return b.tracingPhase(rows) }}, {"backlog", b.backlogPhase}, {"claims", b.claims}, {"outage", func() error { return b.outage(false) }}, {"hang", func() error { return b.outage(true) }}} {
 		if want[ph.name] {
 			if err := ph.run(); err != nil {
 				return fmt.Errorf("%s: %w", ph.name, err)
@@ -337,41 +338,81 @@ func receiver(onBody func([]byte)) (string, func(), error) {
 
 // dispatch: rows pending deliveries are sent, signed, to a local receiver.
 func (b *bench) dispatch(rows int) error {
-	var got sync.WaitGroup
-	got.Add(rows)
-	var once sync.Map
-	url, closeRecv, err := receiver(func(body []byte) {})
+	rate, rss, err := b.drainBacklog(rows, "")
 	if err != nil {
 		return err
 	}
-	defer closeRecv()
-	_ = &once
-	pool, _, cfg, err := b.db(itemSchema, url, "dispatch: {concurrency: 32}\n")
+	b.add("dispatch", "signed deliveries (concurrency 32)", rate, "deliveries/s")
+	b.add("dispatch", "walhook peak RSS", rss, "MB")
+	return nil
+}
+
+// drainBacklog enqueues rows pending deliveries (as capture leaves them)
+// and returns the rate at which one `run --dispatch-only` with extra
+// configuration sends them, and its peak RSS.
+func (b *bench) drainBacklog(rows int, extra string) (rate, rss float64, err error) {
+	url, closeRecv, err := receiver(func(body []byte) {})
 	if err != nil {
-		return err
+		return 0, 0, err
+	}
+	defer closeRecv()
+	pool, _, cfg, err := b.db(itemSchema, url, "dispatch: {concurrency: 32}\n"+extra)
+	if err != nil {
+		return 0, 0, err
 	}
 	defer pool.Close()
 	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
-		return fmt.Errorf("migrate: %v: %s", err, out)
+		return 0, 0, fmt.Errorf("migrate: %v: %s", err, out)
 	}
 	if err := b.backlog(pool, rows); err != nil {
-		return err
+		return 0, 0, err
 	}
 	start := time.Now()
 	p, err := b.start(cfg, "run", "--dispatch-only")
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	err = waitFor(5*time.Minute, 20*time.Millisecond, func() bool {
 		return count(b.ctx, pool, `SELECT count(*) FROM (SELECT 1 FROM walhook.deliveries WHERE state IN ('pending', 'parked', 'delivering') LIMIT 1) AS x`) == 0
 	})
 	el := time.Since(start)
-	rss := p.stop()
+	rss = p.stop()
 	if err != nil {
-		return fmt.Errorf("%w: %s", err, p.out.String())
+		return 0, 0, fmt.Errorf("%w: %s", err, p.out.String())
 	}
-	b.add("dispatch", "signed deliveries (concurrency 32)", float64(rows)/el.Seconds(), "deliveries/s")
-	b.add("dispatch", "walhook peak RSS", rss, "MB")
+	return float64(rows) / el.Seconds(), rss, nil
+}
+
+// tracingPhase: the dispatch backlog drained with tracing off, then with a
+// span per attempt exported over OTLP/HTTP to an in-process collector that
+// accepts and counts the export requests.
+func (b *bench) tracingPhase(rows int) error {
+	var exports atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		exports.Add(1)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.WriteHeader(http.StatusOK)
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	off, _, err := b.drainBacklog(rows, "")
+	if err != nil {
+		return err
+	}
+	on, rss, err := b.drainBacklog(rows, fmt.Sprintf("tracing: {otlp_endpoint: \"http://%s\"}\n", ln.Addr()))
+	if err != nil {
+		return err
+	}
+	b.add("tracing", "dispatch, tracing off", off, "deliveries/s")
+	b.add("tracing", "dispatch, a span per attempt to an in-process OTLP collector", on, "deliveries/s")
+	b.add("tracing", "on / off", on/off, "x")
+	b.add("tracing", "OTLP export requests received", float64(exports.Load()), "requests")
+	b.add("tracing", "walhook peak RSS with tracing", rss, "MB")
 	return nil
 }
 
