@@ -82,7 +82,6 @@ func BenchmarkDispatch(b *testing.B) {
 				e.exec(`DELETE FROM walhook.deliveries`)
 				e.insertMany("w", rows, offset)
 				offset += rows
-				e.exec(`VACUUM ANALYZE walhook.deliveries`)
 				got.Store(0)
 				opts := dispatch.Options{Pool: e.pool, Config: cfg, Logger: testLogger(b), Version: "bench"}
 				opts.Tracer = tracer

@@ -1212,3 +1212,17 @@ func TestDefaultWebhookConcurrency(t *testing.T) {
 		t.Errorf("defaults: concurrency %d, failed_retention %s", c.Webhooks[0].Concurrency, c.Dispatch.FailedRetention.D())
 	}
 }
+
+func TestURLTargetHidesPathAndQuery(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"https://hooks.example.com", "https://hooks.example.com"},
+		{"https://hooks.example.com/", "https://hooks.example.com"},
+		{"https://hooks.slack.com/services/T0/B0/XXXX", "https://hooks.slack.com/…"},
+		{"http://u:pw@10.0.0.1:8080/?token=abc", "http://10.0.0.1:8080/…"},
+		{"::", "(unparseable URL)"},
+	} {
+		if got := URLTarget(tc.in); got != tc.want {
+			t.Errorf("URLTarget(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

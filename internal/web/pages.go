@@ -308,7 +308,7 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if wh, ok := s.cfg.WebhookByName(name); ok {
-			v.Configured, v.Enabled, v.Target = true, wh.IsEnabled(), target(wh.URL)
+			v.Configured, v.Enabled, v.Target = true, wh.IsEnabled(), config.URLTarget(wh.URL)
 			v.Insecure = wh.TLS.InsecureSkipVerify
 		}
 		if s.dispatching {
@@ -359,11 +359,6 @@ func limit(s string, n int) string {
 	}
 	return s
 }
-
-// target shows where a webhook goes without what may be a secret: many
-// receivers carry a token in the URL's path or query, so only the scheme
-// and host are shown.
-func target(raw string) string { return config.URLTarget(raw) }
 
 // list reads a page of deliveries matching f, newest first. more says
 // whether there are further rows in the paging direction.
@@ -485,7 +480,7 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 		if p.Method == "" {
 			p.Method = http.MethodPost
 		}
-		p.Target = target(wh.URL)
+		p.Target = config.URLTarget(wh.URL)
 		p.MaxAttempts = wh.Retry.MaxAttempts
 		p.Headers, p.Signed = s.requestHeaders(wh, d.ID)
 	}

@@ -49,8 +49,9 @@ var (
 	scaleProcs string
 	scaleConc  int
 
-	backlogRows int
-	prebuilt    string
+	backlogRows       int
+	prebuilt          string
+	analyzedReference bool
 )
 
 type bench struct {
@@ -70,6 +71,7 @@ func main() {
 	out := flag.String("out", "bench-results.json", "where to write the JSON results")
 	phases := flag.String("phases", "capture,dispatch,latency,huge,burst,tracing,backlog,claims,outage,hang", "phases to run, comma-separated (capture, dispatch, latency, huge, burst, tracing, backlog, claims, outage, hang, scale)")
 	flag.IntVar(&backlogRows, "backlog-rows", 1000000, "rows captured into the outbox in the backlog phase")
+	flag.BoolVar(&analyzedReference, "analyzed-reference", false, "after the backlog phase, drain the same rows again after a manual VACUUM ANALYZE (a reference the product never produces)")
 	flag.StringVar(&prebuilt, "bin", "", "measure this walhook binary instead of building ./cmd/walhook (e.g. an older version, for a before/after comparison)")
 	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
 	flag.IntVar(&scaleRows, "scale-rows", 200000, "backlog drained in the scale phase")
@@ -208,6 +210,22 @@ func (b *bench) start(cfg string, args ...string) (*proc, error) {
 	p := &proc{cmd: exec.Command(b.bin, append(args, "-c", cfg)...)}
 	p.cmd.Stdout, p.cmd.Stderr = (*lockedBuilder)(p), (*lockedBuilder)(p)
 	return p, p.cmd.Start()
+}
+
+// startStreaming starts walhook with args and waits until it streams from
+// its slot (30 s at most).
+func (b *bench) startStreaming(cfg string, pool *pgxpool.Pool, args ...string) (*proc, error) {
+	p, err := b.start(cfg, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitFor(30*time.Second, 20*time.Millisecond, func() bool {
+		return count(b.ctx, pool, `SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'bench%'`) == 1
+	}); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("walhook did not start streaming: %s", p.out.String())
+	}
+	return p, nil
 }
 
 type lockedBuilder proc
@@ -442,15 +460,9 @@ func (b *bench) latency(rate int, dur time.Duration) error {
 		return err
 	}
 	defer pool.Close()
-	p, err := b.start(cfg, "run")
+	p, err := b.startStreaming(cfg, pool, "run")
 	if err != nil {
 		return err
-	}
-	if err := waitFor(30*time.Second, 20*time.Millisecond, func() bool {
-		return count(b.ctx, pool, `SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'bench%'`) == 1
-	}); err != nil {
-		p.stop()
-		return fmt.Errorf("walhook did not start streaming: %s", p.out.String())
 	}
 	total := int(float64(rate) * dur.Seconds())
 	tick := time.NewTicker(time.Second / time.Duration(rate))
@@ -486,15 +498,9 @@ func (b *bench) hugeTx(n int) error {
 		return err
 	}
 	defer pool.Close()
-	p, err := b.start(cfg, "run", "--capture-only")
+	p, err := b.startStreaming(cfg, pool, "run", "--capture-only")
 	if err != nil {
 		return err
-	}
-	if err := waitFor(30*time.Second, 20*time.Millisecond, func() bool {
-		return count(b.ctx, pool, `SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name LIKE 'bench%'`) == 1
-	}); err != nil {
-		p.stop()
-		return fmt.Errorf("walhook did not start streaming: %s", p.out.String())
 	}
 	start := time.Now()
 	if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series(1, $1::int) g`, n); err != nil {
