@@ -174,14 +174,7 @@ ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), webhooks = EXCLUDED.webhook
 
 		// The webhooks that have pending rows: a loose index scan of
 		// deliveries_due, one probe per webhook, however many rows wait.
-		webhooksWithPending: `WITH RECURSIVE w AS (
-	(SELECT webhook FROM ` + t + ` WHERE state = 'pending' ORDER BY webhook LIMIT 1)
-	UNION ALL
-	SELECT (SELECT d.webhook FROM ` + t + ` AS d WHERE d.state = 'pending' AND d.webhook > w.webhook
-		ORDER BY d.webhook LIMIT 1)
-	FROM w WHERE w.webhook IS NOT NULL
-)
-SELECT webhook FROM w WHERE webhook IS NOT NULL`,
+		webhooksWithPending: fmt.Sprintf(webhookNamesSQL, t, "state = 'pending'"),
 	}
 }
 
@@ -431,15 +424,7 @@ func (s *Store) PruneDispatchers(ctx context.Context) error {
 
 // WebhooksWithPending lists the webhooks that have pending rows.
 func (s *Store) WebhooksWithPending(ctx context.Context) ([]string, error) {
-	rows, err := s.pool.Query(ctx, s.q.webhooksWithPending)
-	if err != nil {
-		return nil, fmt.Errorf("webhooks with pending rows: %w", err)
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("webhooks with pending rows: %w", err)
-	}
-	return names, nil
+	return s.webhookNames(ctx, s.q.webhooksWithPending)
 }
 
 // ObjectCursor is where PromoteOrphans resumes: the last object it looked at.

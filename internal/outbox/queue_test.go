@@ -330,7 +330,7 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 		args []any
 	}{
 		{"last errors", fmt.Sprintf(lastErrorsSQL, s.deliveries), []any{[]string{"a", "b", "c"}}},
-		{"webhook names", fmt.Sprintf(webhookNamesSQL, s.deliveries), nil},
+		{"webhook names", fmt.Sprintf(webhookNamesSQL, s.deliveries, "true"), nil},
 	} {
 		if n, plan := explain(t, pool, st.sql, st.args...); n > 200 {
 			t.Errorf("%s touched %d buffers (limit 200):\n%s", st.name, n, plan)

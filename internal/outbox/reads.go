@@ -322,7 +322,12 @@ func (s *Store) LastErrors(ctx context.Context, names []string) (map[string]*Las
 // WebhookNames lists the webhooks that have rows in any state: one index
 // probe per webhook (a loose scan of the unique key).
 func (s *Store) WebhookNames(ctx context.Context) ([]string, error) {
-	rows, err := s.pool.Query(ctx, fmt.Sprintf(webhookNamesSQL, s.deliveries))
+	return s.webhookNames(ctx, fmt.Sprintf(webhookNamesSQL, s.deliveries, "true"))
+}
+
+// webhookNames runs a webhookNamesSQL statement.
+func (s *Store) webhookNames(ctx context.Context, sql string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, sql)
 	if err != nil {
 		return nil, fmt.Errorf("list webhooks: %w", err)
 	}
@@ -333,10 +338,13 @@ func (s *Store) WebhookNames(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
+// webhookNamesSQL lists the distinct webhooks of the rows matching %[2]s
+// (a condition that a partial index's predicate, or true for the unique
+// key, serves), one index probe per webhook.
 const webhookNamesSQL = `WITH RECURSIVE w AS (
-	(SELECT webhook FROM %[1]s ORDER BY webhook LIMIT 1)
+	(SELECT webhook FROM %[1]s WHERE %[2]s ORDER BY webhook LIMIT 1)
 	UNION ALL
-	SELECT (SELECT d.webhook FROM %[1]s AS d WHERE d.webhook > w.webhook ORDER BY d.webhook LIMIT 1)
+	SELECT (SELECT d.webhook FROM %[1]s AS d WHERE %[2]s AND d.webhook > w.webhook ORDER BY d.webhook LIMIT 1)
 	FROM w WHERE w.webhook IS NOT NULL
 )
 SELECT webhook FROM w WHERE webhook IS NOT NULL`
