@@ -440,19 +440,23 @@ func TestRetryAfter(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
 	var first sync.Map
-	respond := func(retryAfter string, code int) func(http.ResponseWriter, *http.Request, int) {
+	respond := func(retryAfter func() string, code int) func(http.ResponseWriter, *http.Request, int) {
 		return func(w http.ResponseWriter, r *http.Request, _ int) {
 			if _, seen := first.LoadOrStore(r.Header.Get("X-Walhook-Delivery"), true); !seen {
-				w.Header().Set("Retry-After", retryAfter)
+				w.Header().Set("Retry-After", retryAfter())
 				w.WriteHeader(code)
 				return
 			}
 			w.WriteHeader(204)
 		}
 	}
-	slow := newRecorder(t, respond("1", 429))
-	capped := newRecorder(t, respond("3600", 503))
-	date := newRecorder(t, respond(time.Now().Add(2*time.Second).UTC().Format(http.TimeFormat), 503))
+	fixed := func(v string) func() string { return func() string { return v } }
+	slow := newRecorder(t, respond(fixed("1"), 429))
+	capped := newRecorder(t, respond(fixed("3600"), 503))
+	// The date is taken when the response is written: taken at setup, the
+	// time until the request (and the date's whole seconds) could leave
+	// less than a second.
+	date := newRecorder(t, respond(func() string { return time.Now().Add(2 * time.Second).UTC().Format(http.TimeFormat) }, 503))
 	cfg := testConfig(4,
 		hookConfig("slow", slow.srv.URL, func(w *config.Webhook) { w.Retry.MaxInterval = config.Duration(time.Minute) }),
 		hookConfig("capped", capped.srv.URL, func(w *config.Webhook) { w.Retry.MaxInterval = config.Duration(200 * time.Millisecond) }),
