@@ -34,6 +34,7 @@ func BenchmarkAttempt(b *testing.B) {
 		Timeout: config.Duration(5 * time.Second), Retry: config.Retry{MaxAttempts: 3}}
 	cfg := &config.Config{Database: config.Database{Schema: "walhook"}, Webhooks: []config.Webhook{w},
 		Dispatch: config.Dispatch{Concurrency: 4}}
+	cfg.ApplyDefaults()
 	body := []byte(`{"event":"created","model":"Site","data":{"id":1,"name":"ams1"}}`)
 	for _, mode := range []string{"off", "memory"} {
 		b.Run("tracing="+mode, func(b *testing.B) {

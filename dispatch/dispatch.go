@@ -2,8 +2,6 @@ package dispatch
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha512"
 	"errors"
 	"fmt"
 	"math"
@@ -21,6 +19,7 @@ import (
 	oteltrace "go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/walhook/walhook/dispatch/sign"
 	"github.com/walhook/walhook/internal/clienttls"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
@@ -181,18 +180,13 @@ type hook struct {
 
 	url         string
 	method      string
-	header      http.Header
-	secret      string   // key of X-Hook-Signature ("" when unsigned)
-	scheme      string   // config signature: netbox, standard-webhooks or both
-	secrets     []string // Standard Webhooks secrets (whsec_...), several while rotating
+	signer      *sign.Signer // the request headers and signatures
 	timeout     time.Duration
 	timeoutErr  error
 	maxAttempts int
 	initial     time.Duration
 	maxInterval time.Duration
 	log         zerolog.Logger
-	// macs holds reusable HMAC-SHA512 states keyed with secret.
-	macs sync.Pool
 }
 
 // timeoutError is the cause of an attempt's context when its timeout expires.
@@ -248,21 +242,13 @@ func New(opts Options) (*Dispatcher, error) {
 			return opts.Rand()
 		}
 	}
-	if d.concurrency <= 0 {
-		d.concurrency = 16
-	}
-	if d.poll <= 0 {
-		d.poll = time.Second
+	if d.concurrency <= 0 || d.poll <= 0 {
+		return nil, errors.New("dispatch: dispatch.concurrency and dispatch.poll_interval must be positive: " +
+			"config.Load sets their defaults; call Config.ApplyDefaults on a Config built in code")
 	}
 	version := opts.Version
 	if version == "" {
 		version = "dev"
-	}
-	enabled := 0
-	for _, w := range cfg.Webhooks {
-		if w.IsEnabled() {
-			enabled++
-		}
 	}
 	maxHeld := 0
 	for _, w := range cfg.Webhooks {
@@ -281,11 +267,11 @@ func New(opts Options) (*Dispatcher, error) {
 				return nil, err
 			}
 		}
-		h.limit = w.Concurrency
-		if h.limit <= 0 {
-			h.limit = config.DefaultWebhookConcurrency(d.concurrency, enabled)
+		if w.Concurrency <= 0 {
+			return nil, fmt.Errorf("dispatch: webhook %q: concurrency must be positive: "+
+				"config.Load sets its default; call Config.ApplyDefaults on a Config built in code", w.Name)
 		}
-		h.limit = min(h.limit, d.concurrency)
+		h.limit = min(w.Concurrency, d.concurrency)
 		h.maxHeld = min(h.limit*heldPerWorker, maxHeldTotal)
 		if w.Rate > 0 {
 			burst := max(1, int(math.Ceil(w.Rate/10)))
@@ -327,61 +313,23 @@ func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error
 		name:        w.Name,
 		url:         u.String(),
 		method:      w.HTTPMethod,
-		secret:      firstSecret(w.SigningSecrets()),
-		scheme:      w.Signature,
-		secrets:     w.SigningSecrets(),
 		timeout:     w.Timeout.D(),
 		maxAttempts: w.Retry.MaxAttempts,
 		initial:     w.Retry.InitialInterval.D(),
 		maxInterval: w.Retry.MaxInterval.D(),
-		header:      http.Header{},
 		log:         log.With().Str("webhook", w.Name).Str("url", config.URLTarget(w.URL)).Logger(),
 	}
-	if h.method == "" {
-		h.method = http.MethodPost
-	}
-	if h.timeout <= 0 {
-		h.timeout = 10 * time.Second
-	}
-	if h.maxAttempts <= 0 {
-		h.maxAttempts = 8
-	}
-	if h.initial <= 0 {
-		h.initial = 5 * time.Second
-	}
-	if h.maxInterval <= 0 {
-		h.maxInterval = time.Hour
+	if h.method == "" || h.timeout <= 0 || h.maxAttempts <= 0 || h.initial <= 0 || h.maxInterval <= 0 {
+		return nil, fmt.Errorf("dispatch: webhook %q: http_method, timeout, retry.max_attempts and the retry intervals must be set: "+
+			"config.Load sets their defaults; call Config.ApplyDefaults on a Config built in code", w.Name)
 	}
 	h.timeoutErr = &timeoutError{after: h.timeout}
-	if h.secret != "" {
-		secret := []byte(h.secret)
-		h.macs.New = func() any { return hmac.New(sha512.New, secret) }
-	}
-	ct := w.ContentType
-	if ct == "" {
-		ct = "application/json"
-	}
-	h.header.Set("Content-Type", ct)
-	h.header.Set("User-Agent", "walhook/"+version)
-	for k, v := range w.Headers {
+	if h.signer, err = sign.New(w.SignSettings(version)); err != nil {
 		// Load refuses these with the file and line; a Config built in
 		// code gets the same rules here.
-		if !config.ValidHeaderName(k) || !config.ValidHeaderValue(v) || config.ReservedHeader(k) || isStandardHeader(k) {
-			return nil, fmt.Errorf("dispatch: webhook %q: header %q cannot be configured (invalid, or set by walhook)", w.Name, k)
-		}
-		h.header.Set(k, v)
+		return nil, fmt.Errorf("dispatch: webhook %q: %w", w.Name, err)
 	}
 	return h, nil
-}
-
-// isStandardHeader reports whether name is one of the Standard Webhooks
-// headers walhook sets when it signs that way.
-func isStandardHeader(name string) bool {
-	switch http.CanonicalHeaderKey(name) {
-	case "Webhook-Id", "Webhook-Timestamp", "Webhook-Signature":
-		return true
-	}
-	return false
 }
 
 // noRedirects makes the client return 3xx responses as they are: a redirect
@@ -515,12 +463,4 @@ func sleep(ctx context.Context, delay time.Duration) bool {
 	case <-t.C:
 		return true
 	}
-}
-
-// firstSecret is the secret X-Hook-Signature is keyed with.
-func firstSecret(secrets []string) string {
-	if len(secrets) == 0 {
-		return ""
-	}
-	return secrets[0]
 }

@@ -7,13 +7,15 @@
 // a poll every dispatch.poll_interval, keeps at most dispatch.concurrency
 // requests in flight across all webhooks, and never sends a delivery while an
 // earlier change of the same webhook and object (model + object_key) is still
-// pending or being delivered. Claimed rows carry a lease (locked_until); rows
-// whose lease ran out, e.g. because their sender crashed, are taken back by
-// any running Dispatcher. A Dispatcher claims in batches and keeps up to 8
-// claimed rows per request slot, so the lease is 9 times the longest
-// webhook timeout plus 30s (2 minutes with the default 10s timeout): a live
-// sender never loses a row to the rescuer. Several Dispatchers, in one
-// process or many, may drain one outbox at once.
+// pending or being delivered. Claimed rows carry a lease (locked_until) and
+// the claiming dispatcher's heartbeat (walhook.dispatchers): rows of a
+// dispatcher that stopped beating are taken back by any running Dispatcher
+// within seconds (docs/queue.md). Several Dispatchers, in one process or
+// many, may drain one outbox at once. Each webhook has its own request cap,
+// optional rate limit and circuit breaker.
+//
+// The headers and signatures of each request are built by package
+// dispatch/sign, which the delivery page uses too.
 //
 // Outcomes are written in batches, one UPDATE per batch; a row's outcome is
 // written only while the row is still the claim this sender made.
@@ -29,4 +31,9 @@
 //	UPDATE walhook.deliveries SET state = 'pending', next_attempt_at = now() WHERE state = 'failed';
 //
 // works as well, without restarting anything.
+//
+// Files: dispatch.go (Dispatcher, Options, per-webhook settings), claim.go
+// (claim loop), send.go (one attempt and the retry policy), outcome.go
+// (batched outcome writes), breaker.go (circuit breaker), observe.go
+// (Observer), tracing.go (attempt spans).
 package dispatch

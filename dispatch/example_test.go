@@ -14,13 +14,6 @@ import (
 	"github.com/walhook/walhook/internal/config"
 )
 
-func ExampleSign() {
-	// A receiver verifies X-Hook-Signature by computing the same value over
-	// the raw request body with its copy of the secret.
-	fmt.Println(dispatch.Sign("key", []byte("abc")))
-	// Output: 3926a207c8c42b0c41792cbd3e1a1aaaf5f7a25704f62dfc939c4987dd7ce060009c5bb1c2447355b3216f10b537e9afa7b64a4e5391b0d631172d07939e087a
-}
-
 func ExampleBackoff() {
 	// The default policy (initial 5s, max 1h) with the jitter at its middle.
 	for attempt := 1; attempt <= 11; attempt += 2 {

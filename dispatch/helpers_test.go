@@ -84,7 +84,7 @@ func hookConfig(name, url string, opts ...func(*config.Webhook)) config.Webhook 
 }
 
 func testConfig(concurrency int, hooks ...config.Webhook) *config.Config {
-	return &config.Config{
+	c := &config.Config{
 		Database: config.Database{Schema: "walhook"},
 		Webhooks: hooks,
 		Dispatch: config.Dispatch{
@@ -93,6 +93,8 @@ func testConfig(concurrency int, hooks ...config.Webhook) *config.Config {
 			Retention:    config.Duration(168 * time.Hour),
 		},
 	}
+	c.ApplyDefaults()
+	return c
 }
 
 func testLogger(t testing.TB) zerolog.Logger {

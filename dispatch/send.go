@@ -3,12 +3,8 @@ package dispatch
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha512"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"math"
 	"net/http"
@@ -24,26 +20,6 @@ import (
 
 	oteltrace "go.opentelemetry.io/otel/trace"
 )
-
-// Sign returns the lowercase hex HMAC-SHA512 of body keyed with secret's
-// UTF-8 bytes: the X-Hook-Signature header, as NetBox computes it.
-func Sign(secret string, body []byte) string {
-	m := hmac.New(sha512.New, []byte(secret))
-	m.Write(body)
-	var sum [sha512.Size]byte
-	return hex.EncodeToString(m.Sum(sum[:0]))
-}
-
-// sign is Sign with the webhook's secret, reusing HMAC states.
-func (h *hook) sign(body []byte) string {
-	m := h.macs.Get().(hash.Hash)
-	m.Reset()
-	m.Write(body)
-	var sum [sha512.Size]byte
-	s := hex.EncodeToString(m.Sum(sum[:0]))
-	h.macs.Put(m)
-	return s
-}
 
 // Backoff is the delay before retry number attempt (1 = the first retry):
 // initial doubled for every further attempt, capped at max, then scaled by a
@@ -248,16 +224,7 @@ func (d *Dispatcher) send(ctx context.Context, j *job, traceparent string) respo
 	if err != nil {
 		return response{err: "build request: " + redactErr(err), retryAfter: -1}
 	}
-	req.Header = h.header.Clone()
-	if h.scheme == SchemeStandard || h.scheme == SchemeBoth {
-		if err := signatureHeaders(req.Header, h.scheme, h.secrets, j.id, j.body, time.Now()); err != nil {
-			return response{err: "sign: " + err.Error(), retryAfter: -1}
-		}
-	} else if h.secret != "" {
-		req.Header["X-Hook-Signature"] = []string{h.sign(j.body)}
-	}
-	req.Header["X-Walhook-Delivery"] = []string{strconv.FormatInt(j.id, 10)}
-	req.Header["Traceparent"] = []string{traceparent}
+	req.Header = h.signer.Header(j.id, j.body, traceparent, d.now())
 
 	client := d.client
 	if h.client != nil {

@@ -36,7 +36,7 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	log := newLogger(cfg, stderr)
-	outbox, err := openPool(ctx, outboxDSN(cfg.Database.DSN, cfg.Database.OutboxDSN), "outbox database", map[string]string{"application_name": "walhook backfill"})
+	outbox, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", map[string]string{"application_name": "walhook backfill"})
 	if err != nil {
 		return err
 	}

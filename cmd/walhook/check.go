@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/config"
 )
@@ -110,8 +111,8 @@ func databaseChecks(ctx context.Context, cfg *config.Config) (checks []cdc.Check
 		defer source.Close()
 	}
 	outbox := source
-	if cfg.Database.OutboxDSN != "" {
-		outbox, c = connect(cfg.Database.OutboxDSN, "outbox database", nil)
+	if cfg.Database.SeparateOutbox() {
+		outbox, c = connect(cfg.Database.OutboxConn(), "outbox database", nil)
 		checks = append(checks, c)
 		if outbox != nil {
 			defer outbox.Close()

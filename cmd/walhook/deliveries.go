@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/walhook/walhook/internal/human"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/tracecontext"
 )
@@ -50,7 +51,7 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	pool, err := openPool(ctx, outboxDSN(cfg.Database.DSN, cfg.Database.OutboxDSN), "outbox database", nil)
+	pool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil)
 	if err != nil {
 		return err
 	}
@@ -86,7 +87,7 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 			next = "after an earlier change"
 		case outbox.StatePending:
 			if wait := d.NextAttemptAt.Sub(d.DBNow); wait > 0 {
-				next = "in " + formatAge(wait)
+				next = "in " + human.Duration(wait)
 			} else {
 				next = "due"
 			}
@@ -98,20 +99,13 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 			lastErr = shorten(*d.LastError, 50)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", d.ID, d.Webhook, d.Event, d.Model, shorten(d.ObjectKey, 30),
-			d.State, d.Attempts, status, formatAge(d.DBNow.Sub(d.CommittedAt)), next, lastErr)
+			d.State, d.Attempts, status, human.Duration(d.DBNow.Sub(d.CommittedAt)), next, lastErr)
 	}
 	tw.Flush()
 	if more {
 		fmt.Fprintf(stdout, "(the newest %d; there are more: --limit N shows more)\n", *limit)
 	}
 	return nil
-}
-
-func outboxDSN(dsn, outbox string) string {
-	if outbox != "" {
-		return outbox
-	}
-	return dsn
 }
 
 func cmdDeliveryShow(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -132,7 +126,7 @@ func cmdDeliveryShow(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	pool, err := openPool(ctx, outboxDSN(cfg.Database.DSN, cfg.Database.OutboxDSN), "outbox database", nil)
+	pool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil)
 	if err != nil {
 		return err
 	}
@@ -162,7 +156,7 @@ func printDelivery(w io.Writer, d *delivery) {
 		if t == nil {
 			return "-"
 		}
-		return fmt.Sprintf("%s (%s)", t.Format(time.RFC3339Nano), relative(d.DBNow, *t))
+		return fmt.Sprintf("%s (%s)", t.Format(time.RFC3339Nano), human.Since(*t, d.DBNow))
 	}
 	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
 	row("id", strconv.FormatInt(d.ID, 10))
@@ -217,13 +211,6 @@ func printDelivery(w io.Writer, d *delivery) {
 	}
 }
 
-// relative says "3m ago" or "in 5s".
-func relative(now, t time.Time) string {
-	if t.After(now) {
-		return "in " + formatAge(t.Sub(now))
-	}
-	return formatAge(now.Sub(t)) + " ago"
-}
 
 // parseInterspersed parses flags that may come before or after positional
 // arguments and returns the positional ones.

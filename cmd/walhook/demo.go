@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
+
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/test/pgtest"
 )

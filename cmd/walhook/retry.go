@@ -60,11 +60,7 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	dsn := cfg.Database.OutboxDSN
-	if dsn == "" {
-		dsn = cfg.Database.DSN
-	}
-	pool, err := openPool(ctx, dsn, "outbox database", nil)
+	pool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil)
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel"
+	oteltrace "go.opentelemetry.io/otel/trace"
+
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
@@ -21,8 +24,6 @@ import (
 	"github.com/walhook/walhook/internal/tracing"
 	"github.com/walhook/walhook/internal/web"
 	"github.com/walhook/walhook/migrations"
-	"go.opentelemetry.io/otel"
-	oteltrace "go.opentelemetry.io/otel/trace"
 )
 
 func loadConfig(path string) (*config.Config, error) {
@@ -157,11 +158,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 
 // run applies migrations and runs capture and/or dispatch until ctx ends.
 func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, send bool) error {
-	outboxDSN := cfg.Database.OutboxDSN
-	if outboxDSN == "" {
-		outboxDSN = cfg.Database.DSN
-	}
-	obPool, err := openPool(ctx, outboxDSN, "outbox database", map[string]string{"application_name": "walhook"})
+	obPool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", map[string]string{"application_name": "walhook"})
 	if err != nil {
 		return err
 	}
@@ -196,7 +193,7 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 			}
 		}
 	)
-	if cfg.Database.OutboxDSN == "" {
+	if !cfg.Database.SeparateOutbox() {
 		// The slot is on the outbox's server: slot metrics work even
 		// without capture in this process.
 		slotDB = obPool
@@ -292,11 +289,7 @@ func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	dsn := cfg.Database.OutboxDSN
-	if dsn == "" {
-		dsn = cfg.Database.DSN
-	}
-	pool, err := openPool(ctx, dsn, "outbox database", nil)
+	pool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil)
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/human"
 	"github.com/walhook/walhook/internal/outbox"
 )
 
@@ -114,8 +116,8 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer source.Close()
 	ob := source
-	if cfg.Database.OutboxDSN != "" {
-		if ob, err = openPool(ctx, cfg.Database.OutboxDSN, "outbox database", nil); err != nil {
+	if cfg.Database.SeparateOutbox() {
+		if ob, err = openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil); err != nil {
 			return err
 		}
 		defer ob.Close()
@@ -305,20 +307,20 @@ func printStatus(w io.Writer, rep *statusReport) {
 		}
 		oldest := "-"
 		if h.OldestPendingAgeSeconds != nil {
-			oldest = formatAge(time.Duration(*h.OldestPendingAgeSeconds * float64(time.Second)))
+			oldest = human.Duration(time.Duration(*h.OldestPendingAgeSeconds * float64(time.Second)))
 		}
 		last := "-"
 		if le := h.LastError; le != nil {
 			when := ""
 			if le.At != nil {
-				when = formatAge(rep.Time.Sub(*le.At)) + " ago, "
+				when = human.Duration(rep.Time.Sub(*le.At)) + " ago, "
 			}
 			last = fmt.Sprintf("%s#%d: %s", when, le.DeliveryID, shorten(le.Error, 60))
 		}
 		if b := h.Breaker; b != nil {
 			state = "PAUSED: circuit " + string(b.State)
 			if !b.Since.IsZero() {
-				state += " since " + formatAge(rep.Time.Sub(b.Since)) + " ago"
+				state += " since " + human.Duration(rep.Time.Sub(b.Since)) + " ago"
 			}
 		}
 		pending := strconv.FormatInt(h.Counts.Pending, 10)
@@ -333,7 +335,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 		if b := h.Breaker; b != nil {
 			next := ""
 			if !b.NextProbe.IsZero() {
-				next = fmt.Sprintf("; next probe in %s", formatAge(b.NextProbe.Sub(rep.Time)))
+				next = fmt.Sprintf("; next probe in %s", human.Duration(b.NextProbe.Sub(rep.Time)))
 			}
 			fmt.Fprintf(w, "webhook %s is paused on %d dispatcher(s): its receiver keeps failing (%s)%s. Rows wait, none is marked failed; the first successful probe resumes it.\n\n",
 				h.Name, b.Dispatchers, shorten(b.LastError, 80), next)
@@ -361,7 +363,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 	fmt.Fprintln(tw, "CAPTURE CHECKPOINT\tUPDATED\tBEHIND SERVER\tSERVER LSN")
 	updated := "-"
 	if c.UpdatedAt != nil {
-		updated = formatAge(rep.Time.Sub(*c.UpdatedAt)) + " ago"
+		updated = human.Duration(rep.Time.Sub(*c.UpdatedAt)) + " ago"
 	}
 	checkpoint := c.CheckpointLSN
 	if checkpoint == "" {
@@ -389,45 +391,7 @@ func bytesOrDash(n *int64) string {
 	if n == nil {
 		return "-"
 	}
-	return formatBytes(*n)
-}
-
-// formatBytes renders n bytes for people: 512 B, 1.5 KiB, 20.0 MiB.
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit && n > -unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	f := float64(n)
-	for _, u := range []string{"KiB", "MiB", "GiB", "TiB"} {
-		f /= unit
-		if f < unit && f > -unit {
-			return fmt.Sprintf("%.1f %s", f, u)
-		}
-	}
-	return fmt.Sprintf("%.1f PiB", f/unit)
-}
-
-// formatAge renders a duration briefly: 850ms, 12s, 4m10s, 3h5m, 2d4h.
-func formatAge(d time.Duration) string {
-	switch {
-	case d < 0:
-		return "0s"
-	case d < time.Second:
-		return d.Round(time.Millisecond).String()
-	case d < time.Minute:
-		return d.Round(time.Second).String()
-	case d < time.Hour:
-		s := d.Round(time.Second).String()
-		if strings.HasSuffix(s, "m0s") {
-			s = strings.TrimSuffix(s, "0s")
-		}
-		return s
-	case d < 48*time.Hour:
-		return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
-	}
-	days := int(d / (24 * time.Hour))
-	return fmt.Sprintf("%dd%dh", days, int((d-time.Duration(days)*24*time.Hour)/time.Hour))
+	return human.Bytes(*n)
 }
 
 // shorten returns the first line of s cut to n runes.

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/dispatch/sign"
 )
 
 // stringList is a repeatable string flag.
@@ -68,8 +68,8 @@ Flags:
 			if len(secrets) == 0 {
 				secrets = w.SigningSecrets()
 			}
-			if scheme == "" && w.Signature == dispatch.SchemeStandard {
-				scheme = dispatch.SchemeStandard
+			if scheme == "" && w.Signature == sign.SchemeStandard {
+				scheme = sign.SchemeStandard
 			}
 		}
 		if !found {
@@ -79,16 +79,16 @@ Flags:
 	if len(secrets) == 0 {
 		return usageErr("give the secret with --secret (repeatable), or --webhook NAME to read it from the configuration")
 	}
-	if scheme == "" || scheme == dispatch.SchemeBoth {
-		scheme = dispatch.SchemeNetbox
+	if scheme == "" || scheme == sign.SchemeBoth {
+		scheme = sign.SchemeNetbox
 		if strings.HasPrefix(strings.TrimSpace(sig), "v1,") {
-			scheme = dispatch.SchemeStandard
+			scheme = sign.SchemeStandard
 		}
 	}
-	if scheme != dispatch.SchemeNetbox && scheme != dispatch.SchemeStandard {
+	if scheme != sign.SchemeNetbox && scheme != sign.SchemeStandard {
 		return usageErr("--scheme %q: use netbox or standard-webhooks", scheme)
 	}
-	if scheme == dispatch.SchemeStandard && (id == "" || ts == "") {
+	if scheme == sign.SchemeStandard && (id == "" || ts == "") {
 		return usageErr("standard-webhooks signs webhook-id.webhook-timestamp.body: give --id and --timestamp as received")
 	}
 	var body []byte
@@ -101,10 +101,10 @@ Flags:
 	if err != nil {
 		return fmt.Errorf("read body: %w", err)
 	}
-	if scheme == dispatch.SchemeStandard {
-		err = dispatch.VerifyStandard(secrets, id, ts, sig, body, time.Now(), tolerance)
+	if scheme == sign.SchemeStandard {
+		err = sign.VerifyStandard(secrets, id, ts, sig, body, time.Now(), tolerance)
 	} else {
-		err = dispatch.VerifyNetbox(secrets, sig, body)
+		err = sign.VerifyNetbox(secrets, sig, body)
 	}
 	if err != nil {
 		if bytes.HasSuffix(body, []byte("\n")) {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/dispatch/sign"
 )
 
 func runVerify(t *testing.T, body string, args ...string) (string, int) {
@@ -42,8 +42,8 @@ func TestVerify(t *testing.T) {
 		{"standard mismatch", body + "\n", append(std, "--signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="), 1, "ends with a newline"},
 		{"standard stale", body, append(std, "--tolerance", "5m", "--signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="), 1, "tolerance"},
 		{"standard needs id", body, []string{"--secret", secret, "--signature", "v1,x"}, 2, "--id and --timestamp"},
-		{"netbox", "x", []string{"--secret", "k", "--signature", dispatch.Sign("k", []byte("x"))}, 0, "OK: netbox"},
-		{"netbox mismatch", "y", []string{"--secret", "k", "--signature", dispatch.Sign("k", []byte("x"))}, 1, "X-Hook-Signature does not match"},
+		{"netbox", "x", []string{"--secret", "k", "--signature", sign.Sign("k", []byte("x"))}, 0, "OK: netbox"},
+		{"netbox mismatch", "y", []string{"--secret", "k", "--signature", sign.Sign("k", []byte("x"))}, 1, "X-Hook-Signature does not match"},
 		{"no signature", "x", []string{"--secret", "k"}, 2, "--signature is required"},
 		{"no secret", "x", []string{"--signature", "ab"}, 2, "--secret"},
 	}

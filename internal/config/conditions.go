@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -110,7 +112,7 @@ func parseRule(m map[string]any, path string) (*Condition, error) {
 
 func parseSet(m map[string]any, path string) (*Condition, error) {
 	if len(m) != 1 {
-		return nil, &ConditionError{Path: path, Msg: fmt.Sprintf(`a condition set has exactly one key, "and" or "or" (found %s)`, strings.Join(sortedKeys(m), ", "))}
+		return nil, &ConditionError{Path: path, Msg: fmt.Sprintf(`a condition set has exactly one key, "and" or "or" (found %s)`, strings.Join(slices.Sorted(maps.Keys(m)), ", "))}
 	}
 	var logic string
 	var items any
@@ -140,7 +142,7 @@ func parseSet(m map[string]any, path string) (*Condition, error) {
 
 func parseLeaf(m map[string]any, path string) (*Condition, error) {
 	c := &Condition{Op: OpEq}
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		switch k {
 		case "attr", "value", "op", "negate":
 		default:
@@ -160,7 +162,7 @@ func parseLeaf(m map[string]any, path string) (*Condition, error) {
 	}
 	if op, present := m["op"]; present {
 		s, ok := op.(string)
-		if !ok || !contains(condOps, strings.ToLower(s)) {
+		if !ok || !slices.Contains(condOps, strings.ToLower(s)) {
 			return nil, &ConditionError{Path: joinPath(path, "op"), Msg: fmt.Sprintf("op %v is not one of %s", op, strings.Join(condOps, ", "))}
 		}
 		c.Op = strings.ToLower(s)
@@ -181,7 +183,7 @@ func parseLeaf(m map[string]any, path string) (*Condition, error) {
 		return nil, &ConditionError{Path: joinPath(path, "value"), Msg: err.Error()}
 	}
 	c.Value = val
-	if !contains(condTypes[kind], c.Op) {
+	if !slices.Contains(condTypes[kind], c.Op) {
 		return nil, &ConditionError{Path: joinPath(path, "op"), Msg: fmt.Sprintf("op %s cannot be used with a %s value (a %s value allows %s)", c.Op, kind, kind, strings.Join(condTypes[kind], ", "))}
 	}
 	if c.Op == OpRegex {

@@ -7,10 +7,12 @@ import (
 	"math"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/walhook/walhook/dispatch/sign"
 	"github.com/walhook/walhook/internal/clienttls"
 )
 
@@ -36,6 +38,19 @@ type Database struct {
 	Slot        string `yaml:"slot"`
 	Publication string `yaml:"publication"`
 }
+
+// OutboxConn returns the connection string of the outbox database:
+// outbox_dsn, or dsn when the outbox lives in the source database.
+func (d Database) OutboxConn() string {
+	if d.OutboxDSN != "" {
+		return d.OutboxDSN
+	}
+	return d.DSN
+}
+
+// SeparateOutbox reports whether the outbox is in another database than the
+// source (outbox_dsn is set).
+func (d Database) SeparateOutbox() bool { return d.OutboxDSN != "" }
 
 // Model maps one table to a model name and says how its rows render.
 type Model struct {
@@ -248,6 +263,15 @@ func (w Webhook) SigningSecrets() []string {
 	return w.Secrets
 }
 
+// SignSettings returns what the webhook's requests carry, for sign.New;
+// version goes into the User-Agent as walhook/<version>.
+func (w Webhook) SignSettings(version string) sign.Settings {
+	return sign.Settings{
+		ContentType: w.ContentType, UserAgent: "walhook/" + version, Headers: w.Headers,
+		Scheme: w.Signature, Secrets: w.SigningSecrets(),
+	}
+}
+
 // ObjectTypeFor returns the object_type of a model's changes for this
 // webhook (format netbox-v4): the webhook's object_type, else the model's.
 func (w Webhook) ObjectTypeFor(m *Model) string {
@@ -265,10 +289,10 @@ func (w Webhook) Wants(model, event string) bool {
 	if !w.IsEnabled() {
 		return false
 	}
-	if len(w.Models) > 0 && !contains(w.Models, model) {
+	if len(w.Models) > 0 && !slices.Contains(w.Models, model) {
 		return false
 	}
-	return len(w.Events) == 0 || contains(w.Events, event)
+	return len(w.Events) == 0 || slices.Contains(w.Events, event)
 }
 
 // Retry is a webhook's retry policy.
@@ -342,6 +366,41 @@ func ParseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
+// Payload formats (cdc renders them; config is below cdc, so it holds the
+// names).
+const (
+	FormatNetbox   = "netbox"    // NetBox v3 webhook body (the default)
+	FormatNetboxV4 = "netbox-v4" // NetBox v4 body with serialize_object snapshots
+)
+
+// Formats lists the payload formats, the default first.
+func Formats() []string { return []string{FormatNetbox, FormatNetboxV4} }
+
+// Coalescing modes of a webhook.
+const (
+	CoalesceNone        = "none"        // one delivery per change (the default)
+	CoalesceTransaction = "transaction" // one delivery per object and source transaction
+)
+
+// CoalesceModes lists the coalescing modes, the default first.
+func CoalesceModes() []string { return []string{CoalesceNone, CoalesceTransaction} }
+
+// Defaults of settings a file leaves out (applied by ApplyDefaults).
+const (
+	DefaultSchema          = "walhook"
+	DefaultSlot            = "walhook"
+	DefaultPublication     = "walhook"
+	DefaultHTTPMethod      = "POST"
+	DefaultTimeout         = 10 * time.Second
+	DefaultMaxAttempts     = 8
+	DefaultInitialInterval = 5 * time.Second
+	DefaultMaxInterval     = time.Hour
+	DefaultConcurrency     = 16
+	DefaultPollInterval    = time.Second
+	DefaultRetention       = 7 * 24 * time.Hour
+	DefaultFailedRetention = 30 * 24 * time.Hour
+)
+
 // Events are the three change events.
 var Events = []string{"created", "updated", "deleted"}
 
@@ -352,15 +411,6 @@ var identRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 // ValidIdentifier reports whether s is a lower-case SQL identifier usable
 // unquoted (replication slot names allow only [a-z0-9_]).
 func ValidIdentifier(s string) bool { return identRE.MatchString(s) }
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
 
 // ModelByName returns the model config named name.
 func (c *Config) ModelByName(name string) (*Model, bool) {
@@ -404,48 +454,4 @@ func RedactURL(u string) string {
 		return "(unparseable URL)"
 	}
 	return p.Redacted()
-}
-
-// reservedHeaders are set by walhook (or by Go's HTTP client) on every
-// request: a webhook's headers may not name them. The Standard Webhooks
-// headers (webhook-id, webhook-timestamp, webhook-signature) are reserved
-// too, checked with the signature settings.
-var reservedHeaders = []string{"Content-Length", "Host", "Transfer-Encoding", "Connection", "X-Hook-Signature", "X-Walhook-Delivery", "Traceparent"}
-
-// ReservedHeader reports whether walhook sets header name itself.
-func ReservedHeader(name string) bool {
-	for _, r := range reservedHeaders {
-		if strings.EqualFold(r, name) {
-			return true
-		}
-	}
-	return false
-}
-
-// ValidHeaderName reports whether name is an RFC 9110 token.
-func ValidHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-// ValidHeaderValue reports whether v can be sent as a header value: no
-// control characters (CR, LF, NUL among them) except horizontal tab.
-func ValidHeaderValue(v string) bool {
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
-			return false
-		}
-	}
-	return true
 }

@@ -2,25 +2,26 @@ package config
 
 import (
 	"bytes"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"text/template"
-	"time"
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/walhook/walhook/dispatch/sign"
 	"github.com/walhook/walhook/internal/clienttls"
 )
 
@@ -702,49 +703,43 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 }
 
 func (p *parser) defaults(c *Config) {
+	applyDefaults(c, p.given, p.line)
+}
+
+// ApplyDefaults fills in every setting c leaves out, as Load does: Load
+// calls it, and a Config built in code (tests, embedding) must call it
+// before handing c to capture or dispatch. It is idempotent. A number or
+// duration that is 0 counts as left out here (Load, which sees the file,
+// keeps a written 0 and reports it).
+func (c *Config) ApplyDefaults() {
+	applyDefaults(c, func(string) bool { return false }, func(string) int { return 0 })
+}
+
+// applyDefaults is the one place defaults are set. given reports whether
+// the file wrote a setting (so a written 0 is kept and reported); line
+// gives a setting's line in the file (0 when unknown).
+func applyDefaults(c *Config, given func(path string) bool, line func(path string) int) {
 	db := &c.Database
-	db.Schema = or(db.Schema, "walhook")
-	db.Slot = or(db.Slot, "walhook")
-	db.Publication = or(db.Publication, "walhook")
+	db.Schema = or(db.Schema, DefaultSchema)
+	db.Slot = or(db.Slot, DefaultSlot)
+	db.Publication = or(db.Publication, DefaultPublication)
 	for i := range c.Models {
 		m := &c.Models[i]
-		m.Line = p.line(fmt.Sprintf("models[%d]", i))
+		path := fmt.Sprintf("models[%d]", i)
+		m.Line = line(path)
 		m.Schema, m.Name = SplitTable(m.Table)
 		m.Model = or(m.Model, m.Name)
 		m.OnLookupError = or(m.OnLookupError, LookupErrorRetry)
-		path := fmt.Sprintf("models[%d]", i)
 		for key, r := range m.Relations {
-			r.Line = p.line(path + ".relations." + key)
+			r.Line = line(path + ".relations." + key)
 			if fk := FKColumns(key); r.Field == "" && len(fk) == 1 {
 				r.Field = or(strings.TrimSuffix(fk[0], "_id"), fk[0])
 			}
 			m.Relations[key] = r
 		}
-		for name, c := range m.Computed {
-			c.Line = p.line(path + ".computed." + name)
-			m.Computed[name] = c
-			m.ComputedOrder = append(m.ComputedOrder, name)
-		}
-		sort.Slice(m.ComputedOrder, func(a, b int) bool {
-			la, lb := m.Computed[m.ComputedOrder[a]].Line, m.Computed[m.ComputedOrder[b]].Line
-			if la != lb {
-				return la < lb
-			}
-			return m.ComputedOrder[a] < m.ComputedOrder[b]
-		})
+		m.ComputedOrder = computedOrder(m.Computed, path+".computed.", line)
 		if sn := m.Snapshot; sn != nil {
-			for name, c := range sn.Computed {
-				c.Line = p.line(path + ".snapshot.computed." + name)
-				sn.Computed[name] = c
-				sn.ComputedOrder = append(sn.ComputedOrder, name)
-			}
-			sort.Slice(sn.ComputedOrder, func(a, b int) bool {
-				la, lb := sn.Computed[sn.ComputedOrder[a]].Line, sn.Computed[sn.ComputedOrder[b]].Line
-				if la != lb {
-					return la < lb
-				}
-				return sn.ComputedOrder[a] < sn.ComputedOrder[b]
-			})
+			sn.ComputedOrder = computedOrder(sn.Computed, path+".snapshot.computed.", line)
 		}
 	}
 	// A duration or number written as 0 stays 0 (and is reported as not
@@ -752,37 +747,37 @@ func (p *parser) defaults(c *Config) {
 	for i := range c.Webhooks {
 		w := &c.Webhooks[i]
 		path := fmt.Sprintf("webhooks[%d]", i)
-		w.Line = p.line(path)
-		w.HTTPMethod = strings.ToUpper(or(w.HTTPMethod, "POST"))
-		w.ContentType = or(w.ContentType, "application/json")
-		w.Format = or(w.Format, "netbox")
-		w.Signature = or(w.Signature, "netbox")
-		w.Coalesce = or(w.Coalesce, "none")
-		if w.Timeout == 0 && !p.given(path+".timeout") {
-			w.Timeout = Duration(10 * time.Second)
+		w.Line = line(path)
+		w.HTTPMethod = strings.ToUpper(or(w.HTTPMethod, DefaultHTTPMethod))
+		w.ContentType = or(w.ContentType, sign.DefaultContentType)
+		w.Format = or(w.Format, FormatNetbox)
+		w.Signature = or(w.Signature, sign.SchemeNetbox)
+		w.Coalesce = or(w.Coalesce, CoalesceNone)
+		if w.Timeout == 0 && !given(path+".timeout") {
+			w.Timeout = Duration(DefaultTimeout)
 		}
-		if w.Retry.MaxAttempts == 0 && !p.given(path+".retry.max_attempts") {
-			w.Retry.MaxAttempts = 8
+		if w.Retry.MaxAttempts == 0 && !given(path+".retry.max_attempts") {
+			w.Retry.MaxAttempts = DefaultMaxAttempts
 		}
-		if w.Retry.InitialInterval == 0 && !p.given(path+".retry.initial_interval") {
-			w.Retry.InitialInterval = Duration(5 * time.Second)
+		if w.Retry.InitialInterval == 0 && !given(path+".retry.initial_interval") {
+			w.Retry.InitialInterval = Duration(DefaultInitialInterval)
 		}
-		if w.Retry.MaxInterval == 0 && !p.given(path+".retry.max_interval") {
-			w.Retry.MaxInterval = Duration(time.Hour)
+		if w.Retry.MaxInterval == 0 && !given(path+".retry.max_interval") {
+			w.Retry.MaxInterval = Duration(DefaultMaxInterval)
 		}
 	}
 	d := &c.Dispatch
-	if d.Concurrency == 0 && !p.given("dispatch.concurrency") {
-		d.Concurrency = 16
+	if d.Concurrency == 0 && !given("dispatch.concurrency") {
+		d.Concurrency = DefaultConcurrency
 	}
-	if d.PollInterval == 0 && !p.given("dispatch.poll_interval") {
-		d.PollInterval = Duration(time.Second)
+	if d.PollInterval == 0 && !given("dispatch.poll_interval") {
+		d.PollInterval = Duration(DefaultPollInterval)
 	}
-	if d.Retention == 0 && !p.given("dispatch.retention") {
-		d.Retention = Duration(7 * 24 * time.Hour)
+	if d.Retention == 0 && !given("dispatch.retention") {
+		d.Retention = Duration(DefaultRetention)
 	}
-	if d.FailedRetention == 0 && !p.given("dispatch.failed_retention") {
-		d.FailedRetention = Duration(30 * 24 * time.Hour)
+	if d.FailedRetention == 0 && !given("dispatch.failed_retention") {
+		d.FailedRetention = Duration(DefaultFailedRetention)
 	}
 	enabled := 0
 	for _, w := range c.Webhooks {
@@ -792,12 +787,34 @@ func (p *parser) defaults(c *Config) {
 	}
 	for i := range c.Webhooks {
 		w := &c.Webhooks[i]
-		if w.Concurrency == 0 && !p.given(fmt.Sprintf("webhooks[%d].concurrency", i)) {
+		if w.Concurrency == 0 && !given(fmt.Sprintf("webhooks[%d].concurrency", i)) {
 			w.Concurrency = DefaultWebhookConcurrency(d.Concurrency, enabled)
 		}
 	}
 	c.Log.Level = or(c.Log.Level, "info")
 	c.Log.Format = or(c.Log.Format, "json")
+}
+
+// computedOrder sets the line of each computed field and returns their
+// names in the file's order (by name when the lines are unknown).
+func computedOrder(computed map[string]Computed, prefix string, line func(string) int) []string {
+	if len(computed) == 0 {
+		return nil
+	}
+	order := make([]string, 0, len(computed))
+	for name, c := range computed {
+		c.Line = line(prefix + name)
+		computed[name] = c
+		order = append(order, name)
+	}
+	sort.Slice(order, func(a, b int) bool {
+		la, lb := computed[order[a]].Line, computed[order[b]].Line
+		if la != lb {
+			return la < lb
+		}
+		return order[a] < order[b]
+	})
+	return order
 }
 
 // DefaultWebhookConcurrency is a webhook's cap on requests in flight when
@@ -818,6 +835,14 @@ func SplitTable(t string) (schema, name string) {
 		return s, n
 	}
 	return "public", t
+}
+
+// orList joins values as "a, b or c".
+func orList(values []string) string {
+	if len(values) < 2 {
+		return strings.Join(values, "")
+	}
+	return strings.Join(values[:len(values)-1], ", ") + " or " + values[len(values)-1]
 }
 
 func or(v, def string) string {
@@ -856,11 +881,11 @@ func (p *parser) validate(c *Config) {
 		}
 		models[m.Model] = true
 		p.validateLookups(m, path)
-		if !contains([]string{LookupErrorRetry, LookupErrorOmit}, m.OnLookupError) {
+		if !slices.Contains([]string{LookupErrorRetry, LookupErrorOmit}, m.OnLookupError) {
 			p.at(path+".on_lookup_error", "model %s: on_lookup_error %q must be %s or %s", m.Model, m.OnLookupError, LookupErrorRetry, LookupErrorOmit)
 		}
 	}
-	modelNames := sortedKeys(models)
+	modelNames := slices.Sorted(maps.Keys(models))
 	names := map[string]bool{}
 	for i, w := range c.Webhooks {
 		path := fmt.Sprintf("webhooks[%d]", i)
@@ -883,7 +908,7 @@ func (p *parser) validate(c *Config) {
 			}
 		}
 		for j, e := range w.Events {
-			if !contains(Events, e) {
+			if !slices.Contains(Events, e) {
 				hint := ""
 				if s := closest(e, Events); s != "" {
 					hint = fmt.Sprintf(", did you mean %q?", s)
@@ -891,7 +916,7 @@ func (p *parser) validate(c *Config) {
 				p.at(fmt.Sprintf("%s.events[%d]", path, j), "webhook %q: unknown event %q (use created, updated, deleted%s)", w.Name, e, hint)
 			}
 		}
-		if !contains([]string{"POST", "PUT", "PATCH"}, w.HTTPMethod) {
+		if !slices.Contains([]string{"POST", "PUT", "PATCH"}, w.HTTPMethod) {
 			p.at(path+".http_method", "webhook %q: http_method %q must be POST, PUT or PATCH", w.Name, w.HTTPMethod)
 		}
 		if w.Timeout <= 0 {
@@ -908,24 +933,24 @@ func (p *parser) validate(c *Config) {
 		} else if w.Retry.MaxInterval < w.Retry.InitialInterval {
 			p.at(path+".retry.max_interval", "webhook %q: retry.max_interval is shorter than initial_interval", w.Name)
 		}
-		for _, k := range sortedKeys(w.Headers) {
+		for _, k := range slices.Sorted(maps.Keys(w.Headers)) {
 			switch {
-			case !ValidHeaderName(k):
+			case !sign.ValidName(k):
 				p.at(path+".headers."+k, "webhook %q: %q is not a valid header name (RFC 9110: letters, digits and !#$%%&'*+-.^_`|~ only)", w.Name, k)
-			case ReservedHeader(k):
+			case sign.Reserved(k):
 				p.at(path+".headers."+k, "webhook %q: header %s is set by walhook on every request and cannot be configured", w.Name, k)
-			case !ValidHeaderValue(w.Headers[k]):
+			case !sign.ValidValue(w.Headers[k]):
 				p.at(path+".headers."+k, "webhook %q: the value of header %s contains a line break or a control character", w.Name, k)
 			}
 		}
-		if !contains([]string{"netbox", "netbox-v4"}, w.Format) {
-			p.at(path+".format", "webhook %q: format %q must be netbox or netbox-v4", w.Name, w.Format)
+		if !slices.Contains(Formats(), w.Format) {
+			p.at(path+".format", "webhook %q: format %q must be %s", w.Name, w.Format, orList(Formats()))
 		}
-		if !contains([]string{"netbox", "standard-webhooks", "both"}, w.Signature) {
-			p.at(path+".signature", "webhook %q: signature %q must be netbox, standard-webhooks or both", w.Name, w.Signature)
+		if !slices.Contains(sign.Schemes(), w.Signature) {
+			p.at(path+".signature", "webhook %q: signature %q must be %s", w.Name, w.Signature, orList(sign.Schemes()))
 		}
-		if !contains([]string{"none", "transaction"}, w.Coalesce) {
-			p.at(path+".coalesce", "webhook %q: coalesce %q must be none or transaction", w.Name, w.Coalesce)
+		if !slices.Contains(CoalesceModes(), w.Coalesce) {
+			p.at(path+".coalesce", "webhook %q: coalesce %q must be %s", w.Name, w.Coalesce, orList(CoalesceModes()))
 		}
 		p.validateSigning(c, w, path)
 		p.validateTLS(&c.Webhooks[i], path)
@@ -996,10 +1021,10 @@ func (p *parser) validate(c *Config) {
 			p.at("tracing.otlp_endpoint", "tracing.otlp_endpoint %q is not an http(s) URL: give the collector's OTLP/HTTP address, e.g. http://localhost:4318", RedactURL(e))
 		}
 	}
-	if !contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		p.at("log.level", "log.level %q must be debug, info, warn or error", c.Log.Level)
 	}
-	if !contains([]string{"json", "console"}, c.Log.Format) {
+	if !slices.Contains([]string{"json", "console"}, c.Log.Format) {
 		p.at("log.format", "log.format %q must be json or console", c.Log.Format)
 	}
 }
@@ -1025,7 +1050,7 @@ func (p *parser) templateError(path, name string, err error) {
 // that is possible without the database (checkTables does the rest).
 func (p *parser) validateLookups(m Model, path string) {
 	fields := map[string]string{} // output key -> what defines it
-	keys := sortedKeys(m.Relations)
+	keys := slices.Sorted(maps.Keys(m.Relations))
 	sort.SliceStable(keys, func(a, b int) bool { return m.Relations[keys[a]].Line < m.Relations[keys[b]].Line })
 	for _, key := range keys {
 		r, rp := m.Relations[key], path+".relations."+key
@@ -1105,15 +1130,6 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // validateSigning checks a webhook's secrets against its signature scheme
 // and the object_type that format netbox-v4 needs.
 func (p *parser) validateSigning(c *Config, w Webhook, path string) {
@@ -1126,18 +1142,17 @@ func (p *parser) validateSigning(c *Config, w Webhook, path string) {
 		}
 	}
 	secrets := w.SigningSecrets()
-	for _, k := range sortedKeys(w.Headers) {
-		switch strings.ToLower(k) {
-		case "webhook-id", "webhook-timestamp", "webhook-signature":
+	for _, k := range slices.Sorted(maps.Keys(w.Headers)) {
+		if sign.StandardHeader(k) {
 			p.at(path+".headers."+k, "webhook %q: header %s is set by walhook (Standard Webhooks) and cannot be configured", w.Name, k)
 		}
 	}
 	switch w.Signature {
-	case "netbox":
+	case sign.SchemeNetbox:
 		if len(secrets) > 1 {
 			p.at(path+".secrets", "webhook %q: X-Hook-Signature carries one signature: several secrets need signature: standard-webhooks (or both)", w.Name)
 		}
-	case "standard-webhooks", "both":
+	case sign.SchemeStandard, sign.SchemeBoth:
 		if len(secrets) == 0 {
 			p.at(path+".signature", "webhook %q: signature %s needs a secret (secret: whsec_<base64>, e.g. from: echo whsec_$(openssl rand -base64 32))", w.Name, w.Signature)
 		}
@@ -1146,14 +1161,14 @@ func (p *parser) validateSigning(c *Config, w Webhook, path string) {
 			if len(w.Secrets) > 0 {
 				at, key = fmt.Sprintf("%s.secrets[%d]", path, j), fmt.Sprintf("secrets[%d]", j)
 			}
-			if err := checkStandardSecret(s); err != "" {
-				p.at(at, "webhook %q: %s (signature %s): %s", w.Name, key, w.Signature, err)
+			if err := sign.CheckStandardSecret(s); err != nil {
+				p.at(at, "webhook %q: %s (signature %s): %v", w.Name, key, w.Signature, err)
 			}
 		}
 	}
-	if w.Format == "netbox-v4" {
+	if w.Format == FormatNetboxV4 {
 		for _, m := range c.Models {
-			if len(w.Models) > 0 && !contains(w.Models, m.Model) {
+			if len(w.Models) > 0 && !slices.Contains(w.Models, m.Model) {
 				continue
 			}
 			if w.ObjectTypeFor(&m) == "" {
@@ -1162,27 +1177,6 @@ func (p *parser) validateSigning(c *Config, w Webhook, path string) {
 			}
 		}
 	}
-}
-
-// checkStandardSecret says what is wrong with a Standard Webhooks secret.
-func checkStandardSecret(s string) string {
-	b64, ok := strings.CutPrefix(s, "whsec_")
-	if !ok {
-		return "the secret must look like whsec_<base64> (e.g. from: echo whsec_$(openssl rand -base64 32))"
-	}
-	key, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil {
-		if k2, err2 := base64.RawStdEncoding.DecodeString(strings.TrimRight(b64, "=")); err2 == nil {
-			key, err = k2, nil
-		}
-	}
-	if err != nil {
-		return "the part after whsec_ is not valid base64"
-	}
-	if len(key) < 16 {
-		return fmt.Sprintf("the key after whsec_ is %d bytes; use at least 16 (24 to 64 recommended)", len(key))
-	}
-	return ""
 }
 
 // validateTLS checks a webhook's tls settings and reads its certificate

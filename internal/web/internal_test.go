@@ -2,7 +2,6 @@ package web
 
 import (
 	"testing"
-	"time"
 )
 
 func TestSafeNext(t *testing.T) {
@@ -23,24 +22,7 @@ func TestSafeNext(t *testing.T) {
 	}
 }
 
-func TestHuman(t *testing.T) {
-	for _, tc := range []struct {
-		in   time.Duration
-		want string
-	}{
-		{850 * time.Millisecond, "850ms"},
-		{42 * time.Second, "42s"},
-		{3*time.Minute + 12*time.Second, "3m12s"},
-		{5*time.Hour + 3*time.Minute, "5h03m"},
-		{52 * time.Hour, "2d04h"},
-	} {
-		if got := human(tc.in); got != tc.want {
-			t.Errorf("human(%v) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-	if got := humanBytes(3 << 20); got != "3.0 MiB" {
-		t.Errorf("humanBytes = %q", got)
-	}
+func TestCut(t *testing.T) {
 	if got := cut("héllo", 2); got != "h…" {
 		t.Errorf("cut at a rune boundary = %q", got)
 	}

@@ -14,9 +14,12 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/walhook/walhook/dispatch/sign"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/human"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/tracecontext"
 )
@@ -55,45 +58,10 @@ var funcs = template.FuncMap{
 		if t == nil || t.IsZero() {
 			return ""
 		}
-		d := now.Sub(*t)
-		if d < 0 {
-			return "in " + human(-d)
-		}
-		return human(d) + " ago"
+		return human.Since(*t, now)
 	},
-	"dur":   human,
-	"bytes": humanBytes,
-}
-
-// human formats d for people: 850ms, 42s, 3m12s, 5h03m, 2d04h.
-func human(d time.Duration) string {
-	switch {
-	case d < time.Second:
-		return d.Round(time.Millisecond).String()
-	case d < time.Minute:
-		return d.Round(time.Second).String()
-	case d < time.Hour:
-		d = d.Round(time.Second)
-		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
-	case d < 48*time.Hour:
-		d = d.Round(time.Minute)
-		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
-	}
-	d = d.Round(time.Hour)
-	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	"dur":   human.Duration,
+	"bytes": human.Bytes,
 }
 
 // parsePages parses each page with the layout.
@@ -299,12 +267,12 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 			v.hookStats = *h
 		}
 		if v.OldestAge > 0 {
-			v.Oldest = human(v.OldestAge)
+			v.Oldest = human.Duration(v.OldestAge)
 		}
 		if b, ok := paused[name]; ok {
 			v.Paused, v.PausedError = "circuit "+string(b.State), b.LastError
 			if !b.Since.IsZero() {
-				v.Paused += " since " + human(s.now().Sub(b.Since))
+				v.Paused += " since " + human.Duration(s.now().Sub(b.Since))
 			}
 		}
 		if wh, ok := s.cfg.WebhookByName(name); ok {
@@ -429,6 +397,9 @@ type headerView struct {
 }
 
 type deliveryPage struct {
+	// HeaderError says why the webhook's headers cannot be built (a
+	// configuration that dispatch refuses too).
+	HeaderError string
 	pageBase
 	D           detailView
 	Configured  bool
@@ -482,7 +453,9 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 		}
 		p.Target = config.URLTarget(wh.URL)
 		p.MaxAttempts = wh.Retry.MaxAttempts
-		p.Headers, p.Signed = s.requestHeaders(wh, d.ID)
+		if p.Headers, p.Signed, err = s.requestHeaders(wh, d.ID, d.Body); err != nil {
+			p.HeaderError = err.Error()
+		}
 	}
 	switch d.State {
 	case outbox.StateFailed:
@@ -500,7 +473,7 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 	body := d.Body
 	if len(body) > maxShownBody {
 		body = cut(body, maxShownBody)
-		p.BodyNote = fmt.Sprintf("The body is %s; the first %s are shown.", humanBytes(int64(len(d.Body))), humanBytes(maxShownBody))
+		p.BodyNote = fmt.Sprintf("The body is %s; the first %s are shown.", human.Bytes(int64(len(d.Body))), human.Bytes(maxShownBody))
 	}
 	if json.Valid([]byte(body)) {
 		var buf bytes.Buffer
@@ -512,34 +485,37 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, http.StatusOK, "delivery", p)
 }
 
-// requestHeaders recomputes the headers a delivery is sent with under the
-// current configuration: values walhook sets are shown, configured header
-// values are not (they often hold credentials), and neither is the
-// signature.
-func (s *Server) requestHeaders(wh *config.Webhook, id int64) ([]headerView, bool) {
-	ct := wh.ContentType
-	if ct == "" {
-		ct = "application/json"
+// requestHeaders returns the headers a delivery is sent with under the
+// current configuration, built by the Signer dispatch signs with: values
+// walhook sets are shown; configured header values (they often hold
+// credentials) and signatures are not.
+func (s *Server) requestHeaders(wh *config.Webhook, id int64, body string) ([]headerView, bool, error) {
+	sg, err := sign.New(wh.SignSettings(s.version))
+	if err != nil {
+		return nil, false, err
 	}
-	h := []headerView{
-		{Name: "Content-Type", Value: ct},
-		{Name: "User-Agent", Value: "walhook/" + s.version},
-		{Name: "X-Walhook-Delivery", Value: strconv.FormatInt(id, 10)},
-		{Name: "Traceparent", Value: "00-" + tracecontext.ForDelivery(wh.Name, id).String() + "-<span id of the attempt>-01", Note: true},
+	traceparent := "00-" + tracecontext.ForDelivery(wh.Name, id).String() + "-<span id of the attempt>-01"
+	h := sg.Header(id, []byte(body), traceparent, s.now())
+	var out []headerView
+	for _, name := range sg.Names() {
+		kind, _ := sg.Kind(name)
+		v := headerView{Name: name, Value: h.Get(name)}
+		switch {
+		case kind == sign.Configured:
+			v.Value, v.Note = "configured (value redacted)", true
+		case name == sign.HeaderTraceparent:
+			v.Note = true
+		case name == sign.HeaderWebhookTimestamp:
+			v.Value, v.Note = "Unix seconds of the attempt (now: "+v.Value+")", true
+		case name == sign.HeaderSignature:
+			v.Value, v.Note = "HMAC-SHA512 of the body with the webhook's secret (not shown)", true
+		case name == sign.HeaderWebhookSignature:
+			n := len(strings.Fields(v.Value))
+			v.Value, v.Note = fmt.Sprintf("v1,<base64 HMAC-SHA256 of id.timestamp.body> for each of %d secret(s) (not shown)", n), true
+		}
+		out = append(out, v)
 	}
-	signed := wh.Secret != ""
-	if signed {
-		h = append(h, headerView{Name: "X-Hook-Signature", Value: "HMAC-SHA512 of the body with the webhook's secret (not shown)", Note: true})
-	}
-	var names []string
-	for k := range wh.Headers {
-		names = append(names, http.CanonicalHeaderKey(k))
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		h = append(h, headerView{Name: k, Value: "configured (value redacted)", Note: true})
-	}
-	return h, signed
+	return out, sg.Signed(), nil
 }
 
 // retryDelivery puts one failed (or delivered) delivery back to pending.

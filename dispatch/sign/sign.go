@@ -1,16 +1,38 @@
-package dispatch
+// Package sign is the one place that knows the headers of a webhook request:
+// it builds them (Content-Type, User-Agent, the configured headers, the
+// delivery id, traceparent and the signatures), signs bodies the NetBox way
+// (X-Hook-Signature, HMAC-SHA512) and the Standard Webhooks way
+// (webhook-id, webhook-timestamp, webhook-signature), verifies both for
+// receivers and `walhook verify`, and says which header names and values a
+// configuration may use. Dispatch sends what a Signer builds, and the
+// delivery page shows what the same Signer builds, so the two cannot
+// disagree.
+//
+// Files: sign.go (schemes, signing and verification), headers.go (the
+// Signer and header rules).
+package sign
 
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
 )
+
+// Sign returns the lowercase hex HMAC-SHA512 of body keyed with secret's
+// UTF-8 bytes: the X-Hook-Signature header, as NetBox computes it.
+func Sign(secret string, body []byte) string {
+	m := hmac.New(sha512.New, []byte(secret))
+	m.Write(body)
+	var sum [sha512.Size]byte
+	return hex.EncodeToString(m.Sum(sum[:0]))
+}
 
 // Signature schemes of a webhook (config signature).
 const (
@@ -18,6 +40,9 @@ const (
 	SchemeStandard = "standard-webhooks" // webhook-id, webhook-timestamp, webhook-signature
 	SchemeBoth     = "both"              // all of them
 )
+
+// Schemes lists the signature schemes, the default first.
+func Schemes() []string { return []string{SchemeNetbox, SchemeStandard, SchemeBoth} }
 
 // StandardSecretPrefix starts a Standard Webhooks secret: "whsec_<base64 key>".
 const StandardSecretPrefix = "whsec_"
@@ -75,38 +100,6 @@ func StandardSignatures(secrets []string, msgID string, timestamp int64, body []
 		b.WriteString(SignStandard(key, msgID, timestamp, body))
 	}
 	return b.String(), nil
-}
-
-// signatureHeaders sets the signature headers of one attempt of delivery
-// id with body, for scheme (SchemeNetbox, SchemeStandard or SchemeBoth; ""
-// is SchemeNetbox):
-//   - netbox: X-Hook-Signature = Sign(secrets[0], body), only when a secret
-//     is set;
-//   - standard-webhooks: webhook-id = id, webhook-timestamp = now in Unix
-//     seconds, webhook-signature = one "v1,<base64>" per secret;
-//   - both: all of the above (X-Hook-Signature with the first secret).
-//
-// It returns an error only for a secret that is not whsec_<base64>
-// (config.Load rejects those at start).
-func signatureHeaders(h http.Header, scheme string, secrets []string, id int64, body []byte, now time.Time) error {
-	if len(secrets) == 0 {
-		return nil
-	}
-	if scheme == "" || scheme == SchemeNetbox || scheme == SchemeBoth {
-		h["X-Hook-Signature"] = []string{Sign(secrets[0], body)}
-	}
-	if scheme == SchemeStandard || scheme == SchemeBoth {
-		msgID := strconv.FormatInt(id, 10)
-		ts := now.Unix()
-		sig, err := StandardSignatures(secrets, msgID, ts, body)
-		if err != nil {
-			return err
-		}
-		h["Webhook-Id"] = []string{msgID}
-		h["Webhook-Timestamp"] = []string{strconv.FormatInt(ts, 10)}
-		h["Webhook-Signature"] = []string{sig}
-	}
-	return nil
 }
 
 // VerifyStandard checks a Standard Webhooks request: signatures is the
@@ -169,4 +162,23 @@ func VerifyNetbox(secrets []string, signature string, body []byte) error {
 		want = append(want, exp)
 	}
 	return fmt.Errorf("X-Hook-Signature does not match: expected %s for this body (%d bytes)", strings.Join(want, " or "), len(body))
+}
+
+// CheckStandardSecret says what is wrong with a Standard Webhooks secret in
+// a configuration, which (unlike a receiver's copy) must carry the whsec_
+// prefix and a key of at least 16 bytes. The error never contains the
+// secret.
+func CheckStandardSecret(s string) error {
+	b64, ok := strings.CutPrefix(s, StandardSecretPrefix)
+	if !ok {
+		return errors.New("the secret must look like whsec_<base64> (e.g. from: echo whsec_$(openssl rand -base64 32))")
+	}
+	key, err := DecodeStandardSecret(b64)
+	if err != nil {
+		return errors.New("the part after whsec_ is not valid base64")
+	}
+	if len(key) < 16 {
+		return fmt.Errorf("the key after whsec_ is %d bytes; use at least 16 (24 to 64 recommended)", len(key))
+	}
+	return nil
 }

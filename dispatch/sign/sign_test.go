@@ -1,4 +1,4 @@
-package dispatch
+package sign
 
 import (
 	"crypto/hmac"
@@ -63,6 +63,21 @@ func independent(t *testing.T, secret, id, ts string, body []byte) string {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte(id + "." + ts + "." + string(body)))
 	return "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
+}
+
+// signatureHeaders copies the signature headers a Signer for scheme and
+// secrets sets into h.
+func signatureHeaders(h http.Header, scheme string, secrets []string, id int64, body []byte, now time.Time) error {
+	sg, err := New(Settings{Scheme: scheme, Secrets: secrets})
+	if err != nil {
+		return err
+	}
+	for k, v := range sg.Header(id, body, "", now) {
+		if k == HeaderSignature || StandardHeader(k) {
+			h[k] = v
+		}
+	}
+	return nil
 }
 
 func TestSignatureHeaders(t *testing.T) {
