@@ -211,7 +211,6 @@ func printDelivery(w io.Writer, d *delivery) {
 	}
 }
 
-
 // parseInterspersed parses flags that may come before or after positional
 // arguments and returns the positional ones.
 func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
