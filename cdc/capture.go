@@ -129,7 +129,7 @@ func New(opts Options) (*Capture, error) {
 	return c, nil
 }
 
-// LossObserver, when the Options' Observer implements it too, is told about
+// LossObserver is told, when the Options' Observer implements it too, about
 // every change capture sends nothing for, so that it can count them
 // (walhook_changes_unmapped_total{table}, walhook_truncates_total{table}).
 type LossObserver interface {

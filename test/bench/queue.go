@@ -132,7 +132,7 @@ func (b *bench) claims() error {
 			pool.Close()
 			return err
 		}
-		defer prepared.Close()
+		defer prepared.Close() //nolint:gocritic // one pool per plan mode (two), closed when the phase ends
 		store := outbox.New(prepared, "walhook")
 		var lat []float64
 		for range 100 {
@@ -197,7 +197,7 @@ func newOrderRecv() (*orderRecv, error) {
 		o.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	})}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }() // returns when closed
 	o.url, o.close = "http://"+ln.Addr().String(), func() { srv.Close() }
 	return o, nil
 }
