@@ -236,6 +236,14 @@ func (l *lockedBuilder) Write(b []byte) (int, error) {
 	return l.out.Write(b)
 }
 
+// migrate runs `walhook migrate -c cfg`.
+func (b *bench) migrate(cfg string) error {
+	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+		return fmt.Errorf("migrate: %w: %s", err, out)
+	}
+	return nil
+}
+
 // stop ends the process and returns its peak RSS in MB.
 func (p *proc) stop() float64 {
 	rss := peakRSS(p.cmd.Process.Pid)
@@ -293,8 +301,8 @@ func (b *bench) capture(rows int) error {
 	if _, err := pool.Exec(b.ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput'), pg_create_logical_replication_slot('recv_' || $1, 'pgoutput')`, slot); err != nil {
 		return err
 	}
-	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
-		return fmt.Errorf("migrate: %w: %s", err, out)
+	if err := b.migrate(cfg); err != nil {
+		return err
 	}
 	for i := 0; i < rows; i += 1000 {
 		if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series($1::int, $2::int) g`, i+1, min(i+1000, rows)); err != nil {
@@ -310,7 +318,7 @@ func (b *bench) capture(rows int) error {
 	cmd := exec.Command(recv, "-d", dsn, "--slot", "recv_"+slot, "--start", "--endpos", end, "-f", "/dev/null",
 		"-o", "proto_version=1", "-o", "publication_names=walhook", "--no-loop")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pg_recvlogical: %v: %s", err, out)
+		return fmt.Errorf("pg_recvlogical: %w: %s", err, out)
 	}
 	recvRate := float64(rows) / time.Since(start).Seconds()
 	b.add("capture", "pg_recvlogical", recvRate, "changes/s")
@@ -379,8 +387,8 @@ func (b *bench) drainBacklog(rows int, extra string) (rate, rss float64, err err
 		return 0, 0, err
 	}
 	defer pool.Close()
-	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
-		return 0, 0, fmt.Errorf("migrate: %v: %s", err, out)
+	if err := b.migrate(cfg); err != nil {
+		return 0, 0, err
 	}
 	if err := b.backlog(pool, rows); err != nil {
 		return 0, 0, err
@@ -574,9 +582,9 @@ func (b *bench) scale() error {
 		if err != nil {
 			return err
 		}
-		if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+		if err := b.migrate(cfg); err != nil {
 			pool.Close()
-			return fmt.Errorf("migrate: %v: %s", err, out)
+			return err
 		}
 		if err := b.backlog(pool, scaleRows); err != nil {
 			pool.Close()
