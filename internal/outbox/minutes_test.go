@@ -55,7 +55,7 @@ func TestMinutePlans(t *testing.T) {
 		bound int64
 	}{
 		// 61 minutes of 1,000 webhooks: about a third of the table.
-		{"read the last hour", s.mq.read, []any{hour, now}, pages/2},
+		{"read the last hour", s.mq.read, []any{hour, now}, pages / 2},
 		// A minute of 1,000 webhooks: a few pages each.
 		{"add counts", s.mq.add, []any{minutes, hooks, counts, counts, counts}, 1000 * 12},
 		// The oldest minute: 1,000 rows, a buffer or two each.
