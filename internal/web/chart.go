@@ -23,15 +23,15 @@ import (
 const (
 	chartMinutes = 60
 	chartWidth   = 300
-	chartHeight  = 118
+	chartHeight  = 122
 	chartLeft    = 36 // room for the y-axis labels
 	chartSlot    = 4  // width of one minute
 	chartBar     = 3  // width of a bar
 	barsTop      = 8
 	barsBottom   = 62
-	backlogTop   = 72
-	backlogBase  = 98
-	chartTimeY   = 112
+	backlogTop   = 78
+	backlogBase  = 102
+	chartTimeY   = 116
 )
 
 // chartView is one webhook's chart, ready for the template.

@@ -51,12 +51,12 @@ func TestStatusPageCharts(t *testing.T) {
 		`<title>` + label + `</title>`,
 		// The y axes' tops: 10 attempts a minute, a backlog of 10.
 		`text-anchor="end" fill="#677089">10/min</text>`,
-		`class="max backlog-max" x="32" y="72" dy="3" text-anchor="end" fill="#677089">10</text>`,
+		`class="max backlog-max" x="32" y="78" dy="3" text-anchor="end" fill="#677089">10</text>`,
 		// 12:30, the last slot: 7 of 10 delivered, 3 failed on top.
 		`<title>12:30 UTC: 7 delivered, 3 failed attempts</title><rect class="delivered" x="272" y="24.2" width="3" height="37.8" fill="#17803d"/><rect class="failed" x="272" y="8" width="3" height="16.2" fill="#b42318"/>`,
 		`<title>11:31 UTC: 1 delivered, 0 failed attempts</title><rect class="delivered" x="36" y="56.6" width="3" height="5.4"`,
 		// The backlog: 9 at 11:31, then 6 and 4 in the last two minutes.
-		`<path class="backlog" d="M36 74.6 H40 M268 82.4 H272 V87.6 H276"`,
+		`<path class="backlog" d="M36 80.4 H40 M268 87.6 H272 V92.4 H276"`,
 	} {
 		if !strings.Contains(inv, want) {
 			t.Errorf("the inventory chart lacks %s:\n%s", want, inv)
