@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/walhook/walhook/internal/outbox"
@@ -74,10 +75,13 @@ func (d *Dispatcher) writeMinutes(ctx context.Context, final bool) {
 				keep = append(keep, c)
 			}
 			m.unwritten = keep
-			if dropped > 0 {
+			switch {
+			case dropped > 0:
 				d.log.Error().Err(err).Int64("attempts", dropped).
 					Msg("could not write attempt counts to the minutes table: the status page charts miss them")
-			} else {
+			case ctx.Err() != nil && errors.Is(err, context.Canceled):
+				// Shutting down: Run writes them.
+			default:
 				d.log.Warn().Err(err).Msg("writing attempt counts to the minutes table failed; retrying with the next ones")
 			}
 		} else {
@@ -92,7 +96,9 @@ func (d *Dispatcher) writeMinutes(ctx context.Context, final bool) {
 		names[i] = h.name
 	}
 	if err := d.store.SampleBacklog(ctx, now, names); err != nil {
-		d.log.Warn().Err(err).Msg("sampling the backlog for the status page charts failed")
+		if !errors.Is(err, context.Canceled) {
+			d.log.Warn().Err(err).Msg("sampling the backlog for the status page charts failed")
+		}
 		return
 	}
 	m.sampled = outbox.Minute(now)
