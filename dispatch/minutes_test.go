@@ -101,3 +101,19 @@ func TestMinutesWrittenOnStopAndSummed(t *testing.T) {
 		}
 	}
 }
+
+// Counts whose write fails are kept and written with the next ones.
+func TestMinutesKeptWhileTheTableCannotBeWritten(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	rec := newRecorder(t, nil)
+	e.exec(`ALTER TABLE walhook.minutes RENAME TO minutes_away`)
+	e.start(e.pool, testConfig(2, hookConfig("w", rec.srv.URL)), func(o *dispatch.Options) { o.MinutesEvery = 20 * time.Millisecond })
+	for range 3 {
+		e.insertOne("w", `{}`)
+	}
+	waitFor(t, 10*time.Second, "the deliveries", func() bool { return e.count(`state = 'delivered'`) == 3 })
+	time.Sleep(100 * time.Millisecond) // a few writes fail meanwhile
+	e.exec(`ALTER TABLE walhook.minutes_away RENAME TO minutes`)
+	waitFor(t, 10*time.Second, "the counts in the minutes table", func() bool { return e.sumMinutes("w") == minuteRow{delivered: 3} })
+}
