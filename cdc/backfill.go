@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,14 +77,19 @@ type BackfillProgress struct {
 	AlreadyRun bool // finished before: nothing done (use Restart)
 }
 
-// BackfillError is a usage problem (unknown model, bad --where, no
-// webhook): the command exits with status 2.
-type BackfillError struct{ Msg string }
+// BackfillError is a problem with the options themselves (unknown model or
+// webhook, an invalid Where, an event backfill cannot send): retrying cannot
+// help. Option names the BackfillOptions field at fault ("Model", "Webhook",
+// "Where", "Event"), or is empty when the model's table is at fault.
+type BackfillError struct {
+	Option string
+	Msg    string
+}
 
 func (e *BackfillError) Error() string { return e.Msg }
 
-func bfErr(format string, args ...any) error {
-	return &BackfillError{Msg: fmt.Sprintf(format, args...)}
+func bfErr(option, format string, args ...any) error {
+	return &BackfillError{Option: option, Msg: fmt.Sprintf(format, args...)}
 }
 
 // backfill is one run.
@@ -117,7 +123,7 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 		o.Event = EventCreated
 	}
 	if o.Event != EventCreated && o.Event != EventUpdated {
-		return BackfillProgress{}, bfErr("--event must be created or updated, not %q", o.Event)
+		return BackfillProgress{}, bfErr("Event", "the event must be created or updated, not %q", o.Event)
 	}
 	if o.PageSize <= 0 {
 		o.PageSize = 1000
@@ -139,7 +145,7 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 		for _, m := range o.Config.Models {
 			names = append(names, m.Model)
 		}
-		return BackfillProgress{}, bfErr("unknown model %q (configured: %s)", o.Model, strings.Join(names, ", "))
+		return BackfillProgress{}, bfErr("Model", "unknown model %q (configured: %s)", o.Model, strings.Join(names, ", "))
 	}
 	schema := o.Config.Database.Schema
 	bf.store = outbox.New(bf.o.Outbox, schema)
@@ -170,11 +176,11 @@ func (bf *backfill) prepare(ctx context.Context) error {
 				found = found || w.Name == o.Webhook
 			}
 			if !found {
-				return bfErr("unknown webhook %q", o.Webhook)
+				return bfErr("Webhook", "unknown webhook %q", o.Webhook)
 			}
-			return bfErr("webhook %q does not take %s events of model %s (check its models, events and enabled)", o.Webhook, o.Event, m.Model)
+			return bfErr("Webhook", "webhook %q does not take %s events of model %s (check its models, events and enabled)", o.Webhook, o.Event, m.Model)
 		}
-		return bfErr("no enabled webhook takes %s events of model %s", o.Event, m.Model)
+		return bfErr("", "no enabled webhook takes %s events of model %s", o.Event, m.Model)
 	}
 	bf.table = pgx.Identifier{m.Schema, m.Name}.Sanitize()
 	// The table as pgoutput describes it: columns in attnum order without
@@ -184,7 +190,7 @@ func (bf *backfill) prepare(ctx context.Context) error {
 	err := o.Source.QueryRow(ctx, `SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, m.Schema, m.Name).Scan(&relOID, &ident)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return bfErr("table %s.%s of model %s does not exist", m.Schema, m.Name, m.Model)
+		return bfErr("", "table %s.%s of model %s does not exist", m.Schema, m.Name, m.Model)
 	}
 	if err != nil {
 		return fmt.Errorf("read table %s.%s: %w", m.Schema, m.Name, err)
@@ -225,7 +231,7 @@ func (bf *backfill) prepare(ctx context.Context) error {
 		return err
 	}
 	if len(pk) == 0 {
-		return bfErr("table %s.%s has no primary key: backfill pages through it by primary key", m.Schema, m.Name)
+		return bfErr("", "table %s.%s has no primary key: backfill pages through it by primary key", m.Schema, m.Name)
 	}
 	// Render exactly as capture does: a Capture and a stream that never
 	// connects; its batches land in bf.out.
@@ -238,7 +244,7 @@ func (bf *backfill) prepare(ctx context.Context) error {
 		nextStatus: time.Now().Add(100 * 365 * 24 * time.Hour)}
 	s.tpl = newTemplater()
 	if s.specs, err = hookSpecs(o.Config, s.tpl); err != nil {
-		return bfErr("%v", err)
+		return bfErr("", "%v", err)
 	}
 	if err := s.relation(ctx, msg); err != nil {
 		return err
@@ -255,7 +261,7 @@ func (bf *backfill) prepare(ctx context.Context) error {
 	var specs []*hookSpec
 	for _, set := range []*hookSet{hs, co} {
 		for i, n := range set.names {
-			if contains(bf.hooks, n) {
+			if slices.Contains(bf.hooks, n) {
 				names, specs = append(names, n), append(specs, set.specs[i])
 			}
 		}
@@ -313,12 +319,12 @@ func (bf *backfill) estimate(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if bf.o.Where != "" {
-			return bfErr("--where %q is not valid SQL for table %s: %s", bf.o.Where, bf.table, pgMessage(err))
+			return bfErr("Where", "the row condition %q is not valid SQL for table %s: %s", bf.o.Where, bf.table, pgMessage(err))
 		}
 		return fmt.Errorf("explain %s: %w", q, err)
 	}
 	if err := tx.QueryRow(ctx, "EXPLAIN "+bf.pageSQL, append(make([]any, len(bf.pkCols)), 1)...).Scan(new(string)); err != nil {
-		return bfErr("--where %q cannot be used with keyset paging on %s: %s", bf.o.Where, bf.table, pgMessage(err))
+		return bfErr("Where", "the row condition %q cannot be used with keyset paging on %s: %s", bf.o.Where, bf.table, pgMessage(err))
 	}
 	var p []struct {
 		Plan struct {

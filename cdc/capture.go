@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -289,7 +290,7 @@ func (c *Capture) Run(ctx context.Context) error {
 			backoff = 500 * time.Millisecond
 		}
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "55006" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.ObjectInUse {
 			// The slot is our lock: poll it briskly so a standby takes over
 			// within seconds when the capturing process dies.
 			if holder := c.slotHolder(ctx); holder != lastHolder {
@@ -306,7 +307,7 @@ func (c *Capture) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(wait):
 		}
-		if !(errors.As(err, &pe) && pe.Code == "55006") {
+		if !(errors.As(err, &pe) && pe.Code == pgerrcode.ObjectInUse) {
 			backoff = min(backoff*2, 15*time.Second)
 		}
 	}
@@ -359,10 +360,10 @@ func (c *Capture) session(ctx context.Context) error {
 	})
 	if err != nil {
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42704" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject {
 			return fatalf("start replication: replication slot %s no longer exists (dropped by someone else?): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
 		}
-		if errors.As(err, &pe) && pe.Code == "55000" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.ObjectNotInPrerequisiteState {
 			return fatalf("start replication on slot %s: %v: the slot can no longer be used; drop it with SELECT pg_drop_replication_slot('%s'); and restart walhook", slot, err, slot)
 		}
 		return fmt.Errorf("start replication on slot %s: %w", slot, err)
@@ -391,7 +392,7 @@ func (c *Capture) session(ctx context.Context) error {
 	}
 	err = s.run(ctx)
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42704" && strings.Contains(pe.Message, "publication") {
+	if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject && strings.Contains(pe.Message, "publication") {
 		err = fatalf("%v: publication %s was dropped while walhook was running: restart walhook to create it and the slot again; changes committed after LSN %s will not be captured", err, c.cfg.Database.Publication, s.confirmed)
 	}
 	// Stop the writer: on shutdown it commits what is complete; on an error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -331,13 +332,13 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 		for _, c := range m.Exclude {
 			has(c, "exclude")
 		}
-		for _, c := range sortedKeys(m.Rename) {
+		for _, c := range slices.Sorted(maps.Keys(m.Rename)) {
 			has(c, "rename")
 		}
 		for _, c := range m.IgnoreChanges {
 			has(c, "ignore_changes")
 		}
-		for _, c := range sortedKeys(m.Choices) {
+		for _, c := range slices.Sorted(maps.Keys(m.Choices)) {
 			has(c, "choices")
 		}
 		for _, g := range placeholderRE.FindAllStringSubmatch(m.URL, -1) {

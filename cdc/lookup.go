@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
@@ -155,7 +157,7 @@ func planLookups(ctx context.Context, q queryer, m *config.Model, cols []colInfo
 	var probs []lookupProblem
 	plan := &lookupPlan{}
 	used := map[int]string{} // FK column -> relation
-	for _, key := range sortedKeys(m.Relations) {
+	for _, key := range slices.Sorted(maps.Keys(m.Relations)) {
 		r := m.Relations[key]
 		rl, msg, err := planRelation(ctx, q, m, key, r, cols, index)
 		if err != nil {
@@ -212,7 +214,7 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		if !ok {
 			return nil, fmt.Sprintf("unknown column %q of %s (columns: %s)", c, m.QualifiedTable(), strings.Join(names, ", ")), nil
 		}
-		if contains(m.Exclude, c) {
+		if slices.Contains(m.Exclude, c) {
 			return nil, fmt.Sprintf("column %q is both excluded and rendered as a relation: remove it from exclude", c), nil
 		}
 		rl.fk = append(rl.fk, i)
@@ -292,7 +294,7 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 			return nil, msg, nil
 		}
 		rl.out = append(rl.out, relOut{name: rc.As, sel: i})
-		if contains(refKey, rc.Column) {
+		if slices.Contains(refKey, rc.Column) {
 			rl.urlAt = len(rl.out)
 		}
 	}
@@ -505,15 +507,6 @@ func rewriteParams(sql string, repl func(n int) (string, error)) (string, error)
 		}
 	}
 	return b.String(), nil
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // lookupVal is a looked-up field of one change: present false leaves the
@@ -762,7 +755,7 @@ func (s *stream) runLookups(ctx context.Context, jobs []lookupJob) error {
 		}
 		ev := s.log.Warn().Err(first).Int("failed_queries", len(retry)).Dur("retry_in", backoff)
 		var pe *pgconn.PgError
-		if errors.As(first, &pe) && pe.Code == "57014" {
+		if errors.As(first, &pe) && pe.Code == pgerrcode.QueryCanceled {
 			ev = ev.Dur("statement_timeout", lookupTimeout)
 		}
 		ev.Msg("lookup failed: capture holds the changes and retries (set on_lookup_error: omit on the model to send them without the field instead)")
@@ -1211,7 +1204,7 @@ func (s *stream) lookupFailed(l *logLimit, rel *relation, what, name string, cha
 	}
 	ev := s.log.Warn().Err(err).Str("model", rel.model.Model).Str(what, name).Int("changes", changes)
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "57014" {
+	if errors.As(err, &pe) && pe.Code == pgerrcode.QueryCanceled {
 		ev = ev.Dur("statement_timeout", lookupTimeout)
 	}
 	if suppressed > 0 {
@@ -1293,7 +1286,7 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 		}
 	}
 	for _, c := range cols {
-		if contains(m.Exclude, c.name) || fk[c.name] {
+		if slices.Contains(m.Exclude, c.name) || fk[c.name] {
 			continue
 		}
 		out := c.name
@@ -1386,7 +1379,7 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 				add(m.Line, "model %s: snapshot.exclude names unknown column %q of %s", m.Model, e, m.QualifiedTable())
 			}
 		}
-		for _, c := range sortedKeys(sn.Rename) {
+		for _, c := range slices.Sorted(maps.Keys(sn.Rename)) {
 			if !names[c] {
 				add(m.Line, "model %s: snapshot.rename names unknown column %q of %s", m.Model, c, m.QualifiedTable())
 			}
@@ -1400,7 +1393,7 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 		}
 		skeys := map[string]string{}
 		for i, c := range cols {
-			if contains(sn.Exclude, c.name) {
+			if slices.Contains(sn.Exclude, c.name) {
 				continue
 			}
 			out := c.name
@@ -1447,7 +1440,7 @@ func pgMessage(err error) string {
 		return err.Error()
 	}
 	msg := "sql: " + pe.Message
-	if pe.Code == "42501" {
+	if pe.Code == pgerrcode.InsufficientPrivilege {
 		msg += " (grant the walhook role SELECT on it)"
 	}
 	if pe.Hint != "" {

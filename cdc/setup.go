@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"sort"
 	"strings"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/walhook/walhook/internal/config"
@@ -84,13 +86,13 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 		for _, c := range m.Exclude {
 			has(c, "exclude")
 		}
-		for _, c := range sortedKeys(m.Rename) {
+		for _, c := range slices.Sorted(maps.Keys(m.Rename)) {
 			has(c, "rename")
 		}
 		for _, c := range m.IgnoreChanges {
 			has(c, "ignore_changes")
 		}
-		for _, c := range sortedKeys(m.Choices) {
+		for _, c := range slices.Sorted(maps.Keys(m.Choices)) {
 			has(c, "choices")
 		}
 		for _, g := range placeholderRE.FindAllStringSubmatch(m.URL, -1) {
@@ -133,15 +135,6 @@ func partitionProblem(ctx context.Context, conn queryer, ti *tableInfo, configur
 		}
 	}
 	return "", nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 type queryer interface {
@@ -259,7 +252,7 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 	if errors.Is(err, pgx.ErrNoRows) {
 		_, err = conn.Exec(ctx, "CREATE PUBLICATION "+qpub+" FOR TABLE "+list+" WITH ("+with+")")
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42501" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.InsufficientPrivilege {
 			return false, fatalf("create publication %s: %v: the role must own the captured tables; as their owner or a superuser run: CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", pub, err, qpub, list, with)
 		}
 		if err != nil {
@@ -339,7 +332,7 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 
 func permissionHint(err error) error {
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42501" {
+	if errors.As(err, &pe) && pe.Code == pgerrcode.InsufficientPrivilege {
 		return &FatalError{Err: fmt.Errorf("%w (the role needs to own the publication and the tables, or be superuser)", err)}
 	}
 	return err
@@ -394,7 +387,7 @@ func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicati
 func createSlot(ctx context.Context, conn queryer, slot string) (slotResult, error) {
 	_, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42710" { // created by another process just now
+	if errors.As(err, &pe) && pe.Code == pgerrcode.DuplicateObject { // created by another process just now
 		return slotResult{}, nil
 	}
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -327,7 +328,7 @@ func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []outRow) (i
 		return []any{r.webhook, r.event, r.model, r.key, int64(r.commitLSN), r.seq, r.committedAt, r.body, state, lastErr}, nil
 	}))
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "23505" {
+	if errors.As(err, &pe) && pe.Code == pgerrcode.UniqueViolation {
 		w.safe.Store(true)
 		w.log.Warn().Msg("the outbox already holds some of these changes (a replay from an older position): switching to INSERT ... ON CONFLICT DO NOTHING")
 	}

@@ -90,6 +90,9 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	})
 	var be *cdc.BackfillError
 	if errors.As(err, &be) {
+		if flag, ok := backfillFlags[be.Option]; ok {
+			err = fmt.Errorf("%s: %w", flag, err)
+		}
 		return &exitError{code: 2, err: err}
 	}
 	if err != nil {
@@ -133,3 +136,7 @@ func isTerminal(w io.Writer) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
+
+// backfillFlags maps the cdc.BackfillOptions field a BackfillError names to
+// the flag that sets it.
+var backfillFlags = map[string]string{"Model": "--model", "Webhook": "--webhook", "Where": "--where", "Event": "--event"}

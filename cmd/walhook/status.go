@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -277,10 +278,10 @@ func sortedNames[V any](m map[string]V) []string {
 // outboxError turns a missing outbox table into a line that says what to do.
 func outboxError(err error, schema string) error {
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "3F000") {
+	if errors.As(err, &pe) && (pe.Code == pgerrcode.UndefinedTable || pe.Code == pgerrcode.InvalidSchemaName) {
 		return fmt.Errorf("outbox %s.deliveries does not exist: run walhook migrate (or walhook run) with this configuration first", schema)
 	}
-	if errors.As(err, &pe) && pe.Code == "42501" {
+	if errors.As(err, &pe) && pe.Code == pgerrcode.InsufficientPrivilege {
 		return fmt.Errorf("outbox database: %s: grant the role SELECT on the %s schema's tables (walhook check says which)", pe.Message, schema)
 	}
 	return fmt.Errorf("outbox database: %w", err)
