@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
-	"github.com/walhook/walhook/test/pgtest"
+	"github.com/walhook/walhook/internal/pgcluster"
 )
 
 const demoSecret = "demo-secret"
@@ -93,7 +93,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	fmt.Fprintln(stdout, "walhook demo: starting a throwaway PostgreSQL (wal_level=logical)...")
-	pg, err := pgtest.Start(ctx, pgtest.Options{})
+	pg, err := pgcluster.Start(ctx, pgcluster.Options{})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
