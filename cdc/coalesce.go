@@ -126,7 +126,7 @@ func (s *stream) flushCoalesced(ctx context.Context) error {
 		if len(hs.names) == 0 {
 			continue
 		}
-		p := pending{rel: e.rel, hooks: hs, event: ev, seq: e.seq, vals: e.vals, fill: hasUnchanged(e.vals)}
+		p := pending{change: change{rel: e.rel, event: ev, vals: e.vals}, hooks: hs, seq: e.seq, fill: hasUnchanged(e.vals)}
 		switch ev {
 		case EventUpdated:
 			if e.old != nil && len(e.old) == len(e.vals) && onlyIgnoredChanged(e.rel, e.vals, e.old) {

@@ -79,7 +79,8 @@ func FuzzDecodeChange(f *testing.F) {
 		if err != nil {
 			return
 		}
-		body := rd.netboxBody(EventCreated, time.Unix(1700000000, 123456000), rel, vals, keysOnly)
+		c := change{rel: rel, event: EventCreated, vals: vals, keysOnly: keysOnly}
+		body := rd.netboxBody(&c, time.Unix(1700000000, 123456000))
 		if !json.Valid([]byte(body)) {
 			t.Fatalf("invalid JSON body: %s", body)
 		}

@@ -83,14 +83,15 @@ func lastIndexByte(b []byte, c byte) int {
 // username and request_id are null: a change read from the WAL carries no
 // NetBox user or request.
 //
-// data is as in the netbox format (with the looked-up fields ex). prechange
+// data is as in the netbox format (with the looked-up fields). prechange
 // is the old row image: for an update only when it is complete (oldType
 // 'O', REPLICA IDENTITY FULL), else null; for a delete old when given with
 // oldType 'O' (a coalesced delete: the row before the transaction), null
 // with oldType oldNone (created in the same transaction), else the deleted
 // row (keys only without FULL); null for a create. postchange is the new
 // row, null for a delete.
-func (rd *renderer) netboxV4Body(event string, committed time.Time, objectType string, rel *relation, vals row, keysOnly bool, ex []lookupVal, old row, oldType uint8) string {
+func (rd *renderer) netboxV4Body(c *change, committed time.Time, objectType string) string {
+	event, rel, vals, keysOnly, ex, old, oldType := c.event, c.rel, c.vals, c.keysOnly, c.extra, c.old, c.oldType
 	b := rd.buf[:0]
 	b = append(b, `{"event":"`...)
 	b = append(b, event...)

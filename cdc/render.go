@@ -170,23 +170,34 @@ func appendTimestamp(dst []byte, t time.Time) []byte {
 	return append(dst, f...)
 }
 
-// netboxBody renders the default NetBox v2 webhook body of a change of a
-// model without relations or computed fields.
-func (rd *renderer) netboxBody(event string, committed time.Time, rel *relation, vals row, keysOnly bool) string {
-	return rd.netboxBodyEx(event, committed, rel, vals, keysOnly, nil)
+// change is one row change to render: the table version it belongs to, its
+// event, its row images and the values looked up for it.
+type change struct {
+	rel      *relation
+	event    string
+	vals     row         // the new row; for a delete the deleted row (or its keys)
+	keysOnly bool        // vals holds only the replica identity columns
+	extra    []lookupVal // relation fields, then computed fields (rel.plan)
+	// old is the row before an UPDATE (or, coalesced, before the
+	// transaction), kept for templates, conditions and snapshots; oldType is
+	// pgoutput's 'O' when old is the whole row, 'K' for keys only, oldNone
+	// for an object created in the same transaction.
+	old     row
+	oldType uint8
 }
 
-// netboxBodyEx is netboxBody with the change's looked-up fields.
-func (rd *renderer) netboxBodyEx(event string, committed time.Time, rel *relation, vals row, keysOnly bool, ex []lookupVal) string {
+// netboxBody renders the default NetBox v2 webhook body of a change
+// committed at committed.
+func (rd *renderer) netboxBody(c *change, committed time.Time) string {
 	b := rd.buf[:0]
 	b = append(b, `{"event":"`...)
-	b = append(b, event...)
+	b = append(b, c.event...)
 	b = append(b, `","signal_received_timestamp":`...)
 	b = appendTimestamp(b, committed)
 	b = append(b, `,"model":`...)
-	b = AppendJSONString(b, rel.model.Model)
+	b = AppendJSONString(b, c.rel.model.Model)
 	b = append(b, `,"data":`...)
-	b = rd.appendData(b, rel, vals, keysOnly, ex)
+	b = rd.appendData(b, c.rel, c.vals, c.keysOnly, c.extra)
 	b = append(b, '}')
 	rd.buf = b
 	return string(b)

@@ -24,7 +24,8 @@ func BenchmarkRenderPlain(b *testing.B) {
 	at := time.Unix(1700000000, 123456000)
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		_ = rd.netboxBody(EventCreated, at, rel, vals, false)
+		c := change{rel: rel, event: EventCreated, vals: vals}
+		_ = rd.netboxBody(&c, at)
 		_ = objectKey(rel, vals)
 	}
 }

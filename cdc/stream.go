@@ -428,7 +428,8 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	}
 	if rel.plan == nil && !hs.special && len(s.pending) == 0 && !fill {
 		// The plain path: render now, one body for every webhook.
-		body := s.rd.netboxBody(event, s.txnAt, rel, vals, keysOnly)
+		c := change{rel: rel, event: event, vals: vals, keysOnly: keysOnly}
+		body := s.rd.netboxBody(&c, s.txnAt)
 		key := objectKey(rel, vals)
 		for _, h := range hs.names {
 			s.rows = append(s.rows, outRow{webhook: h, event: event, model: rel.model.Model, key: key,
@@ -436,7 +437,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		}
 		return s.sendFull(ctx)
 	}
-	p := pending{rel: rel, hooks: hs, event: event, seq: seq, vals: vals, oldType: oldType, keysOnly: keysOnly, fill: fill}
+	p := pending{change: change{rel: rel, event: event, vals: vals, oldType: oldType, keysOnly: keysOnly}, hooks: hs, seq: seq, fill: fill}
 	if event == EventUpdated && hs.special {
 		p.old = old
 	}
@@ -466,15 +467,9 @@ func (s *stream) sendFull(ctx context.Context) error {
 
 // pending is a change waiting to be rendered.
 type pending struct {
-	rel      *relation
+	change
 	hooks    *hookSet
-	event    string
 	seq      int32
-	vals     row
-	old      row // the row before an UPDATE, kept for templates and conditions
-	oldType  uint8
-	keysOnly bool
-	extra    []lookupVal // relation fields, then computed fields (rel.plan)
 	oldExtra []lookupVal // relation fields of old
 	fill     bool        // vals has unchanged TOAST values to read back
 }
@@ -502,7 +497,7 @@ func (s *stream) flushPending(ctx context.Context) error {
 // webhook's template, unless the webhook's conditions reject it.
 func (s *stream) emit(ctx context.Context, p *pending) error {
 	rel := p.rel
-	body := s.rd.netboxBodyEx(p.event, s.txnAt, rel, p.vals, p.keysOnly, p.extra)
+	body := s.rd.netboxBody(&p.change, s.txnAt)
 	key := objectKey(rel, p.vals)
 	var payload map[string]any
 	var v4 map[string]string // object_type -> netbox-v4 body
@@ -543,7 +538,7 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 				ot := sp.objectType(rel.model)
 				b, ok := v4[ot]
 				if !ok {
-					b = s.rd.netboxV4Body(p.event, s.txnAt, ot, rel, p.vals, p.keysOnly, p.extra, p.old, p.oldType)
+					b = s.rd.netboxV4Body(&p.change, s.txnAt, ot)
 					if v4 == nil {
 						v4 = map[string]string{}
 					}
