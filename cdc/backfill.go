@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // Backfill ordering (no stale overwrites)
@@ -409,8 +410,8 @@ func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
 		p.AlreadyRun = true
 		return p, nil
 	}
-	if err := o.Source.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", bf.slot).Scan(&bf.hasSlot); err != nil {
-		return BackfillProgress{}, fmt.Errorf("read replication slot: %w", err)
+	if _, bf.hasSlot, err = replslot.Read(ctx, o.Source, bf.slot); err != nil {
+		return BackfillProgress{}, err
 	}
 	if !bf.hasSlot {
 		o.Logger.Info().Str("slot", bf.slot).Msg("no replication slot yet: no live changes to order the backfill against")
@@ -597,18 +598,15 @@ func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogre
 	start, warned := time.Now(), false
 	delay := 5 * time.Millisecond
 	for {
-		var confirmed *string
-		err := conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", bf.slot).Scan(&confirmed)
-		if errors.Is(err, pgx.ErrNoRows) {
+		sl, found, err := replslot.Read(ctx, conn, bf.slot)
+		if err != nil {
+			return fmt.Errorf("source database: %w", err)
+		}
+		if !found {
 			return nil // dropped: nothing captures
 		}
-		if err != nil {
-			return fmt.Errorf("source database: read slot: %w", err)
-		}
-		if confirmed != nil {
-			if l, err := pglogrepl.ParseLSN(*confirmed); err == nil && l >= lsn {
-				return nil
-			}
+		if sl.HasConfirmed && sl.Confirmed >= lsn {
+			return nil
 		}
 		ckpt, err := bf.store.CheckpointLSN(ctx, bf.slot)
 		if err != nil {

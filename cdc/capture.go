@@ -20,6 +20,7 @@ import (
 
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // Options configure a Capture.
@@ -315,14 +316,18 @@ func (c *Capture) Run(ctx context.Context) error {
 
 // slotHolder describes the process holding the slot, for logs.
 func (c *Capture) slotHolder(ctx context.Context) string {
-	var pid int
-	var app, addr string
-	err := c.source.QueryRow(ctx, `SELECT coalesce(s.active_pid, 0), coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local')
-		FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = $1`, c.cfg.Database.Slot).Scan(&pid, &app, &addr)
-	if err != nil {
+	s, found, err := replslot.Read(ctx, c.source, c.cfg.Database.Slot)
+	if err != nil || !found || s.ActivePID == nil {
 		return "another process"
 	}
-	return fmt.Sprintf("pid %d (application_name %q, client %s)", pid, app, addr)
+	cl, err := replslot.Holder(ctx, c.source, *s.ActivePID)
+	if err != nil {
+		return fmt.Sprintf("pid %d", cl.PID)
+	}
+	if cl.Addr == "" {
+		cl.Addr = "local"
+	}
+	return fmt.Sprintf("pid %d (application_name %q, client %s)", cl.PID, cl.ApplicationName, cl.Addr)
 }
 
 // ReplicationConfig parses dsn into a replication connection config with

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 	"github.com/walhook/walhook/migrations"
 )
 
@@ -170,19 +171,13 @@ func (p *preflight) role() {
 // capacity checks that a replication slot and a WAL sender are free.
 func (p *preflight) capacity(ctx context.Context) {
 	slot := p.cfg.Database.Slot
-	var maxSlots, maxSenders, used int
-	var active bool
-	var inactive []string
-	err := p.conn.QueryRow(ctx, `
-		SELECT current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int,
-		       count(*)::int, coalesce(bool_or(slot_name = $1 AND database = current_database()), false),
-		       coalesce(bool_or(slot_name = $1 AND database = current_database() AND active), false),
-		       coalesce(array_agg(slot_name::text ORDER BY slot_name) FILTER (WHERE NOT active), '{}')
-		FROM pg_replication_slots`, slot).Scan(&maxSlots, &maxSenders, &used, &p.slotExists, &active, &inactive)
+	u, err := replslot.Capacity(ctx, p.conn, slot)
 	if err != nil {
-		p.fail("replication slots", "cannot read pg_replication_slots: "+err.Error(), "")
+		p.fail("replication slots", "cannot "+err.Error(), "")
 		return
 	}
+	maxSlots, maxSenders, used, active, inactive := u.MaxSlots, u.MaxSenders, u.Used, u.Active, u.Inactive
+	p.slotExists = u.Exists
 	name := "max_replication_slots"
 	switch {
 	case p.slotExists:
@@ -534,21 +529,19 @@ func (p *preflight) slot(ctx context.Context) {
 	slot := p.cfg.Database.Slot
 	name := "slot " + slot
 	drop := fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", quoteLiteral(slot))
-	var plugin, db, walStatus, confirmed string
-	var active bool
-	var pid *int32
-	var lag *int64
-	err := p.conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), active, active_pid,
-		coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, ''),
-		(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &db, &active, &pid, &walStatus, &confirmed, &lag)
-	if errors.Is(err, pgx.ErrNoRows) {
+	st, found, err := replslot.Read(ctx, p.conn, slot)
+	if err != nil {
+		p.fail(name, "cannot "+err.Error(), "")
+		return
+	}
+	if !found {
 		p.ok(name, "does not exist yet; walhook run creates it (pgoutput)")
 		return
 	}
-	if err != nil {
-		p.fail(name, "cannot read pg_replication_slots: "+err.Error(), "")
-		return
+	plugin, db, walStatus, active, pid, lag := st.Plugin, st.Database, st.WALStatus, st.Active, st.ActivePID, st.LagBytes
+	confirmed := ""
+	if st.HasConfirmed {
+		confirmed = st.Confirmed.String()
 	}
 	switch {
 	case plugin != "pgoutput" || db != p.db:
@@ -587,7 +580,9 @@ func (p *preflight) slot(ctx context.Context) {
 	if pid != nil {
 		holder = fmt.Sprintf("pid %d", *pid)
 		// client_addr is hidden from roles without pg_read_all_stats.
-		_ = p.conn.QueryRow(ctx, "SELECT coalesce(application_name, ''), coalesce(client_addr::text, '') FROM pg_stat_activity WHERE pid = $1", *pid).Scan(&app, &addr)
+		if cl, err := replslot.Holder(ctx, p.conn, *pid); err == nil {
+			app, addr = cl.ApplicationName, cl.Addr
+		}
 		switch {
 		case app != "" && addr != "":
 			holder += fmt.Sprintf(" (application_name %s, from %s)", app, addr)

@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // The outbox statements this file runs (the checkpoint's identity, the
@@ -46,11 +48,14 @@ func identifySource(ctx context.Context, dsn string) (sourceIdentity, error) {
 // slotPosition returns the slot's confirmed_flush_lsn (its consistent point
 // when it has just been created).
 func slotPosition(ctx context.Context, conn queryer, slot string) (pglogrepl.LSN, error) {
-	var s string
-	if err := conn.QueryRow(ctx, "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&s); err != nil {
-		return 0, fmt.Errorf("read replication slot %s: %w", slot, err)
+	s, found, err := replslot.Read(ctx, conn, slot)
+	if err != nil {
+		return 0, err
 	}
-	return pglogrepl.ParseLSN(s)
+	if !found {
+		return 0, fmt.Errorf("read replication slot %s: %w", slot, pgx.ErrNoRows)
+	}
+	return s.Confirmed, nil
 }
 
 // capturedWebhooks are the names of the webhooks capture writes rows for.

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // FatalError is an error that retrying cannot fix (configuration, privileges,
@@ -351,15 +352,14 @@ type slotResult struct {
 // the publication, which was missing) is dropped and created again.
 func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicationCreated bool) (slotResult, error) {
 	slot := cfg.Database.Slot
-	var plugin, db, walStatus string
-	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), coalesce(wal_status, '')
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &db, &walStatus)
-	if errors.Is(err, pgx.ErrNoRows) {
+	st, found, err := replslot.Read(ctx, conn, slot)
+	if err != nil {
+		return slotResult{}, err
+	}
+	if !found {
 		return createSlot(ctx, conn, slot)
 	}
-	if err != nil {
-		return slotResult{}, fmt.Errorf("read replication slot %s: %w", slot, err)
-	}
+	plugin, db, walStatus := st.Plugin, st.Database, st.WALStatus
 	var curDB string
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&curDB); err != nil {
 		return slotResult{}, err

@@ -15,11 +15,11 @@ import (
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // statusReport is what `walhook status --json` prints.
@@ -150,20 +150,15 @@ func readStatus(ctx context.Context, cfg *config.Config, source, ob *pgxpool.Poo
 
 	// The slot.
 	s := &rep.Slot
-	var confirmed *string
-	err := source.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), active, active_pid, coalesce(wal_status, ''),
-		confirmed_flush_lsn::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,
-		(pg_current_wal_lsn() - restart_lsn)::bigint, safe_wal_size
-		FROM pg_replication_slots WHERE slot_name = $1`, cfg.Database.Slot).
-		Scan(&s.Plugin, &s.Database, &s.Active, &s.ActivePID, &s.WALStatus, &confirmed, &s.LagBytes, &s.RetainedBytes, &s.SafeWALSize)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-	case err != nil:
-		return nil, fmt.Errorf("source database: read pg_replication_slots: %w", err)
-	default:
-		s.Exists = true
-		if confirmed != nil {
-			s.ConfirmedLSN = *confirmed
+	sl, found, err := replslot.Read(ctx, source, cfg.Database.Slot)
+	if err != nil {
+		return nil, fmt.Errorf("source database: %w", err)
+	}
+	if found {
+		s.Exists, s.Plugin, s.Database, s.Active, s.ActivePID, s.WALStatus = true, sl.Plugin, sl.Database, sl.Active, sl.ActivePID, sl.WALStatus
+		s.LagBytes, s.RetainedBytes, s.SafeWALSize = sl.LagBytes, sl.RetainedBytes, sl.SafeWALSize
+		if sl.HasConfirmed {
+			s.ConfirmedLSN = sl.Confirmed.String()
 		}
 	}
 
