@@ -209,7 +209,7 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 	for i, c := range cols {
 		names[i] = c.name
 	}
-	for _, c := range config.FKColumns(key) {
+	for _, c := range r.FK {
 		i, ok := index[c]
 		if !ok {
 			return nil, fmt.Sprintf("unknown column %q of %s (columns: %s)", c, m.QualifiedTable(), strings.Join(names, ", ")), nil
@@ -219,7 +219,7 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		}
 		rl.fk = append(rl.fk, i)
 	}
-	schema, table := config.SplitTable(r.Table)
+	schema, table := r.Schema, r.Name
 	rcols, err := tableColumns(ctx, q, schema, table)
 	if err != nil {
 		return nil, "", err
@@ -1006,8 +1006,7 @@ func (d *deletedImages) wants(cfg *config.Config, rel *relation) bool {
 		d.targets = map[string]bool{}
 		for _, m := range cfg.Models {
 			for _, r := range m.Relations {
-				sch, name := config.SplitTable(r.Table)
-				d.targets[sch+"."+name] = true
+				d.targets[r.Schema+"."+r.Name] = true
 			}
 		}
 	}

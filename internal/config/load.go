@@ -715,8 +715,10 @@ func (p *parser) defaults(c *Config) {
 		path := fmt.Sprintf("models[%d]", i)
 		for key, r := range m.Relations {
 			r.Line = p.line(path + ".relations." + key)
-			if fk := FKColumns(key); r.Field == "" && len(fk) == 1 {
-				r.Field = or(strings.TrimSuffix(fk[0], "_id"), fk[0])
+			r.FK = FKColumns(key)
+			r.Schema, r.Name = SplitTable(r.Table)
+			if r.Field == "" && len(r.FK) == 1 {
+				r.Field = or(strings.TrimSuffix(r.FK[0], "_id"), r.FK[0])
 			}
 			m.Relations[key] = r
 		}
