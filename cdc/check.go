@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -317,27 +316,9 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 		// Columns the model names.
 		name = "columns of " + qt
 		var probs []string
-		refs := 0
-		has := func(col, what string) {
-			refs++
-			if !slices.Contains(ti.columns, col) {
-				probs = append(probs, fmt.Sprintf("%s names unknown column %q", what, col))
-			}
-		}
-		for _, c := range m.Exclude {
-			has(c, "exclude")
-		}
-		for _, c := range slices.Sorted(maps.Keys(m.Rename)) {
-			has(c, "rename")
-		}
-		for _, c := range m.IgnoreChanges {
-			has(c, "ignore_changes")
-		}
-		for _, c := range slices.Sorted(maps.Keys(m.Choices)) {
-			has(c, "choices")
-		}
-		for _, g := range placeholderRE.FindAllStringSubmatch(m.URL, -1) {
-			has(g[1], "url")
+		unknown, refs := UnknownColumns(m, ti.columns)
+		for _, u := range unknown {
+			probs = append(probs, fmt.Sprintf("%s names unknown column %q", u.Option, u.Column))
 		}
 		switch {
 		case len(probs) > 0:
