@@ -14,9 +14,12 @@ var maxTxnImages = 10000
 // transaction still needs FULL to be recognised.
 type txnImages struct {
 	lsn    uint64
-	rows   map[coalKey]row
+	rows   map[imageKey]row
 	warned bool
 }
+
+// imageKey is an object: model and object_key.
+type imageKey struct{ model, key string }
 
 // tracks reports whether rel's changes are kept.
 func (t *txnImages) tracks(rel *relation) bool {
@@ -33,7 +36,7 @@ func (t *txnImages) at(lsn uint64) {
 // get returns the image kept for the object of vals in transaction lsn.
 func (t *txnImages) get(lsn uint64, rel *relation, vals row) row {
 	t.at(lsn)
-	prev := t.rows[coalKey{rel.model.Model, objectKey(rel, vals)}]
+	prev := t.rows[imageKey{rel.model.Model, objectKey(rel, vals)}]
 	if len(prev) != len(vals) {
 		return nil // the table changed in between
 	}
@@ -44,7 +47,7 @@ func (t *txnImages) get(lsn uint64, rel *relation, vals row) row {
 // reports false when the transaction has more objects than are kept.
 func (t *txnImages) put(lsn uint64, rel *relation, vals row, deleted bool) bool {
 	t.at(lsn)
-	k := coalKey{rel.model.Model, objectKey(rel, vals)}
+	k := imageKey{rel.model.Model, objectKey(rel, vals)}
 	if deleted {
 		delete(t.rows, k)
 		return true
@@ -53,7 +56,7 @@ func (t *txnImages) put(lsn uint64, rel *relation, vals row, deleted bool) bool 
 		return false
 	}
 	if t.rows == nil {
-		t.rows = map[coalKey]row{}
+		t.rows = map[imageKey]row{}
 	}
 	t.rows[k] = copyRow(vals)
 	return true

@@ -226,3 +226,35 @@ func objectKey(rel *relation, vals row) string {
 	}
 	return string(append(b, ']'))
 }
+
+// copyRow copies a row's values out of the message buffer, into one block.
+func copyRow(r row) row {
+	if r == nil {
+		return nil
+	}
+	n := 0
+	for _, v := range r {
+		n += len(v.data)
+	}
+	buf := make([]byte, 0, n)
+	out := make(row, len(r))
+	for i, v := range r {
+		out[i].kind = v.kind
+		if v.data != nil {
+			start := len(buf)
+			buf = append(buf, v.data...)
+			out[i].data = buf[start:len(buf):len(buf)]
+		}
+	}
+	return out
+}
+
+// hasUnchanged reports whether vals holds unchanged TOAST values ('u').
+func hasUnchanged(vals row) bool {
+	for _, v := range vals {
+		if v.kind == 'u' {
+			return true
+		}
+	}
+	return false
+}

@@ -49,6 +49,7 @@ type stream struct {
 	seq        int32
 	skipped    bool // current transaction seen but not for us
 	coal       coalescer
+	coalWarned bool          // the coalescer's size warning was logged for this transaction
 	dels       deletedImages // rows deleted by the transaction, for relations to them
 	imgs       txnImages     // last images of objects changed by the transaction, for ignore_changes
 
@@ -173,6 +174,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 	case *pglogrepl.BeginMessage:
 		s.inTxn, s.txnLSN, s.txnAt, s.txnXid, s.seq = true, m.FinalLSN, m.CommitTime, m.Xid, 0
 		s.coal.reset()
+		s.coalWarned = false
 		if t := s.c.opts.Tracer; t != nil {
 			_, s.span = t.Start(ctx, "capture transaction", trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindConsumer),
 				trace.WithAttributes(attribute.String("walhook.commit_lsn", m.FinalLSN.String()), attribute.Int64("walhook.xid", int64(m.Xid))))
@@ -402,7 +404,8 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	fill := event == EventUpdated && fillFromOld(vals, old, oldType)
 	if rel.coalesce {
 		// Webhooks with coalesce: transaction get their events at commit.
-		if err := s.coalesceChange(ctx, rel, event, seq, vals, old, oldType, keysOnly); err != nil {
+		c := change{rel: rel, event: event, vals: vals, keysOnly: keysOnly, old: old, oldType: oldType}
+		if err := s.coalesceChange(ctx, &c, seq); err != nil {
 			return err
 		}
 		if len(hs.names) == 0 {
@@ -563,28 +566,6 @@ func (s *stream) payload(body string, p *pending) (map[string]any, error) {
 	return s.tpl.payload(body, old)
 }
 
-// copyRow copies a row's values out of the message buffer, into one block.
-func copyRow(r row) row {
-	if r == nil {
-		return nil
-	}
-	n := 0
-	for _, v := range r {
-		n += len(v.data)
-	}
-	buf := make([]byte, 0, n)
-	out := make(row, len(r))
-	for i, v := range r {
-		out[i].kind = v.kind
-		if v.data != nil {
-			start := len(buf)
-			buf = append(buf, v.data...)
-			out[i].data = buf[start:len(buf):len(buf)]
-		}
-	}
-	return out
-}
-
 // onlyIgnoredChanged reports whether an UPDATE changed only columns listed
 // in the model's ignore_changes (needs the full old row).
 func onlyIgnoredChanged(rel *relation, vals, old row) bool {
@@ -618,16 +599,6 @@ func fillFromOld(vals, old row, oldType uint8) (missing bool) {
 		missing = true
 	}
 	return missing
-}
-
-// hasUnchanged reports whether vals holds unchanged TOAST values ('u').
-func hasUnchanged(vals row) bool {
-	for _, v := range vals {
-		if v.kind == 'u' {
-			return true
-		}
-	}
-	return false
 }
 
 // hookIndex maps model -> event -> names of webhooks that take it.

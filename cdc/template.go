@@ -35,6 +35,15 @@ type hookSet struct {
 	special bool        // some spec is not nil: the payload is decoded per change
 }
 
+// add appends a webhook to a hook set.
+func (hs *hookSet) add(name string, sp *hookSpec) {
+	hs.names = append(hs.names, name)
+	hs.specs = append(hs.specs, sp)
+	if sp != nil {
+		hs.special = true
+	}
+}
+
 // eventIndex maps an event to its index in relation.hooks.
 func eventIndex(event string) int {
 	switch event {
