@@ -95,26 +95,25 @@ func bfErr(option, format string, args ...any) error {
 
 // backfill is one run.
 type backfill struct {
-	o       BackfillOptions
-	model   *config.Model
-	table   string // quoted schema.name
-	s       *stream
-	out     chan batch
-	rel     *relation
-	hooks   []string
-	pkCols  []colInfo
-	selSQL  string
-	pageSQL string // with a key condition
-	firstSQ string // without
-	id      int64
-	lastKey []string
-	done    int64
-	enq     int64
-	total   int64
-	slot    string
-	hasSlot bool
-	store   *outbox.Store
-	sql     outbox.BackfillStatements
+	opts     BackfillOptions
+	model    *config.Model
+	table    string // quoted schema.name
+	desc     *Table
+	renderer *RowRenderer
+	hooks    []string
+	keyCols  []int  // indexes in desc.Columns of the primary key, in key order
+	selSQL   string // the page query's select list and table
+	pageSQL  string // the page query after a key
+	firstSQL string // the first page's query
+	id       int64
+	lastKey  []string
+	done     int64
+	enq      int64
+	total    int64
+	slot     string
+	hasSlot  bool
+	store    *outbox.Store
+	sql      outbox.BackfillStatements
 }
 
 // Backfill enqueues a delivery for every row of a model (or those matching
@@ -135,7 +134,7 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 	if o.CaptureWait <= 0 {
 		o.CaptureWait = 10 * time.Second
 	}
-	bf := &backfill{o: o}
+	bf := &backfill{opts: o}
 	for i := range o.Config.Models {
 		if o.Config.Models[i].Model == o.Model {
 			bf.model = &o.Config.Models[i]
@@ -149,7 +148,7 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 		return BackfillProgress{}, bfErr("Model", "unknown model %q (configured: %s)", o.Model, strings.Join(names, ", "))
 	}
 	schema := o.Config.Database.Schema
-	bf.store = outbox.New(bf.o.Outbox, schema)
+	bf.store = outbox.New(bf.opts.Outbox, schema)
 	bf.sql = bf.store.Backfill()
 	bf.slot = o.Config.Database.Slot
 	if err := bf.prepare(ctx); err != nil {
@@ -161,7 +160,7 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 // prepare builds the relation from the catalog, the webhook list and the
 // page queries, and validates Where.
 func (bf *backfill) prepare(ctx context.Context) error {
-	o, m := bf.o, bf.model
+	o, m := bf.opts, bf.model
 	for _, w := range o.Config.Webhooks {
 		if o.Webhook != "" && w.Name != o.Webhook {
 			continue
@@ -184,115 +183,52 @@ func (bf *backfill) prepare(ctx context.Context) error {
 		return bfErr("", "no enabled webhook takes %s events of model %s", o.Event, m.Model)
 	}
 	bf.table = pgx.Identifier{m.Schema, m.Name}.Sanitize()
-	// The table as pgoutput describes it: columns in attnum order without
-	// dropped and generated ones, replica identity flags.
-	var relOID uint32
-	var ident string
-	err := o.Source.QueryRow(ctx, `SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, m.Schema, m.Name).Scan(&relOID, &ident)
-	if errors.Is(err, pgx.ErrNoRows) {
+	t, err := ReadTable(ctx, o.Source, m.Schema, m.Name)
+	if errors.Is(err, ErrNoTable) {
 		return bfErr("", "table %s.%s of model %s does not exist", m.Schema, m.Name, m.Model)
 	}
 	if err != nil {
-		return fmt.Errorf("read table %s.%s: %w", m.Schema, m.Name, err)
-	}
-	rows, err := o.Source.Query(ctx, `
-		SELECT a.attname::text, a.atttypid, quote_ident(tn.nspname) || '.' || quote_ident(t.typname),
-			$2 = 'f' OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY (i.indkey)
-				AND CASE $2 WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END)
-		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
-		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-		ORDER BY a.attnum`, relOID, ident)
-	if err != nil {
-		return fmt.Errorf("read columns of %s.%s: %w", m.Schema, m.Name, err)
-	}
-	msg := &pglogrepl.RelationMessage{RelationID: relOID, Namespace: m.Schema, RelationName: m.Name, ReplicaIdentity: ident[0]}
-	types := map[string]string{}
-	for rows.Next() {
-		var c pglogrepl.RelationMessageColumn
-		var typname string
-		var key bool
-		if err := rows.Scan(&c.Name, &c.DataType, &typname, &key); err != nil {
-			rows.Close()
-			return fmt.Errorf("read columns of %s.%s: %w", m.Schema, m.Name, err)
-		}
-		if key {
-			c.Flags = 1
-		}
-		types[c.Name] = typname
-		msg.Columns = append(msg.Columns, &c)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read columns of %s.%s: %w", m.Schema, m.Name, err)
-	}
-	msg.ColumnNum = uint16(len(msg.Columns))
-	pk, err := primaryKey(ctx, o.Source, relOID)
-	if err != nil {
 		return err
 	}
-	if len(pk) == 0 {
+	if len(t.PrimaryKey) == 0 {
 		return bfErr("", "table %s.%s has no primary key: backfill pages through it by primary key", m.Schema, m.Name)
 	}
-	// Render exactly as capture does: a Capture and a stream that never
-	// connects; its batches land in bf.out.
-	c, err := New(Options{Config: o.Config, Source: o.Source, Outbox: o.Outbox, Logger: o.Logger})
+	bf.desc = t
+	// Render exactly as capture does.
+	bf.renderer, err = NewRowRenderer(ctx, RowRendererOptions{Config: o.Config, Source: o.Source, Logger: o.Logger,
+		Table: t, Event: o.Event, Webhooks: bf.hooks})
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		return bfErr("", "%v", err)
+	}
 	if err != nil {
 		return err
 	}
-	bf.out = make(chan batch, o.PageSize*len(bf.hooks)/chunkRows+4)
-	s := &stream{c: c, out: bf.out, log: c.log.With().Str("backfill", m.Model).Logger(), rels: map[uint32]*relation{},
-		nextStatus: time.Now().Add(100 * 365 * 24 * time.Hour)}
-	s.tpl = newTemplater()
-	if s.specs, err = hookSpecs(o.Config, s.tpl); err != nil {
-		return bfErr("", "%v", err)
-	}
-	if err := s.relation(ctx, msg); err != nil {
-		return err
-	}
-	bf.s, bf.rel = s, s.rels[relOID]
-	// Only the chosen webhooks, each row its own event: a backfilled row is
-	// one object's current state, so a webhook with coalesce: transaction
-	// gets it like any other (never parked in the coalescer, where it would
-	// wait for a commit that never comes, and be stamped with a later page's
-	// LSN).
-	hs := &bf.rel.hooks[eventIndex(o.Event)]
-	co := &bf.rel.coal[eventIndex(o.Event)]
-	var names []string
-	var specs []*hookSpec
-	for _, set := range []*hookSet{hs, co} {
-		for i, n := range set.names {
-			if slices.Contains(bf.hooks, n) {
-				names, specs = append(names, n), append(specs, set.specs[i])
-			}
-		}
-	}
-	*hs = hookSet{}
-	for i, n := range names {
-		hs.add(n, specs[i])
-	}
-	bf.rel.coal, bf.rel.coalesce = [3]hookSet{}, false
 	// Page queries.
 	var sel []string
-	for _, col := range msg.Columns {
+	for _, col := range t.Columns {
 		sel = append(sel, pgx.Identifier{col.Name}.Sanitize()+"::text")
 	}
 	// Key columns qualified: "id" alone in ORDER BY would be the text
 	// output column.
 	var keyCols, keyArgs []string
-	for i, name := range pk {
-		bf.pkCols = append(bf.pkCols, colInfo{name: name, typname: types[name]})
+	for i, name := range t.PrimaryKey {
+		c := slices.IndexFunc(t.Columns, func(c TableColumn) bool { return c.Name == name })
+		if c < 0 {
+			return fmt.Errorf("table %s.%s: primary-key column %s is not a column", m.Schema, m.Name, name)
+		}
+		bf.keyCols = append(bf.keyCols, c)
 		keyCols = append(keyCols, pgx.Identifier{m.Schema, m.Name, name}.Sanitize())
-		keyArgs = append(keyArgs, fmt.Sprintf("$%d::text::%s", i+1, types[name]))
+		keyArgs = append(keyArgs, fmt.Sprintf("$%d::text::%s", i+1, t.Columns[c].TypeName))
 	}
 	where := ""
 	if strings.TrimSpace(o.Where) != "" {
 		where = " AND (" + o.Where + "\n)"
 	}
-	lim := fmt.Sprintf("$%d", len(pk)+1)
+	lim := fmt.Sprintf("$%d", len(t.PrimaryKey)+1)
 	order := " ORDER BY " + strings.Join(keyCols, ", ") + " LIMIT "
 	bf.selSQL = "SELECT " + strings.Join(sel, ", ") + " FROM " + bf.table
-	bf.firstSQ = bf.selSQL + " WHERE true" + where + order + "$1"
+	bf.firstSQL = bf.selSQL + " WHERE true" + where + order + "$1"
 	bf.pageSQL = bf.selSQL + " WHERE (" + strings.Join(keyCols, ", ") + ") > (" + strings.Join(keyArgs, ", ") + ")" + where + order + lim
 	// Validate Where (and estimate the rows) with EXPLAIN: one statement
 	// over the extended protocol, so a second statement is rejected.
@@ -306,11 +242,11 @@ func (bf *backfill) prepare(ctx context.Context) error {
 // planner's estimate, or an exact count when that is small.
 func (bf *backfill) estimate(ctx context.Context) error {
 	q := "SELECT 1 FROM " + bf.table
-	if strings.TrimSpace(bf.o.Where) != "" {
-		q += " WHERE (" + bf.o.Where + "\n)"
+	if strings.TrimSpace(bf.opts.Where) != "" {
+		q += " WHERE (" + bf.opts.Where + "\n)"
 	}
 	var plan string
-	tx, err := bf.o.Source.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	tx, err := bf.opts.Source.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return fmt.Errorf("source database: %w", err)
 	}
@@ -319,13 +255,13 @@ func (bf *backfill) estimate(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if bf.o.Where != "" {
-			return bfErr("Where", "the row condition %q is not valid SQL for table %s: %s", bf.o.Where, bf.table, pgMessage(err))
+		if bf.opts.Where != "" {
+			return bfErr("Where", "the row condition %q is not valid SQL for table %s: %s", bf.opts.Where, bf.table, pgMessage(err))
 		}
 		return fmt.Errorf("explain %s: %w", q, err)
 	}
-	if err := tx.QueryRow(ctx, "EXPLAIN "+bf.pageSQL, append(make([]any, len(bf.pkCols)), 1)...).Scan(new(string)); err != nil {
-		return bfErr("Where", "the row condition %q cannot be used with keyset paging on %s: %s", bf.o.Where, bf.table, pgMessage(err))
+	if err := tx.QueryRow(ctx, "EXPLAIN "+bf.pageSQL, append(make([]any, len(bf.keyCols)), 1)...).Scan(new(string)); err != nil {
+		return bfErr("Where", "the row condition %q cannot be used with keyset paging on %s: %s", bf.opts.Where, bf.table, pgMessage(err))
 	}
 	var p []struct {
 		Plan struct {
@@ -345,14 +281,14 @@ func (bf *backfill) estimate(ctx context.Context) error {
 
 // start finds or creates the progress row and takes its lock.
 func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool, err error) {
-	o := bf.o
+	o := bf.opts
 	err = conn.QueryRow(ctx, bf.sql.Create,
 		bf.model.Model, o.Webhook, o.Event, o.Where, bf.total).Scan(&bf.id)
 	if err != nil {
 		return false, fmt.Errorf("outbox: create backfill progress: %w", err)
 	}
 	var got bool
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext($1))", fmt.Sprintf("walhook.backfill.%s.%d", bf.o.Config.Database.Schema, bf.id)).Scan(&got); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext($1))", fmt.Sprintf("walhook.backfill.%s.%d", bf.opts.Config.Database.Schema, bf.id)).Scan(&got); err != nil {
 		return false, fmt.Errorf("outbox: backfill lock: %w", err)
 	}
 	if !got {
@@ -386,7 +322,7 @@ func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool
 }
 
 func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
-	o := bf.o
+	o := bf.opts
 	lockConn, err := o.Outbox.Acquire(ctx)
 	if err != nil {
 		return BackfillProgress{}, fmt.Errorf("outbox: connect: %w", err)
@@ -459,7 +395,7 @@ const backfillRunningSQL = `SELECT coalesce(array_agg(x::text), '{}') FROM (
 // page reads, renders and enqueues one page; it returns the rows read and
 // the delivery rows left out for a newer live change.
 func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error) {
-	o := bf.o
+	o := bf.opts
 	// 1. The page's LSN: a WAL record of its own, so L is unique per page
 	//    and every later commit record starts at L or after.
 	var lsnText string
@@ -497,7 +433,7 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 	}
 	// 3. Read the page (one statement: one snapshot) in a read-only
 	//    transaction, so --where cannot write.
-	q, args := bf.firstSQ, []any{o.PageSize}
+	q, args := bf.firstSQL, []any{o.PageSize}
 	if bf.lastKey != nil {
 		q = bf.pageSQL
 		args = args[:0]
@@ -536,45 +472,15 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 		})
 	}
 	// 4. Render as capture does.
-	s := bf.s
-	s.txnLSN, s.txnAt, s.seq = lsn, at, -int32(len(vals))
-	tuple := &pglogrepl.TupleData{ColumnNum: uint16(len(bf.rel.cols)), Columns: make([]*pglogrepl.TupleDataColumn, len(bf.rel.cols))}
-	for i := range tuple.Columns {
-		tuple.Columns[i] = &pglogrepl.TupleDataColumn{}
+	out, err := bf.renderer.Render(ctx, RowBatch{CommitLSN: lsn, CommittedAt: at, FirstSeq: -int32(len(vals)), Rows: vals})
+	if err != nil {
+		return 0, 0, err
 	}
-	for _, r := range vals {
-		for i, v := range r {
-			c := tuple.Columns[i]
-			if v == nil {
-				c.DataType, c.Data = 'n', nil
-			} else {
-				c.DataType, c.Data = 't', v
-			}
-		}
-		if err := s.change(ctx, o.Event, bf.rel.id, 0, nil, tuple); err != nil {
-			return 0, 0, err
-		}
-	}
-	if len(s.pending) > 0 {
-		if err := s.flushPending(ctx); err != nil {
-			return 0, 0, err
-		}
-	}
-	var out []outRow
-	for len(bf.out) > 0 {
-		out = append(out, (<-bf.out).rows...)
-	}
-	out = append(out, s.rows...)
-	s.rows = nil
 	// The page's last key.
 	last := vals[len(vals)-1]
-	key := make([]string, len(bf.pkCols))
-	for i, pc := range bf.pkCols {
-		for j, c := range bf.rel.cols {
-			if c.name == pc.name {
-				key[i] = string(last[j])
-			}
-		}
+	key := make([]string, len(bf.keyCols))
+	for i, c := range bf.keyCols {
+		key[i] = string(last[c])
 	}
 	// 5. Wait until capture has enqueued every change before L.
 	if err := bf.waitCapture(ctx, conn, lsn); err != nil {
@@ -615,9 +521,9 @@ func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogre
 		if ckpt >= lsn {
 			return nil
 		}
-		if !warned && time.Since(start) > bf.o.CaptureWait {
+		if !warned && time.Since(start) > bf.opts.CaptureWait {
 			warned = true
-			bf.o.Logger.Warn().Str("slot", bf.slot).Str("lsn", lsn.String()).
+			bf.opts.Logger.Warn().Str("slot", bf.slot).Str("lsn", lsn.String()).
 				Msg("backfill is waiting for capture to pass the page's LSN: is walhook run running? (backfill rows must be enqueued after the live changes before them)")
 		}
 		if err := sleepCtx(ctx, delay); err != nil {
@@ -665,17 +571,11 @@ func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LS
 			}
 			rows = kept
 		}
-		w := writer{}
-		for i := 0; i < len(rows); i += chunkRows {
-			chunk := rows[i:min(i+chunkRows, len(rows))]
-			tag, err := tx.Exec(ctx, bf.store.Enqueue().Insert, w.insertArgs(chunk)...)
-			if err != nil {
-				return err
-			}
-			inserted += tag.RowsAffected()
+		if inserted, err = InsertDeliveries(ctx, tx, bf.store, rows); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, bf.sql.Progress,
-			bf.id, key, n, inserted, n < bf.o.PageSize); err != nil {
+			bf.id, key, n, inserted, n < bf.opts.PageSize); err != nil {
 			return err
 		}
 		if inserted > 0 {
@@ -694,7 +594,7 @@ func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LS
 }
 
 func (bf *backfill) commitTx(ctx context.Context, f func(pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, bf.o.Outbox, f)
+	return pgx.BeginFunc(ctx, bf.opts.Outbox, f)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

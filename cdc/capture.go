@@ -114,9 +114,16 @@ func New(opts Options) (*Capture, error) {
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 10 * time.Second
 	}
+	c := newCapture(opts)
+	c.store = outbox.New(opts.Outbox, opts.Config.Database.Schema)
+	return c, nil
+}
+
+// newCapture is the Capture of opts without its outbox (what rendering
+// needs: the models, webhooks and type cache).
+func newCapture(opts Options) *Capture {
 	c := &Capture{
 		cfg: opts.Config, source: opts.Source, outbox: opts.Outbox, opts: opts,
-		store:  outbox.New(opts.Outbox, opts.Config.Database.Schema),
 		log:    opts.Logger.With().Str("component", "capture").Logger(),
 		models: map[string]*config.Model{},
 		byOID:  map[uint32]*config.Model{},
@@ -128,7 +135,7 @@ func New(opts Options) (*Capture, error) {
 		m := &opts.Config.Models[i]
 		c.models[m.QualifiedTable()] = m
 	}
-	return c, nil
+	return c
 }
 
 // LossObserver, when the Options' Observer implements it too, is told about

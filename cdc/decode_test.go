@@ -42,7 +42,7 @@ func fuzzRelation() *relation {
 			{Flags: 1, Name: "id", DataType: 20}, {Name: "name", DataType: 25}, {Name: "tags", DataType: 1009},
 			{Name: "at", DataType: 1184}, {Name: "amount", DataType: 1700},
 		}}
-	return newRelation(m, &config.Model{Model: "T", URL: "/t/{id}/", Choices: map[string]config.Choices{"name": {"a": "A"}}}, []string{"id"})
+	return newRelation(describe(m), &config.Model{Model: "T", URL: "/t/{id}/", Choices: map[string]config.Choices{"name": {"a": "A"}}}, []string{"id"})
 }
 
 // FuzzDecodeChange feeds arbitrary pgoutput bytes through the same path a
@@ -133,7 +133,7 @@ func TestTimestampAndObjectKey(t *testing.T) {
 		}
 	}
 	m := &pglogrepl.RelationMessage{Columns: []*pglogrepl.RelationMessageColumn{{Name: "a", DataType: 23}, {Name: "b", DataType: 25}, {Name: "c", DataType: 25}}}
-	rel := newRelation(m, &config.Model{Model: "X"}, []string{"a", "b"})
+	rel := newRelation(describe(m), &config.Model{Model: "X"}, []string{"a", "b"})
 	vals := row{{kind: 't', data: []byte("1")}, {kind: 't', data: []byte(`x"y`)}, {kind: 'n'}}
 	if got := objectKey(rel, vals); got != `["1","x\"y"]` {
 		t.Errorf("composite key = %s", got)

@@ -1,9 +1,25 @@
 package cdc
 
 import (
-	"github.com/jackc/pglogrepl"
 	"github.com/walhook/walhook/internal/config"
 )
+
+// tableDesc describes one version of a table as pgoutput's Relation message
+// does: its columns in attnum order, without dropped and generated ones.
+type tableDesc struct {
+	id       uint32 // the table's OID
+	schema   string
+	name     string
+	identity uint8 // replica identity: 'd' default, 'f' full, 'i' index, 'n' nothing
+	cols     []colDesc
+}
+
+// colDesc is a column of a tableDesc.
+type colDesc struct {
+	name string
+	oid  uint32 // type OID
+	key  bool   // part of the replica identity
+}
 
 // column is one column of a captured table as the stream last described it.
 type column struct {
@@ -67,12 +83,12 @@ type urlPart struct {
 	col int // -1 for a literal part
 }
 
-// newRelation builds a relation from a Relation message. pkNames are the
+// newRelation builds a relation from a table description. pkNames are the
 // table's primary-key columns (from the catalog); when empty, or when the
 // replica identity is an index without them, the replica identity columns
 // are used, and failing that every column.
-func newRelation(m *pglogrepl.RelationMessage, model *config.Model, pkNames []string) *relation {
-	r := &relation{id: m.RelationID, schema: m.Namespace, name: m.RelationName, identity: m.ReplicaIdentity, model: model}
+func newRelation(t *tableDesc, model *config.Model, pkNames []string) *relation {
+	r := &relation{id: t.id, schema: t.schema, name: t.name, identity: t.identity, model: model}
 	excluded := map[string]bool{}
 	for _, e := range model.Exclude {
 		excluded[e] = true
@@ -88,15 +104,15 @@ func newRelation(m *pglogrepl.RelationMessage, model *config.Model, pkNames []st
 			snapExcluded[e] = true
 		}
 	}
-	for _, c := range m.Columns {
-		out := c.Name
-		if rn, ok := model.Rename[c.Name]; ok && rn != "" {
+	for _, c := range t.cols {
+		out := c.name
+		if rn, ok := model.Rename[c.name]; ok && rn != "" {
 			out = rn
 		}
 		r.cols = append(r.cols, column{
-			name: c.Name, outName: out, oid: c.DataType, key: c.Flags&1 != 0,
-			pk: isPK[c.Name], exclude: excluded[c.Name], choices: model.Choices[c.Name],
-			snapExclude: snapExcluded[c.Name], snapName: snapRename[c.Name],
+			name: c.name, outName: out, oid: c.oid, key: c.key,
+			pk: isPK[c.name], exclude: excluded[c.name], choices: model.Choices[c.name],
+			snapExclude: snapExcluded[c.name], snapName: snapRename[c.name],
 		})
 	}
 	for i, c := range r.cols {

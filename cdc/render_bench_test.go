@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/walhook/walhook/internal/config"
 )
 
@@ -12,12 +11,11 @@ import (
 // benchmark's table (no relations or computed fields): the per-change CPU
 // cost of the plain path, free of database noise.
 func BenchmarkRenderPlain(b *testing.B) {
-	m := &pglogrepl.RelationMessage{RelationID: 1, Namespace: "public", RelationName: "item", ReplicaIdentity: 'd',
-		Columns: []*pglogrepl.RelationMessageColumn{
-			{Flags: 1, Name: "id", DataType: 23}, {Name: "name", DataType: 25}, {Name: "qty", DataType: 23},
-			{Name: "price", DataType: 1700}, {Name: "tags", DataType: 1009}, {Name: "created", DataType: 1184},
-		}}
-	rel := newRelation(m, &config.Model{Model: "item", URL: "/api/items/{id}/"}, []string{"id"})
+	t := &tableDesc{id: 1, schema: "public", name: "item", identity: 'd', cols: []colDesc{
+		{key: true, name: "id", oid: 23}, {name: "name", oid: 25}, {name: "qty", oid: 23},
+		{name: "price", oid: 1700}, {name: "tags", oid: 1009}, {name: "created", oid: 1184},
+	}}
+	rel := newRelation(t, &config.Model{Model: "item", URL: "/api/items/{id}/"}, []string{"id"})
 	vals := row{{kind: 't', data: []byte("12345")}, {kind: 't', data: []byte("item 12345")}, {kind: 't', data: []byte("4")},
 		{kind: 't', data: []byte("15431.25")}, {kind: 't', data: []byte("{a,b}")}, {kind: 't', data: []byte("2024-01-02 03:04:05.123456+00")}}
 	var rd renderer

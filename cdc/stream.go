@@ -31,6 +31,9 @@ type stream struct {
 	werr     <-chan error
 	log      zerolog.Logger
 	interval time.Duration
+	// collect, in a stream that renders rows without a connection
+	// (RowRenderer), takes the batches instead of the writer.
+	collect func(batch)
 
 	rels    map[uint32]*relation
 	rd      renderer
@@ -168,7 +171,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
-		return s.relation(ctx, m)
+		return s.relation(ctx, describe(m))
 	case *pglogrepl.TypeMessage:
 		s.c.types.named(m.DataType, m.Namespace+"."+m.Name)
 	case *pglogrepl.BeginMessage:
@@ -232,6 +235,10 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 
 // send hands a batch to the writer, still answering the server meanwhile.
 func (s *stream) send(ctx context.Context, b batch) error {
+	if s.collect != nil {
+		s.collect(b)
+		return nil
+	}
 	for {
 		t := time.NewTimer(time.Until(s.nextStatus))
 		select {
@@ -255,9 +262,18 @@ func (s *stream) send(ctx context.Context, b batch) error {
 	}
 }
 
-func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
-	table := m.Namespace + "." + m.RelationName
-	model := s.c.byOID[m.RelationID]
+// describe is the table description of a Relation message.
+func describe(m *pglogrepl.RelationMessage) *tableDesc {
+	t := &tableDesc{id: m.RelationID, schema: m.Namespace, name: m.RelationName, identity: m.ReplicaIdentity, cols: make([]colDesc, len(m.Columns))}
+	for i, c := range m.Columns {
+		t.cols[i] = colDesc{name: c.Name, oid: c.DataType, key: c.Flags&1 != 0}
+	}
+	return t
+}
+
+func (s *stream) relation(ctx context.Context, m *tableDesc) error {
+	table := m.schema + "." + m.name
+	model := s.c.byOID[m.id]
 	if model == nil {
 		model = s.c.models[table]
 	} else if model.QualifiedTable() != table {
@@ -265,26 +281,26 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 			Msgf("table %s was renamed or moved to %s: still captured as model %s, but the configuration names a table that no longer exists, so walhook will refuse to start until you set table: %s", model.QualifiedTable(), table, model.Model, table)
 	}
 	if model == nil {
-		s.rels[m.RelationID] = &relation{id: m.RelationID, schema: m.Namespace, name: m.RelationName}
+		s.rels[m.id] = &relation{id: m.id, schema: m.schema, name: m.name}
 		return nil
 	}
-	for _, col := range m.Columns {
-		if err := s.c.types.resolveOID(ctx, col.DataType); err != nil {
+	for _, col := range m.cols {
+		if err := s.c.types.resolveOID(ctx, col.oid); err != nil {
 			return err
 		}
 	}
-	pk, err := primaryKey(ctx, s.c.source, m.RelationID)
+	pk, err := primaryKey(ctx, s.c.source, m.id)
 	if err != nil {
 		return err
 	}
 	r := newRelation(m, model, pk)
 	if len(model.Relations)+len(model.Computed) > 0 || model.Snapshot != nil {
-		if err := s.planRelation(ctx, r, m); err != nil {
+		if err := s.planRelation(ctx, r); err != nil {
 			return err
 		}
 	}
-	if len(model.IgnoreChanges) > 0 && m.ReplicaIdentity != 'f' {
-		s.log.Warn().Str("table", m.Namespace+"."+m.RelationName).
+	if len(model.IgnoreChanges) > 0 && m.identity != 'f' {
+		s.log.Warn().Str("table", m.schema+"."+m.name).
 			Msg("ignore_changes applies only to updates of rows changed earlier in the same transaction: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
 	}
 	for e, ev := range config.Events {
@@ -298,7 +314,7 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 			}
 		}
 	}
-	s.rels[m.RelationID] = r
+	s.rels[m.id] = r
 	return nil
 }
 
@@ -306,8 +322,8 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 // version. A relation or computed field that cannot be planned (its table
 // was dropped, say) is logged and left out until the next schema change or
 // restart; capture goes on.
-func (s *stream) planRelation(ctx context.Context, r *relation, m *pglogrepl.RelationMessage) error {
-	cat, err := tableColumns(ctx, s.c.source, m.Namespace, m.RelationName)
+func (s *stream) planRelation(ctx context.Context, r *relation) error {
+	cat, err := tableColumns(ctx, s.c.source, r.schema, r.name)
 	if err != nil {
 		return err
 	}

@@ -180,7 +180,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			small, buf = buf, buf[len(buf):]
 			b.Queue("BEGIN")
 			if len(small) > 0 {
-				b.Queue(w.sql.Insert, w.insertArgs(small)...)
+				b.Queue(w.sql.Insert, insertArgs(small)...)
 			}
 		} else if err := copyBuf(); err != nil {
 			return err
@@ -310,7 +310,7 @@ const pgLSNOID = 3220
 // and the stream replays.
 func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []outRow) (int64, error) {
 	if w.safe.Load() {
-		tag, err := conn.Exec(ctx, w.sql.Insert, w.insertArgs(rows)...)
+		tag, err := conn.Exec(ctx, w.sql.Insert, insertArgs(rows)...)
 		if err != nil {
 			return 0, fmt.Errorf("outbox: insert %d deliveries: %w", len(rows), err)
 		}
@@ -338,8 +338,24 @@ func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []outRow) (i
 	return n, nil
 }
 
-// insertArgs are the arguments of insertSQL for rows.
-func (w *writer) insertArgs(rows []outRow) []any {
+// InsertDeliveries inserts rows into the outbox in tx, in chunks, leaving
+// out those it already holds (ON CONFLICT DO NOTHING), and returns how many
+// it inserted. It does not notify the senders.
+func InsertDeliveries(ctx context.Context, tx pgx.Tx, store *outbox.Store, rows []outRow) (int64, error) {
+	insert := store.Enqueue().Insert
+	var n int64
+	for i := 0; i < len(rows); i += chunkRows {
+		tag, err := tx.Exec(ctx, insert, insertArgs(rows[i:min(i+chunkRows, len(rows))])...)
+		if err != nil {
+			return n, fmt.Errorf("outbox: insert deliveries: %w", err)
+		}
+		n += tag.RowsAffected()
+	}
+	return n, nil
+}
+
+// insertArgs are the arguments of the outbox's insert statement for rows.
+func insertArgs(rows []outRow) []any {
 	n := len(rows)
 	webhooks, events, models, keys := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	lsns, bodies, states, lastErrs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
