@@ -536,7 +536,7 @@ func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogre
 // enqueue writes a page's rows and its progress in one outbox transaction,
 // leaving out rows of objects that have a change at lsn or later in the
 // outbox. The outbox is locked against capture's inserts meanwhile.
-func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
+func (bf *backfill) enqueue(ctx context.Context, rows []Delivery, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
 	var skipped, inserted int64
 	err := bf.commitTx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, bf.sql.LockDeliveries); err != nil {
@@ -563,7 +563,7 @@ func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LS
 		if len(newer) > 0 {
 			kept := rows[:0]
 			for _, row := range rows {
-				if newer[[2]string{row.webhook, row.key}] {
+				if newer[[2]string{row.Webhook, row.Key}] {
 					skipped++
 					continue
 				}

@@ -808,9 +808,9 @@ func TestCollisionWithOldHistoryIsLoud(t *testing.T) {
 	w.window, w.collided = &window, &collided
 	ch := make(chan batch, 1)
 	at := time.Now()
-	ch <- batch{rows: []outRow{
-		{webhook: "a", event: "created", model: "s", key: "9", commitLSN: 0x5000000, seq: 0, committedAt: at, body: "{}"},
-		{webhook: "a", event: "created", model: "s", key: "10", commitLSN: 0x5000000, seq: 1, committedAt: at, body: "{}"},
+	ch <- batch{rows: []Delivery{
+		{Webhook: "a", Event: "created", Model: "s", Key: "9", CommitLSN: 0x5000000, Seq: 0, CommittedAt: at, Body: "{}"},
+		{Webhook: "a", Event: "created", Model: "s", Key: "10", CommitLSN: 0x5000000, Seq: 1, CommittedAt: at, Body: "{}"},
 	}, commit: true, endLSN: 0x5000100}
 	close(ch)
 	if err := w.run(context.Background(), ch); err != nil {

@@ -107,7 +107,7 @@ type RowRenderer struct {
 	s     *stream
 	rel   *relation
 	event string
-	out   []outRow
+	out   []Delivery
 	tuple *pglogrepl.TupleData
 }
 
@@ -173,7 +173,7 @@ type RowBatch struct {
 }
 
 // Render renders the rows of b into deliveries.
-func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]outRow, error) {
+func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]Delivery, error) {
 	s := r.s
 	s.txnLSN, s.txnAt, s.seq = b.CommitLSN, b.CommittedAt, b.FirstSeq
 	for _, row := range b.Rows {

@@ -37,7 +37,7 @@ type stream struct {
 
 	rels    map[uint32]*relation
 	rd      renderer
-	rows    []outRow
+	rows    []Delivery
 	pending []pending // changes waiting for their chunk's lookups (or behind one that is)
 	specs   map[string]*hookSpec
 	tpl     *templater
@@ -451,8 +451,8 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		body := s.rd.netboxBody(&c, s.txnAt)
 		key := objectKey(rel, vals)
 		for _, h := range hs.names {
-			s.rows = append(s.rows, outRow{webhook: h, event: event, model: rel.model.Model, key: key,
-				commitLSN: s.txnLSN, seq: seq, committedAt: s.txnAt, body: body})
+			s.rows = append(s.rows, Delivery{Webhook: h, Event: event, Model: rel.model.Model, Key: key,
+				CommitLSN: s.txnLSN, Seq: seq, CommittedAt: s.txnAt, Body: body})
 		}
 		return s.sendFull(ctx)
 	}
@@ -521,8 +521,8 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 	var payload map[string]any
 	var v4 map[string]string // object_type -> netbox-v4 body
 	for i, h := range p.hooks.names {
-		r := outRow{webhook: h, event: p.event, model: rel.model.Model, key: key,
-			commitLSN: s.txnLSN, seq: p.seq, committedAt: s.txnAt, body: body}
+		r := Delivery{Webhook: h, Event: p.event, Model: rel.model.Model, Key: key,
+			CommitLSN: s.txnLSN, Seq: p.seq, CommittedAt: s.txnAt, Body: body}
 		if sp := p.hooks.specs[i]; sp != nil {
 			if payload == nil {
 				var err error
@@ -549,9 +549,9 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 				out, err := s.tpl.execute(sp.tmpl, payload)
 				if err != nil {
 					// Stored failed with the error, and the default body.
-					r.state, r.lastError = "failed", "body_template: "+err.Error()
+					r.State, r.LastError = "failed", "body_template: "+err.Error()
 				} else {
-					r.body = out
+					r.Body = out
 				}
 			} else if sp.format == FormatNetboxV4 {
 				ot := sp.objectType(rel.model)
@@ -563,7 +563,7 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 					}
 					v4[ot] = b
 				}
-				r.body = b
+				r.Body = b
 			}
 		}
 		s.rows = append(s.rows, r)
