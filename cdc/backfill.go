@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/replslot"
@@ -120,9 +121,9 @@ type backfill struct {
 // Where), resuming an interrupted run. See the ordering note above.
 func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) {
 	if o.Event == "" {
-		o.Event = EventCreated
+		o.Event = payload.EventCreated
 	}
-	if o.Event != EventCreated && o.Event != EventUpdated {
+	if o.Event != payload.EventCreated && o.Event != payload.EventUpdated {
 		return BackfillProgress{}, bfErr("Event", "the event must be created or updated, not %q", o.Event)
 	}
 	if o.PageSize <= 0 {
@@ -256,12 +257,12 @@ func (bf *backfill) estimate(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if bf.opts.Where != "" {
-			return bfErr("Where", "the row condition %q is not valid SQL for table %s: %s", bf.opts.Where, bf.table, pgMessage(err))
+			return bfErr("Where", "the row condition %q is not valid SQL for table %s: %s", bf.opts.Where, bf.table, payload.PGMessage(err))
 		}
 		return fmt.Errorf("explain %s: %w", q, err)
 	}
 	if err := tx.QueryRow(ctx, "EXPLAIN "+bf.pageSQL, append(make([]any, len(bf.keyCols)), 1)...).Scan(new(string)); err != nil {
-		return bfErr("Where", "the row condition %q cannot be used with keyset paging on %s: %s", bf.opts.Where, bf.table, pgMessage(err))
+		return bfErr("Where", "the row condition %q cannot be used with keyset paging on %s: %s", bf.opts.Where, bf.table, payload.PGMessage(err))
 	}
 	var p []struct {
 		Plan struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 )
 
@@ -12,7 +13,7 @@ func TestBackfillUsageErrors(t *testing.T) {
 	cfg := &config.Config{Models: []config.Model{{Schema: "public", Name: "site", Model: "Site"}}}
 	for _, o := range []BackfillOptions{
 		{Config: cfg, Model: "Nope"},
-		{Config: cfg, Model: "Site", Event: EventDeleted},
+		{Config: cfg, Model: "Site", Event: payload.EventDeleted},
 	} {
 		_, err := Backfill(context.Background(), o)
 		var be *BackfillError

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/replslot"
@@ -128,7 +129,7 @@ func newCapture(opts Options) *Capture {
 		models: map[string]*config.Model{},
 		byOID:  map[uint32]*config.Model{},
 		hooks:  hookIndex(opts.Config),
-		types:  &typeCache{pool: opts.Source, info: map[uint32]TypeInfo{}},
+		types:  &typeCache{pool: opts.Source, info: map[uint32]payload.TypeInfo{}},
 	}
 	c.types.log = c.log
 	for i := range opts.Config.Models {
@@ -399,7 +400,7 @@ func (c *Capture) session(ctx context.Context) error {
 	}()
 	s := &stream{
 		conn: conn, c: c, w: w, out: ch, werr: werr, log: c.log, interval: c.opts.StatusInterval,
-		rels: map[uint32]*relation{}, rd: renderer{resolve: c.types.resolve}, confirmed: startLSN,
+		rels: map[uint32]*payload.Relation{}, rd: payload.Renderer{Resolve: c.types.resolve}, confirmed: startLSN,
 		lastSentEnd: startLSN, kaNeed: startLSN,
 	}
 	err = s.run(ctx)
@@ -433,7 +434,7 @@ type typeCache struct {
 	pool *pgxpool.Pool
 	log  zerolog.Logger
 	mu   sync.RWMutex
-	info map[uint32]TypeInfo
+	info map[uint32]payload.TypeInfo
 	// names are the types' names from pgoutput's Type messages, which
 	// describe a type as it was when the change was written.
 	names map[uint32]string
@@ -449,7 +450,7 @@ func (t *typeCache) named(oid uint32, name string) {
 	t.names[oid] = name
 }
 
-func (t *typeCache) resolve(oid uint32) (TypeInfo, bool) {
+func (t *typeCache) resolve(oid uint32) (payload.TypeInfo, bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	ti, ok := t.info[oid]
@@ -472,7 +473,7 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 			// after ALTER COLUMN ... TYPE; DROP TYPE while capture lagged):
 			// render its values as their text, and say so once.
 			t.mu.Lock()
-			t.info[oid] = TypeInfo{}
+			t.info[oid] = payload.TypeInfo{}
 			name := t.names[oid]
 			t.mu.Unlock()
 			if name == "" {
@@ -485,7 +486,7 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 		if err != nil {
 			return fmt.Errorf("look up type %d: %w", oid, err)
 		}
-		var ti TypeInfo
+		var ti payload.TypeInfo
 		next := uint32(0)
 		switch {
 		case typtype == "d":

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/replslot"
@@ -316,7 +317,7 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 		// Columns the model names.
 		name = "columns of " + qt
 		var probs []string
-		unknown, refs := UnknownColumns(m, ti.columns)
+		unknown, refs := payload.UnknownColumns(m, ti.columns)
 		for _, u := range unknown {
 			probs = append(probs, fmt.Sprintf("%s names unknown column %q", u.Option, u.Column))
 		}

@@ -1,6 +1,10 @@
 package cdc
 
-import "context"
+import (
+	"context"
+
+	"github.com/walhook/walhook/cdc/payload"
+)
 
 // maxCoalesceObjects bounds the objects a transaction coalesces at once:
 // when a transaction changes more distinct objects than this (for the
@@ -12,8 +16,8 @@ import "context"
 var maxCoalesceObjects = 10000
 
 // coalesceChange folds a change into its object's entry (see coalescer).
-func (s *stream) coalesceChange(ctx context.Context, c *change, seq int32) error {
-	if s.coal.len() >= maxCoalesceObjects && !s.coal.has(c) {
+func (s *stream) coalesceChange(ctx context.Context, c *payload.Change, seq int32) error {
+	if s.coal.Len() >= maxCoalesceObjects && !s.coal.Has(c) {
 		if !s.coalWarned {
 			s.coalWarned = true
 			s.log.Warn().Str("lsn", s.txnLSN.String()).Int("objects", maxCoalesceObjects).
@@ -23,41 +27,41 @@ func (s *stream) coalesceChange(ctx context.Context, c *change, seq int32) error
 			return err
 		}
 	}
-	s.coal.add(c, seq)
+	s.coal.Add(c, seq)
 	return nil
 }
 
 // flushCoalesced queues the coalesced events of the transaction so far, in
 // the order of their objects' last changes, and forgets them.
 func (s *stream) flushCoalesced(ctx context.Context) error {
-	if s.coal.len() == 0 {
+	if s.coal.Len() == 0 {
 		return nil
 	}
-	for _, e := range s.coal.take() {
-		ev := e.event()
+	for _, e := range s.coal.Take() {
+		ev := e.Event()
 		if ev == "" {
 			continue
 		}
-		hs := &e.rel.coal[eventIndex(ev)]
-		if len(hs.names) == 0 {
+		hs := &e.Rel.Coal[payload.EventIndex(ev)]
+		if len(hs.Names) == 0 {
 			continue
 		}
-		p := pending{change: change{rel: e.rel, event: ev, vals: e.vals}, hooks: hs, seq: e.seq, fill: hasUnchanged(e.vals)}
+		p := pending{Change: payload.Change{Rel: e.Rel, Event: ev, Vals: e.Vals}, hooks: hs, seq: e.Seq, fill: payload.HasUnchanged(e.Vals)}
 		switch ev {
-		case EventUpdated:
-			if e.old != nil && len(e.old) == len(e.vals) && onlyIgnoredChanged(e.rel, e.vals, e.old) {
+		case payload.EventUpdated:
+			if e.Old != nil && len(e.Old) == len(e.Vals) && onlyIgnoredChanged(e.Rel, e.Vals, e.Old) {
 				continue
 			}
-			p.old, p.oldType = e.old, e.oldType
-		case EventDeleted:
-			p.keysOnly = e.keysOnly
+			p.Old, p.OldType = e.Old, e.OldType
+		case payload.EventDeleted:
+			p.KeysOnly = e.KeysOnly
 			switch {
-			case !e.before:
-				p.oldType = oldNone // created in this transaction: no prechange
-			case e.old != nil && len(e.old) == len(e.vals):
-				p.old, p.oldType = e.old, 'O' // the row before the transaction
-			case !e.keysOnly:
-				p.oldType = 'O'
+			case !e.Before:
+				p.OldType = payload.OldNone // created in this transaction: no prechange
+			case e.Old != nil && len(e.Old) == len(e.Vals):
+				p.Old, p.OldType = e.Old, 'O' // the row before the transaction
+			case !e.KeysOnly:
+				p.OldType = 'O'
 			}
 		}
 		s.pending = append(s.pending, p)

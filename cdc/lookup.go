@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 )
 
@@ -25,14 +26,11 @@ import (
 // queries run in one read-only transaction with a statement timeout; one that
 // fails leaves its field out of the chunk's payloads and is logged.
 
-// lookupTimeout is the statement_timeout of each lookup query.
-const lookupTimeout = 5 * time.Second
-
 // lookupBegin starts the read-only transaction of a chunk's lookups. JIT is
 // off: these are short indexed queries, and compiling a computed field's
 // plan (PostgreSQL JITs any plan above jit_above_cost) cost more than running
 // it: capture with examples/netbox.yaml ran at about half the speed with it.
-var lookupBegin = fmt.Sprintf("BEGIN READ ONLY; SET LOCAL statement_timeout = %d; SET LOCAL jit = off", lookupTimeout.Milliseconds())
+var lookupBegin = fmt.Sprintf("BEGIN READ ONLY; SET LOCAL statement_timeout = %d; SET LOCAL jit = off", payload.LookupTimeout.Milliseconds())
 
 // lookupRun executes one chunk's queries in a read-only transaction on the
 // source pool.
@@ -93,15 +91,15 @@ func newKeySet(width int) *keySet {
 }
 
 // add returns the index of the tuple of vals at positions cols.
-func (ks *keySet) add(vals row, cols []int) int {
+func (ks *keySet) add(vals payload.Row, cols []int) int {
 	ks.buf = ks.buf[:0]
 	for _, c := range cols {
 		v := vals[c]
-		if v.kind == 't' {
+		if v.Kind == 't' {
 			ks.buf = append(ks.buf, 't')
-			ks.buf = strconv.AppendInt(ks.buf, int64(len(v.data)), 10)
+			ks.buf = strconv.AppendInt(ks.buf, int64(len(v.Data)), 10)
 			ks.buf = append(ks.buf, ':')
-			ks.buf = append(ks.buf, v.data...)
+			ks.buf = append(ks.buf, v.Data...)
 		} else {
 			ks.buf = append(ks.buf, 'n')
 		}
@@ -113,8 +111,8 @@ func (ks *keySet) add(vals row, cols []int) int {
 	ks.idx[string(ks.buf)] = i
 	for n, c := range cols {
 		var p *string
-		if vals[c].kind == 't' {
-			s := string(vals[c].data)
+		if vals[c].Kind == 't' {
+			s := string(vals[c].Data)
 			p = &s
 		}
 		ks.cols[n] = append(ks.cols[n], p)
@@ -153,28 +151,28 @@ var lookupRetryFor = 20 * time.Second
 // Capture.Stall), unless its model says on_lookup_error: omit.
 func (s *stream) lookups(ctx context.Context, ps []pending) error {
 	// Changes per relation (table version), in order of first appearance.
-	var order, fillOrder []*relation
-	groups := map[*relation][]int{}
-	fills := map[*relation][]int{}
+	var order, fillOrder []*payload.Relation
+	groups := map[*payload.Relation][]int{}
+	fills := map[*payload.Relation][]int{}
 	for i := range ps {
 		p := &ps[i]
 		if p.fill {
-			if _, ok := fills[p.rel]; !ok {
-				fillOrder = append(fillOrder, p.rel)
+			if _, ok := fills[p.Rel]; !ok {
+				fillOrder = append(fillOrder, p.Rel)
 			}
-			fills[p.rel] = append(fills[p.rel], i)
+			fills[p.Rel] = append(fills[p.Rel], i)
 		}
-		pl := p.rel.plan
+		pl := p.Rel.Plan
 		if pl == nil {
 			continue
 		}
-		if _, ok := groups[p.rel]; !ok {
-			order = append(order, p.rel)
+		if _, ok := groups[p.Rel]; !ok {
+			order = append(order, p.Rel)
 		}
-		groups[p.rel] = append(groups[p.rel], i)
-		p.extra = make([]lookupVal, len(pl.rels)+len(pl.comps))
+		groups[p.Rel] = append(groups[p.Rel], i)
+		p.Extra = make([]payload.LookupVal, len(pl.Rels)+len(pl.Comps))
 		if p.oldNeeded() {
-			p.oldExtra = make([]lookupVal, len(pl.rels))
+			p.oldExtra = make([]payload.LookupVal, len(pl.Rels))
 		}
 	}
 	var fillJobs, jobs []lookupJob
@@ -184,15 +182,15 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 	}
 	for _, rel := range order {
 		idxs := groups[rel]
-		for li, rl := range rel.plan.rels {
+		for li, rl := range rel.Plan.Rels {
 			jobs = append(jobs, func(lr *lookupRun) error { return s.relationLookup(ctx, lr, rel, li, rl, ps, idxs) })
 		}
 		snaps := wantsSnapshots(rel)
-		for ci, cl := range rel.plan.comps {
-			if cl.snap && !snaps {
+		for ci, cl := range rel.Plan.Comps {
+			if cl.Snap && !snaps {
 				continue // no webhook of the model renders snapshots
 			}
-			slot := len(rel.plan.rels) + ci
+			slot := len(rel.Plan.Rels) + ci
 			jobs = append(jobs, func(lr *lookupRun) error { return s.computedLookup(ctx, lr, rel, slot, cl, ps, idxs) })
 		}
 	}
@@ -221,11 +219,11 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 
 // wantsSnapshots reports whether a webhook of rel's model renders
 // snapshots (format netbox-v4).
-func wantsSnapshots(rel *relation) bool {
-	for _, set := range [][3]hookSet{rel.hooks, rel.coal} {
+func wantsSnapshots(rel *payload.Relation) bool {
+	for _, set := range [][3]payload.HookSet{rel.Hooks, rel.Coal} {
 		for _, hs := range set {
-			for _, sp := range hs.specs {
-				if sp != nil && sp.format == FormatNetboxV4 {
+			for _, sp := range hs.Specs {
+				if sp != nil && sp.Format == payload.FormatNetboxV4 {
 					return true
 				}
 			}
@@ -272,7 +270,7 @@ func (s *stream) runLookups(ctx context.Context, jobs []lookupJob) error {
 		ev := s.log.Warn().Err(first).Int("failed_queries", len(retry)).Dur("retry_in", backoff)
 		var pe *pgconn.PgError
 		if errors.As(first, &pe) && pe.Code == pgerrcode.QueryCanceled {
-			ev = ev.Dur("statement_timeout", lookupTimeout)
+			ev = ev.Dur("statement_timeout", payload.LookupTimeout)
 		}
 		ev.Msg("lookup failed: capture holds the changes and retries (set on_lookup_error: omit on the model to send them without the field instead)")
 		if err := s.keepAlive(ctx); err != nil {
@@ -326,45 +324,45 @@ func (s *stream) runJobs(ctx context.Context, jobs []lookupJob) []error {
 // ps, all of table version rel, with the values read back by key: one query
 // for the chunk. A row that is gone renders those columns as null, with a
 // warning.
-func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *relation, ps []pending, idxs []int) error {
-	if rel.keyTypes == nil {
-		types := make([]string, len(rel.pkCols))
-		for n, i := range rel.pkCols {
+func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *payload.Relation, ps []pending, idxs []int) error {
+	if rel.KeyTypes == nil {
+		types := make([]string, len(rel.PKCols))
+		for n, i := range rel.PKCols {
 			err := lr.query(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND NOT attisdropped`,
-				[]any{rel.id, rel.cols[i].name}, func(vals [][]byte) { types[n] = string(vals[0]) })
+				[]any{rel.ID, rel.Cols[i].Name}, func(vals [][]byte) { types[n] = string(vals[0]) })
 			if err != nil {
-				return fmt.Errorf("%s.%s: read key types: %w", rel.schema, rel.name, err)
+				return fmt.Errorf("%s.%s: read key types: %w", rel.Schema, rel.Name, err)
 			}
 			if types[n] == "" {
-				return fmt.Errorf("%s.%s: key column %s not found", rel.schema, rel.name, rel.cols[i].name)
+				return fmt.Errorf("%s.%s: key column %s not found", rel.Schema, rel.Name, rel.Cols[i].Name)
 			}
 		}
-		rel.keyTypes = types
+		rel.KeyTypes = types
 	}
 	// The columns missing in any of the changes, and the distinct keys.
 	var cols []int
 	have := map[int]bool{}
-	ks := newKeySet(len(rel.pkCols))
+	ks := newKeySet(len(rel.PKCols))
 	keyOf := make([]int, len(idxs))
 	for n, i := range idxs {
 		p := &ps[i]
 		keyOf[n] = -1
-		for c, v := range p.vals {
-			if v.kind == 'u' && !have[c] {
+		for c, v := range p.Vals {
+			if v.Kind == 'u' && !have[c] {
 				have[c] = true
 				cols = append(cols, c)
 			}
 		}
 		ok := true
-		for _, c := range rel.pkCols {
-			ok = ok && p.vals[c].kind == 't'
+		for _, c := range rel.PKCols {
+			ok = ok && p.Vals[c].Kind == 't'
 		}
 		if !ok {
-			s.log.Error().Str("table", rel.schema+"."+rel.name).
+			s.log.Error().Str("table", rel.Schema+"."+rel.Name).
 				Msg("unchanged TOAST value with no key to read it back: those columns render as null (set REPLICA IDENTITY FULL to carry them)")
 			continue
 		}
-		keyOf[n] = ks.add(p.vals, rel.pkCols)
+		keyOf[n] = ks.add(p.Vals, rel.PKCols)
 	}
 	results := make([][][]byte, ks.len())
 	if ks.len() > 0 {
@@ -372,27 +370,27 @@ func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *relation, ps 
 		b.WriteString("SELECT k.n")
 		for _, c := range cols {
 			b.WriteString(", t.")
-			b.WriteString(pgx.Identifier{rel.cols[c].name}.Sanitize())
+			b.WriteString(pgx.Identifier{rel.Cols[c].Name}.Sanitize())
 		}
 		b.WriteString(" FROM unnest(")
-		for n := range rel.pkCols {
+		for n := range rel.PKCols {
 			if n > 0 {
 				b.WriteString(", ")
 			}
 			fmt.Fprintf(&b, "$%d::text[]", n+1)
 		}
 		b.WriteString(") WITH ORDINALITY AS k(")
-		for n := range rel.pkCols {
+		for n := range rel.PKCols {
 			fmt.Fprintf(&b, "k%d, ", n+1)
 		}
 		b.WriteString("n) JOIN ")
-		b.WriteString(pgx.Identifier{rel.schema, rel.name}.Sanitize())
+		b.WriteString(pgx.Identifier{rel.Schema, rel.Name}.Sanitize())
 		b.WriteString(" AS t ON ")
-		for n, c := range rel.pkCols {
+		for n, c := range rel.PKCols {
 			if n > 0 {
 				b.WriteString(" AND ")
 			}
-			fmt.Fprintf(&b, "t.%s = k.k%d::%s", pgx.Identifier{rel.cols[c].name}.Sanitize(), n+1, rel.keyTypes[n])
+			fmt.Fprintf(&b, "t.%s = k.k%d::%s", pgx.Identifier{rel.Cols[c].Name}.Sanitize(), n+1, rel.KeyTypes[n])
 		}
 		err := lr.query(ctx, b.String(), ks.args(), func(vals [][]byte) {
 			n, err := strconv.Atoi(string(vals[0]))
@@ -408,7 +406,7 @@ func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *relation, ps 
 			results[n-1] = row
 		})
 		if err != nil {
-			return fmt.Errorf("%s.%s: read back unchanged TOAST columns: %w", rel.schema, rel.name, err)
+			return fmt.Errorf("%s.%s: read back unchanged TOAST columns: %w", rel.Schema, rel.Name, err)
 		}
 	}
 	gone := 0
@@ -422,73 +420,73 @@ func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *relation, ps 
 			gone++
 		}
 		for j, c := range cols {
-			if p.vals[c].kind != 'u' {
+			if p.Vals[c].Kind != 'u' {
 				continue
 			}
 			if got == nil || got[j] == nil {
-				p.vals[c] = tupleValue{kind: 'n'}
+				p.Vals[c] = payload.TupleValue{Kind: 'n'}
 			} else {
-				p.vals[c] = tupleValue{kind: 't', data: got[j]}
+				p.Vals[c] = payload.TupleValue{Kind: 't', Data: got[j]}
 			}
 		}
 	}
 	if gone > 0 {
-		s.log.Warn().Str("table", rel.schema+"."+rel.name).Int("changes", gone).
+		s.log.Warn().Str("table", rel.Schema+"."+rel.Name).Int("changes", gone).
 			Msg("row with unchanged TOAST columns is gone; those columns render as null (set REPLICA IDENTITY FULL to carry them)")
 	}
 	return nil
 }
 
-func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, rl *relLookup, ps []pending, idxs []int) error {
-	ks := newKeySet(len(rl.fk))
+func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *payload.Relation, slot int, rl *payload.RelLookup, ps []pending, idxs []int) error {
+	ks := newKeySet(len(rl.FK))
 	type ref struct {
-		p   *lookupVal
+		p   *payload.LookupVal
 		key int
 	}
 	var refs []ref
-	collect := func(vals row, keysOnly bool, dst *lookupVal) {
-		for _, c := range rl.fk {
-			if keysOnly && !rel.cols[c].key {
+	collect := func(vals payload.Row, keysOnly bool, dst *payload.LookupVal) {
+		for _, c := range rl.FK {
+			if keysOnly && !rel.Cols[c].Key {
 				return // not rendered
 			}
-			if vals[c].kind != 't' {
-				*dst = lookupVal{present: true, json: jsonNull}
+			if vals[c].Kind != 't' {
+				*dst = payload.LookupVal{Present: true, JSON: payload.JSONNull}
 				return
 			}
 		}
-		refs = append(refs, ref{dst, ks.add(vals, rl.fk)})
+		refs = append(refs, ref{dst, ks.add(vals, rl.FK)})
 	}
 	for _, i := range idxs {
 		p := &ps[i]
-		collect(p.vals, p.keysOnly, &p.extra[slot])
-		if p.oldExtra != nil && p.old != nil {
-			collect(p.old, p.oldType != 'O', &p.oldExtra[slot])
+		collect(p.Vals, p.KeysOnly, &p.Extra[slot])
+		if p.oldExtra != nil && p.Old != nil {
+			collect(p.Old, p.OldType != 'O', &p.oldExtra[slot])
 		}
 	}
 	if ks.len() == 0 {
 		return nil
 	}
 	results := make([][]byte, ks.len())
-	err := lr.query(ctx, rl.sql, ks.args(), func(vals [][]byte) {
+	err := lr.query(ctx, rl.SQL, ks.args(), func(vals [][]byte) {
 		n, err := strconv.Atoi(string(vals[0]))
 		if err != nil || n < 1 || n > len(results) || results[n-1] != nil {
 			return
 		}
-		results[n-1] = rl.render(nil, vals[1:], s.rd.resolve)
+		results[n-1] = rl.Render(nil, vals[1:], s.rd.Resolve)
 	})
 	if err != nil {
-		if rel.model.OnLookupError != config.LookupErrorOmit {
-			return fmt.Errorf("model %s: relation %s: %w", rel.model.Model, rl.key, err)
+		if rel.Model.OnLookupError != config.LookupErrorOmit {
+			return fmt.Errorf("model %s: relation %s: %w", rel.Model.Model, rl.Key, err)
 		}
-		s.lookupFailed(&rl.logLimit, rel, "relation", rl.key, len(refs), err)
+		s.lookupFailed(&rl.LogLimit, rel, "relation", rl.Key, len(refs), err)
 		return nil
 	}
-	s.dels.fillFromImages(ctx, lr, rl, ks, results, s.rd.resolve)
+	s.dels.fillFromImages(ctx, lr, rl, ks, results, s.rd.Resolve)
 	for _, r := range refs {
 		if j := results[r.key]; j != nil {
-			*r.p = lookupVal{present: true, json: j}
+			*r.p = payload.LookupVal{Present: true, JSON: j}
 		} else {
-			*r.p = lookupVal{present: true, json: jsonNull} // row not found
+			*r.p = payload.LookupVal{Present: true, JSON: payload.JSONNull} // row not found
 		}
 	}
 	return nil
@@ -512,12 +510,12 @@ type deletedImages struct {
 }
 
 type deletedImage struct {
-	rel  *relation
-	vals row
+	rel  *payload.Relation
+	vals payload.Row
 }
 
 // wants reports whether some relation points at rel's table.
-func (d *deletedImages) wants(cfg *config.Config, rel *relation) bool {
+func (d *deletedImages) wants(cfg *config.Config, rel *payload.Relation) bool {
 	if d.targets == nil {
 		d.targets = map[string]bool{}
 		for _, m := range cfg.Models {
@@ -526,13 +524,13 @@ func (d *deletedImages) wants(cfg *config.Config, rel *relation) bool {
 			}
 		}
 	}
-	return d.targets[rel.schema+"."+rel.name]
+	return d.targets[rel.Schema+"."+rel.Name]
 }
 
 // keep records a deleted row of rel, when some relation points at its table
 // and the row is complete. lsn identifies the transaction.
-func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64, rel *relation, vals row, keysOnly bool) {
-	table := rel.schema + "." + rel.name
+func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64, rel *payload.Relation, vals payload.Row, keysOnly bool) {
+	table := rel.Schema + "." + rel.Name
 	if keysOnly || !d.wants(cfg, rel) {
 		return
 	}
@@ -551,21 +549,21 @@ func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64,
 	if d.rows == nil {
 		d.rows = map[string][]deletedImage{}
 	}
-	d.rows[table] = append(d.rows[table], deletedImage{rel: rel, vals: copyRow(vals)})
+	d.rows[table] = append(d.rows[table], deletedImage{rel: rel, vals: payload.CopyRow(vals)})
 	d.n++
 }
 
 // fillFromImages renders the keys of ks that the lookup did not find
 // (results[i] == nil) from the deleted rows of the current transaction.
-func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *relLookup, ks *keySet, results [][]byte, resolve TypeResolver) {
-	imgs := d.rows[rl.table]
-	if len(imgs) == 0 || rl.imageSQL == "" {
+func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *payload.RelLookup, ks *keySet, results [][]byte, resolve payload.TypeResolver) {
+	imgs := d.rows[rl.Table]
+	if len(imgs) == 0 || rl.ImageSQL == "" {
 		return
 	}
 	var keyBuf []byte
 	keyOf := func(get func(i int) *string) string {
 		keyBuf = keyBuf[:0]
-		for i := range rl.refKey {
+		for i := range rl.RefKey {
 			if v := get(i); v != nil {
 				keyBuf = append(keyBuf, 't')
 				keyBuf = strconv.AppendInt(keyBuf, int64(len(*v)), 10)
@@ -580,12 +578,12 @@ func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *r
 	// The images by the values of the columns the foreign key refers to.
 	byKey := map[string]int{}
 	for n, img := range imgs {
-		cols := make([]int, len(rl.refKey))
+		cols := make([]int, len(rl.RefKey))
 		ok := true
-		for i, k := range rl.refKey {
+		for i, k := range rl.RefKey {
 			cols[i] = -1
-			for j, c := range img.rel.cols {
-				if c.name == k {
+			for j, c := range img.rel.Cols {
+				if c.Name == k {
 					cols[i] = j
 				}
 			}
@@ -596,10 +594,10 @@ func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *r
 		}
 		byKey[keyOf(func(i int) *string {
 			v := img.vals[cols[i]]
-			if v.kind != 't' {
+			if v.Kind != 't' {
 				return nil
 			}
-			s := string(v.data)
+			s := string(v.Data)
 			return &s
 		})] = n
 	}
@@ -620,107 +618,107 @@ func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *r
 	if len(args) == 0 {
 		return
 	}
-	err := lr.query(ctx, rl.imageSQL, []any{args}, func(vals [][]byte) {
+	err := lr.query(ctx, rl.ImageSQL, []any{args}, func(vals [][]byte) {
 		n, err := strconv.Atoi(string(vals[0]))
 		if err != nil || n < 1 || n > len(slots) {
 			return
 		}
-		results[slots[n-1]] = rl.render(nil, vals[1:], resolve)
+		results[slots[n-1]] = rl.Render(nil, vals[1:], resolve)
 	})
 	if err != nil {
-		lr.log.Warn().Err(err).Str("relation", rl.key).Msg("relation to rows deleted in the same transaction: cannot render them from their old images; they render as null")
+		lr.log.Warn().Err(err).Str("relation", rl.Key).Msg("relation to rows deleted in the same transaction: cannot render them from their old images; they render as null")
 	}
 }
 
 // imageJSON is a row as a JSON object of its columns' text values (json and
 // jsonb embedded), for json_populate_record.
-func imageJSON(rel *relation, vals row) []byte {
+func imageJSON(rel *payload.Relation, vals payload.Row) []byte {
 	b := []byte{'{'}
-	for i, c := range rel.cols {
-		if i >= len(vals) || vals[i].kind == 'u' {
+	for i, c := range rel.Cols {
+		if i >= len(vals) || vals[i].Kind == 'u' {
 			continue
 		}
 		if len(b) > 1 {
 			b = append(b, ',')
 		}
-		b = AppendJSONString(b, c.name)
+		b = payload.AppendJSONString(b, c.Name)
 		b = append(b, ':')
 		switch {
-		case vals[i].kind != 't':
+		case vals[i].Kind != 't':
 			b = append(b, "null"...)
-		case c.oid == vtJSON || c.oid == vtJSONB:
-			b = append(b, vals[i].data...)
+		case c.OID == payload.OIDJSON || c.OID == payload.OIDJSONB:
+			b = append(b, vals[i].Data...)
 		default:
-			b = AppendJSONStringBytes(b, vals[i].data)
+			b = payload.AppendJSONStringBytes(b, vals[i].Data)
 		}
 	}
 	return append(b, '}')
 }
 
-func (s *stream) computedLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, cl *compLookup, ps []pending, idxs []int) error {
-	ks := newKeySet(len(cl.args))
+func (s *stream) computedLookup(ctx context.Context, lr *lookupRun, rel *payload.Relation, slot int, cl *payload.CompLookup, ps []pending, idxs []int) error {
+	ks := newKeySet(len(cl.Args))
 	type ref struct {
-		p   *lookupVal
+		p   *payload.LookupVal
 		key int
 	}
 	var refs []ref
 outer:
 	for _, i := range idxs {
 		p := &ps[i]
-		if p.keysOnly {
-			for _, a := range cl.args {
-				if !rel.cols[a].key {
+		if p.KeysOnly {
+			for _, a := range cl.Args {
+				if !rel.Cols[a].Key {
 					continue outer // an argument the deleted row does not carry
 				}
 			}
 		}
-		refs = append(refs, ref{&p.extra[slot], ks.add(p.vals, cl.args)})
+		refs = append(refs, ref{&p.Extra[slot], ks.add(p.Vals, cl.Args)})
 	}
 	if len(refs) == 0 {
 		return nil
 	}
 	results := make([][]byte, max(ks.len(), 1))
-	err := lr.query(ctx, cl.sql, ks.args(), func(vals [][]byte) {
+	err := lr.query(ctx, cl.SQL, ks.args(), func(vals [][]byte) {
 		n, err := strconv.Atoi(string(vals[0]))
 		if err != nil || n < 1 || n > len(results) {
 			return
 		}
 		if vals[1] == nil {
-			results[n-1] = jsonNull
+			results[n-1] = payload.JSONNull
 		} else {
 			results[n-1] = append([]byte(nil), vals[1]...)
 		}
 	})
 	if err != nil {
-		if rel.model.OnLookupError != config.LookupErrorOmit {
-			return fmt.Errorf("model %s: computed field %s: %w", rel.model.Model, cl.name, err)
+		if rel.Model.OnLookupError != config.LookupErrorOmit {
+			return fmt.Errorf("model %s: computed field %s: %w", rel.Model.Model, cl.Name, err)
 		}
-		s.lookupFailed(&cl.logLimit, rel, "computed field", cl.name, len(refs), err)
+		s.lookupFailed(&cl.LogLimit, rel, "computed field", cl.Name, len(refs), err)
 		return nil
 	}
 	for _, r := range refs {
 		k := r.key
-		if len(cl.args) == 0 {
+		if len(cl.Args) == 0 {
 			k = 0
 		}
 		if j := results[k]; j != nil {
-			*r.p = lookupVal{present: true, json: j}
+			*r.p = payload.LookupVal{Present: true, JSON: j}
 		} else {
-			*r.p = lookupVal{present: true, json: jsonNull}
+			*r.p = payload.LookupVal{Present: true, JSON: payload.JSONNull}
 		}
 	}
 	return nil
 }
 
-func (s *stream) lookupFailed(l *logLimit, rel *relation, what, name string, changes int, err error) {
-	ok, suppressed := l.allow()
+func (s *stream) lookupFailed(l *payload.LogLimit, rel *payload.Relation, what, name string, changes int, err error) {
+	ok, suppressed := l.Allow()
 	if !ok {
 		return
 	}
-	ev := s.log.Warn().Err(err).Str("model", rel.model.Model).Str(what, name).Int("changes", changes)
+	ev := s.log.Warn().Err(err).Str("model", rel.Model.Model).Str(what, name).Int("changes", changes)
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.QueryCanceled {
-		ev = ev.Dur("statement_timeout", lookupTimeout)
+		ev = ev.Dur("statement_timeout", payload.LookupTimeout)
 	}
 	if suppressed > 0 {
 		ev = ev.Int("failures_not_logged", suppressed)

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 )
 
@@ -76,10 +77,10 @@ func ReadTable(ctx context.Context, source *pgxpool.Pool, schema, name string) (
 }
 
 // desc is the table description rendering works from.
-func (t *Table) desc() *tableDesc {
-	d := &tableDesc{id: t.OID, schema: t.Schema, name: t.Name, identity: t.Identity, cols: make([]colDesc, len(t.Columns))}
+func (t *Table) desc() *payload.TableDesc {
+	d := &payload.TableDesc{ID: t.OID, Schema: t.Schema, Name: t.Name, Identity: t.Identity, Cols: make([]payload.ColDesc, len(t.Columns))}
 	for i, c := range t.Columns {
-		d.cols[i] = colDesc{name: c.Name, oid: c.TypeOID, key: c.Key}
+		d.Cols[i] = payload.ColDesc{Name: c.Name, OID: c.TypeOID, Key: c.Key}
 	}
 	return d
 }
@@ -105,7 +106,7 @@ type RowRendererOptions struct {
 // other. It is not safe for concurrent use.
 type RowRenderer struct {
 	s     *stream
-	rel   *relation
+	rel   *payload.Relation
 	event string
 	out   []Delivery
 	tuple *pglogrepl.TupleData
@@ -122,10 +123,10 @@ func NewRowRenderer(ctx context.Context, o RowRendererOptions) (*RowRenderer, er
 	}
 	r := &RowRenderer{event: o.Event}
 	// A stream that never connects: its full chunks land in r.out.
-	s := &stream{c: c, collect: func(b batch) { r.out = append(r.out, b.rows...) }, log: c.log.With().Str("backfill", model.Model).Logger(), rels: map[uint32]*relation{},
+	s := &stream{c: c, collect: func(b batch) { r.out = append(r.out, b.rows...) }, log: c.log.With().Str("backfill", model.Model).Logger(), rels: map[uint32]*payload.Relation{},
 		nextStatus: time.Now().Add(100 * 365 * 24 * time.Hour)}
-	s.tpl = newTemplater()
-	specs, err := hookSpecs(o.Config, s.tpl)
+	s.tpl = payload.NewTemplater()
+	specs, err := payload.HookSpecs(o.Config, s.tpl)
 	if err != nil {
 		return nil, &config.Error{Problems: []config.Problem{{File: o.Config.File, Msg: err.Error()}}}
 	}
@@ -138,23 +139,23 @@ func NewRowRenderer(ctx context.Context, o RowRendererOptions) (*RowRenderer, er
 	// object's current state, so a webhook with coalesce: transaction gets
 	// it like any other (never parked in the coalescer, where it would wait
 	// for a commit that never comes).
-	hs := &r.rel.hooks[eventIndex(o.Event)]
-	co := &r.rel.coal[eventIndex(o.Event)]
+	hs := &r.rel.Hooks[payload.EventIndex(o.Event)]
+	co := &r.rel.Coal[payload.EventIndex(o.Event)]
 	var names []string
-	var hookSpecs []*hookSpec
-	for _, set := range []*hookSet{hs, co} {
-		for i, n := range set.names {
+	var hookSpecs []*payload.HookSpec
+	for _, set := range []*payload.HookSet{hs, co} {
+		for i, n := range set.Names {
 			if slices.Contains(o.Webhooks, n) {
-				names, hookSpecs = append(names, n), append(hookSpecs, set.specs[i])
+				names, hookSpecs = append(names, n), append(hookSpecs, set.Specs[i])
 			}
 		}
 	}
-	*hs = hookSet{}
+	*hs = payload.HookSet{}
 	for i, n := range names {
-		hs.add(n, hookSpecs[i])
+		hs.Add(n, hookSpecs[i])
 	}
-	r.rel.coal, r.rel.coalesce = [3]hookSet{}, false
-	n := len(r.rel.cols)
+	r.rel.Coal, r.rel.Coalesce = [3]payload.HookSet{}, false
+	n := len(r.rel.Cols)
 	r.tuple = &pglogrepl.TupleData{ColumnNum: uint16(n), Columns: make([]*pglogrepl.TupleDataColumn, n)}
 	for i := range r.tuple.Columns {
 		r.tuple.Columns[i] = &pglogrepl.TupleDataColumn{}
@@ -178,7 +179,7 @@ func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]Delivery, error
 	s.txnLSN, s.txnAt, s.seq = b.CommitLSN, b.CommittedAt, b.FirstSeq
 	for _, row := range b.Rows {
 		if len(row) != len(r.tuple.Columns) {
-			return nil, fmt.Errorf("%s.%s: row of %d values, table has %d columns", r.rel.schema, r.rel.name, len(row), len(r.tuple.Columns))
+			return nil, fmt.Errorf("%s.%s: row of %d values, table has %d columns", r.rel.Schema, r.rel.Name, len(row), len(r.tuple.Columns))
 		}
 		for i, v := range row {
 			c := r.tuple.Columns[i]
@@ -188,7 +189,7 @@ func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]Delivery, error
 				c.DataType, c.Data = 't', v
 			}
 		}
-		if err := s.change(ctx, r.event, r.rel.id, 0, nil, r.tuple); err != nil {
+		if err := s.change(ctx, r.event, r.rel.ID, 0, nil, r.tuple); err != nil {
 			return nil, err
 		}
 	}

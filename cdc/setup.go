@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/replslot"
 )
@@ -42,43 +41,6 @@ type tableInfo struct {
 	identity string
 	hasPK    bool
 	columns  []string
-}
-
-var placeholderRE = regexp.MustCompile(`\{([^{}]+)\}`)
-
-// ColumnRef is a column a model option names.
-type ColumnRef struct {
-	Option string // exclude, rename, ignore_changes, choices or url
-	Column string
-}
-
-// UnknownColumns checks the columns model m names in exclude, rename,
-// ignore_changes, choices and its url placeholders against the table's
-// columns: it returns those the table lacks, in that order, and how many
-// names it checked.
-func UnknownColumns(m *config.Model, columns []string) (unknown []ColumnRef, checked int) {
-	has := func(col, option string) {
-		checked++
-		if !slices.Contains(columns, col) {
-			unknown = append(unknown, ColumnRef{Option: option, Column: col})
-		}
-	}
-	for _, c := range m.Exclude {
-		has(c, "exclude")
-	}
-	for _, c := range slices.Sorted(maps.Keys(m.Rename)) {
-		has(c, "rename")
-	}
-	for _, c := range m.IgnoreChanges {
-		has(c, "ignore_changes")
-	}
-	for _, c := range slices.Sorted(maps.Keys(m.Choices)) {
-		has(c, "choices")
-	}
-	for _, g := range placeholderRE.FindAllStringSubmatch(m.URL, -1) {
-		has(g[1], "url")
-	}
-	return unknown, checked
 }
 
 // checkTables verifies every configured table against the catalog and
@@ -114,12 +76,12 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 		if ti.identity == "n" || (!ti.hasPK && ti.identity == "d") {
 			add(m.Line, "table %s has no primary key or replica identity: publishing it would make the application's UPDATE and DELETE on it fail; run: ALTER TABLE %s REPLICA IDENTITY FULL;", m.QualifiedTable(), qt)
 		}
-		unknown, _ := UnknownColumns(m, ti.columns)
+		unknown, _ := payload.UnknownColumns(m, ti.columns)
 		for _, u := range unknown {
 			add(m.Line, "model %s: %s names unknown column %q of %s (columns: %s)", m.Model, u.Option, u.Column, m.QualifiedTable(), strings.Join(ti.columns, ", "))
 		}
 		if len(m.Relations) > 0 || len(m.Computed) > 0 || m.Snapshot != nil {
-			probs = append(probs, checkLookups(ctx, conn, cfg, m)...)
+			probs = append(probs, payload.CheckLookups(ctx, conn, cfg, m)...)
 		}
 	}
 	if len(probs) > 0 {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/migrations"
 )
 
@@ -18,7 +19,7 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	model := fs.String("model", "", "model to backfill (required)")
 	webhook := fs.String("webhook", "", "only this webhook (default: every enabled webhook that takes the model and event)")
 	where := fs.String("where", "", "SQL condition on the table's columns, e.g. \"status = 'active'\"")
-	event := fs.String("event", cdc.EventCreated, "event to send: created or updated")
+	event := fs.String("event", payload.EventCreated, "event to send: created or updated")
 	rate := fs.Float64("rate", 0, "at most N rows per second (0: unlimited)")
 	restart := fs.Bool("restart", false, "start over, even when this backfill finished before")
 	pageSize := fs.Int("page-size", 1000, "rows read per page (each page under its own snapshot)")

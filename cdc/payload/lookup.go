@@ -1,4 +1,4 @@
-package cdc
+package payload
 
 import (
 	"context"
@@ -16,16 +16,25 @@ import (
 	"github.com/walhook/walhook/internal/config"
 )
 
-// colInfo is a column of a captured or related table.
-type colInfo struct {
-	name    string
-	oid     uint32
-	typname string // schema-qualified, quoted type name without modifiers (for casts)
+// LookupTimeout is the statement_timeout of each lookup query.
+const LookupTimeout = 5 * time.Second
+
+// Queryer runs queries: a pool, a connection or a transaction.
+type Queryer interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// tableColumns returns the columns of schema.name in attnum order (nil when
+// ColInfo is a column of a captured or related table.
+type ColInfo struct {
+	Name     string
+	OID      uint32
+	TypeName string // schema-qualified, quoted type name without modifiers (for casts)
+}
+
+// TableColumns returns the columns of schema.name in attnum order (nil when
 // the table does not exist). Views are accepted: a relation may point at one.
-func tableColumns(ctx context.Context, q queryer, schema, name string) ([]colInfo, error) {
+func TableColumns(ctx context.Context, q Queryer, schema, name string) ([]ColInfo, error) {
 	rows, err := q.Query(ctx, `
 		SELECT a.attname::text, a.atttypid, quote_ident(tn.nspname) || '.' || quote_ident(t.typname)
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -36,9 +45,9 @@ func tableColumns(ctx context.Context, q queryer, schema, name string) ([]colInf
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, name, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (colInfo, error) {
-		var c colInfo
-		err := r.Scan(&c.name, &c.oid, &c.typname)
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ColInfo, error) {
+		var c ColInfo
+		err := r.Scan(&c.Name, &c.OID, &c.TypeName)
 		return c, err
 	})
 	if err != nil {
@@ -48,7 +57,7 @@ func tableColumns(ctx context.Context, q queryer, schema, name string) ([]colInf
 }
 
 // tablePrimaryKey returns the primary-key columns of schema.name in key order.
-func tablePrimaryKey(ctx context.Context, q queryer, schema, name string) ([]string, error) {
+func tablePrimaryKey(ctx context.Context, q Queryer, schema, name string) ([]string, error) {
 	rows, err := q.Query(ctx, `
 		SELECT a.attname::text FROM pg_index i
 		JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -61,31 +70,31 @@ func tablePrimaryKey(ctx context.Context, q queryer, schema, name string) ([]str
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
-// lookupPlan holds a model's relation and computed-field queries, resolved
+// LookupPlan holds a model's relation and computed-field queries, resolved
 // against the columns of one version of its table.
-type lookupPlan struct {
-	rels  []*relLookup
-	comps []*compLookup
+type LookupPlan struct {
+	Rels  []*RelLookup
+	Comps []*CompLookup
 }
 
-// relLookup renders one relation: a foreign key as a nested object.
-type relLookup struct {
-	key      string // the config key (FK column or columns)
+// RelLookup renders one relation: a foreign key as a nested object.
+type RelLookup struct {
+	Key      string // the config key (FK column or columns)
 	field    string
-	fk       []int // indexes of the FK columns in the captured row
-	sql      string
-	sel      []uint32 // type OIDs of the selected related columns
+	FK       []int // indexes of the FK columns in the captured row
+	SQL      string
+	Sel      []uint32 // type OIDs of the selected related columns
 	out      []relOut // keys of the nested object, in order
 	urlAt    int      // "url" is rendered before out[urlAt]; -1: no url
 	urlParts []urlPart
-	// table is the related table ("schema.name"), refKey the columns the
+	// Table is the related table ("schema.name"), refKey the columns the
 	// foreign key refers to; imageSQL renders the nested object from row
 	// images (json objects) instead of the table: a related row deleted in
 	// the change's own transaction renders from its old image.
-	table    string
-	refKey   []string
-	imageSQL string
-	logLimit
+	Table    string
+	RefKey   []string
+	ImageSQL string
+	LogLimit
 }
 
 type relOut struct {
@@ -93,22 +102,22 @@ type relOut struct {
 	sel  int // index into the selected columns
 }
 
-// compLookup is one computed field.
-type compLookup struct {
-	name string
-	args []int // indexes of the argument columns in the captured row
-	sql  string
-	snap bool // a snapshot field (config Snapshot.Computed), not rendered in "data"
-	logLimit
+// CompLookup is one computed field.
+type CompLookup struct {
+	Name string
+	Args []int // indexes of the argument columns in the captured row
+	SQL  string
+	Snap bool // a snapshot field (config Snapshot.Computed), not rendered in "data"
+	LogLimit
 }
 
-// logLimit keeps a failing lookup from logging on every chunk.
-type logLimit struct {
+// LogLimit keeps a failing lookup from logging on every chunk.
+type LogLimit struct {
 	last       time.Time
 	suppressed int
 }
 
-func (l *logLimit) allow() (bool, int) {
+func (l *LogLimit) Allow() (bool, int) {
 	if time.Since(l.last) < time.Minute {
 		l.suppressed++
 		return false, 0
@@ -118,25 +127,25 @@ func (l *logLimit) allow() (bool, int) {
 	return true, n
 }
 
-// lookupProblem is a relation or computed field that cannot be planned.
-type lookupProblem struct {
+// LookupProblem is a relation or computed field that cannot be planned.
+type LookupProblem struct {
 	line int
-	msg  string
+	Msg  string
 }
 
-// planLookups builds the queries of model m for a table whose columns, in
+// PlanLookups builds the queries of model m for a table whose columns, in
 // row order, are cols. Relations and computed fields with problems are left
 // out of the plan and reported.
-func planLookups(ctx context.Context, q queryer, m *config.Model, cols []colInfo) (*lookupPlan, []lookupProblem, error) {
+func PlanLookups(ctx context.Context, q Queryer, m *config.Model, cols []ColInfo) (*LookupPlan, []LookupProblem, error) {
 	if len(m.Relations) == 0 && len(m.Computed) == 0 && (m.Snapshot == nil || len(m.Snapshot.Computed) == 0) {
 		return nil, nil, nil
 	}
 	index := map[string]int{}
 	for i, c := range cols {
-		index[c.name] = i
+		index[c.Name] = i
 	}
-	var probs []lookupProblem
-	plan := &lookupPlan{}
+	var probs []LookupProblem
+	plan := &LookupPlan{}
 	used := map[int]string{} // FK column -> relation
 	for _, key := range slices.Sorted(maps.Keys(m.Relations)) {
 		r := m.Relations[key]
@@ -145,50 +154,50 @@ func planLookups(ctx context.Context, q queryer, m *config.Model, cols []colInfo
 			return nil, nil, err
 		}
 		if msg == "" {
-			for _, c := range rl.fk {
+			for _, c := range rl.FK {
 				if other, dup := used[c]; dup {
-					msg = fmt.Sprintf("column %q is already rendered by relation %s", cols[c].name, other)
+					msg = fmt.Sprintf("column %q is already rendered by relation %s", cols[c].Name, other)
 				}
 			}
 		}
 		if msg != "" {
-			probs = append(probs, lookupProblem{r.Line, fmt.Sprintf("model %s: relation %s: %s", m.Model, key, msg)})
+			probs = append(probs, LookupProblem{r.Line, fmt.Sprintf("model %s: relation %s: %s", m.Model, key, msg)})
 			continue
 		}
-		for _, c := range rl.fk {
+		for _, c := range rl.FK {
 			used[c] = key
 		}
-		plan.rels = append(plan.rels, rl)
+		plan.Rels = append(plan.Rels, rl)
 	}
 	for _, name := range m.ComputedOrder {
 		c := m.Computed[name]
 		cl, msg := planComputed(name, c, cols, index)
 		if msg != "" {
-			probs = append(probs, lookupProblem{c.Line, fmt.Sprintf("model %s: computed field %s: %s", m.Model, name, msg)})
+			probs = append(probs, LookupProblem{c.Line, fmt.Sprintf("model %s: computed field %s: %s", m.Model, name, msg)})
 			continue
 		}
-		plan.comps = append(plan.comps, cl)
+		plan.Comps = append(plan.Comps, cl)
 	}
 	if sn := m.Snapshot; sn != nil {
 		for _, name := range sn.ComputedOrder {
 			c := sn.Computed[name]
 			cl, msg := planComputed(name, c, cols, index)
 			if msg != "" {
-				probs = append(probs, lookupProblem{c.Line, fmt.Sprintf("model %s: snapshot computed field %s: %s", m.Model, name, msg)})
+				probs = append(probs, LookupProblem{c.Line, fmt.Sprintf("model %s: snapshot computed field %s: %s", m.Model, name, msg)})
 				continue
 			}
-			cl.snap = true
-			plan.comps = append(plan.comps, cl)
+			cl.Snap = true
+			plan.Comps = append(plan.Comps, cl)
 		}
 	}
 	return plan, probs, nil
 }
 
-func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r config.Relation, cols []colInfo, index map[string]int) (*relLookup, string, error) {
-	rl := &relLookup{key: key, field: r.Field, urlAt: -1}
+func planRelation(ctx context.Context, q Queryer, m *config.Model, key string, r config.Relation, cols []ColInfo, index map[string]int) (*RelLookup, string, error) {
+	rl := &RelLookup{Key: key, field: r.Field, urlAt: -1}
 	names := make([]string, len(cols))
 	for i, c := range cols {
-		names[i] = c.name
+		names[i] = c.Name
 	}
 	for _, c := range r.FK {
 		i, ok := index[c]
@@ -198,10 +207,10 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		if slices.Contains(m.Exclude, c) {
 			return nil, fmt.Sprintf("column %q is both excluded and rendered as a relation: remove it from exclude", c), nil
 		}
-		rl.fk = append(rl.fk, i)
+		rl.FK = append(rl.FK, i)
 	}
 	schema, table := r.Schema, r.Name
-	rcols, err := tableColumns(ctx, q, schema, table)
+	rcols, err := TableColumns(ctx, q, schema, table)
 	if err != nil {
 		return nil, "", err
 	}
@@ -211,8 +220,8 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 	rindex := map[string]int{}
 	rnames := make([]string, len(rcols))
 	for i, c := range rcols {
-		rindex[c.name] = i
-		rnames[i] = c.name
+		rindex[c.Name] = i
+		rnames[i] = c.Name
 	}
 	refKey := r.Key
 	if len(refKey) == 0 {
@@ -223,8 +232,8 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 			return nil, fmt.Sprintf("table %s.%s has no primary key: name the columns the foreign key refers to with key: [...]", schema, table), nil
 		}
 	}
-	if len(refKey) != len(rl.fk) {
-		return nil, fmt.Sprintf("%d foreign-key columns but %s.%s is keyed by %d (%s): set key: [...]", len(rl.fk), schema, table, len(refKey), strings.Join(refKey, ", ")), nil
+	if len(refKey) != len(rl.FK) {
+		return nil, fmt.Sprintf("%d foreign-key columns but %s.%s is keyed by %d (%s): set key: [...]", len(rl.FK), schema, table, len(refKey), strings.Join(refKey, ", ")), nil
 	}
 	// Selected columns: rendered ones, then url placeholders not rendered.
 	// sel holds the column names ("" for an expression), selSQL what the
@@ -242,7 +251,7 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		selIndex[name] = len(sel)
 		sel = append(sel, name)
 		selSQL = append(selSQL, "r."+pgx.Identifier{name}.Sanitize())
-		rl.sel = append(rl.sel, rcols[ci].oid)
+		rl.Sel = append(rl.Sel, rcols[ci].OID)
 		return len(sel) - 1, ""
 	}
 	for _, k := range refKey {
@@ -267,7 +276,7 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 			rl.out = append(rl.out, relOut{name: rc.As, sel: len(sel)})
 			sel = append(sel, "")
 			selSQL = append(selSQL, "to_json(("+body+"\n))")
-			rl.sel = append(rl.sel, vtJSON)
+			rl.Sel = append(rl.Sel, OIDJSON)
 			continue
 		}
 		i, msg := selectCol(rc.Column)
@@ -288,9 +297,9 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 				return nil, "url: " + msg, nil
 			}
 		}
-		selCols := make([]column, len(sel))
+		selCols := make([]Column, len(sel))
 		for i, n := range sel {
-			selCols[i] = column{name: n}
+			selCols[i] = Column{Name: n}
 		}
 		rl.urlParts = parseURLTemplate(r.URL, selCols)
 	} else {
@@ -305,14 +314,14 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		b.WriteString(e)
 	}
 	b.WriteString(" FROM unnest(")
-	for i := range rl.fk {
+	for i := range rl.FK {
 		if i > 0 {
 			b.WriteString(", ")
 		}
 		fmt.Fprintf(&b, "$%d::text[]", i+1)
 	}
 	b.WriteString(") WITH ORDINALITY AS k(")
-	for i := range rl.fk {
+	for i := range rl.FK {
 		fmt.Fprintf(&b, "k%d, ", i+1)
 	}
 	b.WriteString("n) JOIN ")
@@ -322,9 +331,9 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 		if i > 0 {
 			b.WriteString(" AND ")
 		}
-		fmt.Fprintf(&b, "r.%s = k.k%d::%s", pgx.Identifier{k}.Sanitize(), i+1, rcols[rindex[k]].typname)
+		fmt.Fprintf(&b, "r.%s = k.k%d::%s", pgx.Identifier{k}.Sanitize(), i+1, rcols[rindex[k]].TypeName)
 	}
-	rl.sql = b.String()
+	rl.SQL = b.String()
 	// SELECT k.n, r."id", ... FROM unnest($1::text[]) WITH ORDINALITY AS k(img, n)
 	// CROSS JOIN LATERAL json_populate_record(NULL::"public"."dcim_device", k.img::json) AS r
 	b.Reset()
@@ -336,29 +345,29 @@ func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r
 	b.WriteString(" FROM unnest($1::text[]) WITH ORDINALITY AS k(img, n) CROSS JOIN LATERAL json_populate_record(NULL::")
 	b.WriteString(pgx.Identifier{schema, table}.Sanitize())
 	b.WriteString(", k.img::json) AS r")
-	rl.imageSQL = b.String()
-	rl.table, rl.refKey = schema+"."+table, refKey
+	rl.ImageSQL = b.String()
+	rl.Table, rl.RefKey = schema+"."+table, refKey
 	return rl, "", nil
 }
 
-func planComputed(name string, c config.Computed, cols []colInfo, index map[string]int) (*compLookup, string) {
-	cl := &compLookup{name: name}
+func planComputed(name string, c config.Computed, cols []ColInfo, index map[string]int) (*CompLookup, string) {
+	cl := &CompLookup{Name: name}
 	for _, a := range c.Args {
 		i, ok := index[a]
 		if !ok {
 			names := make([]string, len(cols))
 			for j, c := range cols {
-				names[j] = c.name
+				names[j] = c.Name
 			}
 			return nil, fmt.Sprintf("args names unknown column %q (columns: %s)", a, strings.Join(names, ", "))
 		}
-		cl.args = append(cl.args, i)
+		cl.Args = append(cl.Args, i)
 	}
 	body, err := rewriteParams(c.SQL, func(n int) (string, error) {
 		if n < 1 || n > len(c.Args) {
 			return "", fmt.Errorf("sql uses $%d but args lists %d column(s)", n, len(c.Args))
 		}
-		return fmt.Sprintf("(walhook_args.a%d::%s)", n, cols[cl.args[n-1]].typname), nil
+		return fmt.Sprintf("(walhook_args.a%d::%s)", n, cols[cl.Args[n-1]].TypeName), nil
 	})
 	if err != nil {
 		return nil, err.Error()
@@ -382,7 +391,7 @@ func planComputed(name string, c config.Computed, cols []colInfo, index map[stri
 		}
 		b.WriteString("n)")
 	}
-	cl.sql = b.String()
+	cl.SQL = b.String()
 	return cl, ""
 }
 
@@ -490,18 +499,18 @@ func rewriteParams(sql string, repl func(n int) (string, error)) (string, error)
 	return b.String(), nil
 }
 
-// lookupVal is a looked-up field of one change: present false leaves the
+// LookupVal is a looked-up field of one change: present false leaves the
 // field out (its lookup failed).
-type lookupVal struct {
-	present bool
-	json    []byte
+type LookupVal struct {
+	Present bool
+	JSON    []byte
 }
 
-var jsonNull = []byte("null")
+var JSONNull = []byte("null")
 
-// render appends the nested object of a related row; vals are the selected
+// Render appends the nested object of a related row; vals are the selected
 // columns in text format.
-func (rl *relLookup) render(dst []byte, vals [][]byte, resolve TypeResolver) []byte {
+func (rl *RelLookup) Render(dst []byte, vals [][]byte, resolve TypeResolver) []byte {
 	dst = append(dst, '{')
 	first := true
 	sep := func() {
@@ -533,7 +542,7 @@ func (rl *relLookup) render(dst []byte, vals [][]byte, resolve TypeResolver) []b
 		if v := vals[o.sel]; v == nil {
 			dst = append(dst, "null"...)
 		} else {
-			dst = AppendValue(dst, rl.sel[o.sel], v, resolve)
+			dst = AppendValue(dst, rl.Sel[o.sel], v, resolve)
 		}
 	}
 	if rl.urlAt >= len(rl.out) {
@@ -542,47 +551,47 @@ func (rl *relLookup) render(dst []byte, vals [][]byte, resolve TypeResolver) []b
 	return append(dst, '}')
 }
 
-// checkLookups checks a model's relations and computed fields against the
+// CheckLookups checks a model's relations and computed fields against the
 // catalog (tables, columns, keys, clashing keys in "data") and runs each
 // query once with no rows, in a read-only transaction, so that SQL errors
 // and missing privileges show at start with the line of the field.
-func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.Model) []config.Problem {
+func CheckLookups(ctx context.Context, q Queryer, cfg *config.Config, m *config.Model) []config.Problem {
 	var probs []config.Problem
 	add := func(line int, format string, args ...any) {
 		probs = append(probs, config.Problem{File: cfg.File, Line: line, Msg: fmt.Sprintf(format, args...)})
 	}
-	cols, err := tableColumns(ctx, q, m.Schema, m.Name)
+	cols, err := TableColumns(ctx, q, m.Schema, m.Name)
 	if err != nil || len(cols) == 0 {
 		return nil // reported by the caller
 	}
-	plan, lps, err := planLookups(ctx, q, m, cols)
+	plan, lps, err := PlanLookups(ctx, q, m, cols)
 	if err != nil {
 		add(m.Line, "model %s: check relations and computed fields: %v", m.Model, err)
 		return probs
 	}
 	for _, p := range lps {
-		add(p.line, "%s", p.msg)
+		add(p.line, "%s", p.Msg)
 	}
 	// Keys of "data" must be unique.
 	keys := map[string]string{}
 	fk := map[string]bool{}
-	for _, rl := range plan.rels {
-		for _, i := range rl.fk {
-			fk[cols[i].name] = true
+	for _, rl := range plan.Rels {
+		for _, i := range rl.FK {
+			fk[cols[i].Name] = true
 		}
 	}
 	for _, c := range cols {
-		if slices.Contains(m.Exclude, c.name) || fk[c.name] {
+		if slices.Contains(m.Exclude, c.Name) || fk[c.Name] {
 			continue
 		}
-		out := c.name
-		if rn := m.Rename[c.name]; rn != "" {
+		out := c.Name
+		if rn := m.Rename[c.Name]; rn != "" {
 			out = rn
 		}
 		if prev, dup := keys[out]; dup {
-			add(m.Line, "model %s: column %s renders as %q, like %s", m.Model, c.name, out, prev)
+			add(m.Line, "model %s: column %s renders as %q, like %s", m.Model, c.Name, out, prev)
 		}
-		keys[out] = "column " + c.name
+		keys[out] = "column " + c.Name
 	}
 	if m.URL != "" {
 		if prev, dup := keys["url"]; dup {
@@ -590,20 +599,20 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 		}
 		keys["url"] = "url"
 	}
-	for _, rl := range plan.rels {
+	for _, rl := range plan.Rels {
 		if prev, dup := keys[rl.field]; dup {
-			add(m.Relations[rl.key].Line, "model %s: relation %s renders as %q, like %s: set another field, or rename or exclude the column", m.Model, rl.key, rl.field, prev)
+			add(m.Relations[rl.Key].Line, "model %s: relation %s renders as %q, like %s: set another field, or rename or exclude the column", m.Model, rl.Key, rl.field, prev)
 		}
-		keys[rl.field] = "relation " + rl.key
+		keys[rl.field] = "relation " + rl.Key
 	}
-	for _, cl := range plan.comps {
-		if cl.snap {
+	for _, cl := range plan.Comps {
+		if cl.Snap {
 			continue
 		}
-		if prev, dup := keys[cl.name]; dup {
-			add(m.Computed[cl.name].Line, "model %s: computed field %s clashes with %s: rename it", m.Model, cl.name, prev)
+		if prev, dup := keys[cl.Name]; dup {
+			add(m.Computed[cl.Name].Line, "model %s: computed field %s clashes with %s: rename it", m.Model, cl.Name, prev)
 		}
-		keys[cl.name] = "computed field " + cl.name
+		keys[cl.Name] = "computed field " + cl.Name
 	}
 	// Run each query with no keys: parses, plans and checks privileges.
 	b, ok := q.(interface {
@@ -621,7 +630,7 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 		if _, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY"); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = %d", lookupTimeout.Milliseconds())); err != nil {
+		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = %d", LookupTimeout.Milliseconds())); err != nil {
 			return err
 		}
 		args := make([]any, nargs)
@@ -635,30 +644,30 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 		rows.Close()
 		return rows.Err()
 	}
-	for _, rl := range plan.rels {
-		if err := probe(rl.sql, len(rl.fk)); err != nil {
-			add(m.Relations[rl.key].Line, "model %s: relation %s: %s", m.Model, rl.key, pgMessage(err))
+	for _, rl := range plan.Rels {
+		if err := probe(rl.SQL, len(rl.FK)); err != nil {
+			add(m.Relations[rl.Key].Line, "model %s: relation %s: %s", m.Model, rl.Key, PGMessage(err))
 		}
 	}
-	for _, cl := range plan.comps {
+	for _, cl := range plan.Comps {
 		var err error
-		if len(cl.args) == 0 { // running it would run the query itself: parse only
-			err = prepareOnly(ctx, b, cl.sql)
+		if len(cl.Args) == 0 { // running it would run the query itself: parse only
+			err = prepareOnly(ctx, b, cl.SQL)
 		} else {
-			err = probe(cl.sql, len(cl.args))
+			err = probe(cl.SQL, len(cl.Args))
 		}
 		if err != nil {
-			if cl.snap {
-				add(m.Snapshot.Computed[cl.name].Line, "model %s: snapshot computed field %s: %s", m.Model, cl.name, pgMessage(err))
+			if cl.Snap {
+				add(m.Snapshot.Computed[cl.Name].Line, "model %s: snapshot computed field %s: %s", m.Model, cl.Name, PGMessage(err))
 			} else {
-				add(m.Computed[cl.name].Line, "model %s: computed field %s: %s", m.Model, cl.name, pgMessage(err))
+				add(m.Computed[cl.Name].Line, "model %s: computed field %s: %s", m.Model, cl.Name, PGMessage(err))
 			}
 		}
 	}
 	if sn := m.Snapshot; sn != nil {
 		names := map[string]bool{}
 		for _, c := range cols {
-			names[c.name] = true
+			names[c.Name] = true
 		}
 		for _, e := range sn.Exclude {
 			if !names[e] {
@@ -672,30 +681,30 @@ func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.
 		}
 		// Keys of a snapshot must be unique too.
 		relField := map[int]string{}
-		for _, rl := range plan.rels {
-			if len(rl.fk) == 1 {
-				relField[rl.fk[0]] = rl.field
+		for _, rl := range plan.Rels {
+			if len(rl.FK) == 1 {
+				relField[rl.FK[0]] = rl.field
 			}
 		}
 		skeys := map[string]string{}
 		for i, c := range cols {
-			if slices.Contains(sn.Exclude, c.name) {
+			if slices.Contains(sn.Exclude, c.Name) {
 				continue
 			}
-			out := c.name
-			if rn := m.Rename[c.name]; rn != "" {
+			out := c.Name
+			if rn := m.Rename[c.Name]; rn != "" {
 				out = rn
 			}
 			if f, ok := relField[i]; ok {
 				out = f
 			}
-			if rn := sn.Rename[c.name]; rn != "" {
+			if rn := sn.Rename[c.Name]; rn != "" {
 				out = rn
 			}
 			if prev, dup := skeys[out]; dup {
-				add(m.Line, "model %s: in snapshots column %s renders as %q, like %s", m.Model, c.name, out, prev)
+				add(m.Line, "model %s: in snapshots column %s renders as %q, like %s", m.Model, c.Name, out, prev)
 			}
-			skeys[out] = "column " + c.name
+			skeys[out] = "column " + c.Name
 		}
 		for _, name := range sn.ComputedOrder {
 			if prev, dup := skeys[name]; dup {
@@ -719,8 +728,8 @@ func prepareOnly(ctx context.Context, b interface {
 	return err
 }
 
-// pgMessage is a PostgreSQL error's message with its hint.
-func pgMessage(err error) string {
+// PGMessage is a PostgreSQL error's message with its hint.
+func PGMessage(err error) string {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		return err.Error()

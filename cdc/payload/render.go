@@ -1,4 +1,4 @@
-package cdc
+package payload
 
 import (
 	"strconv"
@@ -12,21 +12,21 @@ const (
 	EventDeleted = "deleted"
 )
 
-// tupleValue is one column of a decoded row: kind is pgoutput's 'n' (NULL),
+// TupleValue is one column of a decoded row: kind is pgoutput's 'n' (NULL),
 // 't' (text), 'u' (unchanged TOAST, not sent) or 'b' (binary).
-type tupleValue struct {
-	kind byte
-	data []byte
+type TupleValue struct {
+	Kind byte
+	Data []byte
 }
 
-// row is a change's column values in the relation's column order.
-type row []tupleValue
+// Row is a change's column values in the relation's column order.
+type Row []TupleValue
 
-// renderer renders rows to JSON. It reuses its buffer between calls and is
+// Renderer renders rows to JSON. It reuses its buffer between calls and is
 // owned by one goroutine.
-type renderer struct {
+type Renderer struct {
 	buf     []byte
-	resolve TypeResolver
+	Resolve TypeResolver
 	// snapshot renders the snapshot form (format netbox-v4, as NetBox's
 	// serialize_object): foreign-key columns that have a relation as their
 	// raw value, a one-column key under the relation's field name
@@ -36,40 +36,40 @@ type renderer struct {
 	snapshot bool
 }
 
-// appendData renders the "data" object of a row. keysOnly renders only
+// AppendData renders the "data" object of a row. keysOnly renders only
 // replica identity columns (a DELETE whose old row carries keys only). ex
 // holds the looked-up relation fields, then the computed fields, of a model
 // that has them (rel.plan): a field whose value is not present is left out,
 // and computed fields are rendered only when ex has them (not for .old).
-func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly bool, ex []lookupVal) []byte {
+func (rd *Renderer) AppendData(dst []byte, rel *Relation, vals Row, keysOnly bool, ex []LookupVal) []byte {
 	dst = append(dst, '{')
 	first := true
 	lastPK := -1
-	if len(rel.urlParts) > 0 && len(rel.pkCols) > 0 {
-		lastPK = rel.pkCols[len(rel.pkCols)-1]
+	if len(rel.urlParts) > 0 && len(rel.PKCols) > 0 {
+		lastPK = rel.PKCols[len(rel.PKCols)-1]
 	}
 	urlDone := len(rel.urlParts) == 0 || rd.snapshot
-	for i := range rel.cols {
-		c := &rel.cols[i]
+	for i := range rel.Cols {
+		c := &rel.Cols[i]
 		excluded := c.exclude
-		if rd.snapshot && rel.model != nil && rel.model.Snapshot != nil {
+		if rd.snapshot && rel.Model != nil && rel.Model.Snapshot != nil {
 			excluded = c.snapExclude
 		}
-		skip := excluded || (c.hidden && !rd.snapshot) || (keysOnly && !c.key) || i >= len(vals)
+		skip := excluded || (c.hidden && !rd.snapshot) || (keysOnly && !c.Key) || i >= len(vals)
 		name := c.outName
 		if !skip && c.rel > 0 && rd.snapshot {
-			if rl := rel.plan.rels[c.rel-1]; len(rl.fk) == 1 {
+			if rl := rel.Plan.Rels[c.rel-1]; len(rl.FK) == 1 {
 				name = rl.field
 			}
 		} else if !skip && c.rel > 0 {
-			if n := c.rel - 1; n < len(ex) && ex[n].present {
+			if n := c.rel - 1; n < len(ex) && ex[n].Present {
 				if !first {
 					dst = append(dst, ',')
 				}
 				first = false
-				dst = AppendJSONString(dst, rel.plan.rels[n].field)
+				dst = AppendJSONString(dst, rel.Plan.Rels[n].field)
 				dst = append(dst, ':')
-				dst = append(dst, ex[n].json...)
+				dst = append(dst, ex[n].JSON...)
 			}
 			skip = true
 		}
@@ -91,25 +91,25 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 		dst = append(dst, ':')
 		v := vals[i]
 		switch {
-		case v.kind == 'n' || v.kind == 'u':
+		case v.Kind == 'n' || v.Kind == 'u':
 			dst = append(dst, "null"...)
 		case rd.snapshot:
-			dst = appendSnapshotValue(dst, c.oid, v.data, rd.resolve)
-		case c.choices != nil && len(v.data) == 0:
+			dst = appendSnapshotValue(dst, c.OID, v.Data, rd.Resolve)
+		case c.choices != nil && len(v.Data) == 0:
 			// An empty choice renders as null, as NetBox's ChoiceField does.
 			dst = append(dst, "null"...)
 		case c.choices != nil:
-			label, ok := c.choices[string(v.data)]
+			label, ok := c.choices[string(v.Data)]
 			if !ok {
-				label = string(v.data)
+				label = string(v.Data)
 			}
 			dst = append(dst, `{"value":`...)
-			dst = AppendValue(dst, c.oid, v.data, rd.resolve)
+			dst = AppendValue(dst, c.OID, v.Data, rd.Resolve)
 			dst = append(dst, `,"label":`...)
 			dst = AppendJSONString(dst, label)
 			dst = append(dst, '}')
 		default:
-			dst = AppendValue(dst, c.oid, v.data, rd.resolve)
+			dst = AppendValue(dst, c.OID, v.Data, rd.Resolve)
 		}
 		if i == lastPK && !urlDone {
 			dst, first = rd.appendURL(dst, rel, vals, first), false
@@ -119,25 +119,25 @@ func (rd *renderer) appendData(dst []byte, rel *relation, vals row, keysOnly boo
 	if !urlDone {
 		dst, first = rd.appendURL(dst, rel, vals, first), false
 	}
-	if rel.plan != nil {
-		base := len(rel.plan.rels)
-		for j, cl := range rel.plan.comps {
-			if cl.snap != rd.snapshot || base+j >= len(ex) || !ex[base+j].present {
+	if rel.Plan != nil {
+		base := len(rel.Plan.Rels)
+		for j, cl := range rel.Plan.Comps {
+			if cl.Snap != rd.snapshot || base+j >= len(ex) || !ex[base+j].Present {
 				continue
 			}
 			if !first {
 				dst = append(dst, ',')
 			}
 			first = false
-			dst = AppendJSONString(dst, cl.name)
+			dst = AppendJSONString(dst, cl.Name)
 			dst = append(dst, ':')
-			dst = append(dst, ex[base+j].json...)
+			dst = append(dst, ex[base+j].JSON...)
 		}
 	}
 	return append(dst, '}')
 }
 
-func (rd *renderer) appendURL(dst []byte, rel *relation, vals row, first bool) []byte {
+func (rd *Renderer) appendURL(dst []byte, rel *Relation, vals Row, first bool) []byte {
 	if !first {
 		dst = append(dst, ',')
 	}
@@ -146,15 +146,15 @@ func (rd *renderer) appendURL(dst []byte, rel *relation, vals row, first bool) [
 	for _, p := range rel.urlParts {
 		if p.col < 0 {
 			u = append(u, p.lit...)
-		} else if p.col < len(vals) && vals[p.col].kind == 't' {
-			u = append(u, vals[p.col].data...)
+		} else if p.col < len(vals) && vals[p.col].Kind == 't' {
+			u = append(u, vals[p.col].Data...)
 		}
 	}
 	return AppendJSONStringBytes(dst, u)
 }
 
-// appendTimestamp writes t as Unix seconds with microseconds, a JSON number.
-func appendTimestamp(dst []byte, t time.Time) []byte {
+// AppendTimestamp writes t as Unix seconds with microseconds, a JSON number.
+func AppendTimestamp(dst []byte, t time.Time) []byte {
 	us := t.UnixMicro()
 	sec, frac := us/1e6, us%1e6
 	if frac < 0 {
@@ -170,56 +170,56 @@ func appendTimestamp(dst []byte, t time.Time) []byte {
 	return append(dst, f...)
 }
 
-// change is one row change to render: the table version it belongs to, its
+// Change is one row change to render: the table version it belongs to, its
 // event, its row images and the values looked up for it.
-type change struct {
-	rel      *relation
-	event    string
-	vals     row         // the new row; for a delete the deleted row (or its keys)
-	keysOnly bool        // vals holds only the replica identity columns
-	extra    []lookupVal // relation fields, then computed fields (rel.plan)
-	// old is the row before an UPDATE (or, coalesced, before the
+type Change struct {
+	Rel      *Relation
+	Event    string
+	Vals     Row         // the new row; for a delete the deleted row (or its keys)
+	KeysOnly bool        // vals holds only the replica identity columns
+	Extra    []LookupVal // relation fields, then computed fields (rel.plan)
+	// Old is the row before an UPDATE (or, coalesced, before the
 	// transaction), kept for templates, conditions and snapshots; oldType is
 	// pgoutput's 'O' when old is the whole row, 'K' for keys only, oldNone
 	// for an object created in the same transaction.
-	old     row
-	oldType uint8
+	Old     Row
+	OldType uint8
 }
 
-// netboxBody renders the default NetBox v2 webhook body of a change
+// NetboxBody renders the default NetBox v2 webhook body of a change
 // committed at committed.
-func (rd *renderer) netboxBody(c *change, committed time.Time) string {
+func (rd *Renderer) NetboxBody(c *Change, committed time.Time) string {
 	b := rd.buf[:0]
 	b = append(b, `{"event":"`...)
-	b = append(b, c.event...)
+	b = append(b, c.Event...)
 	b = append(b, `","signal_received_timestamp":`...)
-	b = appendTimestamp(b, committed)
+	b = AppendTimestamp(b, committed)
 	b = append(b, `,"model":`...)
-	b = AppendJSONString(b, c.rel.model.Model)
+	b = AppendJSONString(b, c.Rel.Model.Model)
 	b = append(b, `,"data":`...)
-	b = rd.appendData(b, c.rel, c.vals, c.keysOnly, c.extra)
+	b = rd.AppendData(b, c.Rel, c.Vals, c.KeysOnly, c.Extra)
 	b = append(b, '}')
 	rd.buf = b
 	return string(b)
 }
 
-// objectKey is the row's primary key as text: the value itself for a
+// ObjectKey is the row's primary key as text: the value itself for a
 // one-column key, a JSON array of the values' text otherwise.
-func objectKey(rel *relation, vals row) string {
-	if len(rel.pkCols) == 1 {
-		i := rel.pkCols[0]
+func ObjectKey(rel *Relation, vals Row) string {
+	if len(rel.PKCols) == 1 {
+		i := rel.PKCols[0]
 		if i < len(vals) {
-			return string(vals[i].data)
+			return string(vals[i].Data)
 		}
 		return ""
 	}
 	b := []byte{'['}
-	for n, i := range rel.pkCols {
+	for n, i := range rel.PKCols {
 		if n > 0 {
 			b = append(b, ',')
 		}
-		if i < len(vals) && vals[i].kind == 't' {
-			b = AppendJSONStringBytes(b, vals[i].data)
+		if i < len(vals) && vals[i].Kind == 't' {
+			b = AppendJSONStringBytes(b, vals[i].Data)
 		} else {
 			b = append(b, "null"...)
 		}
@@ -227,32 +227,32 @@ func objectKey(rel *relation, vals row) string {
 	return string(append(b, ']'))
 }
 
-// copyRow copies a row's values out of the message buffer, into one block.
-func copyRow(r row) row {
+// CopyRow copies a row's values out of the message buffer, into one block.
+func CopyRow(r Row) Row {
 	if r == nil {
 		return nil
 	}
 	n := 0
 	for _, v := range r {
-		n += len(v.data)
+		n += len(v.Data)
 	}
 	buf := make([]byte, 0, n)
-	out := make(row, len(r))
+	out := make(Row, len(r))
 	for i, v := range r {
-		out[i].kind = v.kind
-		if v.data != nil {
+		out[i].Kind = v.Kind
+		if v.Data != nil {
 			start := len(buf)
-			buf = append(buf, v.data...)
-			out[i].data = buf[start:len(buf):len(buf)]
+			buf = append(buf, v.Data...)
+			out[i].Data = buf[start:len(buf):len(buf)]
 		}
 	}
 	return out
 }
 
-// hasUnchanged reports whether vals holds unchanged TOAST values ('u').
-func hasUnchanged(vals row) bool {
+// HasUnchanged reports whether vals holds unchanged TOAST values ('u').
+func HasUnchanged(vals Row) bool {
 	for _, v := range vals {
-		if v.kind == 'u' {
+		if v.Kind == 'u' {
 			return true
 		}
 	}
