@@ -21,7 +21,6 @@
 //   - ignore.go: ignore_changes within a transaction without FULL identity.
 //   - writer.go: Delivery, the grouped outbox writer, InsertDeliveries.
 //   - rows.go: ReadTable and RowRenderer, which render rows read from a
-//     table exactly as capture renders its changes (used by backfill).
-//   - backfill.go: Backfill, enqueueing a model's existing rows.
+//     table exactly as capture renders its changes (for cdc/backfill).
 //   - check.go: Preflight, what `walhook check` verifies.
 package cdc

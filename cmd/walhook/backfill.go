@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/backfill"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/migrations"
 )
@@ -58,7 +59,7 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 	bar := isTerminal(stderr)
 	var lastLog time.Time
-	report := func(p cdc.BackfillProgress) {
+	report := func(p backfill.Progress) {
 		rate := 0.0
 		if s := p.Elapsed.Seconds(); s > 0 {
 			rate = float64(p.RunDone) / s
@@ -84,12 +85,12 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 				Float64("rows_per_s", float64(int64(rate*10))/10).Str("eta", eta.String()).Msg("backfill progress")
 		}
 	}
-	p, err := cdc.Backfill(ctx, cdc.BackfillOptions{
+	p, err := backfill.Run(ctx, backfill.Options{
 		Config: cfg, Source: source, Outbox: outbox, Logger: log,
 		Model: *model, Webhook: *webhook, Where: *where, Event: *event, Rate: *rate, Restart: *restart,
 		PageSize: *pageSize, Progress: report,
 	})
-	var be *cdc.BackfillError
+	var be *backfill.Error
 	if errors.As(err, &be) {
 		if flag, ok := backfillFlags[be.Option]; ok {
 			err = fmt.Errorf("%s: %w", flag, err)
@@ -138,6 +139,6 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// backfillFlags maps the cdc.BackfillOptions field a BackfillError names to
+// backfillFlags maps the backfill.Options field a backfill.Error names to
 // the flag that sets it.
 var backfillFlags = map[string]string{"Model": "--model", "Webhook": "--webhook", "Where": "--where", "Event": "--event"}

@@ -1,4 +1,4 @@
-package cdc
+package backfill
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
@@ -42,10 +43,10 @@ import (
 // same object at L or later (that change, or a later one, carries the newer
 // state).
 
-// BackfillOptions configure Backfill.
-type BackfillOptions struct {
+// Options configure Run.
+type Options struct {
 	Config *config.Config
-	// Source is a pool on the source database with SessionParams set.
+	// Source is a pool on the source database with cdc.SessionParams set.
 	Source *pgxpool.Pool
 	Outbox *pgxpool.Pool
 	Logger zerolog.Logger
@@ -60,14 +61,14 @@ type BackfillOptions struct {
 	// PageSize is the number of rows read per page (default 1000).
 	PageSize int
 	// Progress, when set, is called after every page and at the end.
-	Progress func(BackfillProgress)
+	Progress func(Progress)
 	// CaptureWait bounds how long to wait for capture to pass a page's LSN
 	// before logging a warning (default 10s); waiting goes on after it.
 	CaptureWait time.Duration
 }
 
-// BackfillProgress is the state of a running backfill.
-type BackfillProgress struct {
+// Progress is the state of a running backfill.
+type Progress struct {
 	ID         int64
 	Done       int64 // rows read so far (all runs)
 	Total      int64 // estimate; may be exceeded
@@ -79,28 +80,28 @@ type BackfillProgress struct {
 	AlreadyRun bool // finished before: nothing done (use Restart)
 }
 
-// BackfillError is a problem with the options themselves (unknown model or
+// Error is a problem with the options themselves (unknown model or
 // webhook, an invalid Where, an event backfill cannot send): retrying cannot
-// help. Option names the BackfillOptions field at fault ("Model", "Webhook",
+// help. Option names the Options field at fault ("Model", "Webhook",
 // "Where", "Event"), or is empty when the model's table is at fault.
-type BackfillError struct {
+type Error struct {
 	Option string
 	Msg    string
 }
 
-func (e *BackfillError) Error() string { return e.Msg }
+func (e *Error) Error() string { return e.Msg }
 
 func bfErr(option, format string, args ...any) error {
-	return &BackfillError{Option: option, Msg: fmt.Sprintf(format, args...)}
+	return &Error{Option: option, Msg: fmt.Sprintf(format, args...)}
 }
 
-// backfill is one run.
-type backfill struct {
-	opts     BackfillOptions
+// job is one run.
+type job struct {
+	opts     Options
 	model    *config.Model
 	table    string // quoted schema.name
-	desc     *Table
-	renderer *RowRenderer
+	desc     *cdc.Table
+	renderer *cdc.RowRenderer
 	hooks    []string
 	keyCols  []int  // indexes in desc.Columns of the primary key, in key order
 	selSQL   string // the page query's select list and table
@@ -117,14 +118,14 @@ type backfill struct {
 	sql      outbox.BackfillStatements
 }
 
-// Backfill enqueues a delivery for every row of a model (or those matching
+// Run enqueues a delivery for every row of a model (or those matching
 // Where), resuming an interrupted run. See the ordering note above.
-func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) {
+func Run(ctx context.Context, o Options) (Progress, error) {
 	if o.Event == "" {
 		o.Event = payload.EventCreated
 	}
 	if o.Event != payload.EventCreated && o.Event != payload.EventUpdated {
-		return BackfillProgress{}, bfErr("Event", "the event must be created or updated, not %q", o.Event)
+		return Progress{}, bfErr("Event", "the event must be created or updated, not %q", o.Event)
 	}
 	if o.PageSize <= 0 {
 		o.PageSize = 1000
@@ -135,7 +136,7 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 	if o.CaptureWait <= 0 {
 		o.CaptureWait = 10 * time.Second
 	}
-	bf := &backfill{opts: o}
+	bf := &job{opts: o}
 	for i := range o.Config.Models {
 		if o.Config.Models[i].Model == o.Model {
 			bf.model = &o.Config.Models[i]
@@ -146,21 +147,21 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 		for _, m := range o.Config.Models {
 			names = append(names, m.Model)
 		}
-		return BackfillProgress{}, bfErr("Model", "unknown model %q (configured: %s)", o.Model, strings.Join(names, ", "))
+		return Progress{}, bfErr("Model", "unknown model %q (configured: %s)", o.Model, strings.Join(names, ", "))
 	}
 	schema := o.Config.Database.Schema
 	bf.store = outbox.New(bf.opts.Outbox, schema)
 	bf.sql = bf.store.Backfill()
 	bf.slot = o.Config.Database.Slot
 	if err := bf.prepare(ctx); err != nil {
-		return BackfillProgress{}, err
+		return Progress{}, err
 	}
 	return bf.run(ctx)
 }
 
 // prepare builds the relation from the catalog, the webhook list and the
 // page queries, and validates Where.
-func (bf *backfill) prepare(ctx context.Context) error {
+func (bf *job) prepare(ctx context.Context) error {
 	o, m := bf.opts, bf.model
 	for _, w := range o.Config.Webhooks {
 		if o.Webhook != "" && w.Name != o.Webhook {
@@ -184,8 +185,8 @@ func (bf *backfill) prepare(ctx context.Context) error {
 		return bfErr("", "no enabled webhook takes %s events of model %s", o.Event, m.Model)
 	}
 	bf.table = pgx.Identifier{m.Schema, m.Name}.Sanitize()
-	t, err := ReadTable(ctx, o.Source, m.Schema, m.Name)
-	if errors.Is(err, ErrNoTable) {
+	t, err := cdc.ReadTable(ctx, o.Source, m.Schema, m.Name)
+	if errors.Is(err, cdc.ErrNoTable) {
 		return bfErr("", "table %s.%s of model %s does not exist", m.Schema, m.Name, m.Model)
 	}
 	if err != nil {
@@ -196,7 +197,7 @@ func (bf *backfill) prepare(ctx context.Context) error {
 	}
 	bf.desc = t
 	// Render exactly as capture does.
-	bf.renderer, err = NewRowRenderer(ctx, RowRendererOptions{Config: o.Config, Source: o.Source, Logger: o.Logger,
+	bf.renderer, err = cdc.NewRowRenderer(ctx, cdc.RowRendererOptions{Config: o.Config, Source: o.Source, Logger: o.Logger,
 		Table: t, Event: o.Event, Webhooks: bf.hooks})
 	var ce *config.Error
 	if errors.As(err, &ce) {
@@ -214,7 +215,7 @@ func (bf *backfill) prepare(ctx context.Context) error {
 	// output column.
 	var keyCols, keyArgs []string
 	for i, name := range t.PrimaryKey {
-		c := slices.IndexFunc(t.Columns, func(c TableColumn) bool { return c.Name == name })
+		c := slices.IndexFunc(t.Columns, func(c cdc.TableColumn) bool { return c.Name == name })
 		if c < 0 {
 			return fmt.Errorf("table %s.%s: primary-key column %s is not a column", m.Schema, m.Name, name)
 		}
@@ -241,7 +242,7 @@ func (bf *backfill) prepare(ctx context.Context) error {
 
 // estimate validates the page query with EXPLAIN and sets bf.total: the
 // planner's estimate, or an exact count when that is small.
-func (bf *backfill) estimate(ctx context.Context) error {
+func (bf *job) estimate(ctx context.Context) error {
 	q := "SELECT 1 FROM " + bf.table
 	if strings.TrimSpace(bf.opts.Where) != "" {
 		q += " WHERE (" + bf.opts.Where + "\n)"
@@ -281,7 +282,7 @@ func (bf *backfill) estimate(ctx context.Context) error {
 }
 
 // start finds or creates the progress row and takes its lock.
-func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool, err error) {
+func (bf *job) start(ctx context.Context, conn *pgxpool.Conn) (already bool, err error) {
 	o := bf.opts
 	err = conn.QueryRow(ctx, bf.sql.Create,
 		bf.model.Model, o.Webhook, o.Event, o.Where, bf.total).Scan(&bf.id)
@@ -293,7 +294,7 @@ func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool
 		return false, fmt.Errorf("outbox: backfill lock: %w", err)
 	}
 	if !got {
-		return false, errors.New("this backfill is already running in another process (same model, webhook, event and --where)")
+		return false, errors.New("this backfill is already running in another process (same model, webhook, event and row condition)")
 	}
 	if o.Restart {
 		_, err := conn.Exec(ctx, bf.sql.Restart, bf.id, bf.total)
@@ -322,11 +323,11 @@ func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool
 	return false, nil
 }
 
-func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
+func (bf *job) run(ctx context.Context) (Progress, error) {
 	o := bf.opts
 	lockConn, err := o.Outbox.Acquire(ctx)
 	if err != nil {
-		return BackfillProgress{}, fmt.Errorf("outbox: connect: %w", err)
+		return Progress{}, fmt.Errorf("outbox: connect: %w", err)
 	}
 	defer func() {
 		// The session lock goes with the connection.
@@ -335,11 +336,11 @@ func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
 	}()
 	already, err := bf.start(ctx, lockConn)
 	if err != nil {
-		return BackfillProgress{}, err
+		return Progress{}, err
 	}
 	started := time.Now()
-	prog := func(runDone, skipped int64, finished bool) BackfillProgress {
-		return BackfillProgress{ID: bf.id, Done: bf.done, Total: bf.total, Enqueued: bf.enq, Skipped: skipped,
+	prog := func(runDone, skipped int64, finished bool) Progress {
+		return Progress{ID: bf.id, Done: bf.done, Total: bf.total, Enqueued: bf.enq, Skipped: skipped,
 			RunDone: runDone, Elapsed: time.Since(started), Finished: finished}
 	}
 	if already {
@@ -348,14 +349,14 @@ func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
 		return p, nil
 	}
 	if _, bf.hasSlot, err = replslot.Read(ctx, o.Source, bf.slot); err != nil {
-		return BackfillProgress{}, err
+		return Progress{}, err
 	}
 	if !bf.hasSlot {
 		o.Logger.Info().Str("slot", bf.slot).Msg("no replication slot yet: no live changes to order the backfill against")
 	}
 	src, err := o.Source.Acquire(ctx)
 	if err != nil {
-		return BackfillProgress{}, fmt.Errorf("source database: %w", err)
+		return Progress{}, fmt.Errorf("source database: %w", err)
 	}
 	defer src.Release()
 	var runDone, skipped int64
@@ -395,7 +396,7 @@ const backfillRunningSQL = `SELECT coalesce(array_agg(x::text), '{}') FROM (
 
 // page reads, renders and enqueues one page; it returns the rows read and
 // the delivery rows left out for a newer live change.
-func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error) {
+func (bf *job) page(ctx context.Context, conn *pgx.Conn) (int, int64, error) {
 	o := bf.opts
 	// 1. The page's LSN: a WAL record of its own, so L is unique per page
 	//    and every later commit record starts at L or after.
@@ -473,7 +474,7 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 		})
 	}
 	// 4. Render as capture does.
-	out, err := bf.renderer.Render(ctx, RowBatch{CommitLSN: lsn, CommittedAt: at, FirstSeq: -int32(len(vals)), Rows: vals})
+	out, err := bf.renderer.Render(ctx, cdc.RowBatch{CommitLSN: lsn, CommittedAt: at, FirstSeq: -int32(len(vals)), Rows: vals})
 	if err != nil {
 		return 0, 0, err
 	}
@@ -498,7 +499,7 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 
 // waitCapture waits until the capture checkpoint or the slot's confirmed
 // LSN has reached lsn (when a slot exists).
-func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) error {
+func (bf *job) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) error {
 	if !bf.hasSlot {
 		return nil
 	}
@@ -537,7 +538,7 @@ func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogre
 // enqueue writes a page's rows and its progress in one outbox transaction,
 // leaving out rows of objects that have a change at lsn or later in the
 // outbox. The outbox is locked against capture's inserts meanwhile.
-func (bf *backfill) enqueue(ctx context.Context, rows []Delivery, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
+func (bf *job) enqueue(ctx context.Context, rows []cdc.Delivery, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
 	var skipped, inserted int64
 	err := bf.commitTx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, bf.sql.LockDeliveries); err != nil {
@@ -572,7 +573,7 @@ func (bf *backfill) enqueue(ctx context.Context, rows []Delivery, lsn pglogrepl.
 			}
 			rows = kept
 		}
-		if inserted, err = InsertDeliveries(ctx, tx, bf.store, rows); err != nil {
+		if inserted, err = cdc.InsertDeliveries(ctx, tx, bf.store, rows); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, bf.sql.Progress,
@@ -594,7 +595,7 @@ func (bf *backfill) enqueue(ctx context.Context, rows []Delivery, lsn pglogrepl.
 	return skipped, nil
 }
 
-func (bf *backfill) commitTx(ctx context.Context, f func(pgx.Tx) error) error {
+func (bf *job) commitTx(ctx context.Context, f func(pgx.Tx) error) error {
 	return pgx.BeginFunc(ctx, bf.opts.Outbox, f)
 }
 
