@@ -232,17 +232,17 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err := checkServer(ctx, conn); err != nil {
 		return err
 	}
-	if err := checkTables(ctx, conn, c.cfg); err != nil {
+	if err := CheckTables(ctx, conn, c.cfg); err != nil {
 		return err
 	}
 	for i := range c.cfg.Models {
 		m := &c.cfg.Models[i]
-		ti, err := lookupTable(ctx, conn, m.Schema, m.Name)
+		ti, err := LookupTable(ctx, conn, m.Schema, m.Name)
 		if err != nil {
 			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
 		}
 		if ti != nil {
-			c.byOID[ti.oid] = m
+			c.byOID[ti.OID] = m
 		}
 	}
 	// Serialise set-up between processes starting together.

@@ -22,5 +22,4 @@
 //   - writer.go: Delivery, the grouped outbox writer, InsertDeliveries.
 //   - rows.go: ReadTable and RowRenderer, which render rows read from a
 //     table exactly as capture renders its changes (for cdc/backfill).
-//   - check.go: Preflight, what `walhook check` verifies.
 package cdc

@@ -87,7 +87,7 @@ func (c *Capture) claimOwnWebhooks(ctx context.Context) error {
 		msgs = append(msgs, fmt.Sprintf("webhook %q is already captured into this outbox by slot %s", w, taken[w]))
 	}
 	return fatalf("%s: two captures (configurations with their own slot) writing into one outbox must not share a webhook name, or their deliveries could collide on (webhook, commit_lsn, seq) and be dropped; rename the webhook in one of them, or if the configuration using slot %s is gone for good run: DELETE FROM %s WHERE slot = %s;",
-		strings.Join(msgs, "; "), taken[slices.Sorted(maps.Keys(taken))[0]], c.store.WebhookOwnersTable(), quoteLiteral(taken[slices.Sorted(maps.Keys(taken))[0]]))
+		strings.Join(msgs, "; "), taken[slices.Sorted(maps.Keys(taken))[0]], c.store.WebhookOwnersTable(), QuoteLiteral(taken[slices.Sorted(maps.Keys(taken))[0]]))
 }
 
 // reconcileCheckpoint compares the stored checkpoint with the source and

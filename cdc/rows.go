@@ -70,7 +70,7 @@ func ReadTable(ctx context.Context, source *pgxpool.Pool, schema, name string) (
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, name, err)
 	}
-	if t.PrimaryKey, err = primaryKey(ctx, source, t.OID); err != nil {
+	if t.PrimaryKey, err = PrimaryKey(ctx, source, t.OID); err != nil {
 		return nil, err
 	}
 	return t, nil

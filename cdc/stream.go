@@ -290,7 +290,7 @@ func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
 			return err
 		}
 	}
-	pk, err := primaryKey(ctx, s.c.source, m.ID)
+	pk, err := PrimaryKey(ctx, s.c.source, m.ID)
 	if err != nil {
 		return err
 	}
