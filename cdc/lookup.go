@@ -372,18 +372,9 @@ func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *payload.Relat
 			b.WriteString(", t.")
 			b.WriteString(pgx.Identifier{rel.Cols[c].Name}.Sanitize())
 		}
-		b.WriteString(" FROM unnest(")
-		for n := range rel.PKCols {
-			if n > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "$%d::text[]", n+1)
-		}
-		b.WriteString(") WITH ORDINALITY AS k(")
-		for n := range rel.PKCols {
-			fmt.Fprintf(&b, "k%d, ", n+1)
-		}
-		b.WriteString("n) JOIN ")
+		b.WriteString(" FROM ")
+		payload.UnnestKeys(&b, len(rel.PKCols), "k", "k")
+		b.WriteString(" JOIN ")
 		b.WriteString(pgx.Identifier{rel.Schema, rel.Name}.Sanitize())
 		b.WriteString(" AS t ON ")
 		for n, c := range rel.PKCols {

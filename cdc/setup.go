@@ -34,7 +34,7 @@ func IsFatal(err error) bool {
 	return errors.As(err, &fe) || errors.As(err, &ce)
 }
 
-// tableInfo is what the catalog says about a configured table.
+// TableInfo is what the catalog says about a configured table.
 type TableInfo struct {
 	OID      uint32
 	Kind     string // relkind: r table, p partitioned table
@@ -43,7 +43,7 @@ type TableInfo struct {
 	Columns  []string
 }
 
-// checkTables verifies every configured table against the catalog and
+// CheckTables verifies every configured table against the catalog and
 // returns a *config.Error listing all problems, with the model's line.
 func CheckTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 	var probs []config.Problem
@@ -144,7 +144,7 @@ func LookupTable(ctx context.Context, conn queryer, schema, name string) (*Table
 	return &ti, nil
 }
 
-// primaryKey returns the primary-key column names of table oid in key order.
+// PrimaryKey returns the primary-key column names of table oid in key order.
 func PrimaryKey(ctx context.Context, conn queryer, oid uint32) ([]string, error) {
 	rows, err := conn.Query(ctx, `
 		SELECT a.attname::text FROM pg_index i
@@ -179,16 +179,16 @@ func checkServer(ctx context.Context, conn queryer) error {
 	return nil
 }
 
-// publishOps are the operations the publication publishes. TRUNCATE is
+// PublishOps are the operations the publication publishes. TRUNCATE is
 // included so that capture sees it and says loudly that it sends nothing
 // for the removed rows (publishing it changes nothing for the application).
 const PublishOps = "insert, update, delete, truncate"
 
-// viaRootVersion is the first server version (server_version_num) with
+// ViaRootVersion is the first server version (server_version_num) with
 // publish_via_partition_root, and able to publish a partitioned table.
 const ViaRootVersion = 130000
 
-// publicationWith is the WITH clause of walhook's publication on a server of
+// PublicationWith is the WITH clause of walhook's publication on a server of
 // version num: on 13+ publish_via_partition_root, so that the changes of a
 // partitioned table arrive under its own name, not its partitions'.
 func PublicationWith(num int) string {

@@ -313,18 +313,9 @@ func planRelation(ctx context.Context, q Queryer, m *config.Model, key string, r
 		b.WriteString(", ")
 		b.WriteString(e)
 	}
-	b.WriteString(" FROM unnest(")
-	for i := range rl.FK {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "$%d::text[]", i+1)
-	}
-	b.WriteString(") WITH ORDINALITY AS k(")
-	for i := range rl.FK {
-		fmt.Fprintf(&b, "k%d, ", i+1)
-	}
-	b.WriteString("n) JOIN ")
+	b.WriteString(" FROM ")
+	UnnestKeys(&b, len(rl.FK), "k", "k")
+	b.WriteString(" JOIN ")
 	b.WriteString(pgx.Identifier{schema, table}.Sanitize())
 	b.WriteString(" AS r ON ")
 	for i, k := range refKey {
@@ -378,21 +369,31 @@ func planComputed(name string, c config.Computed, cols []ColInfo, index map[stri
 	if len(c.Args) == 0 {
 		b.WriteString("SELECT 1, to_json((" + body + "\n))")
 	} else {
-		b.WriteString("SELECT walhook_args.n, to_json((" + body + "\n)) FROM unnest(")
-		for i := range c.Args {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "$%d::text[]", i+1)
-		}
-		b.WriteString(") WITH ORDINALITY AS walhook_args(")
-		for i := range c.Args {
-			fmt.Fprintf(&b, "a%d, ", i+1)
-		}
-		b.WriteString("n)")
+		b.WriteString("SELECT walhook_args.n, to_json((" + body + "\n)) FROM ")
+		UnnestKeys(&b, len(c.Args), "walhook_args", "a")
 	}
 	cl.SQL = b.String()
 	return cl, ""
+}
+
+// UnnestKeys writes the rows of a chunk's n-column keys (n text arrays
+// $1..$n, one per key column): "unnest($1::text[], ...) WITH ORDINALITY AS
+// alias(col1, ..., n)", numbered by n.
+func UnnestKeys(b *strings.Builder, n int, alias, col string) {
+	b.WriteString("unnest(")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(b, "$%d::text[]", i+1)
+	}
+	b.WriteString(") WITH ORDINALITY AS ")
+	b.WriteString(alias)
+	b.WriteString("(")
+	for i := range n {
+		fmt.Fprintf(b, "%s%d, ", col, i+1)
+	}
+	b.WriteString("n)")
 }
 
 // rewriteParams replaces the parameters $1..$n of sql with repl(n), leaving
