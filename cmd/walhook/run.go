@@ -106,6 +106,11 @@ func redactErr(err error, dsn string) string {
 	return msg
 }
 
+// roleLookupRoutine is the server function that reports a role that does
+// not exist (28000, like a pg_hba.conf refusal; its message is translated,
+// its routine name is not).
+const roleLookupRoutine = "InitializeSessionUserId"
+
 // dbError says what a connection failure means and what to do about it,
 // in one line (see connectHint for the network and TLS cases).
 func dbError(what, host string, port uint16, db string, err error) error {
@@ -117,7 +122,7 @@ func dbError(what, host string, port uint16, db string, err error) error {
 			return fmt.Errorf("%s: password authentication failed at %s: check the user and password in the DSN", what, addr)
 		case pe.Code == pgerrcode.InvalidCatalogName:
 			return fmt.Errorf("%s: database %q does not exist at %s: create it or fix the DSN", what, db, addr)
-		case pe.Code == pgerrcode.InvalidAuthorizationSpecification && strings.HasPrefix(pe.Message, "role ") && strings.HasSuffix(pe.Message, "does not exist"):
+		case pe.Code == pgerrcode.InvalidAuthorizationSpecification && pe.Routine == roleLookupRoutine:
 			return fmt.Errorf("%s: %s at %s: fix the user in the DSN, or create the role (CREATE ROLE name LOGIN REPLICATION PASSWORD '...';)", what, pe.Message, addr)
 		case pe.Code == pgerrcode.InvalidAuthorizationSpecification:
 			return fmt.Errorf("%s: the server at %s refused the connection (%s): allow it in pg_hba.conf", what, addr, pe.Message)
