@@ -31,15 +31,15 @@ lint: ## go vet, gofmt and golangci-lint (.golangci.yaml; the version is pinned 
 
 bench: deps ## capture vs pg_recvlogical, dispatch, latency, memory (table + bench-results.json); then Go benchmarks
 	$(GO) run ./test/bench -out bench-results.json
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cdc/ ./dispatch/
-	$(GO) test -run '^$$' -bench 'AppendValue' ./cdc/
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./cdc/... ./dispatch/
+	$(GO) test -run '^$$' -bench 'AppendValue' ./cdc/payload/
 
 bench-scale: deps ## 1, 2 and 4 dispatch-only processes draining one 200,000-row backlog
 	$(GO) run ./test/bench -phases scale -out bench-scale.json
 
 fuzz: ## fuzz the pgoutput decoder, value renderer and config parser (FUZZTIME each, default 30s)
 	$(GO) test -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME) ./cdc/
-	$(GO) test -run '^$$' -fuzz FuzzAppendValue -fuzztime $(FUZZTIME) ./cdc/
-	$(GO) test -run '^$$' -fuzz FuzzAppendJSONString -fuzztime $(FUZZTIME) ./cdc/
-	$(GO) test -run '^$$' -fuzz FuzzConditions -fuzztime $(FUZZTIME) ./cdc/
+	$(GO) test -run '^$$' -fuzz FuzzAppendValue -fuzztime $(FUZZTIME) ./cdc/payload/
+	$(GO) test -run '^$$' -fuzz FuzzAppendJSONString -fuzztime $(FUZZTIME) ./cdc/payload/
+	$(GO) test -run '^$$' -fuzz FuzzConditions -fuzztime $(FUZZTIME) ./cdc/payload/
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./internal/config/

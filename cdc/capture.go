@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -17,8 +18,10 @@ import (
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // Options configure a Capture.
@@ -112,21 +115,28 @@ func New(opts Options) (*Capture, error) {
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 10 * time.Second
 	}
+	c := newCapture(opts)
+	c.store = outbox.New(opts.Outbox, opts.Config.Database.Schema)
+	return c, nil
+}
+
+// newCapture is the Capture of opts without its outbox (what rendering
+// needs: the models, webhooks and type cache).
+func newCapture(opts Options) *Capture {
 	c := &Capture{
 		cfg: opts.Config, source: opts.Source, outbox: opts.Outbox, opts: opts,
-		store:  outbox.New(opts.Outbox, opts.Config.Database.Schema),
 		log:    opts.Logger.With().Str("component", "capture").Logger(),
 		models: map[string]*config.Model{},
 		byOID:  map[uint32]*config.Model{},
 		hooks:  hookIndex(opts.Config),
-		types:  &typeCache{pool: opts.Source, info: map[uint32]TypeInfo{}},
+		types:  &typeCache{pool: opts.Source, info: map[uint32]payload.TypeInfo{}},
 	}
 	c.types.log = c.log
 	for i := range opts.Config.Models {
 		m := &opts.Config.Models[i]
 		c.models[m.QualifiedTable()] = m
 	}
-	return c, nil
+	return c
 }
 
 // LossObserver is told, when the Options' Observer implements it too, about
@@ -222,17 +232,17 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err := checkServer(ctx, conn); err != nil {
 		return err
 	}
-	if err := checkTables(ctx, conn, c.cfg); err != nil {
+	if err := CheckTables(ctx, conn, c.cfg); err != nil {
 		return err
 	}
 	for i := range c.cfg.Models {
 		m := &c.cfg.Models[i]
-		ti, err := lookupTable(ctx, conn, m.Schema, m.Name)
+		ti, err := LookupTable(ctx, conn, m.Schema, m.Name)
 		if err != nil {
 			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
 		}
 		if ti != nil {
-			c.byOID[ti.oid] = m
+			c.byOID[ti.OID] = m
 		}
 	}
 	// Serialise set-up between processes starting together.
@@ -289,7 +299,7 @@ func (c *Capture) Run(ctx context.Context) error {
 			backoff = 500 * time.Millisecond
 		}
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "55006" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.ObjectInUse {
 			// The slot is our lock: poll it briskly so a standby takes over
 			// within seconds when the capturing process dies.
 			if holder := c.slotHolder(ctx); holder != lastHolder {
@@ -306,7 +316,7 @@ func (c *Capture) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(wait):
 		}
-		if !(errors.As(err, &pe) && pe.Code == "55006") {
+		if !(errors.As(err, &pe) && pe.Code == pgerrcode.ObjectInUse) {
 			backoff = min(backoff*2, 15*time.Second)
 		}
 	}
@@ -314,14 +324,18 @@ func (c *Capture) Run(ctx context.Context) error {
 
 // slotHolder describes the process holding the slot, for logs.
 func (c *Capture) slotHolder(ctx context.Context) string {
-	var pid int
-	var app, addr string
-	err := c.source.QueryRow(ctx, `SELECT coalesce(s.active_pid, 0), coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local')
-		FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = $1`, c.cfg.Database.Slot).Scan(&pid, &app, &addr)
-	if err != nil {
+	s, found, err := replslot.Read(ctx, c.source, c.cfg.Database.Slot)
+	if err != nil || !found || s.ActivePID == nil {
 		return "another process"
 	}
-	return fmt.Sprintf("pid %d (application_name %q, client %s)", pid, app, addr)
+	cl, err := replslot.Holder(ctx, c.source, *s.ActivePID)
+	if err != nil {
+		return fmt.Sprintf("pid %d", cl.PID)
+	}
+	if cl.Addr == "" {
+		cl.Addr = "local"
+	}
+	return fmt.Sprintf("pid %d (application_name %q, client %s)", cl.PID, cl.ApplicationName, cl.Addr)
 }
 
 // ReplicationConfig parses dsn into a replication connection config with
@@ -359,10 +373,10 @@ func (c *Capture) session(ctx context.Context) error {
 	})
 	if err != nil {
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42704" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject {
 			return fatalf("start replication: replication slot %s no longer exists (dropped by someone else?): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
 		}
-		if errors.As(err, &pe) && pe.Code == "55000" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.ObjectNotInPrerequisiteState {
 			return fatalf("start replication on slot %s: %v: the slot can no longer be used; drop it with SELECT pg_drop_replication_slot('%s'); and restart walhook", slot, err, slot)
 		}
 		return fmt.Errorf("start replication on slot %s: %w", slot, err)
@@ -386,12 +400,12 @@ func (c *Capture) session(ctx context.Context) error {
 	}()
 	s := &stream{
 		conn: conn, c: c, w: w, out: ch, werr: werr, log: c.log, interval: c.opts.StatusInterval,
-		rels: map[uint32]*relation{}, rd: renderer{resolve: c.types.resolve}, confirmed: startLSN,
+		rels: map[uint32]*payload.Relation{}, rd: payload.Renderer{Resolve: c.types.resolve}, confirmed: startLSN,
 		lastSentEnd: startLSN, kaNeed: startLSN,
 	}
 	err = s.run(ctx)
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42704" && strings.Contains(pe.Message, "publication") {
+	if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject && strings.Contains(pe.Message, "publication") {
 		err = fatalf("%v: publication %s was dropped while walhook was running: restart walhook to create it and the slot again; changes committed after LSN %s will not be captured", err, c.cfg.Database.Publication, s.confirmed)
 	}
 	// Stop the writer: on shutdown it commits what is complete; on an error
@@ -420,7 +434,7 @@ type typeCache struct {
 	pool *pgxpool.Pool
 	log  zerolog.Logger
 	mu   sync.RWMutex
-	info map[uint32]TypeInfo
+	info map[uint32]payload.TypeInfo
 	// names are the types' names from pgoutput's Type messages, which
 	// describe a type as it was when the change was written.
 	names map[uint32]string
@@ -436,7 +450,7 @@ func (t *typeCache) named(oid uint32, name string) {
 	t.names[oid] = name
 }
 
-func (t *typeCache) resolve(oid uint32) (TypeInfo, bool) {
+func (t *typeCache) resolve(oid uint32) (payload.TypeInfo, bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	ti, ok := t.info[oid]
@@ -459,7 +473,7 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 			// after ALTER COLUMN ... TYPE; DROP TYPE while capture lagged):
 			// render its values as their text, and say so once.
 			t.mu.Lock()
-			t.info[oid] = TypeInfo{}
+			t.info[oid] = payload.TypeInfo{}
 			name := t.names[oid]
 			t.mu.Unlock()
 			if name == "" {
@@ -472,7 +486,7 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 		if err != nil {
 			return fmt.Errorf("look up type %d: %w", oid, err)
 		}
-		var ti TypeInfo
+		var ti payload.TypeInfo
 		next := uint32(0)
 		switch {
 		case typtype == "d":

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -426,4 +427,33 @@ func TestTableProblemsAreConfigErrors(t *testing.T) {
 
 func asConfigError(err error, ce **config.Error) bool {
 	return errors.As(err, ce)
+}
+
+// poolAs opens a pool on b's database as role.
+func poolAs(t *testing.T, dsn, role string) *pgxpool.Pool {
+	t.Helper()
+	u, _ := url.Parse(dsn)
+	u.User = url.User(role)
+	pool, err := pgxpool.New(context.Background(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// role creates a login role named after the test's slot (roles are
+// cluster-wide) and drops it, and what it was granted, at the end.
+func (b *bundle) role(attrs string) string {
+	b.t.Helper()
+	name := "r_" + b.cfg.Database.Slot
+	if _, err := b.db.Exec(context.Background(), "CREATE ROLE "+name+" LOGIN "+attrs); err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = b.db.Exec(ctx, "DROP OWNED BY "+name)
+		_, _ = b.db.Exec(ctx, "DROP ROLE "+name)
+	})
+	return name
 }

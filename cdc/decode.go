@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/walhook/walhook/cdc/payload"
 )
 
 // parseMessage decodes one pgoutput message. pglogrepl has no bounds checks,
@@ -92,18 +93,18 @@ func firstByte(b []byte) byte {
 
 // tupleRow converts a pgoutput tuple into a row. The values point into the
 // message buffer, so a row must be rendered before the next receive.
-func tupleRow(t *pglogrepl.TupleData, ncols int) (row, error) {
+func tupleRow(t *pglogrepl.TupleData, ncols int) (payload.Row, error) {
 	if t == nil {
 		return nil, fmt.Errorf("change without a tuple")
 	}
 	if len(t.Columns) != ncols {
 		return nil, fmt.Errorf("tuple has %d columns, relation has %d", len(t.Columns), ncols)
 	}
-	r := make(row, ncols)
+	r := make(payload.Row, ncols)
 	for i, c := range t.Columns {
 		switch c.DataType {
 		case 'n', 't', 'u':
-			r[i] = tupleValue{kind: c.DataType, data: c.Data}
+			r[i] = payload.TupleValue{Kind: c.DataType, Data: c.Data}
 		case 'b':
 			return nil, fmt.Errorf("column %d in binary format, which walhook does not request", i)
 		default:

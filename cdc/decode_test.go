@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 )
 
@@ -36,13 +37,13 @@ func insertMsg(rel uint32, vals ...*string) []byte {
 }
 
 // fuzzRelation is a relation of five columns of assorted types.
-func fuzzRelation() *relation {
+func fuzzRelation() *payload.Relation {
 	m := &pglogrepl.RelationMessage{RelationID: 16400, Namespace: "public", RelationName: "t", ReplicaIdentity: 'd',
 		Columns: []*pglogrepl.RelationMessageColumn{
 			{Flags: 1, Name: "id", DataType: 20}, {Name: "name", DataType: 25}, {Name: "tags", DataType: 1009},
 			{Name: "at", DataType: 1184}, {Name: "amount", DataType: 1700},
 		}}
-	return newRelation(m, &config.Model{Model: "T", URL: "/t/{id}/", Choices: map[string]config.Choices{"name": {"a": "A"}}}, []string{"id"})
+	return payload.NewRelation(describe(m), &config.Model{Model: "T", URL: "/t/{id}/", Choices: map[string]config.Choices{"name": {"a": "A"}}}, []string{"id"})
 }
 
 // FuzzDecodeChange feeds arbitrary pgoutput bytes through the same path a
@@ -58,7 +59,7 @@ func FuzzDecodeChange(f *testing.F) {
 	f.Add([]byte{'R', 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rel := fuzzRelation()
-		rd := renderer{}
+		rd := payload.Renderer{}
 		msg, err := parseMessage(data)
 		if err != nil {
 			return
@@ -75,15 +76,16 @@ func FuzzDecodeChange(f *testing.F) {
 		default:
 			return
 		}
-		vals, err := tupleRow(tuple, len(rel.cols))
+		vals, err := tupleRow(tuple, len(rel.Cols))
 		if err != nil {
 			return
 		}
-		body := rd.netboxBody(EventCreated, time.Unix(1700000000, 123456000), rel, vals, keysOnly)
+		c := payload.Change{Rel: rel, Event: payload.EventCreated, Vals: vals, KeysOnly: keysOnly}
+		body := rd.NetboxBody(&c, time.Unix(1700000000, 123456000))
 		if !json.Valid([]byte(body)) {
 			t.Fatalf("invalid JSON body: %s", body)
 		}
-		_ = objectKey(rel, vals)
+		_ = payload.ObjectKey(rel, vals)
 	})
 }
 
@@ -114,7 +116,7 @@ func TestTimestampAndObjectKey(t *testing.T) {
 		{time.Unix(1508769597, 0), "1508769597.000000"},
 		{time.Unix(1, 5000), "1.000005"},
 	} {
-		if got := string(appendTimestamp(nil, tc.t)); got != tc.want {
+		if got := string(payload.AppendTimestamp(nil, tc.t)); got != tc.want {
 			t.Errorf("appendTimestamp(%v) = %s, want %s", tc.t, got, tc.want)
 		}
 	}
@@ -127,14 +129,14 @@ func TestTimestampAndObjectKey(t *testing.T) {
 		{time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), `"2024-01-02T03:04:05+00:00"`},
 		{time.Date(2024, 1, 2, 4, 4, 5, 999, time.FixedZone("x", 3600)), `"2024-01-02T03:04:05+00:00"`},
 	} {
-		if got := string(appendISOTime(nil, tc.t)); got != tc.want {
+		if got := string(payload.AppendISOTime(nil, tc.t)); got != tc.want {
 			t.Errorf("appendISOTime(%v) = %s, want %s", tc.t, got, tc.want)
 		}
 	}
 	m := &pglogrepl.RelationMessage{Columns: []*pglogrepl.RelationMessageColumn{{Name: "a", DataType: 23}, {Name: "b", DataType: 25}, {Name: "c", DataType: 25}}}
-	rel := newRelation(m, &config.Model{Model: "X"}, []string{"a", "b"})
-	vals := row{{kind: 't', data: []byte("1")}, {kind: 't', data: []byte(`x"y`)}, {kind: 'n'}}
-	if got := objectKey(rel, vals); got != `["1","x\"y"]` {
+	rel := payload.NewRelation(describe(m), &config.Model{Model: "X"}, []string{"a", "b"})
+	vals := payload.Row{{Kind: 't', Data: []byte("1")}, {Kind: 't', Data: []byte(`x"y`)}, {Kind: 'n'}}
+	if got := payload.ObjectKey(rel, vals); got != `["1","x\"y"]` {
 		t.Errorf("composite key = %s", got)
 	}
 }

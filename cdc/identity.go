@@ -3,15 +3,18 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // The outbox statements this file runs (the checkpoint's identity, the
@@ -45,11 +48,14 @@ func identifySource(ctx context.Context, dsn string) (sourceIdentity, error) {
 // slotPosition returns the slot's confirmed_flush_lsn (its consistent point
 // when it has just been created).
 func slotPosition(ctx context.Context, conn queryer, slot string) (pglogrepl.LSN, error) {
-	var s string
-	if err := conn.QueryRow(ctx, "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&s); err != nil {
-		return 0, fmt.Errorf("read replication slot %s: %w", slot, err)
+	s, found, err := replslot.Read(ctx, conn, slot)
+	if err != nil {
+		return 0, err
 	}
-	return pglogrepl.ParseLSN(s)
+	if !found {
+		return 0, fmt.Errorf("read replication slot %s: %w", slot, pgx.ErrNoRows)
+	}
+	return s.Confirmed, nil
 }
 
 // capturedWebhooks are the names of the webhooks capture writes rows for.
@@ -77,11 +83,11 @@ func (c *Capture) claimOwnWebhooks(ctx context.Context) error {
 		return err
 	}
 	var msgs []string
-	for _, w := range sortedKeys(taken) {
+	for _, w := range slices.Sorted(maps.Keys(taken)) {
 		msgs = append(msgs, fmt.Sprintf("webhook %q is already captured into this outbox by slot %s", w, taken[w]))
 	}
 	return fatalf("%s: two captures (configurations with their own slot) writing into one outbox must not share a webhook name, or their deliveries could collide on (webhook, commit_lsn, seq) and be dropped; rename the webhook in one of them, or if the configuration using slot %s is gone for good run: DELETE FROM %s WHERE slot = %s;",
-		strings.Join(msgs, "; "), taken[sortedKeys(taken)[0]], c.store.WebhookOwnersTable(), quoteLiteral(taken[sortedKeys(taken)[0]]))
+		strings.Join(msgs, "; "), taken[slices.Sorted(maps.Keys(taken))[0]], c.store.WebhookOwnersTable(), QuoteLiteral(taken[slices.Sorted(maps.Keys(taken))[0]]))
 }
 
 // reconcileCheckpoint compares the stored checkpoint with the source and

@@ -1,5 +1,7 @@
 package cdc
 
+import "github.com/walhook/walhook/cdc/payload"
+
 // maxTxnImages bounds the objects whose last image a transaction keeps for
 // ignore_changes (see txnImages).
 var maxTxnImages = 10000
@@ -14,13 +16,16 @@ var maxTxnImages = 10000
 // transaction still needs FULL to be recognised.
 type txnImages struct {
 	lsn    uint64
-	rows   map[coalKey]row
+	rows   map[imageKey]payload.Row
 	warned bool
 }
 
+// imageKey is an object: model and object_key.
+type imageKey struct{ model, key string }
+
 // tracks reports whether rel's changes are kept.
-func (t *txnImages) tracks(rel *relation) bool {
-	return rel.model != nil && len(rel.model.IgnoreChanges) > 0 && rel.identity != 'f'
+func (t *txnImages) tracks(rel *payload.Relation) bool {
+	return rel.Model != nil && len(rel.Model.IgnoreChanges) > 0 && rel.Identity != 'f'
 }
 
 func (t *txnImages) at(lsn uint64) {
@@ -31,9 +36,9 @@ func (t *txnImages) at(lsn uint64) {
 }
 
 // get returns the image kept for the object of vals in transaction lsn.
-func (t *txnImages) get(lsn uint64, rel *relation, vals row) row {
+func (t *txnImages) get(lsn uint64, rel *payload.Relation, vals payload.Row) payload.Row {
 	t.at(lsn)
-	prev := t.rows[coalKey{rel.model.Model, objectKey(rel, vals)}]
+	prev := t.rows[imageKey{rel.Model.Model, payload.ObjectKey(rel, vals)}]
 	if len(prev) != len(vals) {
 		return nil // the table changed in between
 	}
@@ -42,9 +47,9 @@ func (t *txnImages) get(lsn uint64, rel *relation, vals row) row {
 
 // put keeps vals (copied) as the object's last image; deleted drops it. It
 // reports false when the transaction has more objects than are kept.
-func (t *txnImages) put(lsn uint64, rel *relation, vals row, deleted bool) bool {
+func (t *txnImages) put(lsn uint64, rel *payload.Relation, vals payload.Row, deleted bool) bool {
 	t.at(lsn)
-	k := coalKey{rel.model.Model, objectKey(rel, vals)}
+	k := imageKey{rel.Model.Model, payload.ObjectKey(rel, vals)}
 	if deleted {
 		delete(t.rows, k)
 		return true
@@ -53,8 +58,8 @@ func (t *txnImages) put(lsn uint64, rel *relation, vals row, deleted bool) bool 
 		return false
 	}
 	if t.rows == nil {
-		t.rows = map[coalKey]row{}
+		t.rows = map[imageKey]payload.Row{}
 	}
-	t.rows[k] = copyRow(vals)
+	t.rows[k] = payload.CopyRow(vals)
 	return true
 }

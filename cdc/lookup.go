@@ -11,9 +11,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 )
 
@@ -24,506 +26,11 @@ import (
 // queries run in one read-only transaction with a statement timeout; one that
 // fails leaves its field out of the chunk's payloads and is logged.
 
-// lookupTimeout is the statement_timeout of each lookup query.
-const lookupTimeout = 5 * time.Second
-
 // lookupBegin starts the read-only transaction of a chunk's lookups. JIT is
 // off: these are short indexed queries, and compiling a computed field's
 // plan (PostgreSQL JITs any plan above jit_above_cost) cost more than running
 // it: capture with examples/netbox.yaml ran at about half the speed with it.
-var lookupBegin = fmt.Sprintf("BEGIN READ ONLY; SET LOCAL statement_timeout = %d; SET LOCAL jit = off", lookupTimeout.Milliseconds())
-
-// colInfo is a column of a captured or related table.
-type colInfo struct {
-	name    string
-	oid     uint32
-	typname string // schema-qualified, quoted type name without modifiers (for casts)
-}
-
-// tableColumns returns the columns of schema.name in attnum order (nil when
-// the table does not exist). Views are accepted: a relation may point at one.
-func tableColumns(ctx context.Context, q queryer, schema, name string) ([]colInfo, error) {
-	rows, err := q.Query(ctx, `
-		SELECT a.attname::text, a.atttypid, quote_ident(tn.nspname) || '.' || quote_ident(t.typname)
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-		JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-		ORDER BY a.attnum`, schema, name)
-	if err != nil {
-		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, name, err)
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (colInfo, error) {
-		var c colInfo
-		err := r.Scan(&c.name, &c.oid, &c.typname)
-		return c, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, name, err)
-	}
-	return out, nil
-}
-
-// tablePrimaryKey returns the primary-key columns of schema.name in key order.
-func tablePrimaryKey(ctx context.Context, q queryer, schema, name string) ([]string, error) {
-	rows, err := q.Query(ctx, `
-		SELECT a.attname::text FROM pg_index i
-		JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-		WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary
-		ORDER BY array_position(i.indkey::int2[], a.attnum)`, schema, name)
-	if err != nil {
-		return nil, fmt.Errorf("read primary key of %s.%s: %w", schema, name, err)
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
-}
-
-// lookupPlan holds a model's relation and computed-field queries, resolved
-// against the columns of one version of its table.
-type lookupPlan struct {
-	rels  []*relLookup
-	comps []*compLookup
-}
-
-// relLookup renders one relation: a foreign key as a nested object.
-type relLookup struct {
-	key      string // the config key (FK column or columns)
-	field    string
-	fk       []int // indexes of the FK columns in the captured row
-	sql      string
-	sel      []uint32 // type OIDs of the selected related columns
-	out      []relOut // keys of the nested object, in order
-	urlAt    int      // "url" is rendered before out[urlAt]; -1: no url
-	urlParts []urlPart
-	// table is the related table ("schema.name"), refKey the columns the
-	// foreign key refers to; imageSQL renders the nested object from row
-	// images (json objects) instead of the table: a related row deleted in
-	// the change's own transaction renders from its old image.
-	table    string
-	refKey   []string
-	imageSQL string
-	logLimit
-}
-
-type relOut struct {
-	name string
-	sel  int // index into the selected columns
-}
-
-// compLookup is one computed field.
-type compLookup struct {
-	name string
-	args []int // indexes of the argument columns in the captured row
-	sql  string
-	snap bool // a snapshot field (config Snapshot.Computed), not rendered in "data"
-	logLimit
-}
-
-// logLimit keeps a failing lookup from logging on every chunk.
-type logLimit struct {
-	last       time.Time
-	suppressed int
-}
-
-func (l *logLimit) allow() (bool, int) {
-	if time.Since(l.last) < time.Minute {
-		l.suppressed++
-		return false, 0
-	}
-	n := l.suppressed
-	l.last, l.suppressed = time.Now(), 0
-	return true, n
-}
-
-// lookupProblem is a relation or computed field that cannot be planned.
-type lookupProblem struct {
-	line int
-	msg  string
-}
-
-// planLookups builds the queries of model m for a table whose columns, in
-// row order, are cols. Relations and computed fields with problems are left
-// out of the plan and reported.
-func planLookups(ctx context.Context, q queryer, m *config.Model, cols []colInfo) (*lookupPlan, []lookupProblem, error) {
-	if len(m.Relations) == 0 && len(m.Computed) == 0 && (m.Snapshot == nil || len(m.Snapshot.Computed) == 0) {
-		return nil, nil, nil
-	}
-	index := map[string]int{}
-	for i, c := range cols {
-		index[c.name] = i
-	}
-	var probs []lookupProblem
-	plan := &lookupPlan{}
-	used := map[int]string{} // FK column -> relation
-	for _, key := range sortedKeys(m.Relations) {
-		r := m.Relations[key]
-		rl, msg, err := planRelation(ctx, q, m, key, r, cols, index)
-		if err != nil {
-			return nil, nil, err
-		}
-		if msg == "" {
-			for _, c := range rl.fk {
-				if other, dup := used[c]; dup {
-					msg = fmt.Sprintf("column %q is already rendered by relation %s", cols[c].name, other)
-				}
-			}
-		}
-		if msg != "" {
-			probs = append(probs, lookupProblem{r.Line, fmt.Sprintf("model %s: relation %s: %s", m.Model, key, msg)})
-			continue
-		}
-		for _, c := range rl.fk {
-			used[c] = key
-		}
-		plan.rels = append(plan.rels, rl)
-	}
-	for _, name := range m.ComputedOrder {
-		c := m.Computed[name]
-		cl, msg := planComputed(name, c, cols, index)
-		if msg != "" {
-			probs = append(probs, lookupProblem{c.Line, fmt.Sprintf("model %s: computed field %s: %s", m.Model, name, msg)})
-			continue
-		}
-		plan.comps = append(plan.comps, cl)
-	}
-	if sn := m.Snapshot; sn != nil {
-		for _, name := range sn.ComputedOrder {
-			c := sn.Computed[name]
-			cl, msg := planComputed(name, c, cols, index)
-			if msg != "" {
-				probs = append(probs, lookupProblem{c.Line, fmt.Sprintf("model %s: snapshot computed field %s: %s", m.Model, name, msg)})
-				continue
-			}
-			cl.snap = true
-			plan.comps = append(plan.comps, cl)
-		}
-	}
-	return plan, probs, nil
-}
-
-func planRelation(ctx context.Context, q queryer, m *config.Model, key string, r config.Relation, cols []colInfo, index map[string]int) (*relLookup, string, error) {
-	rl := &relLookup{key: key, field: r.Field, urlAt: -1}
-	names := make([]string, len(cols))
-	for i, c := range cols {
-		names[i] = c.name
-	}
-	for _, c := range config.FKColumns(key) {
-		i, ok := index[c]
-		if !ok {
-			return nil, fmt.Sprintf("unknown column %q of %s (columns: %s)", c, m.QualifiedTable(), strings.Join(names, ", ")), nil
-		}
-		if contains(m.Exclude, c) {
-			return nil, fmt.Sprintf("column %q is both excluded and rendered as a relation: remove it from exclude", c), nil
-		}
-		rl.fk = append(rl.fk, i)
-	}
-	schema, table := config.SplitTable(r.Table)
-	rcols, err := tableColumns(ctx, q, schema, table)
-	if err != nil {
-		return nil, "", err
-	}
-	if len(rcols) == 0 {
-		return nil, fmt.Sprintf("table %s.%s does not exist", schema, table), nil
-	}
-	rindex := map[string]int{}
-	rnames := make([]string, len(rcols))
-	for i, c := range rcols {
-		rindex[c.name] = i
-		rnames[i] = c.name
-	}
-	refKey := r.Key
-	if len(refKey) == 0 {
-		if refKey, err = tablePrimaryKey(ctx, q, schema, table); err != nil {
-			return nil, "", err
-		}
-		if len(refKey) == 0 {
-			return nil, fmt.Sprintf("table %s.%s has no primary key: name the columns the foreign key refers to with key: [...]", schema, table), nil
-		}
-	}
-	if len(refKey) != len(rl.fk) {
-		return nil, fmt.Sprintf("%d foreign-key columns but %s.%s is keyed by %d (%s): set key: [...]", len(rl.fk), schema, table, len(refKey), strings.Join(refKey, ", ")), nil
-	}
-	// Selected columns: rendered ones, then url placeholders not rendered.
-	// sel holds the column names ("" for an expression), selSQL what the
-	// query selects for each.
-	var sel, selSQL []string
-	selIndex := map[string]int{}
-	selectCol := func(name string) (int, string) {
-		if i, ok := selIndex[name]; ok {
-			return i, ""
-		}
-		ci, ok := rindex[name]
-		if !ok {
-			return 0, fmt.Sprintf("unknown column %q of %s.%s (columns: %s)", name, schema, table, strings.Join(rnames, ", "))
-		}
-		selIndex[name] = len(sel)
-		sel = append(sel, name)
-		selSQL = append(selSQL, "r."+pgx.Identifier{name}.Sanitize())
-		rl.sel = append(rl.sel, rcols[ci].oid)
-		return len(sel) - 1, ""
-	}
-	for _, k := range refKey {
-		if _, ok := rindex[k]; !ok {
-			return nil, fmt.Sprintf("key column %q is not a column of %s.%s (columns: %s)", k, schema, table, strings.Join(rnames, ", ")), nil
-		}
-	}
-	for _, c := range r.Columns {
-		rc, err := config.ParseRelationColumn(c)
-		if err != nil {
-			return nil, err.Error(), nil
-		}
-		if rc.Expr != "" {
-			// An expression over the related row r, rendered as to_json
-			// renders its value. Parameters have no meaning here.
-			body, err := rewriteParams(rc.Expr, func(n int) (string, error) {
-				return "", fmt.Errorf("column %q: an expression cannot use $%d (it sees the related row as r)", c, n)
-			})
-			if err != nil {
-				return nil, err.Error(), nil
-			}
-			rl.out = append(rl.out, relOut{name: rc.As, sel: len(sel)})
-			sel = append(sel, "")
-			selSQL = append(selSQL, "to_json(("+body+"\n))")
-			rl.sel = append(rl.sel, vtJSON)
-			continue
-		}
-		i, msg := selectCol(rc.Column)
-		if msg != "" {
-			return nil, msg, nil
-		}
-		rl.out = append(rl.out, relOut{name: rc.As, sel: i})
-		if contains(refKey, rc.Column) {
-			rl.urlAt = len(rl.out)
-		}
-	}
-	if r.URL != "" {
-		if rl.urlAt < 0 {
-			rl.urlAt = 0
-		}
-		for _, g := range placeholderRE.FindAllStringSubmatch(r.URL, -1) {
-			if _, msg := selectCol(g[1]); msg != "" {
-				return nil, "url: " + msg, nil
-			}
-		}
-		selCols := make([]column, len(sel))
-		for i, n := range sel {
-			selCols[i] = column{name: n}
-		}
-		rl.urlParts = parseURLTemplate(r.URL, selCols)
-	} else {
-		rl.urlAt = -1
-	}
-	// SELECT k.n, r."id", r."name" FROM unnest($1::text[]) WITH ORDINALITY AS k(k1, n)
-	// JOIN "public"."dcim_region" AS r ON r."id" = k.k1::pg_catalog.int8
-	var b strings.Builder
-	b.WriteString("SELECT k.n")
-	for _, e := range selSQL {
-		b.WriteString(", ")
-		b.WriteString(e)
-	}
-	b.WriteString(" FROM unnest(")
-	for i := range rl.fk {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "$%d::text[]", i+1)
-	}
-	b.WriteString(") WITH ORDINALITY AS k(")
-	for i := range rl.fk {
-		fmt.Fprintf(&b, "k%d, ", i+1)
-	}
-	b.WriteString("n) JOIN ")
-	b.WriteString(pgx.Identifier{schema, table}.Sanitize())
-	b.WriteString(" AS r ON ")
-	for i, k := range refKey {
-		if i > 0 {
-			b.WriteString(" AND ")
-		}
-		fmt.Fprintf(&b, "r.%s = k.k%d::%s", pgx.Identifier{k}.Sanitize(), i+1, rcols[rindex[k]].typname)
-	}
-	rl.sql = b.String()
-	// SELECT k.n, r."id", ... FROM unnest($1::text[]) WITH ORDINALITY AS k(img, n)
-	// CROSS JOIN LATERAL json_populate_record(NULL::"public"."dcim_device", k.img::json) AS r
-	b.Reset()
-	b.WriteString("SELECT k.n")
-	for _, e := range selSQL {
-		b.WriteString(", ")
-		b.WriteString(e)
-	}
-	b.WriteString(" FROM unnest($1::text[]) WITH ORDINALITY AS k(img, n) CROSS JOIN LATERAL json_populate_record(NULL::")
-	b.WriteString(pgx.Identifier{schema, table}.Sanitize())
-	b.WriteString(", k.img::json) AS r")
-	rl.imageSQL = b.String()
-	rl.table, rl.refKey = schema+"."+table, refKey
-	return rl, "", nil
-}
-
-func planComputed(name string, c config.Computed, cols []colInfo, index map[string]int) (*compLookup, string) {
-	cl := &compLookup{name: name}
-	for _, a := range c.Args {
-		i, ok := index[a]
-		if !ok {
-			names := make([]string, len(cols))
-			for j, c := range cols {
-				names[j] = c.name
-			}
-			return nil, fmt.Sprintf("args names unknown column %q (columns: %s)", a, strings.Join(names, ", "))
-		}
-		cl.args = append(cl.args, i)
-	}
-	body, err := rewriteParams(c.SQL, func(n int) (string, error) {
-		if n < 1 || n > len(c.Args) {
-			return "", fmt.Errorf("sql uses $%d but args lists %d column(s)", n, len(c.Args))
-		}
-		return fmt.Sprintf("(walhook_args.a%d::%s)", n, cols[cl.args[n-1]].typname), nil
-	})
-	if err != nil {
-		return nil, err.Error()
-	}
-	// SELECT walhook_args.n, to_json((<sql>)) FROM unnest($1::text[], ...)
-	// WITH ORDINALITY AS walhook_args(a1, ..., n)
-	var b strings.Builder
-	if len(c.Args) == 0 {
-		b.WriteString("SELECT 1, to_json((" + body + "\n))")
-	} else {
-		b.WriteString("SELECT walhook_args.n, to_json((" + body + "\n)) FROM unnest(")
-		for i := range c.Args {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "$%d::text[]", i+1)
-		}
-		b.WriteString(") WITH ORDINALITY AS walhook_args(")
-		for i := range c.Args {
-			fmt.Fprintf(&b, "a%d, ", i+1)
-		}
-		b.WriteString("n)")
-	}
-	cl.sql = b.String()
-	return cl, ""
-}
-
-// rewriteParams replaces the parameters $1..$n of sql with repl(n), leaving
-// string literals, quoted identifiers, comments and dollar-quoted strings
-// alone, and drops trailing semicolons.
-func rewriteParams(sql string, repl func(n int) (string, error)) (string, error) {
-	sql = strings.TrimRight(strings.TrimSpace(sql), "; \t\r\n")
-	var b strings.Builder
-	identChar := func(c byte) bool {
-		return c == '_' || c == '$' || c >= 0x80 || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9')
-	}
-	i := 0
-	for i < len(sql) {
-		c := sql[i]
-		switch {
-		case c == '\'':
-			escapes := i > 0 && (sql[i-1] == 'E' || sql[i-1] == 'e') && (i < 2 || !identChar(sql[i-2]))
-			j := closingQuote(sql, i, '\'', escapes)
-			if j >= len(sql) {
-				return "", errors.New("sql has an unterminated string literal")
-			}
-			b.WriteString(sql[i : j+1])
-			i = j + 1
-		case c == '"':
-			j := closingQuote(sql, i, '"', false)
-			if j >= len(sql) {
-				return "", errors.New("sql has an unterminated quoted identifier")
-			}
-			b.WriteString(sql[i : j+1])
-			i = j + 1
-		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
-			j := strings.IndexByte(sql[i:], '\n')
-			if j < 0 {
-				j = len(sql) - i
-			}
-			b.WriteString(sql[i : i+j])
-			i += j
-		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
-			depth, j := 1, i+2
-			for j < len(sql) && depth > 0 {
-				switch {
-				case strings.HasPrefix(sql[j:], "/*"):
-					depth++
-					j += 2
-				case strings.HasPrefix(sql[j:], "*/"):
-					depth--
-					j += 2
-				default:
-					j++
-				}
-			}
-			if depth > 0 {
-				return "", errors.New("sql has an unterminated comment")
-			}
-			b.WriteString(sql[i:j])
-			i = j
-		case c == '$' && (i == 0 || !identChar(sql[i-1])):
-			j := i + 1
-			for j < len(sql) && '0' <= sql[j] && sql[j] <= '9' {
-				j++
-			}
-			if j > i+1 { // $N
-				n, err := strconv.Atoi(sql[i+1 : j])
-				if err != nil {
-					return "", fmt.Errorf("sql has a bad parameter %s", sql[i:j])
-				}
-				r, err := repl(n)
-				if err != nil {
-					return "", err
-				}
-				b.WriteString(r)
-				i = j
-				continue
-			}
-			// $tag$ ... $tag$ (the tag may be empty)
-			for j < len(sql) && identChar(sql[j]) && sql[j] != '$' {
-				j++
-			}
-			if j < len(sql) && sql[j] == '$' {
-				tag := sql[i : j+1]
-				end := strings.Index(sql[j+1:], tag)
-				if end < 0 {
-					return "", errors.New("sql has an unterminated dollar-quoted string")
-				}
-				stop := j + 1 + end + len(tag)
-				b.WriteString(sql[i:stop])
-				i = stop
-				continue
-			}
-			b.WriteByte(c)
-			i++
-		case identChar(c):
-			j := i
-			for j < len(sql) && identChar(sql[j]) {
-				j++
-			}
-			b.WriteString(sql[i:j])
-			i = j
-		default:
-			b.WriteByte(c)
-			i++
-		}
-	}
-	return b.String(), nil
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
-// lookupVal is a looked-up field of one change: present false leaves the
-// field out (its lookup failed).
-type lookupVal struct {
-	present bool
-	json    []byte
-}
-
-var jsonNull = []byte("null")
+var lookupBegin = fmt.Sprintf("BEGIN READ ONLY; SET LOCAL statement_timeout = %d; SET LOCAL jit = off", payload.LookupTimeout.Milliseconds())
 
 // lookupRun executes one chunk's queries in a read-only transaction on the
 // source pool.
@@ -584,15 +91,15 @@ func newKeySet(width int) *keySet {
 }
 
 // add returns the index of the tuple of vals at positions cols.
-func (ks *keySet) add(vals row, cols []int) int {
+func (ks *keySet) add(vals payload.Row, cols []int) int {
 	ks.buf = ks.buf[:0]
 	for _, c := range cols {
 		v := vals[c]
-		if v.kind == 't' {
+		if v.Kind == 't' {
 			ks.buf = append(ks.buf, 't')
-			ks.buf = strconv.AppendInt(ks.buf, int64(len(v.data)), 10)
+			ks.buf = strconv.AppendInt(ks.buf, int64(len(v.Data)), 10)
 			ks.buf = append(ks.buf, ':')
-			ks.buf = append(ks.buf, v.data...)
+			ks.buf = append(ks.buf, v.Data...)
 		} else {
 			ks.buf = append(ks.buf, 'n')
 		}
@@ -604,8 +111,8 @@ func (ks *keySet) add(vals row, cols []int) int {
 	ks.idx[string(ks.buf)] = i
 	for n, c := range cols {
 		var p *string
-		if vals[c].kind == 't' {
-			s := string(vals[c].data)
+		if vals[c].Kind == 't' {
+			s := string(vals[c].Data)
 			p = &s
 		}
 		ks.cols[n] = append(ks.cols[n], p)
@@ -644,28 +151,28 @@ var lookupRetryFor = 20 * time.Second
 // Capture.Stall), unless its model says on_lookup_error: omit.
 func (s *stream) lookups(ctx context.Context, ps []pending) error {
 	// Changes per relation (table version), in order of first appearance.
-	var order, fillOrder []*relation
-	groups := map[*relation][]int{}
-	fills := map[*relation][]int{}
+	var order, fillOrder []*payload.Relation
+	groups := map[*payload.Relation][]int{}
+	fills := map[*payload.Relation][]int{}
 	for i := range ps {
 		p := &ps[i]
 		if p.fill {
-			if _, ok := fills[p.rel]; !ok {
-				fillOrder = append(fillOrder, p.rel)
+			if _, ok := fills[p.Rel]; !ok {
+				fillOrder = append(fillOrder, p.Rel)
 			}
-			fills[p.rel] = append(fills[p.rel], i)
+			fills[p.Rel] = append(fills[p.Rel], i)
 		}
-		pl := p.rel.plan
+		pl := p.Rel.Plan
 		if pl == nil {
 			continue
 		}
-		if _, ok := groups[p.rel]; !ok {
-			order = append(order, p.rel)
+		if _, ok := groups[p.Rel]; !ok {
+			order = append(order, p.Rel)
 		}
-		groups[p.rel] = append(groups[p.rel], i)
-		p.extra = make([]lookupVal, len(pl.rels)+len(pl.comps))
+		groups[p.Rel] = append(groups[p.Rel], i)
+		p.Extra = make([]payload.LookupVal, len(pl.Rels)+len(pl.Comps))
 		if p.oldNeeded() {
-			p.oldExtra = make([]lookupVal, len(pl.rels))
+			p.oldExtra = make([]payload.LookupVal, len(pl.Rels))
 		}
 	}
 	var fillJobs, jobs []lookupJob
@@ -675,15 +182,15 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 	}
 	for _, rel := range order {
 		idxs := groups[rel]
-		for li, rl := range rel.plan.rels {
+		for li, rl := range rel.Plan.Rels {
 			jobs = append(jobs, func(lr *lookupRun) error { return s.relationLookup(ctx, lr, rel, li, rl, ps, idxs) })
 		}
 		snaps := wantsSnapshots(rel)
-		for ci, cl := range rel.plan.comps {
-			if cl.snap && !snaps {
+		for ci, cl := range rel.Plan.Comps {
+			if cl.Snap && !snaps {
 				continue // no webhook of the model renders snapshots
 			}
-			slot := len(rel.plan.rels) + ci
+			slot := len(rel.Plan.Rels) + ci
 			jobs = append(jobs, func(lr *lookupRun) error { return s.computedLookup(ctx, lr, rel, slot, cl, ps, idxs) })
 		}
 	}
@@ -712,11 +219,11 @@ func (s *stream) lookups(ctx context.Context, ps []pending) error {
 
 // wantsSnapshots reports whether a webhook of rel's model renders
 // snapshots (format netbox-v4).
-func wantsSnapshots(rel *relation) bool {
-	for _, set := range [][3]hookSet{rel.hooks, rel.coal} {
+func wantsSnapshots(rel *payload.Relation) bool {
+	for _, set := range [][3]payload.HookSet{rel.Hooks, rel.Coal} {
 		for _, hs := range set {
-			for _, sp := range hs.specs {
-				if sp != nil && sp.format == FormatNetboxV4 {
+			for _, sp := range hs.Specs {
+				if sp != nil && sp.Format == payload.FormatNetboxV4 {
 					return true
 				}
 			}
@@ -762,8 +269,8 @@ func (s *stream) runLookups(ctx context.Context, jobs []lookupJob) error {
 		}
 		ev := s.log.Warn().Err(first).Int("failed_queries", len(retry)).Dur("retry_in", backoff)
 		var pe *pgconn.PgError
-		if errors.As(first, &pe) && pe.Code == "57014" {
-			ev = ev.Dur("statement_timeout", lookupTimeout)
+		if errors.As(first, &pe) && pe.Code == pgerrcode.QueryCanceled {
+			ev = ev.Dur("statement_timeout", payload.LookupTimeout)
 		}
 		ev.Msg("lookup failed: capture holds the changes and retries (set on_lookup_error: omit on the model to send them without the field instead)")
 		if err := s.keepAlive(ctx); err != nil {
@@ -817,45 +324,45 @@ func (s *stream) runJobs(ctx context.Context, jobs []lookupJob) []error {
 // ps, all of table version rel, with the values read back by key: one query
 // for the chunk. A row that is gone renders those columns as null, with a
 // warning.
-func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *relation, ps []pending, idxs []int) error {
-	if rel.keyTypes == nil {
-		types := make([]string, len(rel.pkCols))
-		for n, i := range rel.pkCols {
+func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *payload.Relation, ps []pending, idxs []int) error {
+	if rel.KeyTypes == nil {
+		types := make([]string, len(rel.PKCols))
+		for n, i := range rel.PKCols {
 			err := lr.query(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND NOT attisdropped`,
-				[]any{rel.id, rel.cols[i].name}, func(vals [][]byte) { types[n] = string(vals[0]) })
+				[]any{rel.ID, rel.Cols[i].Name}, func(vals [][]byte) { types[n] = string(vals[0]) })
 			if err != nil {
-				return fmt.Errorf("%s.%s: read key types: %w", rel.schema, rel.name, err)
+				return fmt.Errorf("%s.%s: read key types: %w", rel.Schema, rel.Name, err)
 			}
 			if types[n] == "" {
-				return fmt.Errorf("%s.%s: key column %s not found", rel.schema, rel.name, rel.cols[i].name)
+				return fmt.Errorf("%s.%s: key column %s not found", rel.Schema, rel.Name, rel.Cols[i].Name)
 			}
 		}
-		rel.keyTypes = types
+		rel.KeyTypes = types
 	}
 	// The columns missing in any of the changes, and the distinct keys.
 	var cols []int
 	have := map[int]bool{}
-	ks := newKeySet(len(rel.pkCols))
+	ks := newKeySet(len(rel.PKCols))
 	keyOf := make([]int, len(idxs))
 	for n, i := range idxs {
 		p := &ps[i]
 		keyOf[n] = -1
-		for c, v := range p.vals {
-			if v.kind == 'u' && !have[c] {
+		for c, v := range p.Vals {
+			if v.Kind == 'u' && !have[c] {
 				have[c] = true
 				cols = append(cols, c)
 			}
 		}
 		ok := true
-		for _, c := range rel.pkCols {
-			ok = ok && p.vals[c].kind == 't'
+		for _, c := range rel.PKCols {
+			ok = ok && p.Vals[c].Kind == 't'
 		}
 		if !ok {
-			s.log.Error().Str("table", rel.schema+"."+rel.name).
+			s.log.Error().Str("table", rel.Schema+"."+rel.Name).
 				Msg("unchanged TOAST value with no key to read it back: those columns render as null (set REPLICA IDENTITY FULL to carry them)")
 			continue
 		}
-		keyOf[n] = ks.add(p.vals, rel.pkCols)
+		keyOf[n] = ks.add(p.Vals, rel.PKCols)
 	}
 	results := make([][][]byte, ks.len())
 	if ks.len() > 0 {
@@ -863,27 +370,18 @@ func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *relation, ps 
 		b.WriteString("SELECT k.n")
 		for _, c := range cols {
 			b.WriteString(", t.")
-			b.WriteString(pgx.Identifier{rel.cols[c].name}.Sanitize())
+			b.WriteString(pgx.Identifier{rel.Cols[c].Name}.Sanitize())
 		}
-		b.WriteString(" FROM unnest(")
-		for n := range rel.pkCols {
-			if n > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "$%d::text[]", n+1)
-		}
-		b.WriteString(") WITH ORDINALITY AS k(")
-		for n := range rel.pkCols {
-			fmt.Fprintf(&b, "k%d, ", n+1)
-		}
-		b.WriteString("n) JOIN ")
-		b.WriteString(pgx.Identifier{rel.schema, rel.name}.Sanitize())
+		b.WriteString(" FROM ")
+		payload.UnnestKeys(&b, len(rel.PKCols), "k", "k")
+		b.WriteString(" JOIN ")
+		b.WriteString(pgx.Identifier{rel.Schema, rel.Name}.Sanitize())
 		b.WriteString(" AS t ON ")
-		for n, c := range rel.pkCols {
+		for n, c := range rel.PKCols {
 			if n > 0 {
 				b.WriteString(" AND ")
 			}
-			fmt.Fprintf(&b, "t.%s = k.k%d::%s", pgx.Identifier{rel.cols[c].name}.Sanitize(), n+1, rel.keyTypes[n])
+			fmt.Fprintf(&b, "t.%s = k.k%d::%s", pgx.Identifier{rel.Cols[c].Name}.Sanitize(), n+1, rel.KeyTypes[n])
 		}
 		err := lr.query(ctx, b.String(), ks.args(), func(vals [][]byte) {
 			n, err := strconv.Atoi(string(vals[0]))
@@ -899,7 +397,7 @@ func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *relation, ps 
 			results[n-1] = row
 		})
 		if err != nil {
-			return fmt.Errorf("%s.%s: read back unchanged TOAST columns: %w", rel.schema, rel.name, err)
+			return fmt.Errorf("%s.%s: read back unchanged TOAST columns: %w", rel.Schema, rel.Name, err)
 		}
 	}
 	gone := 0
@@ -913,73 +411,73 @@ func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *relation, ps 
 			gone++
 		}
 		for j, c := range cols {
-			if p.vals[c].kind != 'u' {
+			if p.Vals[c].Kind != 'u' {
 				continue
 			}
 			if got == nil || got[j] == nil {
-				p.vals[c] = tupleValue{kind: 'n'}
+				p.Vals[c] = payload.TupleValue{Kind: 'n'}
 			} else {
-				p.vals[c] = tupleValue{kind: 't', data: got[j]}
+				p.Vals[c] = payload.TupleValue{Kind: 't', Data: got[j]}
 			}
 		}
 	}
 	if gone > 0 {
-		s.log.Warn().Str("table", rel.schema+"."+rel.name).Int("changes", gone).
+		s.log.Warn().Str("table", rel.Schema+"."+rel.Name).Int("changes", gone).
 			Msg("row with unchanged TOAST columns is gone; those columns render as null (set REPLICA IDENTITY FULL to carry them)")
 	}
 	return nil
 }
 
-func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, rl *relLookup, ps []pending, idxs []int) error {
-	ks := newKeySet(len(rl.fk))
+func (s *stream) relationLookup(ctx context.Context, lr *lookupRun, rel *payload.Relation, slot int, rl *payload.RelLookup, ps []pending, idxs []int) error {
+	ks := newKeySet(len(rl.FK))
 	type ref struct {
-		p   *lookupVal
+		p   *payload.LookupVal
 		key int
 	}
 	var refs []ref
-	collect := func(vals row, keysOnly bool, dst *lookupVal) {
-		for _, c := range rl.fk {
-			if keysOnly && !rel.cols[c].key {
+	collect := func(vals payload.Row, keysOnly bool, dst *payload.LookupVal) {
+		for _, c := range rl.FK {
+			if keysOnly && !rel.Cols[c].Key {
 				return // not rendered
 			}
-			if vals[c].kind != 't' {
-				*dst = lookupVal{present: true, json: jsonNull}
+			if vals[c].Kind != 't' {
+				*dst = payload.LookupVal{Present: true, JSON: payload.JSONNull}
 				return
 			}
 		}
-		refs = append(refs, ref{dst, ks.add(vals, rl.fk)})
+		refs = append(refs, ref{dst, ks.add(vals, rl.FK)})
 	}
 	for _, i := range idxs {
 		p := &ps[i]
-		collect(p.vals, p.keysOnly, &p.extra[slot])
-		if p.oldExtra != nil && p.old != nil {
-			collect(p.old, p.oldType != 'O', &p.oldExtra[slot])
+		collect(p.Vals, p.KeysOnly, &p.Extra[slot])
+		if p.oldExtra != nil && p.Old != nil {
+			collect(p.Old, p.OldType != 'O', &p.oldExtra[slot])
 		}
 	}
 	if ks.len() == 0 {
 		return nil
 	}
 	results := make([][]byte, ks.len())
-	err := lr.query(ctx, rl.sql, ks.args(), func(vals [][]byte) {
+	err := lr.query(ctx, rl.SQL, ks.args(), func(vals [][]byte) {
 		n, err := strconv.Atoi(string(vals[0]))
 		if err != nil || n < 1 || n > len(results) || results[n-1] != nil {
 			return
 		}
-		results[n-1] = rl.render(nil, vals[1:], s.rd.resolve)
+		results[n-1] = rl.Render(nil, vals[1:], s.rd.Resolve)
 	})
 	if err != nil {
-		if rel.model.OnLookupError != config.LookupErrorOmit {
-			return fmt.Errorf("model %s: relation %s: %w", rel.model.Model, rl.key, err)
+		if rel.Model.OnLookupError != config.LookupErrorOmit {
+			return fmt.Errorf("model %s: relation %s: %w", rel.Model.Model, rl.Key, err)
 		}
-		s.lookupFailed(&rl.logLimit, rel, "relation", rl.key, len(refs), err)
+		s.lookupFailed(&rl.LogLimit, rel, "relation", rl.Key, len(refs), err)
 		return nil
 	}
-	s.dels.fillFromImages(ctx, lr, rl, ks, results, s.rd.resolve)
+	s.dels.fillFromImages(ctx, lr, rl, ks, results, s.rd.Resolve)
 	for _, r := range refs {
 		if j := results[r.key]; j != nil {
-			*r.p = lookupVal{present: true, json: j}
+			*r.p = payload.LookupVal{Present: true, JSON: j}
 		} else {
-			*r.p = lookupVal{present: true, json: jsonNull} // row not found
+			*r.p = payload.LookupVal{Present: true, JSON: payload.JSONNull} // row not found
 		}
 	}
 	return nil
@@ -1003,28 +501,27 @@ type deletedImages struct {
 }
 
 type deletedImage struct {
-	rel  *relation
-	vals row
+	rel  *payload.Relation
+	vals payload.Row
 }
 
 // wants reports whether some relation points at rel's table.
-func (d *deletedImages) wants(cfg *config.Config, rel *relation) bool {
+func (d *deletedImages) wants(cfg *config.Config, rel *payload.Relation) bool {
 	if d.targets == nil {
 		d.targets = map[string]bool{}
 		for _, m := range cfg.Models {
 			for _, r := range m.Relations {
-				sch, name := config.SplitTable(r.Table)
-				d.targets[sch+"."+name] = true
+				d.targets[r.Schema+"."+r.Name] = true
 			}
 		}
 	}
-	return d.targets[rel.schema+"."+rel.name]
+	return d.targets[rel.Schema+"."+rel.Name]
 }
 
 // keep records a deleted row of rel, when some relation points at its table
 // and the row is complete. lsn identifies the transaction.
-func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64, rel *relation, vals row, keysOnly bool) {
-	table := rel.schema + "." + rel.name
+func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64, rel *payload.Relation, vals payload.Row, keysOnly bool) {
+	table := rel.Schema + "." + rel.Name
 	if keysOnly || !d.wants(cfg, rel) {
 		return
 	}
@@ -1043,21 +540,21 @@ func (d *deletedImages) keep(cfg *config.Config, log zerolog.Logger, lsn uint64,
 	if d.rows == nil {
 		d.rows = map[string][]deletedImage{}
 	}
-	d.rows[table] = append(d.rows[table], deletedImage{rel: rel, vals: copyRow(vals)})
+	d.rows[table] = append(d.rows[table], deletedImage{rel: rel, vals: payload.CopyRow(vals)})
 	d.n++
 }
 
 // fillFromImages renders the keys of ks that the lookup did not find
 // (results[i] == nil) from the deleted rows of the current transaction.
-func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *relLookup, ks *keySet, results [][]byte, resolve TypeResolver) {
-	imgs := d.rows[rl.table]
-	if len(imgs) == 0 || rl.imageSQL == "" {
+func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *payload.RelLookup, ks *keySet, results [][]byte, resolve payload.TypeResolver) {
+	imgs := d.rows[rl.Table]
+	if len(imgs) == 0 || rl.ImageSQL == "" {
 		return
 	}
 	var keyBuf []byte
 	keyOf := func(get func(i int) *string) string {
 		keyBuf = keyBuf[:0]
-		for i := range rl.refKey {
+		for i := range rl.RefKey {
 			if v := get(i); v != nil {
 				keyBuf = append(keyBuf, 't')
 				keyBuf = strconv.AppendInt(keyBuf, int64(len(*v)), 10)
@@ -1072,12 +569,12 @@ func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *r
 	// The images by the values of the columns the foreign key refers to.
 	byKey := map[string]int{}
 	for n, img := range imgs {
-		cols := make([]int, len(rl.refKey))
+		cols := make([]int, len(rl.RefKey))
 		ok := true
-		for i, k := range rl.refKey {
+		for i, k := range rl.RefKey {
 			cols[i] = -1
-			for j, c := range img.rel.cols {
-				if c.name == k {
+			for j, c := range img.rel.Cols {
+				if c.Name == k {
 					cols[i] = j
 				}
 			}
@@ -1088,10 +585,10 @@ func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *r
 		}
 		byKey[keyOf(func(i int) *string {
 			v := img.vals[cols[i]]
-			if v.kind != 't' {
+			if v.Kind != 't' {
 				return nil
 			}
-			s := string(v.data)
+			s := string(v.Data)
 			return &s
 		})] = n
 	}
@@ -1112,107 +609,107 @@ func (d *deletedImages) fillFromImages(ctx context.Context, lr *lookupRun, rl *r
 	if len(args) == 0 {
 		return
 	}
-	err := lr.query(ctx, rl.imageSQL, []any{args}, func(vals [][]byte) {
+	err := lr.query(ctx, rl.ImageSQL, []any{args}, func(vals [][]byte) {
 		n, err := strconv.Atoi(string(vals[0]))
 		if err != nil || n < 1 || n > len(slots) {
 			return
 		}
-		results[slots[n-1]] = rl.render(nil, vals[1:], resolve)
+		results[slots[n-1]] = rl.Render(nil, vals[1:], resolve)
 	})
 	if err != nil {
-		lr.log.Warn().Err(err).Str("relation", rl.key).Msg("relation to rows deleted in the same transaction: cannot render them from their old images; they render as null")
+		lr.log.Warn().Err(err).Str("relation", rl.Key).Msg("relation to rows deleted in the same transaction: cannot render them from their old images; they render as null")
 	}
 }
 
 // imageJSON is a row as a JSON object of its columns' text values (json and
 // jsonb embedded), for json_populate_record.
-func imageJSON(rel *relation, vals row) []byte {
+func imageJSON(rel *payload.Relation, vals payload.Row) []byte {
 	b := []byte{'{'}
-	for i, c := range rel.cols {
-		if i >= len(vals) || vals[i].kind == 'u' {
+	for i, c := range rel.Cols {
+		if i >= len(vals) || vals[i].Kind == 'u' {
 			continue
 		}
 		if len(b) > 1 {
 			b = append(b, ',')
 		}
-		b = AppendJSONString(b, c.name)
+		b = payload.AppendJSONString(b, c.Name)
 		b = append(b, ':')
 		switch {
-		case vals[i].kind != 't':
+		case vals[i].Kind != 't':
 			b = append(b, "null"...)
-		case c.oid == vtJSON || c.oid == vtJSONB:
-			b = append(b, vals[i].data...)
+		case c.OID == payload.OIDJSON || c.OID == payload.OIDJSONB:
+			b = append(b, vals[i].Data...)
 		default:
-			b = AppendJSONStringBytes(b, vals[i].data)
+			b = payload.AppendJSONStringBytes(b, vals[i].Data)
 		}
 	}
 	return append(b, '}')
 }
 
-func (s *stream) computedLookup(ctx context.Context, lr *lookupRun, rel *relation, slot int, cl *compLookup, ps []pending, idxs []int) error {
-	ks := newKeySet(len(cl.args))
+func (s *stream) computedLookup(ctx context.Context, lr *lookupRun, rel *payload.Relation, slot int, cl *payload.CompLookup, ps []pending, idxs []int) error {
+	ks := newKeySet(len(cl.Args))
 	type ref struct {
-		p   *lookupVal
+		p   *payload.LookupVal
 		key int
 	}
 	var refs []ref
 outer:
 	for _, i := range idxs {
 		p := &ps[i]
-		if p.keysOnly {
-			for _, a := range cl.args {
-				if !rel.cols[a].key {
+		if p.KeysOnly {
+			for _, a := range cl.Args {
+				if !rel.Cols[a].Key {
 					continue outer // an argument the deleted row does not carry
 				}
 			}
 		}
-		refs = append(refs, ref{&p.extra[slot], ks.add(p.vals, cl.args)})
+		refs = append(refs, ref{&p.Extra[slot], ks.add(p.Vals, cl.Args)})
 	}
 	if len(refs) == 0 {
 		return nil
 	}
 	results := make([][]byte, max(ks.len(), 1))
-	err := lr.query(ctx, cl.sql, ks.args(), func(vals [][]byte) {
+	err := lr.query(ctx, cl.SQL, ks.args(), func(vals [][]byte) {
 		n, err := strconv.Atoi(string(vals[0]))
 		if err != nil || n < 1 || n > len(results) {
 			return
 		}
 		if vals[1] == nil {
-			results[n-1] = jsonNull
+			results[n-1] = payload.JSONNull
 		} else {
 			results[n-1] = append([]byte(nil), vals[1]...)
 		}
 	})
 	if err != nil {
-		if rel.model.OnLookupError != config.LookupErrorOmit {
-			return fmt.Errorf("model %s: computed field %s: %w", rel.model.Model, cl.name, err)
+		if rel.Model.OnLookupError != config.LookupErrorOmit {
+			return fmt.Errorf("model %s: computed field %s: %w", rel.Model.Model, cl.Name, err)
 		}
-		s.lookupFailed(&cl.logLimit, rel, "computed field", cl.name, len(refs), err)
+		s.lookupFailed(&cl.LogLimit, rel, "computed field", cl.Name, len(refs), err)
 		return nil
 	}
 	for _, r := range refs {
 		k := r.key
-		if len(cl.args) == 0 {
+		if len(cl.Args) == 0 {
 			k = 0
 		}
 		if j := results[k]; j != nil {
-			*r.p = lookupVal{present: true, json: j}
+			*r.p = payload.LookupVal{Present: true, JSON: j}
 		} else {
-			*r.p = lookupVal{present: true, json: jsonNull}
+			*r.p = payload.LookupVal{Present: true, JSON: payload.JSONNull}
 		}
 	}
 	return nil
 }
 
-func (s *stream) lookupFailed(l *logLimit, rel *relation, what, name string, changes int, err error) {
-	ok, suppressed := l.allow()
+func (s *stream) lookupFailed(l *payload.LogLimit, rel *payload.Relation, what, name string, changes int, err error) {
+	ok, suppressed := l.Allow()
 	if !ok {
 		return
 	}
-	ev := s.log.Warn().Err(err).Str("model", rel.model.Model).Str(what, name).Int("changes", changes)
+	ev := s.log.Warn().Err(err).Str("model", rel.Model.Model).Str(what, name).Int("changes", changes)
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "57014" {
-		ev = ev.Dur("statement_timeout", lookupTimeout)
+	if errors.As(err, &pe) && pe.Code == pgerrcode.QueryCanceled {
+		ev = ev.Dur("statement_timeout", payload.LookupTimeout)
 	}
 	if suppressed > 0 {
 		ev = ev.Int("failures_not_logged", suppressed)
@@ -1220,243 +717,6 @@ func (s *stream) lookupFailed(l *logLimit, rel *relation, what, name string, cha
 	ev.Msg(what + " lookup failed: these changes are sent without the field")
 }
 
-// render appends the nested object of a related row; vals are the selected
-// columns in text format.
-func (rl *relLookup) render(dst []byte, vals [][]byte, resolve TypeResolver) []byte {
-	dst = append(dst, '{')
-	first := true
-	sep := func() {
-		if !first {
-			dst = append(dst, ',')
-		}
-		first = false
-	}
-	url := func() {
-		sep()
-		dst = append(dst, `"url":`...)
-		var u []byte
-		for _, p := range rl.urlParts {
-			if p.col < 0 {
-				u = append(u, p.lit...)
-			} else if vals[p.col] != nil {
-				u = append(u, vals[p.col]...)
-			}
-		}
-		dst = AppendJSONStringBytes(dst, u)
-	}
-	for i, o := range rl.out {
-		if i == rl.urlAt {
-			url()
-		}
-		sep()
-		dst = AppendJSONString(dst, o.name)
-		dst = append(dst, ':')
-		if v := vals[o.sel]; v == nil {
-			dst = append(dst, "null"...)
-		} else {
-			dst = AppendValue(dst, rl.sel[o.sel], v, resolve)
-		}
-	}
-	if rl.urlAt >= len(rl.out) {
-		url()
-	}
-	return append(dst, '}')
-}
-
-// checkLookups checks a model's relations and computed fields against the
-// catalog (tables, columns, keys, clashing keys in "data") and runs each
-// query once with no rows, in a read-only transaction, so that SQL errors
-// and missing privileges show at start with the line of the field.
-func checkLookups(ctx context.Context, q queryer, cfg *config.Config, m *config.Model) []config.Problem {
-	var probs []config.Problem
-	add := func(line int, format string, args ...any) {
-		probs = append(probs, config.Problem{File: cfg.File, Line: line, Msg: fmt.Sprintf(format, args...)})
-	}
-	cols, err := tableColumns(ctx, q, m.Schema, m.Name)
-	if err != nil || len(cols) == 0 {
-		return nil // reported by the caller
-	}
-	plan, lps, err := planLookups(ctx, q, m, cols)
-	if err != nil {
-		add(m.Line, "model %s: check relations and computed fields: %v", m.Model, err)
-		return probs
-	}
-	for _, p := range lps {
-		add(p.line, "%s", p.msg)
-	}
-	// Keys of "data" must be unique.
-	keys := map[string]string{}
-	fk := map[string]bool{}
-	for _, rl := range plan.rels {
-		for _, i := range rl.fk {
-			fk[cols[i].name] = true
-		}
-	}
-	for _, c := range cols {
-		if contains(m.Exclude, c.name) || fk[c.name] {
-			continue
-		}
-		out := c.name
-		if rn := m.Rename[c.name]; rn != "" {
-			out = rn
-		}
-		if prev, dup := keys[out]; dup {
-			add(m.Line, "model %s: column %s renders as %q, like %s", m.Model, c.name, out, prev)
-		}
-		keys[out] = "column " + c.name
-	}
-	if m.URL != "" {
-		if prev, dup := keys["url"]; dup {
-			add(m.Line, "model %s: url clashes with %s: rename or exclude it", m.Model, prev)
-		}
-		keys["url"] = "url"
-	}
-	for _, rl := range plan.rels {
-		if prev, dup := keys[rl.field]; dup {
-			add(m.Relations[rl.key].Line, "model %s: relation %s renders as %q, like %s: set another field, or rename or exclude the column", m.Model, rl.key, rl.field, prev)
-		}
-		keys[rl.field] = "relation " + rl.key
-	}
-	for _, cl := range plan.comps {
-		if cl.snap {
-			continue
-		}
-		if prev, dup := keys[cl.name]; dup {
-			add(m.Computed[cl.name].Line, "model %s: computed field %s clashes with %s: rename it", m.Model, cl.name, prev)
-		}
-		keys[cl.name] = "computed field " + cl.name
-	}
-	// Run each query with no keys: parses, plans and checks privileges.
-	b, ok := q.(interface {
-		Begin(ctx context.Context) (pgx.Tx, error)
-	})
-	if !ok {
-		return probs
-	}
-	probe := func(sql string, nargs int) error {
-		tx, err := b.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-		if _, err := tx.Exec(ctx, "SET TRANSACTION READ ONLY"); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL statement_timeout = %d", lookupTimeout.Milliseconds())); err != nil {
-			return err
-		}
-		args := make([]any, nargs)
-		for i := range args {
-			args[i] = []string{}
-		}
-		rows, err := tx.Query(ctx, sql, append([]any{pgx.QueryResultFormats{pgx.TextFormatCode}}, args...)...)
-		if err != nil {
-			return err
-		}
-		rows.Close()
-		return rows.Err()
-	}
-	for _, rl := range plan.rels {
-		if err := probe(rl.sql, len(rl.fk)); err != nil {
-			add(m.Relations[rl.key].Line, "model %s: relation %s: %s", m.Model, rl.key, pgMessage(err))
-		}
-	}
-	for _, cl := range plan.comps {
-		var err error
-		if len(cl.args) == 0 { // running it would run the query itself: parse only
-			err = prepareOnly(ctx, b, cl.sql)
-		} else {
-			err = probe(cl.sql, len(cl.args))
-		}
-		if err != nil {
-			if cl.snap {
-				add(m.Snapshot.Computed[cl.name].Line, "model %s: snapshot computed field %s: %s", m.Model, cl.name, pgMessage(err))
-			} else {
-				add(m.Computed[cl.name].Line, "model %s: computed field %s: %s", m.Model, cl.name, pgMessage(err))
-			}
-		}
-	}
-	if sn := m.Snapshot; sn != nil {
-		names := map[string]bool{}
-		for _, c := range cols {
-			names[c.name] = true
-		}
-		for _, e := range sn.Exclude {
-			if !names[e] {
-				add(m.Line, "model %s: snapshot.exclude names unknown column %q of %s", m.Model, e, m.QualifiedTable())
-			}
-		}
-		for _, c := range sortedKeys(sn.Rename) {
-			if !names[c] {
-				add(m.Line, "model %s: snapshot.rename names unknown column %q of %s", m.Model, c, m.QualifiedTable())
-			}
-		}
-		// Keys of a snapshot must be unique too.
-		relField := map[int]string{}
-		for _, rl := range plan.rels {
-			if len(rl.fk) == 1 {
-				relField[rl.fk[0]] = rl.field
-			}
-		}
-		skeys := map[string]string{}
-		for i, c := range cols {
-			if contains(sn.Exclude, c.name) {
-				continue
-			}
-			out := c.name
-			if rn := m.Rename[c.name]; rn != "" {
-				out = rn
-			}
-			if f, ok := relField[i]; ok {
-				out = f
-			}
-			if rn := sn.Rename[c.name]; rn != "" {
-				out = rn
-			}
-			if prev, dup := skeys[out]; dup {
-				add(m.Line, "model %s: in snapshots column %s renders as %q, like %s", m.Model, c.name, out, prev)
-			}
-			skeys[out] = "column " + c.name
-		}
-		for _, name := range sn.ComputedOrder {
-			if prev, dup := skeys[name]; dup {
-				add(sn.Computed[name].Line, "model %s: snapshot computed field %s clashes with %s: exclude or rename it in snapshot", m.Model, name, prev)
-			}
-			skeys[name] = "snapshot computed field " + name
-		}
-	}
-	return probs
-}
-
-func prepareOnly(ctx context.Context, b interface {
-	Begin(ctx context.Context) (pgx.Tx, error)
-}, sql string) error {
-	tx, err := b.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	_, err = tx.Conn().PgConn().Prepare(ctx, "", sql, nil)
-	return err
-}
-
-// pgMessage is a PostgreSQL error's message with its hint.
-func pgMessage(err error) string {
-	var pe *pgconn.PgError
-	if !errors.As(err, &pe) {
-		return err.Error()
-	}
-	msg := "sql: " + pe.Message
-	if pe.Code == "42501" {
-		msg += " (grant the walhook role SELECT on it)"
-	}
-	if pe.Hint != "" {
-		msg += " (" + pe.Hint + ")"
-	}
-	return msg
-}
-
-// keepAlive sends the server a status update when one is due, so that a
 // long wait of the stream (for visibility, or retrying lookups) does not
 // make the walsender drop the connection (wal_sender_timeout). It confirms
 // only what the writer committed: the stream is inside a transaction.
@@ -1524,24 +784,4 @@ func (s *stream) waitVisible(ctx context.Context, xid uint32) error {
 		}
 		pause = min(pause*2, 100*time.Millisecond)
 	}
-}
-
-// closingQuote returns the index of the quote q that closes the quoted text
-// opening at sql[open] (a doubled quote is part of the text; with backslash,
-// so is any character after a backslash), or len(sql) when it is unclosed.
-func closingQuote(sql string, open int, q byte, backslash bool) int {
-	j := open + 1
-	for j < len(sql) {
-		switch {
-		case backslash && sql[j] == '\\':
-			j += 2
-		case sql[j] == q && j+1 < len(sql) && sql[j+1] == q:
-			j += 2
-		case sql[j] == q:
-			return j
-		default:
-			j++
-		}
-	}
-	return len(sql)
 }

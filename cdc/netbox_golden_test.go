@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 )
 
@@ -108,7 +109,7 @@ func TestNetBoxGolden(t *testing.T) {
 	b.waitRows(2 * 12) // 12 changes, to the netbox and the v4 webhook
 	got := map[string]map[string]any{}
 	for _, d := range b.deliveries("webhook = 'netbox'") {
-		if d.Event != EventUpdated {
+		if d.Event != payload.EventUpdated {
 			t.Errorf("%s %s: event %s", d.Model, d.Key, d.Event)
 		}
 		var body struct{ Data map[string]any }
@@ -307,7 +308,7 @@ func testCascadedDelete(t *testing.T, edit func(string) string) {
 		if err := json.Unmarshal([]byte(d.Raw), &body); err != nil {
 			t.Fatal(err)
 		}
-		if d.Event != EventDeleted || !reflect.DeepEqual(body.Data["device"], want) {
+		if d.Event != payload.EventDeleted || !reflect.DeepEqual(body.Data["device"], want) {
 			t.Errorf("interface %s %s: device %v, want %v", d.Key, d.Event, body.Data["device"], want)
 		}
 		if d.Key == "3" {

@@ -4,14 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // FatalError is an error that retrying cannot fix (configuration, privileges,
@@ -32,20 +34,18 @@ func IsFatal(err error) bool {
 	return errors.As(err, &fe) || errors.As(err, &ce)
 }
 
-// tableInfo is what the catalog says about a configured table.
-type tableInfo struct {
-	oid      uint32
-	kind     string // relkind: r table, p partitioned table
-	identity string
-	hasPK    bool
-	columns  []string
+// TableInfo is what the catalog says about a configured table.
+type TableInfo struct {
+	OID      uint32
+	Kind     string // relkind: r table, p partitioned table
+	Identity string
+	HasPK    bool
+	Columns  []string
 }
 
-var placeholderRE = regexp.MustCompile(`\{([^{}]+)\}`)
-
-// checkTables verifies every configured table against the catalog and
+// CheckTables verifies every configured table against the catalog and
 // returns a *config.Error listing all problems, with the model's line.
-func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
+func CheckTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 	var probs []config.Problem
 	add := func(line int, format string, args ...any) {
 		probs = append(probs, config.Problem{File: cfg.File, Line: line, Msg: fmt.Sprintf(format, args...)})
@@ -53,13 +53,13 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 	configured := map[uint32]*config.Model{}
 	for i := range cfg.Models {
 		m := &cfg.Models[i]
-		if ti, err := lookupTable(ctx, conn, m.Schema, m.Name); err == nil && ti != nil {
-			configured[ti.oid] = m
+		if ti, err := LookupTable(ctx, conn, m.Schema, m.Name); err == nil && ti != nil {
+			configured[ti.OID] = m
 		}
 	}
 	for i := range cfg.Models {
 		m := &cfg.Models[i]
-		ti, err := lookupTable(ctx, conn, m.Schema, m.Name)
+		ti, err := LookupTable(ctx, conn, m.Schema, m.Name)
 		if err != nil {
 			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
 		}
@@ -73,31 +73,15 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 		} else if msg != "" {
 			add(m.Line, "table %s %s", m.QualifiedTable(), msg)
 		}
-		if ti.identity == "n" || (!ti.hasPK && ti.identity == "d") {
+		if ti.Identity == "n" || (!ti.HasPK && ti.Identity == "d") {
 			add(m.Line, "table %s has no primary key or replica identity: publishing it would make the application's UPDATE and DELETE on it fail; run: ALTER TABLE %s REPLICA IDENTITY FULL;", m.QualifiedTable(), qt)
 		}
-		has := func(col, what string) {
-			if !slices.Contains(ti.columns, col) {
-				add(m.Line, "model %s: %s names unknown column %q of %s (columns: %s)", m.Model, what, col, m.QualifiedTable(), strings.Join(ti.columns, ", "))
-			}
-		}
-		for _, c := range m.Exclude {
-			has(c, "exclude")
-		}
-		for _, c := range sortedKeys(m.Rename) {
-			has(c, "rename")
-		}
-		for _, c := range m.IgnoreChanges {
-			has(c, "ignore_changes")
-		}
-		for _, c := range sortedKeys(m.Choices) {
-			has(c, "choices")
-		}
-		for _, g := range placeholderRE.FindAllStringSubmatch(m.URL, -1) {
-			has(g[1], "url")
+		unknown, _ := payload.UnknownColumns(m, ti.Columns)
+		for _, u := range unknown {
+			add(m.Line, "model %s: %s names unknown column %q of %s (columns: %s)", m.Model, u.Option, u.Column, m.QualifiedTable(), strings.Join(ti.Columns, ", "))
 		}
 		if len(m.Relations) > 0 || len(m.Computed) > 0 || m.Snapshot != nil {
-			probs = append(probs, checkLookups(ctx, conn, cfg, m)...)
+			probs = append(probs, payload.CheckLookups(ctx, conn, cfg, m)...)
 		}
 	}
 	if len(probs) > 0 {
@@ -110,20 +94,20 @@ func checkTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 // captured as configured: before PostgreSQL 13 a publication cannot carry a
 // partitioned table; a partition whose partitioned table is captured too
 // would have its changes published under the partitioned table's name.
-func partitionProblem(ctx context.Context, conn queryer, ti *tableInfo, configured map[uint32]*config.Model) (string, error) {
+func partitionProblem(ctx context.Context, conn queryer, ti *TableInfo, configured map[uint32]*config.Model) (string, error) {
 	num, err := serverVersionNum(ctx, conn)
 	if err != nil {
 		return "", err
 	}
-	if ti.kind == "p" && num < viaRootVersion {
+	if ti.Kind == "p" && num < ViaRootVersion {
 		return "is partitioned, and PostgreSQL before 13 cannot publish a partitioned table as one table: configure each partition as its own model (with the same model name), or upgrade to PostgreSQL 13 or newer", nil
 	}
-	if ti.kind == "p" || num < 120000 { // pg_partition_ancestors: 12+
+	if ti.Kind == "p" || num < 120000 { // pg_partition_ancestors: 12+
 		return "", nil
 	}
 	var ancestors []uint32
 	err = conn.QueryRow(ctx, `SELECT coalesce(array_agg(a.relid::oid), '{}') FROM pg_class c, pg_partition_ancestors(c.oid) a
-		WHERE c.oid = $1 AND c.relispartition AND a.relid::oid <> c.oid`, ti.oid).Scan(&ancestors)
+		WHERE c.oid = $1 AND c.relispartition AND a.relid::oid <> c.oid`, ti.OID).Scan(&ancestors)
 	if err != nil {
 		return "", fmt.Errorf("read partition ancestors: %w", err)
 	}
@@ -135,23 +119,14 @@ func partitionProblem(ctx context.Context, conn queryer, ti *tableInfo, configur
 	return "", nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 type queryer interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-func lookupTable(ctx context.Context, conn queryer, schema, name string) (*tableInfo, error) {
-	var ti tableInfo
+func LookupTable(ctx context.Context, conn queryer, schema, name string) (*TableInfo, error) {
+	var ti TableInfo
 	err := conn.QueryRow(ctx, `
 		SELECT c.oid, c.relkind::text, c.relreplident::text,
 		       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
@@ -159,7 +134,7 @@ func lookupTable(ctx context.Context, conn queryer, schema, name string) (*table
 		                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}')
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, name).
-		Scan(&ti.oid, &ti.kind, &ti.identity, &ti.hasPK, &ti.columns)
+		Scan(&ti.OID, &ti.Kind, &ti.Identity, &ti.HasPK, &ti.Columns)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -169,8 +144,8 @@ func lookupTable(ctx context.Context, conn queryer, schema, name string) (*table
 	return &ti, nil
 }
 
-// primaryKey returns the primary-key column names of table oid in key order.
-func primaryKey(ctx context.Context, conn queryer, oid uint32) ([]string, error) {
+// PrimaryKey returns the primary-key column names of table oid in key order.
+func PrimaryKey(ctx context.Context, conn queryer, oid uint32) ([]string, error) {
 	rows, err := conn.Query(ctx, `
 		SELECT a.attname::text FROM pg_index i
 		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -204,23 +179,23 @@ func checkServer(ctx context.Context, conn queryer) error {
 	return nil
 }
 
-// publishOps are the operations the publication publishes. TRUNCATE is
+// PublishOps are the operations the publication publishes. TRUNCATE is
 // included so that capture sees it and says loudly that it sends nothing
 // for the removed rows (publishing it changes nothing for the application).
-const publishOps = "insert, update, delete, truncate"
+const PublishOps = "insert, update, delete, truncate"
 
-// viaRootVersion is the first server version (server_version_num) with
+// ViaRootVersion is the first server version (server_version_num) with
 // publish_via_partition_root, and able to publish a partitioned table.
-const viaRootVersion = 130000
+const ViaRootVersion = 130000
 
-// publicationWith is the WITH clause of walhook's publication on a server of
+// PublicationWith is the WITH clause of walhook's publication on a server of
 // version num: on 13+ publish_via_partition_root, so that the changes of a
 // partitioned table arrive under its own name, not its partitions'.
-func publicationWith(num int) string {
-	if num >= viaRootVersion {
-		return "publish = '" + publishOps + "', publish_via_partition_root = true"
+func PublicationWith(num int) string {
+	if num >= ViaRootVersion {
+		return "publish = '" + PublishOps + "', publish_via_partition_root = true"
 	}
-	return "publish = '" + publishOps + "'"
+	return "publish = '" + PublishOps + "'"
 }
 
 // serverVersionNum reads server_version_num.
@@ -247,7 +222,7 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 	if err != nil {
 		return false, err
 	}
-	with := publicationWith(num)
+	with := PublicationWith(num)
 	var ins, upd, del, trunc, viaRoot, allTables, mayAlter bool
 	var owner, me string
 	// pubviaroot exists from PostgreSQL 13: read it through to_jsonb.
@@ -259,7 +234,7 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 	if errors.Is(err, pgx.ErrNoRows) {
 		_, err = conn.Exec(ctx, "CREATE PUBLICATION "+qpub+" FOR TABLE "+list+" WITH ("+with+")")
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42501" {
+		if errors.As(err, &pe) && pe.Code == pgerrcode.InsufficientPrivilege {
 			return false, fatalf("create publication %s: %v: the role must own the captured tables; as their owner or a superuser run: CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", pub, err, qpub, list, with)
 		}
 		if err != nil {
@@ -294,13 +269,13 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 	sort.Strings(want)
 	// Options first: with publish_via_partition_root off, pg_publication_tables
 	// lists a partitioned table's partitions instead of the table.
-	if !ins || !upd || !del || !trunc || (num >= viaRootVersion && !viaRoot) {
+	if !ins || !upd || !del || !trunc || (num >= ViaRootVersion && !viaRoot) {
 		if !mayAlter {
 			// A publication made by a DBA for an older walhook lacks
 			// truncate (and via-root): capture still works, but TRUNCATE
 			// goes unseen. Refuse only what loses changes.
 			partitioned := false
-			if !viaRoot && num >= viaRootVersion {
+			if !viaRoot && num >= ViaRootVersion {
 				if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = ANY ($1::text[]::regclass[]) AND relkind = 'p')", tables).Scan(&partitioned); err != nil {
 					return false, fmt.Errorf("read publication %s tables: %w", pub, err)
 				}
@@ -339,7 +314,7 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 
 func permissionHint(err error) error {
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42501" {
+	if errors.As(err, &pe) && pe.Code == pgerrcode.InsufficientPrivilege {
 		return &FatalError{Err: fmt.Errorf("%w (the role needs to own the publication and the tables, or be superuser)", err)}
 	}
 	return err
@@ -358,15 +333,14 @@ type slotResult struct {
 // the publication, which was missing) is dropped and created again.
 func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicationCreated bool) (slotResult, error) {
 	slot := cfg.Database.Slot
-	var plugin, db, walStatus string
-	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), coalesce(wal_status, '')
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &db, &walStatus)
-	if errors.Is(err, pgx.ErrNoRows) {
+	st, found, err := replslot.Read(ctx, conn, slot)
+	if err != nil {
+		return slotResult{}, err
+	}
+	if !found {
 		return createSlot(ctx, conn, slot)
 	}
-	if err != nil {
-		return slotResult{}, fmt.Errorf("read replication slot %s: %w", slot, err)
-	}
+	plugin, db, walStatus := st.Plugin, st.Database, st.WALStatus
 	var curDB string
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&curDB); err != nil {
 		return slotResult{}, err
@@ -394,7 +368,7 @@ func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicati
 func createSlot(ctx context.Context, conn queryer, slot string) (slotResult, error) {
 	_, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "42710" { // created by another process just now
+	if errors.As(err, &pe) && pe.Code == pgerrcode.DuplicateObject { // created by another process just now
 		return slotResult{}, nil
 	}
 	if err != nil {
@@ -402,3 +376,7 @@ func createSlot(ctx context.Context, conn queryer, slot string) (slotResult, err
 	}
 	return slotResult{created: true}, nil
 }
+
+// QuoteLiteral quotes s as an SQL string literal, for the SQL walhook
+// prints for people to run (never for SQL it runs: that takes parameters).
+func QuoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

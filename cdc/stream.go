@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -31,13 +32,16 @@ type stream struct {
 	werr     <-chan error
 	log      zerolog.Logger
 	interval time.Duration
+	// collect, in a stream that renders rows without a connection
+	// (RowRenderer), takes the batches instead of the writer.
+	collect func(batch)
 
-	rels    map[uint32]*relation
-	rd      renderer
-	rows    []outRow
+	rels    map[uint32]*payload.Relation
+	rd      payload.Renderer
+	rows    []Delivery
 	pending []pending // changes waiting for their chunk's lookups (or behind one that is)
-	specs   map[string]*hookSpec
-	tpl     *templater
+	specs   map[string]*payload.HookSpec
+	tpl     *payload.Templater
 	oldBuf  []byte
 	inTxn   bool
 	span    trace.Span // the open transaction's span (Options.Tracer)
@@ -48,7 +52,8 @@ type stream struct {
 	visibleXid uint32
 	seq        int32
 	skipped    bool // current transaction seen but not for us
-	coal       coalescer
+	coal       payload.Coalescer
+	coalWarned bool          // the coalescer's size warning was logged for this transaction
 	dels       deletedImages // rows deleted by the transaction, for relations to them
 	imgs       txnImages     // last images of objects changed by the transaction, for ignore_changes
 
@@ -90,8 +95,8 @@ func (s *stream) sendStatus(ctx context.Context) error {
 
 func (s *stream) run(ctx context.Context) error {
 	s.nextStatus = time.Now().Add(s.interval)
-	s.tpl = newTemplater()
-	specs, err := hookSpecs(s.c.cfg, s.tpl)
+	s.tpl = payload.NewTemplater()
+	specs, err := payload.HookSpecs(s.c.cfg, s.tpl)
 	if err != nil {
 		return &FatalError{Err: err}
 	}
@@ -167,28 +172,29 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
-		return s.relation(ctx, m)
+		return s.relation(ctx, describe(m))
 	case *pglogrepl.TypeMessage:
 		s.c.types.named(m.DataType, m.Namespace+"."+m.Name)
 	case *pglogrepl.BeginMessage:
 		s.inTxn, s.txnLSN, s.txnAt, s.txnXid, s.seq = true, m.FinalLSN, m.CommitTime, m.Xid, 0
-		s.coal.reset()
+		s.coal.Reset()
+		s.coalWarned = false
 		if t := s.c.opts.Tracer; t != nil {
 			_, s.span = t.Start(ctx, "capture transaction", trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindConsumer),
 				trace.WithAttributes(attribute.String("walhook.commit_lsn", m.FinalLSN.String()), attribute.Int64("walhook.xid", int64(m.Xid))))
 		}
 	case *pglogrepl.InsertMessage:
-		return s.change(ctx, EventCreated, m.RelationID, 0, nil, m.Tuple)
+		return s.change(ctx, payload.EventCreated, m.RelationID, 0, nil, m.Tuple)
 	case *pglogrepl.UpdateMessage:
-		return s.change(ctx, EventUpdated, m.RelationID, m.OldTupleType, m.OldTuple, m.NewTuple)
+		return s.change(ctx, payload.EventUpdated, m.RelationID, m.OldTupleType, m.OldTuple, m.NewTuple)
 	case *pglogrepl.DeleteMessage:
-		return s.change(ctx, EventDeleted, m.RelationID, m.OldTupleType, m.OldTuple, nil)
+		return s.change(ctx, payload.EventDeleted, m.RelationID, m.OldTupleType, m.OldTuple, nil)
 	case *pglogrepl.TruncateMessage:
 		var names []string
 		lo, _ := s.c.opts.Observer.(LossObserver)
 		for _, id := range m.RelationIDs {
 			if r := s.rels[id]; r != nil {
-				t := r.schema + "." + r.name
+				t := r.Schema + "." + r.Name
 				names = append(names, t)
 				s.c.losses.add(&s.c.losses.truncated, t)
 				if lo != nil {
@@ -230,6 +236,10 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 
 // send hands a batch to the writer, still answering the server meanwhile.
 func (s *stream) send(ctx context.Context, b batch) error {
+	if s.collect != nil {
+		s.collect(b)
+		return nil
+	}
 	for {
 		t := time.NewTimer(time.Until(s.nextStatus))
 		select {
@@ -253,9 +263,18 @@ func (s *stream) send(ctx context.Context, b batch) error {
 	}
 }
 
-func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
-	table := m.Namespace + "." + m.RelationName
-	model := s.c.byOID[m.RelationID]
+// describe is the table description of a Relation message.
+func describe(m *pglogrepl.RelationMessage) *payload.TableDesc {
+	t := &payload.TableDesc{ID: m.RelationID, Schema: m.Namespace, Name: m.RelationName, Identity: m.ReplicaIdentity, Cols: make([]payload.ColDesc, len(m.Columns))}
+	for i, c := range m.Columns {
+		t.Cols[i] = payload.ColDesc{Name: c.Name, OID: c.DataType, Key: c.Flags&1 != 0}
+	}
+	return t
+}
+
+func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
+	table := m.Schema + "." + m.Name
+	model := s.c.byOID[m.ID]
 	if model == nil {
 		model = s.c.models[table]
 	} else if model.QualifiedTable() != table {
@@ -263,40 +282,40 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 			Msgf("table %s was renamed or moved to %s: still captured as model %s, but the configuration names a table that no longer exists, so walhook will refuse to start until you set table: %s", model.QualifiedTable(), table, model.Model, table)
 	}
 	if model == nil {
-		s.rels[m.RelationID] = &relation{id: m.RelationID, schema: m.Namespace, name: m.RelationName}
+		s.rels[m.ID] = &payload.Relation{ID: m.ID, Schema: m.Schema, Name: m.Name}
 		return nil
 	}
-	for _, col := range m.Columns {
-		if err := s.c.types.resolveOID(ctx, col.DataType); err != nil {
+	for _, col := range m.Cols {
+		if err := s.c.types.resolveOID(ctx, col.OID); err != nil {
 			return err
 		}
 	}
-	pk, err := primaryKey(ctx, s.c.source, m.RelationID)
+	pk, err := PrimaryKey(ctx, s.c.source, m.ID)
 	if err != nil {
 		return err
 	}
-	r := newRelation(m, model, pk)
+	r := payload.NewRelation(m, model, pk)
 	if len(model.Relations)+len(model.Computed) > 0 || model.Snapshot != nil {
-		if err := s.planRelation(ctx, r, m); err != nil {
+		if err := s.planRelation(ctx, r); err != nil {
 			return err
 		}
 	}
-	if len(model.IgnoreChanges) > 0 && m.ReplicaIdentity != 'f' {
-		s.log.Warn().Str("table", m.Namespace+"."+m.RelationName).
+	if len(model.IgnoreChanges) > 0 && m.Identity != 'f' {
+		s.log.Warn().Str("table", m.Schema+"."+m.Name).
 			Msg("ignore_changes applies only to updates of rows changed earlier in the same transaction: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
 	}
 	for e, ev := range config.Events {
 		for _, n := range s.c.hooks[model.Model][ev] {
 			sp := s.specs[n]
-			if sp != nil && sp.coalesce {
-				r.coal[e].add(n, sp)
-				r.coalesce = true
+			if sp != nil && sp.Coalesce {
+				r.Coal[e].Add(n, sp)
+				r.Coalesce = true
 			} else {
-				r.hooks[e].add(n, sp)
+				r.Hooks[e].Add(n, sp)
 			}
 		}
 	}
-	s.rels[m.RelationID] = r
+	s.rels[m.ID] = r
 	return nil
 }
 
@@ -304,44 +323,44 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 // version. A relation or computed field that cannot be planned (its table
 // was dropped, say) is logged and left out until the next schema change or
 // restart; capture goes on.
-func (s *stream) planRelation(ctx context.Context, r *relation, m *pglogrepl.RelationMessage) error {
-	cat, err := tableColumns(ctx, s.c.source, m.Namespace, m.RelationName)
+func (s *stream) planRelation(ctx context.Context, r *payload.Relation) error {
+	cat, err := payload.TableColumns(ctx, s.c.source, r.Schema, r.Name)
 	if err != nil {
 		return err
 	}
-	byName := map[string]colInfo{}
+	byName := map[string]payload.ColInfo{}
 	for _, c := range cat {
-		byName[c.name] = c
+		byName[c.Name] = c
 	}
-	cols := make([]colInfo, len(r.cols))
-	for i, c := range r.cols {
-		cols[i] = colInfo{name: c.name, oid: c.oid, typname: byName[c.name].typname}
-		if cols[i].typname == "" {
-			cols[i].typname = "pg_catalog.text"
+	cols := make([]payload.ColInfo, len(r.Cols))
+	for i, c := range r.Cols {
+		cols[i] = payload.ColInfo{Name: c.Name, OID: c.OID, TypeName: byName[c.Name].TypeName}
+		if cols[i].TypeName == "" {
+			cols[i].TypeName = "pg_catalog.text"
 		}
 	}
-	plan, probs, err := planLookups(ctx, s.c.source, r.model, cols)
+	plan, probs, err := payload.PlanLookups(ctx, s.c.source, r.Model, cols)
 	if err != nil {
 		return err
 	}
-	if len(probs) > 0 && r.model.OnLookupError != config.LookupErrorOmit {
-		msg := fmt.Sprintf("table %s: %s: capture holds its changes until this is fixed (or set on_lookup_error: omit on model %s to send them without the field)", r.schema+"."+r.name, probs[0].msg, r.model.Model)
+	if len(probs) > 0 && r.Model.OnLookupError != config.LookupErrorOmit {
+		msg := fmt.Sprintf("table %s: %s: capture holds its changes until this is fixed (or set on_lookup_error: omit on model %s to send them without the field)", r.Schema+"."+r.Name, probs[0].Msg, r.Model.Model)
 		s.c.setStall(msg)
 		return errors.New(msg)
 	}
 	for _, p := range probs {
-		s.log.Error().Str("table", r.schema+"."+r.name).Msg(p.msg + ": rendered without it")
+		s.log.Error().Str("table", r.Schema+"."+r.Name).Msg(p.Msg + ": rendered without it")
 	}
 	if plan != nil {
-		for _, rl := range plan.rels {
-			for _, oid := range rl.sel {
+		for _, rl := range plan.Rels {
+			for _, oid := range rl.Sel {
 				if err := s.c.types.resolveOID(ctx, oid); err != nil {
 					return err
 				}
 			}
 		}
 	}
-	r.setPlan(plan)
+	r.SetPlan(plan)
 	return nil
 }
 
@@ -352,10 +371,10 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	if rel == nil {
 		return fmt.Errorf("change for relation %d before its Relation message", relID)
 	}
-	if rel.model == nil {
+	if rel.Model == nil {
 		// A published table no model maps (added to the publication by
 		// hand?): nothing can render it, but it must not pass unseen.
-		t := rel.schema + "." + rel.name
+		t := rel.Schema + "." + rel.Name
 		if s.c.losses.add(&s.c.losses.unmapped, t) {
 			s.log.Error().Str("table", t).Str("lsn", s.txnLSN.String()).
 				Msgf("changes of table %s are published but no model maps it: they are NOT sent (counted in walhook_changes_unmapped_total); add a model for it, or remove it from publication %s", t, s.c.cfg.Database.Publication)
@@ -365,88 +384,90 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		}
 		return nil
 	}
-	hs := &rel.hooks[eventIndex(event)]
-	if len(hs.names) == 0 && !rel.coalesce {
-		if event == EventDeleted && oldType == 'O' && s.dels.wants(s.c.cfg, rel) {
+	hs := &rel.Hooks[payload.EventIndex(event)]
+	if len(hs.Names) == 0 && !rel.Coalesce {
+		if event == payload.EventDeleted && oldType == 'O' && s.dels.wants(s.c.cfg, rel) {
 			// No webhook takes the delete, but relations may point at the row.
-			old, err := tupleRow(oldT, len(rel.cols))
+			old, err := tupleRow(oldT, len(rel.Cols))
 			if err != nil {
-				return fmt.Errorf("%s.%s: old row: %w", rel.schema, rel.name, err)
+				return fmt.Errorf("%s.%s: old row: %w", rel.Schema, rel.Name, err)
 			}
 			s.dels.keep(s.c.cfg, s.log, uint64(s.txnLSN), rel, old, false)
 		}
 		return nil
 	}
-	var vals, old row
+	var vals, old payload.Row
 	var err error
 	if oldT != nil {
-		if old, err = tupleRow(oldT, len(rel.cols)); err != nil {
-			return fmt.Errorf("%s.%s: old row: %w", rel.schema, rel.name, err)
+		if old, err = tupleRow(oldT, len(rel.Cols)); err != nil {
+			return fmt.Errorf("%s.%s: old row: %w", rel.Schema, rel.Name, err)
 		}
 	}
 	keysOnly := false
-	if event == EventDeleted {
+	if event == payload.EventDeleted {
 		vals = old
 		keysOnly = oldType != 'O'
 		if vals == nil {
-			return fmt.Errorf("%s.%s: delete without old row", rel.schema, rel.name)
+			return fmt.Errorf("%s.%s: delete without old row", rel.Schema, rel.Name)
 		}
 		s.dels.keep(s.c.cfg, s.log, uint64(s.txnLSN), rel, vals, keysOnly)
 	} else {
-		if vals, err = tupleRow(newT, len(rel.cols)); err != nil {
-			return fmt.Errorf("%s.%s: new row: %w", rel.schema, rel.name, err)
+		if vals, err = tupleRow(newT, len(rel.Cols)); err != nil {
+			return fmt.Errorf("%s.%s: new row: %w", rel.Schema, rel.Name, err)
 		}
 	}
 	// Unchanged TOAST values not in the old row are read back with the
 	// chunk's lookups: the change waits in pending.
-	fill := event == EventUpdated && fillFromOld(vals, old, oldType)
-	if rel.coalesce {
+	fill := event == payload.EventUpdated && fillFromOld(vals, old, oldType)
+	if rel.Coalesce {
 		// Webhooks with coalesce: transaction get their events at commit.
-		if err := s.coalesceChange(ctx, rel, event, seq, vals, old, oldType, keysOnly); err != nil {
+		c := payload.Change{Rel: rel, Event: event, Vals: vals, KeysOnly: keysOnly, Old: old, OldType: oldType}
+		if err := s.coalesceChange(ctx, &c, seq); err != nil {
 			return err
 		}
-		if len(hs.names) == 0 {
+		if len(hs.Names) == 0 {
 			return nil
 		}
 	}
-	if event == EventUpdated && oldType == 'O' && onlyIgnoredChanged(rel, vals, old) {
+	if event == payload.EventUpdated && oldType == 'O' && onlyIgnoredChanged(rel, vals, old) {
 		return nil
 	}
 	if s.imgs.tracks(rel) {
 		lsn := uint64(s.txnLSN)
-		if event == EventUpdated && oldType != 'O' {
+		if event == payload.EventUpdated && oldType != 'O' {
 			if prev := s.imgs.get(lsn, rel, vals); prev != nil && onlyIgnoredChanged(rel, vals, prev) {
 				s.imgs.put(lsn, rel, vals, false)
 				return nil
 			}
 		}
-		if !s.imgs.put(lsn, rel, vals, event == EventDeleted) && !s.imgs.warned {
+		if !s.imgs.put(lsn, rel, vals, event == payload.EventDeleted) && !s.imgs.warned {
 			s.imgs.warned = true
-			s.log.Warn().Str("table", rel.schema+"."+rel.name).Int("objects", maxTxnImages).
+			s.log.Warn().Str("table", rel.Schema+"."+rel.Name).Int("objects", maxTxnImages).
 				Msg("ignore_changes: transaction changes more objects than are tracked without REPLICA IDENTITY FULL: their later updates are sent")
 		}
 	}
-	if rel.plan == nil && !hs.special && len(s.pending) == 0 && !fill {
+	if rel.Plan == nil && !hs.Special && len(s.pending) == 0 && !fill {
 		// The plain path: render now, one body for every webhook.
-		body := s.rd.netboxBody(event, s.txnAt, rel, vals, keysOnly)
-		key := objectKey(rel, vals)
-		for _, h := range hs.names {
-			s.rows = append(s.rows, outRow{webhook: h, event: event, model: rel.model.Model, key: key,
-				commitLSN: s.txnLSN, seq: seq, committedAt: s.txnAt, body: body})
+		c := payload.Change{Rel: rel, Event: event, Vals: vals, KeysOnly: keysOnly}
+		body := s.rd.NetboxBody(&c, s.txnAt)
+		key := payload.ObjectKey(rel, vals)
+		for _, h := range hs.Names {
+			s.rows = append(s.rows, Delivery{Webhook: h, Event: event, Model: rel.Model.Model, Key: key,
+				CommitLSN: s.txnLSN, Seq: seq, CommittedAt: s.txnAt, Body: body})
 		}
 		return s.sendFull(ctx)
 	}
-	p := pending{rel: rel, hooks: hs, event: event, seq: seq, vals: vals, oldType: oldType, keysOnly: keysOnly, fill: fill}
-	if event == EventUpdated && hs.special {
-		p.old = old
+	p := pending{Change: payload.Change{Rel: rel, Event: event, Vals: vals, OldType: oldType, KeysOnly: keysOnly}, hooks: hs, seq: seq, fill: fill}
+	if event == payload.EventUpdated && hs.Special {
+		p.Old = old
 	}
-	if rel.plan == nil && len(s.pending) == 0 && !fill {
+	if rel.Plan == nil && len(s.pending) == 0 && !fill {
 		return s.emit(ctx, &p) // nothing to look up: render now
 	}
 	// Buffer until the chunk's lookups (the values point into the message
 	// buffer: copy them). Later changes of the transaction queue behind it
 	// to keep their order.
-	p.vals, p.old = copyRow(p.vals), copyRow(p.old)
+	p.Vals, p.Old = payload.CopyRow(p.Vals), payload.CopyRow(p.Old)
 	s.pending = append(s.pending, p)
 	if len(s.pending) >= chunkRows {
 		return s.flushPending(ctx)
@@ -466,21 +487,15 @@ func (s *stream) sendFull(ctx context.Context) error {
 
 // pending is a change waiting to be rendered.
 type pending struct {
-	rel      *relation
-	hooks    *hookSet
-	event    string
+	payload.Change
+	hooks    *payload.HookSet
 	seq      int32
-	vals     row
-	old      row // the row before an UPDATE, kept for templates and conditions
-	oldType  uint8
-	keysOnly bool
-	extra    []lookupVal // relation fields, then computed fields (rel.plan)
-	oldExtra []lookupVal // relation fields of old
-	fill     bool        // vals has unchanged TOAST values to read back
+	oldExtra []payload.LookupVal // relation fields of old
+	fill     bool                // vals has unchanged TOAST values to read back
 }
 
 // oldNeeded reports whether the old row is rendered (for .old).
-func (p *pending) oldNeeded() bool { return p.old != nil }
+func (p *pending) oldNeeded() bool { return p.Old != nil }
 
 // flushPending looks up the relations and computed fields of the buffered
 // changes, then renders them.
@@ -501,29 +516,29 @@ func (s *stream) flushPending(ctx context.Context) error {
 // emit renders a change for each of its webhooks: the default body, or the
 // webhook's template, unless the webhook's conditions reject it.
 func (s *stream) emit(ctx context.Context, p *pending) error {
-	rel := p.rel
-	body := s.rd.netboxBodyEx(p.event, s.txnAt, rel, p.vals, p.keysOnly, p.extra)
-	key := objectKey(rel, p.vals)
-	var payload map[string]any
-	var v4 map[string]string // object_type -> netbox-v4 body
-	for i, h := range p.hooks.names {
-		r := outRow{webhook: h, event: p.event, model: rel.model.Model, key: key,
-			commitLSN: s.txnLSN, seq: p.seq, committedAt: s.txnAt, body: body}
-		if sp := p.hooks.specs[i]; sp != nil {
-			if payload == nil {
+	rel := p.Rel
+	body := s.rd.NetboxBody(&p.Change, s.txnAt)
+	key := payload.ObjectKey(rel, p.Vals)
+	var decoded map[string]any // the default body decoded, for templates and conditions
+	var v4 map[string]string   // object_type -> netbox-v4 body
+	for i, h := range p.hooks.Names {
+		r := Delivery{Webhook: h, Event: p.Event, Model: rel.Model.Model, Key: key,
+			CommitLSN: s.txnLSN, Seq: p.seq, CommittedAt: s.txnAt, Body: body}
+		if sp := p.hooks.Specs[i]; sp != nil {
+			if decoded == nil {
 				var err error
-				if payload, err = s.payload(body, p); err != nil {
+				if decoded, err = s.decode(body, p); err != nil {
 					// Cannot happen with PostgreSQL's values; do not stop
 					// capture for it: conditions fail, templates see no data.
-					s.log.Error().Err(err).Str("model", rel.model.Model).Str("key", key).Msg("cannot decode the rendered payload for templates and conditions")
-					payload = map[string]any{"event": p.event, "model": rel.model.Model}
+					s.log.Error().Err(err).Str("model", rel.Model.Model).Str("key", key).Msg("cannot decode the rendered payload for templates and conditions")
+					decoded = map[string]any{"event": p.Event, "model": rel.Model.Model}
 				}
 			}
-			if sp.cond != nil {
-				ok, err := evalCondition(sp.cond, payload)
+			if sp.Cond != nil {
+				ok, err := payload.EvalCondition(sp.Cond, decoded)
 				if err != nil {
-					if allow, n := sp.condLog.allow(); allow {
-						s.log.Warn().Err(err).Str("webhook", h).Str("model", rel.model.Model).Str("event", p.event).
+					if allow, n := sp.CondLog.Allow(); allow {
+						s.log.Warn().Err(err).Str("webhook", h).Str("model", rel.Model.Model).Str("event", p.Event).
 							Str("key", key).Int("not_logged", n).Msg("conditions cannot be evaluated on this change: not sent")
 					}
 				}
@@ -531,25 +546,25 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 					continue
 				}
 			}
-			if sp.tmpl != nil {
-				out, err := s.tpl.execute(sp.tmpl, payload)
+			if sp.Tmpl != nil {
+				out, err := s.tpl.Execute(sp.Tmpl, decoded)
 				if err != nil {
 					// Stored failed with the error, and the default body.
-					r.state, r.lastError = "failed", "body_template: "+err.Error()
+					r.State, r.LastError = "failed", "body_template: "+err.Error()
 				} else {
-					r.body = out
+					r.Body = out
 				}
-			} else if sp.format == FormatNetboxV4 {
-				ot := sp.objectType(rel.model)
+			} else if sp.Format == payload.FormatNetboxV4 {
+				ot := sp.ObjectType(rel.Model)
 				b, ok := v4[ot]
 				if !ok {
-					b = s.rd.netboxV4Body(p.event, s.txnAt, ot, rel, p.vals, p.keysOnly, p.extra, p.old, p.oldType)
+					b = s.rd.NetboxV4Body(&p.Change, s.txnAt, ot)
 					if v4 == nil {
 						v4 = map[string]string{}
 					}
 					v4[ot] = b
 				}
-				r.body = b
+				r.Body = b
 			}
 		}
 		s.rows = append(s.rows, r)
@@ -557,50 +572,28 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 	return s.sendFull(ctx)
 }
 
-// payload decodes a change's default body (and old row) for its webhooks'
+// decode decodes a change's default body (and old row) for its webhooks'
 // templates and conditions.
-func (s *stream) payload(body string, p *pending) (map[string]any, error) {
+func (s *stream) decode(body string, p *pending) (map[string]any, error) {
 	var old []byte
-	if p.old != nil {
-		s.oldBuf = s.rd.appendData(s.oldBuf[:0], p.rel, p.old, p.oldType != 'O', p.oldExtra)
+	if p.Old != nil {
+		s.oldBuf = s.rd.AppendData(s.oldBuf[:0], p.Rel, p.Old, p.OldType != 'O', p.oldExtra)
 		old = s.oldBuf
 	}
-	return s.tpl.payload(body, old)
-}
-
-// copyRow copies a row's values out of the message buffer, into one block.
-func copyRow(r row) row {
-	if r == nil {
-		return nil
-	}
-	n := 0
-	for _, v := range r {
-		n += len(v.data)
-	}
-	buf := make([]byte, 0, n)
-	out := make(row, len(r))
-	for i, v := range r {
-		out[i].kind = v.kind
-		if v.data != nil {
-			start := len(buf)
-			buf = append(buf, v.data...)
-			out[i].data = buf[start:len(buf):len(buf)]
-		}
-	}
-	return out
+	return s.tpl.Payload(body, old)
 }
 
 // onlyIgnoredChanged reports whether an UPDATE changed only columns listed
 // in the model's ignore_changes (needs the full old row).
-func onlyIgnoredChanged(rel *relation, vals, old row) bool {
-	if len(rel.model.IgnoreChanges) == 0 {
+func onlyIgnoredChanged(rel *payload.Relation, vals, old payload.Row) bool {
+	if len(rel.Model.IgnoreChanges) == 0 {
 		return false
 	}
-	for i, c := range rel.cols {
-		if vals[i].kind == old[i].kind && string(vals[i].data) == string(old[i].data) {
+	for i, c := range rel.Cols {
+		if vals[i].Kind == old[i].Kind && string(vals[i].Data) == string(old[i].Data) {
 			continue
 		}
-		if !slices.Contains(rel.model.IgnoreChanges, c.name) {
+		if !slices.Contains(rel.Model.IgnoreChanges, c.Name) {
 			return false
 		}
 	}
@@ -611,28 +604,18 @@ func onlyIgnoredChanged(rel *relation, vals, old row) bool {
 // the old row image (REPLICA IDENTITY FULL) and reports whether some are
 // left: those are read back by key with the chunk's lookups (the current
 // value, once the transaction is visible).
-func fillFromOld(vals, old row, oldType uint8) (missing bool) {
+func fillFromOld(vals, old payload.Row, oldType uint8) (missing bool) {
 	for i, v := range vals {
-		if v.kind != 'u' {
+		if v.Kind != 'u' {
 			continue
 		}
-		if oldType == 'O' && old != nil && old[i].kind != 'u' {
+		if oldType == 'O' && old != nil && old[i].Kind != 'u' {
 			vals[i] = old[i]
 			continue
 		}
 		missing = true
 	}
 	return missing
-}
-
-// hasUnchanged reports whether vals holds unchanged TOAST values ('u').
-func hasUnchanged(vals row) bool {
-	for _, v := range vals {
-		if v.kind == 'u' {
-			return true
-		}
-	}
-	return false
 }
 
 // hookIndex maps model -> event -> names of webhooks that take it.

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -19,22 +20,23 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// outRow is one delivery row to enqueue.
-type outRow struct {
-	webhook, event, model, key string
-	commitLSN                  pglogrepl.LSN
-	seq                        int32
-	committedAt                time.Time
-	body                       string
-	// state and lastError, when set, store the row as already failed (a
+// Delivery is one delivery row to enqueue: a change rendered for one
+// webhook, keyed by (Webhook, CommitLSN, Seq).
+type Delivery struct {
+	Webhook, Event, Model, Key string
+	CommitLSN                  pglogrepl.LSN
+	Seq                        int32
+	CommittedAt                time.Time
+	Body                       string
+	// State and LastError, when set, store the row as already failed (a
 	// body_template that failed to render); default: pending.
-	state, lastError string
+	State, LastError string
 }
 
 // batch carries rows of one source transaction to the writer; commit marks
 // the transaction's end (endLSN is its TransactionEndLSN).
 type batch struct {
-	rows   []outRow
+	rows   []Delivery
 	commit bool
 	endLSN pglogrepl.LSN
 }
@@ -65,7 +67,7 @@ type writer struct {
 	// an older history (identity.go); inWindow collects the rows of the
 	// open transaction in it, collided counts the rows that did.
 	window   *atomic.Pointer[gapWindow]
-	inWindow []outRow
+	inWindow []Delivery
 	collided *atomic.Int64
 }
 
@@ -111,7 +113,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 	}
 	var (
 		open       bool // a transaction is open on conn
-		buf        []outRow
+		buf        []Delivery
 		groupRows  int
 		groupStart time.Time
 		lastEnd    pglogrepl.LSN
@@ -124,11 +126,11 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		}
 	}()
-	count := func(rows []outRow) {
+	count := func(rows []Delivery) {
 		if w.window != nil {
 			if g := w.window.Load(); g != nil {
 				for _, r := range rows {
-					if g.holds(r.commitLSN) {
+					if g.holds(r.CommitLSN) {
 						w.inWindow = append(w.inWindow, r)
 					}
 				}
@@ -136,7 +138,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		if w.observer != nil {
 			for _, r := range rows {
-				w.counts[modelEvent{r.model, r.event}]++
+				w.counts[modelEvent{r.Model, r.Event}]++
 			}
 		}
 	}
@@ -174,12 +176,12 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			}()
 		}
 		b := &pgx.Batch{}
-		var small []outRow
+		var small []Delivery
 		if !open && len(buf) <= smallGroup {
 			small, buf = buf, buf[len(buf):]
 			b.Queue("BEGIN")
 			if len(small) > 0 {
-				b.Queue(w.sql.Insert, w.insertArgs(small)...)
+				b.Queue(w.sql.Insert, insertArgs(small)...)
 			}
 		} else if err := copyBuf(); err != nil {
 			return err
@@ -273,13 +275,13 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 	if len(w.inWindow) > 0 {
 		keys := make([]outbox.DeliveryKey, len(w.inWindow))
 		for i, r := range w.inWindow {
-			keys[i] = outbox.DeliveryKey{Webhook: r.webhook, CommitLSN: r.commitLSN, Seq: r.seq}
+			keys[i] = outbox.DeliveryKey{Webhook: r.Webhook, CommitLSN: r.CommitLSN, Seq: r.Seq}
 		}
 		idx, err := w.store.CreatedBefore(ctx, keys, g.before)
 		if err != nil {
 			return err
 		}
-		lost := make([]outRow, len(idx))
+		lost := make([]Delivery, len(idx))
 		for i, j := range idx {
 			lost[i] = w.inWindow[j]
 		}
@@ -287,8 +289,8 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 		if len(lost) > 0 {
 			w.collided.Add(int64(len(lost)))
 			for _, r := range lost {
-				w.log.Error().Str("webhook", r.webhook).Str("model", r.model).Str("key", r.key).Str("event", r.event).
-					Str("commit_lsn", r.commitLSN.String()).Int32("seq", r.seq).
+				w.log.Error().Str("webhook", r.Webhook).Str("model", r.Model).Str("key", r.Key).Str("event", r.Event).
+					Str("commit_lsn", r.CommitLSN.String()).Int32("seq", r.Seq).
 					Msg("change NOT enqueued: a delivery of the source's old history (before the gap) holds the same webhook, commit LSN and position; resend the object with walhook backfill")
 			}
 		}
@@ -307,9 +309,9 @@ const pgLSNOID = 3220
 // avoids, but a lost or reset checkpoint does not) fails with a unique
 // violation: the writer then uses INSERT ... ON CONFLICT DO NOTHING for good,
 // and the stream replays.
-func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []outRow) (int64, error) {
+func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) (int64, error) {
 	if w.safe.Load() {
-		tag, err := conn.Exec(ctx, w.sql.Insert, w.insertArgs(rows)...)
+		tag, err := conn.Exec(ctx, w.sql.Insert, insertArgs(rows)...)
 		if err != nil {
 			return 0, fmt.Errorf("outbox: insert %d deliveries: %w", len(rows), err)
 		}
@@ -318,16 +320,16 @@ func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []outRow) (i
 	n, err := conn.CopyFrom(ctx, w.sql.Table, w.sql.Columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
 		r := &rows[i]
 		state, lastErr := "pending", any(nil)
-		if r.state != "" {
-			state = r.state
+		if r.State != "" {
+			state = r.State
 		}
-		if r.lastError != "" {
-			lastErr = r.lastError
+		if r.LastError != "" {
+			lastErr = r.LastError
 		}
-		return []any{r.webhook, r.event, r.model, r.key, int64(r.commitLSN), r.seq, r.committedAt, r.body, state, lastErr}, nil
+		return []any{r.Webhook, r.Event, r.Model, r.Key, int64(r.CommitLSN), r.Seq, r.CommittedAt, r.Body, state, lastErr}, nil
 	}))
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "23505" {
+	if errors.As(err, &pe) && pe.Code == pgerrcode.UniqueViolation {
 		w.safe.Store(true)
 		w.log.Warn().Msg("the outbox already holds some of these changes (a replay from an older position): switching to INSERT ... ON CONFLICT DO NOTHING")
 	}
@@ -337,16 +339,32 @@ func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []outRow) (i
 	return n, nil
 }
 
-// insertArgs are the arguments of insertSQL for rows.
-func (w *writer) insertArgs(rows []outRow) []any {
+// InsertDeliveries inserts rows into the outbox in tx, in chunks, leaving
+// out those it already holds (ON CONFLICT DO NOTHING), and returns how many
+// it inserted. It does not notify the senders.
+func InsertDeliveries(ctx context.Context, tx pgx.Tx, store *outbox.Store, rows []Delivery) (int64, error) {
+	insert := store.Enqueue().Insert
+	var n int64
+	for i := 0; i < len(rows); i += chunkRows {
+		tag, err := tx.Exec(ctx, insert, insertArgs(rows[i:min(i+chunkRows, len(rows))])...)
+		if err != nil {
+			return n, fmt.Errorf("outbox: insert deliveries: %w", err)
+		}
+		n += tag.RowsAffected()
+	}
+	return n, nil
+}
+
+// insertArgs are the arguments of the outbox's insert statement for rows.
+func insertArgs(rows []Delivery) []any {
 	n := len(rows)
 	webhooks, events, models, keys := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	lsns, bodies, states, lastErrs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	seqs, ats := make([]int32, n), make([]time.Time, n)
 	for i, r := range rows {
-		webhooks[i], events[i], models[i], keys[i] = r.webhook, r.event, r.model, r.key
-		lsns[i], seqs[i], ats[i], bodies[i] = r.commitLSN.String(), r.seq, r.committedAt, r.body
-		states[i], lastErrs[i] = r.state, r.lastError
+		webhooks[i], events[i], models[i], keys[i] = r.Webhook, r.Event, r.Model, r.Key
+		lsns[i], seqs[i], ats[i], bodies[i] = r.CommitLSN.String(), r.Seq, r.CommittedAt, r.Body
+		states[i], lastErrs[i] = r.State, r.LastError
 	}
 	return []any{webhooks, events, models, keys, lsns, seqs, ats, bodies, states, lastErrs}
 }

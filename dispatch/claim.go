@@ -246,8 +246,8 @@ func (d *Dispatcher) claim(ctx context.Context, req *claimReq) (full bool, err e
 }
 
 // maintain keeps the heartbeat, takes back the rows of dead dispatchers,
-// makes due the retries of webhooks whose breaker closed, and deletes old
-// delivered and failed rows.
+// makes due the retries of webhooks whose breaker closed, deletes old
+// delivered and failed rows, and writes the per-minute counts.
 func (d *Dispatcher) maintain(ctx context.Context) {
 	d.warnUnserved(ctx)
 	rescue := time.NewTimer(0)
@@ -256,11 +256,16 @@ func (d *Dispatcher) maintain(ctx context.Context) {
 	defer purge.Stop()
 	sweep := time.NewTimer(sweepEvery)
 	defer sweep.Stop()
+	minutes := time.NewTimer(d.nextMinutesTick().Sub(d.now()))
+	defer minutes.Stop()
 	var cursor outbox.ObjectCursor
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-minutes.C:
+			d.writeMinutes(ctx, false)
+			minutes.Reset(d.nextMinutesTick().Sub(d.now()))
 		case name := <-d.reopened:
 			d.releaseBackoff(ctx, name)
 		case <-rescue.C:

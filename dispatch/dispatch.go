@@ -59,6 +59,11 @@ type Options struct {
 	// metrics). It is called from the sending goroutines, so it must be
 	// safe for concurrent use and must not block.
 	Observer Observer
+	// MinutesEvery is how often the attempts counted in memory are added
+	// to the per-minute counts of the status page's charts (the minutes
+	// table); it should divide a minute. Optional: 10 s. Counts are also
+	// written when Run returns.
+	MinutesEvery time.Duration
 	// Tracer, when set, records a span per attempt (see tracing.go). It
 	// must come from a provider using tracing.IDGenerator, so that spans
 	// carry the delivery's trace id. Optional: no spans.
@@ -113,6 +118,8 @@ const (
 	stopSendingAfter = deadAfter - time.Second
 	// retentionEvery is how often old delivered and failed rows are deleted.
 	retentionEvery = 5 * time.Minute
+	// minutesEvery is the default of Options.MinutesEvery.
+	minutesEvery = 10 * time.Second
 	// Every sweepEvery, the next sweepObjects objects with open changes are
 	// checked for parked changes left without a predecessor (one index
 	// descent each).
@@ -141,6 +148,10 @@ type Dispatcher struct {
 	poll            time.Duration
 	retention       time.Duration
 	failedRetention time.Duration
+	minutesEvery    time.Duration
+	// minutes holds per-minute counts not written yet (a write failed);
+	// only maintain, then Run once maintain has returned, use it.
+	minutes *minuteCounts
 
 	running atomic.Bool
 	// slots holds a token per request in flight, all webhooks together
@@ -171,9 +182,12 @@ type hook struct {
 	maxHeld int
 	lease   time.Duration
 	held    atomic.Int64
-	queue   chan *job
-	breaker *breaker
-	rate    *rate.Limiter // nil: no rate limit
+	// Attempts by outcome since the counts were last taken for the
+	// minutes table: the only cost the charts add to an attempt.
+	delivered, retried, failed atomic.Int64
+	queue                      chan *job
+	breaker                    *breaker
+	rate                       *rate.Limiter // nil: no rate limit
 	// client sends this webhook's requests when it has tls settings (its
 	// own transport); nil: the Dispatcher's shared client.
 	client *http.Client
@@ -214,6 +228,7 @@ func New(opts Options) (*Dispatcher, error) {
 		poll:            cfg.Dispatch.PollInterval.D(),
 		retention:       cfg.Dispatch.Retention.D(),
 		failedRetention: cfg.Dispatch.FailedRetention.D(),
+		minutesEvery:    opts.MinutesEvery,
 		hooks:           map[string]*hook{},
 		wake:            make(chan struct{}, 1),
 		closed:          make(chan struct{}, 1),
@@ -245,6 +260,9 @@ func New(opts Options) (*Dispatcher, error) {
 	if d.concurrency <= 0 || d.poll <= 0 {
 		return nil, errors.New("dispatch: dispatch.concurrency and dispatch.poll_interval must be positive: " +
 			"config.Load sets their defaults; call Config.ApplyDefaults on a Config built in code")
+	}
+	if d.minutesEvery <= 0 {
+		d.minutesEvery = minutesEvery
 	}
 	version := opts.Version
 	if version == "" {
@@ -293,6 +311,7 @@ func New(opts Options) (*Dispatcher, error) {
 		maxHeld += h.maxHeld
 	}
 	d.maxUnwritten = 4 * max(maxHeld, 1)
+	d.minutes = newMinuteCounts(d.order, d.now())
 	d.slots = make(chan struct{}, d.concurrency)
 	if opts.Client != nil {
 		c := *opts.Client
@@ -429,6 +448,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	close(results)
 	<-writerDone
 	bg.Wait()
+	// Every attempt is counted by now: write the counts of the last
+	// seconds too.
+	d.writeMinutes(hard, true)
 	stopBeat()
 	<-beatDone
 	dctx, cancel := context.WithTimeout(hard, 5*time.Second)

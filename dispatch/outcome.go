@@ -3,9 +3,9 @@ package dispatch
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walhook/walhook/internal/outbox"
@@ -104,7 +104,7 @@ func (d *Dispatcher) flush(ctx context.Context, batch []result) error {
 // exception or integrity violation), so that retrying cannot help.
 func rejected(err error) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23"))
+	return errors.As(err, &pe) && (pgerrcode.IsDataException(pe.Code) || pgerrcode.IsIntegrityConstraintViolation(pe.Code))
 }
 
 func (d *Dispatcher) write(ctx context.Context, batch []result) error {

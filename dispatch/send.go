@@ -169,6 +169,14 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 			Str("error", logText(resp.err)).Dur("took", took).Dur("retry_in", delay).
 			Msg("delivery attempt failed")
 	}
+	switch outcome {
+	case outbox.OutcomeDelivered:
+		h.delivered.Add(1)
+	case outbox.OutcomeRetry:
+		h.retried.Add(1)
+	case outbox.OutcomeFailed:
+		h.failed.Add(1)
+	}
 	if d.obs != nil {
 		d.obs.Attempted(outbox.Attempt{
 			Webhook: h.name, Delivery: j.id, Attempt: j.attempts, Outcome: outcome,

@@ -308,5 +308,45 @@ webhooks:
 	if got.Load() != 1 {
 		t.Errorf("the receiver accepted %d requests, want 1", got.Load())
 	}
+
+	// The webhook's chart of the last hour shows the failed attempt and the
+	// delivery once the dispatcher has written its counts (every 10 s),
+	// coloured by the stylesheet, with no CSP violation.
+	e.waitFor("the attempts in the minutes table", 20*time.Second, func() bool {
+		return e.count(`SELECT coalesce(sum(delivered), 0) * 10 + coalesce(sum(failed), 0) FROM walhook.minutes WHERE webhook = 'shop'`) == 11
+	})
+	b.must(b.session, "Page.addScriptToEvaluateOnNewDocument", map[string]any{"source": `window.cspViolations = [];
+		document.addEventListener("securitypolicyviolation", e => window.cspViolations.push(e.violatedDirective + " " + e.sample));`}, nil)
+	b.navigate(base + "/")
+	var chart struct {
+		Label             string
+		Width, Height     float64
+		Delivered, Failed string
+		BarHeight         float64
+		Violations        []string
+	}
+	err := b.eval(`(() => { const svg = document.querySelector("#chart-shop svg"); if (!svg) return null;
+		const r = svg.getBoundingClientRect(), ok = svg.querySelector("rect.delivered"), bad = svg.querySelector("rect.failed");
+		return {Label: svg.getAttribute("aria-label"), Width: r.width, Height: r.height,
+			Delivered: ok ? getComputedStyle(ok).fill : "", Failed: bad ? getComputedStyle(bad).fill : "",
+			BarHeight: ok ? ok.getBoundingClientRect().height : 0, Violations: window.cspViolations}; })()`, &chart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(chart.Label, "shop, last hour: 1 delivered, 1 failed attempts (0 retried, 1 gave up)") ||
+		chart.Width < 100 || chart.Height < 50 || chart.BarHeight < 1 {
+		t.Errorf("the shop chart: %+v", chart)
+	}
+	// --ok and --bad of walhook.css: the classes apply.
+	if chart.Delivered != "rgb(23, 128, 61)" || chart.Failed != "rgb(180, 35, 24)" {
+		t.Errorf("chart bars coloured %q and %q, want the stylesheet's green and red", chart.Delivered, chart.Failed)
+	}
+	if len(chart.Violations) > 0 {
+		t.Errorf("the status page violates its CSP: %q", chart.Violations)
+	}
+	b.screenshot("5-charts")
+	// The recorder sees a violation when there is one.
+	_ = b.eval(`document.body.insertAdjacentHTML("beforeend", '<p style="color: red">x</p>')`, nil)
+	b.waitFor("the deliberate CSP violation to be reported", 5*time.Second, `window.cspViolations.length === 1`)
 	p.stop(t)
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/backfill"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/migrations"
 )
 
@@ -18,7 +20,7 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	model := fs.String("model", "", "model to backfill (required)")
 	webhook := fs.String("webhook", "", "only this webhook (default: every enabled webhook that takes the model and event)")
 	where := fs.String("where", "", "SQL condition on the table's columns, e.g. \"status = 'active'\"")
-	event := fs.String("event", cdc.EventCreated, "event to send: created or updated")
+	event := fs.String("event", payload.EventCreated, "event to send: created or updated")
 	rate := fs.Float64("rate", 0, "at most N rows per second (0: unlimited)")
 	restart := fs.Bool("restart", false, "start over, even when this backfill finished before")
 	pageSize := fs.Int("page-size", 1000, "rows read per page (each page under its own snapshot)")
@@ -57,7 +59,7 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 	bar := isTerminal(stderr)
 	var lastLog time.Time
-	report := func(p cdc.BackfillProgress) {
+	report := func(p backfill.Progress) {
 		rate := 0.0
 		if s := p.Elapsed.Seconds(); s > 0 {
 			rate = float64(p.RunDone) / s
@@ -83,13 +85,16 @@ func cmdBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 				Float64("rows_per_s", float64(int64(rate*10))/10).Str("eta", eta.String()).Msg("backfill progress")
 		}
 	}
-	p, err := cdc.Backfill(ctx, cdc.BackfillOptions{
+	p, err := backfill.Run(ctx, backfill.Options{
 		Config: cfg, Source: source, Outbox: outbox, Logger: log,
 		Model: *model, Webhook: *webhook, Where: *where, Event: *event, Rate: *rate, Restart: *restart,
 		PageSize: *pageSize, Progress: report,
 	})
-	var be *cdc.BackfillError
+	var be *backfill.Error
 	if errors.As(err, &be) {
+		if flag, ok := backfillFlags[be.Option]; ok {
+			err = fmt.Errorf("%s: %w", flag, err)
+		}
 		return &exitError{code: 2, err: err}
 	}
 	if err != nil {
@@ -133,3 +138,7 @@ func isTerminal(w io.Writer) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
+
+// backfillFlags maps the backfill.Options field a backfill.Error names to
+// the flag that sets it.
+var backfillFlags = map[string]string{"Model": "--model", "Webhook": "--webhook", "Where": "--where", "Event": "--event"}

@@ -19,13 +19,14 @@ import (
 
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/preflight"
 )
 
 // checkReport is what `walhook check --json` prints.
 type checkReport struct {
-	OK     bool        `json:"ok"`
-	Config string      `json:"config"`
-	Checks []cdc.Check `json:"checks"`
+	OK     bool              `json:"ok"`
+	Config string            `json:"config"`
+	Checks []preflight.Check `json:"checks"`
 }
 
 // cmdCheck runs the preflight checks and prints one line per check. It
@@ -44,21 +45,21 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		switch {
 		case errors.As(err, &ce):
 			for _, p := range ce.Problems {
-				rep.Checks = append(rep.Checks, cdc.Check{Name: "config", Status: cdc.Fail, Detail: p.String()})
+				rep.Checks = append(rep.Checks, preflight.Check{Name: "config", Status: preflight.Fail, Detail: p.String()})
 			}
 		case errors.Is(err, os.ErrNotExist):
-			rep.Checks = append(rep.Checks, cdc.Check{Name: "config", Status: cdc.Fail,
+			rep.Checks = append(rep.Checks, preflight.Check{Name: "config", Status: preflight.Fail,
 				Detail: fmt.Sprintf("configuration file %s not found", *path),
 				Fix:    "-- pass -c PATH or set WALHOOK_CONFIG; start from config.example.yaml"})
 		default:
-			rep.Checks = append(rep.Checks, cdc.Check{Name: "config", Status: cdc.Fail, Detail: err.Error()})
+			rep.Checks = append(rep.Checks, preflight.Check{Name: "config", Status: preflight.Fail, Detail: err.Error()})
 		}
 		if err := printChecks(stdout, rep, *asJSON); err != nil {
 			return err
 		}
 		return &exitError{code: 2, err: fmt.Errorf("invalid configuration %s: fix the config lines above", *path)}
 	}
-	rep.Checks = append(rep.Checks, cdc.Check{Name: "config", Status: cdc.OK,
+	rep.Checks = append(rep.Checks, preflight.Check{Name: "config", Status: preflight.OK,
 		Detail: fmt.Sprintf("%s: %d %s, %d %s", *path, len(cfg.Models), plural(len(cfg.Models), "model", "models"), len(cfg.Webhooks), plural(len(cfg.Webhooks), "webhook", "webhooks"))})
 	dbChecks, badDSN := databaseChecks(ctx, cfg)
 	rep.Checks = append(rep.Checks, dbChecks...)
@@ -70,7 +71,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fails := 0
 	for _, c := range rep.Checks {
-		if c.Status == cdc.Fail {
+		if c.Status == preflight.Fail {
 			fails++
 		}
 	}
@@ -84,10 +85,10 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // databaseChecks connects to the source (and outbox) database and runs
-// cdc.Preflight. badDSN reports a DSN that does not parse (a configuration
+// preflight.Preflight. badDSN reports a DSN that does not parse (a configuration
 // error).
-func databaseChecks(ctx context.Context, cfg *config.Config) (checks []cdc.Check, badDSN bool) {
-	connect := func(dsn, what string, params map[string]string) (*pgxpool.Pool, cdc.Check) {
+func databaseChecks(ctx context.Context, cfg *config.Config) (checks []preflight.Check, badDSN bool) {
+	connect := func(dsn, what string, params map[string]string) (*pgxpool.Pool, preflight.Check) {
 		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
 		pool, err := openPool(cctx, dsn, what, params)
@@ -100,10 +101,10 @@ func databaseChecks(ctx context.Context, cfg *config.Config) (checks []cdc.Check
 			if errors.Is(err, context.DeadlineExceeded) {
 				msg = "no answer within 15s: check the host and port in the DSN and any firewall in between"
 			}
-			return nil, cdc.Check{Name: what, Status: cdc.Fail, Detail: msg}
+			return nil, preflight.Check{Name: what, Status: preflight.Fail, Detail: msg}
 		}
 		cc := pool.Config().ConnConfig
-		return pool, cdc.Check{Name: what, Status: cdc.OK, Detail: fmt.Sprintf("connected to %s:%d, database %s, as %s", cc.Host, cc.Port, cc.Database, cc.User)}
+		return pool, preflight.Check{Name: what, Status: preflight.OK, Detail: fmt.Sprintf("connected to %s:%d, database %s, as %s", cc.Host, cc.Port, cc.Database, cc.User)}
 	}
 	source, c := connect(cfg.Database.DSN, "source database", cdc.SessionParams)
 	checks = append(checks, c)
@@ -123,17 +124,17 @@ func databaseChecks(ctx context.Context, cfg *config.Config) (checks []cdc.Check
 	}
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	return append(checks, cdc.Preflight(pctx, cfg, source, outbox)...), badDSN
+	return append(checks, preflight.Preflight(pctx, cfg, source, outbox)...), badDSN
 }
 
 // webhookChecks checks each webhook's URL.
-func webhookChecks(cfg *config.Config) []cdc.Check {
-	var checks []cdc.Check
+func webhookChecks(cfg *config.Config) []preflight.Check {
+	var checks []preflight.Check
 	for _, w := range cfg.Webhooks {
 		name := "webhook " + w.Name
 		u, err := url.Parse(w.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			checks = append(checks, cdc.Check{Name: name, Status: cdc.Fail,
+			checks = append(checks, preflight.Check{Name: name, Status: preflight.Fail,
 				Detail: fmt.Sprintf("url %q is not an http(s) URL", config.RedactURL(w.URL)),
 				Fix:    fmt.Sprintf("-- fix webhooks url at %s:%d", cfg.File, w.Line)})
 			continue
@@ -154,7 +155,7 @@ func webhookChecks(cfg *config.Config) []cdc.Check {
 		if len(w.Events) > 0 {
 			parts = append(parts, "events "+strings.Join(w.Events, ", "))
 		}
-		checks = append(checks, cdc.Check{Name: name, Status: cdc.OK, Detail: strings.Join(parts, "; ")})
+		checks = append(checks, preflight.Check{Name: name, Status: preflight.OK, Detail: strings.Join(parts, "; ")})
 	}
 	return checks
 }
@@ -162,7 +163,7 @@ func webhookChecks(cfg *config.Config) []cdc.Check {
 func printChecks(w io.Writer, rep checkReport, asJSON bool) error {
 	rep.OK = true
 	for _, c := range rep.Checks {
-		if c.Status == cdc.Fail {
+		if c.Status == preflight.Fail {
 			rep.OK = false
 		}
 	}
@@ -178,7 +179,7 @@ func printChecks(w io.Writer, rep checkReport, asJSON bool) error {
 	var fails, warns int
 	for _, c := range rep.Checks {
 		fmt.Fprintf(w, "%-4s  %-*s  %s\n", c.Status, width, c.Name, c.Detail)
-		if c.Fix != "" && c.Status != cdc.OK {
+		if c.Fix != "" && c.Status != preflight.OK {
 			label := "fix:"
 			for i, line := range strings.Split(c.Fix, "\n") {
 				if i > 0 {
@@ -188,9 +189,9 @@ func printChecks(w io.Writer, rep checkReport, asJSON bool) error {
 			}
 		}
 		switch c.Status {
-		case cdc.Fail:
+		case preflight.Fail:
 			fails++
-		case cdc.Warn:
+		case preflight.Warn:
 			warns++
 		}
 	}

@@ -14,9 +14,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/clienttls"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/preflight"
 )
 
 // Bounds of the TLS check.
@@ -33,21 +33,21 @@ const (
 
 // tlsChecks does one TLS handshake (and sends no request) with each
 // enabled HTTPS receiver, with the webhook's tls settings, all at once.
-func tlsChecks(ctx context.Context, cfg *config.Config) []cdc.Check {
+func tlsChecks(ctx context.Context, cfg *config.Config) []preflight.Check {
 	var idx []int
 	for i, w := range cfg.Webhooks {
 		if u, err := url.Parse(w.URL); err == nil && u.Scheme == "https" && u.Host != "" && w.IsEnabled() {
 			idx = append(idx, i)
 		}
 	}
-	checks := make([]cdc.Check, len(idx))
+	checks := make([]preflight.Check, len(idx))
 	var wg sync.WaitGroup
 	for k, i := range idx {
 		wg.Go(func() {
 			w := cfg.Webhooks[i]
 			c := tlsCheck(ctx, cfg.File, w, i, time.Now)
-			if c.Status == cdc.OK && w.TLS.InsecureSkipVerify {
-				c.Status = cdc.Warn
+			if c.Status == preflight.OK && w.TLS.InsecureSkipVerify {
+				c.Status = preflight.Warn
 				c.Detail += "; the certificate is NOT checked (tls.insecure_skip_verify)"
 				c.Fix = fmt.Sprintf("-- set tls.ca_file to the receiver's CA and remove tls.insecure_skip_verify (webhooks[%d].tls at %s:%d)", i, cfg.File, w.Line)
 			}
@@ -60,11 +60,11 @@ func tlsChecks(ctx context.Context, cfg *config.Config) []cdc.Check {
 
 // tlsCheck connects to w's receiver and reports the handshake, the
 // certificate it presented and, on failure, the setting that fixes it.
-func tlsCheck(ctx context.Context, file string, w config.Webhook, i int, now func() time.Time) cdc.Check {
+func tlsCheck(ctx context.Context, file string, w config.Webhook, i int, now func() time.Time) preflight.Check {
 	name := "webhook " + w.Name + " tls"
 	at := fmt.Sprintf("webhooks[%d].tls at %s:%d", i, file, w.Line)
-	fail := func(detail, fix string) cdc.Check {
-		return cdc.Check{Name: name, Status: cdc.Fail, Detail: detail, Fix: fix}
+	fail := func(detail, fix string) preflight.Check {
+		return preflight.Check{Name: name, Status: preflight.Fail, Detail: detail, Fix: fix}
 	}
 	u, _ := url.Parse(w.URL)
 	addr := u.Host
@@ -122,7 +122,7 @@ func tlsCheck(ctx context.Context, file string, w config.Webhook, i int, now fun
 	if errors.As(err, &oe) && oe.Op == "dial" {
 		// Not a certificate problem: the receiver may just not be
 		// reachable from where check runs.
-		return cdc.Check{Name: name, Status: cdc.Warn,
+		return preflight.Check{Name: name, Status: preflight.Warn,
 			Detail: fmt.Sprintf("cannot reach %s%s, so its certificate was not checked: %v", addr, via, err),
 			Fix:    "-- run walhook check where walhook runs, or make sure the receiver is up"}
 	}
@@ -151,9 +151,9 @@ func tlsCheck(ctx context.Context, file string, w config.Webhook, i int, now fun
 	return fail(detail, "-- check that the receiver is up and reachable from here and speaks HTTPS on "+addr)
 }
 
-func handshakeOK(name, addr string, cs tls.ConnectionState, asked, hasCert bool, now time.Time) cdc.Check {
+func handshakeOK(name, addr string, cs tls.ConnectionState, asked, hasCert bool, now time.Time) preflight.Check {
 	parts := []string{fmt.Sprintf("handshake with %s: %s", addr, tls.VersionName(cs.Version))}
-	st := cdc.OK
+	st := preflight.OK
 	fix := ""
 	if len(cs.PeerCertificates) > 0 {
 		leaf := cs.PeerCertificates[0]
@@ -161,7 +161,7 @@ func handshakeOK(name, addr string, cs tls.ConnectionState, asked, hasCert bool,
 		parts = append(parts, fmt.Sprintf("certificate %s issued by %s, expires %s (in %d days)",
 			leaf.Subject.CommonName, leaf.Issuer.CommonName, leaf.NotAfter.UTC().Format("2006-01-02"), int(left.Hours()/24)))
 		if left < expiryWarning {
-			st, fix = cdc.Warn, "-- renew the receiver's certificate before it expires: every attempt fails after that"
+			st, fix = preflight.Warn, "-- renew the receiver's certificate before it expires: every attempt fails after that"
 		}
 	}
 	switch {
@@ -170,7 +170,7 @@ func handshakeOK(name, addr string, cs tls.ConnectionState, asked, hasCert bool,
 	case asked:
 		parts = append(parts, "the receiver asked for a client certificate (none configured; it accepted the connection without)")
 	}
-	return cdc.Check{Name: name, Status: st, Detail: strings.Join(parts, "; "), Fix: fix}
+	return preflight.Check{Name: name, Status: st, Detail: strings.Join(parts, "; "), Fix: fix}
 }
 
 // certNames are the names a certificate is valid for.

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/clienttls/pkitest"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/preflight"
 )
 
 // TestTLSCheck runs check's TLS handshake against a receiver behind a
@@ -41,19 +41,19 @@ func TestTLSCheck(t *testing.T) {
 	tests := []struct {
 		name   string
 		tls    config.WebhookTLS
-		want   cdc.Status
+		want   preflight.Status
 		detail string
 		fix    string
 	}{
-		{name: "right", tls: config.WebhookTLS{CAFile: ca, CertFile: cert, KeyFile: key}, want: cdc.OK, detail: "client certificate accepted"},
-		{name: "no ca_file", tls: config.WebhookTLS{CertFile: cert, KeyFile: key}, want: cdc.Fail, detail: "unknown authority", fix: "set tls.ca_file"},
-		{name: "wrong server_name", tls: config.WebhookTLS{CAFile: ca, CertFile: cert, KeyFile: key, ServerName: "billing.internal"}, want: cdc.Fail, fix: "the certificate is for hooks.internal, 127.0.0.1"},
-		{name: "no client cert", tls: config.WebhookTLS{CAFile: ca}, want: cdc.Fail, fix: "set tls.cert_file and tls.key_file"},
-		{name: "untrusted client cert", tls: config.WebhookTLS{CAFile: ca, CertFile: badCert, KeyFile: badKey}, want: cdc.Fail, fix: "rejected the client certificate"},
+		{name: "right", tls: config.WebhookTLS{CAFile: ca, CertFile: cert, KeyFile: key}, want: preflight.OK, detail: "client certificate accepted"},
+		{name: "no ca_file", tls: config.WebhookTLS{CertFile: cert, KeyFile: key}, want: preflight.Fail, detail: "unknown authority", fix: "set tls.ca_file"},
+		{name: "wrong server_name", tls: config.WebhookTLS{CAFile: ca, CertFile: cert, KeyFile: key, ServerName: "billing.internal"}, want: preflight.Fail, fix: "the certificate is for hooks.internal, 127.0.0.1"},
+		{name: "no client cert", tls: config.WebhookTLS{CAFile: ca}, want: preflight.Fail, fix: "set tls.cert_file and tls.key_file"},
+		{name: "untrusted client cert", tls: config.WebhookTLS{CAFile: ca, CertFile: badCert, KeyFile: badKey}, want: preflight.Fail, fix: "rejected the client certificate"},
 	}
 	t.Run("unreachable is a warning", func(t *testing.T) {
 		w := config.Webhook{Name: "inventory", URL: "https://127.0.0.1:1/netbox", Line: 12}
-		if got := tlsCheck(context.Background(), "walhook.yaml", w, 0, time.Now); got.Status != cdc.Warn || !strings.Contains(got.Detail, "cannot reach 127.0.0.1:1") {
+		if got := tlsCheck(context.Background(), "walhook.yaml", w, 0, time.Now); got.Status != preflight.Warn || !strings.Contains(got.Detail, "cannot reach 127.0.0.1:1") {
 			t.Errorf("check = %+v", got)
 		}
 	})
@@ -64,7 +64,7 @@ func TestTLSCheck(t *testing.T) {
 			if got.Status != tc.want || !strings.Contains(got.Detail, tc.detail) || !strings.Contains(got.Fix, tc.fix) {
 				t.Errorf("check = %+v, want %s with detail %q and fix %q", got, tc.want, tc.detail, tc.fix)
 			}
-			if tc.want == cdc.Fail && !strings.Contains(got.Fix, "walhook.yaml:12") && !strings.Contains(tc.name, "client cert") {
+			if tc.want == preflight.Fail && !strings.Contains(got.Fix, "walhook.yaml:12") && !strings.Contains(tc.name, "client cert") {
 				t.Errorf("fix %q does not name the config line", got.Fix)
 			}
 		})

@@ -20,7 +20,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/internal/config"
-	"github.com/walhook/walhook/test/pgtest"
+	"github.com/walhook/walhook/internal/pgcluster"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 const demoSecret = "demo-secret"
@@ -94,7 +95,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	fmt.Fprintln(stdout, "walhook demo: starting a throwaway PostgreSQL (wal_level=logical)...")
-	pg, err := pgtest.Start(ctx, pgtest.Options{})
+	pg, err := pgcluster.Start(ctx, pgcluster.Options{})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -191,9 +192,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func waitForSlot(ctx context.Context, conn *pgx.Conn, slot string, runErr chan error) error {
 	for i := 0; i < 600; i++ {
-		var active bool
-		err := conn.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active)
-		if err == nil && active {
+		if s, found, err := replslot.Read(ctx, conn, slot); err == nil && found && s.Active {
 			return nil
 		}
 		select {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
@@ -120,6 +121,11 @@ func redactErr(err error, dsn string) string {
 	return msg
 }
 
+// roleLookupRoutine is the server function that reports a role that does
+// not exist (28000, like a pg_hba.conf refusal; its message is translated,
+// its routine name is not).
+const roleLookupRoutine = "InitializeSessionUserId"
+
 // dbError says what a connection failure means and what to do about it,
 // in one line (see connectHint for the network and TLS cases).
 func dbError(what, host string, port uint16, db string, err error) error {
@@ -127,27 +133,24 @@ func dbError(what, host string, port uint16, db string, err error) error {
 	addr := fmt.Sprintf("%s:%d", host, port)
 	if errors.As(err, &pe) {
 		switch {
-		case pe.Code == "28P01":
+		case pe.Code == pgerrcode.InvalidPassword:
 			return fmt.Errorf("%s: password authentication failed at %s: check the user and password in the DSN", what, addr)
-		case pe.Code == "3D000":
+		case pe.Code == pgerrcode.InvalidCatalogName:
 			return fmt.Errorf("%s: database %q does not exist at %s: create it or fix the DSN", what, db, addr)
-		case pe.Code == "28000" && strings.HasPrefix(pe.Message, "role ") && strings.HasSuffix(pe.Message, "does not exist"):
+		case pe.Code == pgerrcode.InvalidAuthorizationSpecification && pe.Routine == roleLookupRoutine:
 			return fmt.Errorf("%s: %s at %s: fix the user in the DSN, or create the role (CREATE ROLE name LOGIN REPLICATION PASSWORD '...';)", what, pe.Message, addr)
-		case pe.Code == "28000":
+		case pe.Code == pgerrcode.InvalidAuthorizationSpecification:
 			return fmt.Errorf("%s: the server at %s refused the connection (%s): allow it in pg_hba.conf", what, addr, pe.Message)
-		case pe.Code == "42501":
+		case pe.Code == pgerrcode.InsufficientPrivilege:
 			return fmt.Errorf("%s: %s at %s: as a superuser run GRANT CONNECT ON DATABASE %s TO the DSN's user", what, pe.Message, addr, quoteIdent(db))
-		case pe.Code == "53300":
+		case pe.Code == pgerrcode.TooManyConnections:
 			return fmt.Errorf("%s: the server at %s has no free connection slots (%s): raise max_connections or close idle clients", what, addr, pe.Message)
-		case pe.Code == "57P03":
+		case pe.Code == pgerrcode.CannotConnectNow:
 			return fmt.Errorf("%s: the server at %s is not accepting connections yet (%s): try again once it is up", what, addr, pe.Message)
 		}
 	}
 	if hint, ok := connectHint(addr, err); ok {
 		return fmt.Errorf("%s: %s", what, hint)
-	}
-	if strings.Contains(err.Error(), "connection refused") {
-		return fmt.Errorf("%s: connection refused at %s: is PostgreSQL running and listening there?", what, addr)
 	}
 	return fmt.Errorf("%s: cannot connect to %s: %s", what, addr, oneLine(err.Error()))
 }

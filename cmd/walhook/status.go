@@ -13,14 +13,15 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/human"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // statusReport is what `walhook status --json` prints.
@@ -151,20 +152,15 @@ func readStatus(ctx context.Context, cfg *config.Config, source, ob *pgxpool.Poo
 
 	// The slot.
 	s := &rep.Slot
-	var confirmed *string
-	err := source.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), active, active_pid, coalesce(wal_status, ''),
-		confirmed_flush_lsn::text, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint,
-		(pg_current_wal_lsn() - restart_lsn)::bigint, safe_wal_size
-		FROM pg_replication_slots WHERE slot_name = $1`, cfg.Database.Slot).
-		Scan(&s.Plugin, &s.Database, &s.Active, &s.ActivePID, &s.WALStatus, &confirmed, &s.LagBytes, &s.RetainedBytes, &s.SafeWALSize)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-	case err != nil:
-		return nil, fmt.Errorf("source database: read pg_replication_slots: %w", err)
-	default:
-		s.Exists = true
-		if confirmed != nil {
-			s.ConfirmedLSN = *confirmed
+	sl, found, err := replslot.Read(ctx, source, cfg.Database.Slot)
+	if err != nil {
+		return nil, fmt.Errorf("source database: %w", err)
+	}
+	if found {
+		s.Exists, s.Plugin, s.Database, s.Active, s.ActivePID, s.WALStatus = true, sl.Plugin, sl.Database, sl.Active, sl.ActivePID, sl.WALStatus
+		s.LagBytes, s.RetainedBytes, s.SafeWALSize = sl.LagBytes, sl.RetainedBytes, sl.SafeWALSize
+		if sl.HasConfirmed {
+			s.ConfirmedLSN = sl.Confirmed.String()
 		}
 	}
 
@@ -279,10 +275,10 @@ func sortedNames[V any](m map[string]V) []string {
 // outboxError turns a missing outbox table into a line that says what to do.
 func outboxError(err error, schema string) error {
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "3F000") {
+	if errors.As(err, &pe) && (pe.Code == pgerrcode.UndefinedTable || pe.Code == pgerrcode.InvalidSchemaName) {
 		return fmt.Errorf("outbox %s.deliveries does not exist: run walhook migrate (or walhook run) with this configuration first", schema)
 	}
-	if errors.As(err, &pe) && pe.Code == "42501" {
+	if errors.As(err, &pe) && pe.Code == pgerrcode.InsufficientPrivilege {
 		return fmt.Errorf("outbox database: %s: grant the role SELECT on the %s schema's tables (walhook check says which)", pe.Message, schema)
 	}
 	return fmt.Errorf("outbox database: %w", err)

@@ -109,6 +109,11 @@ type Relation struct {
 	// order of the foreign-key columns; default: its primary key.
 	Key  []string `yaml:"key"`
 	Line int      `yaml:"-"`
+	// FK are the foreign-key columns of the relation's key (FKColumns of
+	// its Model.Relations key), and Schema and Name the parts of Table:
+	// set by Parse.
+	FK           []string `yaml:"-"`
+	Schema, Name string   `yaml:"-"`
 }
 
 // FKColumns splits a Model.Relations key into its foreign-key columns.

@@ -732,8 +732,10 @@ func applyDefaults(c *Config, given func(path string) bool, line func(path strin
 		m.OnLookupError = or(m.OnLookupError, LookupErrorRetry)
 		for key, r := range m.Relations {
 			r.Line = line(path + ".relations." + key)
-			if fk := FKColumns(key); r.Field == "" && len(fk) == 1 {
-				r.Field = or(strings.TrimSuffix(fk[0], "_id"), fk[0])
+			r.FK = FKColumns(key)
+			r.Schema, r.Name = SplitTable(r.Table)
+			if r.Field == "" && len(r.FK) == 1 {
+				r.Field = or(strings.TrimSuffix(r.FK[0], "_id"), r.FK[0])
 			}
 			m.Relations[key] = r
 		}

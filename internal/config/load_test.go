@@ -242,7 +242,8 @@ log:
 				if m.Model != "Site" || m.Schema != "public" || m.Name != "dcim_site" || m.Line != 8 {
 					t.Errorf("model 0 = %+v", m)
 				}
-				if !reflect.DeepEqual(m.Relations["region_id"], Relation{Field: "region", Table: "public.dcim_region", Columns: []string{"id", "name", "slug"}, Line: 14}) {
+				if !reflect.DeepEqual(m.Relations["region_id"], Relation{Field: "region", Table: "public.dcim_region", Columns: []string{"id", "name", "slug"}, Line: 14,
+					FK: []string{"region_id"}, Schema: "public", Name: "dcim_region"}) {
 					t.Errorf("relations = %+v", m.Relations)
 				}
 				if m.Computed["device_count"].SQL != "SELECT count(*) FROM dcim_device WHERE site_id = $1" {

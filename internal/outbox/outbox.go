@@ -1,6 +1,6 @@
 // Package outbox owns walhook's outbox: the state names of a delivery and
 // every statement dispatch, the status page and the CLI run against the
-// outbox tables (deliveries, dispatchers). The tables themselves are
+// outbox tables (deliveries, dispatchers, minutes). The tables themselves are
 // created by the numbered SQL files of package migrations; their columns
 // are a public interface (see the README).
 //
@@ -57,8 +57,10 @@ type Store struct {
 	checkpoints string // quoted checkpoints table
 	owners      string // quoted webhook_owners table
 	backfills   string // quoted backfills table
+	minutes     string // quoted minutes table
 	channel     string
 	q           queries
+	mq          minuteQueries
 }
 
 // New returns a Store for the outbox in schema ("" means walhook).
@@ -74,9 +76,11 @@ func New(pool *pgxpool.Pool, schema string) *Store {
 		checkpoints: migrations.Table(schema, "checkpoints"),
 		owners:      migrations.Table(schema, "webhook_owners"),
 		backfills:   migrations.Table(schema, "backfills"),
+		minutes:     migrations.Table(schema, "minutes"),
 		channel:     migrations.Channel(schema),
 	}
 	s.q = newQueries(s.deliveries, s.dispatchers)
+	s.mq = newMinuteQueries(s.minutes, s.deliveries)
 	return s
 }
 

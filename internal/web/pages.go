@@ -145,6 +145,8 @@ type hookView struct {
 	// Paused is set while a live dispatcher's circuit breaker holds the
 	// webhook (open or probing): "open since 3m" and its last error.
 	Paused, PausedError string
+	// Chart is the webhook's last hour (nil when it could not be read).
+	Chart *chartView
 }
 
 type failureView struct {
@@ -205,6 +207,7 @@ type indexPage struct {
 	SlotName    string
 	SlotErr     string
 	StatsErr    string
+	ChartsErr   string
 	ListErr     string
 	Hooks       []hookView
 	Filter      filter
@@ -261,6 +264,10 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	if err != nil && p.StatsErr == "" {
 		p.StatsErr = err.Error()
 	}
+	charts, err := s.readCharts(ctx, s.now())
+	if err != nil {
+		p.ChartsErr = err.Error()
+	}
 	for _, name := range names {
 		v := hookView{Name: name, LastFailure: failures[name], RetryURL: "/webhooks/" + url.PathEscape(name) + "/retry-failed"}
 		if h := st.Hooks[name]; h != nil {
@@ -274,6 +281,9 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 			if !b.Since.IsZero() {
 				v.Paused += " since " + human.Duration(s.now().Sub(b.Since))
 			}
+		}
+		if err == nil {
+			v.Chart = drawChart(name, charts[name])
 		}
 		if wh, ok := s.cfg.WebhookByName(name); ok {
 			v.Configured, v.Enabled, v.Target = true, wh.IsEnabled(), config.URLTarget(wh.URL)

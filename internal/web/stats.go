@@ -2,18 +2,15 @@ package web
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 const (
@@ -88,15 +85,6 @@ func newStatsReader(store *outbox.Store, slotDB *pgxpool.Pool, slot string) *sta
 	return &statsReader{store: store, slotDB: slotDB, slot: slot}
 }
 
-// slotSQL reads the slot's lag; pg_replication_slots is visible from every
-// database of the server.
-const slotSQL = `SELECT s.active,
-	coalesce(pg_wal_lsn_diff(c.lsn, s.confirmed_flush_lsn), 0)::bigint,
-	coalesce(pg_wal_lsn_diff(c.lsn, s.restart_lsn), 0)::bigint
-FROM pg_replication_slots AS s,
-	(SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END AS lsn) AS c
-WHERE s.slot_name = $1`
-
 // read returns the current stats, reusing a reading younger than
 // statsMaxAge. Errors are in the result.
 func (r *statsReader) read(ctx context.Context) *outboxStats {
@@ -146,16 +134,17 @@ func (r *statsReader) readOutbox(ctx context.Context, s *outboxStats) error {
 }
 
 func (r *statsReader) readSlot(ctx context.Context) (*slotStats, error) {
-	var s slotStats
-	var active pgtype.Bool
-	err := r.slotDB.QueryRow(ctx, slotSQL, r.slot).Scan(&active, &s.LagBytes, &s.RetainedBytes)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
+	sl, found, err := replslot.Read(ctx, r.slotDB, r.slot)
+	if err != nil || !found {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read replication slot %s: %w", r.slot, err)
+	s := slotStats{Active: sl.Active}
+	if sl.LagBytes != nil {
+		s.LagBytes = *sl.LagBytes
 	}
-	s.Active = active.Bool
+	if sl.RetainedBytes != nil {
+		s.RetainedBytes = *sl.RetainedBytes
+	}
 	return &s, nil
 }
 

@@ -1,4 +1,4 @@
-package cdc
+package payload
 
 import (
 	"encoding/json"

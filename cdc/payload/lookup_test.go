@@ -1,4 +1,4 @@
-package cdc
+package payload
 
 import (
 	"fmt"
@@ -47,21 +47,21 @@ func TestRewriteParams(t *testing.T) {
 }
 
 func TestPlanComputedSQL(t *testing.T) {
-	cols := []colInfo{{name: "id", typname: "pg_catalog.int8"}, {name: "status", typname: `pg_catalog."varchar"`}}
+	cols := []ColInfo{{Name: "id", TypeName: "pg_catalog.int8"}, {Name: "status", TypeName: `pg_catalog."varchar"`}}
 	cl, msg := planComputed("n", config.Computed{SQL: "SELECT count(*) FROM d WHERE site_id = $1 AND status = $2;", Args: []string{"id", "status"}}, cols, map[string]int{"id": 0, "status": 1})
 	if msg != "" {
 		t.Fatal(msg)
 	}
 	want := `SELECT walhook_args.n, to_json((SELECT count(*) FROM d WHERE site_id = (walhook_args.a1::pg_catalog.int8) AND status = (walhook_args.a2::pg_catalog."varchar")
 )) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS walhook_args(a1, a2, n)`
-	if cl.sql != want {
-		t.Errorf("sql\n got %s\nwant %s", cl.sql, want)
+	if cl.SQL != want {
+		t.Errorf("sql\n got %s\nwant %s", cl.SQL, want)
 	}
 }
 
 func TestTemplateJSONKeepsOrder(t *testing.T) {
-	tp := newTemplater()
-	p, err := tp.payload(`{"event":"created","signal_received_timestamp":1.5,"model":"M","data":{"z":1,"a":{"y":2,"b":[1,{"k":"v","c":null}]},"n":12345678901234567890}}`, nil)
+	tp := NewTemplater()
+	p, err := tp.Payload(`{"event":"created","signal_received_timestamp":1.5,"model":"M","data":{"z":1,"a":{"y":2,"b":[1,{"k":"v","c":null}]},"n":12345678901234567890}}`, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestTemplateJSONKeepsOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := tp.execute(tmpl, p)
+	got, err := tp.Execute(tmpl, p)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package cdc
+package payload
 
 import (
 	"encoding/json"
@@ -12,7 +12,7 @@ import (
 	"github.com/walhook/walhook/internal/config"
 )
 
-// evalCondition evaluates a compiled ConditionSet against a payload (the
+// EvalCondition evaluates a compiled ConditionSet against a payload (the
 // decoded default body plus "timestamp" and "old") the way NetBox does:
 //   - attr is a dotted path; a path through a list maps over its items
 //     ("data.tags.slug" is the list of the tags' slugs). When its first
@@ -27,13 +27,13 @@ import (
 //
 // A path that does not exist, or a value of the wrong type for the operator,
 // is an error (NetBox raises InvalidCondition): the caller sends nothing.
-func evalCondition(c *config.Condition, payload map[string]any) (bool, error) {
+func EvalCondition(c *config.Condition, payload map[string]any) (bool, error) {
 	if c == nil {
 		return true, nil
 	}
 	if c.Logic != "" {
 		for _, it := range c.Items {
-			ok, err := evalCondition(it, payload)
+			ok, err := EvalCondition(it, payload)
 			if err != nil {
 				return false, err
 			}

@@ -1,16 +1,22 @@
-package cdc
+package preflight
 
 import (
 	"context"
-	"net/url"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/test/cdctest"
+	"github.com/walhook/walhook/test/pgtest"
 )
+
+var pg *pgtest.Cluster
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
 
 // findCheck returns the check called name, failing the test without one.
 func findCheck(t *testing.T, checks []Check, name string) Check {
@@ -45,39 +51,10 @@ func noFailures(t *testing.T, checks []Check) {
 	}
 }
 
-// poolAs opens a pool on b's database as role.
-func poolAs(t *testing.T, dsn, role string) *pgxpool.Pool {
-	t.Helper()
-	u, _ := url.Parse(dsn)
-	u.User = url.User(role)
-	pool, err := pgxpool.New(context.Background(), u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
-
-// role creates a login role named after the test's slot (roles are
-// cluster-wide) and drops it, and what it was granted, at the end.
-func (b *bundle) role(attrs string) string {
-	b.t.Helper()
-	name := "r_" + b.cfg.Database.Slot
-	if _, err := b.db.Exec(context.Background(), "CREATE ROLE "+name+" LOGIN "+attrs); err != nil {
-		b.t.Fatal(err)
-	}
-	b.t.Cleanup(func() {
-		ctx := context.Background()
-		_, _ = b.db.Exec(ctx, "DROP OWNED BY "+name)
-		_, _ = b.db.Exec(ctx, "DROP ROLE "+name)
-	})
-	return name
-}
-
 func TestPreflightGoodSetupPasses(t *testing.T) {
-	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, name text, comments text); ALTER TABLE site REPLICA IDENTITY FULL`,
+	b := cdctest.Setup(t, pg, `CREATE TABLE site (id int PRIMARY KEY, name text, comments text); ALTER TABLE site REPLICA IDENTITY FULL`,
 		"  - table: site\n    exclude: [comments]\n    url: /api/dcim/sites/{id}/")
-	checks := Preflight(context.Background(), b.cfg, b.source, b.db)
+	checks := Preflight(context.Background(), b.Cfg, b.Source, b.DB)
 	noFailures(t, checks)
 	for _, c := range checks {
 		if c.Status == Warn {
@@ -91,26 +68,26 @@ func TestPreflightGoodSetupPasses(t *testing.T) {
 	wantCheck(t, checks, "replica identity public.site", OK, "FULL", "")
 	wantCheck(t, checks, "columns of public.site", OK, "the 2 columns", "")
 	wantCheck(t, checks, "publication walhook", OK, "walhook run creates it", "")
-	wantCheck(t, checks, "slot "+b.cfg.Database.Slot, OK, "walhook run creates it", "")
+	wantCheck(t, checks, "slot "+b.Cfg.Database.Slot, OK, "walhook run creates it", "")
 	wantCheck(t, checks, "outbox schema walhook", OK, "current", "")
 
 	// After walhook has set up: the publication matches and the slot is in
 	// use by walhook itself.
-	b.start()
-	checks = Preflight(context.Background(), b.cfg, b.source, b.db)
+	b.Start()
+	checks = Preflight(context.Background(), b.Cfg, b.Source, b.DB)
 	noFailures(t, checks)
 	wantCheck(t, checks, "publication walhook", OK, "exactly the 1 configured tables", "")
 }
 
 func TestPreflightReplicaIdentity(t *testing.T) {
-	b := setup(t, `
+	b := cdctest.Setup(t, pg, `
 		CREATE TABLE nopk (a int, b text);
 		CREATE TABLE pk (id int PRIMARY KEY, b text);
 		CREATE TABLE nothing (id int PRIMARY KEY); ALTER TABLE nothing REPLICA IDENTITY NOTHING;
 		CREATE TABLE full_nopk (a int); ALTER TABLE full_nopk REPLICA IDENTITY FULL;
 		CREATE TABLE idx (id int NOT NULL, b text); CREATE UNIQUE INDEX idx_id ON idx (id); ALTER TABLE idx REPLICA IDENTITY USING INDEX idx_id`,
 		"  - table: nopk\n  - table: pk\n  - table: nothing\n  - table: full_nopk\n  - table: idx")
-	checks := Preflight(context.Background(), b.cfg, b.source, b.db)
+	checks := Preflight(context.Background(), b.Cfg, b.Source, b.DB)
 	for _, tc := range []struct {
 		table  string
 		status Status
@@ -131,34 +108,34 @@ func TestPreflightReplicaIdentity(t *testing.T) {
 }
 
 func TestPreflightMissingTableAndColumns(t *testing.T) {
-	b := setup(t, `CREATE SCHEMA dcim; CREATE TABLE dcim.site (id int PRIMARY KEY, name text); CREATE TABLE device (id int PRIMARY KEY)`,
+	b := cdctest.Setup(t, pg, `CREATE SCHEMA dcim; CREATE TABLE dcim.site (id int PRIMARY KEY, name text); CREATE TABLE device (id int PRIMARY KEY)`,
 		"  - table: site\n  - table: device\n    exclude: [nope]\n    url: /d/{uuid}/")
-	checks := Preflight(context.Background(), b.cfg, b.source, b.db)
+	checks := Preflight(context.Background(), b.Cfg, b.Source, b.DB)
 	wantCheck(t, checks, "table public.site", Fail, "found dcim.site", "test.yaml:")
 	wantCheck(t, checks, "columns of public.device", Fail, `exclude names unknown column "nope"; url names unknown column "uuid"`, "test.yaml:")
 }
 
 func TestPreflightUnsupportedOptions(t *testing.T) {
-	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, region_id int); ALTER TABLE site REPLICA IDENTITY FULL`,
+	b := cdctest.Setup(t, pg, `CREATE TABLE site (id int PRIMARY KEY, region_id int); ALTER TABLE site REPLICA IDENTITY FULL`,
 		"  - table: site\n    relations: {region_id: {table: region, columns: [id]}}")
-	checks := Preflight(context.Background(), b.cfg, b.source, b.db)
+	checks := Preflight(context.Background(), b.Cfg, b.Source, b.DB)
 	wantCheck(t, checks, "configuration", Fail, "relation region_id: table public.region does not exist", "")
 }
 
 func TestPreflightAsRoleWithoutPrivileges(t *testing.T) {
-	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY)`, "  - table: s\n  - table: u")
-	role := b.role("")
+	b := cdctest.Setup(t, pg, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY)`, "  - table: s\n  - table: u")
+	role := b.Role("")
 	ctx := context.Background()
 	for _, q := range []string{
 		"GRANT SELECT ON s TO " + role,
 		"CREATE PUBLICATION walhook FOR TABLE s WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)",
 	} {
-		if _, err := b.db.Exec(ctx, q); err != nil {
+		if _, err := b.DB.Exec(ctx, q); err != nil {
 			t.Fatal(err)
 		}
 	}
-	pool := poolAs(t, b.dsn, role)
-	checks := Preflight(ctx, b.cfg, pool, pool)
+	pool := b.PoolAs(role)
+	checks := Preflight(ctx, b.Cfg, pool, pool)
 	q := `"` + role + `"`
 	wantCheck(t, checks, "replication privilege", Fail, "neither REPLICATION nor superuser", "ALTER ROLE "+q+" REPLICATION;")
 	wantCheck(t, checks, "SELECT on public.s", OK, "may read", "")
@@ -173,40 +150,40 @@ func TestPreflightAsRoleWithoutPrivileges(t *testing.T) {
 
 func TestPreflightSlotStates(t *testing.T) {
 	t.Run("in use by another client", func(t *testing.T) {
-		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, "  - table: s")
+		b := cdctest.Setup(t, pg, `CREATE TABLE s (id int PRIMARY KEY)`, "  - table: s")
 		ctx := context.Background()
-		c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.Nop()})
+		c, err := cdc.New(cdc.Options{Config: b.Cfg, Source: b.Source, Outbox: b.DB, Logger: zerolog.Nop()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := c.Prepare(ctx); err != nil {
 			t.Fatal(err)
 		}
-		conn, err := pgconn.Connect(ctx, b.dsn+"&replication=database&application_name=other_tool")
+		conn, err := pgconn.Connect(ctx, b.DSN+"&replication=database&application_name=other_tool")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close(ctx)
-		if err := pglogrepl.StartReplication(ctx, conn, b.cfg.Database.Slot, 0, pglogrepl.StartReplicationOptions{
+		if err := pglogrepl.StartReplication(ctx, conn, b.Cfg.Database.Slot, 0, pglogrepl.StartReplicationOptions{
 			PluginArgs: []string{"proto_version '1'", "publication_names 'walhook'"},
 		}); err != nil {
 			t.Fatal(err)
 		}
 		var pid string
-		if err := b.db.QueryRow(ctx, "SELECT active_pid::text FROM pg_replication_slots WHERE slot_name = $1", b.cfg.Database.Slot).Scan(&pid); err != nil {
+		if err := b.DB.QueryRow(ctx, "SELECT active_pid::text FROM pg_replication_slots WHERE slot_name = $1", b.Cfg.Database.Slot).Scan(&pid); err != nil {
 			t.Fatal(err)
 		}
-		checks := Preflight(ctx, b.cfg, b.source, b.db)
-		wantCheck(t, checks, "slot "+b.cfg.Database.Slot, Warn, "in use by pid "+pid+" (application_name other_tool", "SELECT pg_terminate_backend("+pid+");")
+		checks := Preflight(ctx, b.Cfg, b.Source, b.DB)
+		wantCheck(t, checks, "slot "+b.Cfg.Database.Slot, Warn, "in use by pid "+pid+" (application_name other_tool", "SELECT pg_terminate_backend("+pid+");")
 		wantCheck(t, checks, "max_wal_senders", OK, "being read already", "")
 	})
 	t.Run("exists without the publication", func(t *testing.T) {
-		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, "  - table: s")
-		if _, err := b.db.Exec(context.Background(), "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", b.cfg.Database.Slot); err != nil {
+		b := cdctest.Setup(t, pg, `CREATE TABLE s (id int PRIMARY KEY)`, "  - table: s")
+		if _, err := b.DB.Exec(context.Background(), "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", b.Cfg.Database.Slot); err != nil {
 			t.Fatal(err)
 		}
-		checks := Preflight(context.Background(), b.cfg, b.source, b.db)
-		wantCheck(t, checks, "slot "+b.cfg.Database.Slot, Fail, "publication walhook does not", "SELECT pg_drop_replication_slot('"+b.cfg.Database.Slot+"');")
+		checks := Preflight(context.Background(), b.Cfg, b.Source, b.DB)
+		wantCheck(t, checks, "slot "+b.Cfg.Database.Slot, Fail, "publication walhook does not", "SELECT pg_drop_replication_slot('"+b.Cfg.Database.Slot+"');")
 		wantCheck(t, checks, "max_replication_slots", OK, "one of them walhook's slot", "")
 	})
 }
@@ -223,4 +200,52 @@ func TestStatusText(t *testing.T) {
 	if s.UnmarshalText([]byte("ok")) == nil {
 		t.Error("lower-case ok accepted")
 	}
+}
+
+// TestPartitionedTableCapturedAsRoot: check says a publication made before
+// publish_via_partition_root is fine, and capture updates it (the capture
+// half is cdc's test of this name).
+func TestPartitionedTableCapturedAsRoot(t *testing.T) {
+	b := cdctest.Setup(t, pg, `CREATE TABLE m (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+		CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu'); CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');`, `
+  - table: m
+    model: Metric`)
+	// A publication made by an older walhook: without publish_via_partition_root.
+	b.Exec(`CREATE PUBLICATION walhook FOR TABLE m WITH (publish = 'insert, update, delete')`)
+	wantCheck(t, Preflight(context.Background(), b.Cfg, b.Source, b.DB), "publication walhook", OK, "publish_via_partition_root is off", "")
+	b.Start()
+	noFailures(t, Preflight(context.Background(), b.Cfg, b.Source, b.DB))
+	wantCheck(t, Preflight(context.Background(), b.Cfg, b.Source, b.DB), "publication walhook", OK, "publishes exactly the 1 configured tables", "")
+}
+
+// TestRenamedTableKeepsCapturing: once a captured table was renamed while
+// capture ran, check says the configured table does not exist (the capture
+// half is cdc's test of this name).
+func TestRenamedTableKeepsCapturing(t *testing.T) {
+	b := cdctest.Setup(t, pg, `CREATE TABLE s (id int PRIMARY KEY)`, `
+  - table: s
+    model: S`)
+	b.Start()
+	b.Exec(`ALTER TABLE s RENAME TO s2`)
+	b.Stop()
+	wantCheck(t, Preflight(context.Background(), b.Cfg, b.Source, b.DB), "table public.s", Fail, "does not exist", "")
+}
+
+// TestOldPublicationOfAnotherOwnerStillWorks: check says what a publication
+// a DBA made for an older walhook (no truncate), that walhook's role may not
+// alter, costs (the capture half is cdc's test of this name).
+func TestOldPublicationOfAnotherOwnerStillWorks(t *testing.T) {
+	b := cdctest.Setup(t, pg, `CREATE TABLE s (id int PRIMARY KEY); CREATE PUBLICATION walhook FOR TABLE s WITH (publish = 'insert, update, delete')`, `
+  - table: s`)
+	role := b.Role("REPLICATION")
+	b.Exec("GRANT SELECT ON s TO " + role)
+	pool := b.PoolAs(role)
+	c, err := cdc.New(cdc.Options{Config: b.Cfg, Source: pool, Outbox: b.DB, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Prepare(context.Background()); err != nil {
+		t.Fatalf("Prepare: %v", err)
+	}
+	wantCheck(t, Preflight(context.Background(), b.Cfg, pool, b.DB), "publication walhook", Warn, "TRUNCATE of a captured table goes unseen", "ALTER PUBLICATION")
 }

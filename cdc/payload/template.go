@@ -1,4 +1,4 @@
-package cdc
+package payload
 
 import (
 	"bytes"
@@ -13,30 +13,39 @@ import (
 	"github.com/walhook/walhook/internal/config"
 )
 
-// hookSpec is what a webhook changes in the default rendering: a body
+// HookSpec is what a webhook changes in the default rendering: a body
 // template, conditions, or both.
-type hookSpec struct {
+type HookSpec struct {
 	name     string
-	tmpl     *template.Template
-	cond     *config.Condition
-	condLog  logLimit
-	format   string          // FormatNetbox or FormatNetboxV4
-	coalesce bool            // coalesce: transaction
+	Tmpl     *template.Template
+	Cond     *config.Condition
+	CondLog  LogLimit
+	Format   string          // FormatNetbox or FormatNetboxV4
+	Coalesce bool            // coalesce: transaction
 	hook     *config.Webhook // for the object_type of format netbox-v4
 }
 
-// objectType is the object_type of a model's changes for this webhook.
-func (sp *hookSpec) objectType(m *config.Model) string { return sp.hook.ObjectTypeFor(m) }
+// ObjectType is the object_type of a model's changes for this webhook.
+func (sp *HookSpec) ObjectType(m *config.Model) string { return sp.hook.ObjectTypeFor(m) }
 
-// hookSet is the webhooks that take one event of one model.
-type hookSet struct {
-	names   []string
-	specs   []*hookSpec // parallel to names; nil: default body, no conditions
-	special bool        // some spec is not nil: the payload is decoded per change
+// HookSet is the webhooks that take one event of one model.
+type HookSet struct {
+	Names   []string
+	Specs   []*HookSpec // parallel to names; nil: default body, no conditions
+	Special bool        // some spec is not nil: the payload is decoded per change
 }
 
-// eventIndex maps an event to its index in relation.hooks.
-func eventIndex(event string) int {
+// Add appends a webhook to a hook set.
+func (hs *HookSet) Add(name string, sp *HookSpec) {
+	hs.Names = append(hs.Names, name)
+	hs.Specs = append(hs.Specs, sp)
+	if sp != nil {
+		hs.Special = true
+	}
+}
+
+// EventIndex maps an event to its index in relation.hooks.
+func EventIndex(event string) int {
 	switch event {
 	case EventCreated:
 		return 0
@@ -46,24 +55,24 @@ func eventIndex(event string) int {
 	return 2
 }
 
-// templater renders body templates. The payload given to a template is the
+// Templater renders body templates. The payload given to a template is the
 // default body decoded into maps, lists and scalars (integers as int64,
 // other numbers as json.Number) with "timestamp" and "old" added. Its json
 // function writes objects of the payload exactly as they were rendered (key
 // order included); other maps get sorted keys.
-type templater struct {
+type Templater struct {
 	raw map[uintptr][]byte // decoded object -> its JSON text, for the payload being rendered
 	out bytes.Buffer
 }
 
-func newTemplater() *templater { return &templater{raw: map[uintptr][]byte{}} }
+func NewTemplater() *Templater { return &Templater{raw: map[uintptr][]byte{}} }
 
 // parse compiles a webhook's body template with the json function.
-func (t *templater) parse(name, text string) (*template.Template, error) {
+func (t *Templater) parse(name, text string) (*template.Template, error) {
 	return template.New(name).Funcs(template.FuncMap{"json": t.jsonFunc}).Parse(text)
 }
 
-func (t *templater) execute(tmpl *template.Template, payload map[string]any) (string, error) {
+func (t *Templater) Execute(tmpl *template.Template, payload map[string]any) (string, error) {
 	t.out.Reset()
 	if err := tmpl.Execute(&t.out, payload); err != nil {
 		return "", err
@@ -71,12 +80,12 @@ func (t *templater) execute(tmpl *template.Template, payload map[string]any) (st
 	return t.out.String(), nil
 }
 
-func (t *templater) jsonFunc(v any) (string, error) {
+func (t *Templater) jsonFunc(v any) (string, error) {
 	b, err := t.appendJSON(nil, v, 0)
 	return string(b), err
 }
 
-func (t *templater) appendJSON(dst []byte, v any, depth int) ([]byte, error) {
+func (t *Templater) appendJSON(dst []byte, v any, depth int) ([]byte, error) {
 	if depth > 100 {
 		return nil, errors.New("json: value nested too deeply")
 	}
@@ -135,7 +144,7 @@ func (t *templater) appendJSON(dst []byte, v any, depth int) ([]byte, error) {
 
 // decode turns rendered JSON into template and condition values, recording
 // the text of every object for the json function.
-func (t *templater) decode(raw []byte) (any, error) {
+func (t *Templater) decode(raw []byte) (any, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 {
 		return nil, errors.New("empty JSON value")
@@ -185,10 +194,10 @@ func (t *templater) decode(raw []byte) (any, error) {
 	return v, nil
 }
 
-// payload decodes a change's default body for its templates and conditions:
+// Payload decodes a change's default body for its templates and conditions:
 // event, model, signal_received_timestamp (also as timestamp), data, and old
 // (the row before an UPDATE when known, else null).
-func (t *templater) payload(body string, old []byte) (map[string]any, error) {
+func (t *Templater) Payload(body string, old []byte) (map[string]any, error) {
 	clear(t.raw)
 	v, err := t.decode([]byte(body))
 	if err != nil {
@@ -208,11 +217,11 @@ func (t *templater) payload(body string, old []byte) (map[string]any, error) {
 	return m, nil
 }
 
-// hookSpecs compiles the body templates and conditions of the webhooks that
+// HookSpecs compiles the body templates and conditions of the webhooks that
 // have them, and describes the webhooks with format netbox-v4 or coalesce:
 // transaction.
-func hookSpecs(cfg *config.Config, t *templater) (map[string]*hookSpec, error) {
-	specs := map[string]*hookSpec{}
+func HookSpecs(cfg *config.Config, t *Templater) (map[string]*HookSpec, error) {
+	specs := map[string]*HookSpec{}
 	for i := range cfg.Webhooks {
 		w := &cfg.Webhooks[i]
 		cond := w.Condition
@@ -222,17 +231,17 @@ func hookSpecs(cfg *config.Config, t *templater) (map[string]*hookSpec, error) {
 				return nil, fmt.Errorf("webhook %s: conditions: %w", w.Name, err)
 			}
 		}
-		v4, coal := w.Format == FormatNetboxV4, w.Coalesce == "transaction"
+		v4, coal := w.Format == FormatNetboxV4, w.Coalesce == config.CoalesceTransaction
 		if w.BodyTemplate == "" && cond == nil && !v4 && !coal {
 			continue
 		}
-		sp := &hookSpec{name: w.Name, cond: cond, format: w.Format, coalesce: coal, hook: w}
+		sp := &HookSpec{name: w.Name, Cond: cond, Format: w.Format, Coalesce: coal, hook: w}
 		if w.BodyTemplate != "" {
 			tmpl, err := t.parse(w.Name, w.BodyTemplate)
 			if err != nil {
 				return nil, fmt.Errorf("webhook %s: body_template: %w", w.Name, err)
 			}
-			sp.tmpl = tmpl
+			sp.Tmpl = tmpl
 		}
 		specs[w.Name] = sp
 	}

@@ -1,4 +1,4 @@
-package cdc
+package preflight
 
 import (
 	"context"
@@ -10,8 +10,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/human"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 	"github.com/walhook/walhook/migrations"
 )
 
@@ -109,7 +114,7 @@ type preflight struct {
 }
 
 type preflightTable struct {
-	*tableInfo
+	*cdc.TableInfo
 	owned bool // the role owns it (or is superuser)
 }
 
@@ -121,8 +126,6 @@ func (p *preflight) warn(name, detail, fix string) { p.add(name, Warn, detail, f
 func (p *preflight) fail(name, detail, fix string) { p.add(name, Fail, detail, fix) }
 
 func ident(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
-
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // server reads the settings and role attributes; false when that fails.
 func (p *preflight) server(ctx context.Context) bool {
@@ -169,19 +172,13 @@ func (p *preflight) role() {
 // capacity checks that a replication slot and a WAL sender are free.
 func (p *preflight) capacity(ctx context.Context) {
 	slot := p.cfg.Database.Slot
-	var maxSlots, maxSenders, used int
-	var active bool
-	var inactive []string
-	err := p.conn.QueryRow(ctx, `
-		SELECT current_setting('max_replication_slots')::int, current_setting('max_wal_senders')::int,
-		       count(*)::int, coalesce(bool_or(slot_name = $1 AND database = current_database()), false),
-		       coalesce(bool_or(slot_name = $1 AND database = current_database() AND active), false),
-		       coalesce(array_agg(slot_name::text ORDER BY slot_name) FILTER (WHERE NOT active), '{}')
-		FROM pg_replication_slots`, slot).Scan(&maxSlots, &maxSenders, &used, &p.slotExists, &active, &inactive)
+	u, err := replslot.Capacity(ctx, p.conn, slot)
 	if err != nil {
-		p.fail("replication slots", "cannot read pg_replication_slots: "+err.Error(), "")
+		p.fail("replication slots", "cannot "+err.Error(), "")
 		return
 	}
+	maxSlots, maxSenders, used, active, inactive := u.MaxSlots, u.MaxSenders, u.Used, u.Active, u.Inactive
+	p.slotExists = u.Exists
 	name := "max_replication_slots"
 	switch {
 	case p.slotExists:
@@ -193,7 +190,7 @@ func (p *preflight) capacity(ctx context.Context) {
 		detail := fmt.Sprintf("all %d replication slots are in use: walhook cannot create slot %s", maxSlots, slot)
 		if len(inactive) > 0 {
 			detail += fmt.Sprintf(" (inactive: %s)", strings.Join(first(inactive, 5), ", "))
-			fix += fmt.Sprintf("\n-- or drop a slot nobody uses any more: SELECT pg_drop_replication_slot(%s);", quoteLiteral(inactive[0]))
+			fix += fmt.Sprintf("\n-- or drop a slot nobody uses any more: SELECT pg_drop_replication_slot(%s);", cdc.QuoteLiteral(inactive[0]))
 		}
 		p.fail(name, detail, fix)
 	}
@@ -243,7 +240,7 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 			at = fmt.Sprintf("%s:%d", p.cfg.File, m.Line)
 		}
 		name := "table " + qt
-		ti, err := lookupTable(ctx, p.conn, m.Schema, m.Name)
+		ti, err := cdc.LookupTable(ctx, p.conn, m.Schema, m.Name)
 		if err != nil {
 			p.fail(name, "cannot look it up: "+err.Error(), "")
 			continue
@@ -264,16 +261,16 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 			p.fail(name, detail, fmt.Sprintf("-- create the table, or fix the table name at %s", at))
 			continue
 		}
-		pt := &preflightTable{tableInfo: ti}
+		pt := &preflightTable{TableInfo: ti}
 		p.byTable[qt] = pt
 		good := true
-		p.ok(name, fmt.Sprintf("exists, %d columns", len(ti.columns)))
+		p.ok(name, fmt.Sprintf("exists, %d columns", len(ti.Columns)))
 
 		// Privileges: USAGE on the schema and SELECT on the table.
 		var usage, sel bool
 		var owner string
 		err = p.conn.QueryRow(ctx, `SELECT has_schema_privilege(c.relnamespace, 'USAGE'), has_table_privilege(c.oid, 'SELECT'),
-			pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text FROM pg_class c WHERE c.oid = $1`, ti.oid).
+			pg_has_role(c.relowner, 'USAGE'), pg_get_userbyid(c.relowner)::text FROM pg_class c WHERE c.oid = $1`, ti.OID).
 			Scan(&usage, &sel, &pt.owned, &owner)
 		name = "SELECT on " + qt
 		switch {
@@ -300,20 +297,20 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 		name = "replica identity " + qt
 		full := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", ident(m.Schema, m.Name))
 		switch {
-		case ti.identity == "f":
+		case ti.Identity == "f":
 			p.ok(name, "FULL: deleted rows carry every column")
-		case ti.identity == "n":
+		case ti.Identity == "n":
 			p.fail(name, "REPLICA IDENTITY NOTHING: once the table is published, the application's UPDATE and DELETE on it fail",
 				full+"  -- as the owner")
 			good = false
-		case !ti.hasPK && ti.identity == "d":
+		case !ti.HasPK && ti.Identity == "d":
 			p.fail(name, "no primary key and REPLICA IDENTITY DEFAULT: once the table is published, the application's UPDATE and DELETE on it fail",
 				full+"  -- as the owner (or add a primary key)")
 			good = false
-		case ti.identity == "i":
+		case ti.Identity == "i":
 			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\", and unless the index holds the primary key, object_key (the per-object order) is built from the index's columns: a change of them starts a new object", full+"  -- optional: whole rows on delete, keyed by the primary key")
 		default:
-			pk, _ := primaryKey(ctx, p.conn, ti.oid)
+			pk, _ := cdc.PrimaryKey(ctx, p.conn, ti.OID)
 			p.warn(name, fmt.Sprintf("DEFAULT: deleted rows carry only the primary key (%s) in \"data\"", strings.Join(pk, ", ")),
 				full+"  -- optional: whole rows on delete")
 		}
@@ -321,31 +318,13 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 		// Columns the model names.
 		name = "columns of " + qt
 		var probs []string
-		refs := 0
-		has := func(col, what string) {
-			refs++
-			if !slices.Contains(ti.columns, col) {
-				probs = append(probs, fmt.Sprintf("%s names unknown column %q", what, col))
-			}
-		}
-		for _, c := range m.Exclude {
-			has(c, "exclude")
-		}
-		for _, c := range sortedKeys(m.Rename) {
-			has(c, "rename")
-		}
-		for _, c := range m.IgnoreChanges {
-			has(c, "ignore_changes")
-		}
-		for _, c := range sortedKeys(m.Choices) {
-			has(c, "choices")
-		}
-		for _, g := range placeholderRE.FindAllStringSubmatch(m.URL, -1) {
-			has(g[1], "url")
+		unknown, refs := payload.UnknownColumns(m, ti.Columns)
+		for _, u := range unknown {
+			probs = append(probs, fmt.Sprintf("%s names unknown column %q", u.Option, u.Column))
 		}
 		switch {
 		case len(probs) > 0:
-			p.fail(name, fmt.Sprintf("model %s: %s (columns: %s)", m.Model, strings.Join(probs, "; "), strings.Join(ti.columns, ", ")),
+			p.fail(name, fmt.Sprintf("model %s: %s (columns: %s)", m.Model, strings.Join(probs, "; "), strings.Join(ti.Columns, ", ")),
 				fmt.Sprintf("-- fix the column names of model %s at %s", m.Model, at))
 			good = false
 		case refs > 0:
@@ -367,7 +346,7 @@ func (p *preflight) supported(ctx context.Context, passed map[string]bool) {
 			sub.Models = append(sub.Models, m)
 		}
 	}
-	err := checkTables(ctx, p.conn, &sub)
+	err := cdc.CheckTables(ctx, p.conn, &sub)
 	var ce *config.Error
 	switch {
 	case errors.As(err, &ce):
@@ -389,7 +368,7 @@ func (p *preflight) publication(ctx context.Context) {
 		wantQuoted = append(wantQuoted, ident(m.Schema, m.Name))
 	}
 	list := strings.Join(wantQuoted, ", ")
-	with := publicationWith(p.versionNum)
+	with := cdc.PublicationWith(p.versionNum)
 	create := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", ident(pub), list, with)
 
 	var owner string
@@ -449,10 +428,10 @@ func (p *preflight) publication(ctx context.Context) {
 			drop = append(drop, t)
 		}
 	}
-	rootOK := viaRoot || p.versionNum < viaRootVersion
+	rootOK := viaRoot || p.versionNum < cdc.ViaRootVersion
 	optsOK := ins && upd && del && trunc && rootOK
 	if len(add) == 0 && len(drop) == 0 && optsOK {
-		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (%s)", len(want), publishOps))
+		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (%s)", len(want), cdc.PublishOps))
 		return
 	}
 	var diff []string
@@ -463,7 +442,7 @@ func (p *preflight) publication(ctx context.Context) {
 		diff = append(diff, "also publishes "+strings.Join(drop, ", "))
 	}
 	if !(ins && upd && del && trunc) {
-		diff = append(diff, fmt.Sprintf("publishes %s instead of %s", publishList(ins, upd, del, trunc), publishOps))
+		diff = append(diff, fmt.Sprintf("publishes %s instead of %s", publishList(ins, upd, del, trunc), cdc.PublishOps))
 	}
 	if !rootOK {
 		diff = append(diff, "publish_via_partition_root is off (a partitioned table's changes would arrive under its partitions' names)")
@@ -504,7 +483,7 @@ func (p *preflight) publication(ctx context.Context) {
 // partitioned reports whether a configured table is a partitioned table.
 func (p *preflight) partitioned() bool {
 	for _, t := range p.byTable {
-		if t != nil && t.kind == "p" {
+		if t != nil && t.Kind == "p" {
 			return true
 		}
 	}
@@ -532,22 +511,20 @@ func publishList(ins, upd, del, trunc bool) string {
 func (p *preflight) slot(ctx context.Context) {
 	slot := p.cfg.Database.Slot
 	name := "slot " + slot
-	drop := fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", quoteLiteral(slot))
-	var plugin, db, walStatus, confirmed string
-	var active bool
-	var pid *int32
-	var lag *int64
-	err := p.conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(database::text, ''), active, active_pid,
-		coalesce(wal_status, ''), coalesce(confirmed_flush_lsn::text, ''),
-		(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
-		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &db, &active, &pid, &walStatus, &confirmed, &lag)
-	if errors.Is(err, pgx.ErrNoRows) {
+	drop := fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", cdc.QuoteLiteral(slot))
+	st, found, err := replslot.Read(ctx, p.conn, slot)
+	if err != nil {
+		p.fail(name, "cannot "+err.Error(), "")
+		return
+	}
+	if !found {
 		p.ok(name, "does not exist yet; walhook run creates it (pgoutput)")
 		return
 	}
-	if err != nil {
-		p.fail(name, "cannot read pg_replication_slots: "+err.Error(), "")
-		return
+	plugin, db, walStatus, active, pid, lag := st.Plugin, st.Database, st.WALStatus, st.Active, st.ActivePID, st.LagBytes
+	confirmed := ""
+	if st.HasConfirmed {
+		confirmed = st.Confirmed.String()
 	}
 	switch {
 	case plugin != "pgoutput" || db != p.db:
@@ -569,7 +546,7 @@ func (p *preflight) slot(ctx context.Context) {
 	}
 	pos := "confirmed " + confirmed
 	if lag != nil {
-		pos += fmt.Sprintf(", %s behind the server", formatBytes(*lag))
+		pos += fmt.Sprintf(", %s behind the server", human.Bytes(*lag))
 	}
 	if !active {
 		detail := "pgoutput, not in use, " + pos
@@ -586,7 +563,9 @@ func (p *preflight) slot(ctx context.Context) {
 	if pid != nil {
 		holder = fmt.Sprintf("pid %d", *pid)
 		// client_addr is hidden from roles without pg_read_all_stats.
-		_ = p.conn.QueryRow(ctx, "SELECT coalesce(application_name, ''), coalesce(client_addr::text, '') FROM pg_stat_activity WHERE pid = $1", *pid).Scan(&app, &addr)
+		if cl, err := replslot.Holder(ctx, p.conn, *pid); err == nil {
+			app, addr = cl.ApplicationName, cl.Addr
+		}
 		switch {
 		case app != "" && addr != "":
 			holder += fmt.Sprintf(" (application_name %s, from %s)", app, addr)
@@ -668,20 +647,4 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 		return
 	}
 	p.ok(name, fmt.Sprintf("exists in database %s and is current (migration %d)", db, current))
-}
-
-// formatBytes renders n bytes for people: 512 B, 1.5 KiB, 20.0 MiB.
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit && n > -unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	f := float64(n)
-	for _, u := range []string{"KiB", "MiB", "GiB", "TiB"} {
-		f /= unit
-		if f < unit && f > -unit {
-			return fmt.Sprintf("%.1f %s", f, u)
-		}
-	}
-	return fmt.Sprintf("%.1f PiB", f/unit)
 }

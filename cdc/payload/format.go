@@ -1,21 +1,24 @@
-package cdc
+package payload
 
 import (
 	"strings"
 	"time"
+
+	"github.com/walhook/walhook/internal/config"
 )
 
-// Payload formats of a webhook (config format).
+// Payload formats of a webhook (config format). Their names are kept by
+// internal/config, which checks them at load and is below this package.
 const (
-	FormatNetbox   = "netbox"    // NetBox v2 shape (SPEC §3)
-	FormatNetboxV4 = "netbox-v4" // NetBox v4 shape with snapshots
+	FormatNetbox   = config.FormatNetbox   // NetBox v2 shape (SPEC §3)
+	FormatNetboxV4 = config.FormatNetboxV4 // NetBox v4 shape with snapshots
 )
 
-// appendISOTime writes t as a JSON string in UTC, ISO 8601 with "+00:00",
+// AppendISOTime writes t as a JSON string in UTC, ISO 8601 with "+00:00",
 // as NetBox (Python's datetime.isoformat) writes it: six fractional digits
 // when the microseconds are not zero ("2024-01-02T03:04:05.120000+00:00"),
 // none when they are ("2024-01-02T03:04:05+00:00").
-func appendISOTime(dst []byte, t time.Time) []byte {
+func AppendISOTime(dst []byte, t time.Time) []byte {
 	t = t.UTC().Truncate(time.Microsecond)
 	dst = append(dst, '"')
 	if t.Nanosecond() == 0 {
@@ -26,19 +29,19 @@ func appendISOTime(dst []byte, t time.Time) []byte {
 	return append(dst, `+00:00"`...)
 }
 
-// oldNone is the oldType of a coalesced delete of an object created in the
+// OldNone is the oldType of a coalesced delete of an object created in the
 // same transaction: it has no prechange snapshot.
-const oldNone uint8 = 'N'
+const OldNone uint8 = 'N'
 
 // appendSnapshot renders a snapshot: the row in the form of NetBox's
 // serialize_object (see renderer.snapshot and config.Snapshot) with the
 // model's snapshot computed fields from ex. A nil row renders null.
-func (rd *renderer) appendSnapshot(dst []byte, rel *relation, vals row, keysOnly bool, ex []lookupVal) []byte {
+func (rd *Renderer) appendSnapshot(dst []byte, rel *Relation, vals Row, keysOnly bool, ex []LookupVal) []byte {
 	if vals == nil {
 		return append(dst, "null"...)
 	}
 	rd.snapshot = true
-	dst = rd.appendData(dst, rel, vals, keysOnly, ex)
+	dst = rd.AppendData(dst, rel, vals, keysOnly, ex)
 	rd.snapshot = false
 	return dst
 }
@@ -73,7 +76,7 @@ func lastIndexByte(b []byte, c byte) int {
 	return -1
 }
 
-// netboxV4Body renders the NetBox v4 webhook body of a change, with the keys
+// NetboxV4Body renders the NetBox v4 webhook body of a change, with the keys
 // of NetBox 4.0-4.3 (event, timestamp, model, username, request_id, data,
 // snapshots) and 4.4's object_type:
 //
@@ -83,30 +86,31 @@ func lastIndexByte(b []byte, c byte) int {
 // username and request_id are null: a change read from the WAL carries no
 // NetBox user or request.
 //
-// data is as in the netbox format (with the looked-up fields ex). prechange
+// data is as in the netbox format (with the looked-up fields). prechange
 // is the old row image: for an update only when it is complete (oldType
 // 'O', REPLICA IDENTITY FULL), else null; for a delete old when given with
 // oldType 'O' (a coalesced delete: the row before the transaction), null
 // with oldType oldNone (created in the same transaction), else the deleted
 // row (keys only without FULL); null for a create. postchange is the new
 // row, null for a delete.
-func (rd *renderer) netboxV4Body(event string, committed time.Time, objectType string, rel *relation, vals row, keysOnly bool, ex []lookupVal, old row, oldType uint8) string {
+func (rd *Renderer) NetboxV4Body(c *Change, committed time.Time, objectType string) string {
+	event, rel, vals, keysOnly, ex, old, oldType := c.Event, c.Rel, c.Vals, c.KeysOnly, c.Extra, c.Old, c.OldType
 	b := rd.buf[:0]
 	b = append(b, `{"event":"`...)
 	b = append(b, event...)
 	b = append(b, `","timestamp":`...)
-	b = appendISOTime(b, committed)
+	b = AppendISOTime(b, committed)
 	b = append(b, `,"object_type":`...)
 	b = AppendJSONString(b, objectType)
 	b = append(b, `,"model":`...)
-	b = AppendJSONString(b, v4ModelName(objectType, rel.model.Model))
+	b = AppendJSONString(b, v4ModelName(objectType, rel.Model.Model))
 	b = append(b, `,"username":null,"request_id":null,"data":`...)
-	b = rd.appendData(b, rel, vals, keysOnly, ex)
+	b = rd.AppendData(b, rel, vals, keysOnly, ex)
 	b = append(b, `,"snapshots":{"prechange":`...)
 	switch event {
 	case EventDeleted:
 		switch {
-		case oldType == oldNone:
+		case oldType == OldNone:
 			b = append(b, "null"...)
 		case oldType == 'O' && old != nil:
 			b = rd.appendSnapshot(b, rel, old, false, ex)

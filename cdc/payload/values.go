@@ -1,4 +1,4 @@
-package cdc
+package payload
 
 // This file converts PostgreSQL text-format column values, as sent by the
 // pgoutput logical replication plugin, into JSON. The replication session is
@@ -19,7 +19,7 @@ const (
 	vtInt4        = 23
 	vtText        = 25
 	vtOID         = 26
-	vtJSON        = 114
+	OIDJSON       = 114
 	vtXML         = 142
 	vtBox         = 603
 	vtCIDR        = 650
@@ -39,7 +39,7 @@ const (
 	vtTimetz      = 1266
 	vtNumeric     = 1700
 	vtUUID        = 2950
-	vtJSONB       = 3802
+	OIDJSONB      = 3802
 )
 
 const (
@@ -127,7 +127,7 @@ func jvAppendValue(dst []byte, oid uint32, text []byte, resolve TypeResolver, de
 			return append(dst, text...)
 		}
 		return AppendJSONStringBytes(dst, text)
-	case vtJSON, vtJSONB:
+	case OIDJSON, OIDJSONB:
 		return jvAppendJSON(dst, text)
 	case vtBytea:
 		return jvAppendBytea(dst, text)
@@ -189,9 +189,9 @@ func jvBuiltinArrayElem(oid uint32) (elem uint32, delim byte, ok bool) {
 	case 2951:
 		return vtUUID, ',', true
 	case 199:
-		return vtJSON, ',', true
+		return OIDJSON, ',', true
 	case 3807:
-		return vtJSONB, ',', true
+		return OIDJSONB, ',', true
 	case 1001:
 		return vtBytea, ',', true
 	case 1185:

@@ -1,10 +1,11 @@
-package cdc
+package backfill
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,8 +13,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/replslot"
 )
 
 // Backfill ordering (no stale overwrites)
@@ -39,10 +43,10 @@ import (
 // same object at L or later (that change, or a later one, carries the newer
 // state).
 
-// BackfillOptions configure Backfill.
-type BackfillOptions struct {
+// Options configure Run.
+type Options struct {
 	Config *config.Config
-	// Source is a pool on the source database with SessionParams set.
+	// Source is a pool on the source database with cdc.SessionParams set.
 	Source *pgxpool.Pool
 	Outbox *pgxpool.Pool
 	Logger zerolog.Logger
@@ -57,14 +61,14 @@ type BackfillOptions struct {
 	// PageSize is the number of rows read per page (default 1000).
 	PageSize int
 	// Progress, when set, is called after every page and at the end.
-	Progress func(BackfillProgress)
+	Progress func(Progress)
 	// CaptureWait bounds how long to wait for capture to pass a page's LSN
 	// before logging a warning (default 10s); waiting goes on after it.
 	CaptureWait time.Duration
 }
 
-// BackfillProgress is the state of a running backfill.
-type BackfillProgress struct {
+// Progress is the state of a running backfill.
+type Progress struct {
 	ID         int64
 	Done       int64 // rows read so far (all runs)
 	Total      int64 // estimate; may be exceeded
@@ -76,48 +80,52 @@ type BackfillProgress struct {
 	AlreadyRun bool // finished before: nothing done (use Restart)
 }
 
-// BackfillError is a usage problem (unknown model, bad --where, no
-// webhook): the command exits with status 2.
-type BackfillError struct{ Msg string }
-
-func (e *BackfillError) Error() string { return e.Msg }
-
-func bfErr(format string, args ...any) error {
-	return &BackfillError{Msg: fmt.Sprintf(format, args...)}
+// Error is a problem with the options themselves (unknown model or
+// webhook, an invalid Where, an event backfill cannot send): retrying cannot
+// help. Option names the Options field at fault ("Model", "Webhook",
+// "Where", "Event"), or is empty when the model's table is at fault.
+type Error struct {
+	Option string
+	Msg    string
 }
 
-// backfill is one run.
-type backfill struct {
-	o       BackfillOptions
-	model   *config.Model
-	table   string // quoted schema.name
-	s       *stream
-	out     chan batch
-	rel     *relation
-	hooks   []string
-	pkCols  []colInfo
-	selSQL  string
-	pageSQL string // with a key condition
-	firstSQ string // without
-	id      int64
-	lastKey []string
-	done    int64
-	enq     int64
-	total   int64
-	slot    string
-	hasSlot bool
-	store   *outbox.Store
-	sql     outbox.BackfillStatements
+func (e *Error) Error() string { return e.Msg }
+
+func bfErr(option, format string, args ...any) error {
+	return &Error{Option: option, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Backfill enqueues a delivery for every row of a model (or those matching
+// job is one run.
+type job struct {
+	opts     Options
+	model    *config.Model
+	table    string // quoted schema.name
+	desc     *cdc.Table
+	renderer *cdc.RowRenderer
+	hooks    []string
+	keyCols  []int  // indexes in desc.Columns of the primary key, in key order
+	selSQL   string // the page query's select list and table
+	pageSQL  string // the page query after a key
+	firstSQL string // the first page's query
+	id       int64
+	lastKey  []string
+	done     int64
+	enq      int64
+	total    int64
+	slot     string
+	hasSlot  bool
+	store    *outbox.Store
+	sql      outbox.BackfillStatements
+}
+
+// Run enqueues a delivery for every row of a model (or those matching
 // Where), resuming an interrupted run. See the ordering note above.
-func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) {
+func Run(ctx context.Context, o Options) (Progress, error) {
 	if o.Event == "" {
-		o.Event = EventCreated
+		o.Event = payload.EventCreated
 	}
-	if o.Event != EventCreated && o.Event != EventUpdated {
-		return BackfillProgress{}, bfErr("--event must be created or updated, not %q", o.Event)
+	if o.Event != payload.EventCreated && o.Event != payload.EventUpdated {
+		return Progress{}, bfErr("Event", "the event must be created or updated, not %q", o.Event)
 	}
 	if o.PageSize <= 0 {
 		o.PageSize = 1000
@@ -128,7 +136,7 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 	if o.CaptureWait <= 0 {
 		o.CaptureWait = 10 * time.Second
 	}
-	bf := &backfill{o: o}
+	bf := &job{opts: o}
 	for i := range o.Config.Models {
 		if o.Config.Models[i].Model == o.Model {
 			bf.model = &o.Config.Models[i]
@@ -139,22 +147,22 @@ func Backfill(ctx context.Context, o BackfillOptions) (BackfillProgress, error) 
 		for _, m := range o.Config.Models {
 			names = append(names, m.Model)
 		}
-		return BackfillProgress{}, bfErr("unknown model %q (configured: %s)", o.Model, strings.Join(names, ", "))
+		return Progress{}, bfErr("Model", "unknown model %q (configured: %s)", o.Model, strings.Join(names, ", "))
 	}
 	schema := o.Config.Database.Schema
-	bf.store = outbox.New(bf.o.Outbox, schema)
+	bf.store = outbox.New(bf.opts.Outbox, schema)
 	bf.sql = bf.store.Backfill()
 	bf.slot = o.Config.Database.Slot
 	if err := bf.prepare(ctx); err != nil {
-		return BackfillProgress{}, err
+		return Progress{}, err
 	}
 	return bf.run(ctx)
 }
 
 // prepare builds the relation from the catalog, the webhook list and the
 // page queries, and validates Where.
-func (bf *backfill) prepare(ctx context.Context) error {
-	o, m := bf.o, bf.model
+func (bf *job) prepare(ctx context.Context) error {
+	o, m := bf.opts, bf.model
 	for _, w := range o.Config.Webhooks {
 		if o.Webhook != "" && w.Name != o.Webhook {
 			continue
@@ -170,122 +178,59 @@ func (bf *backfill) prepare(ctx context.Context) error {
 				found = found || w.Name == o.Webhook
 			}
 			if !found {
-				return bfErr("unknown webhook %q", o.Webhook)
+				return bfErr("Webhook", "unknown webhook %q", o.Webhook)
 			}
-			return bfErr("webhook %q does not take %s events of model %s (check its models, events and enabled)", o.Webhook, o.Event, m.Model)
+			return bfErr("Webhook", "webhook %q does not take %s events of model %s (check its models, events and enabled)", o.Webhook, o.Event, m.Model)
 		}
-		return bfErr("no enabled webhook takes %s events of model %s", o.Event, m.Model)
+		return bfErr("", "no enabled webhook takes %s events of model %s", o.Event, m.Model)
 	}
 	bf.table = pgx.Identifier{m.Schema, m.Name}.Sanitize()
-	// The table as pgoutput describes it: columns in attnum order without
-	// dropped and generated ones, replica identity flags.
-	var relOID uint32
-	var ident string
-	err := o.Source.QueryRow(ctx, `SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, m.Schema, m.Name).Scan(&relOID, &ident)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return bfErr("table %s.%s of model %s does not exist", m.Schema, m.Name, m.Model)
+	t, err := cdc.ReadTable(ctx, o.Source, m.Schema, m.Name)
+	if errors.Is(err, cdc.ErrNoTable) {
+		return bfErr("", "table %s.%s of model %s does not exist", m.Schema, m.Name, m.Model)
 	}
-	if err != nil {
-		return fmt.Errorf("read table %s.%s: %w", m.Schema, m.Name, err)
-	}
-	rows, err := o.Source.Query(ctx, `
-		SELECT a.attname::text, a.atttypid, quote_ident(tn.nspname) || '.' || quote_ident(t.typname),
-			$2 = 'f' OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY (i.indkey)
-				AND CASE $2 WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END)
-		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
-		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-		ORDER BY a.attnum`, relOID, ident)
-	if err != nil {
-		return fmt.Errorf("read columns of %s.%s: %w", m.Schema, m.Name, err)
-	}
-	msg := &pglogrepl.RelationMessage{RelationID: relOID, Namespace: m.Schema, RelationName: m.Name, ReplicaIdentity: ident[0]}
-	types := map[string]string{}
-	for rows.Next() {
-		var c pglogrepl.RelationMessageColumn
-		var typname string
-		var key bool
-		if err := rows.Scan(&c.Name, &c.DataType, &typname, &key); err != nil {
-			rows.Close()
-			return fmt.Errorf("read columns of %s.%s: %w", m.Schema, m.Name, err)
-		}
-		if key {
-			c.Flags = 1
-		}
-		types[c.Name] = typname
-		msg.Columns = append(msg.Columns, &c)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read columns of %s.%s: %w", m.Schema, m.Name, err)
-	}
-	msg.ColumnNum = uint16(len(msg.Columns))
-	pk, err := primaryKey(ctx, o.Source, relOID)
 	if err != nil {
 		return err
 	}
-	if len(pk) == 0 {
-		return bfErr("table %s.%s has no primary key: backfill pages through it by primary key", m.Schema, m.Name)
+	if len(t.PrimaryKey) == 0 {
+		return bfErr("", "table %s.%s has no primary key: backfill pages through it by primary key", m.Schema, m.Name)
 	}
-	// Render exactly as capture does: a Capture and a stream that never
-	// connects; its batches land in bf.out.
-	c, err := New(Options{Config: o.Config, Source: o.Source, Outbox: o.Outbox, Logger: o.Logger})
+	bf.desc = t
+	// Render exactly as capture does.
+	bf.renderer, err = cdc.NewRowRenderer(ctx, cdc.RowRendererOptions{Config: o.Config, Source: o.Source, Logger: o.Logger,
+		Table: t, Event: o.Event, Webhooks: bf.hooks})
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		return bfErr("", "%v", err)
+	}
 	if err != nil {
 		return err
 	}
-	bf.out = make(chan batch, o.PageSize*len(bf.hooks)/chunkRows+4)
-	s := &stream{c: c, out: bf.out, log: c.log.With().Str("backfill", m.Model).Logger(), rels: map[uint32]*relation{},
-		nextStatus: time.Now().Add(100 * 365 * 24 * time.Hour)}
-	s.tpl = newTemplater()
-	if s.specs, err = hookSpecs(o.Config, s.tpl); err != nil {
-		return bfErr("%v", err)
-	}
-	if err := s.relation(ctx, msg); err != nil {
-		return err
-	}
-	bf.s, bf.rel = s, s.rels[relOID]
-	// Only the chosen webhooks, each row its own event: a backfilled row is
-	// one object's current state, so a webhook with coalesce: transaction
-	// gets it like any other (never parked in the coalescer, where it would
-	// wait for a commit that never comes, and be stamped with a later page's
-	// LSN).
-	hs := &bf.rel.hooks[eventIndex(o.Event)]
-	co := &bf.rel.coal[eventIndex(o.Event)]
-	var names []string
-	var specs []*hookSpec
-	for _, set := range []*hookSet{hs, co} {
-		for i, n := range set.names {
-			if contains(bf.hooks, n) {
-				names, specs = append(names, n), append(specs, set.specs[i])
-			}
-		}
-	}
-	*hs = hookSet{}
-	for i, n := range names {
-		hs.add(n, specs[i])
-	}
-	bf.rel.coal, bf.rel.coalesce = [3]hookSet{}, false
 	// Page queries.
 	var sel []string
-	for _, col := range msg.Columns {
+	for _, col := range t.Columns {
 		sel = append(sel, pgx.Identifier{col.Name}.Sanitize()+"::text")
 	}
 	// Key columns qualified: "id" alone in ORDER BY would be the text
 	// output column.
 	var keyCols, keyArgs []string
-	for i, name := range pk {
-		bf.pkCols = append(bf.pkCols, colInfo{name: name, typname: types[name]})
+	for i, name := range t.PrimaryKey {
+		c := slices.IndexFunc(t.Columns, func(c cdc.TableColumn) bool { return c.Name == name })
+		if c < 0 {
+			return fmt.Errorf("table %s.%s: primary-key column %s is not a column", m.Schema, m.Name, name)
+		}
+		bf.keyCols = append(bf.keyCols, c)
 		keyCols = append(keyCols, pgx.Identifier{m.Schema, m.Name, name}.Sanitize())
-		keyArgs = append(keyArgs, fmt.Sprintf("$%d::text::%s", i+1, types[name]))
+		keyArgs = append(keyArgs, fmt.Sprintf("$%d::text::%s", i+1, t.Columns[c].TypeName))
 	}
 	where := ""
 	if strings.TrimSpace(o.Where) != "" {
 		where = " AND (" + o.Where + "\n)"
 	}
-	lim := fmt.Sprintf("$%d", len(pk)+1)
+	lim := fmt.Sprintf("$%d", len(t.PrimaryKey)+1)
 	order := " ORDER BY " + strings.Join(keyCols, ", ") + " LIMIT "
 	bf.selSQL = "SELECT " + strings.Join(sel, ", ") + " FROM " + bf.table
-	bf.firstSQ = bf.selSQL + " WHERE true" + where + order + "$1"
+	bf.firstSQL = bf.selSQL + " WHERE true" + where + order + "$1"
 	bf.pageSQL = bf.selSQL + " WHERE (" + strings.Join(keyCols, ", ") + ") > (" + strings.Join(keyArgs, ", ") + ")" + where + order + lim
 	// Validate Where (and estimate the rows) with EXPLAIN: one statement
 	// over the extended protocol, so a second statement is rejected.
@@ -297,13 +242,13 @@ func (bf *backfill) prepare(ctx context.Context) error {
 
 // estimate validates the page query with EXPLAIN and sets bf.total: the
 // planner's estimate, or an exact count when that is small.
-func (bf *backfill) estimate(ctx context.Context) error {
+func (bf *job) estimate(ctx context.Context) error {
 	q := "SELECT 1 FROM " + bf.table
-	if strings.TrimSpace(bf.o.Where) != "" {
-		q += " WHERE (" + bf.o.Where + "\n)"
+	if strings.TrimSpace(bf.opts.Where) != "" {
+		q += " WHERE (" + bf.opts.Where + "\n)"
 	}
 	var plan string
-	tx, err := bf.o.Source.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	tx, err := bf.opts.Source.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return fmt.Errorf("source database: %w", err)
 	}
@@ -312,13 +257,13 @@ func (bf *backfill) estimate(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if bf.o.Where != "" {
-			return bfErr("--where %q is not valid SQL for table %s: %s", bf.o.Where, bf.table, pgMessage(err))
+		if bf.opts.Where != "" {
+			return bfErr("Where", "the row condition %q is not valid SQL for table %s: %s", bf.opts.Where, bf.table, payload.PGMessage(err))
 		}
 		return fmt.Errorf("explain %s: %w", q, err)
 	}
-	if err := tx.QueryRow(ctx, "EXPLAIN "+bf.pageSQL, append(make([]any, len(bf.pkCols)), 1)...).Scan(new(string)); err != nil {
-		return bfErr("--where %q cannot be used with keyset paging on %s: %s", bf.o.Where, bf.table, pgMessage(err))
+	if err := tx.QueryRow(ctx, "EXPLAIN "+bf.pageSQL, append(make([]any, len(bf.keyCols)), 1)...).Scan(new(string)); err != nil {
+		return bfErr("Where", "the row condition %q cannot be used with keyset paging on %s: %s", bf.opts.Where, bf.table, payload.PGMessage(err))
 	}
 	var p []struct {
 		Plan struct {
@@ -337,19 +282,19 @@ func (bf *backfill) estimate(ctx context.Context) error {
 }
 
 // start finds or creates the progress row and takes its lock.
-func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool, err error) {
-	o := bf.o
+func (bf *job) start(ctx context.Context, conn *pgxpool.Conn) (already bool, err error) {
+	o := bf.opts
 	err = conn.QueryRow(ctx, bf.sql.Create,
 		bf.model.Model, o.Webhook, o.Event, o.Where, bf.total).Scan(&bf.id)
 	if err != nil {
 		return false, fmt.Errorf("outbox: create backfill progress: %w", err)
 	}
 	var got bool
-	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext($1))", fmt.Sprintf("walhook.backfill.%s.%d", bf.o.Config.Database.Schema, bf.id)).Scan(&got); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtext($1))", fmt.Sprintf("walhook.backfill.%s.%d", bf.opts.Config.Database.Schema, bf.id)).Scan(&got); err != nil {
 		return false, fmt.Errorf("outbox: backfill lock: %w", err)
 	}
 	if !got {
-		return false, errors.New("this backfill is already running in another process (same model, webhook, event and --where)")
+		return false, errors.New("this backfill is already running in another process (same model, webhook, event and row condition)")
 	}
 	if o.Restart {
 		_, err := conn.Exec(ctx, bf.sql.Restart, bf.id, bf.total)
@@ -378,11 +323,11 @@ func (bf *backfill) start(ctx context.Context, conn *pgxpool.Conn) (already bool
 	return false, nil
 }
 
-func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
-	o := bf.o
+func (bf *job) run(ctx context.Context) (Progress, error) {
+	o := bf.opts
 	lockConn, err := o.Outbox.Acquire(ctx)
 	if err != nil {
-		return BackfillProgress{}, fmt.Errorf("outbox: connect: %w", err)
+		return Progress{}, fmt.Errorf("outbox: connect: %w", err)
 	}
 	defer func() {
 		// The session lock goes with the connection.
@@ -391,11 +336,11 @@ func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
 	}()
 	already, err := bf.start(ctx, lockConn)
 	if err != nil {
-		return BackfillProgress{}, err
+		return Progress{}, err
 	}
 	started := time.Now()
-	prog := func(runDone, skipped int64, finished bool) BackfillProgress {
-		return BackfillProgress{ID: bf.id, Done: bf.done, Total: bf.total, Enqueued: bf.enq, Skipped: skipped,
+	prog := func(runDone, skipped int64, finished bool) Progress {
+		return Progress{ID: bf.id, Done: bf.done, Total: bf.total, Enqueued: bf.enq, Skipped: skipped,
 			RunDone: runDone, Elapsed: time.Since(started), Finished: finished}
 	}
 	if already {
@@ -403,15 +348,15 @@ func (bf *backfill) run(ctx context.Context) (BackfillProgress, error) {
 		p.AlreadyRun = true
 		return p, nil
 	}
-	if err := o.Source.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", bf.slot).Scan(&bf.hasSlot); err != nil {
-		return BackfillProgress{}, fmt.Errorf("read replication slot: %w", err)
+	if _, bf.hasSlot, err = replslot.Read(ctx, o.Source, bf.slot); err != nil {
+		return Progress{}, err
 	}
 	if !bf.hasSlot {
 		o.Logger.Info().Str("slot", bf.slot).Msg("no replication slot yet: no live changes to order the backfill against")
 	}
 	src, err := o.Source.Acquire(ctx)
 	if err != nil {
-		return BackfillProgress{}, fmt.Errorf("source database: %w", err)
+		return Progress{}, fmt.Errorf("source database: %w", err)
 	}
 	defer src.Release()
 	var runDone, skipped int64
@@ -451,8 +396,8 @@ const backfillRunningSQL = `SELECT coalesce(array_agg(x::text), '{}') FROM (
 
 // page reads, renders and enqueues one page; it returns the rows read and
 // the delivery rows left out for a newer live change.
-func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error) {
-	o := bf.o
+func (bf *job) page(ctx context.Context, conn *pgx.Conn) (int, int64, error) {
+	o := bf.opts
 	// 1. The page's LSN: a WAL record of its own, so L is unique per page
 	//    and every later commit record starts at L or after.
 	var lsnText string
@@ -490,7 +435,7 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 	}
 	// 3. Read the page (one statement: one snapshot) in a read-only
 	//    transaction, so --where cannot write.
-	q, args := bf.firstSQ, []any{o.PageSize}
+	q, args := bf.firstSQL, []any{o.PageSize}
 	if bf.lastKey != nil {
 		q = bf.pageSQL
 		args = args[:0]
@@ -529,45 +474,15 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 		})
 	}
 	// 4. Render as capture does.
-	s := bf.s
-	s.txnLSN, s.txnAt, s.seq = lsn, at, -int32(len(vals))
-	tuple := &pglogrepl.TupleData{ColumnNum: uint16(len(bf.rel.cols)), Columns: make([]*pglogrepl.TupleDataColumn, len(bf.rel.cols))}
-	for i := range tuple.Columns {
-		tuple.Columns[i] = &pglogrepl.TupleDataColumn{}
+	out, err := bf.renderer.Render(ctx, cdc.RowBatch{CommitLSN: lsn, CommittedAt: at, FirstSeq: -int32(len(vals)), Rows: vals})
+	if err != nil {
+		return 0, 0, err
 	}
-	for _, r := range vals {
-		for i, v := range r {
-			c := tuple.Columns[i]
-			if v == nil {
-				c.DataType, c.Data = 'n', nil
-			} else {
-				c.DataType, c.Data = 't', v
-			}
-		}
-		if err := s.change(ctx, o.Event, bf.rel.id, 0, nil, tuple); err != nil {
-			return 0, 0, err
-		}
-	}
-	if len(s.pending) > 0 {
-		if err := s.flushPending(ctx); err != nil {
-			return 0, 0, err
-		}
-	}
-	var out []outRow
-	for len(bf.out) > 0 {
-		out = append(out, (<-bf.out).rows...)
-	}
-	out = append(out, s.rows...)
-	s.rows = nil
 	// The page's last key.
 	last := vals[len(vals)-1]
-	key := make([]string, len(bf.pkCols))
-	for i, pc := range bf.pkCols {
-		for j, c := range bf.rel.cols {
-			if c.name == pc.name {
-				key[i] = string(last[j])
-			}
-		}
+	key := make([]string, len(bf.keyCols))
+	for i, c := range bf.keyCols {
+		key[i] = string(last[c])
 	}
 	// 5. Wait until capture has enqueued every change before L.
 	if err := bf.waitCapture(ctx, conn, lsn); err != nil {
@@ -584,25 +499,22 @@ func (bf *backfill) page(ctx context.Context, conn *pgx.Conn) (int, int64, error
 
 // waitCapture waits until the capture checkpoint or the slot's confirmed
 // LSN has reached lsn (when a slot exists).
-func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) error {
+func (bf *job) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LSN) error {
 	if !bf.hasSlot {
 		return nil
 	}
 	start, warned := time.Now(), false
 	delay := 5 * time.Millisecond
 	for {
-		var confirmed *string
-		err := conn.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", bf.slot).Scan(&confirmed)
-		if errors.Is(err, pgx.ErrNoRows) {
+		sl, found, err := replslot.Read(ctx, conn, bf.slot)
+		if err != nil {
+			return fmt.Errorf("source database: %w", err)
+		}
+		if !found {
 			return nil // dropped: nothing captures
 		}
-		if err != nil {
-			return fmt.Errorf("source database: read slot: %w", err)
-		}
-		if confirmed != nil {
-			if l, err := pglogrepl.ParseLSN(*confirmed); err == nil && l >= lsn {
-				return nil
-			}
+		if sl.HasConfirmed && sl.Confirmed >= lsn {
+			return nil
 		}
 		ckpt, err := bf.store.CheckpointLSN(ctx, bf.slot)
 		if err != nil {
@@ -611,9 +523,9 @@ func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogre
 		if ckpt >= lsn {
 			return nil
 		}
-		if !warned && time.Since(start) > bf.o.CaptureWait {
+		if !warned && time.Since(start) > bf.opts.CaptureWait {
 			warned = true
-			bf.o.Logger.Warn().Str("slot", bf.slot).Str("lsn", lsn.String()).
+			bf.opts.Logger.Warn().Str("slot", bf.slot).Str("lsn", lsn.String()).
 				Msg("backfill is waiting for capture to pass the page's LSN: is walhook run running? (backfill rows must be enqueued after the live changes before them)")
 		}
 		if err := sleepCtx(ctx, delay); err != nil {
@@ -626,7 +538,7 @@ func (bf *backfill) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogre
 // enqueue writes a page's rows and its progress in one outbox transaction,
 // leaving out rows of objects that have a change at lsn or later in the
 // outbox. The outbox is locked against capture's inserts meanwhile.
-func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
+func (bf *job) enqueue(ctx context.Context, rows []cdc.Delivery, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
 	var skipped, inserted int64
 	err := bf.commitTx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, bf.sql.LockDeliveries); err != nil {
@@ -653,7 +565,7 @@ func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LS
 		if len(newer) > 0 {
 			kept := rows[:0]
 			for _, row := range rows {
-				if newer[[2]string{row.webhook, row.key}] {
+				if newer[[2]string{row.Webhook, row.Key}] {
 					skipped++
 					continue
 				}
@@ -661,17 +573,11 @@ func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LS
 			}
 			rows = kept
 		}
-		w := writer{}
-		for i := 0; i < len(rows); i += chunkRows {
-			chunk := rows[i:min(i+chunkRows, len(rows))]
-			tag, err := tx.Exec(ctx, bf.store.Enqueue().Insert, w.insertArgs(chunk)...)
-			if err != nil {
-				return err
-			}
-			inserted += tag.RowsAffected()
+		if inserted, err = cdc.InsertDeliveries(ctx, tx, bf.store, rows); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, bf.sql.Progress,
-			bf.id, key, n, inserted, n < bf.o.PageSize); err != nil {
+			bf.id, key, n, inserted, n < bf.opts.PageSize); err != nil {
 			return err
 		}
 		if inserted > 0 {
@@ -689,8 +595,8 @@ func (bf *backfill) enqueue(ctx context.Context, rows []outRow, lsn pglogrepl.LS
 	return skipped, nil
 }
 
-func (bf *backfill) commitTx(ctx context.Context, f func(pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, bf.o.Outbox, f)
+func (bf *job) commitTx(ctx context.Context, f func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, bf.opts.Outbox, f)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

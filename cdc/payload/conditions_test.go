@@ -1,4 +1,4 @@
-package cdc
+package payload
 
 import (
 	"strings"
@@ -10,7 +10,7 @@ import (
 // condPayload is a decoded payload as templates and conditions see it.
 func condPayload(t testing.TB) map[string]any {
 	t.Helper()
-	p, err := newTemplater().payload(`{"event":"updated","signal_received_timestamp":1700000000.123456,"model":"Site","data":{
+	p, err := NewTemplater().Payload(`{"event":"updated","signal_received_timestamp":1700000000.123456,"model":"Site","data":{
 		"id":7,"name":"ams1","status":{"value":"active","label":"Active"},"latitude":52.370216,"big":123456789012345678901234567890,
 		"asn":null,"enabled":true,"region":{"id":1,"slug":"europe"},"tenant":null,
 		"tags":[{"id":1,"slug":"alpha","color":"ff0000"},{"id":2,"slug":"beta","color":"00ff00"}],
@@ -93,7 +93,7 @@ func TestEvalCondition(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parse: %v", err)
 			}
-			got, err := evalCondition(c, payload)
+			got, err := EvalCondition(c, payload)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
@@ -123,7 +123,7 @@ func FuzzConditions(f *testing.F) {
 		if err != nil {
 			return
 		}
-		tp := newTemplater()
+		tp := NewTemplater()
 		v, err := tp.decode([]byte(payload))
 		if err != nil {
 			return
@@ -132,6 +132,6 @@ func FuzzConditions(f *testing.F) {
 		if !ok {
 			return
 		}
-		_, _ = evalCondition(c, m)
+		_, _ = EvalCondition(c, m)
 	})
 }

@@ -1,0 +1,210 @@
+// Package cdctest gives the tests of packages built on capture (backfill,
+// preflight) one database each, with the outbox migrated, a configuration,
+// pools, and a capture they can start. One file: cdctest.go.
+package cdctest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/test/pgtest"
+)
+
+// Bundle is one test's database (source and outbox in one), configuration,
+// pools and, once started, running capture.
+type Bundle struct {
+	T      *testing.T
+	DSN    string
+	Cfg    *config.Config
+	DB     *pgxpool.Pool // plain pool: the outbox, and SQL of the test
+	Source *pgxpool.Pool // with cdc.SessionParams
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Setup creates a database on pg with schemaSQL and the outbox schema, and a
+// configuration with the models YAML, webhooks a (every event) and b
+// (created and deleted), and a slot of the database's own (slots are
+// cluster-wide).
+func Setup(t *testing.T, pg *pgtest.Cluster, schemaSQL, modelsYAML string) *Bundle {
+	t.Helper()
+	ctx := context.Background()
+	b := &Bundle{T: t, DSN: pg.NewDB(t)}
+	var err error
+	if b.DB, err = pgxpool.New(ctx, b.DSN); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.DB.Close)
+	if _, err := b.DB.Exec(ctx, schemaSQL); err != nil {
+		t.Fatal(err)
+	}
+	db := b.DSN[strings.LastIndex(b.DSN, "/")+1:]
+	db, _, _ = strings.Cut(db, "?")
+	b.Cfg, err = config.Parse("test.yaml", fmt.Appendf(nil, `
+database:
+  dsn: %s
+  slot: s_%s
+models:
+%s
+webhooks:
+  - name: a
+    url: http://127.0.0.1:1/a
+  - name: b
+    url: http://127.0.0.1:1/b
+    events: [created, deleted]
+http:
+  listen: ""
+`, b.DSN, db, modelsYAML), os.LookupEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.Apply(ctx, b.DB, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := pgxpool.ParseConfig(b.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range cdc.SessionParams {
+		pc.ConnConfig.RuntimeParams[k] = v
+	}
+	if b.Source, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Source.Close)
+	t.Cleanup(func() {
+		_, _ = b.DB.Exec(context.Background(), "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", b.Cfg.Database.Slot)
+	})
+	return b
+}
+
+// Start prepares and runs capture until Stop or the end of the test.
+func (b *Bundle) Start() {
+	b.T.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := cdc.New(cdc.Options{Config: b.Cfg, Source: b.Source, Outbox: b.DB,
+		Logger: zerolog.New(zerolog.NewTestWriter(b.T)).Level(zerolog.InfoLevel), StatusInterval: 200 * time.Millisecond})
+	if err != nil {
+		b.T.Fatal(err)
+	}
+	if err := c.Prepare(ctx); err != nil {
+		cancel()
+		b.T.Fatal(err)
+	}
+	b.cancel, b.done = cancel, make(chan error, 1)
+	go func() { b.done <- c.Run(ctx) }()
+	b.T.Cleanup(b.Stop)
+}
+
+// Stop stops the capture Start started.
+func (b *Bundle) Stop() {
+	if b.cancel == nil {
+		return
+	}
+	b.cancel()
+	if err := <-b.done; err != nil {
+		b.T.Errorf("capture: %v", err)
+	}
+	b.cancel = nil
+}
+
+// Exec runs sql on the database, failing the test on an error.
+func (b *Bundle) Exec(sql string, args ...any) {
+	b.T.Helper()
+	if _, err := b.DB.Exec(context.Background(), sql, args...); err != nil {
+		b.T.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// Count counts the outbox rows matching where.
+func (b *Bundle) Count(where string) int {
+	b.T.Helper()
+	var n int
+	if err := b.DB.QueryRow(context.Background(), "SELECT count(*) FROM walhook.deliveries WHERE "+where).Scan(&n); err != nil {
+		b.T.Fatal(err)
+	}
+	return n
+}
+
+// Bodies returns the bodies of the outbox rows matching where, in delivery
+// order.
+func (b *Bundle) Bodies(where string) []string {
+	b.T.Helper()
+	rows, err := b.DB.Query(context.Background(), "SELECT body::text FROM walhook.deliveries WHERE "+where+" ORDER BY commit_lsn, seq, webhook")
+	if err != nil {
+		b.T.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			b.T.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Role creates a login role with attrs, named after the test's slot (roles
+// are cluster-wide), and drops it, and what it was granted, at the end.
+func (b *Bundle) Role(attrs string) string {
+	b.T.Helper()
+	name := "r_" + b.Cfg.Database.Slot
+	b.Exec("CREATE ROLE " + name + " LOGIN " + attrs)
+	b.T.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = b.DB.Exec(ctx, "DROP OWNED BY "+name)
+		_, _ = b.DB.Exec(ctx, "DROP ROLE "+name)
+	})
+	return name
+}
+
+// PoolAs opens a pool on the test's database as role.
+func (b *Bundle) PoolAs(role string) *pgxpool.Pool {
+	b.T.Helper()
+	u, err := url.Parse(b.DSN)
+	if err != nil {
+		b.T.Fatal(err)
+	}
+	u.User = url.User(role)
+	pool, err := pgxpool.New(context.Background(), u.String())
+	if err != nil {
+		b.T.Fatal(err)
+	}
+	b.T.Cleanup(pool.Close)
+	return pool
+}
+
+// DataOf returns the "data" of a webhook body.
+func DataOf(t *testing.T, body string) string {
+	t.Helper()
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(body), &m); err != nil {
+		t.Fatalf("body %s: %v", body, err)
+	}
+	return string(m["data"])
+}
+
+// WaitUntil polls cond until it holds, failing the test after 20s.
+func WaitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
