@@ -171,8 +171,8 @@ func (c *Cluster) Start(ctx context.Context) error {
 	for {
 		conn, err := pgx.Connect(ctx, c.DSN("postgres"))
 		if err == nil {
-			_ = conn.Close(ctx) // it answered: that is all this wait needed
-			go func() { _ = <-exited }() // reap the server when it stops
+			_ = conn.Close(ctx)      // it answered: that is all this wait needed
+			go func() { <-exited }() //nolint:errcheck // reaps the server when it stops; Close reports its end
 			return nil
 		}
 		select {
