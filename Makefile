@@ -23,10 +23,11 @@ test: deps lint ## the whole suite, race detector on (what CI runs)
 test-race: deps ## the concurrent packages under the race detector, 3 times
 	$(GO) test -race -count=3 ./cdc/ ./dispatch/
 
-lint: ## go vet and gofmt
+lint: ## go vet, gofmt and golangci-lint (.golangci.yaml; the version is pinned in go.mod)
 	$(GO) vet $(PKG)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) tool golangci-lint run $(PKG)
 
 bench: deps ## capture vs pg_recvlogical, dispatch, latency, memory (table + bench-results.json); then Go benchmarks
 	$(GO) run ./test/bench -out bench-results.json

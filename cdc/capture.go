@@ -139,7 +139,7 @@ func newCapture(opts Options) *Capture {
 	return c
 }
 
-// LossObserver, when the Options' Observer implements it too, is told about
+// LossObserver is told, when the Options' Observer implements it too, about
 // every change capture sends nothing for, so that it can count them
 // (walhook_changes_unmapped_total{table}, walhook_truncates_total{table}).
 type LossObserver interface {

@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -12,10 +13,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/migrations"
 	"github.com/walhook/walhook/test/pgtest"
-	"go.opentelemetry.io/otel/trace"
 )
 
 var pg *pgtest.Cluster
@@ -424,9 +426,7 @@ func TestTableProblemsAreConfigErrors(t *testing.T) {
 }
 
 func asConfigError(err error, ce **config.Error) bool {
-	e, ok := err.(*config.Error)
-	*ce = e
-	return ok
+	return errors.As(err, ce)
 }
 
 // poolAs opens a pool on b's database as role.

@@ -150,7 +150,7 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outb
 	return c.store.WriteCheckpointState(ctx, slot, lsn, reset, id.systemID, id.timeline, slotLSN)
 }
 
-// GapObserver, when the Options' Observer implements it too, is told when
+// GapObserver is told, when the Options' Observer implements it too, when
 // capture starts after a gap: changes between the stored checkpoint and the
 // replication slot's position were not captured (walhook_capture_gaps_total).
 type GapObserver interface {

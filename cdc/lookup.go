@@ -414,7 +414,7 @@ func (s *stream) readBack(ctx context.Context, lr *lookupRun, rel *payload.Relat
 			if p.Vals[c].Kind != 'u' {
 				continue
 			}
-			if got == nil || got[j] == nil {
+			if j >= len(got) || got[j] == nil {
 				p.Vals[c] = payload.TupleValue{Kind: 'n'}
 			} else {
 				p.Vals[c] = payload.TupleValue{Kind: 't', Data: got[j]}

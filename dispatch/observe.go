@@ -8,7 +8,7 @@ type Observer interface {
 	Attempted(outbox.Attempt)
 }
 
-// BreakerObserver, when the Observer implements it too, is told every
+// BreakerObserver is told, when the Observer implements it too, of every
 // transition of a webhook's circuit breaker (open, closed). It must be
 // safe for concurrent use and must not block.
 type BreakerObserver interface {

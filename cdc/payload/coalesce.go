@@ -5,7 +5,7 @@ import "slices"
 // coalKey is an object: model and object_key.
 type coalKey struct{ model, key string }
 
-// coalEntry is an object's changes in the current transaction, folded.
+// Coalesced is an object's changes in the current transaction, folded.
 type Coalesced struct {
 	Rel      *Relation // table version of the last change
 	Seq      int32     // seq of the last change: the coalesced event's seq
@@ -23,6 +23,7 @@ type Coalescer struct {
 	objs map[coalKey]*Coalesced
 }
 
+// Reset forgets every object, for the next transaction.
 func (c *Coalescer) Reset() { clear(c.objs) }
 
 // Len is the number of objects held.
@@ -85,8 +86,6 @@ func (e *Coalesced) Event() string {
 		return EventDeleted
 	case !e.Before:
 		return EventCreated
-	case !e.after:
-		return EventDeleted
 	}
 	return EventUpdated
 }

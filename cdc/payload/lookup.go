@@ -117,6 +117,8 @@ type LogLimit struct {
 	suppressed int
 }
 
+// Allow reports whether a line may be logged now (one a minute) and how many
+// were suppressed since the last one.
 func (l *LogLimit) Allow() (bool, int) {
 	if time.Since(l.last) < time.Minute {
 		l.suppressed++
@@ -507,6 +509,7 @@ type LookupVal struct {
 	JSON    []byte
 }
 
+// JSONNull is the JSON text of a missing related row.
 var JSONNull = []byte("null")
 
 // Render appends the nested object of a related row; vals are the selected

@@ -65,6 +65,7 @@ type Templater struct {
 	out bytes.Buffer
 }
 
+// NewTemplater returns a Templater; one serves one goroutine.
 func NewTemplater() *Templater { return &Templater{raw: map[uintptr][]byte{}} }
 
 // parse compiles a webhook's body template with the json function.
@@ -72,6 +73,7 @@ func (t *Templater) parse(name, text string) (*template.Template, error) {
 	return template.New(name).Funcs(template.FuncMap{"json": t.jsonFunc}).Parse(text)
 }
 
+// Execute runs a webhook's body template on payload and returns the body.
 func (t *Templater) Execute(tmpl *template.Template, payload map[string]any) (string, error) {
 	t.out.Reset()
 	if err := tmpl.Execute(&t.out, payload); err != nil {

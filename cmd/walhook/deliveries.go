@@ -47,11 +47,7 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if *limit <= 0 {
 		return usageErr("--limit must be positive")
 	}
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil)
+	cfg, pool, err := openOutbox(ctx, *path)
 	if err != nil {
 		return err
 	}
@@ -122,11 +118,7 @@ func cmdDeliveryShow(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil || id <= 0 {
 		return usageErr("%q is not a delivery id", pos[0])
 	}
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil)
+	cfg, pool, err := openOutbox(ctx, *path)
 	if err != nil {
 		return err
 	}

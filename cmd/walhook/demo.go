@@ -159,7 +159,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			n++
 			if *once && n >= demoExpected {
 				cancel()
-				<-runErr
+				if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
+					return fmt.Errorf("demo: %w", err)
+				}
 				if recv.bad > 0 {
 					return fmt.Errorf("demo: %d webhooks failed signature verification", recv.bad)
 				}
@@ -179,7 +181,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		case <-timeout:
 			if *once {
 				cancel()
-				<-runErr
+				if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
+					return fmt.Errorf("demo: webhooks did not all arrive within 60s: %w", err)
+				}
 				return errors.New("demo: webhooks did not all arrive within 60s")
 			}
 		}

@@ -56,11 +56,7 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(f.IDs) == 0 && f.Webhook == "" && f.Model == "" && f.Since == 0 && !f.AllFailed {
 		return usageErr("say which deliveries to retry: --id N, --webhook NAME, --model NAME, --since DURATION or --all-failed")
 	}
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil)
+	cfg, pool, err := openOutbox(ctx, *path)
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,20 @@ var errCommandTimeout = errors.New("no answer from the database within " + comma
 // outbox (status, deliveries, retry).
 const commandTimeout = time.Minute
 
+// openOutbox loads the configuration at path and connects to its outbox
+// database, for the one-shot commands.
+func openOutbox(ctx context.Context, path string) (*config.Config, *pgxpool.Pool, error) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, pool, nil
+}
+
 func openPool(ctx context.Context, dsn, what string, params map[string]string) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
@@ -288,11 +302,7 @@ func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg, err := loadConfig(*path)
-	if err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", nil)
+	cfg, pool, err := openOutbox(ctx, *path)
 	if err != nil {
 		return err
 	}

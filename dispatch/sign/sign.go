@@ -60,7 +60,7 @@ func DecodeStandardSecret(secret string) ([]byte, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("standard-webhooks secret is not %s<base64>: %v", StandardSecretPrefix, err)
+		return nil, fmt.Errorf("standard-webhooks secret is not %s<base64>: %w", StandardSecretPrefix, err)
 	}
 	if len(key) == 0 {
 		return nil, fmt.Errorf("standard-webhooks secret is empty: write %s<base64 of 24 to 64 random bytes>", StandardSecretPrefix)

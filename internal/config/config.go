@@ -437,7 +437,6 @@ func (c *Config) WebhookByName(name string) (*Webhook, bool) {
 	return nil, false
 }
 
-// RedactURL returns u with any password replaced, for logs and errors.
 // URLTarget is a webhook URL as logs and the status page show it: scheme
 // and host only, with "/…" when a path or query was cut (a Slack-style URL
 // carries its secret in the path).
@@ -453,6 +452,7 @@ func URLTarget(raw string) string {
 	return t
 }
 
+// RedactURL returns u with any password replaced, for logs and errors.
 func RedactURL(u string) string {
 	p, err := url.Parse(u)
 	if err != nil {

@@ -248,11 +248,11 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (out []Claimed, par
 type OutcomeMode int
 
 const (
-	// Attempted: the row was sent; State, Status, Err and Delay record it.
+	// Attempted means the row was sent; State, Status, Err and Delay record it.
 	Attempted OutcomeMode = iota
-	// Released: the row was not sent; it goes back to pending as it was.
+	// Released means the row was not sent; it goes back to pending as it was.
 	Released
-	// Probed: a circuit-breaker probe failed; Status and Err are recorded
+	// Probed means a circuit-breaker probe failed; Status and Err are recorded
 	// but the attempt is not counted against the row's retry budget.
 	Probed
 )

@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -215,7 +216,7 @@ func explainJIT(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) (int6
 			}
 			return pgx.ErrTxClosed // roll back
 		})
-		if err != nil && err != pgx.ErrTxClosed {
+		if err != nil && !errors.Is(err, pgx.ErrTxClosed) {
 			t.Fatalf("explain %s: %v", mode, err)
 		}
 	}

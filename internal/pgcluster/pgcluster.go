@@ -171,15 +171,15 @@ func (c *Cluster) Start(ctx context.Context) error {
 	for {
 		conn, err := pgx.Connect(ctx, c.DSN("postgres"))
 		if err == nil {
-			conn.Close(ctx)
-			go func() { <-exited }()
+			_ = conn.Close(ctx)      // it answered: that is all this wait needed
+			go func() { <-exited }() //nolint:errcheck // reaps the server when it stops; Close reports its end
 			return nil
 		}
 		select {
 		case werr := <-exited:
 			c.cmd = nil
 			log, _ := os.ReadFile(filepath.Join(c.Dir, "server.log"))
-			return fmt.Errorf("pgtest: postgres exited: %v: %s", werr, tail(string(log), 2000))
+			return fmt.Errorf("pgtest: postgres exited: %w: %s", werr, tail(string(log), 2000))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):

@@ -22,7 +22,7 @@ func TestFormatParse(t *testing.T) {
 			t.Fatalf("Parse(%q) = %s %s %02x %v", v, gt, gs, gf, err)
 		}
 	}
-	if ForDelivery("inventory", 7) != ForDelivery("inventory", 7) {
+	if a, b := ForDelivery("inventory", 7), ForDelivery("inventory", 7); a != b {
 		t.Error("ForDelivery is not deterministic")
 	}
 	if ForDelivery("inventory", 7) == ForDelivery("billing", 7) || ForDelivery("inventory", 7) == ForDelivery("inventory", 8) {

@@ -103,7 +103,7 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 	if prebuilt != "" {
 		b.bin = prebuilt
 	} else if out, err := exec.Command("go", "build", "-o", b.bin, "./cmd/walhook").CombinedOutput(); err != nil {
-		return fmt.Errorf("build: %v: %s", err, out)
+		return fmt.Errorf("build: %w: %s", err, out)
 	}
 	b.cl, err = pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"fsync": "on", "synchronous_commit": "on"}})
 	if err != nil {
@@ -236,11 +236,19 @@ func (l *lockedBuilder) Write(b []byte) (int, error) {
 	return l.out.Write(b)
 }
 
+// migrate runs `walhook migrate -c cfg`.
+func (b *bench) migrate(cfg string) error {
+	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+		return fmt.Errorf("migrate: %w: %s", err, out)
+	}
+	return nil
+}
+
 // stop ends the process and returns its peak RSS in MB.
 func (p *proc) stop() float64 {
 	rss := peakRSS(p.cmd.Process.Pid)
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	p.cmd.Wait()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Wait() // it exits on SIGTERM; the status says nothing more
 	return rss
 }
 
@@ -293,8 +301,8 @@ func (b *bench) capture(rows int) error {
 	if _, err := pool.Exec(b.ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput'), pg_create_logical_replication_slot('recv_' || $1, 'pgoutput')`, slot); err != nil {
 		return err
 	}
-	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
-		return fmt.Errorf("migrate: %v: %s", err, out)
+	if err := b.migrate(cfg); err != nil {
+		return err
 	}
 	for i := 0; i < rows; i += 1000 {
 		if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series($1::int, $2::int) g`, i+1, min(i+1000, rows)); err != nil {
@@ -310,7 +318,7 @@ func (b *bench) capture(rows int) error {
 	cmd := exec.Command(recv, "-d", dsn, "--slot", "recv_"+slot, "--start", "--endpos", end, "-f", "/dev/null",
 		"-o", "proto_version=1", "-o", "publication_names=walhook", "--no-loop")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pg_recvlogical: %v: %s", err, out)
+		return fmt.Errorf("pg_recvlogical: %w: %s", err, out)
 	}
 	recvRate := float64(rows) / time.Since(start).Seconds()
 	b.add("capture", "pg_recvlogical", recvRate, "changes/s")
@@ -350,7 +358,7 @@ func receiver(onBody func([]byte)) (string, func(), error) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }() // returns when closed
 	return "http://" + ln.Addr().String() + "/hook", func() { srv.Close() }, nil
 }
 
@@ -379,8 +387,8 @@ func (b *bench) drainBacklog(rows int, extra string) (rate, rss float64, err err
 		return 0, 0, err
 	}
 	defer pool.Close()
-	if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
-		return 0, 0, fmt.Errorf("migrate: %v: %s", err, out)
+	if err := b.migrate(cfg); err != nil {
+		return 0, 0, err
 	}
 	if err := b.backlog(pool, rows); err != nil {
 		return 0, 0, err
@@ -411,12 +419,12 @@ func (b *bench) tracingPhase(rows int) error {
 		return err
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		_, _ = io.Copy(io.Discard, r.Body)
 		exports.Add(1)
 		w.Header().Set("Content-Type", "application/x-protobuf")
 		w.WriteHeader(http.StatusOK)
 	})}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }() // returns when closed
 	defer srv.Close()
 	off, _, err := b.drainBacklog(rows, "")
 	if err != nil {
@@ -508,7 +516,9 @@ func (b *bench) hugeTx(n int) error {
 		return err
 	}
 	var end string
-	pool.QueryRow(b.ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end)
+	if err := pool.QueryRow(b.ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end); err != nil {
+		return err
+	}
 	err = waitFor(10*time.Minute, 50*time.Millisecond, func() bool {
 		return count(b.ctx, pool, `SELECT count(*) FROM walhook.checkpoints WHERE lsn >= '`+end+`'`) == 1
 	})
@@ -554,13 +564,13 @@ func (b *bench) scale() error {
 		return err
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		_, _ = io.Copy(io.Discard, r.Body)
 		mu.Lock()
 		seen[r.Header.Get("X-Walhook-Delivery")]++
 		mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	})}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }() // returns when closed
 	defer srv.Close()
 	url := "http://" + ln.Addr().String() + "/hook"
 	var base float64
@@ -572,9 +582,9 @@ func (b *bench) scale() error {
 		if err != nil {
 			return err
 		}
-		if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+		if err := b.migrate(cfg); err != nil {
 			pool.Close()
-			return fmt.Errorf("migrate: %v: %s", err, out)
+			return err
 		}
 		if err := b.backlog(pool, scaleRows); err != nil {
 			pool.Close()

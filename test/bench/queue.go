@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -109,9 +108,9 @@ func (b *bench) claims() error {
 		if err != nil {
 			return err
 		}
-		if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+		if err := b.migrate(cfg); err != nil {
 			pool.Close()
-			return fmt.Errorf("migrate: %v: %s", err, out)
+			return err
 		}
 		if _, err := pool.Exec(b.ctx, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body,
 				attempts, next_attempt_at)
@@ -132,7 +131,7 @@ func (b *bench) claims() error {
 			pool.Close()
 			return err
 		}
-		defer prepared.Close()
+		defer prepared.Close() //nolint:gocritic // one pool per plan mode (two), closed when the phase ends
 		store := outbox.New(prepared, "walhook")
 		var lat []float64
 		for range 100 {
@@ -197,7 +196,7 @@ func newOrderRecv() (*orderRecv, error) {
 		o.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	})}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }() // returns when closed
 	o.url, o.close = "http://"+ln.Addr().String(), func() { srv.Close() }
 	return o, nil
 }
@@ -256,9 +255,9 @@ func (b *bench) outage(hang bool) error {
 			pool.Close()
 			return nil, "", err
 		}
-		if out, err := exec.Command(b.bin, "migrate", "-c", cfg).CombinedOutput(); err != nil {
+		if err := b.migrate(cfg); err != nil {
 			pool.Close()
-			return nil, "", fmt.Errorf("migrate: %v: %s", err, out)
+			return nil, "", err
 		}
 		_, err = pool.Exec(b.ctx, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body)
 			SELECT w, 'updated', 'item', (g % $1)::text, '0/1'::pg_lsn + g, 0, now(),

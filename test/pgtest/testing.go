@@ -6,10 +6,13 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
 // Main starts one cluster for a test package, stores it in *c, runs the
-// tests and removes the cluster. Use it from TestMain:
+// tests, removes the cluster and, when the tests passed, fails the package
+// if they left goroutines running (goleak). Use it from TestMain:
 //
 //	var pg *pgtest.Cluster
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
@@ -27,8 +30,15 @@ func Main(m *testing.M, c **Cluster) int {
 		return 1
 	}
 	*c = cl
-	defer cl.Close()
-	return m.Run()
+	code := m.Run()
+	cl.Close()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines left behind:", err)
+			code = 1
+		}
+	}
+	return code
 }
 
 // NewDB creates a database of the test's own and returns its DSN.
