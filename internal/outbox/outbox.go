@@ -1,6 +1,6 @@
 // Package outbox owns walhook's outbox: the state names of a delivery and
 // every statement dispatch, the status page and the CLI run against the
-// outbox tables (deliveries, dispatchers). The tables themselves are
+// outbox tables (deliveries, attempts, dispatchers). The tables themselves are
 // created by the numbered SQL files of package migrations; their columns
 // are a public interface (see the README).
 //
@@ -57,6 +57,7 @@ type Store struct {
 	checkpoints string // quoted checkpoints table
 	owners      string // quoted webhook_owners table
 	backfills   string // quoted backfills table
+	attempts    string // quoted attempts table
 	channel     string
 	q           queries
 }
@@ -74,9 +75,10 @@ func New(pool *pgxpool.Pool, schema string) *Store {
 		checkpoints: migrations.Table(schema, "checkpoints"),
 		owners:      migrations.Table(schema, "webhook_owners"),
 		backfills:   migrations.Table(schema, "backfills"),
+		attempts:    migrations.Table(schema, "attempts"),
 		channel:     migrations.Channel(schema),
 	}
-	s.q = newQueries(s.deliveries, s.dispatchers)
+	s.q = newQueries(s.deliveries, s.dispatchers, s.attempts)
 	return s
 }
 
