@@ -337,20 +337,10 @@ type SentAttempt struct {
 // round trip). It returns how many rows were written: fewer than
 // len(batch) when some were taken back from this dispatcher meanwhile.
 func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (int64, error) {
-	ids := make([]int64, len(batch))
-	for i, o := range batch {
-		ids[i] = o.ID
-	}
-	var a attemptArrays
-	for i := range batch {
-		if o := &batch[i]; o.Mode != Released && !o.Sent.Started.IsZero() {
-			a.add(o)
-		}
-	}
+	args := outcomeArgs(by, batch)
 	b := &pgx.Batch{}
-	b.Queue(s.q.outcome, outcomeJSON(batch), ids, by,
-		a.ids, a.started, a.us, a.status, a.errs, a.responses, a.probes, a.spans)
-	b.Queue(s.q.promote, ids)
+	b.Queue(s.q.outcome, args...)
+	b.Queue(s.q.promote, args[1])
 	// A batch runs as one implicit transaction.
 	br := s.pool.SendBatch(ctx, b)
 	var n int64
@@ -365,6 +355,21 @@ func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (
 		return 0, fmt.Errorf("write %d outcomes: %w", len(batch), err)
 	}
 	return n, nil
+}
+
+// outcomeArgs are the outcome statement's arguments for batch, written by
+// dispatcher by.
+func outcomeArgs(by string, batch []Outcome) []any {
+	ids := make([]int64, len(batch))
+	var a attemptArrays
+	for i := range batch {
+		o := &batch[i]
+		ids[i] = o.ID
+		if o.Mode != Released && !o.Sent.Started.IsZero() {
+			a.add(o)
+		}
+	}
+	return []any{outcomeJSON(batch), ids, by, a.ids, a.started, a.us, a.status, a.errs, a.responses, a.probes, a.spans}
 }
 
 // attemptArrays are the attempts of an outcome batch as the parallel
