@@ -9,7 +9,7 @@ import (
 
 // Tables are the outbox tables walhook reads and writes (all of them need
 // SELECT, INSERT, UPDATE and DELETE for the role walhook runs as).
-var Tables = []string{"deliveries", "checkpoints", "backfills", "dispatchers", "webhook_owners"}
+var Tables = []string{"deliveries", "attempts", "checkpoints", "backfills", "dispatchers", "webhook_owners"}
 
 // SchemaAccess is what the connected role may do with the outbox schema.
 type SchemaAccess struct {
