@@ -2,8 +2,8 @@
 
 -- One row per HTTP attempt of a delivery (a circuit-breaker probe included;
 -- a claimed row put back unsent is no attempt). attempt numbers the
--- delivery's attempts 1, 2, 3 ... and keeps counting when the delivery is
--- retried by hand, unlike deliveries.attempts, which `walhook retry
+-- delivery's attempts 1, 2, 3 ... (deliveries.attempt_seq is the last
+-- number) and keeps counting when the delivery is retried by hand, unlike deliveries.attempts, which `walhook retry
 -- --reset-attempts` resets and which a failed probe does not count. The
 -- statement that records an attempt deletes the delivery's attempts older
 -- than its last 20, and the retention DELETE of a delivery deletes its
@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS {{schema}}.attempts (
     span_id     text,
     PRIMARY KEY (delivery_id, attempt)
 );
+
+-- The number of the delivery's last recorded attempt: the statement that
+-- records an attempt counts it here (the row is updated anyway), so that
+-- numbering an attempt reads nothing.
+ALTER TABLE {{schema}}.deliveries ADD COLUMN IF NOT EXISTS attempt_seq integer NOT NULL DEFAULT 0;
 
 COMMENT ON TABLE {{schema}}.attempts IS
     'walhook: the last 20 HTTP attempts of each delivery (when, how long, status, error or the first 4 KB of the response body)';

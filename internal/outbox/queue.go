@@ -93,7 +93,8 @@ RETURNING d.id, d.webhook, k.claim, CASE WHEN k.claim THEN d.body END, d.attempt
 	d.last_attempt_at, k.prev_attempt_at, d.committed_at, d.model`,
 
 		// Writes a batch of outcomes. $1 maps each id to
-		// [state, mode, status, error, delay_us, claimed_at, prev_attempt_at]
+		// [state, mode, status, error, delay_us, claimed_at, prev_attempt_at,
+		// recorded]
 		// (see outcomeJSON); rows are found by primary key only. A row is
 		// only written while it is still the claim this dispatcher made
 		// (locked_by, which only a claim sets, and the claim's
@@ -104,15 +105,18 @@ RETURNING d.id, d.webhook, k.claim, CASE WHEN k.claim THEN d.body END, d.attempt
 		// probe that failed: its status and error are kept but it does not
 		// count as one of the row's attempts.
 		//
-		// The rows written that were sent ($4 .. $11, parallel arrays: id,
-		// start, duration in microseconds, status, error, response, probe,
-		// span id; 0 and '' for NULL) get their attempt recorded, numbered
-		// after the delivery's last one (one backward probe of the
-		// primary key), and their attempts older than the last
-		// AttemptsKept are deleted (one index range each). Rows not
-		// written (taken back meanwhile) get no attempt: the outcome that
-		// counts is another dispatcher's. It returns how many rows it
-		// wrote.
+		// The rows written that were sent (recorded = 1; $4 .. $11,
+		// parallel arrays: id, start, duration in microseconds, status,
+		// error, response, probe, span id; 0 and '' for NULL) get their
+		// attempt recorded, numbered by the row's attempt_seq (counted
+		// here, so that numbering reads nothing), and for the rows past
+		// AttemptsKept attempts the oldest are deleted (one index range
+		// each). An attempt of the same number left by a delivery that
+		// had this id before (ids restarted by hand) is overwritten, not
+		// an error that would hold the batch up. Rows not written (taken
+		// back meanwhile) get no attempt:
+		// the outcome that counts is another dispatcher's. It returns how
+		// many rows it wrote.
 		outcome: `WITH u AS (UPDATE ` + t + ` AS d
 SET state = $1::jsonb -> d.id::text ->> 0,
 	attempts = d.attempts - CASE WHEN ($1::jsonb -> d.id::text ->> 1) IN ('1', '2') THEN 1 ELSE 0 END,
@@ -125,21 +129,24 @@ SET state = $1::jsonb -> d.id::text ->> 0,
 		ELSE $1::jsonb -> d.id::text ->> 3 END,
 	last_attempt_at = CASE WHEN $1::jsonb -> d.id::text ->> 1 = '1'
 		THEN ($1::jsonb -> d.id::text ->> 6)::timestamptz ELSE d.last_attempt_at END,
+	attempt_seq = d.attempt_seq + ($1::jsonb -> d.id::text ->> 7)::int,
 	locked_until = NULL, locked_by = NULL
 WHERE d.id = ANY($2::bigint[]) AND d.locked_by = $3
 	AND d.last_attempt_at = ($1::jsonb -> d.id::text ->> 5)::timestamptz
-RETURNING d.id
+RETURNING d.id, d.attempt_seq
 ), a AS MATERIALIZED (
-	SELECT x.*, coalesce((SELECT p.attempt FROM ` + attempts + ` AS p
-		WHERE p.delivery_id = x.id ORDER BY p.attempt DESC LIMIT 1), 0) + 1 AS n
+	SELECT x.*, u.attempt_seq AS n
 	FROM unnest($4::bigint[], $5::timestamptz[], $6::bigint[], $7::int[], $8::text[], $9::text[], $10::bool[], $11::text[])
 		AS x(id, started_at, us, status, error, response, probe, span_id)
-	WHERE x.id = ANY(ARRAY(SELECT id FROM u))
+	JOIN u ON u.id = x.id
 ), ins AS (
 	INSERT INTO ` + attempts + ` (delivery_id, attempt, started_at, duration, status, error, response, probe, span_id)
 	SELECT id, n, started_at, us * interval '1 microsecond', nullif(status, 0), nullif(error, ''),
 		nullif(response, ''), probe, nullif(span_id, '')
 	FROM a
+	ON CONFLICT (delivery_id, attempt) DO UPDATE SET started_at = EXCLUDED.started_at, duration = EXCLUDED.duration,
+		status = EXCLUDED.status, error = EXCLUDED.error, response = EXCLUDED.response, probe = EXCLUDED.probe,
+		span_id = EXCLUDED.span_id
 ), trim AS (
 	DELETE FROM ` + attempts + ` AS p
 	USING a
@@ -365,12 +372,15 @@ func outcomeArgs(by string, batch []Outcome) []any {
 	for i := range batch {
 		o := &batch[i]
 		ids[i] = o.ID
-		if o.Mode != Released && !o.Sent.Started.IsZero() {
+		if o.recorded() {
 			a.add(o)
 		}
 	}
 	return []any{outcomeJSON(batch), ids, by, a.ids, a.started, a.us, a.status, a.errs, a.responses, a.probes, a.spans}
 }
+
+// recorded reports whether o records an attempt: it was sent.
+func (o *Outcome) recorded() bool { return o.Mode != Released && !o.Sent.Started.IsZero() }
 
 // attemptArrays are the attempts of an outcome batch as the parallel
 // arrays the outcome statement reads.
@@ -396,7 +406,8 @@ func (a *attemptArrays) add(o *Outcome) {
 
 // outcomeJSON encodes batch as the jsonb object the outcome statement
 // reads: {"<id>": [state, mode, status, error, delay_us, claimed_at,
-// prev_attempt_at], ...}, with null for absent values.
+// prev_attempt_at, recorded], ...}, with null for absent values and
+// recorded 1 when the outcome records an attempt, else 0.
 func outcomeJSON(batch []Outcome) string {
 	b := make([]byte, 0, 96*len(batch))
 	b = append(b, '{')
@@ -437,7 +448,11 @@ func outcomeJSON(batch []Outcome) string {
 		} else {
 			b = append(b, "null"...)
 		}
-		b = append(b, ']')
+		if r.recorded() {
+			b = append(b, ",1]"...)
+		} else {
+			b = append(b, ",0]"...)
+		}
 	}
 	b = append(b, '}')
 	return string(b)

@@ -328,7 +328,7 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 	// Outcomes of a batch of claimed rows that have AttemptsKept attempts
 	// each: every one records an attempt and deletes its oldest.
 	rows, err := pool.Query(ctx, `UPDATE walhook.deliveries SET state = 'delivering', attempts = attempts + 1,
-			locked_by = 'd1', locked_until = now() + interval '1 minute', last_attempt_at = now()
+			attempt_seq = `+fmt.Sprint(AttemptsKept)+`, locked_by = 'd1', locked_until = now() + interval '1 minute', last_attempt_at = now()
 		WHERE id IN (SELECT id FROM walhook.deliveries WHERE state = 'pending' AND id > 402000 ORDER BY id LIMIT $1)
 		RETURNING id, last_attempt_at`, batch)
 	if err != nil {
