@@ -352,8 +352,9 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 		strings.Contains(plan, "Seq Scan on attempts") {
 		t.Errorf("outcome touched %d buffers (limit %d):\n%s", n, limit, plan)
 	}
-	if n, plan := explain(t, pool, fmt.Sprintf(attemptsSQL, s.attempts), claimedIDs[0]); n > 20 {
-		t.Errorf("reading a delivery's attempts touched %d buffers (limit 20):\n%s", n, plan)
+	if n, plan := explain(t, pool, fmt.Sprintf(attemptsSQL, s.attempts), claimedIDs[0]); n > 2*AttemptsKept+10 {
+		// Each kept attempt may lie on a heap page of its own.
+		t.Errorf("reading a delivery's attempts touched %d buffers (limit %d):\n%s", n, 2*AttemptsKept+10, plan)
 	}
 
 	// walhook status: the counts read the partial index of their state
