@@ -135,6 +135,8 @@ type Dispatcher struct {
 	client *http.Client
 	now    func() time.Time
 	rand   func() float64
+	// bufs holds the buffers response bodies are read into.
+	bufs   sync.Pool
 	id     string
 	obs    Observer
 	tracer oteltrace.Tracer // nil: no spans

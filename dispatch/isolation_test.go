@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/dispatch"
@@ -148,6 +149,17 @@ func TestBreakerOpensProbesAndCloses(t *testing.T) {
 	if bad != 0 {
 		t.Errorf("%d rows delivered before an earlier change of their object", bad)
 	}
+	// Every request is in the attempt history, the probes marked, the rows
+	// released unsent while the breaker was open not at all.
+	var recorded, probed, probedOK int
+	if err := e.pool.QueryRow(t.Context(), `SELECT count(*), count(*) FILTER (WHERE probe),
+		count(*) FILTER (WHERE probe AND status = 204) FROM walhook.attempts`).Scan(&recorded, &probed, &probedOK); err != nil {
+		t.Fatal(err)
+	}
+	if recorded != rec.len() || probed < 2 || probedOK != 1 {
+		t.Errorf("%d attempts recorded for %d requests, %d probes (%d succeeded); want one per request, the failed probes and the one that closed the breaker",
+			recorded, rec.len(), probed, probedOK)
+	}
 }
 
 // rate_limit spaces a webhook's requests.
@@ -196,6 +208,8 @@ func TestFailedRetention(t *testing.T) {
 	e.exec(`UPDATE walhook.deliveries SET state = 'failed', attempts = 8, last_attempt_at = now() - interval '29 days' WHERE id = $1`, newFailed)
 	e.exec(`UPDATE walhook.deliveries SET state = 'delivered', attempts = 1, last_attempt_at = now() - interval '8 days',
 		delivered_at = now() - interval '8 days' WHERE id = $1`, oldDelivered)
+	e.exec(`INSERT INTO walhook.attempts (delivery_id, attempt, started_at, duration)
+		SELECT id, 1, now(), interval '1 ms' FROM walhook.deliveries`)
 	rec := newRecorder(t, nil)
 	cfg := testConfig(2, hookConfig("w", rec.srv.URL))
 	cfg.Dispatch.FailedRetention = config.Duration(30 * 24 * time.Hour)
@@ -203,6 +217,10 @@ func TestFailedRetention(t *testing.T) {
 	waitFor(t, 10*time.Second, "old rows purged", func() bool { return e.count(`id IN ($1, $2)`, oldFailed, oldDelivered) == 0 })
 	if e.count(`id = $1 AND state = 'failed'`, newFailed) != 1 {
 		t.Error("a failed row younger than failed_retention was deleted")
+	}
+	rows, _ := e.pool.Query(t.Context(), `SELECT delivery_id FROM walhook.attempts ORDER BY 1`)
+	if left, err := pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil || len(left) != 1 || left[0] != newFailed {
+		t.Errorf("attempts left after the purge: %v (%v), want those of %d", left, err, newFailed)
 	}
 }
 

@@ -111,8 +111,16 @@ func release(j *job) result {
 
 // response is what one attempt produced.
 type response struct {
-	status     int // 0: no HTTP response
-	err        string
+	status int // 0: no HTTP response
+	// err is the row's last_error: why there was no usable response, or
+	// for an HTTP error the status and the start of the body.
+	err string
+	// failure is err without an HTTP response body: set only when there
+	// was no usable response (recorded as the attempt's error).
+	failure string
+	// body is the first outbox.MaxResponse bytes of the response body,
+	// cleaned (recorded as the attempt's response).
+	body       string
 	retryAfter time.Duration // from Retry-After on 429/503; <0 when absent
 }
 
@@ -135,7 +143,9 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	if span != nil {
 		endSpan(span, resp)
 	}
-	r := result{ID: j.id, ClaimedAt: j.claimedAt, PrevAttemptAt: j.prevAttemptAt, Status: resp.status, Err: resp.err}
+	r := result{ID: j.id, ClaimedAt: j.claimedAt, PrevAttemptAt: j.prevAttemptAt, Status: resp.status, Err: resp.err,
+		Sent: outbox.SentAttempt{Started: start, Duration: took, Error: resp.failure, Response: resp.body,
+			Probe: j.probe, SpanID: parent.String()}}
 	ok := resp.status >= 200 && resp.status < 300
 	// The breaker counts failures that say the receiver is unwell: no
 	// response, a timeout, 5xx or 429. Any other answer shows it is up.
@@ -230,7 +240,7 @@ func (d *Dispatcher) send(ctx context.Context, j *job, traceparent string) respo
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, h.method, h.url, bytes.NewReader(j.body))
 	if err != nil {
-		return response{err: "build request: " + redactErr(err), retryAfter: -1}
+		return failed("build request: " + redactErr(err))
 	}
 	req.Header = h.signer.Header(j.id, j.body, traceparent, d.now())
 
@@ -241,14 +251,16 @@ func (d *Dispatcher) send(ctx context.Context, j *job, traceparent string) respo
 	resp, err := client.Do(req)
 	if err != nil {
 		if errors.Is(context.Cause(ctx), h.timeoutErr) {
-			return response{err: h.timeoutErr.Error(), retryAfter: -1}
+			return failed(h.timeoutErr.Error())
 		}
-		return response{err: redactErr(err), retryAfter: -1}
+		return failed(redactErr(err))
 	}
 	defer resp.Body.Close()
 	out := response{status: resp.StatusCode, retryAfter: -1}
+	body := d.readPrefix(resp.Body)
+	drain(resp.Body)
+	out.body = body
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		drain(resp.Body)
 		return out
 	}
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.Header.Get("Location") != "" {
@@ -258,12 +270,10 @@ func (d *Dispatcher) send(ctx context.Context, j *job, traceparent string) respo
 		}
 		out.err = cleanText(fmt.Sprintf("HTTP %d redirect to %s (redirects are not followed)",
 			resp.StatusCode, config.RedactURL(loc)))
-		drain(resp.Body)
+		out.failure = out.err
 		return out
 	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	drain(resp.Body)
-	if t := strings.TrimSpace(string(body)); t != "" {
+	if t := strings.TrimSpace(body); t != "" {
 		out.err = cleanText(fmt.Sprintf("HTTP %d: %s", resp.StatusCode, t))
 	} else {
 		out.err = strings.TrimSpace(fmt.Sprintf("HTTP %d %s", resp.StatusCode, http.StatusText(resp.StatusCode)))
@@ -274,6 +284,39 @@ func (d *Dispatcher) send(ctx context.Context, j *job, traceparent string) respo
 		}
 	}
 	return out
+}
+
+// failed is the response of an attempt that got no HTTP response.
+func failed(err string) response {
+	return response{err: err, failure: err, retryAfter: -1}
+}
+
+// readPrefix reads the first outbox.MaxResponse bytes of body (less if it
+// ends first or fails) as cleaned text: invalid UTF-8 replaced, NUL bytes
+// dropped, a rune cut by the limit left out.
+func (d *Dispatcher) readPrefix(body io.Reader) string {
+	buf, _ := d.bufs.Get().(*[outbox.MaxResponse]byte)
+	if buf == nil {
+		buf = new([outbox.MaxResponse]byte)
+	}
+	defer d.bufs.Put(buf)
+	n, _ := io.ReadFull(body, buf[:])
+	if n == 0 {
+		return ""
+	}
+	b := buf[:n]
+	if n == len(buf) {
+		// The limit may have cut the last rune: leave its start out.
+		for i := 1; i <= utf8.UTFMax && i <= n; i++ {
+			if utf8.RuneStart(b[n-i]) {
+				if !utf8.FullRune(b[n-i:]) {
+					b = b[:n-i]
+				}
+				break
+			}
+		}
+	}
+	return cleanText(string(b))
 }
 
 // drain reads a bounded amount of what is left of a response body so that

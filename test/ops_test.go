@@ -440,6 +440,12 @@ dispatch:
 			t.Errorf("deliveries show lacks %q:\n%s", want, r)
 		}
 	}
+	// The attempt history: one attempt, its status and the response body
+	// (http.Error ends it with a newline).
+	if !strings.Contains(r.stdout, "attempts (the last 20 are kept):") ||
+		!regexp.MustCompile(`(?m)^\s+#\s+STARTED\s+TOOK\s+STATUS\s+ERROR OR RESPONSE\n\s+1\s+20\d\d-\d\d-\d\dT[0-9:.]+Z\s+[0-9.]+[mµ]?s\s+500\s+no even ids here\s*\n\nbody:`).MatchString(r.stdout) {
+		t.Errorf("deliveries show lacks the attempt history:\n%s", r)
+	}
 	trace := tracecontext.ForDelivery(failed[0].Webhook, failed[0].ID).String()
 	if !strings.Contains(r.stdout, "trace_id         "+trace) {
 		t.Errorf("deliveries show lacks trace id %s:\n%s", trace, r)
@@ -454,6 +460,22 @@ dispatch:
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &withTrace); err != nil || withTrace.TraceID != trace {
 		t.Errorf("deliveries show --json: trace_id %q, want %s (%v)", withTrace.TraceID, trace, err)
+	}
+	var history struct {
+		Attempts []struct {
+			Attempt    int       `json:"attempt"`
+			StartedAt  time.Time `json:"started_at"`
+			DurationMS float64   `json:"duration_ms"`
+			Status     *int      `json:"status"`
+			Error      *string   `json:"error"`
+			Response   *string   `json:"response"`
+		} `json:"attempt_history"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &history); err != nil || len(history.Attempts) != 1 {
+		t.Errorf("deliveries show --json: attempt_history %+v (%v)\n%s", history, err, r)
+	} else if a := history.Attempts[0]; a.Attempt != 1 || a.StartedAt.IsZero() || a.DurationMS <= 0 || a.Status == nil ||
+		*a.Status != 500 || a.Error != nil || a.Response == nil || *a.Response != "no even ids here\n" {
+		t.Errorf("deliveries show --json: attempt %+v", a)
 	}
 	if r := opsRun(t, e.cfg, "deliveries", "show", "999999"); r.code != 1 || !strings.Contains(r.stderr, "delivery 999999 not found") {
 		t.Errorf("show missing id:\n%s", r)

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -287,6 +288,26 @@ webhooks:
 	}
 	if s := b.text("#attempts"); s != "2" {
 		t.Errorf("attempts shown: %q", s)
+	}
+	// The attempt history, newest first: the retry's numbering goes on
+	// after the failed attempt, which keeps its status and response.
+	if s := b.text("#attempt-history tbody tr:first-child"); !strings.HasPrefix(s, "2") {
+		t.Errorf("the newest attempt row reads %q, want attempt 2", s)
+	}
+	if s := b.text("#attempt-2 .status"); s != "HTTP 204" {
+		t.Errorf("attempt 2 shows status %q", s)
+	}
+	if s := b.text("#attempt-2 .err"); s != "empty body" {
+		t.Errorf("attempt 2 shows %q", s)
+	}
+	if s := b.text("#attempt-1 .status"); s != "HTTP 503" {
+		t.Errorf("attempt 1 shows status %q", s)
+	}
+	if s := b.text("#attempt-1 .err"); !strings.Contains(s, "receiver is down for maintenance") {
+		t.Errorf("attempt 1 shows %q, want the response body", s)
+	}
+	if s := b.text("#attempt-1 .took"); !regexp.MustCompile(`^[0-9.]+(µs|ms|s)$`).MatchString(s) {
+		t.Errorf("attempt 1 took %q", s)
 	}
 	b.screenshot("4-delivered")
 	// The request section lists exactly the headers the receiver got,

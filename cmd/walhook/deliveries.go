@@ -13,6 +13,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/walhook/walhook/internal/human"
 	"github.com/walhook/walhook/internal/outbox"
@@ -123,23 +124,77 @@ func cmdDeliveryShow(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	defer pool.Close()
-	d, err := outbox.New(pool, cfg.Database.Schema).Get(ctx, id)
+	store := outbox.New(pool, cfg.Database.Schema)
+	d, err := store.Get(ctx, id)
 	if errors.Is(err, outbox.ErrNotFound) {
 		return fmt.Errorf("delivery %d not found in %s.deliveries (delivered rows are deleted after dispatch.retention): walhook deliveries lists them", id, cfg.Database.Schema)
 	}
 	if err != nil {
 		return outboxError(err, cfg.Database.Schema)
 	}
+	attempts, err := store.Attempts(ctx, id)
+	if err != nil {
+		return outboxError(err, cfg.Database.Schema)
+	}
+	if attempts == nil {
+		attempts = []outbox.AttemptRecord{}
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
 			*delivery
-			TraceID string `json:"trace_id"`
-		}{d, tracecontext.ForDelivery(d.Webhook, d.ID).String()})
+			TraceID  string                 `json:"trace_id"`
+			Attempts []outbox.AttemptRecord `json:"attempt_history"`
+		}{d, tracecontext.ForDelivery(d.Webhook, d.ID).String(), attempts})
 	}
 	printDelivery(stdout, d)
+	printAttempts(stdout, attempts)
+	printBody(stdout, d)
 	return nil
+}
+
+// printAttempts prints a delivery's attempt history, oldest first: the
+// error, else the first line of the response body, cut short.
+func printAttempts(w io.Writer, attempts []outbox.AttemptRecord) {
+	if len(attempts) == 0 {
+		fmt.Fprintln(w, "\nattempts: none recorded")
+		return
+	}
+	fmt.Fprintf(w, "\nattempts (the last %d are kept):\n", outbox.AttemptsKept)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  #\tSTARTED\tTOOK\tSTATUS\tERROR OR RESPONSE")
+	for _, a := range attempts {
+		n := strconv.Itoa(int(a.Attempt))
+		if a.Probe {
+			n += " (probe)"
+		}
+		status := "-"
+		if a.Status != nil {
+			status = strconv.Itoa(int(*a.Status))
+		}
+		text := "-"
+		switch {
+		case a.Error != nil:
+			text = *a.Error
+		case a.Response != nil:
+			text = *a.Response
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", n, a.StartedAt.Format("2006-01-02T15:04:05.000Z07:00"),
+			a.Duration.Round(time.Millisecond/10), status, printable(shorten(text, 70)))
+	}
+	tw.Flush()
+}
+
+// printable replaces control characters (a receiver's text could move a
+// terminal's cursor or break the table) with spaces.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
 }
 
 func printDelivery(w io.Writer, d *delivery) {
@@ -194,6 +249,10 @@ func printDelivery(w io.Writer, d *delivery) {
 	if d.State == "failed" {
 		fmt.Fprintf(w, "\nretry it with: walhook retry --id %d\n", d.ID)
 	}
+}
+
+// printBody prints a delivery's body, indented when it is JSON.
+func printBody(w io.Writer, d *delivery) {
 	fmt.Fprintln(w, "\nbody:")
 	var pretty bytes.Buffer
 	if err := json.Indent(&pretty, []byte(*d.Body), "", "  "); err == nil {

@@ -1,6 +1,6 @@
 // Package outbox owns walhook's outbox: the state names of a delivery and
 // every statement dispatch, the status page and the CLI run against the
-// outbox tables (deliveries, dispatchers, minutes). The tables themselves are
+// outbox tables (deliveries, attempts, dispatchers, minutes). The tables themselves are
 // created by the numbered SQL files of package migrations; their columns
 // are a public interface (see the README).
 //
@@ -58,6 +58,7 @@ type Store struct {
 	owners      string // quoted webhook_owners table
 	backfills   string // quoted backfills table
 	minutes     string // quoted minutes table
+	attempts    string // quoted attempts table
 	channel     string
 	q           queries
 	mq          minuteQueries
@@ -77,9 +78,10 @@ func New(pool *pgxpool.Pool, schema string) *Store {
 		owners:      migrations.Table(schema, "webhook_owners"),
 		backfills:   migrations.Table(schema, "backfills"),
 		minutes:     migrations.Table(schema, "minutes"),
+		attempts:    migrations.Table(schema, "attempts"),
 		channel:     migrations.Channel(schema),
 	}
-	s.q = newQueries(s.deliveries, s.dispatchers)
+	s.q = newQueries(s.deliveries, s.dispatchers, s.attempts)
 	s.mq = newMinuteQueries(s.minutes, s.deliveries)
 	return s
 }

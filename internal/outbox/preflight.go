@@ -9,7 +9,7 @@ import (
 
 // Tables are the outbox tables walhook reads and writes (all of them need
 // SELECT, INSERT, UPDATE and DELETE for the role walhook runs as).
-var Tables = []string{"deliveries", "checkpoints", "backfills", "dispatchers", "webhook_owners", "minutes"}
+var Tables = []string{"deliveries", "attempts", "checkpoints", "backfills", "dispatchers", "webhook_owners", "minutes"}
 
 // SchemaAccess is what the connected role may do with the outbox schema.
 type SchemaAccess struct {

@@ -22,7 +22,7 @@ type queries struct {
 	webhooksWithPending                      string
 }
 
-func newQueries(t, dispatchers string) queries {
+func newQueries(t, dispatchers, attempts string) queries {
 	return queries{
 		// For each webhook ($1) up to its limit ($2) of due pending rows,
 		// oldest first, through deliveries_due (webhook, next_attempt_at,
@@ -93,7 +93,8 @@ RETURNING d.id, d.webhook, k.claim, CASE WHEN k.claim THEN d.body END, d.attempt
 	d.last_attempt_at, k.prev_attempt_at, d.committed_at, d.model`,
 
 		// Writes a batch of outcomes. $1 maps each id to
-		// [state, mode, status, error, delay_us, claimed_at, prev_attempt_at]
+		// [state, mode, status, error, delay_us, claimed_at, prev_attempt_at,
+		// recorded]
 		// (see outcomeJSON); rows are found by primary key only. A row is
 		// only written while it is still the claim this dispatcher made
 		// (locked_by, which only a claim sets, and the claim's
@@ -103,7 +104,20 @@ RETURNING d.id, d.webhook, k.claim, CASE WHEN k.claim THEN d.body END, d.attempt
 		// last outcome stays. Mode 2 (probe) records a circuit-breaker
 		// probe that failed: its status and error are kept but it does not
 		// count as one of the row's attempts.
-		outcome: `UPDATE ` + t + ` AS d
+		//
+		// The rows written that were sent (recorded = 1; $4 .. $11,
+		// parallel arrays: id, start, duration in microseconds, status,
+		// error, response, probe, span id; 0 and '' for NULL) get their
+		// attempt recorded, numbered by the row's attempt_seq (counted
+		// here, so that numbering reads nothing), and for the rows past
+		// AttemptsKept attempts the oldest are deleted (one index range
+		// each). An attempt of the same number left by a delivery that
+		// had this id before (ids restarted by hand) is overwritten, not
+		// an error that would hold the batch up. Rows not written (taken
+		// back meanwhile) get no attempt:
+		// the outcome that counts is another dispatcher's. It returns how
+		// many rows it wrote.
+		outcome: `WITH u AS (UPDATE ` + t + ` AS d
 SET state = $1::jsonb -> d.id::text ->> 0,
 	attempts = d.attempts - CASE WHEN ($1::jsonb -> d.id::text ->> 1) IN ('1', '2') THEN 1 ELSE 0 END,
 	next_attempt_at = coalesce(now() + ($1::jsonb -> d.id::text ->> 4)::bigint * interval '1 microsecond',
@@ -115,9 +129,30 @@ SET state = $1::jsonb -> d.id::text ->> 0,
 		ELSE $1::jsonb -> d.id::text ->> 3 END,
 	last_attempt_at = CASE WHEN $1::jsonb -> d.id::text ->> 1 = '1'
 		THEN ($1::jsonb -> d.id::text ->> 6)::timestamptz ELSE d.last_attempt_at END,
+	attempt_seq = d.attempt_seq + ($1::jsonb -> d.id::text ->> 7)::int,
 	locked_until = NULL, locked_by = NULL
 WHERE d.id = ANY($2::bigint[]) AND d.locked_by = $3
-	AND d.last_attempt_at = ($1::jsonb -> d.id::text ->> 5)::timestamptz`,
+	AND d.last_attempt_at = ($1::jsonb -> d.id::text ->> 5)::timestamptz
+RETURNING d.id, d.attempt_seq
+), a AS MATERIALIZED (
+	SELECT x.*, u.attempt_seq AS n
+	FROM unnest($4::bigint[], $5::timestamptz[], $6::bigint[], $7::int[], $8::text[], $9::text[], $10::bool[], $11::text[])
+		AS x(id, started_at, us, status, error, response, probe, span_id)
+	JOIN u ON u.id = x.id
+), ins AS (
+	INSERT INTO ` + attempts + ` (delivery_id, attempt, started_at, duration, status, error, response, probe, span_id)
+	SELECT id, n, started_at, us * interval '1 microsecond', nullif(status, 0), nullif(error, ''),
+		nullif(response, ''), probe, nullif(span_id, '')
+	FROM a
+	ON CONFLICT (delivery_id, attempt) DO UPDATE SET started_at = EXCLUDED.started_at, duration = EXCLUDED.duration,
+		status = EXCLUDED.status, error = EXCLUDED.error, response = EXCLUDED.response, probe = EXCLUDED.probe,
+		span_id = EXCLUDED.span_id
+), trim AS (
+	DELETE FROM ` + attempts + ` AS p
+	USING a
+	WHERE a.n > ` + strconv.Itoa(AttemptsKept) + ` AND p.delivery_id = a.id AND p.attempt <= a.n - ` + strconv.Itoa(AttemptsKept) + `
+)
+SELECT count(*) FROM u`,
 
 		// Runs right after outcome, in its transaction but as a statement
 		// of its own: its snapshot is taken after outcome got its row
@@ -155,17 +190,12 @@ WHERE d.state = 'delivering'
 SET next_attempt_at = now()
 WHERE webhook = $1 AND state = 'pending' AND next_attempt_at > now()`,
 
-		purgeDelivered: `DELETE FROM ` + t + `
-WHERE id IN (SELECT id FROM ` + t + `
-		WHERE state = 'delivered' AND delivered_at < now() - $1::bigint * interval '1 microsecond'
-		LIMIT ` + strconv.Itoa(PurgeBatch) + `)
-	AND state = 'delivered' AND delivered_at < now() - $1::bigint * interval '1 microsecond'`,
-
-		purgeFailed: `DELETE FROM ` + t + `
-WHERE id IN (SELECT id FROM ` + t + `
-		WHERE state = 'failed' AND last_attempt_at < now() - $1::bigint * interval '1 microsecond'
-		LIMIT ` + strconv.Itoa(PurgeBatch) + `)
-	AND state = 'failed' AND last_attempt_at < now() - $1::bigint * interval '1 microsecond'`,
+		// The purges delete a batch of old rows and their attempts (by
+		// primary key prefix) and return how many rows they deleted.
+		purgeDelivered: fmt.Sprintf(purgeSQL, t, attempts,
+			"state = 'delivered' AND delivered_at < now() - $1::bigint * interval '1 microsecond'"),
+		purgeFailed: fmt.Sprintf(purgeSQL, t, attempts,
+			"state = 'failed' AND last_attempt_at < now() - $1::bigint * interval '1 microsecond'"),
 
 		heartbeat: `INSERT INTO ` + dispatchers + ` AS h (id, webhooks) VALUES ($1, $2)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), webhooks = EXCLUDED.webhooks`,
@@ -177,6 +207,18 @@ ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), webhooks = EXCLUDED.webhook
 		webhooksWithPending: fmt.Sprintf(webhookNamesSQL, t, "state = 'pending'"),
 	}
 }
+
+// purgeSQL deletes up to PurgeBatch rows of %[1]s matching %[3]s, and
+// their attempts in %[2]s, and returns how many rows it deleted.
+var purgeSQL = `WITH gone AS (
+	DELETE FROM %[1]s
+	WHERE id IN (SELECT id FROM %[1]s WHERE %[3]s LIMIT ` + strconv.Itoa(PurgeBatch) + `)
+		AND %[3]s
+	RETURNING id
+), a AS (
+	DELETE FROM %[2]s WHERE delivery_id = ANY(ARRAY(SELECT id FROM gone))
+)
+SELECT count(*) FROM gone`
 
 // ClaimRequest says what one claim takes.
 type ClaimRequest struct {
@@ -267,6 +309,34 @@ type Outcome struct {
 	Status        int           // HTTP status; 0 writes NULL
 	Err           string        // last_error; "" writes NULL
 	Delay         time.Duration // pending: next_attempt_at = now() + Delay
+	// Sent is the HTTP attempt the outcome comes from, recorded in the
+	// attempts table; its zero value (a released row) records none.
+	Sent SentAttempt
+}
+
+// AttemptsKept is how many attempts of a delivery the attempts table keeps:
+// recording one more deletes the oldest.
+const AttemptsKept = 20
+
+// MaxResponse is how much of a response body an attempt keeps.
+const MaxResponse = 4 << 10
+
+// SentAttempt is one HTTP attempt as the attempts table records it. The
+// status is the Outcome's.
+type SentAttempt struct {
+	// Started is when the request started; zero when nothing was sent.
+	Started  time.Time
+	Duration time.Duration
+	// Error says why there was no usable response ("" when the receiver
+	// answered): connection, TLS, timeout, an unfollowed redirect.
+	Error string
+	// Response is the first MaxResponse bytes of the response body, valid
+	// UTF-8 without NUL bytes.
+	Response string
+	// Probe: the attempt probed an open circuit breaker.
+	Probe bool
+	// SpanID is the parent span id of the attempt's traceparent.
+	SpanID string
 }
 
 // WriteOutcomes records batch, made by dispatcher by, and makes the next
@@ -274,16 +344,14 @@ type Outcome struct {
 // round trip). It returns how many rows were written: fewer than
 // len(batch) when some were taken back from this dispatcher meanwhile.
 func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (int64, error) {
-	ids := make([]int64, len(batch))
-	for i, o := range batch {
-		ids[i] = o.ID
-	}
+	args := outcomeArgs(by, batch)
 	b := &pgx.Batch{}
-	b.Queue(s.q.outcome, outcomeJSON(batch), ids, by)
-	b.Queue(s.q.promote, ids)
+	b.Queue(s.q.outcome, args...)
+	b.Queue(s.q.promote, args[1])
 	// A batch runs as one implicit transaction.
 	br := s.pool.SendBatch(ctx, b)
-	tag, err := br.Exec()
+	var n int64
+	err := br.QueryRow().Scan(&n)
 	if err == nil {
 		_, err = br.Exec()
 	}
@@ -293,12 +361,53 @@ func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (
 	if err != nil {
 		return 0, fmt.Errorf("write %d outcomes: %w", len(batch), err)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
+}
+
+// outcomeArgs are the outcome statement's arguments for batch, written by
+// dispatcher by.
+func outcomeArgs(by string, batch []Outcome) []any {
+	ids := make([]int64, len(batch))
+	var a attemptArrays
+	for i := range batch {
+		o := &batch[i]
+		ids[i] = o.ID
+		if o.recorded() {
+			a.add(o)
+		}
+	}
+	return []any{outcomeJSON(batch), ids, by, a.ids, a.started, a.us, a.status, a.errs, a.responses, a.probes, a.spans}
+}
+
+// recorded reports whether o records an attempt: it was sent.
+func (o *Outcome) recorded() bool { return o.Mode != Released && !o.Sent.Started.IsZero() }
+
+// attemptArrays are the attempts of an outcome batch as the parallel
+// arrays the outcome statement reads.
+type attemptArrays struct {
+	ids, us         []int64
+	started         []time.Time
+	status          []int32
+	errs, responses []string
+	probes          []bool
+	spans           []string
+}
+
+func (a *attemptArrays) add(o *Outcome) {
+	a.ids = append(a.ids, o.ID)
+	a.started = append(a.started, o.Sent.Started)
+	a.us = append(a.us, o.Sent.Duration.Microseconds())
+	a.status = append(a.status, int32(o.Status))
+	a.errs = append(a.errs, o.Sent.Error)
+	a.responses = append(a.responses, o.Sent.Response)
+	a.probes = append(a.probes, o.Sent.Probe)
+	a.spans = append(a.spans, o.Sent.SpanID)
 }
 
 // outcomeJSON encodes batch as the jsonb object the outcome statement
 // reads: {"<id>": [state, mode, status, error, delay_us, claimed_at,
-// prev_attempt_at], ...}, with null for absent values.
+// prev_attempt_at, recorded], ...}, with null for absent values and
+// recorded 1 when the outcome records an attempt, else 0.
 func outcomeJSON(batch []Outcome) string {
 	b := make([]byte, 0, 96*len(batch))
 	b = append(b, '{')
@@ -339,7 +448,11 @@ func outcomeJSON(batch []Outcome) string {
 		} else {
 			b = append(b, "null"...)
 		}
-		b = append(b, ']')
+		if r.recorded() {
+			b = append(b, ",1]"...)
+		} else {
+			b = append(b, ",0]"...)
+		}
 	}
 	b = append(b, '}')
 	return string(b)
@@ -371,23 +484,24 @@ func (s *Store) ReleaseBackoff(ctx context.Context, webhook string) (int64, erro
 	return tag.RowsAffected(), nil
 }
 
-// PurgeDelivered deletes up to PurgeBatch delivered rows older than age.
+// PurgeDelivered deletes up to PurgeBatch delivered rows older than age,
+// with their attempts.
 func (s *Store) PurgeDelivered(ctx context.Context, age time.Duration) (int64, error) {
-	tag, err := s.pool.Exec(ctx, s.q.purgeDelivered, age.Microseconds())
-	if err != nil {
+	var n int64
+	if err := s.pool.QueryRow(ctx, s.q.purgeDelivered, age.Microseconds()).Scan(&n); err != nil {
 		return 0, fmt.Errorf("purge delivered rows: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
 }
 
 // PurgeFailed deletes up to PurgeBatch failed rows whose last attempt is
-// older than age.
+// older than age, with their attempts.
 func (s *Store) PurgeFailed(ctx context.Context, age time.Duration) (int64, error) {
-	tag, err := s.pool.Exec(ctx, s.q.purgeFailed, age.Microseconds())
-	if err != nil {
+	var n int64
+	if err := s.pool.QueryRow(ctx, s.q.purgeFailed, age.Microseconds()).Scan(&n); err != nil {
 		return 0, fmt.Errorf("purge failed rows: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
 }
 
 // Heartbeat records that dispatcher id is alive, with its per-webhook

@@ -465,3 +465,51 @@ func (s *Store) Dispatchers(ctx context.Context) ([]Dispatcher, error) {
 	}
 	return out, nil
 }
+
+// AttemptRecord is one recorded HTTP attempt of a delivery.
+type AttemptRecord struct {
+	// Attempt numbers the delivery's attempts from 1; it keeps counting
+	// after a retry by hand.
+	Attempt   int32         `json:"attempt"`
+	StartedAt time.Time     `json:"started_at"`
+	Duration  time.Duration `json:"-"`
+	// DurationMS is Duration in milliseconds, for JSON.
+	DurationMS float64 `json:"duration_ms"`
+	// Status is the HTTP status, nil without a response.
+	Status *int32 `json:"status"`
+	// Error says why there was no usable response.
+	Error *string `json:"error"`
+	// Response is the first MaxResponse bytes of the response body.
+	Response *string `json:"response"`
+	Probe    bool    `json:"probe"`
+	SpanID   *string `json:"span_id"`
+}
+
+// Attempts reads the recorded attempts of delivery id (its last
+// AttemptsKept), oldest first.
+func (s *Store) Attempts(ctx context.Context, id int64) ([]AttemptRecord, error) {
+	rows, err := s.pool.Query(ctx, fmt.Sprintf(attemptsSQL, s.attempts), id)
+	if err != nil {
+		return nil, fmt.Errorf("read attempts of delivery %d: %w", id, err)
+	}
+	var out []AttemptRecord
+	var a AttemptRecord
+	var us int64
+	_, err = pgx.ForEachRow(rows, []any{&a.Attempt, &a.StartedAt, &us, &a.Status, &a.Error, &a.Response, &a.Probe, &a.SpanID}, func() error {
+		a.StartedAt = a.StartedAt.UTC()
+		a.Duration = time.Duration(us) * time.Microsecond
+		a.DurationMS = float64(us) / 1000
+		out = append(out, a)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read attempts of delivery %d: %w", id, err)
+	}
+	return out, nil
+}
+
+// attemptsSQL reads one delivery's attempts (%s: the attempts table) by
+// primary key prefix.
+const attemptsSQL = `SELECT attempt, started_at, (extract(epoch FROM duration) * 1000000)::bigint,
+	status, error, response, probe, span_id
+FROM %s WHERE delivery_id = $1 ORDER BY attempt`

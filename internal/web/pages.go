@@ -399,6 +399,52 @@ type detailView struct {
 	LastAttempt, Delivered, Created *time.Time
 }
 
+// attemptView is one recorded attempt as the delivery page shows it.
+type attemptView struct {
+	N       int32
+	Started *time.Time
+	Took    string
+	Status  *int32
+	Probe   bool
+	SpanID  string
+	// Error says why there was no usable response; Response is the start
+	// of the response body. Summary is the first line of either, cut.
+	Error, Response, Summary string
+	// Long: the text does not fit in Summary; the page folds it.
+	Long bool
+}
+
+// attemptViews prepares a delivery's attempts for the page, newest first.
+func attemptViews(list []outbox.AttemptRecord) []attemptView {
+	out := make([]attemptView, 0, len(list))
+	for i := len(list) - 1; i >= 0; i-- {
+		a := list[i]
+		started := a.StartedAt
+		v := attemptView{N: a.Attempt, Started: &started, Took: human.Duration(a.Duration), Status: a.Status, Probe: a.Probe}
+		switch {
+		case a.Duration < 10*time.Millisecond:
+			v.Took = a.Duration.Round(10 * time.Microsecond).String()
+		case a.Duration < time.Minute:
+			v.Took = a.Duration.Round(time.Millisecond).String()
+		}
+		if a.SpanID != nil {
+			v.SpanID = *a.SpanID
+		}
+		text := ""
+		switch {
+		case a.Error != nil:
+			v.Error, text = *a.Error, *a.Error
+		case a.Response != nil:
+			v.Response, text = *a.Response, *a.Response
+		}
+		first, _, more := strings.Cut(strings.TrimSpace(text), "\n")
+		v.Summary = cut(first, maxListError)
+		v.Long = more || v.Summary != first
+		out = append(out, v)
+	}
+	return out
+}
+
 // headerView is a request header as the delivery page shows it.
 type headerView struct {
 	Name, Value string
@@ -411,16 +457,19 @@ type deliveryPage struct {
 	// configuration that dispatch refuses too).
 	HeaderError string
 	pageBase
-	D           detailView
-	Configured  bool
-	Method      string
-	Target      string
-	MaxAttempts int
-	Headers     []headerView
-	Signed      bool
-	Body        string
-	BodyNote    string
-	RetryLabel  string
+	D        detailView
+	Attempts []attemptView
+	// AttemptsKept is how many attempts the outbox keeps per delivery.
+	AttemptsKept int
+	Configured   bool
+	Method       string
+	Target       string
+	MaxAttempts  int
+	Headers      []headerView
+	Signed       bool
+	Body         string
+	BodyNote     string
+	RetryLabel   string
 	// Superseded: a later change of the same object was delivered, so
 	// retrying this one would leave the receiver with older state.
 	Superseded bool
@@ -453,8 +502,14 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 		LastStatus: row.LastStatus, LastError: row.LastError, LastAttempt: row.LastAttemptAt,
 		Delivered: row.DeliveredAt, Created: &created,
 		TraceID: tracecontext.ForDelivery(row.Webhook, row.ID).String()}
+	attempts, err := s.store.Attempts(ctx, id)
+	if err != nil {
+		s.log.Warn().Err(err).Int64("delivery", id).Msg("reading a delivery's attempts for the status page failed")
+		http.Error(w, "the outbox database did not answer: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
 	p := &deliveryPage{pageBase: s.base(r, fmt.Sprintf("Delivery %d", id)), D: d, Here: here(r),
-		Back: "/?webhook=" + url.QueryEscape(d.Webhook)}
+		Back: "/?webhook=" + url.QueryEscape(d.Webhook), Attempts: attemptViews(attempts), AttemptsKept: outbox.AttemptsKept}
 	if wh, ok := s.cfg.WebhookByName(d.Webhook); ok {
 		p.Configured = true
 		p.Method = wh.HTTPMethod

@@ -147,6 +147,13 @@ func (e *testEnv) insert(r row) int64 {
 	return id
 }
 
+func (e *testEnv) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.pool.Exec(context.Background(), sql, args...); err != nil {
+		e.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
 func (e *testEnv) state(id int64) string {
 	e.t.Helper()
 	var s string
@@ -521,6 +528,9 @@ func TestPagesEscapeUntrustedData(t *testing.T) {
 		key:       `"><img src=x onerror=alert(1)>`,
 		body:      `{"event":"created","model":"Site","data":{"name":"` + strings.ReplaceAll(evil, `"`, `\"`) + `"}}`,
 		lastError: "HTTP 400: " + evil})
+	e.exec(`INSERT INTO walhook.attempts (delivery_id, attempt, started_at, duration, status, error, response) VALUES
+		($1, 1, now(), '1 ms', NULL, $2, NULL), ($1, 2, now(), '1 ms', 400, NULL, $2), ($1, 3, now(), '1 ms', 400, NULL, $3)`,
+		id, evil, strings.Repeat(evil+"\n", 50))
 	c := client(t)
 	for _, path := range []string{"/", "/?state=failed", fmt.Sprintf("/deliveries/%d", id)} {
 		resp, body := do(t, c, "GET", e.srv.URL+path, nil)
@@ -551,7 +561,20 @@ func TestDeliveryPageShowsHeadersButNoSecrets(t *testing.T) {
 	e := newEnv(t)
 	id := e.insert(row{state: "failed", attempts: 3, lastStatus: 502, lastError: "HTTP 502: upstream down",
 		body: `{"event":"created","model":"Site","data":{"id":7,"name":"ams1"}}`})
+	// Its attempt history: a refused connection, a probe with a long
+	// response (folded), and a 502 with a short one, newest first.
+	e.exec(`INSERT INTO walhook.attempts (delivery_id, attempt, started_at, duration, status, error, response, probe) VALUES
+		($1, 1, now() - interval '3 minutes', '2.5 ms', NULL, 'dial tcp 10.0.0.1:443: connect: connection refused', NULL, false),
+		($1, 2, now() - interval '2 minutes', '1.5 s', 503, NULL, $2, true),
+		($1, 3, now() - interval '1 minute', '40 ms', 502, NULL, 'upstream down', false)`,
+		id, "first line of a long page\n"+strings.Repeat("more ", 200))
 	_, body := do(t, client(t), "GET", fmt.Sprintf("%s/deliveries/%d", e.srv.URL, id), nil)
+	attempts := regexp.MustCompile(`(?s)<tr id="attempt-3">.*40ms.*HTTP 502.*<code>upstream down</code>.*` +
+		`<tr id="attempt-2">.*probe.*1\.5s.*HTTP 503.*<details><summary>first line of a long page</summary><pre>first line of a long page\nmore more.*` +
+		`<tr id="attempt-1">.*2\.5ms.*no response.*dial tcp 10\.0\.0\.1:443: connect: connection refused`)
+	if !attempts.MatchString(body) {
+		t.Errorf("delivery page lacks the attempt history:\n%s", body)
+	}
 	for _, want := range []string{
 		"Content-Type", "application/json", "User-Agent", "walhook/test", "X-Walhook-Delivery",
 		fmt.Sprintf("<code>%d</code>", id), "X-Hook-Signature", "Authorization", "X-Team", "value redacted",
