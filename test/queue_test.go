@@ -17,19 +17,24 @@ func TestKilledDispatchersRowsAreResentWithinSeconds(t *testing.T) {
 	e := newEnv(t, auditSchema)
 	rcv := newOrderReceiver(t)
 	var hang atomic.Bool
+	released := make(chan struct{}) // lets the hung handlers go when the test ends
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if hang.Load() {
-			<-r.Context().Done() // never answers; nothing is recorded
+			select { // never answers; nothing is recorded
+			case <-r.Context().Done():
+			case <-released:
+			}
 			return
 		}
 		rcv.ServeHTTP(w, r)
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+	t.Cleanup(func() { close(released) }) // runs first
 	e.writeConfig(fmt.Sprintf(`models:
   - table: item
 webhooks:
