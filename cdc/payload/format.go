@@ -58,7 +58,7 @@ func appendSnapshotValue(dst []byte, oid uint32, text []byte, resolve TypeResolv
 		start := len(dst)
 		dst = AppendValue(dst, oid, text, resolve)
 		// "...T15:45:37.458000Z": keep three of the six fractional digits.
-		if dot := lastIndexByte(dst[start:], '.'); dot >= 0 && start+dot+7 <= len(dst) && jvDigits(dst, start+dot+1, 6) {
+		if dot := lastIndexByte(dst[start:], '.'); dot >= 0 && start+dot+7 <= len(dst) && hasDigits(dst, start+dot+1, 6) {
 			i := start + dot + 4
 			dst = append(dst[:i], dst[i+3:]...)
 		}

@@ -2,14 +2,14 @@ package payload
 
 import "unicode/utf8"
 
-// jvHex is the lowercase hex alphabet used for \u00XX escapes.
-const jvHex = "0123456789abcdef"
+// hexDigits is the lowercase hex alphabet used for \u00XX escapes.
+const hexDigits = "0123456789abcdef"
 
-// jvSafeASCII[c] is true for ASCII bytes that can be copied into a JSON
+// safeASCII[c] is true for ASCII bytes that can be copied into a JSON
 // string literal as they are: everything from 0x20 to 0x7F except '"' and
 // '\\'. '<', '>' and '&' are deliberately not escaped. Bytes >= 0x80 are
 // false so that the slow path validates the UTF-8 sequence they start.
-var jvSafeASCII = func() (t [256]bool) {
+var safeASCII = func() (t [256]bool) {
 	for c := 0x20; c < utf8.RuneSelf; c++ {
 		t[c] = c != '"' && c != '\\'
 	}
@@ -27,22 +27,22 @@ var jvSafeASCII = func() (t [256]bool) {
 //
 // It does not allocate when dst has enough spare capacity.
 func AppendJSONString(dst []byte, s string) []byte {
-	return jvAppendString(dst, s)
+	return appendString(dst, s)
 }
 
 // AppendJSONStringBytes is AppendJSONString for a []byte input; it avoids
 // the allocation a string conversion would cost.
 func AppendJSONStringBytes(dst []byte, s []byte) []byte {
-	return jvAppendString(dst, s)
+	return appendString(dst, s)
 }
 
-// jvAppendString implements AppendJSONString for both string and []byte.
-func jvAppendString[T string | []byte](dst []byte, s T) []byte {
+// appendString implements AppendJSONString for both string and []byte.
+func appendString[T string | []byte](dst []byte, s T) []byte {
 	dst = append(dst, '"')
 	start := 0 // start of the pending run of bytes that need no escaping
 	for i := 0; i < len(s); {
 		c := s[i]
-		if jvSafeASCII[c] {
+		if safeASCII[c] {
 			i++
 			continue
 		}
@@ -62,13 +62,13 @@ func jvAppendString[T string | []byte](dst []byte, s T) []byte {
 			case '\f':
 				dst = append(dst, '\\', 'f')
 			default:
-				dst = append(dst, '\\', 'u', '0', '0', jvHex[c>>4], jvHex[c&0xF])
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
 			}
 			i++
 			start = i
 			continue
 		}
-		r, size := jvDecodeRune(s, i)
+		r, size := decodeRune(s, i)
 		if r == utf8.RuneError && size == 1 {
 			dst = append(dst, s[start:i]...)
 			dst = append(dst, `\ufffd`...)
@@ -78,7 +78,7 @@ func jvAppendString[T string | []byte](dst []byte, s T) []byte {
 		}
 		if r == '\u2028' || r == '\u2029' {
 			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', jvHex[r&0xF])
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
 			i += size
 			start = i
 			continue
@@ -89,11 +89,11 @@ func jvAppendString[T string | []byte](dst []byte, s T) []byte {
 	return append(dst, '"')
 }
 
-// jvDecodeRune decodes the UTF-8 sequence starting at s[i], which must be a
+// decodeRune decodes the UTF-8 sequence starting at s[i], which must be a
 // byte >= 0x80. It follows utf8.DecodeRune exactly: on an invalid or
 // truncated sequence (including overlong forms, surrogates and code points
 // above U+10FFFF) it returns (utf8.RuneError, 1).
-func jvDecodeRune[T string | []byte](s T, i int) (rune, int) {
+func decodeRune[T string | []byte](s T, i int) (rune, int) {
 	n := len(s) - i
 	c0 := s[i]
 	switch {

@@ -53,7 +53,7 @@ func TestAppendJSONString(t *testing.T) {
 			if err := json.Unmarshal([]byte(got), &back); err != nil {
 				t.Fatalf("unmarshal %s: %v", got, err)
 			}
-			if want := jvReplaceInvalid(tt.in); back != want {
+			if want := replaceInvalid(tt.in); back != want {
 				t.Errorf("round trip = %q, want %q", back, want)
 			}
 		})
@@ -127,15 +127,15 @@ func FuzzAppendJSONString(f *testing.F) {
 			if back != s {
 				t.Fatalf("round trip of %q gave %q", s, back)
 			}
-		} else if want := jvReplaceInvalid(s); back != want {
+		} else if want := replaceInvalid(s); back != want {
 			t.Fatalf("round trip of invalid %q gave %q, want %q", s, back, want)
 		}
 	})
 }
 
-// jvReplaceInvalid replaces each byte of invalid UTF-8 in s with U+FFFD, as
+// replaceInvalid replaces each byte of invalid UTF-8 in s with U+FFFD, as
 // ranging over a string (and encoding/json) does.
-func jvReplaceInvalid(s string) string {
+func replaceInvalid(s string) string {
 	var b strings.Builder
 	for _, r := range s {
 		b.WriteRune(r)

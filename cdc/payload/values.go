@@ -43,14 +43,14 @@ const (
 )
 
 const (
-	// jvMaxDepth bounds how often AppendValue recurses through resolver
+	// maxDepth bounds how often AppendValue recurses through resolver
 	// hops (domains over domains) and array elements, so that a resolver
 	// that maps a type onto itself cannot recurse forever.
-	jvMaxDepth = 16
-	// jvMaxArrayDims bounds the nesting of array literals. PostgreSQL
+	maxDepth = 16
+	// maxArrayDims bounds the nesting of array literals. PostgreSQL
 	// allows at most 6 dimensions (MAXDIM); anything deeper is rendered as
 	// text.
-	jvMaxArrayDims = 16
+	maxArrayDims = 16
 )
 
 // TypeInfo tells AppendValue how to render a type OID that is not built in,
@@ -104,13 +104,13 @@ type TypeResolver func(oid uint32) (info TypeInfo, ok bool)
 // element type. AppendValue never panics: a value that cannot be parsed as
 // its type (a malformed array literal, bad bytea hex, ...) is rendered as its
 // raw text in a JSON string. For json and jsonb the only check is for empty
-// text; see jvAppendJSON.
+// text; see appendJSONText.
 func AppendValue(dst []byte, oid uint32, text []byte, resolve TypeResolver) []byte {
-	return jvAppendValue(dst, oid, text, resolve, 0)
+	return appendValue(dst, oid, text, resolve, 0)
 }
 
-// jvAppendValue is AppendValue with a recursion depth counter.
-func jvAppendValue(dst []byte, oid uint32, text []byte, resolve TypeResolver, depth int) []byte {
+// appendValue is AppendValue with a recursion depth counter.
+func appendValue(dst []byte, oid uint32, text []byte, resolve TypeResolver, depth int) []byte {
 	switch oid {
 	case vtBool:
 		if len(text) == 1 {
@@ -123,42 +123,42 @@ func jvAppendValue(dst []byte, oid uint32, text []byte, resolve TypeResolver, de
 		}
 		return AppendJSONStringBytes(dst, text)
 	case vtInt2, vtInt4, vtInt8, vtOID, vtFloat4, vtFloat8, vtNumeric:
-		if jvIsNumber(text) {
+		if isNumber(text) {
 			return append(dst, text...)
 		}
 		return AppendJSONStringBytes(dst, text)
 	case OIDJSON, OIDJSONB:
-		return jvAppendJSON(dst, text)
+		return appendJSONText(dst, text)
 	case vtBytea:
-		return jvAppendBytea(dst, text)
+		return appendBytea(dst, text)
 	case vtTimestamptz:
-		return jvAppendTimestamp(dst, text, true)
+		return appendTimestamp(dst, text, true)
 	case vtTimestamp:
-		return jvAppendTimestamp(dst, text, false)
+		return appendTimestamp(dst, text, false)
 	case vtDate, vtTime, vtTimetz, vtInterval,
 		vtText, vtVarchar, vtBpchar, vtName, vtChar, vtUUID,
 		vtInet, vtCIDR, vtMacaddr, vtMacaddr8, vtXML, vtMoney, vtBox:
 		return AppendJSONStringBytes(dst, text)
 	}
-	if elem, delim, ok := jvBuiltinArrayElem(oid); ok {
-		return jvAppendArray(dst, text, elem, delim, resolve, depth)
+	if elem, delim, ok := builtinArrayElem(oid); ok {
+		return appendArray(dst, text, elem, delim, resolve, depth)
 	}
-	if resolve != nil && depth < jvMaxDepth {
+	if resolve != nil && depth < maxDepth {
 		if info, ok := resolve(oid); ok {
 			switch {
 			case info.BaseOID != 0:
-				return jvAppendValue(dst, info.BaseOID, text, resolve, depth+1)
+				return appendValue(dst, info.BaseOID, text, resolve, depth+1)
 			case info.ElemOID != 0:
-				return jvAppendArray(dst, text, info.ElemOID, info.Delim, resolve, depth)
+				return appendArray(dst, text, info.ElemOID, info.Delim, resolve, depth)
 			}
 		}
 	}
 	return AppendJSONStringBytes(dst, text)
 }
 
-// jvBuiltinArrayElem maps a built-in array type OID to its element type OID
+// builtinArrayElem maps a built-in array type OID to its element type OID
 // and delimiter.
-func jvBuiltinArrayElem(oid uint32) (elem uint32, delim byte, ok bool) {
+func builtinArrayElem(oid uint32) (elem uint32, delim byte, ok bool) {
 	switch oid {
 	case 1000:
 		return vtBool, ',', true
@@ -220,24 +220,24 @@ func jvBuiltinArrayElem(oid uint32) (elem uint32, delim byte, ok bool) {
 	return 0, 0, false
 }
 
-// jvAppendJSON embeds a json or jsonb value verbatim. PostgreSQL only ever
+// appendJSONText embeds a json or jsonb value verbatim. PostgreSQL only ever
 // sends syntactically valid JSON for these types, so the text is not
 // validated (that would cost a full scan of every document); only empty
 // text, which PostgreSQL never sends, is rendered as "" to keep the output
 // well formed.
-func jvAppendJSON(dst []byte, text []byte) []byte {
+func appendJSONText(dst []byte, text []byte) []byte {
 	if len(text) == 0 {
 		return append(dst, '"', '"')
 	}
 	return append(dst, text...)
 }
 
-// jvIsDigit reports whether c is an ASCII digit.
-func jvIsDigit(c byte) bool { return '0' <= c && c <= '9' }
+// isDigit reports whether c is an ASCII digit.
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
-// jvIsNumber reports whether b is a valid JSON number
+// isNumber reports whether b is a valid JSON number
 // (-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?).
-func jvIsNumber(b []byte) bool {
+func isNumber(b []byte) bool {
 	i := 0
 	if i < len(b) && b[i] == '-' {
 		i++
@@ -249,17 +249,17 @@ func jvIsNumber(b []byte) bool {
 	case b[i] == '0':
 		i++
 	case '1' <= b[i] && b[i] <= '9':
-		for i++; i < len(b) && jvIsDigit(b[i]); i++ {
+		for i++; i < len(b) && isDigit(b[i]); i++ {
 		}
 	default:
 		return false
 	}
 	if i < len(b) && b[i] == '.' {
 		i++
-		if i >= len(b) || !jvIsDigit(b[i]) {
+		if i >= len(b) || !isDigit(b[i]) {
 			return false
 		}
-		for i++; i < len(b) && jvIsDigit(b[i]); i++ {
+		for i++; i < len(b) && isDigit(b[i]); i++ {
 		}
 	}
 	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
@@ -267,17 +267,17 @@ func jvIsNumber(b []byte) bool {
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
 			i++
 		}
-		if i >= len(b) || !jvIsDigit(b[i]) {
+		if i >= len(b) || !isDigit(b[i]) {
 			return false
 		}
-		for i++; i < len(b) && jvIsDigit(b[i]); i++ {
+		for i++; i < len(b) && isDigit(b[i]); i++ {
 		}
 	}
 	return i == len(b)
 }
 
-// jvUnhex returns the value of hex digit c, or 0xFF if c is not one.
-func jvUnhex(c byte) byte {
+// unhex returns the value of hex digit c, or 0xFF if c is not one.
+func unhex(c byte) byte {
 	switch {
 	case '0' <= c && c <= '9':
 		return c - '0'
@@ -289,59 +289,59 @@ func jvUnhex(c byte) byte {
 	return 0xFF
 }
 
-// jvBase64 is the standard base64 alphabet (RFC 4648 section 4).
-const jvBase64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+// base64Alphabet is the standard base64 alphabet (RFC 4648 section 4).
+const base64Alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
-// jvAppendBytea renders a bytea in hex output format (`\x0a1b...`) as a JSON
+// appendBytea renders a bytea in hex output format (`\x0a1b...`) as a JSON
 // string holding the standard, padded base64 encoding of the bytes. It
 // decodes the hex and encodes the base64 in one pass, three bytes at a time,
 // without an intermediate buffer. Any other input is rendered as its raw
 // text.
-func jvAppendBytea(dst []byte, text []byte) []byte {
+func appendBytea(dst []byte, text []byte) []byte {
 	if len(text) < 2 || text[0] != '\\' || text[1] != 'x' || len(text)%2 != 0 {
 		return AppendJSONStringBytes(dst, text)
 	}
 	hex := text[2:]
 	for _, c := range hex {
-		if jvUnhex(c) == 0xFF {
+		if unhex(c) == 0xFF {
 			return AppendJSONStringBytes(dst, text)
 		}
 	}
 	dst = append(dst, '"')
 	n := len(hex) / 2 // number of decoded bytes
 	byteAt := func(k int) uint32 {
-		return uint32(jvUnhex(hex[2*k])<<4 | jvUnhex(hex[2*k+1]))
+		return uint32(unhex(hex[2*k])<<4 | unhex(hex[2*k+1]))
 	}
 	k := 0
 	for ; k+3 <= n; k += 3 {
 		v := byteAt(k)<<16 | byteAt(k+1)<<8 | byteAt(k+2)
-		dst = append(dst, jvBase64[v>>18&0x3F], jvBase64[v>>12&0x3F], jvBase64[v>>6&0x3F], jvBase64[v&0x3F])
+		dst = append(dst, base64Alphabet[v>>18&0x3F], base64Alphabet[v>>12&0x3F], base64Alphabet[v>>6&0x3F], base64Alphabet[v&0x3F])
 	}
 	switch n - k {
 	case 1:
 		v := byteAt(k) << 16
-		dst = append(dst, jvBase64[v>>18&0x3F], jvBase64[v>>12&0x3F], '=', '=')
+		dst = append(dst, base64Alphabet[v>>18&0x3F], base64Alphabet[v>>12&0x3F], '=', '=')
 	case 2:
 		v := byteAt(k)<<16 | byteAt(k+1)<<8
-		dst = append(dst, jvBase64[v>>18&0x3F], jvBase64[v>>12&0x3F], jvBase64[v>>6&0x3F], '=')
+		dst = append(dst, base64Alphabet[v>>18&0x3F], base64Alphabet[v>>12&0x3F], base64Alphabet[v>>6&0x3F], '=')
 	}
 	return append(dst, '"')
 }
 
-// jvDigits reports whether b[i:i+n] exists and consists of ASCII digits.
-func jvDigits(b []byte, i, n int) bool {
+// hasDigits reports whether b[i:i+n] exists and consists of ASCII digits.
+func hasDigits(b []byte, i, n int) bool {
 	if i < 0 || i+n > len(b) {
 		return false
 	}
 	for _, c := range b[i : i+n] {
-		if !jvIsDigit(c) {
+		if !isDigit(c) {
 			return false
 		}
 	}
 	return true
 }
 
-// jvAppendTimestamp renders a timestamp (withZone=false) or timestamptz
+// appendTimestamp renders a timestamp (withZone=false) or timestamptz
 // (withZone=true) in ISO DateStyle output format as an ISO 8601 JSON string:
 //
 //	2024-01-02 03:04:05.123456+00    -> "2024-01-02T03:04:05.123456Z"
@@ -357,30 +357,30 @@ func jvDigits(b []byte, i, n int) bool {
 //
 // Years may have more than four digits. Anything else, notably infinity,
 // -infinity and BC dates (" BC" suffix), is rendered as the raw text.
-func jvAppendTimestamp(dst []byte, text []byte, withZone bool) []byte {
+func appendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 	// Date: YYYY[Y...]-MM-DD
 	i := 0
-	for i < len(text) && jvIsDigit(text[i]) {
+	for i < len(text) && isDigit(text[i]) {
 		i++
 	}
-	if i < 4 || !jvDigitsSep(text, i, '-', '-', ' ') {
+	if i < 4 || !digitsSep(text, i, '-', '-', ' ') {
 		return AppendJSONStringBytes(dst, text)
 	}
 	dateEnd := i + 6 // index of the space
 	// Time: HH:MM:SS[.f...]
 	i = dateEnd + 1
-	if !jvDigitsSep(text, i-1, ' ', ':', ':') || !jvDigits(text, i+6, 2) {
+	if !digitsSep(text, i-1, ' ', ':', ':') || !hasDigits(text, i+6, 2) {
 		return AppendJSONStringBytes(dst, text)
 	}
 	i += 8
 	pad := 0 // zeros that make the fraction six digits
 	if i < len(text) && text[i] == '.' {
 		i++
-		if i >= len(text) || !jvIsDigit(text[i]) {
+		if i >= len(text) || !isDigit(text[i]) {
 			return AppendJSONStringBytes(dst, text)
 		}
 		start := i
-		for i < len(text) && jvIsDigit(text[i]) {
+		for i < len(text) && isDigit(text[i]) {
 			i++
 		}
 		pad = max(0, 6-(i-start))
@@ -398,21 +398,21 @@ func jvAppendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 		return append(dst, '"')
 	}
 	// Zone: ±HH[:MM[:SS]]
-	if i >= len(text) || (text[i] != '+' && text[i] != '-') || !jvDigits(text, i+1, 2) {
+	if i >= len(text) || (text[i] != '+' && text[i] != '-') || !hasDigits(text, i+1, 2) {
 		return AppendJSONStringBytes(dst, text)
 	}
 	sign, hh := text[i], text[i+1:i+3]
 	var mm, ss []byte
 	i += 3
 	if i < len(text) {
-		if text[i] != ':' || !jvDigits(text, i+1, 2) {
+		if text[i] != ':' || !hasDigits(text, i+1, 2) {
 			return AppendJSONStringBytes(dst, text)
 		}
 		mm = text[i+1 : i+3]
 		i += 3
 	}
 	if i < len(text) {
-		if text[i] != ':' || !jvDigits(text, i+1, 2) {
+		if text[i] != ':' || !hasDigits(text, i+1, 2) {
 			return AppendJSONStringBytes(dst, text)
 		}
 		ss = text[i+1 : i+3]
@@ -426,7 +426,7 @@ func jvAppendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 	dst = append(dst, 'T')
 	dst = append(dst, text[dateEnd+1:timeEnd]...)
 	dst = append(dst, "000000"[:pad]...)
-	if jvAllZero(hh) && jvAllZero(mm) && jvAllZero(ss) {
+	if allZero(hh) && allZero(mm) && allZero(ss) {
 		dst = append(dst, 'Z')
 		return append(dst, '"')
 	}
@@ -436,21 +436,21 @@ func jvAppendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 	} else {
 		dst = append(dst, '0', '0')
 	}
-	if ss != nil && !jvAllZero(ss) {
+	if ss != nil && !allZero(ss) {
 		dst = append(dst, ':', ss[0], ss[1])
 	}
 	return append(dst, '"')
 }
 
-// jvDigitsSep reports whether b[i:] starts with the pattern
+// digitsSep reports whether b[i:] starts with the pattern
 // s1 D D s2 D D s3, where D is an ASCII digit.
-func jvDigitsSep(b []byte, i int, s1, s2, s3 byte) bool {
-	return i+7 <= len(b) && b[i] == s1 && jvDigits(b, i+1, 2) &&
-		b[i+3] == s2 && jvDigits(b, i+4, 2) && b[i+6] == s3
+func digitsSep(b []byte, i int, s1, s2, s3 byte) bool {
+	return i+7 <= len(b) && b[i] == s1 && hasDigits(b, i+1, 2) &&
+		b[i+3] == s2 && hasDigits(b, i+4, 2) && b[i+6] == s3
 }
 
-// jvAllZero reports whether b consists only of '0' bytes (true if empty).
-func jvAllZero(b []byte) bool {
+// allZero reports whether b consists only of '0' bytes (true if empty).
+func allZero(b []byte) bool {
 	for _, c := range b {
 		if c != '0' {
 			return false
@@ -459,22 +459,22 @@ func jvAllZero(b []byte) bool {
 	return true
 }
 
-// jvIsSpace reports whether c is whitespace as PostgreSQL's array parser
+// isSpace reports whether c is whitespace as PostgreSQL's array parser
 // sees it (scanner_isspace).
-func jvIsSpace(c byte) bool {
+func isSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
 }
 
-// jvSkipSpace returns the index of the first non-space byte at or after i.
-func jvSkipSpace(b []byte, i int) int {
-	for i < len(b) && jvIsSpace(b[i]) {
+// skipSpace returns the index of the first non-space byte at or after i.
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && isSpace(b[i]) {
 		i++
 	}
 	return i
 }
 
-// jvArrayParser holds the state shared by the levels of one array literal.
-type jvArrayParser struct {
+// arrayParser holds the state shared by the levels of one array literal.
+type arrayParser struct {
 	text    []byte
 	elem    uint32
 	delim   byte
@@ -482,20 +482,20 @@ type jvArrayParser struct {
 	depth   int // AppendValue recursion depth of the array itself
 }
 
-// jvAppendArray renders a PostgreSQL array literal (array_out format) as a
+// appendArray renders a PostgreSQL array literal (array_out format) as a
 // JSON array, rendering each element with the rule for elem. A malformed
 // literal is rendered as its raw text.
-func jvAppendArray(dst []byte, text []byte, elem uint32, delim byte, resolve TypeResolver, depth int) []byte {
+func appendArray(dst []byte, text []byte, elem uint32, delim byte, resolve TypeResolver, depth int) []byte {
 	switch delim {
 	case 0, '{', '}', '"', '\\', ' ', '\t', '\n', '\r', '\v', '\f':
 		delim = ','
 	}
 	n := len(dst)
-	p := jvArrayParser{text: text, elem: elem, delim: delim, resolve: resolve, depth: depth}
-	i := jvSkipSpace(text, 0)
+	p := arrayParser{text: text, elem: elem, delim: delim, resolve: resolve, depth: depth}
+	i := skipSpace(text, 0)
 	if i < len(text) && text[i] == '[' {
 		var ok bool
-		if i, ok = jvSkipDims(text, i); !ok {
+		if i, ok = skipDims(text, i); !ok {
 			return AppendJSONStringBytes(dst[:n], text)
 		}
 	}
@@ -503,23 +503,23 @@ func jvAppendArray(dst []byte, text []byte, elem uint32, delim byte, resolve Typ
 		return AppendJSONStringBytes(dst[:n], text)
 	}
 	dst, i, ok := p.level(dst, i, 1)
-	if !ok || jvSkipSpace(text, i) != len(text) {
+	if !ok || skipSpace(text, i) != len(text) {
 		return AppendJSONStringBytes(dst[:n], text)
 	}
 	return dst
 }
 
-// jvSkipDims skips a dimension decoration such as "[0:1][1:3]=" starting at
+// skipDims skips a dimension decoration such as "[0:1][1:3]=" starting at
 // text[i] == '[' and returns the index after the '=' and any spaces.
-func jvSkipDims(text []byte, i int) (int, bool) {
+func skipDims(text []byte, i int) (int, bool) {
 	for i < len(text) && text[i] == '[' {
 		i++
 		digits := false
 		for ; i < len(text) && text[i] != ']'; i++ {
 			switch c := text[i]; {
-			case jvIsDigit(c):
+			case isDigit(c):
 				digits = true
-			case c == ':' || c == '-' || c == '+' || jvIsSpace(c):
+			case c == ':' || c == '-' || c == '+' || isSpace(c):
 			default:
 				return 0, false
 			}
@@ -527,20 +527,20 @@ func jvSkipDims(text []byte, i int) (int, bool) {
 		if i >= len(text) || !digits {
 			return 0, false
 		}
-		i = jvSkipSpace(text, i+1) // skip ']'
+		i = skipSpace(text, i+1) // skip ']'
 	}
 	if i >= len(text) || text[i] != '=' {
 		return 0, false
 	}
-	return jvSkipSpace(text, i+1), true
+	return skipSpace(text, i+1), true
 }
 
 // level renders the array level whose '{' is at p.text[i] and returns the
 // index after its matching '}'. dims is the nesting level of this '{'.
-func (p *jvArrayParser) level(dst []byte, i int, dims int) ([]byte, int, bool) {
+func (p *arrayParser) level(dst []byte, i int, dims int) ([]byte, int, bool) {
 	text := p.text
 	dst = append(dst, '[')
-	i = jvSkipSpace(text, i+1)
+	i = skipSpace(text, i+1)
 	if i < len(text) && text[i] == '}' {
 		return append(dst, ']'), i + 1, true
 	}
@@ -551,7 +551,7 @@ func (p *jvArrayParser) level(dst []byte, i int, dims int) ([]byte, int, bool) {
 	)
 	kind := kindUnset
 	for first := true; ; first = false {
-		i = jvSkipSpace(text, i)
+		i = skipSpace(text, i)
 		if i >= len(text) {
 			return dst, i, false
 		}
@@ -560,7 +560,7 @@ func (p *jvArrayParser) level(dst []byte, i int, dims int) ([]byte, int, bool) {
 		}
 		var ok bool
 		if text[i] == '{' {
-			if kind == kindScalars || dims >= jvMaxArrayDims {
+			if kind == kindScalars || dims >= maxArrayDims {
 				return dst, i, false
 			}
 			kind = kindArrays
@@ -575,7 +575,7 @@ func (p *jvArrayParser) level(dst []byte, i int, dims int) ([]byte, int, bool) {
 		if !ok {
 			return dst, i, false
 		}
-		i = jvSkipSpace(text, i)
+		i = skipSpace(text, i)
 		if i >= len(text) {
 			return dst, i, false
 		}
@@ -592,7 +592,7 @@ func (p *jvArrayParser) level(dst []byte, i int, dims int) ([]byte, int, bool) {
 
 // element renders the scalar element starting at p.text[i] (after leading
 // whitespace) and returns the index just after it.
-func (p *jvArrayParser) element(dst []byte, i int) ([]byte, int, bool) {
+func (p *arrayParser) element(dst []byte, i int) ([]byte, int, bool) {
 	text := p.text
 	var start, end int // raw (still escaped) element bytes are text[start:end]
 	escaped := false
@@ -627,7 +627,7 @@ func (p *jvArrayParser) element(dst []byte, i int) ([]byte, int, bool) {
 					return dst, j, false
 				}
 				end = j + 1
-			case !jvIsSpace(c):
+			case !isSpace(c):
 				end = j + 1
 			}
 		}
@@ -635,12 +635,12 @@ func (p *jvArrayParser) element(dst []byte, i int) ([]byte, int, bool) {
 			return dst, j, false // empty unquoted element
 		}
 		i = j
-		if !escaped && end-start == 4 && jvIsNull(text[start:end]) {
+		if !escaped && end-start == 4 && isNull(text[start:end]) {
 			return append(dst, "null"...), i, true
 		}
 	}
 	if !escaped {
-		return jvAppendValue(dst, p.elem, text[start:end], p.resolve, p.depth+1), i, true
+		return appendValue(dst, p.elem, text[start:end], p.resolve, p.depth+1), i, true
 	}
 	// The element contains backslash escapes. Unescape it into the spare
 	// room at the end of dst, render it from there into the bytes after
@@ -654,12 +654,12 @@ func (p *jvArrayParser) element(dst []byte, i int) ([]byte, int, bool) {
 		dst = append(dst, text[k])
 	}
 	raw := dst[m:]
-	dst = jvAppendValue(dst, p.elem, raw, p.resolve, p.depth+1)
+	dst = appendValue(dst, p.elem, raw, p.resolve, p.depth+1)
 	w := copy(dst[m:], dst[m+len(raw):])
 	return dst[:m+w], i, true
 }
 
-// jvIsNull reports whether b is "NULL", case-insensitively.
-func jvIsNull(b []byte) bool {
+// isNull reports whether b is "NULL", case-insensitively.
+func isNull(b []byte) bool {
 	return len(b) == 4 && b[0]|0x20 == 'n' && b[1]|0x20 == 'u' && b[2]|0x20 == 'l' && b[3]|0x20 == 'l'
 }

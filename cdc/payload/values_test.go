@@ -6,56 +6,56 @@ import (
 	"testing"
 )
 
-// OIDs used by jvTestResolver.
+// OIDs used by testResolver.
 const (
-	jvTestEnum          = 90001 // enum: ok with a zero TypeInfo
-	jvTestDomainInt4    = 90002 // domain over int4
-	jvTestEnumArray     = 90003 // array of jvTestEnum
-	jvTestDomainDomain  = 90004 // domain over jvTestDomainInt4
-	jvTestDomainLoop    = 90005 // broken domain over itself
-	jvTestDomainInt4Arr = 90006 // domain over int4[]
-	jvTestSemiArray     = 90007 // ';'-delimited array of jvTestDomainInt4
-	jvTestArrayLoop     = 90008 // broken array whose element type is itself
-	jvTestUnknown       = 90009 // resolver returns ok=false
-	jvTestDomainTstz    = 90010 // domain over timestamptz
-	jvTestDefaultDelim  = 90011 // array of int4 with Delim 0
+	testEnum          = 90001 // enum: ok with a zero TypeInfo
+	testDomainInt4    = 90002 // domain over int4
+	testEnumArray     = 90003 // array of testEnum
+	testDomainDomain  = 90004 // domain over testDomainInt4
+	testDomainLoop    = 90005 // broken domain over itself
+	testDomainInt4Arr = 90006 // domain over int4[]
+	testSemiArray     = 90007 // ';'-delimited array of testDomainInt4
+	testArrayLoop     = 90008 // broken array whose element type is itself
+	testUnknown       = 90009 // resolver returns ok=false
+	testDomainTstz    = 90010 // domain over timestamptz
+	testDefaultDelim  = 90011 // array of int4 with Delim 0
 )
 
-// jvTestResolver is a TypeResolver for the test OIDs above.
-func jvTestResolver(oid uint32) (TypeInfo, bool) {
+// testResolver is a TypeResolver for the test OIDs above.
+func testResolver(oid uint32) (TypeInfo, bool) {
 	switch oid {
-	case jvTestEnum:
+	case testEnum:
 		return TypeInfo{}, true
-	case jvTestDomainInt4:
+	case testDomainInt4:
 		return TypeInfo{BaseOID: 23}, true
-	case jvTestEnumArray:
-		return TypeInfo{ElemOID: jvTestEnum, Delim: ','}, true
-	case jvTestDomainDomain:
-		return TypeInfo{BaseOID: jvTestDomainInt4}, true
-	case jvTestDomainLoop:
-		return TypeInfo{BaseOID: jvTestDomainLoop}, true
-	case jvTestDomainInt4Arr:
+	case testEnumArray:
+		return TypeInfo{ElemOID: testEnum, Delim: ','}, true
+	case testDomainDomain:
+		return TypeInfo{BaseOID: testDomainInt4}, true
+	case testDomainLoop:
+		return TypeInfo{BaseOID: testDomainLoop}, true
+	case testDomainInt4Arr:
 		return TypeInfo{BaseOID: 1007}, true
-	case jvTestSemiArray:
-		return TypeInfo{ElemOID: jvTestDomainInt4, Delim: ';'}, true
-	case jvTestArrayLoop:
-		return TypeInfo{ElemOID: jvTestArrayLoop, Delim: ','}, true
-	case jvTestDomainTstz:
+	case testSemiArray:
+		return TypeInfo{ElemOID: testDomainInt4, Delim: ';'}, true
+	case testArrayLoop:
+		return TypeInfo{ElemOID: testArrayLoop, Delim: ','}, true
+	case testDomainTstz:
 		return TypeInfo{BaseOID: 1184}, true
-	case jvTestDefaultDelim:
+	case testDefaultDelim:
 		return TypeInfo{ElemOID: 23}, true
 	}
 	return TypeInfo{}, false
 }
 
-type jvValueCase struct {
+type valueCase struct {
 	name string
 	oid  uint32
 	in   string
 	want string
 }
 
-var jvValueCases = []jvValueCase{
+var valueCases = []valueCase{
 	// bool
 	{"bool true", 16, "t", `true`},
 	{"bool false", 16, "f", `false`},
@@ -280,26 +280,26 @@ var jvValueCases = []jvValueCase{
 	{"array wrong delimiter for int4", 1007, `{1;2}`, `["1;2"]`},
 
 	// types resolved through the TypeResolver
-	{"enum", jvTestEnum, "happy", `"happy"`},
-	{"resolver miss", jvTestUnknown, "x", `"x"`},
-	{"domain over int4", jvTestDomainInt4, "42", `42`},
-	{"domain over int4 bad value", jvTestDomainInt4, "NaN", `"NaN"`},
-	{"domain over domain", jvTestDomainDomain, "-7", `-7`},
-	{"domain over itself", jvTestDomainLoop, "5", `"5"`},
-	{"domain over int4[]", jvTestDomainInt4Arr, "{1,2}", `[1,2]`},
-	{"domain over timestamptz", jvTestDomainTstz, "2024-01-02 03:04:05+00", `"2024-01-02T03:04:05Z"`},
-	{"enum array", jvTestEnumArray, `{happy,sad,NULL,"NULL"}`, `["happy","sad",null,"NULL"]`},
-	{"enum array 2-D", jvTestEnumArray, `{{a},{b}}`, `[["a"],["b"]]`},
-	{"enum array malformed", jvTestEnumArray, `{happy`, `"{happy"`},
-	{"semicolon array of domain", jvTestSemiArray, `{1;2;NULL}`, `[1,2,null]`},
-	{"array with default delimiter", jvTestDefaultDelim, `{1,2}`, `[1,2]`},
-	{"array of itself", jvTestArrayLoop, `{a,"{b,c}"}`, `["a",["b","c"]]`},
+	{"enum", testEnum, "happy", `"happy"`},
+	{"resolver miss", testUnknown, "x", `"x"`},
+	{"domain over int4", testDomainInt4, "42", `42`},
+	{"domain over int4 bad value", testDomainInt4, "NaN", `"NaN"`},
+	{"domain over domain", testDomainDomain, "-7", `-7`},
+	{"domain over itself", testDomainLoop, "5", `"5"`},
+	{"domain over int4[]", testDomainInt4Arr, "{1,2}", `[1,2]`},
+	{"domain over timestamptz", testDomainTstz, "2024-01-02 03:04:05+00", `"2024-01-02T03:04:05Z"`},
+	{"enum array", testEnumArray, `{happy,sad,NULL,"NULL"}`, `["happy","sad",null,"NULL"]`},
+	{"enum array 2-D", testEnumArray, `{{a},{b}}`, `[["a"],["b"]]`},
+	{"enum array malformed", testEnumArray, `{happy`, `"{happy"`},
+	{"semicolon array of domain", testSemiArray, `{1;2;NULL}`, `[1,2,null]`},
+	{"array with default delimiter", testDefaultDelim, `{1,2}`, `[1,2]`},
+	{"array of itself", testArrayLoop, `{a,"{b,c}"}`, `["a",["b","c"]]`},
 }
 
 func TestAppendValue(t *testing.T) {
-	for _, tt := range jvValueCases {
+	for _, tt := range valueCases {
 		t.Run(tt.name, func(t *testing.T) {
-			got := string(AppendValue(nil, tt.oid, []byte(tt.in), jvTestResolver))
+			got := string(AppendValue(nil, tt.oid, []byte(tt.in), testResolver))
 			if got != tt.want {
 				t.Errorf("AppendValue(%d, %q)\n got %s\nwant %s", tt.oid, tt.in, got, tt.want)
 			}
@@ -316,11 +316,11 @@ func TestAppendValue(t *testing.T) {
 // reallocation, and checks that nothing before the value is overwritten.
 func TestAppendValuePrefixAndCapacity(t *testing.T) {
 	const prefix = `{"k":`
-	for _, tt := range jvValueCases {
+	for _, tt := range valueCases {
 		for _, extra := range []int{0, 1, 3, 8, 4096} {
 			dst := make([]byte, len(prefix), len(prefix)+extra)
 			copy(dst, prefix)
-			got := string(AppendValue(dst, tt.oid, []byte(tt.in), jvTestResolver))
+			got := string(AppendValue(dst, tt.oid, []byte(tt.in), testResolver))
 			if want := prefix + tt.want; got != want {
 				t.Errorf("%s (extra cap %d):\n got %s\nwant %s", tt.name, extra, got, want)
 			}
@@ -329,9 +329,9 @@ func TestAppendValuePrefixAndCapacity(t *testing.T) {
 }
 
 func TestAppendValueNilResolver(t *testing.T) {
-	tests := []jvValueCase{
-		{"domain without resolver", jvTestDomainInt4, "42", `"42"`},
-		{"array without resolver", jvTestEnumArray, "{a,b}", `"{a,b}"`},
+	tests := []valueCase{
+		{"domain without resolver", testDomainInt4, "42", `"42"`},
+		{"array without resolver", testEnumArray, "{a,b}", `"{a,b}"`},
 		{"built-in array without resolver", 1007, "{1,2}", `[1,2]`},
 		{"int4 without resolver", 23, "1", `1`},
 	}
@@ -349,7 +349,7 @@ func TestAppendValueResolverNotCalledForBuiltins(t *testing.T) {
 		t.Errorf("resolver called for built-in OID %d", oid)
 		return TypeInfo{}, false
 	}
-	for _, oid := range jvFuzzOIDs {
+	for _, oid := range fuzzOIDs {
 		if oid >= 90000 {
 			continue
 		}
@@ -358,11 +358,11 @@ func TestAppendValueResolverNotCalledForBuiltins(t *testing.T) {
 }
 
 func TestAppendValueDeepNesting(t *testing.T) {
-	for _, depth := range []int{6, jvMaxArrayDims, jvMaxArrayDims + 1, 10000} {
+	for _, depth := range []int{6, maxArrayDims, maxArrayDims + 1, 10000} {
 		in := strings.Repeat("{", depth) + "1" + strings.Repeat("}", depth)
 		got := AppendValue(nil, 1007, []byte(in), nil)
 		var want string
-		if depth <= jvMaxArrayDims {
+		if depth <= maxArrayDims {
 			want = strings.Repeat("[", depth) + "1" + strings.Repeat("]", depth)
 		} else {
 			want = string(AppendJSONString(nil, in))
@@ -377,15 +377,15 @@ func TestAppendValueDeepNesting(t *testing.T) {
 }
 
 func TestAppendValueNoAllocs(t *testing.T) {
-	inputs := make([][]byte, len(jvValueCases))
-	for i, tt := range jvValueCases {
+	inputs := make([][]byte, len(valueCases))
+	for i, tt := range valueCases {
 		inputs[i] = []byte(tt.in)
 	}
 	dst := make([]byte, 0, 8192)
 	allocs := testing.AllocsPerRun(100, func() {
 		dst = dst[:0]
-		for i, tt := range jvValueCases {
-			dst = AppendValue(dst, tt.oid, inputs[i], jvTestResolver)
+		for i, tt := range valueCases {
+			dst = AppendValue(dst, tt.oid, inputs[i], testResolver)
 		}
 	})
 	if allocs != 0 {
@@ -393,29 +393,29 @@ func TestAppendValueNoAllocs(t *testing.T) {
 	}
 }
 
-// jvFuzzOIDs are the type OIDs FuzzAppendValue chooses from.
-var jvFuzzOIDs = []uint32{
+// fuzzOIDs are the type OIDs FuzzAppendValue chooses from.
+var fuzzOIDs = []uint32{
 	16, 17, 18, 19, 20, 21, 23, 25, 26, 114, 142, 650, 700, 701, 774, 790, 829, 869,
 	1042, 1043, 1082, 1083, 1114, 1184, 1186, 1266, 1700, 2950, 3802,
 	1000, 1005, 1007, 1016, 1028, 1021, 1022, 1231, 1009, 1015, 1014, 1002, 1003,
 	2951, 199, 3807, 1001, 1185, 1115, 1182, 1183, 1270, 1187, 1041, 651, 1040, 775, 1020,
-	jvTestEnum, jvTestDomainInt4, jvTestEnumArray, jvTestDomainDomain, jvTestDomainLoop,
-	jvTestDomainInt4Arr, jvTestSemiArray, jvTestArrayLoop, jvTestUnknown, jvTestDomainTstz,
-	jvTestDefaultDelim, 99999,
+	testEnum, testDomainInt4, testEnumArray, testDomainDomain, testDomainLoop,
+	testDomainInt4Arr, testSemiArray, testArrayLoop, testUnknown, testDomainTstz,
+	testDefaultDelim, 99999,
 }
 
 func FuzzAppendValue(f *testing.F) {
-	for _, tt := range jvValueCases {
-		for i, oid := range jvFuzzOIDs {
+	for _, tt := range valueCases {
+		for i, oid := range fuzzOIDs {
 			if oid == tt.oid {
 				f.Add(uint8(i), []byte(tt.in))
 			}
 		}
 	}
 	f.Fuzz(func(t *testing.T, pick uint8, text []byte) {
-		oid := jvFuzzOIDs[int(pick)%len(jvFuzzOIDs)]
+		oid := fuzzOIDs[int(pick)%len(fuzzOIDs)]
 		in := append([]byte(nil), text...)
-		out := AppendValue(nil, oid, text, jvTestResolver)
+		out := AppendValue(nil, oid, text, testResolver)
 		if string(in) != string(text) {
 			t.Fatalf("input modified")
 		}
@@ -433,7 +433,7 @@ func FuzzAppendValue(f *testing.F) {
 		// Appending after existing bytes, with little spare capacity,
 		// must give the same bytes and leave the prefix alone.
 		dst := append(make([]byte, 0, 3), "ab"...)
-		out2 := AppendValue(dst, oid, text, jvTestResolver)
+		out2 := AppendValue(dst, oid, text, testResolver)
 		if string(out2) != "ab"+string(out) {
 			t.Fatalf("oid %d %q: with prefix got %s, want ab%s", oid, text, out2, out)
 		}
