@@ -49,9 +49,8 @@ var (
 	scaleProcs string
 	scaleConc  int
 
-	backlogRows       int
-	prebuilt          string
-	analyzedReference bool
+	backlogRows int
+	prebuilt    string
 )
 
 type bench struct {
@@ -71,7 +70,6 @@ func main() {
 	out := flag.String("out", "bench-results.json", "where to write the JSON results")
 	phases := flag.String("phases", "capture,dispatch,latency,huge,burst,tracing,backlog,claims,outage,hang", "phases to run, comma-separated (capture, dispatch, latency, huge, burst, tracing, backlog, claims, outage, hang, scale)")
 	flag.IntVar(&backlogRows, "backlog-rows", 1000000, "rows captured into the outbox in the backlog phase")
-	flag.BoolVar(&analyzedReference, "analyzed-reference", false, "after the backlog phase, drain the same rows again after a manual VACUUM ANALYZE (a reference the product never produces)")
 	flag.StringVar(&prebuilt, "bin", "", "measure this walhook binary instead of building ./cmd/walhook (e.g. an older version, for a before/after comparison)")
 	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
 	flag.IntVar(&scaleRows, "scale-rows", 200000, "backlog drained in the scale phase")

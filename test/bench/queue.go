@@ -21,9 +21,7 @@ import (
 // backlogPhase: backlogRows inserts (1,000 per transaction) are captured by
 // `walhook run --capture-only` into a fresh outbox, then one `walhook run
 // --dispatch-only` drains them. Nothing is vacuumed or analyzed by hand:
-// the outbox is as capture left it. With -analyzed-reference (off in make
-// bench), the same rows are then put back to pending, VACUUM ANALYZEd by
-// hand and drained again, for the ratio between the two.
+// the outbox is as capture left it.
 func (b *bench) backlogPhase() error {
 	url, closeRecv, err := receiver(nil)
 	if err != nil {
@@ -75,24 +73,6 @@ func (b *bench) backlogPhase() error {
 	phase := fmt.Sprintf("backlog %d", backlogRows)
 	b.add(phase, "drained by one dispatch-only (as capture left it, never analyzed)", rate, "deliveries/s")
 	b.add(phase, "walhook peak RSS", rss, "MB")
-	if !analyzedReference {
-		return nil
-	}
-	// Only with -analyzed-reference: a comparison for the "never analyzed /
-	// analyzed" ratio, not a state the product ever leaves.
-	if _, err := pool.Exec(b.ctx, `UPDATE walhook.deliveries SET state = 'pending', attempts = 0, delivered_at = NULL,
-		last_attempt_at = NULL, last_status = NULL, next_attempt_at = now()`); err != nil {
-		return err
-	}
-	if _, err := pool.Exec(b.ctx, `VACUUM ANALYZE walhook.deliveries`); err != nil {
-		return err
-	}
-	ref, _, err := drain()
-	if err != nil {
-		return err
-	}
-	b.add(phase, "reference: same rows after a manual VACUUM ANALYZE", ref, "deliveries/s")
-	b.add(phase, "never analyzed / analyzed", rate/ref, "x")
 	return nil
 }
 
