@@ -390,11 +390,7 @@ func appendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 		if i != len(text) {
 			return AppendJSONStringBytes(dst, text)
 		}
-		dst = append(dst, '"')
-		dst = append(dst, text[:dateEnd]...)
-		dst = append(dst, 'T')
-		dst = append(dst, text[dateEnd+1:timeEnd]...)
-		dst = append(dst, "000000"[:pad]...)
+		dst = appendISODateTime(dst, text, dateEnd, timeEnd, pad)
 		return append(dst, '"')
 	}
 	// Zone: ±HH[:MM[:SS]]
@@ -421,11 +417,7 @@ func appendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 	if i != len(text) {
 		return AppendJSONStringBytes(dst, text)
 	}
-	dst = append(dst, '"')
-	dst = append(dst, text[:dateEnd]...)
-	dst = append(dst, 'T')
-	dst = append(dst, text[dateEnd+1:timeEnd]...)
-	dst = append(dst, "000000"[:pad]...)
+	dst = appendISODateTime(dst, text, dateEnd, timeEnd, pad)
 	if allZero(hh) && allZero(mm) && allZero(ss) {
 		dst = append(dst, 'Z')
 		return append(dst, '"')
@@ -440,6 +432,17 @@ func appendTimestamp(dst []byte, text []byte, withZone bool) []byte {
 		dst = append(dst, ':', ss[0], ss[1])
 	}
 	return append(dst, '"')
+}
+
+// appendISODateTime writes the opening quote, the date text[:dateEnd], "T",
+// the time text[dateEnd+1:timeEnd] and pad zeros that make its fraction six
+// digits: the part of appendTimestamp's output before the zone.
+func appendISODateTime(dst, text []byte, dateEnd, timeEnd, pad int) []byte {
+	dst = append(dst, '"')
+	dst = append(dst, text[:dateEnd]...)
+	dst = append(dst, 'T')
+	dst = append(dst, text[dateEnd+1:timeEnd]...)
+	return append(dst, "000000"[:pad]...)
 }
 
 // digitsSep reports whether b[i:] starts with the pattern
