@@ -105,7 +105,6 @@ func (g *standbyGuard) safe(ctx context.Context, flushed pglogrepl.LSN) pglogrep
 	return g.safeX
 }
 
-
 // FailoverState is whether the slot would survive a failover to a
 // standby, as the primary can tell (replslot.FailoverReady).
 type FailoverState struct {

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walhook/walhook/test/cdctest"
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -284,4 +285,93 @@ log:
 	}
 	t.Logf("%d rows on the promoted server, all delivered; %d before the failover", len(want), before)
 	p.stop(t)
+}
+
+// TestConfirmWaitsForTheStandbysToHaveTheOutbox: capture confirms a source
+// position only once the standbys named in synchronized_standby_slots have
+// flushed the outbox commit that holds its deliveries. Otherwise the slot
+// sync could copy the position to a standby that lacks those rows, and a
+// failover to it would lose them. The standby here is a physical slot
+// moved by hand, so the test sets what it has flushed.
+func TestConfirmWaitsForTheStandbysToHaveTheOutbox(t *testing.T) {
+	ctx := context.Background()
+	if num, err := pg.VersionNum(ctx); err != nil {
+		t.Fatal(err)
+	} else if num < 170000 {
+		t.Skipf("synchronized_standby_slots needs PostgreSQL 17+ (this is %d)", num)
+	}
+	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"synchronized_standby_slots": "'sb'"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	b := cdctest.Setup(t, cl, `CREATE TABLE item (id int PRIMARY KEY);
+		SELECT pg_create_physical_replication_slot('sb', true)`, `  - table: item`)
+	var lsn string
+	advance := func() { // the standby flushes everything written so far
+		t.Helper()
+		if err := b.DB.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+			t.Fatal(err)
+		}
+		b.Exec(`SELECT pg_replication_slot_advance('sb', $1::text::pg_lsn)`, lsn)
+	}
+	advance()
+	b.Start()
+	// confirmedPast says whether the slot is confirmed past the commit of
+	// item id's change.
+	confirmedPast := func(id int) (c string, past bool) {
+		t.Helper()
+		if err := b.DB.QueryRow(ctx, `SELECT s.confirmed_flush_lsn::text, s.confirmed_flush_lsn > d.commit_lsn
+			FROM pg_replication_slots s, (SELECT max(commit_lsn) AS commit_lsn FROM walhook.deliveries WHERE object_key = $2) d
+			WHERE s.slot_name = $1`, b.Cfg.Database.Slot, fmt.Sprint(id)).Scan(&c, &past); err != nil {
+			t.Fatal(err)
+		}
+		return c, past
+	}
+	for round := 0; round < 3; round++ {
+		b.Exec(`INSERT INTO item VALUES ($1)`, round)
+		advance() // the standby has the change: PostgreSQL sends it to capture
+		cdctest.WaitUntil(t, "the change in the outbox", func() bool { return b.Count(fmt.Sprintf("object_key = '%d'", round)) == 2 })
+		// The outbox commit lies past what the standby has flushed: the
+		// change's position must not be confirmed, whatever the time.
+		time.Sleep(1500 * time.Millisecond)
+		if c, past := confirmedPast(round); past {
+			t.Fatalf("round %d: the slot was confirmed to %s, past the change, while the standby has flushed only %s, before the outbox commit", round, c, lsn)
+		}
+		advance() // now it has
+		cdctest.WaitUntil(t, "the change's position to be confirmed", func() bool { _, past := confirmedPast(round); return past })
+	}
+}
+
+// TestSlotCreatedAgainWhileStoppedIsAGap: a slot dropped and created again
+// under the same name while walhook is stopped (a maintenance script, a
+// restore) starts past walhook's checkpoint. The changes in between were
+// not captured: that is a gap, reported like the others, never a skip.
+func TestSlotCreatedAgainWhileStoppedIsAGap(t *testing.T) {
+	b := cdctest.Setup(t, pg, `CREATE TABLE item (id int PRIMARY KEY)`, `  - table: item`)
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (1)`)
+	cdctest.WaitUntil(t, "the first change", func() bool { return b.Count(`object_key = '1'`) == 2 })
+	b.Stop()
+	if g := b.Capture.Gaps(); g != 0 {
+		t.Fatalf("%d gaps before the slot was dropped", g)
+	}
+	slot := b.Cfg.Database.Slot
+	b.Exec(`SELECT pg_drop_replication_slot($1)`, slot)
+	b.Exec(`INSERT INTO item VALUES (2)`) // no slot: never captured
+	b.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	b.Exec(`INSERT INTO item VALUES (3)`)
+	b.Start()
+	cdctest.WaitUntil(t, "the change after the new slot", func() bool { return b.Count(`object_key = '3'`) == 2 })
+	if g := b.Capture.Gaps(); g != 1 {
+		t.Fatalf("%d gaps reported after the slot was created again, want 1", g)
+	}
+	// A restart after that is no gap.
+	b.Stop()
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (4)`)
+	cdctest.WaitUntil(t, "the next change", func() bool { return b.Count(`object_key = '4'`) == 2 })
+	if g := b.Capture.Gaps(); g != 0 {
+		t.Fatalf("a plain restart reported %d gaps", g)
+	}
 }
