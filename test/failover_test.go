@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/internal/replslot"
 	"github.com/walhook/walhook/test/cdctest"
 	"github.com/walhook/walhook/test/pgtest"
 )
@@ -373,5 +375,50 @@ func TestSlotCreatedAgainWhileStoppedIsAGap(t *testing.T) {
 	cdctest.WaitUntil(t, "the next change", func() bool { return b.Count(`object_key = '4'`) == 2 })
 	if g := b.Capture.Gaps(); g != 0 {
 		t.Fatalf("a plain restart reported %d gaps", g)
+	}
+}
+
+// TestIdleTimeoutInvalidatedSlot: PostgreSQL 18 gives up a slot nobody
+// streamed from for idle_replication_slot_timeout. walhook says so with
+// the fix, counts the gap, and captures again on a new slot.
+func TestIdleTimeoutInvalidatedSlot(t *testing.T) {
+	ctx := context.Background()
+	if num, err := pg.VersionNum(ctx); err != nil {
+		t.Fatal(err)
+	} else if num < 180000 {
+		t.Skipf("idle_replication_slot_timeout is new in PostgreSQL 18 (this is %d)", num)
+	}
+	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"idle_replication_slot_timeout": "'1s'"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	b := cdctest.Setup(t, cl, `CREATE TABLE item (id int PRIMARY KEY)`, `  - table: item`)
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (1)`)
+	cdctest.WaitUntil(t, "the first change", func() bool { return b.Count(`object_key = '1'`) == 2 })
+	b.Stop()
+	slot := b.Cfg.Database.Slot
+	cdctest.WaitUntil(t, "the slot to be invalidated", func() bool {
+		b.Exec(`CHECKPOINT`) // invalidation happens at checkpoints
+		var reason *string
+		if err := b.DB.QueryRow(ctx, `SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&reason); err != nil {
+			t.Fatal(err)
+		}
+		return reason != nil && *reason == "idle_timeout"
+	})
+	st, found, err := replslot.Read(ctx, b.DB, slot)
+	if err != nil || !found || st.Invalidation != "idle_timeout" || !st.Lost() {
+		t.Fatalf("replslot.Read = %+v, %v, %v; want invalidation idle_timeout", st, found, err)
+	}
+	if txt := cdc.InvalidationText(st.Invalidation); !strings.Contains(txt, "idle_replication_slot_timeout") {
+		t.Errorf("the explanation does not name the setting: %s", txt)
+	}
+	b.Exec(`INSERT INTO item VALUES (2)`) // not captured: the slot is gone
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (3)`)
+	cdctest.WaitUntil(t, "capture on the new slot", func() bool { return b.Count(`object_key = '3'`) == 2 })
+	if g := b.Capture.Gaps(); g != 1 {
+		t.Fatalf("%d gaps after the slot was invalidated, want 1", g)
 	}
 }
