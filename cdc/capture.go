@@ -409,6 +409,7 @@ func (c *Capture) session(ctx context.Context) error {
 		return fmt.Errorf("start replication on slot %s: %w", slot, err)
 	}
 	c.streaming.Store(true)
+	c.confirmed.Store(uint64(startLSN)) // the slot is confirmed at least this far
 	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Bool("standby_guard", guard != nil).Msg("streaming changes")
 	fctx, stopFailover := context.WithCancel(ctx)
 	var fwg sync.WaitGroup
