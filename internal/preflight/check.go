@@ -173,7 +173,7 @@ func (p *preflight) walLevelPending(ctx context.Context) bool {
 		return false
 	}
 	var inFile string
-	err := p.conn.QueryRow(ctx, "SELECT setting FROM pg_file_settings WHERE name = 'wal_level' AND error IS NULL ORDER BY seqno DESC LIMIT 1").Scan(&inFile)
+	err := p.conn.QueryRow(ctx, "SELECT setting FROM pg_file_settings WHERE name = 'wal_level' ORDER BY seqno DESC LIMIT 1").Scan(&inFile)
 	return err == nil && inFile == "logical"
 }
 
