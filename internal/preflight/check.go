@@ -91,6 +91,7 @@ func Preflight(ctx context.Context, cfg *config.Config, source, outbox *pgxpool.
 		ok := p.tables(ctx)
 		p.publication(ctx)
 		p.slot(ctx)
+		p.failover(ctx)
 		p.supported(ctx, ok)
 	}
 	if outbox != nil {
@@ -143,7 +144,9 @@ func (p *preflight) server(ctx context.Context) bool {
 		return false
 	}
 	if versionNum < 100000 {
-		p.fail("PostgreSQL version", fmt.Sprintf("PostgreSQL %s has no pgoutput logical replication", version), "-- upgrade to PostgreSQL 10 or newer (walhook is tested on 15)")
+		p.fail("PostgreSQL version", fmt.Sprintf("PostgreSQL %s has no pgoutput logical replication", version), "-- upgrade to PostgreSQL 13 or newer (walhook is tested on 13 to 18)")
+	} else if versionNum < 130000 {
+		p.warn("PostgreSQL version", fmt.Sprintf("%s: walhook is tested on PostgreSQL 13 to 18; older versions have no publish_via_partition_root and are not tested", version), "-- upgrade to PostgreSQL 13 or newer")
 	} else {
 		p.ok("PostgreSQL version", version)
 	}
@@ -564,8 +567,8 @@ func (p *preflight) slot(ctx context.Context) {
 		p.fail(name, detail, fmt.Sprintf("-- set database.slot to another name (e.g. %s_%s), or if nothing uses this slot any more:\n%s",
 			slot, strings.ToLower(strings.Map(identRune, p.db)), drop))
 		return
-	case walStatus == "lost":
-		p.fail(name, "was invalidated (wal_status = lost, max_slot_wal_keep_size): the WAL it needed is gone and so are the changes since",
+	case st.Lost():
+		p.fail(name, "was invalidated ("+cdc.InvalidationText(st.Invalidation)+"): the WAL it needed is gone and so are the changes since",
 			drop+"  -- then walhook run creates a new slot and captures from then on")
 		return
 	case p.pubMissing:
@@ -676,4 +679,88 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 		return
 	}
 	p.ok(name, fmt.Sprintf("exists in database %s and is current (migration %d)", db, current))
+}
+
+// failover says whether the slot can survive a failover to a standby
+// (PostgreSQL 17+: a failover slot, synced by standbys that the primary
+// names in synchronized_standby_slots), and prints the settings missing.
+func (p *preflight) failover(ctx context.Context) {
+	const name = "failover"
+	const docs = "docs/operations.md#high-availability"
+	want, impossible := p.cfg.Database.WantFailover(p.versionNum)
+	var inRecovery bool
+	var physical []string
+	if err := p.conn.QueryRow(ctx, `SELECT pg_is_in_recovery(),
+		coalesce((SELECT array_agg(slot_name::text ORDER BY slot_name) FROM pg_replication_slots WHERE slot_type = 'physical' AND active), '{}')`).
+		Scan(&inRecovery, &physical); err != nil {
+		p.fail(name, "cannot read the server's standbys: "+err.Error(), "")
+		return
+	}
+	st, err := replslot.ReadStandbys(ctx, p.conn)
+	if err != nil {
+		p.fail(name, "cannot "+err.Error(), "")
+		return
+	}
+	standbys := fmt.Sprintf("%d streaming standby(s)", st.Streaming)
+	switch {
+	case impossible:
+		p.fail(name, fmt.Sprintf("database.slot_failover is true, but PostgreSQL before 17 has no failover slots (the server is %d)", p.versionNum),
+			"-- remove database.slot_failover from the configuration, or upgrade to PostgreSQL 17+")
+		return
+	case inRecovery:
+		p.ok(name, "the source is a standby: failover slots belong on the primary ("+docs+")")
+		return
+	case !st.Supported:
+		if st.Streaming > 0 {
+			p.warn(name, standbys+", but PostgreSQL before 17 cannot sync the slot to them: after a failover the slot is missing and the changes until walhook runs again are not captured (walhook says so and counts the gap)",
+				"-- upgrade to PostgreSQL 17+ for failover slots; until then, after a failover, walhook backfill resends current rows")
+			return
+		}
+		p.ok(name, "no standby; failover slots need PostgreSQL 17+")
+		return
+	case !want:
+		if st.Streaming > 0 {
+			p.warn(name, standbys+", but database.slot_failover is false: the slot is not synced to them, so a failover loses the changes until walhook runs again",
+				"-- remove database.slot_failover: false from the configuration ("+docs+")")
+			return
+		}
+		p.ok(name, "database.slot_failover is false; no standby")
+		return
+	}
+	slotState := "walhook run creates the slot as a failover slot"
+	if sl, found, err := replslot.Read(ctx, p.conn, p.cfg.Database.Slot); err == nil && found {
+		slotState = "the slot is a failover slot"
+		if !sl.Failover {
+			slotState = "walhook run makes the slot a failover slot (ALTER_REPLICATION_SLOT)"
+		}
+	}
+	standbyFix := "-- on each standby (postgresql.conf), then reload it:\n" +
+		"--   sync_replication_slots = on\n--   hot_standby_feedback = on\n" +
+		"--   primary_slot_name = '<its physical slot>'\n--   primary_conninfo = '... dbname=" + p.db + "'  (slot sync needs a dbname)"
+	if len(st.Names) == 0 {
+		if st.Streaming == 0 {
+			p.ok(name, slotState+"; no standby yet: to keep the slot through a failover, see "+docs)
+			return
+		}
+		names := "<the standbys' physical slots>"
+		if len(physical) > 0 {
+			names = strings.Join(physical, ",")
+		}
+		p.warn(name, standbys+" but synchronized_standby_slots is empty: "+slotState+", but a standby may sync it ahead of what it has received, and walhook cannot hold confirmations for it",
+			fmt.Sprintf("ALTER SYSTEM SET synchronized_standby_slots = %s;\nSELECT pg_reload_conf();\n%s", cdc.QuoteLiteral(names), standbyFix))
+		return
+	}
+	if len(st.Missing) > 0 || len(st.Inactive) > 0 {
+		var what []string
+		if len(st.Missing) > 0 {
+			what = append(what, "no physical slot "+strings.Join(st.Missing, ", "))
+		}
+		if len(st.Inactive) > 0 {
+			what = append(what, "no standby connected to "+strings.Join(st.Inactive, ", "))
+		}
+		p.warn(name, "synchronized_standby_slots = "+strings.Join(st.Names, ",")+" but "+strings.Join(what, "; ")+": PostgreSQL sends walhook no changes until those standbys catch up",
+			"-- start those standbys, or remove them: ALTER SYSTEM SET synchronized_standby_slots = '<connected standbys>'; SELECT pg_reload_conf();\n"+standbyFix)
+		return
+	}
+	p.ok(name, fmt.Sprintf("%s; synchronized_standby_slots = %s (connected): the standbys keep a synced copy of the slot, and walhook confirms positions only once they have its outbox commits (each standby also needs sync_replication_slots = on, hot_standby_feedback = on)", slotState, strings.Join(st.Names, ",")))
 }

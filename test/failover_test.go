@@ -1,0 +1,424 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/internal/replslot"
+	"github.com/walhook/walhook/test/cdctest"
+	"github.com/walhook/walhook/test/pgtest"
+)
+
+// haPair is a primary and a streaming standby set up as PostgreSQL
+// documents for failover slots: a physical slot for the standby, the
+// primary's synchronized_standby_slots naming it, and the standby syncing
+// failover slots (sync_replication_slots, hot_standby_feedback, dbname in
+// primary_conninfo).
+type haPair struct {
+	primary, standby *pgtest.Cluster
+	db               string
+}
+
+// startHAPair starts the pair with database db (made by setupSQL on the
+// primary before the copy). It skips the test on servers before 17.
+func startHAPair(t *testing.T, db, setupSQL string) *haPair {
+	t.Helper()
+	ctx := context.Background()
+	if num, err := pg.VersionNum(ctx); err != nil {
+		t.Fatal(err)
+	} else if num < 170000 {
+		t.Skipf("failover slots need PostgreSQL 17+ (this is %d); run make test-matrix", num)
+	}
+	primary, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"synchronized_standby_slots": "'sb'"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(primary.Close)
+	conn, err := pgx.Connect(ctx, primary.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`SELECT pg_create_physical_replication_slot('sb', true)`, `CREATE DATABASE ` + db} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	conn.Close(ctx)
+	if conn, err = pgx.Connect(ctx, primary.DSN(db)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, setupSQL); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	if err := primary.Stop(false); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := primary.NewStandby("sb", map[string]string{"sync_replication_slots": "on", "synchronized_standby_slots": "''"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	standby := &pgtest.Cluster{Cluster: sb}
+	t.Cleanup(standby.Close)
+	if err := primary.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := &haPair{primary: primary, standby: standby, db: db}
+	h.waitFor(t, "the standby to stream", 30*time.Second, primary.DSN("postgres"),
+		`SELECT count(*) > 0 FROM pg_stat_replication WHERE state = 'streaming'`)
+	return h
+}
+
+// dsn names both servers: libpq's multi-host form, which follows the
+// primary.
+func (h *haPair) dsn() string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/%s?sslmode=disable&target_session_attrs=read-write&connect_timeout=3",
+		h.primary.Port, h.standby.Port, h.db)
+}
+
+// waitFor polls a query returning one bool on dsn until it is true.
+func (h *haPair) waitFor(t *testing.T, what string, timeout time.Duration, dsn, query string, args ...any) {
+	t.Helper()
+	ctx := context.Background()
+	deadline := time.Now().Add(timeout)
+	for {
+		var ok bool
+		conn, err := pgx.Connect(ctx, dsn)
+		if err == nil {
+			err = conn.QueryRow(ctx, query, args...).Scan(&ok)
+			conn.Close(ctx)
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s (last error: %v)", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// keyReceiver records the ids of the objects created, from the webhooks'
+// bodies.
+type keyReceiver struct {
+	*httptest.Server
+	mu   sync.Mutex
+	keys map[int64]int
+}
+
+func newKeyReceiver(t *testing.T) *keyReceiver {
+	r := &keyReceiver{keys: map[int64]int{}}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		var body struct {
+			Data struct {
+				ID int64 `json:"id"`
+			} `json:"data"`
+		}
+		b, _ := io.ReadAll(req.Body)
+		if err := json.Unmarshal(b, &body); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		r.mu.Lock()
+		r.keys[body.Data.ID]++
+		r.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *keyReceiver) snapshot() map[int64]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[int64]int, len(r.keys))
+	for k, v := range r.keys {
+		out[k] = v
+	}
+	return out
+}
+
+// TestFailoverToAStandbyLosesNothing is the failover a database lives
+// through: an application writes continuously, the primary dies (immediate
+// stop) right after walhook's outbox commits, the standby is promoted.
+// Every row the promoted server holds is delivered, nothing it lacks is
+// delivered, and walhook carries on by itself through the multi-host DSN.
+func TestFailoverToAStandbyLosesNothing(t *testing.T) {
+	h := startHAPair(t, "app", `CREATE TABLE item (id bigint PRIMARY KEY, v text)`)
+	rcv := newKeyReceiver(t)
+	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`database:
+  dsn: %s
+models:
+  - table: item
+webhooks:
+  - name: r
+    url: %s/hook
+http:
+  listen: ""
+log:
+  level: info
+`, h.dsn(), rcv.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, cfg: cfg}
+	p := e.start("run")
+	h.waitFor(t, "walhook to stream", 30*time.Second, h.primary.DSN("app"),
+		`SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'walhook' AND active AND failover`)
+
+	// The application: 10-row transactions, continuously, through the
+	// multi-host DSN; after an error it carries on with new ids (the
+	// failed transaction may or may not have committed).
+	ctx, stopApp := context.WithCancel(context.Background())
+	var next atomic.Int64
+	var appDone sync.WaitGroup
+	appDone.Add(1)
+	go func() {
+		defer appDone.Done()
+		pool, err := pgxpool.New(ctx, h.dsn())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer pool.Close()
+		for ctx.Err() == nil {
+			first := next.Add(10) - 9
+			_, err := pool.Exec(ctx, `INSERT INTO item SELECT g, 'v' FROM generate_series($1::bigint, $2::bigint) g`, first, first+9)
+			if err != nil {
+				time.Sleep(50 * time.Millisecond)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	t.Cleanup(func() { stopApp(); appDone.Wait() })
+
+	// The slot must have reached the standby before the primary dies.
+	h.waitFor(t, "the standby to sync the slot", 60*time.Second, h.standby.DSN("app"),
+		`SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'walhook' AND synced AND NOT temporary`)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(rcv.snapshot()) < 500 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d rows delivered before the failover", len(rcv.snapshot()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Kill the primary right after an outbox commit: the commit that
+	// carries the next checkpoint.
+	h.waitFor(t, "an outbox commit", 10*time.Second, h.primary.DSN("app"),
+		`SELECT updated_at > now() - interval '50 milliseconds' FROM walhook.checkpoints`)
+	if err := h.primary.Stop(true); err != nil {
+		t.Fatal(err)
+	}
+	before := len(rcv.snapshot())
+	if err := h.standby.Promote(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // the application writes to the new primary
+	stopApp()
+	appDone.Wait()
+
+	promoted, err := pgxpool.New(context.Background(), h.standby.DSN("app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer promoted.Close()
+	rows, err := promoted.Query(context.Background(), `SELECT id FROM item`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int64]bool{}
+	for _, id := range held {
+		want[id] = true
+	}
+	deadline = time.Now().Add(90 * time.Second)
+	for {
+		got := rcv.snapshot()
+		missing := 0
+		for id := range want {
+			if got[id] == 0 {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) || p.cmd.ProcessState != nil {
+			t.Fatalf("%d of the %d rows on the promoted server were never delivered (%d delivered before the failover)\n%s", missing, len(want), before, p.output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	extra := 0
+	for id := range rcv.snapshot() {
+		if !want[id] {
+			extra++
+		}
+	}
+	if extra > 0 {
+		t.Fatalf("%d rows the promoted server lacks were delivered", extra)
+	}
+	out := p.output()
+	if strings.Contains(out, "NOT captured") {
+		t.Errorf("walhook reported a gap:\n%s", out)
+	}
+	if !strings.Contains(out, "was promoted") {
+		t.Errorf("walhook did not say it followed the promotion:\n%s", out)
+	}
+	t.Logf("%d rows on the promoted server, all delivered; %d before the failover", len(want), before)
+	p.stop(t)
+}
+
+// TestConfirmWaitsForTheStandbysToHaveTheOutbox: capture confirms a source
+// position only once the standbys named in synchronized_standby_slots have
+// flushed the outbox commit that holds its deliveries. Otherwise the slot
+// sync could copy the position to a standby that lacks those rows, and a
+// failover to it would lose them. The standby here is a physical slot
+// moved by hand, so the test sets what it has flushed.
+func TestConfirmWaitsForTheStandbysToHaveTheOutbox(t *testing.T) {
+	ctx := context.Background()
+	if num, err := pg.VersionNum(ctx); err != nil {
+		t.Fatal(err)
+	} else if num < 170000 {
+		t.Skipf("synchronized_standby_slots needs PostgreSQL 17+ (this is %d)", num)
+	}
+	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"synchronized_standby_slots": "'sb'"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	b := cdctest.Setup(t, cl, `CREATE TABLE item (id int PRIMARY KEY);
+		SELECT pg_create_physical_replication_slot('sb', true)`, `  - table: item`)
+	var lsn string
+	advance := func() { // the standby flushes everything written so far
+		t.Helper()
+		if err := b.DB.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+			t.Fatal(err)
+		}
+		b.Exec(`SELECT pg_replication_slot_advance('sb', $1::text::pg_lsn)`, lsn)
+	}
+	advance()
+	b.Start()
+	// confirmedPast says whether the slot is confirmed past the commit of
+	// item id's change.
+	confirmedPast := func(id int) (c string, past bool) {
+		t.Helper()
+		if err := b.DB.QueryRow(ctx, `SELECT s.confirmed_flush_lsn::text, s.confirmed_flush_lsn > d.commit_lsn
+			FROM pg_replication_slots s, (SELECT max(commit_lsn) AS commit_lsn FROM walhook.deliveries WHERE object_key = $2) d
+			WHERE s.slot_name = $1`, b.Cfg.Database.Slot, fmt.Sprint(id)).Scan(&c, &past); err != nil {
+			t.Fatal(err)
+		}
+		return c, past
+	}
+	for round := 0; round < 3; round++ {
+		b.Exec(`INSERT INTO item VALUES ($1)`, round)
+		advance() // the standby has the change: PostgreSQL sends it to capture
+		cdctest.WaitUntil(t, "the change in the outbox", func() bool { return b.Count(fmt.Sprintf("object_key = '%d'", round)) == 2 })
+		// The outbox commit lies past what the standby has flushed: the
+		// change's position must not be confirmed, whatever the time.
+		time.Sleep(1500 * time.Millisecond)
+		if c, past := confirmedPast(round); past {
+			t.Fatalf("round %d: the slot was confirmed to %s, past the change, while the standby has flushed only %s, before the outbox commit", round, c, lsn)
+		}
+		advance() // now it has
+		cdctest.WaitUntil(t, "the change's position to be confirmed", func() bool { _, past := confirmedPast(round); return past })
+	}
+}
+
+// TestSlotCreatedAgainWhileStoppedIsAGap: a slot dropped and created again
+// under the same name while walhook is stopped (a maintenance script, a
+// restore) starts past walhook's checkpoint. The changes in between were
+// not captured: that is a gap, reported like the others, never a skip.
+func TestSlotCreatedAgainWhileStoppedIsAGap(t *testing.T) {
+	b := cdctest.Setup(t, pg, `CREATE TABLE item (id int PRIMARY KEY)`, `  - table: item`)
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (1)`)
+	cdctest.WaitUntil(t, "the first change", func() bool { return b.Count(`object_key = '1'`) == 2 })
+	b.Stop()
+	if g := b.Capture.Gaps(); g != 0 {
+		t.Fatalf("%d gaps before the slot was dropped", g)
+	}
+	slot := b.Cfg.Database.Slot
+	b.Exec(`SELECT pg_drop_replication_slot($1)`, slot)
+	b.Exec(`INSERT INTO item VALUES (2)`) // no slot: never captured
+	b.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	b.Exec(`INSERT INTO item VALUES (3)`)
+	b.Start()
+	cdctest.WaitUntil(t, "the change after the new slot", func() bool { return b.Count(`object_key = '3'`) == 2 })
+	if g := b.Capture.Gaps(); g != 1 {
+		t.Fatalf("%d gaps reported after the slot was created again, want 1", g)
+	}
+	// A restart after that is no gap.
+	b.Stop()
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (4)`)
+	cdctest.WaitUntil(t, "the next change", func() bool { return b.Count(`object_key = '4'`) == 2 })
+	if g := b.Capture.Gaps(); g != 0 {
+		t.Fatalf("a plain restart reported %d gaps", g)
+	}
+}
+
+// TestIdleTimeoutInvalidatedSlot: PostgreSQL 18 gives up a slot nobody
+// streamed from for idle_replication_slot_timeout. walhook says so with
+// the fix, counts the gap, and captures again on a new slot.
+func TestIdleTimeoutInvalidatedSlot(t *testing.T) {
+	ctx := context.Background()
+	if num, err := pg.VersionNum(ctx); err != nil {
+		t.Fatal(err)
+	} else if num < 180000 {
+		t.Skipf("idle_replication_slot_timeout is new in PostgreSQL 18 (this is %d)", num)
+	}
+	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"idle_replication_slot_timeout": "'1s'"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	b := cdctest.Setup(t, cl, `CREATE TABLE item (id int PRIMARY KEY)`, `  - table: item`)
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (1)`)
+	cdctest.WaitUntil(t, "the first change", func() bool { return b.Count(`object_key = '1'`) == 2 })
+	b.Stop()
+	slot := b.Cfg.Database.Slot
+	cdctest.WaitUntil(t, "the slot to be invalidated", func() bool {
+		b.Exec(`CHECKPOINT`) // invalidation happens at checkpoints
+		var reason *string
+		if err := b.DB.QueryRow(ctx, `SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&reason); err != nil {
+			t.Fatal(err)
+		}
+		return reason != nil && *reason == "idle_timeout"
+	})
+	st, found, err := replslot.Read(ctx, b.DB, slot)
+	if err != nil || !found || st.Invalidation != "idle_timeout" || !st.Lost() {
+		t.Fatalf("replslot.Read = %+v, %v, %v; want invalidation idle_timeout", st, found, err)
+	}
+	if txt := cdc.InvalidationText(st.Invalidation); !strings.Contains(txt, "idle_replication_slot_timeout") {
+		t.Errorf("the explanation does not name the setting: %s", txt)
+	}
+	b.Exec(`INSERT INTO item VALUES (2)`) // not captured: the slot is gone
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (3)`)
+	cdctest.WaitUntil(t, "capture on the new slot", func() bool { return b.Count(`object_key = '3'`) == 2 })
+	if g := b.Capture.Gaps(); g != 1 {
+		t.Fatalf("%d gaps after the slot was invalidated, want 1", g)
+	}
+}
