@@ -125,7 +125,8 @@ func dispatchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 // helpAndVersion are the flags that are commands of their own.
 var helpAndVersion = []string{"-h", "--help", "-help", "--version", "-version"}
 
-// commands are the command names dispatchCommand knows.
+// commands are the command names dispatchCommand's switch knows (kept in
+// step with it: TestEveryCommandIsKnown).
 var commands = []string{"run", "migrate", "retry", "backfill", "demo", "version", "help", "check", "status", "deliveries", "verify"}
 
 // commandIndex finds the command in args that start with flags: the first

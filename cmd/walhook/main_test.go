@@ -157,3 +157,13 @@ func TestFlagsAndSubcommandsInAnyOrder(t *testing.T) {
 		}
 	}
 }
+
+func TestEveryCommandIsKnown(t *testing.T) {
+	for _, name := range commands {
+		var out bytes.Buffer
+		err := dispatchCommand(context.Background(), []string{name, "--help"}, &out, &out)
+		if err != nil && strings.Contains(err.Error(), "unknown command") {
+			t.Errorf("%s is in commands but dispatchCommand does not know it", name)
+		}
+	}
+}
