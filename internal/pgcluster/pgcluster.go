@@ -121,6 +121,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		"log_min_messages":        "warning",
 		"logging_collector":       "off",
 	}
+	if opts.PasswordAuth {
+		conf["password_encryption"] = "'scram-sha-256'" // the default from 14 on
+	}
 	for k, v := range opts.Settings {
 		conf[k] = v
 	}
