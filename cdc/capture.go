@@ -317,7 +317,7 @@ func (c *Capture) Run(ctx context.Context) error {
 			}
 			backoff = time.Second
 		} else {
-			c.log.Warn().Err(err).Dur("retry_in", backoff).Msg("capture interrupted; reconnecting")
+			c.log.Warn().Err(err).Dur("retry_in_ms", backoff).Msg("capture interrupted; reconnecting")
 		}
 		wait := backoff + time.Duration(rand.Int64N(int64(backoff)/2+1))
 		select {

@@ -150,13 +150,34 @@ func (p *preflight) server(ctx context.Context) bool {
 	} else {
 		p.ok("PostgreSQL version", version)
 	}
-	if level == "logical" {
+	switch {
+	case level == "logical":
 		p.ok("wal_level", "logical")
-	} else {
+	case p.walLevelPending(ctx):
+		p.fail("wal_level", fmt.Sprintf("wal_level is %q; logical is set in the configuration but takes effect only when PostgreSQL restarts", level),
+			"-- set; restart PostgreSQL (e.g. systemctl restart postgresql), then run walhook check again")
+	default:
 		p.fail("wal_level", fmt.Sprintf("wal_level is %q; walhook needs logical decoding", level),
-			"ALTER SYSTEM SET wal_level = logical;  -- as a superuser, then restart PostgreSQL")
+			"ALTER SYSTEM SET wal_level = logical;  -- as a superuser, then restart PostgreSQL (ran it already? then only the restart is missing)")
 	}
 	return true
+}
+
+// walLevelPending reports whether a changed wal_level waits for a restart:
+// pg_settings.pending_restart (set once the server has reloaded its
+// configuration files), or for a superuser, wal_level = logical in the
+// files themselves (pg_file_settings; ALTER SYSTEM without a reload).
+func (p *preflight) walLevelPending(ctx context.Context) bool {
+	var pending bool
+	if err := p.conn.QueryRow(ctx, "SELECT pending_restart FROM pg_settings WHERE name = 'wal_level'").Scan(&pending); err == nil && pending {
+		return true
+	}
+	if !p.super {
+		return false
+	}
+	var inFile string
+	err := p.conn.QueryRow(ctx, "SELECT setting FROM pg_file_settings WHERE name = 'wal_level' ORDER BY seqno DESC LIMIT 1").Scan(&inFile)
+	return err == nil && inFile == "logical"
 }
 
 func (p *preflight) role() {
@@ -390,7 +411,7 @@ func (p *preflight) publication(ctx context.Context) {
 		}
 		switch {
 		case p.super || (p.canCreateInDB && len(notOwned) == 0):
-			p.ok(name, fmt.Sprintf("does not exist yet; walhook run creates it for the %d configured tables", len(want)))
+			p.ok(name, fmt.Sprintf("does not exist yet; walhook run creates it for the %s", configuredTables(len(want))))
 		case len(notOwned) > 0:
 			p.fail(name, fmt.Sprintf("does not exist, and role %s may not create it: it does not own %s", p.user, strings.Join(notOwned, ", ")),
 				"-- as the tables' owner or a superuser:\n"+create)
@@ -434,7 +455,7 @@ func (p *preflight) publication(ctx context.Context) {
 	rootOK := viaRoot || p.versionNum < cdc.ViaRootVersion
 	optsOK := ins && upd && del && trunc && rootOK
 	if len(add) == 0 && len(drop) == 0 && optsOK {
-		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (%s)", len(want), cdc.PublishOps))
+		p.ok(name, fmt.Sprintf("publishes exactly the %s (%s)", configuredTables(len(want)), cdc.PublishOps))
 		return
 	}
 	var diff []string
@@ -470,7 +491,7 @@ func (p *preflight) publication(ctx context.Context) {
 		// Made for an older walhook: capture works, TRUNCATE goes unseen.
 		fixAs := fmt.Sprintf("-- as role %s or a superuser:\n%s", owner, strings.Join(fix, "\n"))
 		if trunc {
-			p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (publish_via_partition_root is off, and no partitioned table is captured)", len(want)))
+			p.ok(name, fmt.Sprintf("publishes exactly the %s (publish_via_partition_root is off, and no partitioned table is captured)", configuredTables(len(want))))
 		} else {
 			p.warn(name, fmt.Sprintf("does not publish truncate and is owned by role %s, which role %s may not alter: a TRUNCATE of a captured table goes unseen (walhook cannot log it)", owner, p.user), fixAs)
 		}
@@ -481,6 +502,14 @@ func (p *preflight) publication(ctx context.Context) {
 		p.fail(name, fmt.Sprintf("differs from the configuration (%s), and role %s may not add %s to it: it does not own them", strings.Join(diff, "; "), p.user, strings.Join(notOwned, ", ")),
 			"-- as the tables' owner or a superuser:\n"+strings.Join(fix, "\n"))
 	}
+}
+
+// configuredTables is "1 configured table" or "n configured tables".
+func configuredTables(n int) string {
+	if n == 1 {
+		return "1 configured table"
+	}
+	return fmt.Sprintf("%d configured tables", n)
 }
 
 // partitioned reports whether a configured table is a partitioned table.
