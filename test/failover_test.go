@@ -496,8 +496,24 @@ log:
 		time.Sleep(50 * time.Millisecond)
 	}
 	out, _ := exec.Command(bin, "check", "-c", cfg).CombinedOutput()
-	if !strings.Contains(string(out), "standby") {
+	if !strings.Contains(string(out), "the source is a standby (decoding there takes it off the primary)") {
 		t.Errorf("walhook check does not say the source is a standby:\n%s", out)
 	}
 	p.stop(t)
+
+	// A publication that does not exist cannot be created on a standby:
+	// check and run say to create it on the primary, and how.
+	text, _ := os.ReadFile(cfg)
+	other := filepath.Join(t.TempDir(), "other.yaml")
+	if err := os.WriteFile(other, []byte(strings.Replace(string(text), "models:", "  slot: other\n  publication: other\nmodels:", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = exec.Command(bin, "check", "-c", other).CombinedOutput()
+	if !strings.Contains(string(out), "the source is a standby, where no publication can be created") || !strings.Contains(string(out), `CREATE PUBLICATION "other" FOR TABLE "public"."item"`) {
+		t.Errorf("walhook check does not say to create the publication on the primary:\n%s", out)
+	}
+	out, err = exec.Command(bin, "run", "-c", other).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `on the primary run: CREATE PUBLICATION "other" FOR TABLE "public"."item"`) {
+		t.Errorf("walhook run on a standby without the publication: %v\n%s", err, out)
+	}
 }

@@ -409,7 +409,12 @@ func (p *preflight) publication(ctx context.Context) {
 				notOwned = append(notOwned, m.QualifiedTable())
 			}
 		}
+		var standby bool
+		_ = p.conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby)
 		switch {
+		case standby:
+			p.fail(name, "does not exist, and the source is a standby, where no publication can be created",
+				"-- on the primary, as the tables' owner or a superuser (the standby replays it):\n"+create)
 		case p.super || (p.canCreateInDB && len(notOwned) == 0):
 			p.ok(name, fmt.Sprintf("does not exist yet; walhook run creates it for the %s", configuredTables(len(want))))
 		case len(notOwned) > 0:
@@ -708,7 +713,7 @@ func (p *preflight) failover(ctx context.Context) {
 			"-- remove database.slot_failover from the configuration, or upgrade to PostgreSQL 17+")
 		return
 	case inRecovery:
-		p.ok(name, "the source is a standby: failover slots belong on the primary ("+docs+")")
+		p.standby(ctx)
 		return
 	case !st.Supported:
 		if st.Streaming > 0 {
@@ -763,4 +768,45 @@ func (p *preflight) failover(ctx context.Context) {
 		return
 	}
 	p.ok(name, fmt.Sprintf("%s; synchronized_standby_slots = %s (connected): the standbys keep a synced copy of the slot, and walhook confirms positions only once they have its outbox commits (each standby also needs sync_replication_slots = on, hot_standby_feedback = on)", slotState, strings.Join(st.Names, ",")))
+}
+
+// standby checks what capture from a hot standby needs (PostgreSQL 16+):
+// a writable outbox elsewhere, hot_standby_feedback and a physical slot on
+// the primary (or the catalog rows decoding needs are vacuumed away and the
+// slot is invalidated), and the publication made on the primary.
+func (p *preflight) standby(ctx context.Context) {
+	const name = "standby source"
+	if p.versionNum < 160000 {
+		p.fail(name, "the source is a standby, and PostgreSQL before 16 cannot decode on a standby",
+			"-- point database.dsn at the primary, or upgrade to PostgreSQL 16+")
+		return
+	}
+	var feedback, primarySlot string
+	if err := p.conn.QueryRow(ctx, `SELECT current_setting('hot_standby_feedback'), current_setting('primary_slot_name')`).Scan(&feedback, &primarySlot); err != nil {
+		p.fail(name, "cannot read the standby's settings: "+err.Error(), "")
+		return
+	}
+	var fixes []string
+	var problems []string
+	if !p.cfg.Database.SeparateOutbox() {
+		p.fail(name, "the source is a standby (read-only), and the outbox is in the source database: capture cannot write it",
+			"-- set database.outbox_dsn to a writable database (on the primary, or another server)")
+		return
+	}
+	if feedback != "on" {
+		problems = append(problems, "hot_standby_feedback is off")
+		fixes = append(fixes, "ALTER SYSTEM SET hot_standby_feedback = on;  -- on this standby")
+	}
+	if primarySlot == "" {
+		problems = append(problems, "primary_slot_name is empty")
+		fixes = append(fixes, "-- on the primary: SELECT pg_create_physical_replication_slot('standby1');\n-- on this standby: ALTER SYSTEM SET primary_slot_name = 'standby1';")
+	}
+	if len(fixes) > 0 {
+		p.warn(name, "the source is a standby, where capture decodes (16+), but "+strings.Join(problems, " and ")+
+			": the primary may vacuum away catalog rows the slot needs, and PostgreSQL then invalidates it (rows_removed)",
+			strings.Join(fixes, "\n")+"\nSELECT pg_reload_conf();")
+		return
+	}
+	p.ok(name, "the source is a standby (decoding there takes it off the primary); the publication must be created on the primary; "+
+		"creating the slot waits for the primary's next running-transactions record (up to 15 s; SELECT pg_log_standby_snapshot(); on the primary hurries it)")
 }
