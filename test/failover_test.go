@@ -97,6 +97,24 @@ func startHAPair(t *testing.T, db, setupSQL string, minVersion int) *haPair {
 	return h
 }
 
+// startClusterSince starts a cluster of the test's own with settings,
+// skipping the test on servers before minVersion (server_version_num).
+func startClusterSince(t *testing.T, minVersion int, settings map[string]string) *pgtest.Cluster {
+	t.Helper()
+	ctx := context.Background()
+	if num, err := pg.VersionNum(ctx); err != nil {
+		t.Fatal(err)
+	} else if num < minVersion {
+		t.Skipf("needs PostgreSQL %d+ (this is %d); run make test-matrix", minVersion/10000, num)
+	}
+	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: settings})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
 // dsn names both servers: libpq's multi-host form, which follows the
 // primary.
 func (h *haPair) dsn() string {
@@ -379,16 +397,7 @@ func (h *haPair) rebuildStandby(t *testing.T) {
 // moved by hand, so the test sets what it has flushed.
 func TestConfirmWaitsForTheStandbysToHaveTheOutbox(t *testing.T) {
 	ctx := context.Background()
-	if num, err := pg.VersionNum(ctx); err != nil {
-		t.Fatal(err)
-	} else if num < 170000 {
-		t.Skipf("synchronized_standby_slots needs PostgreSQL 17+ (this is %d)", num)
-	}
-	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"synchronized_standby_slots": "'sb'"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := startClusterSince(t, 170000, map[string]string{"synchronized_standby_slots": "'sb'"})
 	b := cdctest.Setup(t, cl, `CREATE TABLE item (id int PRIMARY KEY);
 		SELECT pg_create_physical_replication_slot('sb', true)`, `  - table: item`)
 	var lsn string
@@ -465,16 +474,7 @@ func TestSlotCreatedAgainWhileStoppedIsAGap(t *testing.T) {
 // the fix, counts the gap, and captures again on a new slot.
 func TestIdleTimeoutInvalidatedSlot(t *testing.T) {
 	ctx := context.Background()
-	if num, err := pg.VersionNum(ctx); err != nil {
-		t.Fatal(err)
-	} else if num < 180000 {
-		t.Skipf("idle_replication_slot_timeout is new in PostgreSQL 18 (this is %d)", num)
-	}
-	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"idle_replication_slot_timeout": "'1s'"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := startClusterSince(t, 180000, map[string]string{"idle_replication_slot_timeout": "'1s'"})
 	b := cdctest.Setup(t, cl, `CREATE TABLE item (id int PRIMARY KEY)`, `  - table: item`)
 	b.Start()
 	b.Exec(`INSERT INTO item VALUES (1)`)
