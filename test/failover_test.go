@@ -450,7 +450,10 @@ func TestSlotCreatedAgainWhileStoppedIsAGap(t *testing.T) {
 		t.Fatalf("%d gaps before the slot was dropped", g)
 	}
 	slot := b.Cfg.Database.Slot
-	b.Exec(`SELECT pg_drop_replication_slot($1)`, slot)
+	cdctest.WaitUntil(t, "the slot to be dropped", func() bool { // its walsender may still be ending
+		_, err := b.DB.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot)
+		return err == nil
+	})
 	b.Exec(`INSERT INTO item VALUES (2)`) // no slot: never captured
 	b.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
 	b.Exec(`INSERT INTO item VALUES (3)`)
