@@ -593,3 +593,52 @@ log:
 		t.Errorf("walhook run on a standby without the publication: %v\n%s", err, out)
 	}
 }
+
+// TestExistingSlotBecomesAFailoverSlot: on 17+ a slot made before (by an
+// older walhook, or by hand) is turned into a failover slot before capture
+// streams from it (ALTER_REPLICATION_SLOT), and back with
+// database.slot_failover: false; a new slot is created as one.
+func TestExistingSlotBecomesAFailoverSlot(t *testing.T) {
+	ctx := context.Background()
+	if num, err := pg.VersionNum(ctx); err != nil {
+		t.Fatal(err)
+	} else if num < 170000 {
+		t.Skipf("failover slots need PostgreSQL 17+ (this is %d)", num)
+	}
+	b := cdctest.Setup(t, pg, `CREATE TABLE item (id int PRIMARY KEY)`, `  - table: item`)
+	slot := b.Cfg.Database.Slot
+	failover := func() bool {
+		t.Helper()
+		var f bool
+		if err := b.DB.QueryRow(ctx, `SELECT failover FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	b.Exec(`CREATE PUBLICATION walhook FOR TABLE item WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)`)
+	b.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (1)`)
+	cdctest.WaitUntil(t, "the first change", func() bool { return b.Count(`object_key = '1'`) == 2 })
+	if !failover() {
+		t.Fatal("the existing slot is not a failover slot after capture started")
+	}
+	cdctest.WaitUntil(t, "capture to read the slot's failover state", func() bool { return b.Capture.Failover() != nil })
+	if fs := b.Capture.Failover(); !fs.Slot || fs.Ready {
+		t.Errorf("Failover() = %+v, want a failover slot that is not ready (no standby)", fs)
+	}
+	b.Stop()
+	off := false
+	b.Cfg.Database.SlotFailover = &off
+	cdctest.WaitUntil(t, "the walsender to let the slot go", func() bool {
+		var active bool
+		_ = b.DB.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+		return !active
+	})
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (2)`)
+	cdctest.WaitUntil(t, "the next change", func() bool { return b.Count(`object_key = '2'`) == 2 })
+	if failover() {
+		t.Fatal("slot_failover: false left the slot a failover slot")
+	}
+}
