@@ -21,6 +21,7 @@ import (
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/pgnet"
 	"github.com/walhook/walhook/internal/replslot"
 )
 
@@ -40,6 +41,10 @@ type Options struct {
 	GroupDelay time.Duration
 	// StatusInterval is how often the confirmed LSN is reported (default 10s).
 	StatusInterval time.Duration
+	// Silence is how long the replication stream may stay silent, once
+	// walhook asked the server for a reply, before the connection is taken
+	// for dead and replaced (default pgnet.Silence).
+	Silence time.Duration
 	// Observer, when set, is told about every committed batch of rows.
 	Observer Observer
 	// Tracer, when set, records a span per captured source transaction
@@ -99,6 +104,10 @@ type Capture struct {
 	// safeInserts makes the writer use INSERT ... ON CONFLICT instead of
 	// COPY, after a replay met rows already enqueued.
 	safeInserts atomic.Bool
+	// leftBehind is the outbox session a writer lost on a dead path (its
+	// server process may still hold an open transaction); the next
+	// session's writer ends it first. Only Run's goroutine uses it.
+	leftBehind *backend
 }
 
 // New returns a Capture; call Prepare, then Run.
@@ -114,6 +123,9 @@ func New(opts Options) (*Capture, error) {
 	}
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 10 * time.Second
+	}
+	if opts.Silence <= 0 {
+		opts.Silence = pgnet.Silence
 	}
 	c := newCapture(opts)
 	c.store = outbox.New(opts.Outbox, opts.Config.Database.Schema)
@@ -324,6 +336,8 @@ func (c *Capture) Run(ctx context.Context) error {
 
 // slotHolder describes the process holding the slot, for logs.
 func (c *Capture) slotHolder(ctx context.Context) string {
+	ctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
 	s, found, err := replslot.Read(ctx, c.source, c.cfg.Database.Slot)
 	if err != nil || !found || s.ActivePID == nil {
 		return "another process"
@@ -339,12 +353,14 @@ func (c *Capture) slotHolder(ctx context.Context) string {
 }
 
 // ReplicationConfig parses dsn into a replication connection config with
-// the session parameters pinned.
+// the session parameters pinned, a connect timeout, TCP keepalives and
+// TCP_USER_TIMEOUT (pgnet.Configure).
 func ReplicationConfig(dsn string) (*pgconn.Config, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("parse database.dsn: %w", err)
 	}
+	pgnet.Configure(cfg)
 	for k, v := range SessionParams {
 		cfg.RuntimeParams[k] = v
 	}
@@ -354,7 +370,9 @@ func ReplicationConfig(dsn string) (*pgconn.Config, error) {
 
 func (c *Capture) session(ctx context.Context) error {
 	slot := c.cfg.Database.Slot
-	startLSN, err := c.store.CheckpointLSN(ctx, slot)
+	qctx, cancel := pgnet.Bound(ctx)
+	startLSN, err := c.store.CheckpointLSN(qctx, slot)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -366,11 +384,18 @@ func (c *Capture) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("replication connection: %w", err)
 	}
-	defer conn.Close(context.Background())
+	defer func() {
+		// Bounded: on a dead path even the goodbye must not hang.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
 	// Names were validated as plain identifiers: pglogrepl pastes them into SQL.
-	err = pglogrepl.StartReplication(ctx, conn, slot, startLSN, pglogrepl.StartReplicationOptions{
+	qctx, cancel = pgnet.Bound(ctx)
+	err = pglogrepl.StartReplication(qctx, conn, slot, startLSN, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + c.cfg.Database.Publication + "'"},
 	})
+	cancel()
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject {
@@ -386,6 +411,7 @@ func (c *Capture) session(ctx context.Context) error {
 
 	w := newWriter(c.outbox, c.store, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
 	w.tracer = c.opts.Tracer
+	w.endFirst = c.leftBehind
 	w.flushed.Store(uint64(startLSN))
 	w.window, w.collided = &c.window, &c.collided
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
@@ -401,9 +427,10 @@ func (c *Capture) session(ctx context.Context) error {
 	s := &stream{
 		conn: conn, c: c, w: w, out: ch, werr: werr, log: c.log, interval: c.opts.StatusInterval,
 		rels: map[uint32]*payload.Relation{}, rd: payload.Renderer{Resolve: c.types.resolve}, confirmed: startLSN,
-		lastSentEnd: startLSN, kaNeed: startLSN,
+		lastSentEnd: startLSN, kaNeed: startLSN, silence: c.opts.Silence,
 	}
 	err = s.run(ctx)
+	c.streaming.Store(false) // at once: /readyz must not wait for the writer to stop
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject && strings.Contains(pe.Message, "publication") {
 		err = fatalf("%v: publication %s was dropped while walhook was running: restart walhook to create it and the slot again; changes committed after LSN %s will not be captured", err, c.cfg.Database.Publication, s.confirmed)
@@ -416,6 +443,7 @@ func (c *Capture) session(ctx context.Context) error {
 		cancelWriter()
 	}
 	wg.Wait()
+	c.leftBehind = w.left
 	if ctx.Err() != nil {
 		// Confirm what was committed before leaving.
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -466,8 +494,10 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 		var typtype, category string
 		var base, elem uint32
 		var delim string
-		err := t.pool.QueryRow(ctx, `SELECT t.typtype::text, t.typcategory::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
+		qctx, cancel := pgnet.Bound(ctx)
+		err := t.pool.QueryRow(qctx, `SELECT t.typtype::text, t.typcategory::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
 			FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem WHERE t.oid = $1`, oid).Scan(&typtype, &category, &base, &elem, &delim)
+		cancel()
 		if errors.Is(err, pgx.ErrNoRows) {
 			// Dropped since (the stream decodes WAL written before, e.g.
 			// after ALTER COLUMN ... TYPE; DROP TYPE while capture lagged):

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/pgnet"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -69,6 +70,16 @@ type writer struct {
 	window   *atomic.Pointer[gapWindow]
 	inWindow []Delivery
 	collided *atomic.Int64
+
+	// endFirst, when set, is an outbox session an earlier writer lost:
+	// run ends it before writing. left is set when run loses its own.
+	endFirst, left *backend
+}
+
+// backend identifies a server process: a pid alone may have been reused.
+type backend struct {
+	pid   uint32
+	start time.Time
 }
 
 // Observer is told about committed outbox rows (for metrics). Counts are
@@ -99,8 +110,17 @@ const smallGroup = 64
 // run consumes batches until in is closed (then commits what is complete) or
 // ctx ends or a write fails (then rolls back: the stream replays from the
 // checkpoint).
+//
+// Every statement has a deadline (pgnet.StatementTimeout): on a path that
+// stops moving bytes the statement fails, the connection is closed and the
+// stream replays from the checkpoint on a new one. The server may not have
+// noticed (nothing was closed on its side): its process can keep the open
+// transaction, whose rows would block the replay's inserts of the same
+// keys, so the next writer ends that process first (see endFirst).
 func (w *writer) run(ctx context.Context, in <-chan batch) error {
-	pc, err := w.pool.Acquire(ctx)
+	actx, cancel := pgnet.Bound(ctx)
+	pc, err := w.pool.Acquire(actx)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("outbox: connect: %w", err)
 	}
@@ -108,7 +128,17 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 	conn := pc.Conn()
 	// COPY sends commit_lsn in binary: pg_lsn is a big-endian 64-bit integer.
 	conn.TypeMap().RegisterType(&pgtype.Type{Name: "pg_lsn", OID: pgLSNOID, Codec: pgtype.Int8Codec{}})
-	if _, err := conn.Exec(ctx, "SET synchronous_commit = on"); err != nil {
+	if w.endFirst != nil {
+		w.endBackend(ctx, conn, *w.endFirst)
+	}
+	self := backend{pid: conn.PgConn().PID()}
+	qctx, cancel := pgnet.Bound(ctx)
+	_, err = conn.Exec(qctx, "SET synchronous_commit = on")
+	if err == nil {
+		err = conn.QueryRow(qctx, "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").Scan(&self.start)
+	}
+	cancel()
+	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	var (
@@ -123,7 +153,13 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 	defer func() {
 		clear(w.counts)
 		if open || conn.PgConn().TxStatus() != 'I' {
-			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+			rctx, cancel := pgnet.Bound(context.WithoutCancel(ctx))
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
+		}
+		if conn.PgConn().IsClosed() {
+			// Closed by a failed statement: the server's side may live on.
+			w.left = &self
 		}
 	}()
 	count := func(rows []Delivery) {
@@ -148,7 +184,10 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			return nil
 		}
 		if !open {
-			if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+			bctx, cancel := pgnet.Bound(ctx)
+			_, err := conn.Exec(bctx, "BEGIN")
+			cancel()
+			if err != nil {
 				return fmt.Errorf("outbox: begin: %w", err)
 			}
 			open = true
@@ -192,7 +231,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		b.Queue("COMMIT")
 		open = true // until COMMIT succeeds, a failure leaves a transaction to roll back
-		br := conn.SendBatch(ctx, b)
+		bctx, cancel := pgnet.Bound(ctx)
+		defer cancel()
+		br := conn.SendBatch(bctx, b)
 		for i := 0; i < b.Len(); i++ {
 			tag, err := br.Exec()
 			if err != nil {
@@ -277,7 +318,9 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 		for i, r := range w.inWindow {
 			keys[i] = outbox.DeliveryKey{Webhook: r.Webhook, CommitLSN: r.CommitLSN, Seq: r.Seq}
 		}
-		idx, err := w.store.CreatedBefore(ctx, keys, g.before)
+		qctx, cancel := pgnet.Bound(ctx)
+		idx, err := w.store.CreatedBefore(qctx, keys, g.before)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -301,6 +344,28 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 	return nil
 }
 
+// endBackend ends the server process of an outbox session an earlier
+// writer lost on a dead path, if it still runs: it may hold an open
+// transaction whose rows block the replay. A failure is logged: the replay
+// then waits for the statement deadline and the next session tries again.
+func (w *writer) endBackend(ctx context.Context, conn *pgx.Conn, b backend) {
+	ctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
+	var ended bool
+	err := conn.QueryRow(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2",
+		int64(b.pid), b.start).Scan(&ended)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		// Gone already.
+	case err != nil:
+		w.log.Warn().Err(err).Uint32("pid", b.pid).
+			Msg("could not end the outbox session the last capture attempt lost; if it still holds a transaction, capture waits for it")
+	case ended:
+		w.log.Warn().Uint32("pid", b.pid).
+			Msg("ended the outbox session the last capture attempt lost on a dead network path (its server process was still running)")
+	}
+}
+
 // pgLSNOID is the type OID of pg_lsn.
 const pgLSNOID = 3220
 
@@ -310,6 +375,8 @@ const pgLSNOID = 3220
 // violation: the writer then uses INSERT ... ON CONFLICT DO NOTHING for good,
 // and the stream replays.
 func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) (int64, error) {
+	ctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
 	if w.safe.Load() {
 		tag, err := conn.Exec(ctx, w.sql.Insert, insertArgs(rows)...)
 		if err != nil {
