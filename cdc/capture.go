@@ -108,6 +108,11 @@ type Capture struct {
 	// server process may still hold an open transaction); the next
 	// session's writer ends it first. Only Run's goroutine uses it.
 	leftBehind *backend
+	// stream is the server process of the current replication
+	// connection; lostStream that of one given up on, which the next
+	// session ends if it still holds the slot (lost.go). Only Run's
+	// goroutine uses them.
+	stream, lostStream *backend
 }
 
 // New returns a Capture; call Prepare, then Run.
@@ -304,6 +309,9 @@ func (c *Capture) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if c.stream != nil {
+			c.lostStream, c.stream = c.stream, nil
+		}
 		if IsFatal(err) {
 			return err
 		}
@@ -390,6 +398,22 @@ func (c *Capture) session(ctx context.Context) error {
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
+	if lost := c.lostStream; lost != nil {
+		c.lostStream = nil
+		if ended, err := endBackend(ctx, c.source, *lost); err != nil {
+			c.log.Warn().Err(err).Msg("could not end the replication session the last attempt gave up on; it holds the slot until wal_sender_timeout")
+		} else if ended {
+			c.log.Warn().Uint32("pid", lost.pid).Msg("ended the replication session the last attempt gave up on (its walsender still held the slot)")
+		}
+	}
+	qctx, cancel = pgnet.Bound(ctx)
+	self, err := selfReplicationBackend(qctx, conn)
+	cancel()
+	if err != nil {
+		c.log.Debug().Err(err).Msg("the replication session cannot be ended from elsewhere if it is lost")
+	} else {
+		c.stream = &self
+	}
 	// Names were validated as plain identifiers: pglogrepl pastes them into SQL.
 	qctx, cancel = pgnet.Bound(ctx)
 	err = pglogrepl.StartReplication(qctx, conn, slot, startLSN, pglogrepl.StartReplicationOptions{

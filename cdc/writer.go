@@ -76,11 +76,6 @@ type writer struct {
 	endFirst, left *backend
 }
 
-// backend identifies a server process: a pid alone may have been reused.
-type backend struct {
-	pid   uint32
-	start time.Time
-}
 
 // Observer is told about committed outbox rows (for metrics). Counts are
 // delivery rows, i.e. changes times matching webhooks.
@@ -113,36 +108,58 @@ const smallGroup = 64
 //
 // Every statement has a deadline (pgnet.StatementTimeout): on a path that
 // stops moving bytes the statement fails, the connection is closed and the
-// stream replays from the checkpoint on a new one. The server may not have
-// noticed (nothing was closed on its side): its process can keep the open
-// transaction, whose rows would block the replay's inserts of the same
-// keys, so the next writer ends that process first (see endFirst).
-func (w *writer) run(ctx context.Context, in <-chan batch) error {
+// stream replays from the checkpoint on a new one; the next writer first
+// ends the server process the failed one may have left (lost.go).
+func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 	actx, cancel := pgnet.Bound(ctx)
 	pc, err := w.pool.Acquire(actx)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("outbox: connect: %w", err)
 	}
-	defer pc.Release()
 	conn := pc.Conn()
+	var (
+		self backend // conn's server process
+		open bool    // a transaction is open on conn
+	)
+	defer func() {
+		clear(w.counts)
+		pg := conn.PgConn()
+		switch {
+		case err == nil && (open || pg.TxStatus() != 'I'):
+			// Stopped mid-transaction: the connection goes back to the pool.
+			rctx, cancel := pgnet.Bound(context.WithoutCancel(ctx))
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
+		case err != nil && !pg.IsClosed():
+			// Ended by an error, or by the stream giving up on a path that
+			// may be dead: closing rolls back, and no other user of the
+			// pool gets a connection that may wait for its deadline.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = conn.Close(cctx)
+			cancel()
+		}
+		if pg.IsClosed() && self.start != 0 {
+			// Closed on this side: the server's may live on.
+			w.left = &self
+		}
+		pc.Release()
+	}()
 	// COPY sends commit_lsn in binary: pg_lsn is a big-endian 64-bit integer.
 	conn.TypeMap().RegisterType(&pgtype.Type{Name: "pg_lsn", OID: pgLSNOID, Codec: pgtype.Int8Codec{}})
 	if w.endFirst != nil {
-		w.endBackend(ctx, conn, *w.endFirst)
+		w.endLost(ctx, conn, *w.endFirst)
 	}
-	self := backend{pid: conn.PgConn().PID()}
 	qctx, cancel := pgnet.Bound(ctx)
 	_, err = conn.Exec(qctx, "SET synchronous_commit = on")
 	if err == nil {
-		err = conn.QueryRow(qctx, "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").Scan(&self.start)
+		self, err = selfBackend(qctx, conn)
 	}
 	cancel()
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	var (
-		open       bool // a transaction is open on conn
 		buf        []Delivery
 		groupRows  int
 		groupStart time.Time
@@ -150,18 +167,6 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		inserted   int64
 		complete   = true
 	)
-	defer func() {
-		clear(w.counts)
-		if open || conn.PgConn().TxStatus() != 'I' {
-			rctx, cancel := pgnet.Bound(context.WithoutCancel(ctx))
-			_, _ = conn.Exec(rctx, "ROLLBACK")
-			cancel()
-		}
-		if conn.PgConn().IsClosed() {
-			// Closed by a failed statement: the server's side may live on.
-			w.left = &self
-		}
-	}()
 	count := func(rows []Delivery) {
 		if w.window != nil {
 			if g := w.window.Load(); g != nil {
@@ -344,21 +349,14 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 	return nil
 }
 
-// endBackend ends the server process of an outbox session an earlier
-// writer lost on a dead path, if it still runs: it may hold an open
-// transaction whose rows block the replay. A failure is logged: the replay
-// then waits for the statement deadline and the next session tries again.
-func (w *writer) endBackend(ctx context.Context, conn *pgx.Conn, b backend) {
-	ctx, cancel := pgnet.Bound(ctx)
-	defer cancel()
-	var ended bool
-	err := conn.QueryRow(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2",
-		int64(b.pid), b.start).Scan(&ended)
+// endLost ends the server process of an outbox session an earlier writer
+// lost (lost.go). A failure is logged: the replay then waits for the
+// statement deadline and the next session tries again.
+func (w *writer) endLost(ctx context.Context, conn *pgx.Conn, b backend) {
+	ended, err := endBackend(ctx, conn, b)
 	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		// Gone already.
 	case err != nil:
-		w.log.Warn().Err(err).Uint32("pid", b.pid).
+		w.log.Warn().Err(err).
 			Msg("could not end the outbox session the last capture attempt lost; if it still holds a transaction, capture waits for it")
 	case ended:
 		w.log.Warn().Uint32("pid", b.pid).
