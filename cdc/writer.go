@@ -76,7 +76,6 @@ type writer struct {
 	endFirst, left *backend
 }
 
-
 // Observer is told about committed outbox rows (for metrics). Counts are
 // delivery rows, i.e. changes times matching webhooks.
 type Observer interface {
