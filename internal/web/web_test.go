@@ -27,6 +27,7 @@ import (
 	"github.com/walhook/walhook/internal/tracecontext"
 	"github.com/walhook/walhook/internal/web"
 	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/test/netproxy"
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -908,4 +909,48 @@ func TestPagesShowTraceAndInsecureTLS(t *testing.T) {
 	if !strings.Contains(body, `id="insecure-inventory"`) || strings.Contains(body, `id="insecure-audit"`) {
 		t.Errorf("summary does not flag exactly the insecure webhook:\n%s", body)
 	}
+}
+
+func TestReadyzAnswersAtOnceOnADeadPath(t *testing.T) {
+	dsn := pg.NewDB(t)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, err := netproxy.Start(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(px.Close)
+	capture := &fakeCapture{}
+	capture.streaming.Store(true)
+	e := newEnvOn(t, strings.Replace(dsn, u.Host, px.Addr(), 1), withCapture(capture))
+	c := client(t)
+	// readyz waits until /readyz answers want, for at most within; every
+	// answer must come within a second.
+	readyz := func(want int, within time.Duration) string {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			start := time.Now()
+			resp, body := do(t, c, "GET", e.srv.URL+"/readyz", nil)
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("/readyz took %s to answer", d)
+			}
+			if resp.StatusCode == want {
+				return body
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/readyz still answers %s %s after %s", resp.Status, body, within)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	readyz(200, 10*time.Second)
+	px.Freeze() // the outbox stops answering, nothing is closed
+	if body := readyz(503, 15*time.Second); !strings.Contains(body, "outbox database unreachable") {
+		t.Errorf("/readyz on a dead path: %s", body)
+	}
+	px.Heal() // new connections work, the frozen ones stay frozen
+	readyz(200, 30*time.Second)
 }
