@@ -20,12 +20,14 @@ const (
 	// ConnectTimeout bounds a connection attempt (TCP, TLS and the startup
 	// exchange) whose DSN sets no connect_timeout.
 	ConnectTimeout = 10 * time.Second
-	// KeepAliveIdle, KeepAliveInterval and KeepAliveCount are the TCP
-	// keepalive settings of every connection: a peer that stops
-	// acknowledging is dropped after about Idle + Interval*Count.
-	KeepAliveIdle     = 15 * time.Second
+	// KeepAliveIdle is how long a connection is idle before TCP keepalive
+	// probes start: a peer that stops acknowledging them is dropped after
+	// about KeepAliveIdle + KeepAliveCount*KeepAliveInterval.
+	KeepAliveIdle = 15 * time.Second
+	// KeepAliveInterval is the time between two keepalive probes.
 	KeepAliveInterval = 5 * time.Second
-	KeepAliveCount    = 3
+	// KeepAliveCount is how many unanswered probes drop the connection.
+	KeepAliveCount = 3
 	// UserTimeout is TCP_USER_TIMEOUT (Linux): how long sent data may stay
 	// unacknowledged before the kernel drops the connection.
 	UserTimeout = KeepAliveIdle + KeepAliveCount*KeepAliveInterval
