@@ -108,11 +108,11 @@ type Capture struct {
 	// server process may still hold an open transaction); the next
 	// session's writer ends it first. Only Run's goroutine uses it.
 	leftBehind *backend
-	// stream is the server process of the current replication
-	// connection; lostStream that of one given up on, which the next
-	// session ends if it still holds the slot (lost.go). Only Run's
-	// goroutine uses them.
-	stream, lostStream *backend
+	// walsender is the server process of the current replication
+	// connection; lostWalsender that of one given up on, which the next
+	// session ends if it still runs (lost.go). Only Run's goroutine uses
+	// them.
+	walsender, lostWalsender *backend
 }
 
 // New returns a Capture; call Prepare, then Run.
@@ -309,8 +309,8 @@ func (c *Capture) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if c.stream != nil {
-			c.lostStream, c.stream = c.stream, nil
+		if c.walsender != nil {
+			c.lostWalsender, c.walsender = c.walsender, nil
 		}
 		if IsFatal(err) {
 			return err
@@ -398,12 +398,12 @@ func (c *Capture) session(ctx context.Context) error {
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	if lost := c.lostStream; lost != nil {
-		c.lostStream = nil
+	if lost := c.lostWalsender; lost != nil {
+		c.lostWalsender = nil
 		if ended, err := endBackend(ctx, c.source, *lost); err != nil {
 			c.log.Warn().Err(err).Msg("could not end the replication session the last attempt gave up on; it holds the slot until wal_sender_timeout")
 		} else if ended {
-			c.log.Warn().Uint32("pid", lost.pid).Msg("ended the replication session the last attempt gave up on (its walsender still held the slot)")
+			c.log.Warn().Uint32("pid", lost.pid).Msg("ended the replication session the last attempt gave up on (its walsender was still running, holding the slot)")
 		}
 	}
 	qctx, cancel = pgnet.Bound(ctx)
@@ -412,7 +412,7 @@ func (c *Capture) session(ctx context.Context) error {
 	if err != nil {
 		c.log.Debug().Err(err).Msg("the replication session cannot be ended from elsewhere if it is lost")
 	} else {
-		c.stream = &self
+		c.walsender = &self
 	}
 	// Names were validated as plain identifiers: pglogrepl pastes them into SQL.
 	qctx, cancel = pgnet.Bound(ctx)
