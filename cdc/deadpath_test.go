@@ -1,9 +1,12 @@
 package cdc
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,10 +34,12 @@ func (b *bundle) proxied() (*netproxy.Proxy, string) {
 	return px, strings.Replace(b.dsn, u.Host, px.Addr(), 1)
 }
 
-// run starts c (prepared) until the test ends.
-func (b *bundle) run(opts Options) {
+// run starts a Capture with opts until the test ends; its log also goes to
+// logs.
+func (b *bundle) run(opts Options, logs ...io.Writer) {
 	b.t.Helper()
-	opts.Config, opts.Logger = b.cfg, zerolog.New(zerolog.NewTestWriter(b.t)).Level(zerolog.InfoLevel)
+	out := zerolog.MultiLevelWriter(append([]io.Writer{zerolog.NewTestWriter(b.t)}, logs...)...)
+	opts.Config, opts.Logger = b.cfg, zerolog.New(out).Level(zerolog.InfoLevel)
 	if opts.Source == nil {
 		opts.Source = b.source
 	}
@@ -137,4 +142,41 @@ func TestLostOutboxTransactionDoesNotBlockTheReplay(t *testing.T) {
 	if n := b.count("true"); n != 2*rows {
 		t.Errorf("%d delivery rows, want %d", n, 2*rows)
 	}
+}
+
+// TestBusyWalsenderIsNotTakenForADeadPath: while the server decodes a large
+// transaction of a table walhook does not capture, it answers status
+// updates only every wal_sender_timeout/2 (spilling, then reading back). A
+// stream silent past its bound whose walsender is busy is not replaced:
+// replacing it would decode the transaction again, and again.
+func TestBusyWalsenderIsNotTakenForADeadPath(t *testing.T) {
+	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, v text); CREATE TABLE other (id int, v text)`, "  - table: item\n")
+	var logs lockedBuffer
+	b.run(Options{StatusInterval: 200 * time.Millisecond, Silence: time.Second}, &logs)
+	b.waitFor("capture streaming", 10*time.Second, b.cap.Streaming)
+	b.exec(`INSERT INTO other SELECT g, 'x' FROM generate_series(1, 2000000) g`)
+	b.exec(`INSERT INTO item VALUES (1, 'x')`)
+	took := b.waitFor("the change after the large transaction enqueued", 90*time.Second, func() bool { return b.count("webhook = 'a'") == 1 })
+	t.Logf("enqueued %s after the large transaction committed", took.Round(100*time.Millisecond))
+	if !strings.Contains(logs.String(), "its walsender is busy") {
+		t.Error("the stream never went silent while the server was busy: the test proves nothing (write more rows)")
+	}
+}
+
+// lockedBuffer is a buffer safe for concurrent writes and reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -159,6 +159,15 @@ func (s *stream) run(ctx context.Context) error {
 			}
 			if pgconn.Timeout(err) {
 				if s.silence > 0 && time.Since(s.lastHeard) >= s.silence {
+					if busy := s.c.walsenderBusy(ctx); busy != "" {
+						// Decoding a large transaction (of tables not
+						// captured, say), the server answers only now and
+						// then: give it another while.
+						s.log.Info().Str("wait_event", busy).Dur("silent", time.Since(s.lastHeard)).
+							Msg("replication stream silent, but its walsender is busy (decoding a large transaction?): waiting on")
+						s.lastHeard, s.asked = time.Now(), false
+						continue
+					}
 					return fmt.Errorf("replication stream: nothing received for %s: %w", s.silence, errSilent)
 				}
 				continue
