@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/pgnet"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -20,6 +21,10 @@ import (
 // statusMinGap is the shortest time between two status updates sent to
 // confirm keepalive positions.
 const statusMinGap = 200 * time.Millisecond
+
+// errSilent ends a session whose server stopped answering: the path to it
+// may be dead without anything being closed.
+var errSilent = errors.New("the server sent nothing, not even the reply asked for: taking the connection for dead")
 
 // stream owns one replication connection: it receives pgoutput messages,
 // renders changes, hands them to the writer and confirms LSNs. It runs on a
@@ -66,6 +71,15 @@ type stream struct {
 	// guard, when the outbox server has synchronized_standby_slots, holds
 	// confirmations back until those standbys have the outbox commits.
 	guard *standbyGuard
+
+	// silence is how long the server may stay silent before the session
+	// ends (errSilent); a status update asks for a reply once a third of it
+	// has passed. lastHeard is when the server was last heard from, or when
+	// the stream came back from work that kept it from reading (whatever
+	// arrived meanwhile is buffered); asked: a reply was asked for since.
+	silence   time.Duration
+	lastHeard time.Time
+	asked     bool
 }
 
 // idleBytes is how far the server's WAL may run ahead of the checkpoint,
@@ -126,12 +140,15 @@ func (s *stream) confirmLSN(ctx context.Context) pglogrepl.LSN {
 
 func (s *stream) sendStatus(ctx context.Context) error {
 	lsn := s.confirmLSN(ctx)
+	reply := s.silence > 0 && time.Since(s.lastHeard) >= s.silence/3
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn, ClientTime: time.Now(),
+		ReplyRequested: reply,
 	})
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
+	s.asked = s.asked || reply
 	s.c.confirmed.Store(uint64(lsn))
 	s.lastStatus = time.Now()
 	next := s.lastStatus.Add(s.interval)
@@ -147,8 +164,26 @@ func (s *stream) sendStatus(ctx context.Context) error {
 	return nil
 }
 
+// receiveDeadline is when to stop waiting for a message: the next status
+// update, the moment to ask the server for a reply, or the end of the
+// silence allowed.
+func (s *stream) receiveDeadline() time.Time {
+	d := s.nextStatus
+	if s.silence <= 0 {
+		return d
+	}
+	if t := s.lastHeard.Add(s.silence); t.Before(d) {
+		d = t
+	}
+	if t := s.lastHeard.Add(s.silence / 3); !s.asked && t.Before(d) {
+		d = t
+	}
+	return d
+}
+
 func (s *stream) run(ctx context.Context) error {
 	s.nextStatus = time.Now().Add(s.interval)
+	s.lastHeard = time.Now()
 	s.tpl = payload.NewTemplater()
 	specs, err := payload.HookSpecs(s.c.cfg, s.tpl)
 	if err != nil {
@@ -164,7 +199,8 @@ func (s *stream) run(ctx context.Context) error {
 			return err
 		default:
 		}
-		if !time.Now().Before(s.nextStatus) {
+		if now := time.Now(); !now.Before(s.nextStatus) ||
+			(s.silence > 0 && !s.asked && now.Sub(s.lastHeard) >= s.silence/3) {
 			if err := s.sendStatus(ctx); err != nil {
 				return err
 			}
@@ -172,7 +208,7 @@ func (s *stream) run(ctx context.Context) error {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, s.nextStatus)
+		rctx, cancel := context.WithDeadline(ctx, s.receiveDeadline())
 		raw, err := s.conn.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
@@ -180,10 +216,23 @@ func (s *stream) run(ctx context.Context) error {
 				return ctx.Err()
 			}
 			if pgconn.Timeout(err) {
+				if s.silence > 0 && time.Since(s.lastHeard) >= s.silence {
+					if busy := s.c.walsenderBusy(ctx); busy != "" {
+						// Decoding a large transaction (of tables not
+						// captured, say), the server answers only now and
+						// then: give it another while.
+						s.log.Info().Str("wait_event", busy).Dur("silent", time.Since(s.lastHeard)).
+							Msg("replication stream silent, but its walsender is busy (decoding a large transaction?): waiting on")
+						s.lastHeard, s.asked = time.Now(), false
+						continue
+					}
+					return fmt.Errorf("replication stream: nothing received for %s: %w", s.silence, errSilent)
+				}
 				continue
 			}
 			return fmt.Errorf("receive from replication stream: %w", err)
 		}
+		s.lastHeard, s.asked = time.Now(), false
 		switch m := raw.(type) {
 		case *pgproto3.ErrorResponse:
 			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m))
@@ -221,6 +270,9 @@ func (s *stream) run(ctx context.Context) error {
 				if err := s.handle(ctx, x.WALData); err != nil {
 					return err
 				}
+				// Handling may have waited (the writer, lookups): the
+				// silence counts only time spent waiting for the server.
+				s.lastHeard, s.asked = time.Now(), false
 			}
 		}
 	}
@@ -351,7 +403,9 @@ func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
 			return err
 		}
 	}
-	pk, err := PrimaryKey(ctx, s.c.source, m.ID)
+	qctx, cancel := pgnet.Bound(ctx)
+	pk, err := PrimaryKey(qctx, s.c.source, m.ID)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -385,7 +439,9 @@ func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
 // was dropped, say) is logged and left out until the next schema change or
 // restart; capture goes on.
 func (s *stream) planRelation(ctx context.Context, r *payload.Relation) error {
-	cat, err := payload.TableColumns(ctx, s.c.source, r.Schema, r.Name)
+	qctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
+	cat, err := payload.TableColumns(qctx, s.c.source, r.Schema, r.Name)
 	if err != nil {
 		return err
 	}
@@ -400,7 +456,7 @@ func (s *stream) planRelation(ctx context.Context, r *payload.Relation) error {
 			cols[i].TypeName = "pg_catalog.text"
 		}
 	}
-	plan, probs, err := payload.PlanLookups(ctx, s.c.source, r.Model, cols)
+	plan, probs, err := payload.PlanLookups(qctx, s.c.source, r.Model, cols)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/pgnet"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -69,6 +70,10 @@ type writer struct {
 	window   *atomic.Pointer[gapWindow]
 	inWindow []Delivery
 	collided *atomic.Int64
+
+	// endFirst, when set, is an outbox session an earlier writer lost:
+	// run ends it before writing. left is set when run loses its own.
+	endFirst, left *backend
 }
 
 // Observer is told about committed outbox rows (for metrics). Counts are
@@ -99,20 +104,61 @@ const smallGroup = 64
 // run consumes batches until in is closed (then commits what is complete) or
 // ctx ends or a write fails (then rolls back: the stream replays from the
 // checkpoint).
-func (w *writer) run(ctx context.Context, in <-chan batch) error {
-	pc, err := w.pool.Acquire(ctx)
+//
+// Every statement has a deadline (pgnet.StatementTimeout): on a path that
+// stops moving bytes the statement fails, the connection is closed and the
+// stream replays from the checkpoint on a new one; the next writer first
+// ends the server process the failed one may have left (lost.go).
+func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
+	actx, cancel := pgnet.Bound(ctx)
+	pc, err := w.pool.Acquire(actx)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("outbox: connect: %w", err)
 	}
-	defer pc.Release()
 	conn := pc.Conn()
+	var (
+		self backend // conn's server process
+		open bool    // a transaction is open on conn
+	)
+	defer func() {
+		clear(w.counts)
+		pg := conn.PgConn()
+		switch {
+		case err == nil && (open || pg.TxStatus() != 'I'):
+			// Stopped mid-transaction: the connection goes back to the pool.
+			rctx, cancel := pgnet.Bound(context.WithoutCancel(ctx))
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
+		case err != nil && !pg.IsClosed():
+			// Ended by an error, or by the stream giving up on a path that
+			// may be dead: closing rolls back, and no other user of the
+			// pool gets a connection that may wait for its deadline.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = conn.Close(cctx)
+			cancel()
+		}
+		if pg.IsClosed() && self.start != 0 {
+			// Closed on this side: the server's may live on.
+			w.left = &self
+		}
+		pc.Release()
+	}()
 	// COPY sends commit_lsn in binary: pg_lsn is a big-endian 64-bit integer.
 	conn.TypeMap().RegisterType(&pgtype.Type{Name: "pg_lsn", OID: pgLSNOID, Codec: pgtype.Int8Codec{}})
-	if _, err := conn.Exec(ctx, "SET synchronous_commit = on"); err != nil {
+	if w.endFirst != nil {
+		w.endLost(ctx, conn, *w.endFirst)
+	}
+	qctx, cancel := pgnet.Bound(ctx)
+	_, err = conn.Exec(qctx, "SET synchronous_commit = on")
+	if err == nil {
+		self, err = selfBackend(qctx, conn)
+	}
+	cancel()
+	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	var (
-		open       bool // a transaction is open on conn
 		buf        []Delivery
 		groupRows  int
 		groupStart time.Time
@@ -120,12 +166,6 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		inserted   int64
 		complete   = true
 	)
-	defer func() {
-		clear(w.counts)
-		if open || conn.PgConn().TxStatus() != 'I' {
-			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
-		}
-	}()
 	count := func(rows []Delivery) {
 		if w.window != nil {
 			if g := w.window.Load(); g != nil {
@@ -148,7 +188,10 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			return nil
 		}
 		if !open {
-			if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+			bctx, cancel := pgnet.Bound(ctx)
+			_, err := conn.Exec(bctx, "BEGIN")
+			cancel()
+			if err != nil {
 				return fmt.Errorf("outbox: begin: %w", err)
 			}
 			open = true
@@ -192,7 +235,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		b.Queue("COMMIT")
 		open = true // until COMMIT succeeds, a failure leaves a transaction to roll back
-		br := conn.SendBatch(ctx, b)
+		bctx, cancel := pgnet.Bound(ctx)
+		defer cancel()
+		br := conn.SendBatch(bctx, b)
 		for i := 0; i < b.Len(); i++ {
 			tag, err := br.Exec()
 			if err != nil {
@@ -277,7 +322,9 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 		for i, r := range w.inWindow {
 			keys[i] = outbox.DeliveryKey{Webhook: r.Webhook, CommitLSN: r.CommitLSN, Seq: r.Seq}
 		}
-		idx, err := w.store.CreatedBefore(ctx, keys, g.before)
+		qctx, cancel := pgnet.Bound(ctx)
+		idx, err := w.store.CreatedBefore(qctx, keys, g.before)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -301,6 +348,21 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 	return nil
 }
 
+// endLost ends the server process of an outbox session an earlier writer
+// lost (lost.go). A failure is logged: the replay then waits for the
+// statement deadline and the next session tries again.
+func (w *writer) endLost(ctx context.Context, conn *pgx.Conn, b backend) {
+	ended, err := endBackend(ctx, conn, b)
+	switch {
+	case err != nil:
+		w.log.Warn().Err(err).
+			Msg("could not end the outbox session the last capture attempt lost; if it still holds a transaction, capture waits for it")
+	case ended:
+		w.log.Warn().Uint32("pid", b.pid).
+			Msg("ended the outbox session the last capture attempt lost on a dead network path (its server process was still running)")
+	}
+}
+
 // pgLSNOID is the type OID of pg_lsn.
 const pgLSNOID = 3220
 
@@ -310,6 +372,8 @@ const pgLSNOID = 3220
 // violation: the writer then uses INSERT ... ON CONFLICT DO NOTHING for good,
 // and the stream replays.
 func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) (int64, error) {
+	ctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
 	if w.safe.Load() {
 		tag, err := conn.Exec(ctx, w.sql.Insert, insertArgs(rows)...)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/walhook/walhook/internal/outbox"
@@ -458,7 +459,9 @@ func (d *Dispatcher) listen(ctx context.Context) {
 }
 
 func (d *Dispatcher) listenOnce(ctx context.Context) (listened bool, err error) {
-	c, err := d.store.Pool().Acquire(ctx)
+	actx, cancel := context.WithTimeout(ctx, dbTimeout)
+	c, err := d.store.Pool().Acquire(actx)
+	cancel()
 	if err != nil {
 		return false, fmt.Errorf("listen: acquire connection: %w", err)
 	}
@@ -470,14 +473,30 @@ func (d *Dispatcher) listenOnce(ctx context.Context) (listened bool, err error) 
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{d.store.Channel()}.Sanitize()); err != nil {
+	lctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	_, err = conn.Exec(lctx, "LISTEN "+pgx.Identifier{d.store.Channel()}.Sanitize())
+	cancel()
+	if err != nil {
 		return false, fmt.Errorf("listen: %w", err)
 	}
 	signal(d.wake) // catch up with anything enqueued while not listening
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		wctx, cancel := context.WithTimeout(ctx, listenCheckEvery)
+		_, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err == nil {
+			signal(d.wake)
+			continue
+		}
+		if ctx.Err() != nil || !pgconn.Timeout(err) {
 			return true, fmt.Errorf("listen: wait for notification: %w", err)
 		}
-		signal(d.wake)
+		// Quiet for a while: check that the connection still answers.
+		pctx, cancel := context.WithTimeout(ctx, dbTimeout)
+		err = conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			return true, fmt.Errorf("listen: the connection does not answer: %w", err)
+		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/walhook/walhook/internal/clienttls"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/pgnet"
 )
 
 // Options configure a Dispatcher. Pool and Config are required.
@@ -101,7 +102,11 @@ const (
 	// connection can be reused; larger bodies cost a new connection.
 	maxDrain = 64 << 10
 	// dbTimeout bounds every statement the Dispatcher runs.
-	dbTimeout = 30 * time.Second
+	dbTimeout = pgnet.StatementTimeout
+	// listenCheckEvery is how long the LISTEN connection may stay quiet
+	// before it is pinged (a dead path closes nothing: without the ping,
+	// the wait for a notification never ends).
+	listenCheckEvery = 10 * time.Second
 	// shutdownWait bounds how long Run keeps trying to write outcomes after
 	// its context is cancelled.
 	shutdownWait = 15 * time.Second
