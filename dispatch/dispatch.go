@@ -293,18 +293,22 @@ func New(opts Options) (*Dispatcher, error) {
 		}
 		h.limit = min(w.Concurrency, d.concurrency)
 		h.maxHeld = min(h.limit*heldPerWorker, maxHeldTotal)
+		var rateWait time.Duration
 		if w.Rate > 0 {
 			burst := max(1, int(math.Ceil(w.Rate/10)))
 			h.rate = rate.NewLimiter(rate.Limit(w.Rate), burst)
-			// Rows wait for their turn while claimed: hold about two
-			// seconds' worth, so the lease covers the wait.
-			h.maxHeld = min(h.maxHeld, max(h.limit, int(math.Ceil(2*w.Rate))))
+			// Rows wait for their token while claimed: hold about two
+			// seconds' worth, at least one row (not one per request
+			// slot: at 30/m, 16 rows are 32 s of tokens), and let the
+			// lease cover the wait for all of them.
+			h.maxHeld = min(h.maxHeld, max(1, int(math.Ceil(2*w.Rate))))
+			rateWait = time.Duration(float64(h.maxHeld) / w.Rate * float64(time.Second))
 		}
 		// A claimed row waits for at most maxHeld/limit requests ahead of
-		// it, each bounded by a timeout, then takes its own: the lease
-		// covers that. (A dead dispatcher's rows are taken back sooner,
-		// through its heartbeat.)
-		h.lease = time.Duration((h.maxHeld+h.limit-1)/h.limit+1)*h.timeout + leaseMargin
+		// it, each bounded by a timeout, and for its rate-limit token,
+		// then takes its own: the lease covers that. (A dead dispatcher's
+		// rows are taken back sooner, through its heartbeat.)
+		h.lease = time.Duration((h.maxHeld+h.limit-1)/h.limit+1)*h.timeout + rateWait + leaseMargin
 		h.queue = make(chan *job, h.maxHeld)
 		h.breaker = newBreaker()
 		d.hooks[w.Name] = h

@@ -2,6 +2,7 @@ package dispatch_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -193,6 +194,54 @@ func TestRateLimit(t *testing.T) {
 	}
 	if d := at[len(at)-1].Sub(at[0]); d < 1500*time.Millisecond {
 		t.Errorf("45 requests at 20/s took %s", d)
+	}
+}
+
+// A low rate_limit keeps delivering (issue 24): with 16 request slots at
+// 30/m, each slot used to book a token up to 32 s ahead, past the claim's
+// deadline (7 s with a 1 s timeout), so the row was released, its token
+// wasted, and the next claim booked further still: 4 deliveries, then
+// none. Now a webhook holds only the rows its tokens can send in time.
+func TestLowRateLimitKeepsDelivering(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		rate float64 // per second
+		want int     // deliveries to wait for: past where the old code stalled
+	}{
+		{"30/m", 30.0 / 60, 10},
+		{"1000/h", 1000.0 / 3600, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t)
+			var mu sync.Mutex
+			var at []time.Time
+			rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+				mu.Lock()
+				at = append(at, time.Now())
+				mu.Unlock()
+				w.WriteHeader(204)
+			})
+			e.insertMany("w", 40, 0)
+			e.start(e.pool, testConfig(16, hookConfig("w", rec.srv.URL, func(w *config.Webhook) {
+				w.Rate = tc.rate
+				w.Timeout = config.Duration(time.Second)
+			})))
+			// Bounded by twice the time the rate needs.
+			bound := 2 * time.Duration(float64(tc.want)/tc.rate*float64(time.Second))
+			waitFor(t, bound, fmt.Sprintf("%d deliveries at %s", tc.want, tc.name), func() bool { return rec.len() >= tc.want })
+			mu.Lock()
+			defer mu.Unlock()
+			// The limit holds: n requests span at least (n-1-burst)/rate.
+			n := len(at)
+			if span, least := at[n-1].Sub(at[0]), time.Duration(float64(n-2)/tc.rate*float64(time.Second)); span < least*9/10 {
+				t.Errorf("%d requests within %s at %s", n, span, tc.name)
+			}
+			if r := e.count(`state = 'failed'`); r != 0 {
+				t.Errorf("%d rows failed", r)
+			}
+		})
 	}
 }
 

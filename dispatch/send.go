@@ -79,7 +79,13 @@ func (d *Dispatcher) handle(ctx, hard context.Context, j *job) result {
 		return release(j)
 	}
 	if h.rate != nil {
-		if err := h.rate.Wait(ctx); err != nil {
+		// A token that would come after the row's deadline is not taken
+		// (Wait fails at once): the row goes back unsent and the token
+		// stays for a row that can use it.
+		wctx, cancel := context.WithDeadline(ctx, j.deadline)
+		err := h.rate.Wait(wctx)
+		cancel()
+		if err != nil {
 			return release(j)
 		}
 	}
