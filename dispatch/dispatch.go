@@ -163,6 +163,9 @@ type Dispatcher struct {
 	unwritten atomic.Int64
 	// lastBeat is when the heartbeat was last recorded (UnixNano).
 	lastBeat atomic.Int64
+	// outcomesFailing is when writing outcomes began to keep failing
+	// (UnixNano), 0 while they are written (see Stall).
+	outcomesFailing atomic.Int64
 	// wake asks the claimer to claim now; closed asks it to claim once no
 	// claim is running (outcomes were written, which may have unblocked a
 	// later change of the same object); freed tells it that a request

@@ -343,7 +343,13 @@ type SentAttempt struct {
 // parked change of each finished object pending, in one transaction (one
 // round trip). It returns how many rows were written: fewer than
 // len(batch) when some were taken back from this dispatcher meanwhile.
+//
+// An outcome of a delivery that a later outcome in batch supersedes (the
+// row was taken back and claimed again, by this dispatcher too, while the
+// first outcome waited to be written) is left out: only the latest claim
+// can still be written, and one statement cannot write a row twice.
 func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (int64, error) {
+	batch = latestClaims(batch)
 	args := outcomeArgs(by, batch)
 	b := &pgx.Batch{}
 	b.Queue(s.q.outcome, args...)
@@ -362,6 +368,35 @@ func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (
 		return 0, fmt.Errorf("write %d outcomes: %w", len(batch), err)
 	}
 	return n, nil
+}
+
+// latestClaims is batch with, for each delivery id, only the outcome of
+// its latest claim (the greatest ClaimedAt; the later one in batch on a
+// tie). It returns batch itself when every id is distinct.
+func latestClaims(batch []Outcome) []Outcome {
+	at := make(map[int64]int, len(batch))
+	dup := false
+	for i := range batch {
+		j, ok := at[batch[i].ID]
+		if !ok {
+			at[batch[i].ID] = i
+			continue
+		}
+		dup = true
+		if !batch[i].ClaimedAt.Before(batch[j].ClaimedAt) {
+			at[batch[i].ID] = i
+		}
+	}
+	if !dup {
+		return batch
+	}
+	out := make([]Outcome, 0, len(at))
+	for i := range batch {
+		if at[batch[i].ID] == i {
+			out = append(out, batch[i])
+		}
+	}
+	return out
 }
 
 // outcomeArgs are the outcome statement's arguments for batch, written by

@@ -894,3 +894,45 @@ func TestPagesShowTraceAndInsecureTLS(t *testing.T) {
 		t.Errorf("summary does not flag exactly the insecure webhook:\n%s", body)
 	}
 }
+
+// stalledDispatch is a DispatchStatus whose stall the test sets.
+type stalledDispatch struct{ why atomic.Pointer[string] }
+
+func (d *stalledDispatch) Stall() string {
+	if p := d.why.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// /readyz reports a dispatcher whose delivery outcomes cannot be written
+// (issue 24: claiming stopped while /readyz said ready), and the metrics
+// count the failed writes and the dropped outcomes.
+func TestReadyzReportsAStalledDispatcher(t *testing.T) {
+	disp := &stalledDispatch{}
+	e := newEnv(t, func(_ *config.Config, o *web.Options) { o.Dispatch = disp })
+	metrics := e.metrics
+	c := client(t)
+	if resp, body := do(t, c, "GET", e.srv.URL+"/readyz", nil); resp.StatusCode != 200 {
+		t.Fatalf("/readyz: %s %s", resp.Status, body)
+	}
+	why := "writing delivery outcomes keeps failing: ERROR at 10.1.2.3"
+	disp.why.Store(&why)
+	metrics.OutcomeWriteFailed()
+	metrics.OutcomesDropped(2)
+	resp, body := do(t, c, "GET", e.srv.URL+"/readyz", nil)
+	if resp.StatusCode != 503 || !strings.Contains(body, "cannot write delivery outcomes") || strings.Contains(body, "10.1.2.3") {
+		t.Errorf("/readyz while outcomes cannot be written: %s %s", resp.Status, body)
+	}
+	fams := scrape(t, c, e.srv.URL)
+	if v := value(t, fams, "walhook_outcome_write_errors_total"); v != 1 {
+		t.Errorf("outcome_write_errors_total = %v", v)
+	}
+	if v := value(t, fams, "walhook_outcomes_dropped_total"); v != 2 {
+		t.Errorf("outcomes_dropped_total = %v", v)
+	}
+	disp.why.Store(nil)
+	if resp, body := do(t, c, "GET", e.srv.URL+"/readyz", nil); resp.StatusCode != 200 {
+		t.Errorf("/readyz once outcomes are written again: %s %s", resp.Status, body)
+	}
+}
