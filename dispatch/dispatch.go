@@ -114,8 +114,12 @@ const (
 	deadAfter   = outbox.DeadAfter
 	rescueEvery = 2 * time.Second
 	// A dispatcher that could not record its heartbeat for stopSendingAfter
-	// stops sending (others may already have taken its rows back).
-	stopSendingAfter = deadAfter - time.Second
+	// (counted from when the last recorded one was sent, so never later
+	// than the server's heartbeat_at) stops sending and cancels the
+	// requests in flight: the others take its rows back deadAfter after
+	// that heartbeat_at, and the margin covers the cancellation and the
+	// rescue's own statement.
+	stopSendingAfter = deadAfter - 2*time.Second
 	// retentionEvery is how often old delivered and failed rows are deleted.
 	retentionEvery = 5 * time.Minute
 	// minutesEvery is the default of Options.MinutesEvery.
@@ -161,8 +165,9 @@ type Dispatcher struct {
 	slots chan struct{}
 	// unwritten counts claimed rows whose outcome is not in the database yet.
 	unwritten atomic.Int64
-	// lastBeat is when the heartbeat was last recorded (UnixNano).
-	lastBeat atomic.Int64
+	// live says whether the heartbeat was recorded recently enough to
+	// send, and cancels the requests in flight when it lapses.
+	live *liveness
 	// outcomesFailing is when writing outcomes began to keep failing
 	// (UnixNano), 0 while they are written (see Stall).
 	outcomesFailing atomic.Int64
@@ -426,6 +431,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 	// The heartbeat comes first: rows are claimed only by a dispatcher
 	// the others can see alive.
+	d.live = newLiveness(hard)
+	defer d.live.stop()
 	d.beat(ctx)
 	beatCtx, stopBeat := context.WithCancel(hard)
 	beatDone := make(chan struct{})
@@ -444,7 +451,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	var workers sync.WaitGroup
 	for _, h := range d.order {
 		for range h.limit {
-			workers.Go(func() { d.work(ctx, hard, h, results) })
+			workers.Go(func() { d.work(ctx, h, results) })
 		}
 	}
 

@@ -60,9 +60,9 @@ func Backoff(attempt int, initial, max time.Duration, jitter float64) time.Durat
 // ctx is done, when their lease could run out, while h's circuit breaker
 // is open (unless the job is the probe), and while this dispatcher could
 // not record its heartbeat (others may have taken its rows back).
-func (d *Dispatcher) work(ctx, hard context.Context, h *hook, results chan<- result) {
+func (d *Dispatcher) work(ctx context.Context, h *hook, results chan<- result) {
 	for j := range h.queue {
-		r := d.handle(ctx, hard, j)
+		r := d.handle(ctx, j)
 		if j.probe && r.Mode == outbox.Released {
 			// The probe was not sent: probe again after the interval.
 			h.breaker.noProbe(time.Now())
@@ -73,7 +73,7 @@ func (d *Dispatcher) work(ctx, hard context.Context, h *hook, results chan<- res
 	}
 }
 
-func (d *Dispatcher) handle(ctx, hard context.Context, j *job) result {
+func (d *Dispatcher) handle(ctx context.Context, j *job) result {
 	h := j.hook
 	if !h.breaker.sending(j.probe) || ctx.Err() != nil {
 		return release(j)
@@ -95,6 +95,7 @@ func (d *Dispatcher) handle(ctx, hard context.Context, j *job) result {
 		return release(j)
 	}
 	defer func() { <-d.slots }()
+	live, alive := d.live.current()
 	switch {
 	case time.Now().After(j.deadline):
 		// It waited so long that its lease could run out mid-request
@@ -102,12 +103,14 @@ func (d *Dispatcher) handle(ctx, hard context.Context, j *job) result {
 		// the process stalled: the lease covers the longest wait.
 		h.log.Warn().Int64("delivery", j.id).Msg("claimed delivery waited too long to be sent; releasing it")
 		return release(j)
-	case !d.alive():
+	case !alive:
 		return release(j)
 	case !h.breaker.sending(j.probe):
 		return release(j)
 	}
-	return d.attempt(hard, j)
+	// The request runs under the liveness context (not ctx: shutdown
+	// lets it finish): it is cancelled when the heartbeat lapses.
+	return d.attempt(live, j)
 }
 
 // release is the outcome of a claimed row that was not sent.
@@ -148,6 +151,14 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	took := time.Since(start)
 	if span != nil {
 		endSpan(span, resp)
+	}
+	if resp.status == 0 && errors.Is(context.Cause(ctx), errHeartbeatLapsed) {
+		// Cancelled because this dispatcher cannot prove it is alive:
+		// not the receiver's failure. The row goes back as it was (if it
+		// is still this dispatcher's claim) and is sent again.
+		h.log.Warn().Int64("delivery", j.id).Dur("took", took).
+			Msg("request cancelled: the heartbeat could not be recorded, so another dispatcher may take the row back")
+		return release(j)
 	}
 	r := result{ID: j.id, ClaimedAt: j.claimedAt, PrevAttemptAt: j.prevAttemptAt, Status: resp.status, Err: resp.err,
 		Sent: outbox.SentAttempt{Started: start, Duration: took, Error: resp.failure, Response: resp.body,
