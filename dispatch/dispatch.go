@@ -390,7 +390,7 @@ func defaultTransport(concurrency int) *http.Transport {
 // configuration reads the certificate files again when they change. It
 // logs a warning when the receiver's certificate is not checked.
 func tlsClient(w config.Webhook, concurrency int, log zerolog.Logger) (*http.Client, error) {
-	opts := w.TLS.Options()
+	opts := w.TLSOptions()
 	opts.OnReloadError = func(err error) {
 		log.Error().Err(err).Msg("tls: a changed certificate file cannot be used; fix it (the previous one is kept)")
 	}
