@@ -319,14 +319,17 @@ func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) 
 	}
 	n, err := conn.CopyFrom(ctx, w.sql.Table, w.sql.Columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
 		r := &rows[i]
-		state, lastErr := "pending", any(nil)
+		state, lastErr, lastAt := "pending", any(nil), any(nil)
 		if r.State != "" {
 			state = r.State
 		}
 		if r.LastError != "" {
 			lastErr = r.LastError
 		}
-		return []any{r.Webhook, r.Event, r.Model, r.Key, int64(r.CommitLSN), r.Seq, r.CommittedAt, r.Body, state, lastErr}, nil
+		if r.State == outbox.StateFailed {
+			lastAt = r.CommittedAt // as the insert statement does
+		}
+		return []any{r.Webhook, r.Event, r.Model, r.Key, int64(r.CommitLSN), r.Seq, r.CommittedAt, r.Body, state, lastErr, lastAt}, nil
 	}))
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.UniqueViolation {

@@ -875,6 +875,27 @@ func TestRetrySaysSoForSupersededDeliveries(t *testing.T) {
 	}
 }
 
+// A delivery whose body_template failed at capture (issue 24): its stored
+// body is the default body, so its page offers no retry and says why, and
+// a retry posted anyway leaves it failed.
+func TestDeliveryFailedAtCaptureIsNotRetried(t *testing.T) {
+	e := newEnv(t)
+	id := e.insert(row{state: "failed", lastError: "body_template: template: x:1: nil pointer evaluating"})
+	c := client(t)
+	_, page := do(t, c, "GET", fmt.Sprintf("%s/deliveries/%d", e.srv.URL, id), nil)
+	if !strings.Contains(page, `id="failed-at-capture"`) || strings.Contains(page, `class="retry"`) {
+		t.Errorf("the page of a delivery failed at capture offers a retry or does not say why:\n%s", page)
+	}
+	_, index := do(t, c, "GET", e.srv.URL+"/", nil)
+	resp, _ := do(t, c, "POST", fmt.Sprintf("%s/deliveries/%d/retry", e.srv.URL, id), url.Values{"csrf": {csrf(t, index)}})
+	if resp.StatusCode != 303 {
+		t.Fatalf("retry: %s", resp.Status)
+	}
+	if st := e.state(id); st != "failed" {
+		t.Errorf("a delivery failed at capture is %s after a retry from the page, want failed", st)
+	}
+}
+
 // TestPagesShowTraceAndInsecureTLS checks that the delivery page prints the
 // delivery's trace id (the one its traceparent carries) and that the
 // summary flags a webhook whose receiver certificate is not checked.
