@@ -477,7 +477,7 @@ type deliveryPage struct {
 	// was captured; the row cannot be retried.
 	FailedAtCapture bool
 	Back            string
-	Here       string
+	Here            string
 }
 
 func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
