@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -62,5 +63,51 @@ func TestRowsFailedAtCaptureArePurgedAndNotRequeued(t *testing.T) {
 	}
 	if c := count(t, pool, "true"); c != 1 {
 		t.Errorf("%d rows left, want 1", c)
+	}
+}
+
+// A claim the client gives up on (its context's deadline) is cancelled by
+// the server itself, not committed (issue 24): its rows would otherwise
+// stay delivering, claimed by a dispatcher that never saw them, until their
+// lease ends. pgx sends a cancel request when it gives up, but that needs
+// a new connection, which a dead network path or a pooler does not
+// deliver. A trigger makes the claim slower than the deadline and ignores
+// such cancel requests, as if they never arrived.
+func TestClaimGivenUpDoesNotCommit(t *testing.T) {
+	t.Parallel()
+	s, pool := setup(t)
+	for i := range 10 {
+		insert(t, pool, "w", fmt.Sprint(i), 100+i)
+	}
+	exec(t, pool, `CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			BEGIN
+				PERFORM pg_sleep(0.3);
+			EXCEPTION WHEN query_canceled THEN
+				IF SQLERRM LIKE '%statement timeout%' THEN RAISE; END IF;
+			END;
+			RETURN NEW;
+		END $$`)
+	exec(t, pool, `CREATE TRIGGER slow BEFORE UPDATE ON walhook.deliveries FOR EACH ROW EXECUTE FUNCTION slow()`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	req := ClaimRequest{By: "d1", Webhooks: []string{"w"}, Limits: []int32{10}, Leases: []time.Duration{time.Minute}}
+	start := time.Now()
+	c, _, err := s.Claim(ctx, req)
+	if err == nil {
+		t.Fatalf("a claim of 3 s with a deadline of 1 s returned %d rows", len(c))
+	}
+	t.Logf("claim gave up after %s: %v", time.Since(start), err)
+	// Long enough for the statement to have finished on the server.
+	time.Sleep(3 * time.Second)
+	if n := count(t, pool, "state = 'delivering'"); n != 0 {
+		t.Errorf("%d rows delivering after a claim the client gave up on", n)
+	}
+	// With time enough, the same claim works.
+	exec(t, pool, `DROP TRIGGER slow ON walhook.deliveries`)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	if c, _, err := s.Claim(ctx2, req); err != nil || len(c) != 10 {
+		t.Errorf("Claim = %d rows, %v; want 10", len(c), err)
 	}
 }

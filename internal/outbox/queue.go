@@ -14,6 +14,10 @@ import (
 // PurgeBatch is how many rows one retention DELETE removes.
 const PurgeBatch = 1000
 
+// claimTimeoutMargin caps how long before the caller's deadline the server
+// cancels a claim (a quarter of the time left, at most this).
+const claimTimeoutMargin = 2 * time.Second
+
 // queries are the queue's statements, built once for a schema.
 type queries struct {
 	claim, outcome, promote, rescue, release string
@@ -251,12 +255,42 @@ type Claimed struct {
 // returns the claimed rows and how many rows it parked behind an earlier
 // change of their object. Claimed plus parked equal to a webhook's limit
 // means more may be due.
+//
+// When ctx has a deadline, the server cancels the statement a little
+// before it (a statement_timeout set for the claim's transaction alone):
+// a claim the client gave up on must not commit, or its rows would stay
+// delivering, claimed by a dispatcher that never saw them, until their
+// lease ends.
 func (s *Store) Claim(ctx context.Context, req ClaimRequest) (out []Claimed, parked map[string]int, err error) {
 	leases := make([]int64, len(req.Leases))
 	for i, l := range req.Leases {
 		leases[i] = l.Microseconds()
 	}
-	rows, err := s.pool.Query(ctx, s.q.claim, req.Webhooks, req.Limits, leases, req.By)
+	b := &pgx.Batch{}
+	timeout := false
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		left -= min(left/4, claimTimeoutMargin)
+		if left < time.Millisecond {
+			return nil, nil, fmt.Errorf("claim: %w", context.DeadlineExceeded)
+		}
+		// One batch is one implicit transaction: the setting ends with it.
+		b.Queue("SELECT set_config('statement_timeout', $1, true)", strconv.FormatInt(left.Milliseconds(), 10))
+		timeout = true
+	}
+	b.Queue(s.q.claim, req.Webhooks, req.Limits, leases, req.By)
+	br := s.pool.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); err == nil && cerr != nil {
+			out, parked, err = nil, nil, fmt.Errorf("claim: %w", cerr)
+		}
+	}()
+	if timeout {
+		if _, err := br.Exec(); err != nil {
+			return nil, nil, fmt.Errorf("claim: set statement_timeout: %w", err)
+		}
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, nil, fmt.Errorf("claim: %w", err)
 	}
