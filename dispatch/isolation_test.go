@@ -311,3 +311,47 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// The receiver's response body is never logged (docs/queue.md), whatever
+// the line: a failed attempt, a failed delivery, the breaker opening. It
+// can echo the request. The row's last_error keeps its start (issue 24:
+// it was logged at warn level).
+func TestLogsNeverShowTheResponseBody(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const echo = "ECHOED-PAYLOAD-c29tZSBzZWNyZXQ"
+	rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+		w.WriteHeader(503)
+		_, _ = w.Write([]byte(`{"error": "unavailable", "request": "` + echo + `"}`))
+	})
+	// "once" fails each row at its first attempt and opens its breaker;
+	// "again" retries.
+	for range 6 {
+		e.insertOne("once", `{}`)
+	}
+	e.insertOne("again", `{}`)
+	var logs syncBuffer
+	obs := &breakerLog{}
+	e.start(e.pool, testConfig(4,
+		hookConfig("once", rec.srv.URL, func(w *config.Webhook) { w.Retry.MaxAttempts = 1 }),
+		hookConfig("again", rec.srv.URL)),
+		func(o *dispatch.Options) {
+			o.Logger = zerolog.New(&logs).Level(zerolog.DebugLevel)
+			o.Observer = obs
+		})
+	waitFor(t, 15*time.Second, "failed deliveries, a retry and the breaker open", func() bool {
+		return e.count(`state = 'failed'`) > 0 && len(obs.list()) > 0 && strings.Contains(logs.String(), "delivery attempt failed")
+	})
+	out := logs.String()
+	for _, msg := range []string{"delivery attempt failed", "delivery failed after its last attempt", "circuit opened"} {
+		if !strings.Contains(out, msg) {
+			t.Errorf("no %q line in the log:\n%s", msg, out)
+		}
+	}
+	if strings.Contains(out, echo) {
+		t.Errorf("the log shows the response body:\n%s", out)
+	}
+	if n := e.count(`last_error LIKE '%' || $1 || '%'`, echo); n == 0 {
+		t.Error("no row keeps the start of the response body in last_error")
+	}
+}

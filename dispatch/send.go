@@ -179,12 +179,12 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	case j.probe && !healthy:
 		// A failed probe: recorded, but it does not use up an attempt.
 		r.State, r.Mode, outcome = outbox.StatePending, outbox.Probed, outbox.OutcomeRetry
-		h.log.Debug().Int64("delivery", j.id).Int("status", resp.status).Str("error", logText(resp.err)).
+		h.log.Debug().Int64("delivery", j.id).Int("status", resp.status).Str("error", resp.logError()).
 			Dur("took", took).Msg("circuit-breaker probe failed")
 	case j.attempts >= h.maxAttempts:
 		r.State, outcome = outbox.StateFailed, outbox.OutcomeFailed
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-			Str("error", logText(resp.err)).Dur("took", took).
+			Str("error", resp.logError()).Dur("took", took).
 			Msg("delivery failed after its last attempt; retry it with `walhook retry`")
 	default:
 		delay := Backoff(j.attempts, h.initial, h.maxInterval, d.rand())
@@ -193,7 +193,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 		}
 		r.State, r.Delay, outcome = outbox.StatePending, delay, outbox.OutcomeRetry
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-			Str("error", logText(resp.err)).Dur("took", took).Dur("retry_in", delay).
+			Str("error", resp.logError()).Dur("took", took).Dur("retry_in", delay).
 			Msg("delivery attempt failed")
 	}
 	switch outcome {
@@ -218,7 +218,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 func (d *Dispatcher) breakerChanged(h *hook, state outbox.BreakerState, resp response) {
 	switch state {
 	case outbox.BreakerOpen:
-		h.log.Error().Int("failures", breakerThreshold).Int("status", resp.status).Str("error", logText(resp.err)).
+		h.log.Error().Int("failures", breakerThreshold).Int("status", resp.status).Str("error", resp.logError()).
 			Dur("probe_in", breakerMinInterval).
 			Msg("circuit opened: the receiver keeps failing; its deliveries are paused (none is marked failed) and it is probed with one request at a growing interval")
 	case outbox.BreakerClosed:
@@ -302,6 +302,13 @@ func (d *Dispatcher) send(ctx context.Context, j *job, traceparent string) respo
 	}
 	return out
 }
+
+// logError is what a log line says of an attempt's error: why there was no
+// usable response (connection, TLS, timeout, an unfollowed redirect), cut
+// short; "" when the receiver answered (its status is logged). The
+// response body is never logged: it can echo the request. The row's
+// last_error and the attempt history keep its start.
+func (r response) logError() string { return logText(r.failure) }
 
 // failed is the response of an attempt that got no HTTP response.
 func failed(err string) response {
