@@ -39,13 +39,7 @@ type stream struct {
 	rels    map[uint32]*payload.Relation
 	rd      payload.Renderer
 	rows    []Delivery
-	// rowsBytes is rowsBytes(rows[:counted]): the size of the rows not
-	// handed to the writer yet, counted up to counted.
-	rowsBytes int64
-	counted   int
-	pending   []pending // changes waiting for their chunk's lookups (or behind one that is)
-	// pendingBytes is the size of the values copied into pending.
-	pendingBytes int64
+	pending []pending // changes waiting for their chunk's lookups (or behind one that is)
 	specs   map[string]*payload.HookSpec
 	tpl     *payload.Templater
 	oldBuf  []byte
@@ -68,6 +62,12 @@ type stream struct {
 	confirmed   pglogrepl.LSN
 	nextStatus  time.Time
 	lastStatus  time.Time
+
+	// rowsBytes is rowsBytes(rows[:counted]): the size of the rows not
+	// handed to the writer yet, counted up to counted. pendingBytes is
+	// the size of the values copied into pending.
+	rowsBytes, pendingBytes int64
+	counted                 int
 }
 
 // confirmLSN is what may be reported as flushed: the writer's committed LSN,
