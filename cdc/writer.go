@@ -61,12 +61,7 @@ type writer struct {
 	groupDelay time.Duration
 	log        zerolog.Logger
 
-	flushed atomic.Uint64
-	// inflight is the size of the rows handed to the writer and not yet
-	// written (at most inflightBytes, or one batch); freed signals that
-	// it went down.
-	inflight atomic.Int64
-	freed    chan struct{}
+	flushed  atomic.Uint64
 	safe     *atomic.Bool  // INSERT ... ON CONFLICT instead of COPY, after a replay conflict
 	rows     *atomic.Int64 // rows enqueued (committed), shared with Capture
 	observer Observer
@@ -78,6 +73,12 @@ type writer struct {
 	window   *atomic.Pointer[gapWindow]
 	inWindow []Delivery
 	collided *atomic.Int64
+
+	// inflight is the size of the rows handed to the writer and not yet
+	// written (at most inflightBytes, or one batch); freed signals that
+	// it went down.
+	inflight atomic.Int64
+	freed    chan struct{}
 }
 
 // Observer is told about committed outbox rows (for metrics). Counts are
