@@ -3,7 +3,9 @@ GO ?= go
 PKG := ./...
 FUZZTIME ?= 30s
 
-.PHONY: help demo test test-race lint bench bench-scale fuzz build deps
+PG_VERSIONS ?= 13 14 16 17 18
+
+.PHONY: help demo test test-race test-matrix lint bench bench-scale fuzz build deps
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -19,6 +21,13 @@ demo: deps ## run walhook against a throwaway PostgreSQL and a local receiver
 
 test: deps lint ## the whole suite, race detector on (what CI runs)
 	$(GO) test -race -count=1 -timeout 15m $(PKG)
+
+test-matrix: deps ## the suite on each PostgreSQL of PG_VERSIONS (installed by scripts/install-postgres; what CI runs after make test)
+	@set -e; for v in $(PG_VERSIONS); do \
+	  bindir=$$(./scripts/install-postgres $$v); \
+	  echo "== PostgreSQL $$v ($$bindir)"; \
+	  PG_BINDIR=$$bindir $(GO) test -count=1 -timeout 15m $(PKG); \
+	done
 
 test-race: deps ## the concurrent packages under the race detector, 3 times
 	$(GO) test -race -count=3 ./cdc/ ./dispatch/

@@ -99,6 +99,14 @@ type Capture struct {
 	// safeInserts makes the writer use INSERT ... ON CONFLICT instead of
 	// COPY, after a replay met rows already enqueued.
 	safeInserts atomic.Bool
+	// sessions counts replication sessions started (the first follows
+	// Prepare's checks; later ones check the slot again).
+	sessions atomic.Int64
+	// alterFailover, when set, is the failover setting the slot must be
+	// given before streaming (ALTER_REPLICATION_SLOT).
+	alterFailover *bool
+	// failover is the slot's failover state as last read, for status.
+	failover atomic.Pointer[FailoverState]
 }
 
 // New returns a Capture; call Prepare, then Run.
@@ -273,6 +281,7 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.alterFailover = res.alterFailover
 	if res.created && !ckpt.Exists && res.recreated == "" {
 		c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("replication slot created")
 	}
@@ -308,7 +317,7 @@ func (c *Capture) Run(ctx context.Context) error {
 			}
 			backoff = time.Second
 		} else {
-			c.log.Warn().Err(err).Dur("retry_in", backoff).Msg("capture interrupted; reconnecting")
+			c.log.Warn().Err(err).Dur("retry_in_ms", backoff).Msg("capture interrupted; reconnecting")
 		}
 		wait := backoff + time.Duration(rand.Int64N(int64(backoff)/2+1))
 		select {
@@ -367,6 +376,22 @@ func (c *Capture) session(ctx context.Context) error {
 		return fmt.Errorf("replication connection: %w", err)
 	}
 	defer conn.Close(context.Background())
+	if c.sessions.Add(1) > 1 {
+		// A reconnection, perhaps to another server (a promoted standby):
+		// check the slot against the checkpoint again, as Prepare did.
+		if startLSN, err = c.recheckSlot(ctx); err != nil {
+			return err
+		}
+	}
+	if on := c.alterFailover; on != nil {
+		if err := c.setFailover(ctx, conn, *on); err != nil {
+			return err
+		}
+	}
+	guard, err := newStandbyGuard(ctx, c.outbox, c.log)
+	if err != nil {
+		return err
+	}
 	// Names were validated as plain identifiers: pglogrepl pastes them into SQL.
 	err = pglogrepl.StartReplication(ctx, conn, slot, startLSN, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + c.cfg.Database.Publication + "'"},
@@ -374,15 +399,33 @@ func (c *Capture) session(ctx context.Context) error {
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject {
-			return fatalf("start replication: replication slot %s no longer exists (dropped by someone else?): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
+			return fatalf("start replication: replication slot %s no longer exists (dropped by someone else, or a failover to a server without a synced copy of it: see database.slot_failover): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
 		}
 		if errors.As(err, &pe) && pe.Code == pgerrcode.ObjectNotInPrerequisiteState {
-			return fatalf("start replication on slot %s: %v: the slot can no longer be used; drop it with SELECT pg_drop_replication_slot('%s'); and restart walhook", slot, err, slot)
+			// Invalidated since Prepare: the next session's recheckSlot
+			// creates it again and reports the gap.
+			return fmt.Errorf("start replication on slot %s: %w: the slot can no longer be used; walhook creates it again (changes in between are not captured)", slot, err)
 		}
 		return fmt.Errorf("start replication on slot %s: %w", slot, err)
 	}
 	c.streaming.Store(true)
-	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Msg("streaming changes")
+	c.confirmed.Store(uint64(startLSN)) // the slot is confirmed at least this far
+	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Bool("standby_guard", guard != nil).Msg("streaming changes")
+	fctx, stopFailover := context.WithCancel(ctx)
+	var fwg sync.WaitGroup
+	defer func() { stopFailover(); fwg.Wait() }()
+	fwg.Add(1)
+	go func() {
+		defer fwg.Done()
+		for {
+			c.readFailover(fctx)
+			select {
+			case <-fctx.Done():
+				return
+			case <-time.After(time.Minute):
+			}
+		}
+	}()
 
 	w := newWriter(c.outbox, c.store, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
 	w.tracer = c.opts.Tracer
@@ -401,7 +444,7 @@ func (c *Capture) session(ctx context.Context) error {
 	s := &stream{
 		conn: conn, c: c, w: w, out: ch, werr: werr, log: c.log, interval: c.opts.StatusInterval,
 		rels: map[uint32]*payload.Relation{}, rd: payload.Renderer{Resolve: c.types.resolve}, confirmed: startLSN,
-		lastSentEnd: startLSN, kaNeed: startLSN,
+		lastSentEnd: startLSN, lastIdle: time.Now(), guard: guard,
 	}
 	err = s.run(ctx)
 	var pe *pgconn.PgError

@@ -91,11 +91,16 @@ func (c *Capture) claimOwnWebhooks(ctx context.Context) error {
 }
 
 // reconcileCheckpoint compares the stored checkpoint with the source and
-// the slot. When the slot was created now, or the source is another server
-// or timeline than the checkpoint's, the stored LSN may lie ahead of what
-// this slot can stream: starting there would silently skip the changes in
-// between, so the checkpoint moves to the slot's position and the gap is
-// reported. created is whether Prepare created the slot just now.
+// the slot, at Prepare and at every reconnection. When the slot was created
+// now, or the source is another server or timeline than the checkpoint's,
+// the stored LSN may lie ahead of what this slot can stream: starting there
+// would silently skip the changes in between, so the checkpoint moves to
+// the slot's position and the gap is reported. A slot found past the
+// checkpoint skipped changes (capture confirms nothing past its
+// checkpoint): that is a gap too. A promotion of a standby that kept a
+// synced copy of the slot (same system, new timeline, slot not past the
+// checkpoint) is no gap. created is whether the slot was created just now;
+// why, when not empty, why it was created again.
 func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outbox.CheckpointState, created bool, why string) error {
 	slot := c.cfg.Database.Slot
 	id, err := identifySource(ctx, c.cfg.Database.DSN)
@@ -111,6 +116,8 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outb
 		slotLSN = pos
 	}
 	otherSource := st.SystemID != "" && (st.SystemID != id.systemID || st.Timeline != id.timeline)
+	promoted := st.SystemID == id.systemID && st.Timeline != id.timeline
+	ahead := st.Exists && !created && pos > st.LSN && (st.CoversConfirmed || otherSource)
 	reset := false
 	switch {
 	case !st.Exists:
@@ -118,7 +125,10 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outb
 			c.log.Error().Str("slot", slot).Msgf("replication slot %s was created again because %s: changes committed before LSN %s were NOT captured: use walhook backfill to resend current rows", slot, why, pos)
 			c.gaps.Add(1)
 		}
-	case created || otherSource:
+	case promoted && !created && !ahead:
+		c.log.Info().Str("slot", slot).Str("checkpoint", st.LSN.String()).Str("slot_position", pos.String()).
+			Msgf("the source was promoted (timeline %d, was %d) and kept the failover slot %s: capture continues from checkpoint %s, nothing skipped", id.timeline, st.Timeline, slot, st.LSN)
+	case created || otherSource || ahead:
 		what := "replication slot " + slot + " was created again"
 		if why != "" {
 			what += " because " + why
@@ -128,6 +138,8 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outb
 		if otherSource {
 			what = fmt.Sprintf("the source is another server or timeline than the checkpoint's (system identifier %s timeline %d, was %s timeline %d: a failover, or a restore?)",
 				id.systemID, id.timeline, st.SystemID, st.Timeline)
+		} else if ahead {
+			what = fmt.Sprintf("replication slot %s is at %s, past walhook's checkpoint %s, and walhook never confirms past its checkpoint: the slot was dropped and created again, or this server was promoted or restored without a synced copy of it", slot, pos, st.LSN)
 		}
 		ev := c.log.Error().Str("slot", slot).Str("checkpoint", st.LSN.String()).Str("slot_position", pos.String())
 		if st.LSN > pos {
@@ -136,6 +148,7 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outb
 			c.window.Store(&gapWindow{from: pos, to: st.LSN, before: time.Now()})
 			ev.Msgf("%s: the stored checkpoint %s lies ahead of the slot's position %s, so capture starts at the slot's position instead of skipping what lies between; changes the old source committed after checkpoint %s that are not in this source's WAL after %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos, st.LSN, pos)
 		} else {
+			reset = true
 			ev.Msgf("%s: changes committed after LSN %s until %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos)
 		}
 		c.gaps.Add(1)

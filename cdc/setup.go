@@ -240,7 +240,8 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 			return false, fatalf("create publication %s: %v: the role must own the captured tables; as their owner or a superuser run: CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", pub, err, qpub, list, with)
 		}
 		if err != nil {
-			return false, fmt.Errorf("create publication %s: %w", pub, permissionHint(err))
+			return false, fmt.Errorf("create publication %s: %w", pub, readOnlyHint(permissionHint(err),
+				"CREATE PUBLICATION "+qpub+" FOR TABLE "+list+" WITH ("+with+");"))
 		}
 		return true, nil
 	}
@@ -290,7 +291,8 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 			}
 		} else {
 			if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+qpub+" SET ("+with+")"); err != nil {
-				return false, fmt.Errorf("update publication %s options: %w", pub, permissionHint(err))
+				return false, fmt.Errorf("update publication %s options: %w", pub, readOnlyHint(permissionHint(err),
+					"ALTER PUBLICATION "+qpub+" SET ("+with+");"))
 			}
 			changed = true
 		}
@@ -307,7 +309,8 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 			return false, notOwner(fmt.Sprintf("publishes %s instead of the configured %s", strings.Join(have, ", "), strings.Join(want, ", ")))
 		}
 		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+qpub+" SET TABLE "+list); err != nil {
-			return false, fmt.Errorf("update publication %s to the configured tables: %w", pub, permissionHint(err))
+			return false, fmt.Errorf("update publication %s to the configured tables: %w", pub, readOnlyHint(permissionHint(err),
+				"ALTER PUBLICATION "+qpub+" SET TABLE "+list+";"))
 		}
 		changed = true
 	}
@@ -322,27 +325,73 @@ func permissionHint(err error) error {
 	return err
 }
 
+// readOnlyHint turns the error of a statement a standby refuses into the
+// fix: run it on the primary, whose WAL brings it to the standby.
+func readOnlyHint(err error, stmt string) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == pgerrcode.ReadOnlySQLTransaction {
+		return &FatalError{Err: fmt.Errorf("%w: the source database is a standby, where capture can decode (PostgreSQL 16+) but not create or change the publication; on the primary run: %s", err, stmt)}
+	}
+	return err
+}
+
+// inRecovery reports whether the server is a standby.
+func inRecovery(ctx context.Context, conn queryer) (bool, error) {
+	var r bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&r); err != nil {
+		return false, fmt.Errorf("read pg_is_in_recovery: %w", err)
+	}
+	return r, nil
+}
+
 // slotResult says what ensureSlot did.
 type slotResult struct {
 	created bool
 	// recreated, when not empty, says why an existing slot was dropped and
 	// created again (changes before that point can no longer be decoded).
 	recreated string
+	// alterFailover, when set, is the failover setting an existing slot
+	// must be altered to (ALTER_REPLICATION_SLOT, on a replication
+	// connection).
+	alterFailover *bool
 }
 
 // ensureSlot creates the permanent pgoutput slot when missing and checks an
 // existing one. A slot that can no longer serve (invalidated, or older than
-// the publication, which was missing) is dropped and created again.
+// the publication, which was missing) is dropped and created again. On
+// PostgreSQL 17+ the slot is a failover slot unless database.slot_failover
+// is false.
 func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicationCreated bool) (slotResult, error) {
 	slot := cfg.Database.Slot
+	num, err := serverVersionNum(ctx, conn)
+	if err != nil {
+		return slotResult{}, err
+	}
+	failover, impossible := cfg.Database.WantFailover(num)
+	standby, err := inRecovery(ctx, conn)
+	if err != nil {
+		return slotResult{}, err
+	}
+	if standby && failover {
+		// A standby's own slot cannot be a failover slot.
+		if cfg.Database.SlotFailover != nil {
+			return slotResult{}, &config.Error{Problems: []config.Problem{{File: cfg.File, Line: cfg.Database.FailoverLine,
+				Msg: "database.slot_failover: true, but the source is a standby, whose slots cannot be failover slots: remove the setting (capture from a standby keeps its own slot)"}}}
+		}
+		failover = false
+	}
+	if impossible {
+		return slotResult{}, &config.Error{Problems: []config.Problem{{File: cfg.File, Line: cfg.Database.FailoverLine,
+			Msg: fmt.Sprintf("database.slot_failover: true needs PostgreSQL 17 or newer (the server is %d.%d): remove the setting, or upgrade the server", num/10000, num%10000)}}}
+	}
 	st, found, err := replslot.Read(ctx, conn, slot)
 	if err != nil {
 		return slotResult{}, err
 	}
 	if !found {
-		return createSlot(ctx, conn, slot)
+		return createSlot(ctx, conn, slot, failover)
 	}
-	plugin, db, walStatus := st.Plugin, st.Database, st.WALStatus
+	plugin, db := st.Plugin, st.Database
 	var curDB string
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&curDB); err != nil {
 		return slotResult{}, err
@@ -352,23 +401,50 @@ func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicati
 	}
 	var why string
 	switch {
-	case walStatus == "lost":
-		why = "it was invalidated (wal_status = lost: it fell more than max_slot_wal_keep_size behind)"
+	case st.Lost():
+		why = "it was invalidated (" + InvalidationText(st.Invalidation) + ")"
 	case publicationCreated:
 		why = fmt.Sprintf("publication %q was missing and has been created again, and a slot cannot decode with a publication created after it", cfg.Database.Publication)
 	default:
+		if num >= config.FailoverVersion && st.Failover != failover && !standby {
+			return slotResult{alterFailover: &failover}, nil
+		}
 		return slotResult{}, nil
 	}
 	if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot); err != nil {
 		return slotResult{}, fmt.Errorf("drop unusable replication slot %s (%s): %w", slot, why, err)
 	}
-	res, err := createSlot(ctx, conn, slot)
+	res, err := createSlot(ctx, conn, slot, failover)
 	res.recreated = why
 	return res, err
 }
 
-func createSlot(ctx context.Context, conn queryer, slot string) (slotResult, error) {
-	_, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+// InvalidationText explains a slot's invalidation reason (replslot.Slot's
+// Invalidation) and what prevents it.
+func InvalidationText(reason string) string {
+	switch reason {
+	case "wal_removed", "lost":
+		return "wal_status = lost: it fell more than max_slot_wal_keep_size behind; raise max_slot_wal_keep_size, or alert on walhook_slot_retained_wal_bytes before it is reached"
+	case "idle_timeout":
+		return "idle_replication_slot_timeout: nothing streamed from it for that long; raise idle_replication_slot_timeout, or keep walhook running"
+	case "rows_removed":
+		return "rows_removed: the catalog rows it needed were vacuumed away (on a standby: set hot_standby_feedback = on and use a physical slot, primary_slot_name)"
+	case "wal_level_insufficient":
+		return "wal_level_insufficient: the primary's wal_level is below logical"
+	case "conflicting":
+		return "it conflicted with recovery on this standby: set hot_standby_feedback = on and primary_slot_name on the standby"
+	}
+	return reason
+}
+
+func createSlot(ctx context.Context, conn queryer, slot string, failover bool) (slotResult, error) {
+	var err error
+	if failover {
+		// (name, plugin, temporary, twophase, failover): 17+.
+		_, err = conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)", slot)
+	} else {
+		_, err = conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.DuplicateObject { // created by another process just now
 		return slotResult{}, nil

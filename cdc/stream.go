@@ -56,12 +56,16 @@ type stream struct {
 	dels       deletedImages // rows deleted by the transaction, for relations to them
 	imgs       txnImages     // last images of objects changed by the transaction, for ignore_changes
 
-	lastSentEnd pglogrepl.LSN // end of the last transaction handed to the writer
-	kaEnd       pglogrepl.LSN // keepalive WAL end known to be safe once kaNeed is flushed
-	kaNeed      pglogrepl.LSN
+	lastSentEnd pglogrepl.LSN // end of the last transaction (or idle position) handed to the writer
+	kaEnd       pglogrepl.LSN // the server's WAL end from the last keepalive outside a transaction
+	lastIdle    time.Time     // when an idle position was last handed to the writer
+	idlePending pglogrepl.LSN // an idle position handed to the writer and not confirmed yet
 	confirmed   pglogrepl.LSN
 	nextStatus  time.Time
 	lastStatus  time.Time
+	// guard, when the outbox server has synchronized_standby_slots, holds
+	// confirmations back until those standbys have the outbox commits.
+	guard *standbyGuard
 
 	// rowsBytes is rowsBytes(rows[:counted]): the size of the rows not
 	// handed to the writer yet, counted up to counted. pendingBytes is
@@ -70,13 +74,55 @@ type stream struct {
 	counted                 int
 }
 
-// confirmLSN is what may be reported as flushed: the writer's committed LSN,
-// or, when nothing received is unwritten and no transaction is open, the
-// server's WAL end from a keepalive (so an idle slot does not hold WAL).
-func (s *stream) confirmLSN() pglogrepl.LSN {
+// idleBytes is how far the server's WAL may run ahead of the checkpoint,
+// while the captured tables are idle, before the position is written at
+// once (otherwise it is written once per status interval): other tables'
+// and databases' writes must not be retained by the slot, and walhook's own
+// checkpoint write must not make the next one due.
+const idleBytes = 1 << 20
+
+// idleCheckpoint hands the server's WAL end from a keepalive to the writer
+// as a checkpoint without rows, when the captured tables are idle: the slot
+// may only be confirmed up to the checkpoint (so that a slot found ahead of
+// it at a start is a gap, never a skip), and an idle slot must not hold
+// WAL back. It runs between transactions only.
+func (s *stream) idleCheckpoint(ctx context.Context) error {
+	if s.inTxn || s.collect != nil || s.kaEnd <= s.lastSentEnd {
+		return nil
+	}
+	since := time.Since(s.lastIdle)
+	if since < s.interval && (s.kaEnd-s.lastSentEnd < idleBytes || since < statusMinGap) {
+		return nil
+	}
+	end := s.kaEnd
+	if err := s.send(ctx, batch{commit: true, endLSN: end}); err != nil {
+		return err
+	}
+	s.lastSentEnd, s.lastIdle, s.idlePending = end, time.Now(), end
+	// Confirm it as soon as the writer has it: the server waits for our
+	// reply before it sends the next keepalive.
+	if due := time.Now().Add(idleConfirmPoll); due.Before(s.nextStatus) {
+		s.nextStatus = due
+	}
+	return nil
+}
+
+// idleConfirmPoll is how soon after handing an idle position to the writer
+// the stream checks whether it can confirm it.
+const idleConfirmPoll = 10 * time.Millisecond
+
+// confirmLSN is what may be reported as flushed: the writer's committed
+// checkpoint (of changes, or of an idle position), held back by the guard
+// until the standbys have the outbox commit.
+func (s *stream) confirmLSN(ctx context.Context) pglogrepl.LSN {
 	f := pglogrepl.LSN(s.w.flushed.Load())
-	if s.kaEnd > f && f >= s.kaNeed {
-		f = s.kaEnd
+	if s.guard != nil {
+		f = s.guard.safe(ctx, f)
+		if s.guard.waiting() {
+			if due := time.Now().Add(guardRecheck); due.Before(s.nextStatus) {
+				s.nextStatus = due
+			}
+		}
 	}
 	if f > s.confirmed {
 		s.confirmed = f
@@ -85,7 +131,7 @@ func (s *stream) confirmLSN() pglogrepl.LSN {
 }
 
 func (s *stream) sendStatus(ctx context.Context) error {
-	lsn := s.confirmLSN()
+	lsn := s.confirmLSN(ctx)
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn, ClientTime: time.Now(),
 	})
@@ -94,7 +140,16 @@ func (s *stream) sendStatus(ctx context.Context) error {
 	}
 	s.c.confirmed.Store(uint64(lsn))
 	s.lastStatus = time.Now()
-	s.nextStatus = s.lastStatus.Add(s.interval)
+	next := s.lastStatus.Add(s.interval)
+	switch {
+	case s.idlePending > lsn && (s.guard == nil || !s.guard.waiting()):
+		next = s.lastStatus.Add(idleConfirmPoll)
+	case s.guard != nil && s.guard.waiting():
+		next = s.lastStatus.Add(guardRecheck)
+	default:
+		s.idlePending = 0
+	}
+	s.nextStatus = next
 	return nil
 }
 
@@ -117,6 +172,9 @@ func (s *stream) run(ctx context.Context) error {
 		}
 		if !time.Now().Before(s.nextStatus) {
 			if err := s.sendStatus(ctx); err != nil {
+				return err
+			}
+			if err := s.idleCheckpoint(ctx); err != nil {
 				return err
 			}
 		}
@@ -146,12 +204,9 @@ func (s *stream) run(ctx context.Context) error {
 					return fmt.Errorf("parse keepalive: %w", err)
 				}
 				if !s.inTxn {
-					s.kaEnd, s.kaNeed = ka.ServerWALEnd, s.lastSentEnd
-					// Other tables or databases are writing WAL: confirm it
-					// soon (the server waits for our reply before it sends
-					// the next keepalive), so the slot does not retain it.
-					if due := s.lastStatus.Add(statusMinGap); s.kaEnd > s.confirmed && due.Before(s.nextStatus) {
-						s.nextStatus = due
+					s.kaEnd = ka.ServerWALEnd
+					if err := s.idleCheckpoint(ctx); err != nil {
+						return err
 					}
 				}
 				if ka.ReplyRequested {

@@ -107,10 +107,10 @@ func (d *Dispatcher) writeOutcomes(ctx context.Context, results <-chan result) {
 		}
 		delay := d.retryDelay(failures)
 		if failures < isolateAfter {
-			d.log.Warn().Err(err).Int("rows", len(buf)).Dur("retry_in", delay).Msg("writing delivery outcomes failed")
+			d.log.Warn().Err(err).Int("rows", len(buf)).Dur("retry_in_ms", delay).Msg("writing delivery outcomes failed")
 		} else {
 			d.outcomesFailing.CompareAndSwap(0, time.Now().UnixNano())
-			d.log.Error().Err(err).Int("rows", len(buf)).Int("failures", failures).Dur("retry_in", delay).
+			d.log.Error().Err(err).Int("rows", len(buf)).Int("failures", failures).Dur("retry_in_ms", delay).
 				Msg("writing delivery outcomes keeps failing: rows are written one at a time, claiming waits while too many are unwritten, and /readyz reports it")
 		}
 		retry = time.After(delay)

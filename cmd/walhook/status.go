@@ -88,6 +88,14 @@ type slotStatus struct {
 	LagBytes      *int64 `json:"lag_bytes"`
 	RetainedBytes *int64 `json:"retained_bytes"`
 	SafeWALSize   *int64 `json:"safe_wal_size"`
+	// Invalidation says why PostgreSQL gave the slot up ("" while usable).
+	Invalidation string `json:"invalidation,omitempty"`
+	// Failover is true for a failover slot (PostgreSQL 17+); FailoverReady
+	// when, besides, synchronized_standby_slots names connected standbys
+	// (FailoverWhy says what is missing otherwise).
+	Failover      bool   `json:"failover"`
+	FailoverReady bool   `json:"failover_ready"`
+	FailoverWhy   string `json:"failover_why,omitempty"`
 }
 
 type captureStatus struct {
@@ -162,6 +170,12 @@ func readStatus(ctx context.Context, cfg *config.Config, source, ob *pgxpool.Poo
 		if sl.HasConfirmed {
 			s.ConfirmedLSN = sl.Confirmed.String()
 		}
+		s.Invalidation, s.Failover = sl.Invalidation, sl.Failover
+		st, err := replslot.ReadStandbys(ctx, source)
+		if err != nil {
+			return nil, fmt.Errorf("source database: %w", err)
+		}
+		s.FailoverReady, s.FailoverWhy = replslot.FailoverReady(sl, st)
 	}
 
 	// The outbox.
@@ -367,9 +381,16 @@ func printStatus(w io.Writer, rep *statusReport) {
 	}
 	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", checkpoint, updated, bytesOrDash(c.BehindBytes), rep.ServerLSN)
 	tw.Flush()
+	if s.Exists {
+		if s.FailoverReady {
+			fmt.Fprintf(w, "failover: ready (a failover slot; the standbys in synchronized_standby_slots keep a copy)\n")
+		} else {
+			fmt.Fprintf(w, "failover: not ready: %s\n", s.FailoverWhy)
+		}
+	}
 	switch {
-	case s.WALStatus == "lost":
-		fmt.Fprintf(w, "\nslot %s was invalidated (wal_status = lost): run walhook check for the fix\n", s.Name)
+	case s.Invalidation != "":
+		fmt.Fprintf(w, "\nslot %s was invalidated (%s): run walhook check for the fix\n", s.Name, s.Invalidation)
 	case s.Exists && !s.Active:
 		fmt.Fprintf(w, "\nslot %s is not being read: the server keeps WAL for it (%s so far) until walhook runs again.\n"+
 			"If walhook is gone for good, drop it: SELECT pg_drop_replication_slot('%s');\n", s.Name, bytesOrDash(s.RetainedBytes), s.Name)

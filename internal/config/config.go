@@ -37,6 +37,26 @@ type Database struct {
 	Schema      string `yaml:"schema"`
 	Slot        string `yaml:"slot"`
 	Publication string `yaml:"publication"`
+	// SlotFailover says whether the slot is a failover slot, synced to
+	// standbys (PostgreSQL 17+): nil means on where the server can (17+),
+	// true on a server before 17 is an error (FailoverLine says where it
+	// was written).
+	SlotFailover *bool `yaml:"slot_failover"`
+	FailoverLine int   `yaml:"-"`
+}
+
+// FailoverVersion is the first server version (server_version_num) with
+// failover slots.
+const FailoverVersion = 170000
+
+// WantFailover says whether the slot should be a failover slot on a server
+// of version num, and whether the configuration asks for what that server
+// cannot do (slot_failover: true before 17).
+func (d Database) WantFailover(num int) (want, impossible bool) {
+	if d.SlotFailover == nil {
+		return num >= FailoverVersion, false
+	}
+	return *d.SlotFailover && num >= FailoverVersion, *d.SlotFailover && num < FailoverVersion
 }
 
 // OutboxConn returns the connection string of the outbox database:

@@ -723,6 +723,7 @@ func applyDefaults(c *Config, given func(path string) bool, line func(path strin
 	db.Schema = or(db.Schema, DefaultSchema)
 	db.Slot = or(db.Slot, DefaultSlot)
 	db.Publication = or(db.Publication, DefaultPublication)
+	db.FailoverLine = line("database.slot_failover")
 	for i := range c.Models {
 		m := &c.Models[i]
 		path := fmt.Sprintf("models[%d]", i)

@@ -235,7 +235,9 @@ log:
 `,
 			check: func(t *testing.T, c *Config) {
 				want := Database{DSN: "postgres://walhook@db:5432/app", OutboxDSN: "postgres://walhook@db:5432/outbox", Schema: "hooks", Slot: "my_slot", Publication: "my_pub"}
-				if c.Database != want {
+				got := c.Database
+				got.FailoverLine = 0 // where slot_failover would be (TestSlotFailover)
+				if got != want {
 					t.Errorf("database = %+v", c.Database)
 				}
 				m := c.Models[0]
@@ -1225,5 +1227,42 @@ func TestURLTargetHidesPathAndQuery(t *testing.T) {
 		if got := URLTarget(tc.in); got != tc.want {
 			t.Errorf("URLTarget(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+func TestSlotFailover(t *testing.T) {
+	f := false
+	tr := true
+	for _, tc := range []struct {
+		name                string
+		yaml                string
+		want                *bool
+		line                int
+		num                 int
+		wantOn, wantProblem bool
+	}{
+		{name: "default on 17", yaml: "", num: 170004, wantOn: true},
+		{name: "default off on 16", yaml: "", num: 160008},
+		{name: "off on 17", yaml: "  slot_failover: false\n", want: &f, line: 4, num: 170004},
+		{name: "on on 18", yaml: "  slot_failover: true\n", want: &tr, line: 4, num: 180001, wantOn: true},
+		{name: "on on 16 is a problem", yaml: "  slot_failover: true\n", want: &tr, line: 4, num: 160008, wantProblem: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("t.yaml", []byte("database:\n  dsn: postgres://x@y/z\n  slot: s\n"+tc.yaml+"models:\n  - table: a\nwebhooks:\n  - name: w\n    url: http://x/\n"), func(string) (string, bool) { return "", false })
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := c.Database
+			if (d.SlotFailover == nil) != (tc.want == nil) || (d.SlotFailover != nil && *d.SlotFailover != *tc.want) {
+				t.Errorf("SlotFailover = %v, want %v", d.SlotFailover, tc.want)
+			}
+			if tc.line != 0 && d.FailoverLine != tc.line {
+				t.Errorf("FailoverLine = %d, want %d", d.FailoverLine, tc.line)
+			}
+			on, problem := d.WantFailover(tc.num)
+			if on != tc.wantOn || problem != tc.wantProblem {
+				t.Errorf("WantFailover(%d) = %v, %v; want %v, %v", tc.num, on, problem, tc.wantOn, tc.wantProblem)
+			}
+		})
 	}
 }

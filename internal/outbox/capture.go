@@ -62,6 +62,10 @@ type CheckpointState struct {
 	SystemID string // "" when unknown (written by an older walhook)
 	Timeline int32
 	SlotLSN  pglogrepl.LSN // the slot's consistent point when walhook created it; 0: unknown
+	// CoversConfirmed is true once a walhook that confirms no position
+	// past its checkpoint has written the row: a slot ahead of LSN then
+	// skipped changes.
+	CoversConfirmed bool
 }
 
 // ReadCheckpointState reads slot's checkpoint row.
@@ -70,8 +74,8 @@ func (s *Store) ReadCheckpointState(ctx context.Context, slot string) (Checkpoin
 	var lsn string
 	var sys, slotLSN *string
 	var tl *int32
-	err := s.pool.QueryRow(ctx, "SELECT lsn::text, system_id, timeline, slot_lsn::text FROM "+s.checkpoints+" WHERE slot = $1", slot).
-		Scan(&lsn, &sys, &tl, &slotLSN)
+	err := s.pool.QueryRow(ctx, "SELECT lsn::text, system_id, timeline, slot_lsn::text, covers_confirmed FROM "+s.checkpoints+" WHERE slot = $1", slot).
+		Scan(&lsn, &sys, &tl, &slotLSN, &st.CoversConfirmed)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return st, nil
 	}
@@ -109,9 +113,9 @@ func (s *Store) WriteCheckpointState(ctx context.Context, slot string, lsn pglog
 	if reset {
 		set = "lsn = EXCLUDED.lsn"
 	}
-	_, err := s.pool.Exec(ctx, "INSERT INTO "+s.checkpoints+` AS checkpoints (slot, lsn, system_id, timeline, slot_lsn, updated_at)
-		VALUES ($1, $2::text::pg_lsn, $3, $4, $5::text::pg_lsn, now())
-		ON CONFLICT (slot) DO UPDATE SET `+set+`, system_id = EXCLUDED.system_id, timeline = EXCLUDED.timeline,
+	_, err := s.pool.Exec(ctx, "INSERT INTO "+s.checkpoints+` AS checkpoints (slot, lsn, system_id, timeline, slot_lsn, covers_confirmed, updated_at)
+		VALUES ($1, $2::text::pg_lsn, $3, $4, $5::text::pg_lsn, true, now())
+		ON CONFLICT (slot) DO UPDATE SET `+set+`, system_id = EXCLUDED.system_id, timeline = EXCLUDED.timeline, covers_confirmed = true,
 			slot_lsn = coalesce(EXCLUDED.slot_lsn, checkpoints.slot_lsn), updated_at = now()`,
 		slot, lsn.String(), systemID, timeline, sl)
 	if err != nil {

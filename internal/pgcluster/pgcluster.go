@@ -42,6 +42,10 @@ type Cluster struct {
 type Options struct {
 	// Settings are extra postgresql.conf settings (name -> value).
 	Settings map[string]string
+	// PasswordAuth makes every role but the superuser postgres log in
+	// with a scram-sha-256 password, as a packaged server's pg_hba.conf
+	// does; postgres (the helpers' DSN) stays trusted on this machine.
+	PasswordAuth bool
 }
 
 // BinDir finds the PostgreSQL server binaries: $PG_BINDIR, `pg_config
@@ -117,6 +121,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		"log_min_messages":        "warning",
 		"logging_collector":       "off",
 	}
+	if opts.PasswordAuth {
+		conf["password_encryption"] = "'scram-sha-256'" // the default from 14 on
+	}
 	for k, v := range opts.Settings {
 		conf[k] = v
 	}
@@ -124,14 +131,18 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	for k, v := range conf {
 		fmt.Fprintf(&b, "%s = %s\n", k, v)
 	}
-	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err == nil {
-		_, err = f.WriteString(b.String())
-		f.Close()
-	}
-	if err != nil {
+	if err := appendFile(filepath.Join(data, "postgresql.conf"), b.String()); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("pgtest: write postgresql.conf: %w", err)
+	}
+	if opts.PasswordAuth {
+		if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(passwordHBA), 0o600); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("pgtest: write pg_hba.conf: %w", err)
+		}
+		if c.cred != nil {
+			_ = os.Chown(filepath.Join(data, "pg_hba.conf"), int(c.cred.Uid), int(c.cred.Gid))
+		}
 	}
 	if c.log, err = os.Create(filepath.Join(dir, "server.log")); err != nil {
 		os.RemoveAll(dir)
@@ -143,6 +154,15 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	return c, nil
 }
+
+// passwordHBA is the pg_hba.conf of Options.PasswordAuth.
+const passwordHBA = `local all         postgres                trust
+host  all         postgres  127.0.0.1/32  trust
+host  replication postgres  127.0.0.1/32  trust
+local all         all                     scram-sha-256
+host  all         all       127.0.0.1/32  scram-sha-256
+host  replication all       127.0.0.1/32  scram-sha-256
+`
 
 func (c *Cluster) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
@@ -225,6 +245,122 @@ func (c *Cluster) Stop(immediate bool) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	c.cmd = nil
+	return nil
+}
+
+// VersionNum is the server's server_version_num (e.g. 170010).
+func (c *Cluster) VersionNum(ctx context.Context) (int, error) {
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		return 0, fmt.Errorf("pgtest: connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	var num int
+	err = conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&num)
+	return num, err
+}
+
+// NewStandby makes a streaming standby of c, the way a base backup does: c
+// must be stopped cleanly (Stop(false)); its data directory is copied
+// without its replication slots, standby.signal is added, and the copy
+// streams from c through the physical slot physicalSlot (which c must
+// have), with hot_standby_feedback on. settings are extra
+// postgresql.conf settings of the standby (they override c's; c's ALTER
+// SYSTEM settings are not copied). port 0 picks a free port. The standby
+// is not started: start c, then the standby.
+func (c *Cluster) NewStandby(physicalSlot string, port int, settings map[string]string) (*Cluster, error) {
+	c.mu.Lock()
+	running := c.cmd != nil
+	c.mu.Unlock()
+	if running {
+		return nil, errors.New("pgtest: stop the primary cleanly before copying it")
+	}
+	dir, err := os.MkdirTemp("", "walhook-pg-standby-")
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: temp dir: %w", err)
+	}
+	s := &Cluster{Dir: dir, BinDir: c.BinDir, cred: c.cred}
+	if c.cred != nil {
+		if err := os.Chown(dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("pgtest: chown: %w", err)
+		}
+	}
+	data := filepath.Join(dir, "data")
+	if out, err := s.command("cp", "-a", filepath.Join(c.Dir, "data"), data).CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pgtest: copy the primary: %w: %s", err, out)
+	}
+	slots, _ := filepath.Glob(filepath.Join(data, "pg_replslot", "*"))
+	for _, f := range append(slots, filepath.Join(data, "postmaster.pid"), filepath.Join(data, "postgresql.auto.conf"), filepath.Join(data, "standby.signal")) {
+		_ = os.RemoveAll(f)
+	}
+	s.Port = port
+	if port == 0 {
+		if s.Port, err = freePort(); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+	}
+	conf := map[string]string{
+		"port":                    strconv.Itoa(s.Port),
+		"unix_socket_directories": "'" + dir + "'",
+		"primary_conninfo":        fmt.Sprintf("'host=127.0.0.1 port=%d user=postgres dbname=postgres application_name=standby'", c.Port),
+		"primary_slot_name":       "'" + physicalSlot + "'",
+		"hot_standby_feedback":    "on",
+	}
+	for k, v := range settings {
+		conf[k] = v
+	}
+	var b strings.Builder
+	for k, v := range conf {
+		fmt.Fprintf(&b, "%s = %s\n", k, v)
+	}
+	err = appendFile(filepath.Join(data, "postgresql.conf"), b.String())
+	if err == nil {
+		err = appendFile(filepath.Join(data, "standby.signal"), "")
+	}
+	if err == nil && c.cred != nil {
+		err = os.Chown(filepath.Join(data, "standby.signal"), int(c.cred.Uid), int(c.cred.Gid))
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pgtest: configure the standby: %w", err)
+	}
+	if s.log, err = os.Create(filepath.Join(dir, "server.log")); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+func appendFile(name, text string) error {
+	f, err := os.OpenFile(name, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(text)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Promote ends a standby's recovery and makes it a primary (pg_promote,
+// waiting until it accepts writes).
+func (c *Cluster) Promote(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		return fmt.Errorf("pgtest: connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	var ok bool
+	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 60)").Scan(&ok); err != nil {
+		return fmt.Errorf("pgtest: promote: %w", err)
+	}
+	if !ok {
+		return errors.New("pgtest: promote: the standby did not finish recovery within 60 s")
+	}
 	return nil
 }
 

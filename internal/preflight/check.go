@@ -91,6 +91,7 @@ func Preflight(ctx context.Context, cfg *config.Config, source, outbox *pgxpool.
 		ok := p.tables(ctx)
 		p.publication(ctx)
 		p.slot(ctx)
+		p.failover(ctx)
 		p.supported(ctx, ok)
 	}
 	if outbox != nil {
@@ -143,17 +144,40 @@ func (p *preflight) server(ctx context.Context) bool {
 		return false
 	}
 	if versionNum < 100000 {
-		p.fail("PostgreSQL version", fmt.Sprintf("PostgreSQL %s has no pgoutput logical replication", version), "-- upgrade to PostgreSQL 10 or newer (walhook is tested on 15)")
+		p.fail("PostgreSQL version", fmt.Sprintf("PostgreSQL %s has no pgoutput logical replication", version), "-- upgrade to PostgreSQL 13 or newer (walhook is tested on 13 to 18)")
+	} else if versionNum < 130000 {
+		p.warn("PostgreSQL version", fmt.Sprintf("%s: walhook is tested on PostgreSQL 13 to 18; older versions have no publish_via_partition_root and are not tested", version), "-- upgrade to PostgreSQL 13 or newer")
 	} else {
 		p.ok("PostgreSQL version", version)
 	}
-	if level == "logical" {
+	switch {
+	case level == "logical":
 		p.ok("wal_level", "logical")
-	} else {
+	case p.walLevelPending(ctx):
+		p.fail("wal_level", fmt.Sprintf("wal_level is %q; logical is set in the configuration but takes effect only when PostgreSQL restarts", level),
+			"-- set; restart PostgreSQL (e.g. systemctl restart postgresql), then run walhook check again")
+	default:
 		p.fail("wal_level", fmt.Sprintf("wal_level is %q; walhook needs logical decoding", level),
-			"ALTER SYSTEM SET wal_level = logical;  -- as a superuser, then restart PostgreSQL")
+			"ALTER SYSTEM SET wal_level = logical;  -- as a superuser, then restart PostgreSQL (ran it already? then only the restart is missing)")
 	}
 	return true
+}
+
+// walLevelPending reports whether a changed wal_level waits for a restart:
+// pg_settings.pending_restart (set once the server has reloaded its
+// configuration files), or for a superuser, wal_level = logical in the
+// files themselves (pg_file_settings; ALTER SYSTEM without a reload).
+func (p *preflight) walLevelPending(ctx context.Context) bool {
+	var pending bool
+	if err := p.conn.QueryRow(ctx, "SELECT pending_restart FROM pg_settings WHERE name = 'wal_level'").Scan(&pending); err == nil && pending {
+		return true
+	}
+	if !p.super {
+		return false
+	}
+	var inFile string
+	err := p.conn.QueryRow(ctx, "SELECT setting FROM pg_file_settings WHERE name = 'wal_level' ORDER BY seqno DESC LIMIT 1").Scan(&inFile)
+	return err == nil && inFile == "logical"
 }
 
 func (p *preflight) role() {
@@ -385,9 +409,14 @@ func (p *preflight) publication(ctx context.Context) {
 				notOwned = append(notOwned, m.QualifiedTable())
 			}
 		}
+		var standby bool
+		_ = p.conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby)
 		switch {
+		case standby:
+			p.fail(name, "does not exist, and the source is a standby, where no publication can be created",
+				"-- on the primary, as the tables' owner or a superuser (the standby replays it):\n"+create)
 		case p.super || (p.canCreateInDB && len(notOwned) == 0):
-			p.ok(name, fmt.Sprintf("does not exist yet; walhook run creates it for the %d configured tables", len(want)))
+			p.ok(name, fmt.Sprintf("does not exist yet; walhook run creates it for the %s", configuredTables(len(want))))
 		case len(notOwned) > 0:
 			p.fail(name, fmt.Sprintf("does not exist, and role %s may not create it: it does not own %s", p.user, strings.Join(notOwned, ", ")),
 				"-- as the tables' owner or a superuser:\n"+create)
@@ -431,7 +460,7 @@ func (p *preflight) publication(ctx context.Context) {
 	rootOK := viaRoot || p.versionNum < cdc.ViaRootVersion
 	optsOK := ins && upd && del && trunc && rootOK
 	if len(add) == 0 && len(drop) == 0 && optsOK {
-		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (%s)", len(want), cdc.PublishOps))
+		p.ok(name, fmt.Sprintf("publishes exactly the %s (%s)", configuredTables(len(want)), cdc.PublishOps))
 		return
 	}
 	var diff []string
@@ -467,7 +496,7 @@ func (p *preflight) publication(ctx context.Context) {
 		// Made for an older walhook: capture works, TRUNCATE goes unseen.
 		fixAs := fmt.Sprintf("-- as role %s or a superuser:\n%s", owner, strings.Join(fix, "\n"))
 		if trunc {
-			p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (publish_via_partition_root is off, and no partitioned table is captured)", len(want)))
+			p.ok(name, fmt.Sprintf("publishes exactly the %s (publish_via_partition_root is off, and no partitioned table is captured)", configuredTables(len(want))))
 		} else {
 			p.warn(name, fmt.Sprintf("does not publish truncate and is owned by role %s, which role %s may not alter: a TRUNCATE of a captured table goes unseen (walhook cannot log it)", owner, p.user), fixAs)
 		}
@@ -478,6 +507,14 @@ func (p *preflight) publication(ctx context.Context) {
 		p.fail(name, fmt.Sprintf("differs from the configuration (%s), and role %s may not add %s to it: it does not own them", strings.Join(diff, "; "), p.user, strings.Join(notOwned, ", ")),
 			"-- as the tables' owner or a superuser:\n"+strings.Join(fix, "\n"))
 	}
+}
+
+// configuredTables is "1 configured table" or "n configured tables".
+func configuredTables(n int) string {
+	if n == 1 {
+		return "1 configured table"
+	}
+	return fmt.Sprintf("%d configured tables", n)
 }
 
 // partitioned reports whether a configured table is a partitioned table.
@@ -535,8 +572,8 @@ func (p *preflight) slot(ctx context.Context) {
 		p.fail(name, detail, fmt.Sprintf("-- set database.slot to another name (e.g. %s_%s), or if nothing uses this slot any more:\n%s",
 			slot, strings.ToLower(strings.Map(identRune, p.db)), drop))
 		return
-	case walStatus == "lost":
-		p.fail(name, "was invalidated (wal_status = lost, max_slot_wal_keep_size): the WAL it needed is gone and so are the changes since",
+	case st.Lost():
+		p.fail(name, "was invalidated ("+cdc.InvalidationText(st.Invalidation)+"): the WAL it needed is gone and so are the changes since",
 			drop+"  -- then walhook run creates a new slot and captures from then on")
 		return
 	case p.pubMissing:
@@ -647,4 +684,129 @@ func (p *preflight) outbox(ctx context.Context, pool *pgxpool.Pool) {
 		return
 	}
 	p.ok(name, fmt.Sprintf("exists in database %s and is current (migration %d)", db, current))
+}
+
+// failover says whether the slot can survive a failover to a standby
+// (PostgreSQL 17+: a failover slot, synced by standbys that the primary
+// names in synchronized_standby_slots), and prints the settings missing.
+func (p *preflight) failover(ctx context.Context) {
+	const name = "failover"
+	const docs = "docs/operations.md#high-availability"
+	want, impossible := p.cfg.Database.WantFailover(p.versionNum)
+	var inRecovery bool
+	var physical []string
+	if err := p.conn.QueryRow(ctx, `SELECT pg_is_in_recovery(),
+		coalesce((SELECT array_agg(slot_name::text ORDER BY slot_name) FROM pg_replication_slots WHERE slot_type = 'physical' AND active), '{}')`).
+		Scan(&inRecovery, &physical); err != nil {
+		p.fail(name, "cannot read the server's standbys: "+err.Error(), "")
+		return
+	}
+	st, err := replslot.ReadStandbys(ctx, p.conn)
+	if err != nil {
+		p.fail(name, "cannot "+err.Error(), "")
+		return
+	}
+	standbys := fmt.Sprintf("%d streaming standby(s)", st.Streaming)
+	switch {
+	case impossible:
+		p.fail(name, fmt.Sprintf("database.slot_failover is true, but PostgreSQL before 17 has no failover slots (the server is %d)", p.versionNum),
+			"-- remove database.slot_failover from the configuration, or upgrade to PostgreSQL 17+")
+		return
+	case inRecovery:
+		p.standby(ctx)
+		return
+	case !st.Supported:
+		if st.Streaming > 0 {
+			p.warn(name, standbys+", but PostgreSQL before 17 cannot sync the slot to them: after a failover the slot is missing and the changes until walhook runs again are not captured (walhook says so and counts the gap)",
+				"-- upgrade to PostgreSQL 17+ for failover slots; until then, after a failover, walhook backfill resends current rows")
+			return
+		}
+		p.ok(name, "no standby; failover slots need PostgreSQL 17+")
+		return
+	case !want:
+		if st.Streaming > 0 {
+			p.warn(name, standbys+", but database.slot_failover is false: the slot is not synced to them, so a failover loses the changes until walhook runs again",
+				"-- remove database.slot_failover: false from the configuration ("+docs+")")
+			return
+		}
+		p.ok(name, "database.slot_failover is false; no standby")
+		return
+	}
+	slotState := "walhook run creates the slot as a failover slot"
+	if sl, found, err := replslot.Read(ctx, p.conn, p.cfg.Database.Slot); err == nil && found {
+		slotState = "the slot is a failover slot"
+		if !sl.Failover {
+			slotState = "walhook run makes the slot a failover slot (ALTER_REPLICATION_SLOT)"
+		}
+	}
+	standbyFix := "-- on each standby (postgresql.conf), then reload it:\n" +
+		"--   sync_replication_slots = on\n--   hot_standby_feedback = on\n" +
+		"--   primary_slot_name = '<its physical slot>'\n--   primary_conninfo = '... dbname=" + p.db + "'  (slot sync needs a dbname)"
+	if len(st.Names) == 0 {
+		if st.Streaming == 0 {
+			p.ok(name, slotState+"; no standby yet: to keep the slot through a failover, see "+docs)
+			return
+		}
+		names := "<the standbys' physical slots>"
+		if len(physical) > 0 {
+			names = strings.Join(physical, ",")
+		}
+		p.warn(name, standbys+" but synchronized_standby_slots is empty: "+slotState+", but a standby may sync it ahead of what it has received, and walhook cannot hold confirmations for it",
+			fmt.Sprintf("ALTER SYSTEM SET synchronized_standby_slots = %s;\nSELECT pg_reload_conf();\n%s", cdc.QuoteLiteral(names), standbyFix))
+		return
+	}
+	if len(st.Missing) > 0 || len(st.Inactive) > 0 {
+		var what []string
+		if len(st.Missing) > 0 {
+			what = append(what, "no physical slot "+strings.Join(st.Missing, ", "))
+		}
+		if len(st.Inactive) > 0 {
+			what = append(what, "no standby connected to "+strings.Join(st.Inactive, ", "))
+		}
+		p.warn(name, "synchronized_standby_slots = "+strings.Join(st.Names, ",")+" but "+strings.Join(what, "; ")+": PostgreSQL sends walhook no changes until those standbys catch up",
+			"-- start those standbys, or remove them: ALTER SYSTEM SET synchronized_standby_slots = '<connected standbys>'; SELECT pg_reload_conf();\n"+standbyFix)
+		return
+	}
+	p.ok(name, fmt.Sprintf("%s; synchronized_standby_slots = %s (connected): the standbys keep a synced copy of the slot, and walhook confirms positions only once they have its outbox commits (each standby also needs sync_replication_slots = on, hot_standby_feedback = on)", slotState, strings.Join(st.Names, ",")))
+}
+
+// standby checks what capture from a hot standby needs (PostgreSQL 16+):
+// a writable outbox elsewhere, hot_standby_feedback and a physical slot on
+// the primary (or the catalog rows decoding needs are vacuumed away and the
+// slot is invalidated), and the publication made on the primary.
+func (p *preflight) standby(ctx context.Context) {
+	const name = "standby source"
+	if p.versionNum < 160000 {
+		p.fail(name, "the source is a standby, and PostgreSQL before 16 cannot decode on a standby",
+			"-- point database.dsn at the primary, or upgrade to PostgreSQL 16+")
+		return
+	}
+	var feedback, primarySlot string
+	if err := p.conn.QueryRow(ctx, `SELECT current_setting('hot_standby_feedback'), current_setting('primary_slot_name')`).Scan(&feedback, &primarySlot); err != nil {
+		p.fail(name, "cannot read the standby's settings: "+err.Error(), "")
+		return
+	}
+	var fixes []string
+	var problems []string
+	if !p.cfg.Database.SeparateOutbox() {
+		p.fail(name, "the source is a standby (read-only), and the outbox is in the source database: capture cannot write it",
+			"-- set database.outbox_dsn to a writable database (on the primary, or another server)")
+		return
+	}
+	if feedback != "on" {
+		problems = append(problems, "hot_standby_feedback is off")
+		fixes = append(fixes, "ALTER SYSTEM SET hot_standby_feedback = on;  -- on this standby")
+	}
+	if primarySlot == "" {
+		problems = append(problems, "primary_slot_name is empty")
+		fixes = append(fixes, "-- on the primary: SELECT pg_create_physical_replication_slot('standby1');\n-- on this standby: ALTER SYSTEM SET primary_slot_name = 'standby1';")
+	}
+	if len(fixes) > 0 {
+		p.warn(name, "the source is a standby, where capture decodes (16+), but "+strings.Join(problems, " and ")+
+			": the primary may vacuum away catalog rows the slot needs, and PostgreSQL then invalidates it (rows_removed)",
+			strings.Join(fixes, "\n")+"\nSELECT pg_reload_conf();")
+		return
+	}
+	p.ok(name, "the source is a standby (decoding there takes it off the primary); the publication must be created on the primary; "+
+		"creating the slot waits for the primary's next running-transactions record (up to 15 s; SELECT pg_log_standby_snapshot(); on the primary hurries it)")
 }

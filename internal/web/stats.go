@@ -37,6 +37,12 @@ type slotStats struct {
 	// LagBytes is WAL written since the slot's confirmed_flush_lsn;
 	// RetainedBytes is WAL the server keeps for it (since restart_lsn).
 	LagBytes, RetainedBytes int64
+	// Failover is true for a failover slot; FailoverReady when the
+	// standbys in synchronized_standby_slots keep a copy (FailoverWhy says
+	// what is missing otherwise); Invalidation why PostgreSQL gave the slot
+	// up ("" while usable).
+	Failover, FailoverReady   bool
+	FailoverWhy, Invalidation string
 }
 
 // outboxStats is one reading of the outbox and the slot.
@@ -138,7 +144,10 @@ func (r *statsReader) readSlot(ctx context.Context) (*slotStats, error) {
 	if err != nil || !found {
 		return nil, err
 	}
-	s := slotStats{Active: sl.Active}
+	s := slotStats{Active: sl.Active, Failover: sl.Failover, Invalidation: sl.Invalidation}
+	if st, err := replslot.ReadStandbys(ctx, r.slotDB); err == nil {
+		s.FailoverReady, s.FailoverWhy = replslot.FailoverReady(sl, st)
+	}
 	if sl.LagBytes != nil {
 		s.LagBytes = *sl.LagBytes
 	}
@@ -157,6 +166,7 @@ type collector struct {
 
 	depth, oldest, up        *prometheus.Desc
 	slotLag, slotWAL, slotUp *prometheus.Desc
+	slotFailover, slotLost   *prometheus.Desc
 	connected, confirmed     *prometheus.Desc
 	stalled, lookupErrors    *prometheus.Desc
 	collisions               *prometheus.Desc
@@ -174,6 +184,8 @@ func newCollector(stats *statsReader, capture CaptureStatus, webhooks []string, 
 		slotLag:      d("slot_lag_bytes", "WAL bytes written since the replication slot's confirmed_flush_lsn.", "slot"),
 		slotWAL:      d("slot_retained_wal_bytes", "WAL bytes the server keeps for the replication slot (since its restart_lsn).", "slot"),
 		slotUp:       d("slot_active", "1 if a walhook process is streaming from the replication slot, else 0.", "slot"),
+		slotFailover: d("slot_failover_ready", "1 if the replication slot is a failover slot that the standbys in synchronized_standby_slots (connected) keep a copy of (PostgreSQL 17+), else 0.", "slot"),
+		slotLost:     d("slot_invalidated", "1 if PostgreSQL gave the replication slot up (max_slot_wal_keep_size, idle_replication_slot_timeout, ...; the reason is in walhook status), else 0.", "slot"),
 		connected:    d("replication_connected", "1 while this process's capture is streaming from the slot, else 0.", nil...),
 		confirmed:    d("replication_confirmed_lsn", "The LSN this process's capture last confirmed to the server, as a number (bytes).", nil...),
 		stalled:      d("capture_stalled", "1 while this process's capture holds changes back (a source transaction not yet visible, or a lookup that keeps failing), else 0.", nil...),
@@ -184,7 +196,7 @@ func newCollector(stats *statsReader, capture CaptureStatus, webhooks []string, 
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.up, c.slotLag, c.slotWAL, c.slotUp, c.connected, c.confirmed,
+	for _, d := range []*prometheus.Desc{c.depth, c.oldest, c.up, c.slotLag, c.slotWAL, c.slotUp, c.slotFailover, c.slotLost, c.connected, c.confirmed,
 		c.stalled, c.lookupErrors, c.collisions} {
 		ch <- d
 	}
@@ -219,6 +231,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.slotLag, prometheus.GaugeValue, float64(s.Slot.LagBytes), c.slot)
 		ch <- prometheus.MustNewConstMetric(c.slotWAL, prometheus.GaugeValue, float64(s.Slot.RetainedBytes), c.slot)
 		ch <- prometheus.MustNewConstMetric(c.slotUp, prometheus.GaugeValue, boolValue(s.Slot.Active), c.slot)
+		ch <- prometheus.MustNewConstMetric(c.slotFailover, prometheus.GaugeValue, boolValue(s.Slot.FailoverReady), c.slot)
+		ch <- prometheus.MustNewConstMetric(c.slotLost, prometheus.GaugeValue, boolValue(s.Slot.Invalidation != ""), c.slot)
 	}
 }
 

@@ -29,8 +29,10 @@ type Bundle struct {
 	Cfg    *config.Config
 	DB     *pgxpool.Pool // plain pool: the outbox, and SQL of the test
 	Source *pgxpool.Pool // with cdc.SessionParams
-	cancel context.CancelFunc
-	done   chan error
+	// Capture is the capture Start started (nil before).
+	Capture *cdc.Capture
+	cancel  context.CancelFunc
+	done    chan error
 }
 
 // Setup creates a database on pg with schemaSQL and the outbox schema, and a
@@ -102,7 +104,7 @@ func (b *Bundle) Start() {
 		cancel()
 		b.T.Fatal(err)
 	}
-	b.cancel, b.done = cancel, make(chan error, 1)
+	b.Capture, b.cancel, b.done = c, cancel, make(chan error, 1)
 	go func() { b.done <- c.Run(ctx) }()
 	b.T.Cleanup(b.Stop)
 }
