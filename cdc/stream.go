@@ -80,6 +80,12 @@ type stream struct {
 	silence   time.Duration
 	lastHeard time.Time
 	asked     bool
+
+	// rowsBytes is rowsBytes(rows[:counted]): the size of the rows not
+	// handed to the writer yet, counted up to counted. pendingBytes is
+	// the size of the values copied into pending.
+	rowsBytes, pendingBytes int64
+	counted                 int
 }
 
 // idleBytes is how far the server's WAL may run ahead of the checkpoint,
@@ -327,7 +333,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 				return err
 			}
 		}
-		b := batch{rows: s.rows, commit: true, endLSN: m.TransactionEndLSN}
+		b := batch{rows: s.rows, commit: true, endLSN: m.TransactionEndLSN, bytes: s.takeRows()}
 		s.rows = nil
 		s.inTxn = false
 		if s.span != nil {
@@ -354,11 +360,20 @@ func (s *stream) send(ctx context.Context, b batch) error {
 		return nil
 	}
 	for {
+		// Rows wait here, not in the writer's queue, while those already
+		// handed over fill the in-flight budget.
+		out := s.out
+		if !s.w.room(b.bytes) {
+			out = nil
+		}
 		t := time.NewTimer(time.Until(s.nextStatus))
 		select {
-		case s.out <- b:
+		case out <- b:
 			t.Stop()
+			s.w.inflight.Add(b.bytes)
 			return nil
+		case <-s.w.freed:
+			t.Stop()
 		case err := <-s.werr:
 			t.Stop()
 			if err == nil {
@@ -586,16 +601,37 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	// to keep their order.
 	p.Vals, p.Old = payload.CopyRow(p.Vals), payload.CopyRow(p.Old)
 	s.pending = append(s.pending, p)
-	if len(s.pending) >= chunkRows {
+	s.pendingBytes += rowBytes(p.Vals) + rowBytes(p.Old)
+	if len(s.pending) >= chunkRows || s.pendingBytes >= chunkBytes {
 		return s.flushPending(ctx)
 	}
 	return nil
 }
 
-// sendFull hands the rendered rows to the writer once a chunk is full.
+// rowBytes is the size of a row's values.
+func rowBytes(r payload.Row) int64 {
+	var n int64
+	for _, v := range r {
+		n += int64(len(v.Data))
+	}
+	return n
+}
+
+// takeRows returns the size of s.rows, which are about to be handed to the
+// writer, and starts counting again.
+func (s *stream) takeRows() int64 {
+	n := s.rowsBytes + rowsBytes(s.rows[s.counted:])
+	s.rowsBytes, s.counted = 0, 0
+	return n
+}
+
+// sendFull hands the rendered rows to the writer once a chunk is full (in
+// rows or in bytes).
 func (s *stream) sendFull(ctx context.Context) error {
-	if len(s.rows) >= chunkRows {
-		b := batch{rows: s.rows}
+	s.rowsBytes += rowsBytes(s.rows[s.counted:])
+	s.counted = len(s.rows)
+	if len(s.rows) >= chunkRows || s.rowsBytes >= chunkBytes {
+		b := batch{rows: s.rows, bytes: s.takeRows()}
 		s.rows = nil
 		return s.send(ctx, b)
 	}
@@ -627,6 +663,7 @@ func (s *stream) flushPending(ctx context.Context) error {
 	}
 	clear(s.pending)
 	s.pending = s.pending[:0]
+	s.pendingBytes = 0
 	return nil
 }
 

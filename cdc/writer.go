@@ -40,6 +40,10 @@ type batch struct {
 	rows   []Delivery
 	commit bool
 	endLSN pglogrepl.LSN
+	// bytes is the rows' size as rowsBytes counts it: the stream takes
+	// it from the writer's in-flight budget, the writer gives it back
+	// once the rows are written.
+	bytes int64
 }
 
 // writer writes delivery rows and the checkpoint into the outbox. Rows of
@@ -74,6 +78,12 @@ type writer struct {
 	// endFirst, when set, is an outbox session an earlier writer lost:
 	// run ends it before writing. left is set when run loses its own.
 	endFirst, left *backend
+
+	// inflight is the size of the rows handed to the writer and not yet
+	// written (at most inflightBytes, or one batch); freed signals that
+	// it went down.
+	inflight atomic.Int64
+	freed    chan struct{}
 }
 
 // Observer is told about committed outbox rows (for metrics). Counts are
@@ -85,14 +95,53 @@ type Observer interface {
 type modelEvent struct{ model, event string }
 
 // chunkRows bounds rows buffered before they are written into the open
-// outbox transaction.
-const chunkRows = 500
+// outbox transaction; chunkBytes bounds their size (rows of 1 MB would make
+// 500 rows half a gigabyte).
+const (
+	chunkRows  = 500
+	chunkBytes = 4 << 20
+)
+
+// inflightBytes bounds the size of the rows handed from the stream to the
+// writer and not written yet (a batch larger than that goes alone). With a
+// chunk being rendered and one waiting for its lookups, capture holds
+// about inflightBytes + 2*chunkBytes of rows, whatever their size.
+const inflightBytes = 16 << 20
+
+// rowsBytes is the size rows count for in chunkBytes and inflightBytes:
+// their bodies, keys and errors, plus a fixed cost per row. A body shared by
+// several webhooks counts once per row.
+func rowsBytes(rows []Delivery) int64 {
+	var n int64
+	for i := range rows {
+		n += int64(len(rows[i].Body)+len(rows[i].Key)+len(rows[i].LastError)) + 128
+	}
+	return n
+}
+
+// room reports whether a batch of n bytes may be handed to the writer now.
+func (w *writer) room(n int64) bool {
+	in := w.inflight.Load()
+	return in == 0 || in+n <= inflightBytes
+}
+
+// release gives back n bytes of the in-flight budget: rows are written.
+func (w *writer) release(n int64) {
+	if n == 0 {
+		return
+	}
+	w.inflight.Add(-n)
+	select {
+	case w.freed <- struct{}{}:
+	default:
+	}
+}
 
 func newWriter(pool *pgxpool.Pool, store *outbox.Store, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, safe *atomic.Bool, obs Observer, log zerolog.Logger) *writer {
 	return &writer{
 		pool: pool, store: store, sql: store.Enqueue(), slot: slot, groupRows: groupRows, groupDelay: groupDelay,
 		rows: rows, safe: safe, log: log, observer: obs, counts: map[modelEvent]int{},
-		channel: store.Channel(),
+		channel: store.Channel(), freed: make(chan struct{}, 1),
 	}
 }
 
@@ -160,6 +209,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 	}
 	var (
 		buf        []Delivery
+		bufBytes   int64 // in-flight bytes of the batches in buf
 		groupRows  int
 		groupStart time.Time
 		lastEnd    pglogrepl.LSN
@@ -202,7 +252,10 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 		}
 		inserted += n
 		count(buf)
+		clear(buf)
 		buf = buf[:0]
+		w.release(bufBytes)
+		bufBytes = 0
 		return nil
 	}
 	commit := func() (err error) {
@@ -220,7 +273,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 		}
 		b := &pgx.Batch{}
 		var small []Delivery
-		if !open && len(buf) <= smallGroup {
+		if !open && len(buf) <= smallGroup && bufBytes <= chunkBytes {
 			small, buf = buf, buf[len(buf):]
 			b.Queue("BEGIN")
 			if len(small) > 0 {
@@ -266,6 +319,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 		}
 		enq = inserted
 		inserted, groupRows = 0, 0
+		clear(small)
+		w.release(bufBytes)
+		bufBytes = 0
 		return nil
 	}
 	for {
@@ -287,8 +343,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 		}
 		complete = false
 		buf = append(buf, b.rows...)
+		bufBytes += b.bytes
 		groupRows += len(b.rows)
-		if len(buf) >= chunkRows {
+		if len(buf) >= chunkRows || bufBytes >= chunkBytes {
 			if err := copyBuf(); err != nil {
 				return err
 			}
@@ -383,14 +440,17 @@ func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) 
 	}
 	n, err := conn.CopyFrom(ctx, w.sql.Table, w.sql.Columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
 		r := &rows[i]
-		state, lastErr := "pending", any(nil)
+		state, lastErr, lastAt := "pending", any(nil), any(nil)
 		if r.State != "" {
 			state = r.State
 		}
 		if r.LastError != "" {
 			lastErr = r.LastError
 		}
-		return []any{r.Webhook, r.Event, r.Model, r.Key, int64(r.CommitLSN), r.Seq, r.CommittedAt, r.Body, state, lastErr}, nil
+		if r.State == outbox.StateFailed {
+			lastAt = r.CommittedAt // as the insert statement does
+		}
+		return []any{r.Webhook, r.Event, r.Model, r.Key, int64(r.CommitLSN), r.Seq, r.CommittedAt, r.Body, state, lastErr, lastAt}, nil
 	}))
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.UniqueViolation {

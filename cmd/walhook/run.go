@@ -199,6 +199,7 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		wg      sync.WaitGroup
 		starts  []func()
 		capt    *cdc.Capture
+		disp    *dispatch.Dispatcher
 		slotDB  *pgxpool.Pool
 		errs    = make(chan error, 3)
 		running = func(what string, f func(context.Context) error) func() {
@@ -258,12 +259,16 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 			return err
 		}
 		starts = append(starts, running("dispatch", d.Run))
+		disp = d
 	}
 	if addr := cfg.HTTP.ListenAddr(); addr != "" {
 		opts := web.Options{Config: cfg, Outbox: obPool, SlotDB: slotDB, Dispatching: send, Metrics: metrics,
 			Logger: log, Version: walhookVersion()}
 		if capt != nil {
 			opts.Capture = capt
+		}
+		if disp != nil {
+			opts.Dispatch = disp
 		}
 		srv, err := web.New(opts)
 		if err != nil {

@@ -33,6 +33,9 @@ type Metrics struct {
 	unmapped *prometheus.CounterVec
 	truncate *prometheus.CounterVec
 	gaps     *prometheus.CounterVec
+	// outcomeErrors and outcomesDropped count failed writes of delivery
+	// outcomes and outcomes given up on (dispatch.OutcomeObserver).
+	outcomeErrors, outcomesDropped prometheus.Counter
 	// hooks holds the series of the configured webhooks, resolved once so
 	// that observing an attempt takes no lock. Read-only after NewMetrics.
 	hooks map[string]*hookMetrics
@@ -86,6 +89,14 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 			Namespace: namespace, Name: "capture_gaps_total",
 			Help: "Starts of capture after a gap: the slot was created again, or the source is another server or timeline; changes in the gap were not captured.",
 		}, []string{"slot"}),
+		outcomeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "outcome_write_errors_total",
+			Help: "Failed writes of a batch of delivery outcomes (each is retried; after 3 in a row /readyz reports it).",
+		}),
+		outcomesDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "outcomes_dropped_total",
+			Help: "Delivery outcomes given up on because the database keeps refusing them: their rows are sent again once their lease runs out.",
+		}),
 		hooks: map[string]*hookMetrics{},
 	}
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -95,6 +106,7 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 	})
 	build.Set(1)
 	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, m.breaker, m.unmapped, m.truncate, m.gaps, build,
+		m.outcomeErrors, m.outcomesDropped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if cfg == nil {
 		return m
@@ -126,6 +138,12 @@ func (m *Metrics) newHook(name string) *hookMetrics {
 
 // Registry is the registry /metrics serves.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// OutcomeWriteFailed implements dispatch.OutcomeObserver.
+func (m *Metrics) OutcomeWriteFailed() { m.outcomeErrors.Inc() }
+
+// OutcomesDropped implements dispatch.OutcomeObserver.
+func (m *Metrics) OutcomesDropped(n int) { m.outcomesDropped.Add(float64(n)) }
 
 // Enqueued implements cdc.Observer.
 func (m *Metrics) Enqueued(model, event string, rows int) {

@@ -34,6 +34,13 @@ type CaptureStatus interface {
 	Collisions() int64
 }
 
+// DispatchStatus is what the server reads from the dispatcher running in
+// this process; *dispatch.Dispatcher implements it.
+type DispatchStatus interface {
+	// Stall says why dispatch is not making progress ("" when it is).
+	Stall() string
+}
+
 // Options configure a Server. Config and Outbox are required.
 type Options struct {
 	Config *config.Config
@@ -48,6 +55,9 @@ type Options struct {
 	// Dispatching says whether this process sends deliveries (shown on the
 	// page next to the per-process counts).
 	Dispatching bool
+	// Dispatch is the dispatcher of this process, nil when it does not
+	// send; /readyz reports its stalls.
+	Dispatch DispatchStatus
 	// Metrics are this process's metrics; New adds the database and
 	// capture gauges to its registry. Optional: New makes its own.
 	Metrics *Metrics
@@ -65,6 +75,7 @@ type Server struct {
 	store       *outbox.Store
 	capture     CaptureStatus
 	dispatching bool
+	dispatch    DispatchStatus
 	metrics     *Metrics
 	stats       *statsReader
 	log         zerolog.Logger
@@ -100,6 +111,7 @@ func New(opts Options) (*Server, error) {
 		store:        outbox.New(opts.Outbox, cfg.Database.Schema),
 		capture:      opts.Capture,
 		dispatching:  opts.Dispatching,
+		dispatch:     opts.Dispatch,
 		metrics:      opts.Metrics,
 		log:          opts.Logger.With().Str("component", "http").Logger(),
 		version:      opts.Version,
@@ -289,6 +301,9 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 			// and on the status page, not in this unauthenticated body.
 			problems = append(problems, "capture is holding changes back (a source transaction not yet visible, or a lookup that keeps failing; details in the log)")
 		}
+	}
+	if s.dispatch != nil && s.dispatch.Stall() != "" {
+		problems = append(problems, "dispatch cannot write delivery outcomes (details in the log)")
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if len(problems) > 0 {

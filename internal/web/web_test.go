@@ -891,6 +891,27 @@ func TestRetrySaysSoForSupersededDeliveries(t *testing.T) {
 	}
 }
 
+// A delivery whose body_template failed at capture (issue 24): its stored
+// body is the default body, so its page offers no retry and says why, and
+// a retry posted anyway leaves it failed.
+func TestDeliveryFailedAtCaptureIsNotRetried(t *testing.T) {
+	e := newEnv(t)
+	id := e.insert(row{state: "failed", lastError: "body_template: template: x:1: nil pointer evaluating"})
+	c := client(t)
+	_, page := do(t, c, "GET", fmt.Sprintf("%s/deliveries/%d", e.srv.URL, id), nil)
+	if !strings.Contains(page, `id="failed-at-capture"`) || strings.Contains(page, `class="retry"`) {
+		t.Errorf("the page of a delivery failed at capture offers a retry or does not say why:\n%s", page)
+	}
+	_, index := do(t, c, "GET", e.srv.URL+"/", nil)
+	resp, _ := do(t, c, "POST", fmt.Sprintf("%s/deliveries/%d/retry", e.srv.URL, id), url.Values{"csrf": {csrf(t, index)}})
+	if resp.StatusCode != 303 {
+		t.Fatalf("retry: %s", resp.Status)
+	}
+	if st := e.state(id); st != "failed" {
+		t.Errorf("a delivery failed at capture is %s after a retry from the page, want failed", st)
+	}
+}
+
 // TestPagesShowTraceAndInsecureTLS checks that the delivery page prints the
 // delivery's trace id (the one its traceparent carries) and that the
 // summary flags a webhook whose receiver certificate is not checked.
@@ -908,6 +929,48 @@ func TestPagesShowTraceAndInsecureTLS(t *testing.T) {
 	_, body = do(t, client(t), "GET", e.srv.URL+"/", nil)
 	if !strings.Contains(body, `id="insecure-inventory"`) || strings.Contains(body, `id="insecure-audit"`) {
 		t.Errorf("summary does not flag exactly the insecure webhook:\n%s", body)
+	}
+}
+
+// stalledDispatch is a DispatchStatus whose stall the test sets.
+type stalledDispatch struct{ why atomic.Pointer[string] }
+
+func (d *stalledDispatch) Stall() string {
+	if p := d.why.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// /readyz reports a dispatcher whose delivery outcomes cannot be written
+// (issue 24: claiming stopped while /readyz said ready), and the metrics
+// count the failed writes and the dropped outcomes.
+func TestReadyzReportsAStalledDispatcher(t *testing.T) {
+	disp := &stalledDispatch{}
+	e := newEnv(t, func(_ *config.Config, o *web.Options) { o.Dispatch = disp })
+	metrics := e.metrics
+	c := client(t)
+	if resp, body := do(t, c, "GET", e.srv.URL+"/readyz", nil); resp.StatusCode != 200 {
+		t.Fatalf("/readyz: %s %s", resp.Status, body)
+	}
+	why := "writing delivery outcomes keeps failing: ERROR at 10.1.2.3"
+	disp.why.Store(&why)
+	metrics.OutcomeWriteFailed()
+	metrics.OutcomesDropped(2)
+	resp, body := do(t, c, "GET", e.srv.URL+"/readyz", nil)
+	if resp.StatusCode != 503 || !strings.Contains(body, "cannot write delivery outcomes") || strings.Contains(body, "10.1.2.3") {
+		t.Errorf("/readyz while outcomes cannot be written: %s %s", resp.Status, body)
+	}
+	fams := scrape(t, c, e.srv.URL)
+	if v := value(t, fams, "walhook_outcome_write_errors_total"); v != 1 {
+		t.Errorf("outcome_write_errors_total = %v", v)
+	}
+	if v := value(t, fams, "walhook_outcomes_dropped_total"); v != 2 {
+		t.Errorf("outcomes_dropped_total = %v", v)
+	}
+	disp.why.Store(nil)
+	if resp, body := do(t, c, "GET", e.srv.URL+"/readyz", nil); resp.StatusCode != 200 {
+		t.Errorf("/readyz once outcomes are written again: %s %s", resp.Status, body)
 	}
 }
 
