@@ -109,6 +109,18 @@ func newEnvOn(t *testing.T, dsn string, opts ...envOption) *testEnv {
 		cancel()
 		<-watched
 	})
+	// Until Watch's first check, /readyz says the outbox is not checked.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		resp, err := http.Get(e.srv.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "not checked yet") {
+			break
+		}
+	}
 	return e
 }
 
