@@ -142,13 +142,12 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outb
 			what = fmt.Sprintf("replication slot %s is at %s, past walhook's checkpoint %s, and walhook never confirms past its checkpoint: the slot was dropped and created again, or this server was promoted or restored without a synced copy of it", slot, pos, st.LSN)
 		}
 		ev := c.log.Error().Str("slot", slot).Str("checkpoint", st.LSN.String()).Str("slot_position", pos.String())
+		reset = true // to the slot's position, forward or back
 		if st.LSN > pos {
-			reset = true
 			c.warnAmbiguous(ctx, pos, st.LSN)
 			c.window.Store(&gapWindow{from: pos, to: st.LSN, before: time.Now()})
 			ev.Msgf("%s: the stored checkpoint %s lies ahead of the slot's position %s, so capture starts at the slot's position instead of skipping what lies between; changes the old source committed after checkpoint %s that are not in this source's WAL after %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos, st.LSN, pos)
 		} else {
-			reset = true
 			ev.Msgf("%s: changes committed after LSN %s until %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos)
 		}
 		c.gaps.Add(1)

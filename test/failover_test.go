@@ -41,12 +41,7 @@ type haPair struct {
 func startHAPair(t *testing.T, db, setupSQL string, minVersion int) *haPair {
 	t.Helper()
 	ctx := context.Background()
-	num, err := pg.VersionNum(ctx)
-	if err != nil {
-		t.Fatal(err)
-	} else if num < minVersion {
-		t.Skipf("needs PostgreSQL %d+ (this is %d); run make test-matrix", minVersion/10000, num)
-	}
+	num := skipBefore(t, minVersion)
 	primarySettings, standbySettings := map[string]string{}, map[string]string{}
 	if num >= 170000 {
 		primarySettings["synchronized_standby_slots"] = "'sb'"
@@ -97,16 +92,25 @@ func startHAPair(t *testing.T, db, setupSQL string, minVersion int) *haPair {
 	return h
 }
 
+// skipBefore skips the test on a server older than minVersion
+// (server_version_num) and returns the server's version.
+func skipBefore(t *testing.T, minVersion int) int {
+	t.Helper()
+	num, err := pg.VersionNum(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	} else if num < minVersion {
+		t.Skipf("needs PostgreSQL %d+ (this is %d); run make test-matrix", minVersion/10000, num)
+	}
+	return num
+}
+
 // startClusterSince starts a cluster of the test's own with settings,
 // skipping the test on servers before minVersion (server_version_num).
 func startClusterSince(t *testing.T, minVersion int, settings map[string]string) *pgtest.Cluster {
 	t.Helper()
 	ctx := context.Background()
-	if num, err := pg.VersionNum(ctx); err != nil {
-		t.Fatal(err)
-	} else if num < minVersion {
-		t.Skipf("needs PostgreSQL %d+ (this is %d); run make test-matrix", minVersion/10000, num)
-	}
+	skipBefore(t, minVersion)
 	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: settings})
 	if err != nil {
 		t.Fatal(err)
@@ -601,11 +605,7 @@ log:
 // database.slot_failover: false; a new slot is created as one.
 func TestExistingSlotBecomesAFailoverSlot(t *testing.T) {
 	ctx := context.Background()
-	if num, err := pg.VersionNum(ctx); err != nil {
-		t.Fatal(err)
-	} else if num < 170000 {
-		t.Skipf("failover slots need PostgreSQL 17+ (this is %d)", num)
-	}
+	skipBefore(t, 170000)
 	b := cdctest.Setup(t, pg, `CREATE TABLE item (id int PRIMARY KEY)`, `  - table: item`)
 	slot := b.Cfg.Database.Slot
 	failover := func() bool {
