@@ -107,6 +107,10 @@ type Capture struct {
 	alterFailover *bool
 	// failover is the slot's failover state as last read, for status.
 	failover atomic.Pointer[FailoverState]
+	// reload holds the configurations the stream renders with and a
+	// reload waiting for it (reload.go); reloadPending says one waits.
+	reload        reloads
+	reloadPending atomic.Bool
 }
 
 // New returns a Capture; call Prepare, then Run.
@@ -445,6 +449,17 @@ func (c *Capture) session(ctx context.Context) error {
 		rels: map[uint32]*payload.Relation{}, rd: payload.Renderer{Resolve: c.types.resolve}, confirmed: startLSN,
 		lastSentEnd: startLSN, lastIdle: time.Now(), guard: guard,
 	}
+	var wake context.CancelFunc
+	s.wake, wake = context.WithCancel(ctx)
+	gens, err := c.renderings(startLSN, wake)
+	if err != nil {
+		wake()
+		cancelWriter()
+		wg.Wait()
+		return &FatalError{Err: err}
+	}
+	defer c.detach()
+	s.gen, s.next = gens[0], gens[1:]
 	err = s.run(ctx)
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject && strings.Contains(pe.Message, "publication") {
