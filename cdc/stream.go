@@ -36,7 +36,7 @@ type stream struct {
 	// (RowRenderer), takes the batches instead of the writer.
 	collect func(batch)
 
-	rels    map[uint32]*payload.Relation
+	rels map[uint32]*payload.Relation
 	// descs are the tables' descriptions from their Relation messages, to
 	// build rels again when the configuration changes.
 	descs map[uint32]*payload.TableDesc
