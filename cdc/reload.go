@@ -215,6 +215,9 @@ func (c *Capture) trimRenderings(lsn pglogrepl.LSN) {
 func (c *Capture) detach() {
 	c.reload.mu.Lock()
 	defer c.reload.mu.Unlock()
+	if c.reload.wake != nil {
+		c.reload.wake()
+	}
 	c.reload.attached, c.reload.wake = false, nil
 }
 

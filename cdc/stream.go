@@ -36,16 +36,7 @@ type stream struct {
 	// (RowRenderer), takes the batches instead of the writer.
 	collect func(batch)
 
-	rels map[uint32]*payload.Relation
-	// descs are the tables' descriptions from their Relation messages, to
-	// build rels again when the configuration changes.
-	descs map[uint32]*payload.TableDesc
-	// gen is the configuration transactions are rendered with; next are
-	// reloaded ones that apply from later commit LSNs (reload.go). wake
-	// is cancelled by Reload to end a wait for the next message.
-	gen     *rendering
-	next    []*rendering
-	wake    context.Context
+	rels    map[uint32]*payload.Relation
 	rd      payload.Renderer
 	rows    []Delivery
 	pending []pending // changes waiting for their chunk's lookups (or behind one that is)
@@ -74,6 +65,16 @@ type stream struct {
 	// guard, when the outbox server has synchronized_standby_slots, holds
 	// confirmations back until those standbys have the outbox commits.
 	guard *standbyGuard
+
+	// descs are the tables' descriptions from their Relation messages, to
+	// build rels again when the configuration changes.
+	descs map[uint32]*payload.TableDesc
+	// gen is the configuration transactions are rendered with; next are
+	// reloaded ones that apply from later commit LSNs (reload.go). wake
+	// is cancelled by Reload to end a wait for the next message.
+	gen  *rendering
+	next []*rendering
+	wake context.Context
 }
 
 // idleBytes is how far the server's WAL may run ahead of the checkpoint,
