@@ -169,12 +169,19 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg, stderr)
-	return run(ctx, cfg, log, !*dispatchOnly, !*captureOnly)
+	log, rl := newReloadableLogger(cfg, stderr, *path)
+	return run(ctx, cfg, log, !*dispatchOnly, !*captureOnly, rl)
 }
 
 // run applies migrations and runs capture and/or dispatch until ctx ends.
-func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, send bool) error {
+// With rl, SIGHUP and POST /-/reload reload the configuration file.
+func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, send bool, rl *reloadable) error {
+	var hup <-chan os.Signal
+	if rl != nil {
+		var stopHUP func()
+		hup, stopHUP = notifyHUP()
+		defer stopHUP()
+	}
 	obPool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", map[string]string{"application_name": "walhook"})
 	if err != nil {
 		return err
@@ -191,6 +198,10 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	metrics := web.NewMetrics(cfg, walhookVersion())
+	var reload *reloader
+	if rl != nil {
+		reload = newReloader(rl.path, cfg, log, rl.level, metrics)
+	}
 	var (
 		wg      sync.WaitGroup
 		starts  []func()
@@ -245,6 +256,9 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 			return err
 		}
 		starts = append(starts, running("capture", capt.Run))
+		if reload != nil {
+			reload.capture = capt
+		}
 	}
 	if send {
 		dopts := dispatch.Options{Pool: obPool, Config: cfg, Logger: log, Version: walhookVersion(), Observer: metrics}
@@ -253,13 +267,20 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		if err != nil {
 			return err
 		}
-		starts = append(starts, running("dispatch", d.Run))
+		dr := &dispatchRunner{opts: dopts, log: log, first: d}
+		starts = append(starts, running("dispatch", dr.run))
+		if reload != nil {
+			reload.sender = dr
+		}
 	}
 	if addr := cfg.HTTP.ListenAddr(); addr != "" {
 		opts := web.Options{Config: cfg, Outbox: obPool, SlotDB: slotDB, Dispatching: send, Metrics: metrics,
 			Logger: log, Version: walhookVersion()}
 		if capt != nil {
 			opts.Capture = capt
+		}
+		if reload != nil {
+			opts.Reloader = reload
 		}
 		srv, err := web.New(opts)
 		if err != nil {
@@ -271,6 +292,9 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		}
 		// Serve at once, so that /healthz answers and the page shows
 		// progress while capture prepares the slot.
+		if reload != nil {
+			reload.web = srv
+		}
 		running("http server", func(ctx context.Context) error { return srv.Serve(ctx, ln) })()
 	}
 	if capt != nil {
@@ -286,6 +310,9 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 	}
 	for _, start := range starts {
 		start()
+	}
+	if reload != nil {
+		go reload.onSIGHUP(ctx, hup)
 	}
 	log.Info().Str("version", walhookVersion()).Bool("capture", capture).Bool("dispatch", send).Msg("walhook running")
 	wg.Wait()

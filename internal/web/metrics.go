@@ -1,6 +1,7 @@
 package web
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,8 +35,13 @@ type Metrics struct {
 	truncate *prometheus.CounterVec
 	gaps     *prometheus.CounterVec
 	// hooks holds the series of the configured webhooks, resolved once so
-	// that observing an attempt takes no lock. Read-only after NewMetrics.
-	hooks map[string]*hookMetrics
+	// that observing an attempt takes no lock. Replaced whole (never
+	// changed) when a reload adds webhooks.
+	hooks atomic.Pointer[map[string]*hookMetrics]
+	// reloadOK and reloadAt: the last reload's outcome and when the
+	// configuration was last loaded successfully (at start or by a reload).
+	reloadOK, reloadAt prometheus.Gauge
+	hooksMu            sync.Mutex // serialises AddWebhooks
 }
 
 // hookMetrics are one webhook's series, plus counts for the status page.
@@ -86,32 +92,67 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 			Namespace: namespace, Name: "capture_gaps_total",
 			Help: "Starts of capture after a gap: the slot was created again, or the source is another server or timeline; changes in the gap were not captured.",
 		}, []string{"slot"}),
-		hooks: map[string]*hookMetrics{},
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "config_last_reload_successful",
+			Help: "1 when the last configuration reload (SIGHUP or POST /-/reload) succeeded, or none was tried; 0 when it failed and the previous configuration stayed in use.",
+		}),
+		reloadAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "config_last_reload_success_timestamp_seconds",
+			Help: "When the configuration in use was loaded (at start or by the last successful reload), as Unix seconds.",
+		}),
 	}
+	m.reloadOK.Set(1)
+	m.reloadAt.SetToCurrentTime()
+	hooks := map[string]*hookMetrics{}
+	m.hooks.Store(&hooks)
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help:        "Always 1; the version label is walhook's version.",
 		ConstLabels: prometheus.Labels{"version": version},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, m.breaker, m.unmapped, m.truncate, m.gaps, build,
+	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, m.breaker, m.unmapped, m.truncate, m.gaps, build, m.reloadOK, m.reloadAt,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if cfg == nil {
 		return m
 	}
+	m.gaps.WithLabelValues(cfg.Database.Slot)
+	m.AddWebhooks(cfg)
+	return m
+}
+
+// AddWebhooks adds the series of cfg's models and webhooks that are not
+// there yet (after a reload; the series of removed ones stay).
+func (m *Metrics) AddWebhooks(cfg *config.Config) {
+	m.hooksMu.Lock()
+	defer m.hooksMu.Unlock()
 	for _, md := range cfg.Models {
 		for _, ev := range config.Events {
 			m.enqueued.WithLabelValues(md.Model, ev)
 		}
 	}
-	m.gaps.WithLabelValues(cfg.Database.Slot)
+	old := *m.hooks.Load()
+	hooks := make(map[string]*hookMetrics, len(old)+len(cfg.Webhooks))
+	for k, v := range old {
+		hooks[k] = v
+	}
 	for _, w := range cfg.Webhooks {
-		if _, ok := m.hooks[w.Name]; !ok {
-			m.hooks[w.Name] = m.newHook(w.Name)
+		if _, ok := hooks[w.Name]; !ok {
+			hooks[w.Name] = m.newHook(w.Name)
 			m.breaker.WithLabelValues(w.Name).Set(0)
 		}
 	}
-	return m
+	m.hooks.Store(&hooks)
+}
+
+// ConfigReloaded records a reload's outcome (walhook_config_last_reload_*).
+func (m *Metrics) ConfigReloaded(ok bool) {
+	if ok {
+		m.reloadOK.Set(1)
+		m.reloadAt.SetToCurrentTime()
+		return
+	}
+	m.reloadOK.Set(0)
 }
 
 func (m *Metrics) newHook(name string) *hookMetrics {
@@ -135,7 +176,7 @@ func (m *Metrics) Enqueued(model, event string, rows int) {
 // Attempted implements dispatch.Observer. It takes no lock for configured
 // webhooks.
 func (m *Metrics) Attempted(a outbox.Attempt) {
-	h, ok := m.hooks[a.Webhook]
+	h, ok := (*m.hooks.Load())[a.Webhook]
 	if !ok {
 		// Not configured, so the dispatcher cannot send it; handled for
 		// completeness, at the price of a label lookup.
@@ -180,7 +221,7 @@ func (m *Metrics) BreakerChanged(webhook string, state outbox.BreakerState) {
 type processCounts struct{ Delivered, Retry, Failed int64 }
 
 func (m *Metrics) processCounts(webhook string) (processCounts, bool) {
-	h, ok := m.hooks[webhook]
+	h, ok := (*m.hooks.Load())[webhook]
 	if !ok {
 		return processCounts{}, false
 	}

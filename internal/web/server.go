@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -56,6 +57,9 @@ type Options struct {
 	Version string
 	// Now is the clock for sessions and retries. Optional: time.Now.
 	Now func() time.Time
+	// Reloader, when set, serves POST /-/reload and the page's reload
+	// status. Optional.
+	Reloader Reloader
 }
 
 // Server serves /metrics, /healthz, /readyz and the status page.
@@ -83,6 +87,10 @@ type Server struct {
 
 	pages   map[string]*template.Template
 	handler http.Handler
+
+	// live is the configuration in use (SetConfig); reloader reloads it.
+	live     atomic.Pointer[config.Config]
+	reloader Reloader
 }
 
 // New builds a Server. It registers the database and capture gauges on the
@@ -105,7 +113,9 @@ func New(opts Options) (*Server, error) {
 		schema:       cfg.Database.Schema,
 		token:        cfg.HTTP.Token,
 		loopbackOnly: cfg.HTTP.Token == "",
+		reloader:     opts.Reloader,
 	}
+	s.live.Store(cfg)
 	if s.version == "" {
 		s.version = "dev"
 	}
@@ -159,6 +169,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /login", s.loginForm)
 	mux.HandleFunc("POST /login", s.login)
 	mux.HandleFunc("POST /logout", s.logout)
+	mux.HandleFunc("POST /-/reload", s.reload)
 	mux.Handle("GET /static/", http.FileServerFS(staticFS))
 
 	cop := http.NewCrossOriginProtection()
