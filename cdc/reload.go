@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -71,6 +72,9 @@ type reloads struct {
 type reloadReq struct {
 	r    *rendering
 	done chan reloadDone // buffered: the stream never waits on it
+	// gaveUp is set when Reload returned without the outcome (capture
+	// was not streaming): the stream then logs it at info level.
+	gaveUp atomic.Bool
 }
 
 type reloadDone struct {
@@ -154,6 +158,7 @@ func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult
 	c.reload.mu.Unlock()
 	c.reloadPending.Store(true)
 	if !attached {
+		req.gaveUp.Store(true)
 		return ReloadResult{Pending: true}, nil
 	}
 	if wake != nil {
@@ -168,10 +173,10 @@ func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult
 		}
 		return ReloadResult{From: d.from}, nil
 	case <-t.C:
-		return ReloadResult{Pending: true}, nil
 	case <-ctx.Done():
-		return ReloadResult{Pending: true}, nil
 	}
+	req.gaveUp.Store(true)
+	return ReloadResult{Pending: true}, nil
 }
 
 // renderings returns the renderings a session starting at start needs
@@ -245,7 +250,11 @@ func (s *stream) takeReload(ctx context.Context) error {
 		}
 		return nil
 	}
-	s.log.Info().Str("from_commit_lsn", from.String()).Str("config_hash", req.r.cfg.Hash).
+	ev := s.log.Debug()
+	if req.gaveUp.Load() {
+		ev = s.log.Info() // nobody else reports it
+	}
+	ev.Str("from_commit_lsn", from.String()).Str("config_hash", req.r.cfg.Hash).
 		Msgf("reloaded configuration: source transactions with a commit LSN of %s or later are rendered with it", from)
 	return nil
 }
