@@ -277,11 +277,11 @@ func (s *stream) applyReload(ctx context.Context, r *rendering) (pglogrepl.LSN, 
 	from = max(from, last.from)
 	r.from = from
 	s.c.reload.mu.Lock()
-	gens := s.c.reload.gens
-	for len(gens) > 0 && gens[len(gens)-1].from >= from && len(gens) > 1 {
-		gens = gens[:len(gens)-1]
+	// A rendering queued for the same start or later is replaced.
+	for g := s.c.reload.gens; len(g) > 1 && g[len(g)-1].from >= from; g = s.c.reload.gens {
+		s.c.reload.gens = g[:len(g)-1]
 	}
-	s.c.reload.gens = append(gens, r)
+	s.c.reload.gens = append(s.c.reload.gens, r)
 	s.c.hooks = r.hooks
 	s.c.reload.mu.Unlock()
 	for len(s.next) > 0 && s.next[len(s.next)-1].from >= from {

@@ -229,8 +229,8 @@ type dispatchRunner struct {
 	opts dispatch.Options // Config is replaced for each new Dispatcher
 	log  zerolog.Logger
 
-	mu    sync.Mutex
-	ctx   context.Context // Run's context, once running
+	mu     sync.Mutex
+	ctx    context.Context // Run's context, once running
 	first  *dispatch.Dispatcher
 	stop   context.CancelFunc // stops the current Dispatcher
 	closed bool               // run is waiting for the last ones to stop
