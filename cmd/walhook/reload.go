@@ -224,7 +224,9 @@ func notifyHUP() (<-chan os.Signal, func()) {
 // reload changes the webhooks or the dispatch settings: the new one starts
 // at once, the old one stops claiming, releases the rows it has not sent
 // and finishes its requests in flight. Rows move between them through the
-// outbox, as between dispatch processes (per-object order holds).
+// outbox, as between dispatch processes (per-object order holds). Webhooks
+// whose settings did not change keep their circuit breaker, rate limiter
+// and connections (dispatch.Options.Previous).
 type dispatchRunner struct {
 	opts dispatch.Options // Config is replaced for each new Dispatcher
 	log  zerolog.Logger
@@ -232,16 +234,23 @@ type dispatchRunner struct {
 	mu     sync.Mutex
 	ctx    context.Context // Run's context, once running
 	first  *dispatch.Dispatcher
-	stop   context.CancelFunc // stops the current Dispatcher
-	closed bool               // run is waiting for the last ones to stop
+	cur    *dispatch.Dispatcher // the newest one
+	stop   context.CancelFunc   // stops the current Dispatcher
+	closed bool                 // run is waiting for the last ones to stop
 	wg     sync.WaitGroup
 }
 
 // prepare builds a Dispatcher for cfg (checking its webhooks) without
 // starting it.
 func (r *dispatchRunner) prepare(cfg *config.Config) (*dispatch.Dispatcher, error) {
+	r.mu.Lock()
+	prev := r.cur
+	if prev == nil {
+		prev = r.first
+	}
+	r.mu.Unlock()
 	opts := r.opts
-	opts.Config = cfg
+	opts.Config, opts.Previous = cfg, prev
 	return dispatch.New(opts)
 }
 
@@ -262,7 +271,7 @@ func (r *dispatchRunner) run(ctx context.Context) error {
 
 func (r *dispatchRunner) startLocked(d *dispatch.Dispatcher) {
 	dctx, stop := context.WithCancel(r.ctx)
-	r.stop = stop
+	r.stop, r.cur = stop, d
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()

@@ -86,7 +86,7 @@ func Compare(cur, next *Config) Changes {
 		switch {
 		case !ok:
 			ch.WebhooksAdded = append(ch.WebhooksAdded, w.Name)
-		case !sameWebhook(o, w):
+		case !SameWebhook(o, w):
 			ch.WebhooksChanged = append(ch.WebhooksChanged, w.Name)
 		}
 		delete(oldHooks, w.Name)
@@ -123,8 +123,8 @@ func Compare(cur, next *Config) Changes {
 	return ch
 }
 
-// sameWebhook compares two webhooks' settings, not their lines.
-func sameWebhook(a, b Webhook) bool {
+// SameWebhook compares two webhooks' settings, not their lines.
+func SameWebhook(a, b Webhook) bool {
 	a.Line, b.Line = 0, 0
 	return reflect.DeepEqual(a, b)
 }
