@@ -260,3 +260,92 @@ webhooks:
 	}
 	p.stop(t)
 }
+
+// Twenty reloads by SIGHUP during a burst, each adding or removing webhook
+// x and changing a model's rendering: the unchanged webhook's receiver
+// gets every change exactly once (each reload replaces the dispatcher and
+// switches capture at a commit LSN).
+func TestTwentyReloadsDuringBurstDeliverEachChangeOnce(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE item (id int PRIMARY KEY, v text)`)
+	rcv := newReceiver(t, "s3cret")
+	x := newReceiver(t, "x")
+	body := func(i int) string {
+		s := fmt.Sprintf(`models:
+  - table: item
+    model: Item%s
+webhooks:
+  - name: a
+    url: %s/hook
+    secret: s3cret`, map[bool]string{true: "\n    exclude: [v]", false: ""}[i%3 == 1], rcv.URL)
+		if i%2 == 1 {
+			s += fmt.Sprintf(`
+  - name: x
+    url: %s/hook
+    secret: x`, x.URL)
+		}
+		return s
+	}
+	e.writeConfig(body(0))
+	cfgText, err := os.ReadFile(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := e.start("run")
+	e.waitStreaming()
+	// A burst from before the first reload until after the last.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i += 2 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				time.Sleep(3 * time.Millisecond)
+				id := w*10_000_000 + i
+				if _, err := e.db.Exec(context.Background(), `INSERT INTO item VALUES ($1, 'v'), ($1 + 1, 'v')`, id); err != nil {
+					t.Errorf("burst: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	for i := 1; i <= 20; i++ {
+		time.Sleep(100 * time.Millisecond)
+		e.rewriteConfig(strings.Replace(string(cfgText), body(0), body(i), 1))
+		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		e.waitFor(fmt.Sprintf("reload %d", i), 30*time.Second, func() bool { return len(logLines(p, "configuration reloaded")) == i })
+	}
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	total := e.count(`SELECT count(*) FROM item`)
+	if n := len(logLines(p, "configuration reload failed")); n != 0 {
+		t.Fatalf("%d reloads failed", n)
+	}
+	e.waitFor("every change delivered to a", 90*time.Second, func() bool { return rcv.distinct() == total })
+	time.Sleep(500 * time.Millisecond)
+	rcv.mu.Lock()
+	dups := 0
+	for _, n := range rcv.got {
+		if n != 1 {
+			dups++
+		}
+	}
+	got := len(rcv.got)
+	rcv.mu.Unlock()
+	if got != total || dups != 0 || rcv.bad.Load() != 0 {
+		t.Fatalf("webhook a: %d distinct deliveries of %d changes, %d sent more than once, %d bad signatures", got, total, dups, rcv.bad.Load())
+	}
+	if n := e.count(`SELECT count(*) FROM walhook.deliveries WHERE webhook = 'a'`); n != total {
+		t.Fatalf("webhook a has %d outbox rows for %d changes", n, total)
+	}
+	t.Logf("%d changes, 20 reloads, webhook x got %d", total, x.distinct())
+	p.stop(t)
+}
