@@ -321,7 +321,7 @@ func (c *Capture) Run(ctx context.Context) error {
 			}
 			backoff = time.Second
 		} else {
-			c.log.Warn().Err(err).Dur("retry_in", backoff).Msg("capture interrupted; reconnecting")
+			c.log.Warn().Err(err).Dur("retry_in_ms", backoff).Msg("capture interrupted; reconnecting")
 		}
 		wait := backoff + time.Duration(rand.Int64N(int64(backoff)/2+1))
 		select {
@@ -413,6 +413,7 @@ func (c *Capture) session(ctx context.Context) error {
 		return fmt.Errorf("start replication on slot %s: %w", slot, err)
 	}
 	c.streaming.Store(true)
+	c.confirmed.Store(uint64(startLSN)) // the slot is confirmed at least this far
 	c.log.Info().Str("slot", slot).Str("from", startLSN.String()).Bool("standby_guard", guard != nil).Msg("streaming changes")
 	fctx, stopFailover := context.WithCancel(ctx)
 	var fwg sync.WaitGroup

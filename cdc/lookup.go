@@ -256,7 +256,7 @@ func (s *stream) runLookups(ctx context.Context, jobs []lookupJob) error {
 		if len(retry) == 0 {
 			if stalled {
 				s.c.setStall("")
-				s.log.Info().Dur("waited", time.Since(start)).Msg("lookups succeed again: capture goes on")
+				s.log.Info().Dur("waited_ms", time.Since(start)).Msg("lookups succeed again: capture goes on")
 			}
 			return nil
 		}
@@ -267,10 +267,10 @@ func (s *stream) runLookups(ctx context.Context, jobs []lookupJob) error {
 		if time.Since(start) >= lookupRetryFor {
 			return fmt.Errorf("lookups of the transaction with commit LSN %s still fail after %s (capture reconnects and retries): %w", s.txnLSN, lookupRetryFor, first)
 		}
-		ev := s.log.Warn().Err(first).Int("failed_queries", len(retry)).Dur("retry_in", backoff)
+		ev := s.log.Warn().Err(first).Int("failed_queries", len(retry)).Dur("retry_in_ms", backoff)
 		var pe *pgconn.PgError
 		if errors.As(first, &pe) && pe.Code == pgerrcode.QueryCanceled {
-			ev = ev.Dur("statement_timeout", payload.LookupTimeout)
+			ev = ev.Dur("statement_timeout_ms", payload.LookupTimeout)
 		}
 		ev.Msg("lookup failed: capture holds the changes and retries (set on_lookup_error: omit on the model to send them without the field instead)")
 		if err := s.keepAlive(ctx); err != nil {
@@ -709,7 +709,7 @@ func (s *stream) lookupFailed(l *payload.LogLimit, rel *payload.Relation, what, 
 	ev := s.log.Warn().Err(err).Str("model", rel.Model.Model).Str(what, name).Int("changes", changes)
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.QueryCanceled {
-		ev = ev.Dur("statement_timeout", payload.LookupTimeout)
+		ev = ev.Dur("statement_timeout_ms", payload.LookupTimeout)
 	}
 	if suppressed > 0 {
 		ev = ev.Int("failures_not_logged", suppressed)
@@ -764,14 +764,14 @@ func (s *stream) waitVisible(ctx context.Context, xid uint32) error {
 			s.visibleXid = xid
 			if time.Since(start) >= visibleWarnAfter {
 				s.c.setStall("")
-				s.log.Info().Uint32("xid", xid).Dur("waited", time.Since(start)).Msg("source transaction is visible: capture goes on")
+				s.log.Info().Uint32("xid", xid).Dur("waited_ms", time.Since(start)).Msg("source transaction is visible: capture goes on")
 			}
 			return nil
 		}
 		if now := time.Now(); now.After(nextWarn) {
 			msg := fmt.Sprintf("source transaction %d (commit LSN %s) is committed but not yet visible to other sessions (waiting for a synchronous standby? see pg_stat_activity wait_event SyncRep): capture holds its changes until it is, so that lookups do not read stale rows", xid, s.txnLSN)
 			s.c.setStall(msg)
-			s.log.Warn().Uint32("xid", xid).Dur("waited", now.Sub(start)).Msg(msg)
+			s.log.Warn().Uint32("xid", xid).Dur("waited_ms", now.Sub(start)).Msg(msg)
 			nextWarn = now.Add(30 * time.Second)
 		}
 		if err := s.keepAlive(ctx); err != nil {

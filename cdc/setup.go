@@ -240,7 +240,8 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 			return false, fatalf("create publication %s: %v: the role must own the captured tables; as their owner or a superuser run: CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", pub, err, qpub, list, with)
 		}
 		if err != nil {
-			return false, fmt.Errorf("create publication %s: %w", pub, permissionHint(err))
+			return false, fmt.Errorf("create publication %s: %w", pub, readOnlyHint(permissionHint(err),
+				"CREATE PUBLICATION "+qpub+" FOR TABLE "+list+" WITH ("+with+");"))
 		}
 		return true, nil
 	}
@@ -290,7 +291,8 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 			}
 		} else {
 			if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+qpub+" SET ("+with+")"); err != nil {
-				return false, fmt.Errorf("update publication %s options: %w", pub, permissionHint(err))
+				return false, fmt.Errorf("update publication %s options: %w", pub, readOnlyHint(permissionHint(err),
+					"ALTER PUBLICATION "+qpub+" SET ("+with+");"))
 			}
 			changed = true
 		}
@@ -307,7 +309,8 @@ func ensurePublication(ctx context.Context, conn queryer, cfg *config.Config, wa
 			return false, notOwner(fmt.Sprintf("publishes %s instead of the configured %s", strings.Join(have, ", "), strings.Join(want, ", ")))
 		}
 		if _, err := conn.Exec(ctx, "ALTER PUBLICATION "+qpub+" SET TABLE "+list); err != nil {
-			return false, fmt.Errorf("update publication %s to the configured tables: %w", pub, permissionHint(err))
+			return false, fmt.Errorf("update publication %s to the configured tables: %w", pub, readOnlyHint(permissionHint(err),
+				"ALTER PUBLICATION "+qpub+" SET TABLE "+list+";"))
 		}
 		changed = true
 	}
@@ -320,6 +323,25 @@ func permissionHint(err error) error {
 		return &FatalError{Err: fmt.Errorf("%w (the role needs to own the publication and the tables, or be superuser)", err)}
 	}
 	return err
+}
+
+// readOnlyHint turns the error of a statement a standby refuses into the
+// fix: run it on the primary, whose WAL brings it to the standby.
+func readOnlyHint(err error, stmt string) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == pgerrcode.ReadOnlySQLTransaction {
+		return &FatalError{Err: fmt.Errorf("%w: the source database is a standby, where capture can decode (PostgreSQL 16+) but not create or change the publication; on the primary run: %s", err, stmt)}
+	}
+	return err
+}
+
+// inRecovery reports whether the server is a standby.
+func inRecovery(ctx context.Context, conn queryer) (bool, error) {
+	var r bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&r); err != nil {
+		return false, fmt.Errorf("read pg_is_in_recovery: %w", err)
+	}
+	return r, nil
 }
 
 // slotResult says what ensureSlot did.
@@ -346,6 +368,18 @@ func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicati
 		return slotResult{}, err
 	}
 	failover, impossible := cfg.Database.WantFailover(num)
+	standby, err := inRecovery(ctx, conn)
+	if err != nil {
+		return slotResult{}, err
+	}
+	if standby && failover {
+		// A standby's own slot cannot be a failover slot.
+		if cfg.Database.SlotFailover != nil {
+			return slotResult{}, &config.Error{Problems: []config.Problem{{File: cfg.File, Line: cfg.Database.FailoverLine,
+				Msg: "database.slot_failover: true, but the source is a standby, whose slots cannot be failover slots: remove the setting (capture from a standby keeps its own slot)"}}}
+		}
+		failover = false
+	}
 	if impossible {
 		return slotResult{}, &config.Error{Problems: []config.Problem{{File: cfg.File, Line: cfg.Database.FailoverLine,
 			Msg: fmt.Sprintf("database.slot_failover: true needs PostgreSQL 17 or newer (the server is %d.%d): remove the setting, or upgrade the server", num/10000, num%10000)}}}
@@ -372,7 +406,7 @@ func ensureSlot(ctx context.Context, conn queryer, cfg *config.Config, publicati
 	case publicationCreated:
 		why = fmt.Sprintf("publication %q was missing and has been created again, and a slot cannot decode with a publication created after it", cfg.Database.Publication)
 	default:
-		if num >= config.FailoverVersion && st.Failover != failover {
+		if num >= config.FailoverVersion && st.Failover != failover && !standby {
 			return slotResult{alterFailover: &failover}, nil
 		}
 		return slotResult{}, nil

@@ -165,7 +165,7 @@ func (c *Capture) recheckSlot(ctx context.Context) (pglogrepl.LSN, error) {
 	}
 	if !found {
 		startLSN, _ := c.store.CheckpointLSN(ctx, slot)
-		return 0, fatalf("replication slot %s does not exist on the server walhook reconnected to (dropped by someone else, or a failover to a server without a synced copy of it: see database.slot_failover): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
+		return 0, fatalf("replication slot %s no longer exists on the server walhook reconnected to (dropped by someone else, or a failover to a server without a synced copy of it: see database.slot_failover): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
 	}
 	ckpt, err := c.store.ReadCheckpointState(ctx, slot)
 	if err != nil {

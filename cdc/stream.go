@@ -59,6 +59,7 @@ type stream struct {
 	lastSentEnd pglogrepl.LSN // end of the last transaction (or idle position) handed to the writer
 	kaEnd       pglogrepl.LSN // the server's WAL end from the last keepalive outside a transaction
 	lastIdle    time.Time     // when an idle position was last handed to the writer
+	idlePending pglogrepl.LSN // an idle position handed to the writer and not confirmed yet
 	confirmed   pglogrepl.LSN
 	nextStatus  time.Time
 	lastStatus  time.Time
@@ -101,14 +102,18 @@ func (s *stream) idleCheckpoint(ctx context.Context) error {
 	if err := s.send(ctx, batch{commit: true, endLSN: end}); err != nil {
 		return err
 	}
-	s.lastSentEnd, s.lastIdle = end, time.Now()
-	// Confirm it soon: the server waits for our reply before it sends the
-	// next keepalive.
-	if due := time.Now().Add(statusMinGap); due.Before(s.nextStatus) {
+	s.lastSentEnd, s.lastIdle, s.idlePending = end, time.Now(), end
+	// Confirm it as soon as the writer has it: the server waits for our
+	// reply before it sends the next keepalive.
+	if due := time.Now().Add(idleConfirmPoll); due.Before(s.nextStatus) {
 		s.nextStatus = due
 	}
 	return nil
 }
+
+// idleConfirmPoll is how soon after handing an idle position to the writer
+// the stream checks whether it can confirm it.
+const idleConfirmPoll = 10 * time.Millisecond
 
 // confirmLSN is what may be reported as flushed: the writer's committed
 // checkpoint (of changes, or of an idle position), held back by the guard
@@ -140,8 +145,13 @@ func (s *stream) sendStatus(ctx context.Context) error {
 	s.c.confirmed.Store(uint64(lsn))
 	s.lastStatus = time.Now()
 	next := s.lastStatus.Add(s.interval)
-	if s.guard != nil && s.guard.waiting() {
+	switch {
+	case s.idlePending > lsn && (s.guard == nil || !s.guard.waiting()):
+		next = s.lastStatus.Add(idleConfirmPoll)
+	case s.guard != nil && s.guard.waiting():
 		next = s.lastStatus.Add(guardRecheck)
+	default:
+		s.idlePending = 0
 	}
 	s.nextStatus = next
 	return nil

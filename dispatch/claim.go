@@ -85,7 +85,7 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context) {
 			if c.err != nil {
 				failures++
 				delay := d.retryDelay(failures)
-				d.log.Warn().Err(c.err).Dur("retry_in", delay).Msg("claiming deliveries failed")
+				d.log.Warn().Err(c.err).Dur("retry_in_ms", delay).Msg("claiming deliveries failed")
 				retry = time.After(delay)
 				want = true
 				continue
@@ -408,7 +408,7 @@ func (d *Dispatcher) purge(ctx context.Context) {
 			}
 		}
 		if total > 0 {
-			d.log.Info().Int64("rows", total).Dur("retention", p.age).Msgf("deleted old %s rows", p.what)
+			d.log.Info().Int64("rows", total).Dur("retention_ms", p.age).Msgf("deleted old %s rows", p.what)
 		}
 	}
 	qctx, cancel := context.WithTimeout(ctx, dbTimeout)
@@ -450,7 +450,7 @@ func (d *Dispatcher) listen(ctx context.Context) {
 		}
 		failures++
 		delay := d.retryDelay(failures)
-		d.log.Warn().Err(err).Dur("retry_in", delay).Msg("LISTEN connection lost; polling meanwhile")
+		d.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("LISTEN connection lost; polling meanwhile")
 		if !sleep(ctx, delay) {
 			return
 		}

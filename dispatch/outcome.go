@@ -68,7 +68,7 @@ func (d *Dispatcher) writeOutcomes(ctx context.Context, results <-chan result) {
 			}
 			failures++
 			delay := d.retryDelay(failures)
-			d.log.Warn().Err(err).Int("rows", len(buf)).Dur("retry_in", delay).Msg("writing delivery outcomes failed")
+			d.log.Warn().Err(err).Int("rows", len(buf)).Dur("retry_in_ms", delay).Msg("writing delivery outcomes failed")
 			retry = time.After(delay)
 			continue
 		}

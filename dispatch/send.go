@@ -158,16 +158,16 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	case ok:
 		r.State, outcome = outbox.StateDelivered, outbox.OutcomeDelivered
 		h.log.Debug().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-			Dur("took", took).Msg("delivered")
+			Dur("took_ms", took).Msg("delivered")
 	case j.probe && !healthy:
 		// A failed probe: recorded, but it does not use up an attempt.
 		r.State, r.Mode, outcome = outbox.StatePending, outbox.Probed, outbox.OutcomeRetry
 		h.log.Debug().Int64("delivery", j.id).Int("status", resp.status).Str("error", logText(resp.err)).
-			Dur("took", took).Msg("circuit-breaker probe failed")
+			Dur("took_ms", took).Msg("circuit-breaker probe failed")
 	case j.attempts >= h.maxAttempts:
 		r.State, outcome = outbox.StateFailed, outbox.OutcomeFailed
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-			Str("error", logText(resp.err)).Dur("took", took).
+			Str("error", logText(resp.err)).Dur("took_ms", took).
 			Msg("delivery failed after its last attempt; retry it with `walhook retry`")
 	default:
 		delay := Backoff(j.attempts, h.initial, h.maxInterval, d.rand())
@@ -176,7 +176,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 		}
 		r.State, r.Delay, outcome = outbox.StatePending, delay, outbox.OutcomeRetry
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-			Str("error", logText(resp.err)).Dur("took", took).Dur("retry_in", delay).
+			Str("error", logText(resp.err)).Dur("took_ms", took).Dur("retry_in_ms", delay).
 			Msg("delivery attempt failed")
 	}
 	switch outcome {
@@ -202,7 +202,7 @@ func (d *Dispatcher) breakerChanged(h *hook, state outbox.BreakerState, resp res
 	switch state {
 	case outbox.BreakerOpen:
 		h.log.Error().Int("failures", breakerThreshold).Int("status", resp.status).Str("error", logText(resp.err)).
-			Dur("probe_in", breakerMinInterval).
+			Dur("probe_in_ms", breakerMinInterval).
 			Msg("circuit opened: the receiver keeps failing; its deliveries are paused (none is marked failed) and it is probed with one request at a growing interval")
 	case outbox.BreakerClosed:
 		h.log.Info().Msg("circuit closed: the receiver answers again; its deliveries resume")

@@ -184,7 +184,9 @@ func (e *env) waitFor(what string, timeout time.Duration, cond func() bool) {
 func (e *env) waitStreaming() {
 	e.t.Helper()
 	e.waitFor("the slot to become active", 30*time.Second, func() bool {
-		return e.count(fmt.Sprintf("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '%s' AND active", e.slot)) == 1
+		// Held by a walsender: a slot is active too while a backend
+		// creates it, before it decodes anything.
+		return e.count(fmt.Sprintf("SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = '%s'", e.slot)) == 1
 	})
 }
 

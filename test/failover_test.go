@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -35,16 +36,24 @@ type haPair struct {
 }
 
 // startHAPair starts the pair with database db (made by setupSQL on the
-// primary before the copy). It skips the test on servers before 17.
-func startHAPair(t *testing.T, db, setupSQL string) *haPair {
+// primary before the copy). It skips the test on servers before minVersion
+// (server_version_num). On 17+ the pair is set up for failover slots.
+func startHAPair(t *testing.T, db, setupSQL string, minVersion int) *haPair {
 	t.Helper()
 	ctx := context.Background()
-	if num, err := pg.VersionNum(ctx); err != nil {
+	num, err := pg.VersionNum(ctx)
+	if err != nil {
 		t.Fatal(err)
-	} else if num < 170000 {
-		t.Skipf("failover slots need PostgreSQL 17+ (this is %d); run make test-matrix", num)
+	} else if num < minVersion {
+		t.Skipf("needs PostgreSQL %d+ (this is %d); run make test-matrix", minVersion/10000, num)
 	}
-	primary, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"synchronized_standby_slots": "'sb'"}})
+	primarySettings, standbySettings := map[string]string{}, map[string]string{}
+	if num >= 170000 {
+		primarySettings["synchronized_standby_slots"] = "'sb'"
+		standbySettings["sync_replication_slots"] = "on"
+		standbySettings["synchronized_standby_slots"] = "''"
+	}
+	primary, err := pgtest.Start(ctx, pgtest.Options{Settings: primarySettings})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +78,7 @@ func startHAPair(t *testing.T, db, setupSQL string) *haPair {
 	if err := primary.Stop(false); err != nil {
 		t.Fatal(err)
 	}
-	sb, err := primary.NewStandby("sb", map[string]string{"sync_replication_slots": "on", "synchronized_standby_slots": "''"})
+	sb, err := primary.NewStandby("sb", standbySettings)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +171,7 @@ func (r *keyReceiver) snapshot() map[int64]int {
 // Every row the promoted server holds is delivered, nothing it lacks is
 // delivered, and walhook carries on by itself through the multi-host DSN.
 func TestFailoverToAStandbyLosesNothing(t *testing.T) {
-	h := startHAPair(t, "app", `CREATE TABLE item (id bigint PRIMARY KEY, v text)`)
+	h := startHAPair(t, "app", `CREATE TABLE item (id bigint PRIMARY KEY, v text)`, 170000)
 	rcv := newKeyReceiver(t)
 	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`database:
@@ -420,5 +429,91 @@ func TestIdleTimeoutInvalidatedSlot(t *testing.T) {
 	cdctest.WaitUntil(t, "capture on the new slot", func() bool { return b.Count(`object_key = '3'`) == 2 })
 	if g := b.Capture.Gaps(); g != 1 {
 		t.Fatalf("%d gaps after the slot was invalidated, want 1", g)
+	}
+}
+
+// TestCaptureFromAStandby: on PostgreSQL 16+ capture decodes on a hot
+// standby (the source DSN), so decoding is taken off the primary, and
+// writes the outbox to a writable database (outbox_dsn, here on the
+// primary). The publication is the primary's (a standby cannot create it).
+func TestCaptureFromAStandby(t *testing.T) {
+	h := startHAPair(t, "app", `CREATE TABLE item (id bigint PRIMARY KEY, v text);
+		CREATE PUBLICATION walhook FOR TABLE item WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)`, 160000)
+	rcv := newKeyReceiver(t)
+	cfg := filepath.Join(t.TempDir(), "walhook.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`database:
+  dsn: %s
+  outbox_dsn: %s
+models:
+  - table: item
+webhooks:
+  - name: r
+    url: %s/hook
+http:
+  listen: ""
+log:
+  level: info
+`, h.standby.DSN("app"), h.primary.DSN("app"), rcv.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	primary, err := pgxpool.New(context.Background(), h.primary.DSN("app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer primary.Close()
+	e := &env{t: t, cfg: cfg}
+	p := e.start("run")
+	// Creating a slot on a standby waits for the primary's next record of
+	// running transactions (every 15 s); the primary can write one now.
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(p.output(), "streaming changes") {
+		if time.Now().After(deadline) || p.cmd.ProcessState != nil {
+			t.Fatalf("walhook did not stream from the standby:\n%s", p.output())
+		}
+		_, _ = primary.Exec(context.Background(), `SELECT pg_log_standby_snapshot()`)
+		time.Sleep(200 * time.Millisecond)
+	}
+	for i := 0; i < 20; i++ {
+		if _, err := primary.Exec(context.Background(), `INSERT INTO item SELECT g, 'v' FROM generate_series($1::bigint, $1::bigint + 9) g`, i*10+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline = time.Now().Add(60 * time.Second)
+	for len(rcv.snapshot()) < 200 {
+		if time.Now().After(deadline) || p.cmd.ProcessState != nil {
+			var outboxRows int
+			var slotState string
+			_ = primary.QueryRow(context.Background(), `SELECT count(*) FROM walhook.deliveries`).Scan(&outboxRows)
+			var prim string
+			_ = primary.QueryRow(context.Background(), `SELECT format('primary at %s, standby %s', pg_current_wal_lsn(), (SELECT string_agg(state || ' ' || replay_lsn::text, ',') FROM pg_stat_replication))`).Scan(&prim)
+			t.Log(prim)
+			if c, err := pgx.Connect(context.Background(), h.standby.DSN("app")); err == nil {
+				_ = c.QueryRow(context.Background(), `SELECT format('%s confirmed %s restart %s replay %s', active, confirmed_flush_lsn, restart_lsn, pg_last_wal_replay_lsn()) FROM pg_replication_slots WHERE slot_name = 'walhook'`).Scan(&slotState)
+				c.Close(context.Background())
+			}
+			t.Fatalf("%d of 200 rows delivered from the standby (%d in the outbox; slot %s)\n%s", len(rcv.snapshot()), outboxRows, slotState, p.output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, _ := exec.Command(bin, "check", "-c", cfg).CombinedOutput()
+	if !strings.Contains(string(out), "the source is a standby (decoding there takes it off the primary)") {
+		t.Errorf("walhook check does not say the source is a standby:\n%s", out)
+	}
+	p.stop(t)
+
+	// A publication that does not exist cannot be created on a standby:
+	// check and run say to create it on the primary, and how.
+	text, _ := os.ReadFile(cfg)
+	other := filepath.Join(t.TempDir(), "other.yaml")
+	if err := os.WriteFile(other, []byte(strings.Replace(string(text), "models:", "  slot: other\n  publication: other\nmodels:", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = exec.Command(bin, "check", "-c", other).CombinedOutput()
+	if !strings.Contains(string(out), "the source is a standby, where no publication can be created") || !strings.Contains(string(out), `CREATE PUBLICATION "other" FOR TABLE "public"."item"`) {
+		t.Errorf("walhook check does not say to create the publication on the primary:\n%s", out)
+	}
+	out, err = exec.Command(bin, "run", "-c", other).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `on the primary run: CREATE PUBLICATION "other" FOR TABLE "public"."item"`) {
+		t.Errorf("walhook run on a standby without the publication: %v\n%s", err, out)
 	}
 }

@@ -141,6 +141,23 @@ func TestCheckWalLevelReplicaFailsWithTheFix(t *testing.T) {
 	if !strings.Contains(r.stderr, "check failed") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 		t.Errorf("stderr: %q", r.stderr)
 	}
+
+	// The fix applied, PostgreSQL not restarted yet: check says so instead
+	// of printing the same ALTER SYSTEM again (a superuser sees the file).
+	if conn, err = pgx.Connect(ctx, dsn); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "ALTER SYSTEM SET wal_level = logical"); err != nil {
+		t.Fatal(err)
+	}
+	r = opsRun(t, cfg, "check")
+	if line := checkLine(t, r.stdout, "wal_level"); r.code != 1 || !strings.HasPrefix(line, "FAIL") || !strings.Contains(line, "takes effect only when PostgreSQL restarts") {
+		t.Errorf("wal_level line after ALTER SYSTEM: %s", line)
+	}
+	if fix := fixOf(r.stdout, "wal_level"); !strings.HasPrefix(fix, "-- set; restart PostgreSQL") || strings.Contains(fix, "ALTER SYSTEM") {
+		t.Errorf("wal_level fix after ALTER SYSTEM %q", fix)
+	}
 }
 
 func TestCheckNamesTheReplicaIdentityFix(t *testing.T) {

@@ -26,9 +26,6 @@ type delivery = outbox.Delivery
 func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeoutCause(ctx, commandTimeout, errCommandTimeout)
 	defer cancel()
-	if len(args) > 0 && args[0] == "show" {
-		return cmdDeliveryShow(ctx, args[1:], stdout, stderr)
-	}
 	fs, path := newFlags("deliveries", stderr)
 	state := fs.String("state", "", "only deliveries in this state: "+strings.Join(outbox.States, ", "))
 	webhook := fs.String("webhook", "", "only deliveries of this webhook")
@@ -39,8 +36,26 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "Usage: walhook deliveries [flags]\n       walhook deliveries show ID [--json]\n\nFlags:")
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
 		return err
+	}
+	switch {
+	case len(pos) > 0 && pos[0] == "show":
+		// `deliveries show ID`, its flags anywhere: -c FILE show 6 --json.
+		var listOnly []string
+		fs.Visit(func(f *flag.Flag) {
+			if !slices.Contains([]string{"c", "config", "json"}, f.Name) {
+				listOnly = append(listOnly, "--"+f.Name)
+			}
+		})
+		if len(listOnly) > 0 {
+			return usageErr("deliveries show takes an ID, --json and -c, not %s", strings.Join(listOnly, ", "))
+		}
+		return cmdDeliveryShow(ctx, withoutShow(args), stdout, stderr)
+	case len(pos) > 0:
+		fs.Usage()
+		return usageErr("unexpected argument %q", pos[0])
 	}
 	if *state != "" && !slices.Contains(outbox.States, *state) {
 		return usageErr("--state %q: use %s", *state, strings.Join(outbox.States, ", "))
@@ -113,6 +128,7 @@ func cmdDeliveryShow(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	if len(pos) != 1 {
+		fs.Usage()
 		return usageErr("usage: walhook deliveries show ID [--json] [-c walhook.yaml]")
 	}
 	id, err := strconv.ParseInt(strings.TrimPrefix(pos[0], "#"), 10, 64)
@@ -260,6 +276,17 @@ func printBody(w io.Writer, d *delivery) {
 	} else {
 		fmt.Fprintln(w, *d.Body)
 	}
+}
+
+// withoutShow is args without the word show (the first one that is not the
+// value of -c or --config).
+func withoutShow(args []string) []string {
+	for i, a := range args {
+		if a == "show" && (i == 0 || !slices.Contains([]string{"-c", "--config", "-config"}, args[i-1])) {
+			return append(slices.Clone(args[:i]), args[i+1:]...)
+		}
+	}
+	return args
 }
 
 // parseInterspersed parses flags that may come before or after positional

@@ -82,9 +82,14 @@ func main() {
 
 func dispatchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// run is the default command: `walhook` alone, or `walhook -c FILE`
-	// (a container whose CMD is replaced by flags), runs it.
+	// (a container whose CMD is replaced by flags), runs it. Flags may come
+	// before the command too: `walhook -c FILE status`.
 	if len(args) == 0 || (strings.HasPrefix(args[0], "-") && !slices.Contains(helpAndVersion, args[0])) {
-		return cmdRun(ctx, args, stderr)
+		i := commandIndex(args)
+		if i < 0 {
+			return cmdRun(ctx, args, stderr)
+		}
+		args = append(append([]string{args[i]}, args[:i]...), args[i+1:]...)
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
@@ -120,6 +125,28 @@ func dispatchCommand(ctx context.Context, args []string, stdout, stderr io.Write
 // helpAndVersion are the flags that are commands of their own.
 var helpAndVersion = []string{"-h", "--help", "-help", "--version", "-version"}
 
+// commands are the command names dispatchCommand's switch knows (kept in
+// step with it: TestEveryCommandIsKnown).
+var commands = []string{"run", "migrate", "retry", "backfill", "demo", "version", "help", "check", "status", "deliveries", "verify"}
+
+// commandIndex finds the command in args that start with flags: the first
+// command name that is not the value of a flag (a flag without "=" may take
+// the next argument as its value). -1 when there is none.
+func commandIndex(args []string) int {
+	for i, a := range args {
+		if strings.HasPrefix(a, "-") {
+			continue
+		}
+		if slices.Contains(commands, a) {
+			return i
+		}
+		if i == 0 || !strings.HasPrefix(args[i-1], "-") || strings.Contains(args[i-1], "=") {
+			return -1 // a positional argument before any command
+		}
+	}
+	return -1
+}
+
 // flags returns a FlagSet for cmd with -c/--config.
 func newFlags(cmd string, stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet("walhook "+cmd, flag.ContinueOnError)
@@ -134,15 +161,16 @@ func newFlags(cmd string, stderr io.Writer) (*flag.FlagSet, *string) {
 	return fs, path
 }
 
+// parseFlags parses a command's flags, which may come in any order; a
+// positional argument is a usage error, printed with the command's usage.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return &exitError{code: 0, err: err}
-		}
-		return &exitError{code: 2, err: err}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return usageErr("unexpected argument %q", fs.Arg(0))
+	if len(pos) > 0 {
+		fs.Usage()
+		return usageErr("unexpected argument %q", pos[0])
 	}
 	return nil
 }

@@ -98,3 +98,72 @@ func TestCommandsTimeOutOnASilentServer(t *testing.T) {
 		})
 	}
 }
+
+func TestCommandIndex(t *testing.T) {
+	tests := []struct {
+		args []string
+		want int
+	}{
+		{[]string{"-c", "f.yaml", "status"}, 2},
+		{[]string{"--config=f.yaml", "deliveries", "show", "6"}, 1},
+		{[]string{"--json", "-c", "run.yaml", "check"}, 3},
+		{[]string{"-c", "f.yaml"}, -1},
+		{[]string{"--dispatch-only", "-c", "f.yaml"}, -1},
+		{[]string{"--config=f.yaml", "stray", "status"}, -1},
+	}
+	for _, tt := range tests {
+		if got := commandIndex(tt.args); got != tt.want {
+			t.Errorf("commandIndex(%q) = %d, want %d", tt.args, got, tt.want)
+		}
+	}
+}
+
+// Flags and subcommands in any order: each of these reaches the command
+// (here it stops at the missing configuration file) instead of failing on
+// an unexpected argument.
+func TestFlagsAndSubcommandsInAnyOrder(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "none.yaml")
+	for _, args := range [][]string{
+		{"deliveries", "-c", missing, "show", "6"},
+		{"deliveries", "show", "-c", missing, "6", "--json"},
+		{"deliveries", "show", "6", "-c", missing},
+		{"-c", missing, "deliveries", "show", "6"},
+		{"-c", missing, "status", "--json"},
+		{"status", "--json", "-c", missing},
+		{"retry", "-c", missing, "--all-failed"},
+	} {
+		var out, errOut bytes.Buffer
+		err := dispatchCommand(context.Background(), args, &out, &errOut)
+		if err == nil || !strings.Contains(err.Error(), "configuration file "+missing+" not found") {
+			t.Errorf("walhook %q = %v; want the missing-configuration error", args, err)
+		}
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"deliveries", "show", "6", "--state", "failed", "-c", missing}, "deliveries show takes an ID, --json and -c, not --state"},
+		{[]string{"deliveries", "-c", missing, "list"}, `unexpected argument "list"`},
+		{[]string{"status", "extra", "-c", missing}, `unexpected argument "extra"`},
+	} {
+		var out, errOut bytes.Buffer
+		err := dispatchCommand(context.Background(), tt.args, &out, &errOut)
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("walhook %q = %v; want exit 2 and %q", tt.args, err, tt.want)
+		}
+		if tt.want != "" && strings.HasPrefix(tt.want, "unexpected") && !strings.Contains(errOut.String(), "-c") {
+			t.Errorf("walhook %q printed no usage: %q", tt.args, errOut.String())
+		}
+	}
+}
+
+func TestEveryCommandIsKnown(t *testing.T) {
+	for _, name := range commands {
+		var out bytes.Buffer
+		err := dispatchCommand(context.Background(), []string{name, "--help"}, &out, &out)
+		if err != nil && strings.Contains(err.Error(), "unknown command") {
+			t.Errorf("%s is in commands but dispatchCommand does not know it", name)
+		}
+	}
+}

@@ -108,7 +108,7 @@ func openPool(ctx context.Context, dsn, what string, params map[string]string) (
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, dbError(what, pc.ConnConfig.Host, pc.ConnConfig.Port, pc.ConnConfig.Database, err)
+		return nil, dbError(what, &pc.ConnConfig.Config, err)
 	}
 	return pool, nil
 }
@@ -128,13 +128,17 @@ const roleLookupRoutine = "InitializeSessionUserId"
 
 // dbError says what a connection failure means and what to do about it,
 // in one line (see connectHint for the network and TLS cases).
-func dbError(what, host string, port uint16, db string, err error) error {
+func dbError(what string, cc *pgconn.Config, err error) error {
 	var pe *pgconn.PgError
-	addr := fmt.Sprintf("%s:%d", host, port)
+	addr, db := fmt.Sprintf("%s:%d", cc.Host, cc.Port), cc.Database
 	if errors.As(err, &pe) {
 		switch {
+		case pe.Code == pgerrcode.InvalidPassword && cc.Password == "":
+			return fmt.Errorf("%s: password authentication failed at %s for user %q: no password was given: put it in the DSN "+
+				"(postgres://%s:PASSWORD@host/db, or dsn: ${WALHOOK_DSN} with the DSN in the environment), in PGPASSWORD, or in ~/.pgpass",
+				what, addr, cc.User, cc.User)
 		case pe.Code == pgerrcode.InvalidPassword:
-			return fmt.Errorf("%s: password authentication failed at %s: check the user and password in the DSN", what, addr)
+			return fmt.Errorf("%s: password authentication failed at %s for user %q: check the user and the password (from the DSN, PGPASSWORD or ~/.pgpass)", what, addr, cc.User)
 		case pe.Code == pgerrcode.InvalidCatalogName:
 			return fmt.Errorf("%s: database %q does not exist at %s: create it or fix the DSN", what, db, addr)
 		case pe.Code == pgerrcode.InvalidAuthorizationSpecification && pe.Routine == roleLookupRoutine:

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -28,7 +29,7 @@ func cmdVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var secrets stringList
 	var scheme, sig, id, ts, webhook, bodyFile string
 	var tolerance time.Duration
-	fs.Var(&secrets, "secret", "the webhook's secret (repeatable: any of them may match); default: the secret(s) of --webhook in the config")
+	fs.Var(&secrets, "secret", "the webhook's secret (repeatable: any of them may match); default: the secret(s) of --webhook in the config, or of its only webhook")
 	fs.StringVar(&webhook, "webhook", "", "take the secret(s) and scheme of this webhook from the configuration")
 	fs.StringVar(&scheme, "scheme", "", "netbox or standard-webhooks (default: from --webhook, else standard-webhooks when --signature starts with v1,)")
 	fs.StringVar(&sig, "signature", "", "the X-Hook-Signature or webhook-signature header value")
@@ -43,6 +44,7 @@ Checks a webhook signature over the exact request body (read on stdin).
   walhook verify --secret s3cret --signature 9f86d0... < body.json
   walhook verify --secret whsec_... --id 42 --timestamp 1700000000 --signature 'v1,K5o...=' < body.json
   walhook verify -c walhook.yaml --webhook inventory --signature ... < body.json
+  walhook verify -c walhook.yaml --signature ... < body.json   (its only webhook)
 
 Flags:
 `)
@@ -53,6 +55,26 @@ Flags:
 	}
 	if sig == "" {
 		return usageErr("--signature is required: the X-Hook-Signature or webhook-signature header as received")
+	}
+	if webhook == "" && len(secrets) == 0 {
+		// Neither --secret nor --webhook: the configuration's webhook, if it
+		// has only one (and there is a configuration).
+		explicit := false
+		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "c" || f.Name == "config" })
+		if _, err := os.Stat(*path); explicit || err == nil {
+			cfg, err := loadConfig(*path)
+			if err != nil {
+				return err
+			}
+			if len(cfg.Webhooks) != 1 {
+				var names []string
+				for _, w := range cfg.Webhooks {
+					names = append(names, w.Name)
+				}
+				return usageErr("%s has %d webhooks (%s): say which with --webhook NAME, or give --secret", *path, len(names), strings.Join(names, ", "))
+			}
+			webhook = cfg.Webhooks[0].Name
+		}
 	}
 	if webhook != "" {
 		cfg, err := loadConfig(*path)
@@ -77,7 +99,10 @@ Flags:
 		}
 	}
 	if len(secrets) == 0 {
-		return usageErr("give the secret with --secret (repeatable), or --webhook NAME to read it from the configuration")
+		if webhook != "" {
+			return usageErr("webhook %q has no secret in %s: its requests are not signed", webhook, *path)
+		}
+		return usageErr("give the secret with --secret (repeatable), or -c FILE (and --webhook NAME when it has several webhooks) to read it from the configuration")
 	}
 	if scheme == "" || scheme == sign.SchemeBoth {
 		scheme = sign.SchemeNetbox

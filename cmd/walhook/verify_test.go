@@ -78,3 +78,28 @@ webhooks:
 		t.Errorf("unknown webhook: exit %d", code)
 	}
 }
+
+// With -c and no --secret or --webhook, verify uses the configuration's
+// only webhook; with several it asks which.
+func TestVerifyTheOnlyWebhook(t *testing.T) {
+	dir := t.TempDir()
+	one := filepath.Join(dir, "one.yaml")
+	two := filepath.Join(dir, "two.yaml")
+	base := "database: {dsn: \"postgres://h/db\"}\nmodels: [{table: t}]\nwebhooks:\n  - {name: a, url: \"https://h/\", secret: k}\n"
+	if err := os.WriteFile(one, []byte(base), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(two, []byte(base+"  - {name: b, url: \"https://h/\", secret: j}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sig := sign.Sign("k", []byte("x"))
+	if out, code := runVerify(t, "x", "-c", one, "--signature", sig); code != 0 || !strings.Contains(out, "OK") {
+		t.Errorf("one webhook: exit %d %q", code, out)
+	}
+	if out, code := runVerify(t, "x", "--signature", sig, "-c", two); code != 2 || !strings.Contains(out, "2 webhooks (a, b)") {
+		t.Errorf("two webhooks: exit %d %q", code, out)
+	}
+	if out, code := runVerify(t, "x", "-c", two, "--webhook", "a", "--signature", sig); code != 0 {
+		t.Errorf("two webhooks, --webhook a: exit %d %q", code, out)
+	}
+}

@@ -42,6 +42,10 @@ type Cluster struct {
 type Options struct {
 	// Settings are extra postgresql.conf settings (name -> value).
 	Settings map[string]string
+	// PasswordAuth makes every role but the superuser postgres log in
+	// with a scram-sha-256 password, as a packaged server's pg_hba.conf
+	// does; postgres (the helpers' DSN) stays trusted on this machine.
+	PasswordAuth bool
 }
 
 // BinDir finds the PostgreSQL server binaries: $PG_BINDIR, `pg_config
@@ -117,6 +121,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		"log_min_messages":        "warning",
 		"logging_collector":       "off",
 	}
+	if opts.PasswordAuth {
+		conf["password_encryption"] = "'scram-sha-256'" // the default from 14 on
+	}
 	for k, v := range opts.Settings {
 		conf[k] = v
 	}
@@ -128,6 +135,15 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("pgtest: write postgresql.conf: %w", err)
 	}
+	if opts.PasswordAuth {
+		if err := os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(passwordHBA), 0o600); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("pgtest: write pg_hba.conf: %w", err)
+		}
+		if c.cred != nil {
+			_ = os.Chown(filepath.Join(data, "pg_hba.conf"), int(c.cred.Uid), int(c.cred.Gid))
+		}
+	}
 	if c.log, err = os.Create(filepath.Join(dir, "server.log")); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -138,6 +154,15 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	return c, nil
 }
+
+// passwordHBA is the pg_hba.conf of Options.PasswordAuth.
+const passwordHBA = `local all         postgres                trust
+host  all         postgres  127.0.0.1/32  trust
+host  replication postgres  127.0.0.1/32  trust
+local all         all                     scram-sha-256
+host  all         all       127.0.0.1/32  scram-sha-256
+host  replication all       127.0.0.1/32  scram-sha-256
+`
 
 func (c *Cluster) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)

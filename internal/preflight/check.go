@@ -150,13 +150,34 @@ func (p *preflight) server(ctx context.Context) bool {
 	} else {
 		p.ok("PostgreSQL version", version)
 	}
-	if level == "logical" {
+	switch {
+	case level == "logical":
 		p.ok("wal_level", "logical")
-	} else {
+	case p.walLevelPending(ctx):
+		p.fail("wal_level", fmt.Sprintf("wal_level is %q; logical is set in the configuration but takes effect only when PostgreSQL restarts", level),
+			"-- set; restart PostgreSQL (e.g. systemctl restart postgresql), then run walhook check again")
+	default:
 		p.fail("wal_level", fmt.Sprintf("wal_level is %q; walhook needs logical decoding", level),
-			"ALTER SYSTEM SET wal_level = logical;  -- as a superuser, then restart PostgreSQL")
+			"ALTER SYSTEM SET wal_level = logical;  -- as a superuser, then restart PostgreSQL (ran it already? then only the restart is missing)")
 	}
 	return true
+}
+
+// walLevelPending reports whether a changed wal_level waits for a restart:
+// pg_settings.pending_restart (set once the server has reloaded its
+// configuration files), or for a superuser, wal_level = logical in the
+// files themselves (pg_file_settings; ALTER SYSTEM without a reload).
+func (p *preflight) walLevelPending(ctx context.Context) bool {
+	var pending bool
+	if err := p.conn.QueryRow(ctx, "SELECT pending_restart FROM pg_settings WHERE name = 'wal_level'").Scan(&pending); err == nil && pending {
+		return true
+	}
+	if !p.super {
+		return false
+	}
+	var inFile string
+	err := p.conn.QueryRow(ctx, "SELECT setting FROM pg_file_settings WHERE name = 'wal_level' ORDER BY seqno DESC LIMIT 1").Scan(&inFile)
+	return err == nil && inFile == "logical"
 }
 
 func (p *preflight) role() {
@@ -388,9 +409,14 @@ func (p *preflight) publication(ctx context.Context) {
 				notOwned = append(notOwned, m.QualifiedTable())
 			}
 		}
+		var standby bool
+		_ = p.conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&standby)
 		switch {
+		case standby:
+			p.fail(name, "does not exist, and the source is a standby, where no publication can be created",
+				"-- on the primary, as the tables' owner or a superuser (the standby replays it):\n"+create)
 		case p.super || (p.canCreateInDB && len(notOwned) == 0):
-			p.ok(name, fmt.Sprintf("does not exist yet; walhook run creates it for the %d configured tables", len(want)))
+			p.ok(name, fmt.Sprintf("does not exist yet; walhook run creates it for the %s", configuredTables(len(want))))
 		case len(notOwned) > 0:
 			p.fail(name, fmt.Sprintf("does not exist, and role %s may not create it: it does not own %s", p.user, strings.Join(notOwned, ", ")),
 				"-- as the tables' owner or a superuser:\n"+create)
@@ -434,7 +460,7 @@ func (p *preflight) publication(ctx context.Context) {
 	rootOK := viaRoot || p.versionNum < cdc.ViaRootVersion
 	optsOK := ins && upd && del && trunc && rootOK
 	if len(add) == 0 && len(drop) == 0 && optsOK {
-		p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (%s)", len(want), cdc.PublishOps))
+		p.ok(name, fmt.Sprintf("publishes exactly the %s (%s)", configuredTables(len(want)), cdc.PublishOps))
 		return
 	}
 	var diff []string
@@ -470,7 +496,7 @@ func (p *preflight) publication(ctx context.Context) {
 		// Made for an older walhook: capture works, TRUNCATE goes unseen.
 		fixAs := fmt.Sprintf("-- as role %s or a superuser:\n%s", owner, strings.Join(fix, "\n"))
 		if trunc {
-			p.ok(name, fmt.Sprintf("publishes exactly the %d configured tables (publish_via_partition_root is off, and no partitioned table is captured)", len(want)))
+			p.ok(name, fmt.Sprintf("publishes exactly the %s (publish_via_partition_root is off, and no partitioned table is captured)", configuredTables(len(want))))
 		} else {
 			p.warn(name, fmt.Sprintf("does not publish truncate and is owned by role %s, which role %s may not alter: a TRUNCATE of a captured table goes unseen (walhook cannot log it)", owner, p.user), fixAs)
 		}
@@ -481,6 +507,14 @@ func (p *preflight) publication(ctx context.Context) {
 		p.fail(name, fmt.Sprintf("differs from the configuration (%s), and role %s may not add %s to it: it does not own them", strings.Join(diff, "; "), p.user, strings.Join(notOwned, ", ")),
 			"-- as the tables' owner or a superuser:\n"+strings.Join(fix, "\n"))
 	}
+}
+
+// configuredTables is "1 configured table" or "n configured tables".
+func configuredTables(n int) string {
+	if n == 1 {
+		return "1 configured table"
+	}
+	return fmt.Sprintf("%d configured tables", n)
 }
 
 // partitioned reports whether a configured table is a partitioned table.
@@ -679,7 +713,7 @@ func (p *preflight) failover(ctx context.Context) {
 			"-- remove database.slot_failover from the configuration, or upgrade to PostgreSQL 17+")
 		return
 	case inRecovery:
-		p.ok(name, "the source is a standby: failover slots belong on the primary ("+docs+")")
+		p.standby(ctx)
 		return
 	case !st.Supported:
 		if st.Streaming > 0 {
@@ -734,4 +768,45 @@ func (p *preflight) failover(ctx context.Context) {
 		return
 	}
 	p.ok(name, fmt.Sprintf("%s; synchronized_standby_slots = %s (connected): the standbys keep a synced copy of the slot, and walhook confirms positions only once they have its outbox commits (each standby also needs sync_replication_slots = on, hot_standby_feedback = on)", slotState, strings.Join(st.Names, ",")))
+}
+
+// standby checks what capture from a hot standby needs (PostgreSQL 16+):
+// a writable outbox elsewhere, hot_standby_feedback and a physical slot on
+// the primary (or the catalog rows decoding needs are vacuumed away and the
+// slot is invalidated), and the publication made on the primary.
+func (p *preflight) standby(ctx context.Context) {
+	const name = "standby source"
+	if p.versionNum < 160000 {
+		p.fail(name, "the source is a standby, and PostgreSQL before 16 cannot decode on a standby",
+			"-- point database.dsn at the primary, or upgrade to PostgreSQL 16+")
+		return
+	}
+	var feedback, primarySlot string
+	if err := p.conn.QueryRow(ctx, `SELECT current_setting('hot_standby_feedback'), current_setting('primary_slot_name')`).Scan(&feedback, &primarySlot); err != nil {
+		p.fail(name, "cannot read the standby's settings: "+err.Error(), "")
+		return
+	}
+	var fixes []string
+	var problems []string
+	if !p.cfg.Database.SeparateOutbox() {
+		p.fail(name, "the source is a standby (read-only), and the outbox is in the source database: capture cannot write it",
+			"-- set database.outbox_dsn to a writable database (on the primary, or another server)")
+		return
+	}
+	if feedback != "on" {
+		problems = append(problems, "hot_standby_feedback is off")
+		fixes = append(fixes, "ALTER SYSTEM SET hot_standby_feedback = on;  -- on this standby")
+	}
+	if primarySlot == "" {
+		problems = append(problems, "primary_slot_name is empty")
+		fixes = append(fixes, "-- on the primary: SELECT pg_create_physical_replication_slot('standby1');\n-- on this standby: ALTER SYSTEM SET primary_slot_name = 'standby1';")
+	}
+	if len(fixes) > 0 {
+		p.warn(name, "the source is a standby, where capture decodes (16+), but "+strings.Join(problems, " and ")+
+			": the primary may vacuum away catalog rows the slot needs, and PostgreSQL then invalidates it (rows_removed)",
+			strings.Join(fixes, "\n")+"\nSELECT pg_reload_conf();")
+		return
+	}
+	p.ok(name, "the source is a standby (decoding there takes it off the primary); the publication must be created on the primary; "+
+		"creating the slot waits for the primary's next running-transactions record (up to 15 s; SELECT pg_log_standby_snapshot(); on the primary hurries it)")
 }

@@ -381,7 +381,11 @@ func (s *Server) lastFailures(ctx context.Context, names []string) (map[string]*
 	out := map[string]*failureView{}
 	got, err := s.store.LastFailures(ctx, names)
 	for name, f := range got {
-		out[name] = &failureView{At: f.At, Status: f.Status, Error: cut(f.Error, maxListError)}
+		v := &failureView{At: f.At, Status: f.Status, Error: cut(f.Error, maxListError)}
+		if v.Status != nil && strings.HasPrefix(v.Error, fmt.Sprintf("HTTP %d", *v.Status)) {
+			v.Status = nil // the error names it already: "HTTP 401: bad signature"
+		}
+		out[name] = v
 	}
 	return out, err
 }

@@ -894,3 +894,23 @@ func TestPagesShowTraceAndInsecureTLS(t *testing.T) {
 		t.Errorf("summary does not flag exactly the insecure webhook:\n%s", body)
 	}
 }
+
+// The summary's "Last failure" names the status once: not again when the
+// error text starts with it.
+func TestLastFailureNamesTheStatusOnce(t *testing.T) {
+	e := newEnv(t)
+	e.insert(row{state: "failed", attempts: 1, lastStatus: 401, lastError: "HTTP 401: bad signature"})
+	e.insert(row{state: "failed", webhook: "audit", attempts: 1, lastStatus: 502, lastError: "upstream says no"})
+	_, body := do(t, client(t), "GET", e.srv.URL+"/", nil)
+	hookRow := func(name string) string {
+		_, rest, _ := strings.Cut(body, `<tr id="hook-`+name+`">`)
+		row, _, _ := strings.Cut(rest, "</tr>")
+		return row
+	}
+	if row := hookRow("inventory"); strings.Count(row, "HTTP 401") != 1 || !strings.Contains(row, "HTTP 401: bad signature") {
+		t.Errorf("inventory's last failure:\n%s", row)
+	}
+	if row := hookRow("audit"); !strings.Contains(row, "· HTTP 502") || !strings.Contains(row, "upstream says no") {
+		t.Errorf("audit's last failure:\n%s", row)
+	}
+}
