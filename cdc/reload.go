@@ -338,7 +338,17 @@ func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Confi
 	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%dms'", pubLockTimeout.Milliseconds())); err != nil {
 		return 0, fmt.Errorf("update publication: %w", err)
 	}
+	// A standby (capture from a standby, 16+) can neither lock nor change
+	// the publication: its owner changes it on the primary first, and the
+	// reload starts at the position the standby has replayed.
+	standby, err := inRecovery(ctx, tx)
+	if err != nil {
+		return 0, fmt.Errorf("update publication: %w", err)
+	}
 	for _, t := range append(slices.Clone(ch.TablesAdded), ch.TablesRemoved...) {
+		if standby {
+			break
+		}
 		schema, name, _ := strings.Cut(t, ".")
 		ti, err := LookupTable(ctx, tx, schema, name)
 		if err != nil {
@@ -360,7 +370,11 @@ func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Confi
 		return 0, fmt.Errorf("tables %s: %w", strings.Join(append(ch.TablesAdded, ch.TablesRemoved...), ", "), err)
 	}
 	var text string
-	if err := tx.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&text); err != nil {
+	now := "pg_current_wal_insert_lsn()"
+	if standby {
+		now = "pg_last_wal_replay_lsn()"
+	}
+	if err := tx.QueryRow(ctx, "SELECT "+now+"::text").Scan(&text); err != nil {
 		return 0, fmt.Errorf("update publication: %w", err)
 	}
 	from, err := pglogrepl.ParseLSN(text)
