@@ -145,7 +145,7 @@ func (r *reloader) reload(ctx context.Context) (string, error) {
 			}
 			return "", err
 		}
-		from = "when capture streams again (it is not streaming now)"
+		from = "at capture's next transaction boundary (it is not streaming now, or is inside a long transaction: its log line gives the LSN)"
 		if !res.Pending {
 			from = res.From.String()
 		}
