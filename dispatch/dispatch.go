@@ -71,8 +71,8 @@ type Options struct {
 	// Previous, when set, is the Dispatcher this one replaces after a
 	// configuration reload: each webhook whose settings did not change
 	// keeps its circuit breaker, rate limiter and HTTP client (with its
-	// open connections), and the shared client is kept when
-	// dispatch.concurrency did not change. Stop Previous once this one
+	// open connections), and the shared client and request slots are kept
+	// when dispatch.concurrency did not change. Stop Previous once this one
 	// runs; the two may share those while Previous finishes. Optional.
 	Previous *Dispatcher
 }
@@ -332,6 +332,10 @@ func New(opts Options) (*Dispatcher, error) {
 	d.maxUnwritten = 4 * max(maxHeld, 1)
 	d.minutes = newMinuteCounts(d.order, d.now())
 	d.slots = make(chan struct{}, d.concurrency)
+	if p := opts.Previous; p != nil && p.concurrency == d.concurrency {
+		// Requests Previous still has in flight count against the limit.
+		d.slots = p.slots
+	}
 	if opts.Client != nil {
 		c := *opts.Client
 		c.CheckRedirect = noRedirects

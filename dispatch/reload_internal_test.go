@@ -47,6 +47,9 @@ dispatch: {concurrency: %d}
 	if d2.hooks["a"].breaker != d1.hooks["a"].breaker || d2.hooks["a"].rate != d1.hooks["a"].rate || d2.client != d1.client {
 		t.Error("unchanged webhook a lost its breaker, rate limiter or client")
 	}
+	if d2.slots != d1.slots {
+		t.Error("the request slots (dispatch.concurrency) are not shared")
+	}
 	if d2.hooks["b"].breaker == d1.hooks["b"].breaker {
 		t.Error("changed webhook b kept its breaker")
 	}
