@@ -153,12 +153,14 @@ func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult
 
 	req := &reloadReq{r: r, done: make(chan reloadDone, 1)}
 	c.reload.mu.Lock()
-	c.reload.req = req
 	attached, wake := c.reload.attached, c.reload.wake
-	c.reload.mu.Unlock()
-	c.reloadPending.Store(true)
 	if !attached {
 		req.gaveUp.Store(true)
+	}
+	c.reload.req = req
+	c.reloadPending.Store(true)
+	c.reload.mu.Unlock()
+	if !attached {
 		return ReloadResult{Pending: true}, nil
 	}
 	if wake != nil {
