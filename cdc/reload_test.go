@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/internal/config"
 )
@@ -296,4 +297,40 @@ func TestTwentyReloadsDuringBurstLoseNothing(t *testing.T) {
 		}
 	}
 	t.Logf("%d transactions, 20 reloads", n)
+}
+
+// A reload while capture does not stream (a standby waiting for the slot,
+// or a reconnection) is accepted and applies when it streams.
+func TestReloadWhileNotStreamingAppliesOnStart(t *testing.T) {
+	b := setup(t, reloadSchema, "  - table: t1\n    model: T1")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.New(zerolog.NewTestWriter(t)), StatusInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Reload(ctx, b.reconfig("  - table: t1\n    model: T1\n  - table: t2\n    model: T2", "  - name: c\n    url: http://127.0.0.1:1/c\n"))
+	if err != nil || !res.Pending {
+		t.Fatalf("Reload before streaming = %+v, %v; want pending", res, err)
+	}
+	b.cap, b.cancel, b.done = c, cancel, make(chan error, 1)
+	go func() { b.done <- c.Run(ctx) }()
+	t.Cleanup(b.stop)
+	for wait := time.Now().Add(20 * time.Second); !b.attached() || b.cap.reloadPending.Load(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(wait) {
+			t.Fatal("capture did not take the reload")
+		}
+	}
+	b.exec("BEGIN; INSERT INTO t1 (v) VALUES (1); INSERT INTO t2 (v) VALUES (1); COMMIT")
+	b.waitT1(1)
+	deadline := time.Now().Add(20 * time.Second)
+	for b.count("webhook = 'c'") != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook c has %d rows, want 2 (t1 and t2)", b.count("webhook = 'c'"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
