@@ -294,11 +294,11 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		if err != nil {
 			return fmt.Errorf("http.listen %s: %w (change http.listen, or set it to \"\" to disable the status server)", addr, err)
 		}
-		// Serve at once, so that /healthz answers and the page shows
-		// progress while capture prepares the slot.
 		if reload != nil {
 			reload.web = srv
 		}
+		// Serve at once, so that /healthz answers and the page shows
+		// progress while capture prepares the slot.
 		running("http server", func(ctx context.Context) error { return srv.Serve(ctx, ln) })()
 	}
 	if capt != nil {
@@ -316,7 +316,7 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		start()
 	}
 	if reload != nil {
-		go reload.onSIGHUP(ctx, hup)
+		running("reload", func(ctx context.Context) error { reload.onSIGHUP(ctx, hup); return nil })()
 	}
 	log.Info().Str("version", walhookVersion()).Bool("capture", capture).Bool("dispatch", send).Msg("walhook running")
 	wg.Wait()
