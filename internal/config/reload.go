@@ -136,18 +136,18 @@ func sameModel(a, b Model) bool {
 
 func modelSansLines(m Model) Model {
 	m.Line = 0
-	m.Relations = maps0(m.Relations, func(r Relation) Relation { r.Line = 0; return r })
-	m.Computed = maps0(m.Computed, func(c Computed) Computed { c.Line = 0; return c })
+	m.Relations = mapValues(m.Relations, func(r Relation) Relation { r.Line = 0; return r })
+	m.Computed = mapValues(m.Computed, func(c Computed) Computed { c.Line = 0; return c })
 	if m.Snapshot != nil {
 		s := *m.Snapshot
-		s.Computed = maps0(s.Computed, func(c Computed) Computed { c.Line = 0; return c })
+		s.Computed = mapValues(s.Computed, func(c Computed) Computed { c.Line = 0; return c })
 		m.Snapshot = &s
 	}
 	return m
 }
 
-// maps0 returns a copy of m with f applied to every value.
-func maps0[V any](m map[string]V, f func(V) V) map[string]V {
+// mapValues returns a copy of m with f applied to every value.
+func mapValues[V any](m map[string]V, f func(V) V) map[string]V {
 	if m == nil {
 		return nil
 	}
