@@ -52,6 +52,7 @@ func startHAPair(t *testing.T, db, setupSQL string, minVersion int) *haPair {
 		primarySettings["synchronized_standby_slots"] = "'sb'"
 		standbySettings["sync_replication_slots"] = "on"
 		standbySettings["synchronized_standby_slots"] = "''"
+		standbySettings["log_min_messages"] = "log"
 	}
 	primary, err := pgtest.Start(ctx, pgtest.Options{Settings: primarySettings})
 	if err != nil {
@@ -78,7 +79,7 @@ func startHAPair(t *testing.T, db, setupSQL string, minVersion int) *haPair {
 	if err := primary.Stop(false); err != nil {
 		t.Fatal(err)
 	}
-	sb, err := primary.NewStandby("sb", standbySettings)
+	sb, err := primary.NewStandby("sb", 0, standbySettings)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +95,24 @@ func startHAPair(t *testing.T, db, setupSQL string, minVersion int) *haPair {
 	h.waitFor(t, "the standby to stream", 30*time.Second, primary.DSN("postgres"),
 		`SELECT count(*) > 0 FROM pg_stat_replication WHERE state = 'streaming'`)
 	return h
+}
+
+// startClusterSince starts a cluster of the test's own with settings,
+// skipping the test on servers before minVersion (server_version_num).
+func startClusterSince(t *testing.T, minVersion int, settings map[string]string) *pgtest.Cluster {
+	t.Helper()
+	ctx := context.Background()
+	if num, err := pg.VersionNum(ctx); err != nil {
+		t.Fatal(err)
+	} else if num < minVersion {
+		t.Skipf("needs PostgreSQL %d+ (this is %d); run make test-matrix", minVersion/10000, num)
+	}
+	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: settings})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
 }
 
 // dsn names both servers: libpq's multi-host form, which follows the
@@ -166,10 +185,12 @@ func (r *keyReceiver) snapshot() map[int64]int {
 }
 
 // TestFailoverToAStandbyLosesNothing is the failover a database lives
-// through: an application writes continuously, the primary dies (immediate
-// stop) right after walhook's outbox commits, the standby is promoted.
-// Every row the promoted server holds is delivered, nothing it lacks is
-// delivered, and walhook carries on by itself through the multi-host DSN.
+// through, three times over: an application writes continuously, the
+// primary dies (immediate stop) right after walhook's outbox commits, the
+// standby is promoted, and a new standby is made of it for the next round.
+// After each failover every row the promoted server holds is delivered,
+// nothing it lacks is delivered, and walhook carries on by itself through
+// the multi-host DSN.
 func TestFailoverToAStandbyLosesNothing(t *testing.T) {
 	h := startHAPair(t, "app", `CREATE TABLE item (id bigint PRIMARY KEY, v text)`, 170000)
 	rcv := newKeyReceiver(t)
@@ -214,88 +235,158 @@ log:
 			if err != nil {
 				time.Sleep(50 * time.Millisecond)
 			}
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 		}
 	}()
 	t.Cleanup(func() { stopApp(); appDone.Wait() })
 
-	// The slot must have reached the standby before the primary dies.
-	h.waitFor(t, "the standby to sync the slot", 60*time.Second, h.standby.DSN("app"),
-		`SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'walhook' AND synced AND NOT temporary`)
-	deadline := time.Now().Add(30 * time.Second)
-	for len(rcv.snapshot()) < 500 {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d rows delivered before the failover", len(rcv.snapshot()))
+	const rounds = 3
+	for round := 1; round <= rounds; round++ {
+		// The slot must have reached the standby before the primary dies.
+		h.waitFor(t, "the standby to sync the slot", 120*time.Second, h.standby.DSN("app"),
+			`SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'walhook' AND synced AND NOT temporary`)
+		target := len(rcv.snapshot()) + 200
+		deadline := time.Now().Add(30 * time.Second)
+		for len(rcv.snapshot()) < target {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: only %d rows delivered before the failover\n%s", round, len(rcv.snapshot()), p.output())
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	// Kill the primary right after an outbox commit: the commit that
-	// carries the next checkpoint.
-	h.waitFor(t, "an outbox commit", 10*time.Second, h.primary.DSN("app"),
-		`SELECT updated_at > now() - interval '50 milliseconds' FROM walhook.checkpoints`)
-	if err := h.primary.Stop(true); err != nil {
-		t.Fatal(err)
-	}
-	before := len(rcv.snapshot())
-	if err := h.standby.Promote(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(3 * time.Second) // the application writes to the new primary
-	stopApp()
-	appDone.Wait()
-
-	promoted, err := pgxpool.New(context.Background(), h.standby.DSN("app"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer promoted.Close()
-	rows, err := promoted.Query(context.Background(), `SELECT id FROM item`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[int64]bool{}
-	for _, id := range held {
-		want[id] = true
-	}
-	deadline = time.Now().Add(90 * time.Second)
-	for {
-		got := rcv.snapshot()
-		missing := 0
-		for id := range want {
-			if got[id] == 0 {
-				missing++
+		// Kill the primary right after an outbox commit (the commit that
+		// carries the next checkpoint), then promote the standby.
+		h.waitFor(t, "an outbox commit", 10*time.Second, h.primary.DSN("app"),
+			`SELECT updated_at > now() - interval '50 milliseconds' FROM walhook.checkpoints`)
+		if err := h.primary.Stop(true); err != nil {
+			t.Fatal(err)
+		}
+		before := len(rcv.snapshot())
+		if err := h.standby.Promote(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second) // the application writes to the new primary
+		h.primary, h.standby = h.standby, h.primary
+		want := h.rows(t)
+		deadline = time.Now().Add(90 * time.Second)
+		for {
+			got := rcv.snapshot()
+			missing := 0
+			for id := range want {
+				if got[id] == 0 {
+					missing++
+				}
+			}
+			if missing == 0 {
+				break
+			}
+			if time.Now().After(deadline) || p.cmd.ProcessState != nil {
+				t.Fatalf("round %d: %d of the %d rows on the promoted server were never delivered (%d delivered before the failover)\n%s", round, missing, len(want), before, p.output())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		// Rows delivered now that the promoted server lacks: none (those
+		// committed after the row count above are checked next round).
+		now := h.rows(t)
+		for id := range rcv.snapshot() {
+			if !now[id] {
+				t.Fatalf("round %d: row %d was delivered but the promoted server lacks it", round, id)
 			}
 		}
-		if missing == 0 {
-			break
+		t.Logf("round %d: %d rows on the promoted server, all delivered; %d before the failover", round, len(want), before)
+		if round < rounds {
+			h.rebuildStandby(t)
 		}
-		if time.Now().After(deadline) || p.cmd.ProcessState != nil {
-			t.Fatalf("%d of the %d rows on the promoted server were never delivered (%d delivered before the failover)\n%s", missing, len(want), before, p.output())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	extra := 0
-	for id := range rcv.snapshot() {
-		if !want[id] {
-			extra++
-		}
-	}
-	if extra > 0 {
-		t.Fatalf("%d rows the promoted server lacks were delivered", extra)
 	}
 	out := p.output()
 	if strings.Contains(out, "NOT captured") {
 		t.Errorf("walhook reported a gap:\n%s", out)
 	}
-	if !strings.Contains(out, "was promoted") {
-		t.Errorf("walhook did not say it followed the promotion:\n%s", out)
+	if n := strings.Count(out, "was promoted"); n != rounds {
+		t.Errorf("walhook said %d times that it followed a promotion, want %d:\n%s", n, rounds, out)
 	}
-	t.Logf("%d rows on the promoted server, all delivered; %d before the failover", len(want), before)
+	stopApp()
+	appDone.Wait()
 	p.stop(t)
+}
+
+// logOnFailure prints the end of a server's log when the test fails.
+func (h *haPair) logOnFailure(t *testing.T, c *pgtest.Cluster) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(c.Dir, "server.log"))
+			if len(b) > 4000 {
+				b = b[len(b)-4000:]
+			}
+			t.Logf("server log of port %d:\n%s", c.Port, b)
+		}
+	})
+}
+
+// rows returns the ids in table item on the primary.
+func (h *haPair) rows(t *testing.T) map[int64]bool {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, h.primary.DSN(h.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT id FROM item`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[int64]bool, len(ids))
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out
+}
+
+// rebuildStandby makes a new standby of the (promoted) primary, on the
+// port of the dead one, so that the DSN names both again: the primary gets
+// the physical slot and synchronized_standby_slots, is stopped cleanly,
+// copied and started again (walhook reconnects meanwhile).
+func (h *haPair) rebuildStandby(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, h.primary.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'sb'`,
+		`SELECT pg_create_physical_replication_slot('sb', true)`,
+		`ALTER SYSTEM SET synchronized_standby_slots = 'sb'`,
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	conn.Close(ctx)
+	if err := h.primary.Stop(false); err != nil {
+		t.Fatal(err)
+	}
+	dead := h.standby
+	dead.Close()
+	sb, err := h.primary.NewStandby("sb", dead.Port, map[string]string{"sync_replication_slots": "on", "synchronized_standby_slots": "''", "log_min_messages": "log"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.standby = &pgtest.Cluster{Cluster: sb}
+	t.Cleanup(h.standby.Close)
+	h.logOnFailure(t, h.standby)
+	if err := h.primary.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.standby.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.waitFor(t, "the new standby to stream", 30*time.Second, h.primary.DSN("postgres"),
+		`SELECT count(*) > 0 FROM pg_stat_replication WHERE state = 'streaming'`)
 }
 
 // TestConfirmWaitsForTheStandbysToHaveTheOutbox: capture confirms a source
@@ -306,16 +397,7 @@ log:
 // moved by hand, so the test sets what it has flushed.
 func TestConfirmWaitsForTheStandbysToHaveTheOutbox(t *testing.T) {
 	ctx := context.Background()
-	if num, err := pg.VersionNum(ctx); err != nil {
-		t.Fatal(err)
-	} else if num < 170000 {
-		t.Skipf("synchronized_standby_slots needs PostgreSQL 17+ (this is %d)", num)
-	}
-	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"synchronized_standby_slots": "'sb'"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := startClusterSince(t, 170000, map[string]string{"synchronized_standby_slots": "'sb'"})
 	b := cdctest.Setup(t, cl, `CREATE TABLE item (id int PRIMARY KEY);
 		SELECT pg_create_physical_replication_slot('sb', true)`, `  - table: item`)
 	var lsn string
@@ -368,7 +450,10 @@ func TestSlotCreatedAgainWhileStoppedIsAGap(t *testing.T) {
 		t.Fatalf("%d gaps before the slot was dropped", g)
 	}
 	slot := b.Cfg.Database.Slot
-	b.Exec(`SELECT pg_drop_replication_slot($1)`, slot)
+	cdctest.WaitUntil(t, "the slot to be dropped", func() bool { // its walsender may still be ending
+		_, err := b.DB.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot)
+		return err == nil
+	})
 	b.Exec(`INSERT INTO item VALUES (2)`) // no slot: never captured
 	b.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
 	b.Exec(`INSERT INTO item VALUES (3)`)
@@ -392,16 +477,7 @@ func TestSlotCreatedAgainWhileStoppedIsAGap(t *testing.T) {
 // the fix, counts the gap, and captures again on a new slot.
 func TestIdleTimeoutInvalidatedSlot(t *testing.T) {
 	ctx := context.Background()
-	if num, err := pg.VersionNum(ctx); err != nil {
-		t.Fatal(err)
-	} else if num < 180000 {
-		t.Skipf("idle_replication_slot_timeout is new in PostgreSQL 18 (this is %d)", num)
-	}
-	cl, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"idle_replication_slot_timeout": "'1s'"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := startClusterSince(t, 180000, map[string]string{"idle_replication_slot_timeout": "'1s'"})
 	b := cdctest.Setup(t, cl, `CREATE TABLE item (id int PRIMARY KEY)`, `  - table: item`)
 	b.Start()
 	b.Exec(`INSERT INTO item VALUES (1)`)
@@ -515,5 +591,54 @@ log:
 	out, err = exec.Command(bin, "run", "-c", other).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `on the primary run: CREATE PUBLICATION "other" FOR TABLE "public"."item"`) {
 		t.Errorf("walhook run on a standby without the publication: %v\n%s", err, out)
+	}
+}
+
+// TestExistingSlotBecomesAFailoverSlot: on 17+ a slot made before (by an
+// older walhook, or by hand) is turned into a failover slot before capture
+// streams from it (ALTER_REPLICATION_SLOT), and back with
+// database.slot_failover: false; a new slot is created as one.
+func TestExistingSlotBecomesAFailoverSlot(t *testing.T) {
+	ctx := context.Background()
+	if num, err := pg.VersionNum(ctx); err != nil {
+		t.Fatal(err)
+	} else if num < 170000 {
+		t.Skipf("failover slots need PostgreSQL 17+ (this is %d)", num)
+	}
+	b := cdctest.Setup(t, pg, `CREATE TABLE item (id int PRIMARY KEY)`, `  - table: item`)
+	slot := b.Cfg.Database.Slot
+	failover := func() bool {
+		t.Helper()
+		var f bool
+		if err := b.DB.QueryRow(ctx, `SELECT failover FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	b.Exec(`CREATE PUBLICATION walhook FOR TABLE item WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)`)
+	b.Exec(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot)
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (1)`)
+	cdctest.WaitUntil(t, "the first change", func() bool { return b.Count(`object_key = '1'`) == 2 })
+	if !failover() {
+		t.Fatal("the existing slot is not a failover slot after capture started")
+	}
+	cdctest.WaitUntil(t, "capture to read the slot's failover state", func() bool { return b.Capture.Failover() != nil })
+	if fs := b.Capture.Failover(); !fs.Slot || fs.Ready {
+		t.Errorf("Failover() = %+v, want a failover slot that is not ready (no standby)", fs)
+	}
+	b.Stop()
+	off := false
+	b.Cfg.Database.SlotFailover = &off
+	cdctest.WaitUntil(t, "the walsender to let the slot go", func() bool {
+		var active bool
+		_ = b.DB.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+		return !active
+	})
+	b.Start()
+	b.Exec(`INSERT INTO item VALUES (2)`)
+	cdctest.WaitUntil(t, "the next change", func() bool { return b.Count(`object_key = '2'`) == 2 })
+	if failover() {
+		t.Fatal("slot_failover: false left the slot a failover slot")
 	}
 }

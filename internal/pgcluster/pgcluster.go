@@ -265,9 +265,10 @@ func (c *Cluster) VersionNum(ctx context.Context) (int, error) {
 // without its replication slots, standby.signal is added, and the copy
 // streams from c through the physical slot physicalSlot (which c must
 // have), with hot_standby_feedback on. settings are extra
-// postgresql.conf settings of the standby (they override c's). The
-// standby is not started: start c, then the standby.
-func (c *Cluster) NewStandby(physicalSlot string, settings map[string]string) (*Cluster, error) {
+// postgresql.conf settings of the standby (they override c's; c's ALTER
+// SYSTEM settings are not copied). port 0 picks a free port. The standby
+// is not started: start c, then the standby.
+func (c *Cluster) NewStandby(physicalSlot string, port int, settings map[string]string) (*Cluster, error) {
 	c.mu.Lock()
 	running := c.cmd != nil
 	c.mu.Unlock()
@@ -291,12 +292,15 @@ func (c *Cluster) NewStandby(physicalSlot string, settings map[string]string) (*
 		return nil, fmt.Errorf("pgtest: copy the primary: %w: %s", err, out)
 	}
 	slots, _ := filepath.Glob(filepath.Join(data, "pg_replslot", "*"))
-	for _, f := range append(slots, filepath.Join(data, "postmaster.pid")) {
+	for _, f := range append(slots, filepath.Join(data, "postmaster.pid"), filepath.Join(data, "postgresql.auto.conf"), filepath.Join(data, "standby.signal")) {
 		_ = os.RemoveAll(f)
 	}
-	if s.Port, err = freePort(); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
+	s.Port = port
+	if port == 0 {
+		if s.Port, err = freePort(); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
 	}
 	conf := map[string]string{
 		"port":                    strconv.Itoa(s.Port),
