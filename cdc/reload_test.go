@@ -334,3 +334,51 @@ func TestReloadWhileNotStreamingAppliesOnStart(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A table removed by a reload under load leaves the publication at the
+// reported LSN: its changes are captured before it and not after, and none
+// arrives unmapped.
+func TestReloadRemovesTableAtReportedLSN(t *testing.T) {
+	b := setup(t, reloadSchema, "  - table: t1\n    model: T1\n  - table: t2\n    model: T2")
+	b.start()
+	stop := make(chan struct{})
+	wait := load(t, b.db, stop)
+	time.Sleep(300 * time.Millisecond)
+	res, err := b.cap.Reload(context.Background(), b.reconfig("  - table: t1\n    model: T1", ""))
+	if err != nil || res.Pending {
+		t.Fatalf("Reload = %+v, %v", res, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	n := wait()
+	b.waitT1(n)
+	before, after := 0, 0
+	t2 := map[pglogrepl.LSN]bool{}
+	for _, r := range b.outboxRows() {
+		if r.webhook == "a" && r.model == "T2" {
+			t2[r.lsn] = true
+		}
+	}
+	for _, r := range b.outboxRows() {
+		if r.webhook != "a" || r.model != "T1" {
+			continue
+		}
+		if r.lsn >= res.From {
+			after++
+			if t2[r.lsn] {
+				t.Errorf("transaction %s (start %s) has a T2 row", r.lsn, res.From)
+			}
+		} else {
+			before++
+			if !t2[r.lsn] {
+				t.Errorf("transaction %s (start %s) lacks its T2 row", r.lsn, res.From)
+			}
+		}
+	}
+	if before == 0 || after == 0 {
+		t.Fatalf("%d transactions before %s, %d after: want some of each", before, res.From, after)
+	}
+	if u := b.cap.Unmapped(); len(u) != 0 {
+		t.Errorf("changes arrived for tables no model maps: %v", u)
+	}
+}
