@@ -98,6 +98,10 @@ type ReloadResult struct {
 // configuration (it takes it between two source transactions).
 const reloadWait = 30 * time.Second
 
+// reloadStatements bounds the statements of a reload (checking the tables,
+// changing the publication).
+const reloadStatements = 30 * time.Second
+
 // pubLockTimeout bounds how long adding or removing tables waits for the
 // tables' writers (the lock makes the publication change land between
 // transactions of those tables).
@@ -113,11 +117,13 @@ const pubLockTimeout = 5 * time.Second
 func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult, error) {
 	c.reload.serial.Lock()
 	defer c.reload.serial.Unlock()
-	conn, err := c.source.Acquire(ctx)
+	qctx, cancel := context.WithTimeout(ctx, reloadStatements)
+	defer cancel()
+	conn, err := c.source.Acquire(qctx)
 	if err != nil {
 		return ReloadResult{}, fmt.Errorf("connect to source database: %w", err)
 	}
-	err = CheckTables(ctx, conn, next)
+	err = CheckTables(qctx, conn, next)
 	byOID := map[uint32]*config.Model{}
 	for i := range next.Models {
 		if err != nil {
@@ -125,7 +131,7 @@ func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult
 		}
 		m := &next.Models[i]
 		var ti *TableInfo
-		if ti, err = LookupTable(ctx, conn, m.Schema, m.Name); err == nil && ti != nil {
+		if ti, err = LookupTable(qctx, conn, m.Schema, m.Name); err == nil && ti != nil {
 			byOID[ti.OID] = m
 		}
 	}
@@ -147,7 +153,7 @@ func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult
 		}
 	}
 	slices.Sort(names)
-	if err := c.claimWebhooks(ctx, slices.Compact(names)); err != nil {
+	if err := c.claimWebhooks(qctx, slices.Compact(names)); err != nil {
 		return ReloadResult{}, err
 	}
 
@@ -327,6 +333,8 @@ func (s *stream) switchRendering(ctx context.Context, commit pglogrepl.LSN) erro
 // at or after it under the new one.
 func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Config) (pglogrepl.LSN, error) {
 	ch := config.Compare(cur, next)
+	ctx, cancel := context.WithTimeout(ctx, reloadStatements)
+	defer cancel()
 	conn, err := c.source.Acquire(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("update publication: connect to source database: %w", err)
