@@ -219,6 +219,13 @@ func (s *stream) run(ctx context.Context) error {
 					if err := s.idleCheckpoint(ctx); err != nil {
 						return err
 					}
+					// A position past the confirmed one is (or soon will be)
+					// checkpointed: confirm it soon (the server waits for our
+					// reply before it sends the next keepalive), so the slot
+					// does not retain WAL.
+					if due := s.lastStatus.Add(statusMinGap); s.lastSentEnd > s.confirmed && due.Before(s.nextStatus) {
+						s.nextStatus = due
+					}
 				}
 				if ka.ReplyRequested {
 					s.nextStatus = time.Time{}

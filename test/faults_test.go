@@ -499,6 +499,9 @@ webhooks:
 			}
 			e.exec(`INSERT INTO item VALUES (3)`) // not captured: no slot (or no publication)
 			p2 := e.start("run", "--capture-only")
+			// The first walhook's walsender may hold the old slot a moment
+			// longer: wait for this process to stream.
+			e.waitFor("the new walhook to stream", 30*time.Second, func() bool { return strings.Contains(p2.output(), "streaming changes") })
 			e.waitStreaming()
 			e.exec(`INSERT INTO item VALUES (4)`)
 			e.waitFor("capture to resume", 20*time.Second, func() bool {

@@ -56,8 +56,9 @@ func TestMinutePlans(t *testing.T) {
 	}{
 		// 61 minutes of 1,000 webhooks: about a third of the table.
 		{"read the last hour", s.mq.read, []any{hour, now}, pages / 2},
-		// A minute of 1,000 webhooks: a few pages each.
-		{"add counts", s.mq.add, []any{minutes, hooks, counts, counts, counts}, 1000 * 12},
+		// A minute of 1,000 webhooks: a few pages each (12.3 a row on
+		// PostgreSQL 13, up to 12 on later versions).
+		{"add counts", s.mq.add, []any{minutes, hooks, counts, counts, counts}, 1000 * 13},
 		// The oldest minute: 1,000 rows, a buffer or two each.
 		{"trim", s.mq.trim, []any{now.Add(-178 * time.Minute)}, 2500},
 	} {
