@@ -21,6 +21,7 @@ import (
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/pgnet"
 	"github.com/walhook/walhook/internal/replslot"
 )
 
@@ -40,6 +41,10 @@ type Options struct {
 	GroupDelay time.Duration
 	// StatusInterval is how often the confirmed LSN is reported (default 10s).
 	StatusInterval time.Duration
+	// Silence is how long the replication stream may stay silent, once
+	// walhook asked the server for a reply, before the connection is taken
+	// for dead and replaced (default pgnet.Silence).
+	Silence time.Duration
 	// Observer, when set, is told about every committed batch of rows.
 	Observer Observer
 	// Tracer, when set, records a span per captured source transaction
@@ -107,6 +112,15 @@ type Capture struct {
 	alterFailover *bool
 	// failover is the slot's failover state as last read, for status.
 	failover atomic.Pointer[FailoverState]
+	// leftBehind is the outbox session a writer lost on a dead path (its
+	// server process may still hold an open transaction); the next
+	// session's writer ends it first. Only Run's goroutine uses it.
+	leftBehind *backend
+	// walsender is the server process of the current replication
+	// connection; lostWalsender that of one given up on, which the next
+	// session ends if it still runs (lost.go). Only Run's goroutine uses
+	// them.
+	walsender, lostWalsender *backend
 	// reload holds the configurations the stream renders with and a
 	// reload waiting for it (reload.go); reloadPending says one waits.
 	reload        reloads
@@ -126,6 +140,9 @@ func New(opts Options) (*Capture, error) {
 	}
 	if opts.StatusInterval <= 0 {
 		opts.StatusInterval = 10 * time.Second
+	}
+	if opts.Silence <= 0 {
+		opts.Silence = pgnet.Silence
 	}
 	c := newCapture(opts)
 	c.store = outbox.New(opts.Outbox, opts.Config.Database.Schema)
@@ -305,6 +322,9 @@ func (c *Capture) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if c.walsender != nil {
+			c.lostWalsender, c.walsender = c.walsender, nil
+		}
 		if IsFatal(err) {
 			return err
 		}
@@ -337,6 +357,8 @@ func (c *Capture) Run(ctx context.Context) error {
 
 // slotHolder describes the process holding the slot, for logs.
 func (c *Capture) slotHolder(ctx context.Context) string {
+	ctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
 	s, found, err := replslot.Read(ctx, c.source, c.cfg.Database.Slot)
 	if err != nil || !found || s.ActivePID == nil {
 		return "another process"
@@ -352,12 +374,14 @@ func (c *Capture) slotHolder(ctx context.Context) string {
 }
 
 // ReplicationConfig parses dsn into a replication connection config with
-// the session parameters pinned.
+// the session parameters pinned, a connect timeout, TCP keepalives and
+// TCP_USER_TIMEOUT (pgnet.Configure).
 func ReplicationConfig(dsn string) (*pgconn.Config, error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("parse database.dsn: %w", err)
 	}
+	pgnet.Configure(cfg)
 	for k, v := range SessionParams {
 		cfg.RuntimeParams[k] = v
 	}
@@ -367,7 +391,9 @@ func ReplicationConfig(dsn string) (*pgconn.Config, error) {
 
 func (c *Capture) session(ctx context.Context) error {
 	slot := c.cfg.Database.Slot
-	startLSN, err := c.store.CheckpointLSN(ctx, slot)
+	qctx, cancel := pgnet.Bound(ctx)
+	startLSN, err := c.store.CheckpointLSN(qctx, slot)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -379,27 +405,58 @@ func (c *Capture) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("replication connection: %w", err)
 	}
-	defer conn.Close(context.Background())
+	defer func() {
+		// Bounded: on a dead path even the goodbye must not hang.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
+	if lost := c.lostWalsender; lost != nil {
+		c.lostWalsender = nil
+		if ended, err := endBackend(ctx, c.source, *lost); err != nil {
+			c.log.Warn().Err(err).Msg("could not end the replication session the last attempt gave up on; it holds the slot until wal_sender_timeout")
+		} else if ended {
+			c.log.Warn().Uint32("pid", lost.pid).Msg("ended the replication session the last attempt gave up on (its walsender was still running, holding the slot)")
+		}
+	}
+	qctx, cancel = pgnet.Bound(ctx)
+	self, err := selfReplicationBackend(qctx, conn)
+	cancel()
+	if err != nil {
+		c.log.Debug().Err(err).Msg("the replication session cannot be ended from elsewhere if it is lost")
+	} else {
+		c.walsender = &self
+	}
 	if c.sessions.Add(1) > 1 {
 		// A reconnection, perhaps to another server (a promoted standby):
 		// check the slot against the checkpoint again, as Prepare did.
-		if startLSN, err = c.recheckSlot(ctx); err != nil {
+		qctx, cancel = pgnet.Bound(ctx)
+		startLSN, err = c.recheckSlot(qctx)
+		cancel()
+		if err != nil {
 			return err
 		}
 	}
 	if on := c.alterFailover; on != nil {
-		if err := c.setFailover(ctx, conn, *on); err != nil {
+		qctx, cancel = pgnet.Bound(ctx)
+		err = c.setFailover(qctx, conn, *on)
+		cancel()
+		if err != nil {
 			return err
 		}
 	}
-	guard, err := newStandbyGuard(ctx, c.outbox, c.log)
+	qctx, cancel = pgnet.Bound(ctx)
+	guard, err := newStandbyGuard(qctx, c.outbox, c.log)
+	cancel()
 	if err != nil {
 		return err
 	}
 	// Names were validated as plain identifiers: pglogrepl pastes them into SQL.
-	err = pglogrepl.StartReplication(ctx, conn, slot, startLSN, pglogrepl.StartReplicationOptions{
+	qctx, cancel = pgnet.Bound(ctx)
+	err = pglogrepl.StartReplication(qctx, conn, slot, startLSN, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + c.cfg.Database.Publication + "'"},
 	})
+	cancel()
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject {
@@ -433,6 +490,7 @@ func (c *Capture) session(ctx context.Context) error {
 
 	w := newWriter(c.outbox, c.store, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
 	w.tracer = c.opts.Tracer
+	w.endFirst = c.leftBehind
 	w.flushed.Store(uint64(startLSN))
 	w.window, w.collided = &c.window, &c.collided
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
@@ -448,7 +506,7 @@ func (c *Capture) session(ctx context.Context) error {
 	s := &stream{
 		conn: conn, c: c, w: w, out: ch, werr: werr, log: c.log, interval: c.opts.StatusInterval,
 		rels: map[uint32]*payload.Relation{}, rd: payload.Renderer{Resolve: c.types.resolve}, confirmed: startLSN,
-		lastSentEnd: startLSN, lastIdle: time.Now(), guard: guard,
+		lastSentEnd: startLSN, lastIdle: time.Now(), guard: guard, silence: c.opts.Silence,
 	}
 	var wake context.CancelFunc
 	s.wake, wake = context.WithCancel(ctx)
@@ -462,6 +520,7 @@ func (c *Capture) session(ctx context.Context) error {
 	defer c.detach()
 	s.gen, s.next = gens[0], gens[1:]
 	err = s.run(ctx)
+	c.streaming.Store(false) // at once: /readyz must not wait for the writer to stop
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject && strings.Contains(pe.Message, "publication") {
 		err = fatalf("%v: publication %s was dropped while walhook was running: restart walhook to create it and the slot again; changes committed after LSN %s will not be captured", err, c.cfg.Database.Publication, s.confirmed)
@@ -474,6 +533,7 @@ func (c *Capture) session(ctx context.Context) error {
 		cancelWriter()
 	}
 	wg.Wait()
+	c.leftBehind = w.left
 	if ctx.Err() != nil {
 		// Confirm what was committed before leaving.
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -524,8 +584,10 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 		var typtype, category string
 		var base, elem uint32
 		var delim string
-		err := t.pool.QueryRow(ctx, `SELECT t.typtype::text, t.typcategory::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
+		qctx, cancel := pgnet.Bound(ctx)
+		err := t.pool.QueryRow(qctx, `SELECT t.typtype::text, t.typcategory::text, t.typbasetype, t.typelem, coalesce(e.typdelim::text, ',')
 			FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem WHERE t.oid = $1`, oid).Scan(&typtype, &category, &base, &elem, &delim)
+		cancel()
 		if errors.Is(err, pgx.ErrNoRows) {
 			// Dropped since (the stream decodes WAL written before, e.g.
 			// after ALTER COLUMN ... TYPE; DROP TYPE while capture lagged):

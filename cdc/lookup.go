@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/pgnet"
 )
 
 // Relations and computed fields are read from the source database when a
@@ -46,6 +47,8 @@ type lookupRun struct {
 // values are only valid during the call). An error rolls the transaction
 // back; the next query starts a new one.
 func (lr *lookupRun) query(ctx context.Context, sql string, args []any, fn func(vals [][]byte)) error {
+	ctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
 	if lr.tx == nil {
 		tx, err := lr.pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: lookupBegin})
 		if err != nil {
@@ -62,7 +65,9 @@ func (lr *lookupRun) query(ctx context.Context, sql string, args []any, fn func(
 		err = rows.Err()
 	}
 	if err != nil {
-		_ = lr.tx.Rollback(context.WithoutCancel(ctx))
+		rctx, cancel := pgnet.Bound(context.WithoutCancel(ctx))
+		_ = lr.tx.Rollback(rctx)
+		cancel()
 		lr.tx = nil
 		return err
 	}
@@ -71,6 +76,8 @@ func (lr *lookupRun) query(ctx context.Context, sql string, args []any, fn func(
 
 func (lr *lookupRun) finish(ctx context.Context) {
 	if lr.tx != nil {
+		ctx, cancel := pgnet.Bound(ctx)
+		defer cancel()
 		if err := lr.tx.Commit(ctx); err != nil {
 			lr.log.Debug().Err(err).Msg("end lookup transaction")
 		}
@@ -757,7 +764,10 @@ func (s *stream) waitVisible(ctx context.Context, xid uint32) error {
 	pause := 200 * time.Microsecond
 	for {
 		var visible bool
-		if err := s.c.source.QueryRow(ctx, visibleSQL, int64(xid)).Scan(&visible); err != nil {
+		qctx, cancel := pgnet.Bound(ctx)
+		err := s.c.source.QueryRow(qctx, visibleSQL, int64(xid)).Scan(&visible)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("wait until source transaction %d is visible: %w", xid, err)
 		}
 		if visible {

@@ -274,6 +274,18 @@ func TestBodyTemplate(t *testing.T) {
 	if c := b.count("webhook <> 'bad' AND state <> 'pending'"); c != 0 {
 		t.Errorf("%d other rows are not pending", c)
 	}
+	// A large transaction (written with COPY, the small ones above with
+	// INSERT): rows stored failed get last_attempt_at, the change's commit
+	// time, so that dispatch.failed_retention deletes them (issue 24: they
+	// were kept forever), and no other row does.
+	b.exec(`INSERT INTO dcim_site (id, name, slug, region_id) SELECT g, 's' || g, 's' || g, 1 FROM generate_series(10, 79) AS g`)
+	b.waitRows(6 + 3*70)
+	if c := b.count("webhook = 'bad' AND last_attempt_at IS DISTINCT FROM committed_at"); c != 0 {
+		t.Errorf("%d rows failed at capture without last_attempt_at = committed_at", c)
+	}
+	if c := b.count("webhook <> 'bad' AND last_attempt_at IS NOT NULL"); c != 0 {
+		t.Errorf("%d rows not failed have a last_attempt_at", c)
+	}
 }
 
 func TestConditionsFilterDeliveries(t *testing.T) {

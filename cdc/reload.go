@@ -16,6 +16,7 @@ import (
 
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/pgnet"
 )
 
 // rendering is one configuration as capture renders it: its models by
@@ -98,10 +99,6 @@ type ReloadResult struct {
 // configuration (it takes it between two source transactions).
 const reloadWait = 30 * time.Second
 
-// reloadStatements bounds the statements of a reload (checking the tables,
-// changing the publication).
-const reloadStatements = 30 * time.Second
-
 // pubLockTimeout bounds how long adding or removing tables waits for the
 // tables' writers (the lock makes the publication change land between
 // transactions of those tables).
@@ -117,7 +114,7 @@ const pubLockTimeout = 5 * time.Second
 func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult, error) {
 	c.reload.serial.Lock()
 	defer c.reload.serial.Unlock()
-	qctx, cancel := context.WithTimeout(ctx, reloadStatements)
+	qctx, cancel := pgnet.Bound(ctx) // the checks: a few short statements
 	defer cancel()
 	conn, err := c.source.Acquire(qctx)
 	if err != nil {
@@ -251,6 +248,8 @@ func (s *stream) takeReload(ctx context.Context) error {
 	}
 	from, err := s.applyReload(ctx, req.r)
 	req.done <- reloadDone{from: from, err: err}
+	// The stream comes back from work that kept it from reading.
+	s.lastHeard, s.asked = time.Now(), false
 	if err != nil {
 		s.log.Error().Err(err).Msg("configuration reload refused by capture: the previous configuration stays in use")
 		if ctx.Err() != nil {
@@ -333,7 +332,7 @@ func (s *stream) switchRendering(ctx context.Context, commit pglogrepl.LSN) erro
 // at or after it under the new one.
 func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Config) (pglogrepl.LSN, error) {
 	ch := config.Compare(cur, next)
-	ctx, cancel := context.WithTimeout(ctx, reloadStatements)
+	ctx, cancel := pgnet.Bound(ctx) // a few statements, the lock wait bounded below
 	defer cancel()
 	conn, err := c.source.Acquire(ctx)
 	if err != nil {

@@ -199,6 +199,7 @@ func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]Delivery, error
 	}
 	r.out = append(r.out, s.rows...)
 	out := r.out
+	s.takeRows()
 	r.out, s.rows = nil, nil
 	return out, nil
 }

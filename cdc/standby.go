@@ -18,6 +18,9 @@ import (
 // are checked again.
 const guardRecheck = time.Second
 
+// maxPending bounds the positions the guard holds back.
+const maxPending = 64
+
 // guardTimeout bounds the guard's query.
 const guardTimeout = 5 * time.Second
 
@@ -83,7 +86,15 @@ func (g *standbyGuard) safe(ctx context.Context, flushed pglogrepl.LSN) pglogrep
 	}
 	if flushed > last && y != nil {
 		if yl, err := pglogrepl.ParseLSN(*y); err == nil {
-			g.pending = append(g.pending, lsnPair{x: flushed, y: yl, at: time.Now()})
+			p := lsnPair{x: flushed, y: yl, at: time.Now()}
+			if n := len(g.pending); n >= maxPending {
+				// Standbys far behind: the newest pair stands for the last
+				// ones (later X, later Y: still safe, confirmed later).
+				p.at = g.pending[n-1].at
+				g.pending[n-1] = p
+			} else {
+				g.pending = append(g.pending, p)
+			}
 		}
 	}
 	var sl pglogrepl.LSN

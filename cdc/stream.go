@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/pgnet"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -20,6 +21,10 @@ import (
 // statusMinGap is the shortest time between two status updates sent to
 // confirm keepalive positions.
 const statusMinGap = 200 * time.Millisecond
+
+// errSilent ends a session whose server stopped answering: the path to it
+// may be dead without anything being closed.
+var errSilent = errors.New("the server sent nothing, not even the reply asked for: taking the connection for dead")
 
 // stream owns one replication connection: it receives pgoutput messages,
 // renders changes, hands them to the writer and confirms LSNs. It runs on a
@@ -66,6 +71,21 @@ type stream struct {
 	// guard, when the outbox server has synchronized_standby_slots, holds
 	// confirmations back until those standbys have the outbox commits.
 	guard *standbyGuard
+
+	// silence is how long the server may stay silent before the session
+	// ends (errSilent); a status update asks for a reply once a third of it
+	// has passed. lastHeard is when the server was last heard from, or when
+	// the stream came back from work that kept it from reading (whatever
+	// arrived meanwhile is buffered); asked: a reply was asked for since.
+	silence   time.Duration
+	lastHeard time.Time
+	asked     bool
+
+	// rowsBytes is rowsBytes(rows[:counted]): the size of the rows not
+	// handed to the writer yet, counted up to counted. pendingBytes is
+	// the size of the values copied into pending.
+	rowsBytes, pendingBytes int64
+	counted                 int
 
 	// descs are the tables' descriptions from their Relation messages, to
 	// build rels again when the configuration changes.
@@ -136,12 +156,15 @@ func (s *stream) confirmLSN(ctx context.Context) pglogrepl.LSN {
 
 func (s *stream) sendStatus(ctx context.Context) error {
 	lsn := s.confirmLSN(ctx)
+	reply := s.silence > 0 && time.Since(s.lastHeard) >= s.silence/3
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn, ClientTime: time.Now(),
+		ReplyRequested: reply,
 	})
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
+	s.asked = s.asked || reply
 	s.c.confirmed.Store(uint64(lsn))
 	s.lastStatus = time.Now()
 	next := s.lastStatus.Add(s.interval)
@@ -157,8 +180,26 @@ func (s *stream) sendStatus(ctx context.Context) error {
 	return nil
 }
 
+// receiveDeadline is when to stop waiting for a message: the next status
+// update, the moment to ask the server for a reply, or the end of the
+// silence allowed.
+func (s *stream) receiveDeadline() time.Time {
+	d := s.nextStatus
+	if s.silence <= 0 {
+		return d
+	}
+	if t := s.lastHeard.Add(s.silence); t.Before(d) {
+		d = t
+	}
+	if t := s.lastHeard.Add(s.silence / 3); !s.asked && t.Before(d) {
+		d = t
+	}
+	return d
+}
+
 func (s *stream) run(ctx context.Context) error {
 	s.nextStatus = time.Now().Add(s.interval)
+	s.lastHeard = time.Now()
 	s.specs, s.tpl = s.gen.specs, s.gen.tpl
 	for {
 		select {
@@ -169,7 +210,8 @@ func (s *stream) run(ctx context.Context) error {
 			return err
 		default:
 		}
-		if !time.Now().Before(s.nextStatus) {
+		if now := time.Now(); !now.Before(s.nextStatus) ||
+			(s.silence > 0 && !s.asked && now.Sub(s.lastHeard) >= s.silence/3) {
 			if err := s.sendStatus(ctx); err != nil {
 				return err
 			}
@@ -187,20 +229,35 @@ func (s *stream) run(ctx context.Context) error {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(s.wake, s.nextStatus)
+		rctx, cancel := context.WithDeadline(s.wake, s.receiveDeadline())
 		raw, err := s.conn.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if pgconn.Timeout(err) || (errors.Is(err, context.Canceled) && s.wake.Err() != nil) {
-				// No message yet, or Reload woke the stream: the
-				// connection is still usable.
+			if errors.Is(err, context.Canceled) && s.wake.Err() != nil {
+				// Reload woke the stream: the connection is still usable.
+				continue
+			}
+			if pgconn.Timeout(err) {
+				if s.silence > 0 && time.Since(s.lastHeard) >= s.silence {
+					if busy := s.c.walsenderBusy(ctx); busy != "" {
+						// Decoding a large transaction (of tables not
+						// captured, say), the server answers only now and
+						// then: give it another while.
+						s.log.Info().Str("wait_event", busy).Dur("silent", time.Since(s.lastHeard)).
+							Msg("replication stream silent, but its walsender is busy (decoding a large transaction?): waiting on")
+						s.lastHeard, s.asked = time.Now(), false
+						continue
+					}
+					return fmt.Errorf("replication stream: nothing received for %s: %w", s.silence, errSilent)
+				}
 				continue
 			}
 			return fmt.Errorf("receive from replication stream: %w", err)
 		}
+		s.lastHeard, s.asked = time.Now(), false
 		switch m := raw.(type) {
 		case *pgproto3.ErrorResponse:
 			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m))
@@ -238,6 +295,9 @@ func (s *stream) run(ctx context.Context) error {
 				if err := s.handle(ctx, x.WALData); err != nil {
 					return err
 				}
+				// Handling may have waited (the writer, lookups): the
+				// silence counts only time spent waiting for the server.
+				s.lastHeard, s.asked = time.Now(), false
 			}
 		}
 	}
@@ -295,7 +355,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 				return err
 			}
 		}
-		b := batch{rows: s.rows, commit: true, endLSN: m.TransactionEndLSN}
+		b := batch{rows: s.rows, commit: true, endLSN: m.TransactionEndLSN, bytes: s.takeRows()}
 		s.rows = nil
 		s.inTxn = false
 		if s.span != nil {
@@ -322,11 +382,20 @@ func (s *stream) send(ctx context.Context, b batch) error {
 		return nil
 	}
 	for {
+		// Rows wait here, not in the writer's queue, while those already
+		// handed over fill the in-flight budget.
+		out := s.out
+		if !s.w.room(b.bytes) {
+			out = nil
+		}
 		t := time.NewTimer(time.Until(s.nextStatus))
 		select {
-		case s.out <- b:
+		case out <- b:
 			t.Stop()
+			s.w.inflight.Add(b.bytes)
 			return nil
+		case <-s.w.freed:
+			t.Stop()
 		case err := <-s.werr:
 			t.Stop()
 			if err == nil {
@@ -375,7 +444,9 @@ func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
 			return err
 		}
 	}
-	pk, err := PrimaryKey(ctx, s.c.source, m.ID)
+	qctx, cancel := pgnet.Bound(ctx)
+	pk, err := PrimaryKey(qctx, s.c.source, m.ID)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -409,7 +480,9 @@ func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
 // was dropped, say) is logged and left out until the next schema change or
 // restart; capture goes on.
 func (s *stream) planRelation(ctx context.Context, r *payload.Relation) error {
-	cat, err := payload.TableColumns(ctx, s.c.source, r.Schema, r.Name)
+	qctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
+	cat, err := payload.TableColumns(qctx, s.c.source, r.Schema, r.Name)
 	if err != nil {
 		return err
 	}
@@ -424,7 +497,7 @@ func (s *stream) planRelation(ctx context.Context, r *payload.Relation) error {
 			cols[i].TypeName = "pg_catalog.text"
 		}
 	}
-	plan, probs, err := payload.PlanLookups(ctx, s.c.source, r.Model, cols)
+	plan, probs, err := payload.PlanLookups(qctx, s.c.source, r.Model, cols)
 	if err != nil {
 		return err
 	}
@@ -554,16 +627,37 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	// to keep their order.
 	p.Vals, p.Old = payload.CopyRow(p.Vals), payload.CopyRow(p.Old)
 	s.pending = append(s.pending, p)
-	if len(s.pending) >= chunkRows {
+	s.pendingBytes += rowBytes(p.Vals) + rowBytes(p.Old)
+	if len(s.pending) >= chunkRows || s.pendingBytes >= chunkBytes {
 		return s.flushPending(ctx)
 	}
 	return nil
 }
 
-// sendFull hands the rendered rows to the writer once a chunk is full.
+// rowBytes is the size of a row's values.
+func rowBytes(r payload.Row) int64 {
+	var n int64
+	for _, v := range r {
+		n += int64(len(v.Data))
+	}
+	return n
+}
+
+// takeRows returns the size of s.rows, which are about to be handed to the
+// writer, and starts counting again.
+func (s *stream) takeRows() int64 {
+	n := s.rowsBytes + rowsBytes(s.rows[s.counted:])
+	s.rowsBytes, s.counted = 0, 0
+	return n
+}
+
+// sendFull hands the rendered rows to the writer once a chunk is full (in
+// rows or in bytes).
 func (s *stream) sendFull(ctx context.Context) error {
-	if len(s.rows) >= chunkRows {
-		b := batch{rows: s.rows}
+	s.rowsBytes += rowsBytes(s.rows[s.counted:])
+	s.counted = len(s.rows)
+	if len(s.rows) >= chunkRows || s.rowsBytes >= chunkBytes {
+		b := batch{rows: s.rows, bytes: s.takeRows()}
 		s.rows = nil
 		return s.send(ctx, b)
 	}
@@ -595,6 +689,7 @@ func (s *stream) flushPending(ctx context.Context) error {
 	}
 	clear(s.pending)
 	s.pending = s.pending[:0]
+	s.pendingBytes = 0
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/pgnet"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -39,6 +40,10 @@ type batch struct {
 	rows   []Delivery
 	commit bool
 	endLSN pglogrepl.LSN
+	// bytes is the rows' size as rowsBytes counts it: the stream takes
+	// it from the writer's in-flight budget, the writer gives it back
+	// once the rows are written.
+	bytes int64
 }
 
 // writer writes delivery rows and the checkpoint into the outbox. Rows of
@@ -69,6 +74,16 @@ type writer struct {
 	window   *atomic.Pointer[gapWindow]
 	inWindow []Delivery
 	collided *atomic.Int64
+
+	// endFirst, when set, is an outbox session an earlier writer lost:
+	// run ends it before writing. left is set when run loses its own.
+	endFirst, left *backend
+
+	// inflight is the size of the rows handed to the writer and not yet
+	// written (at most inflightBytes, or one batch); freed signals that
+	// it went down.
+	inflight atomic.Int64
+	freed    chan struct{}
 }
 
 // Observer is told about committed outbox rows (for metrics). Counts are
@@ -80,14 +95,53 @@ type Observer interface {
 type modelEvent struct{ model, event string }
 
 // chunkRows bounds rows buffered before they are written into the open
-// outbox transaction.
-const chunkRows = 500
+// outbox transaction; chunkBytes bounds their size (rows of 1 MB would make
+// 500 rows half a gigabyte).
+const (
+	chunkRows  = 500
+	chunkBytes = 4 << 20
+)
+
+// inflightBytes bounds the size of the rows handed from the stream to the
+// writer and not written yet (a batch larger than that goes alone). With a
+// chunk being rendered and one waiting for its lookups, capture holds
+// about inflightBytes + 2*chunkBytes of rows, whatever their size.
+const inflightBytes = 16 << 20
+
+// rowsBytes is the size rows count for in chunkBytes and inflightBytes:
+// their bodies, keys and errors, plus a fixed cost per row. A body shared by
+// several webhooks counts once per row.
+func rowsBytes(rows []Delivery) int64 {
+	var n int64
+	for i := range rows {
+		n += int64(len(rows[i].Body)+len(rows[i].Key)+len(rows[i].LastError)) + 128
+	}
+	return n
+}
+
+// room reports whether a batch of n bytes may be handed to the writer now.
+func (w *writer) room(n int64) bool {
+	in := w.inflight.Load()
+	return in == 0 || in+n <= inflightBytes
+}
+
+// release gives back n bytes of the in-flight budget: rows are written.
+func (w *writer) release(n int64) {
+	if n == 0 {
+		return
+	}
+	w.inflight.Add(-n)
+	select {
+	case w.freed <- struct{}{}:
+	default:
+	}
+}
 
 func newWriter(pool *pgxpool.Pool, store *outbox.Store, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, safe *atomic.Bool, obs Observer, log zerolog.Logger) *writer {
 	return &writer{
 		pool: pool, store: store, sql: store.Enqueue(), slot: slot, groupRows: groupRows, groupDelay: groupDelay,
 		rows: rows, safe: safe, log: log, observer: obs, counts: map[modelEvent]int{},
-		channel: store.Channel(),
+		channel: store.Channel(), freed: make(chan struct{}, 1),
 	}
 }
 
@@ -99,33 +153,69 @@ const smallGroup = 64
 // run consumes batches until in is closed (then commits what is complete) or
 // ctx ends or a write fails (then rolls back: the stream replays from the
 // checkpoint).
-func (w *writer) run(ctx context.Context, in <-chan batch) error {
-	pc, err := w.pool.Acquire(ctx)
+//
+// Every statement has a deadline (pgnet.StatementTimeout): on a path that
+// stops moving bytes the statement fails, the connection is closed and the
+// stream replays from the checkpoint on a new one; the next writer first
+// ends the server process the failed one may have left (lost.go).
+func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
+	actx, cancel := pgnet.Bound(ctx)
+	pc, err := w.pool.Acquire(actx)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("outbox: connect: %w", err)
 	}
-	defer pc.Release()
 	conn := pc.Conn()
+	var (
+		self backend // conn's server process
+		open bool    // a transaction is open on conn
+	)
+	defer func() {
+		clear(w.counts)
+		pg := conn.PgConn()
+		switch {
+		case err == nil && (open || pg.TxStatus() != 'I'):
+			// Stopped mid-transaction: the connection goes back to the pool.
+			rctx, cancel := pgnet.Bound(context.WithoutCancel(ctx))
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
+		case err != nil && !pg.IsClosed():
+			// Ended by an error, or by the stream giving up on a path that
+			// may be dead: closing rolls back, and no other user of the
+			// pool gets a connection that may wait for its deadline.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = conn.Close(cctx)
+			cancel()
+		}
+		if pg.IsClosed() && self.start != 0 {
+			// Closed on this side: the server's may live on.
+			w.left = &self
+		}
+		pc.Release()
+	}()
 	// COPY sends commit_lsn in binary: pg_lsn is a big-endian 64-bit integer.
 	conn.TypeMap().RegisterType(&pgtype.Type{Name: "pg_lsn", OID: pgLSNOID, Codec: pgtype.Int8Codec{}})
-	if _, err := conn.Exec(ctx, "SET synchronous_commit = on"); err != nil {
+	if w.endFirst != nil {
+		w.endLost(ctx, conn, *w.endFirst)
+	}
+	qctx, cancel := pgnet.Bound(ctx)
+	_, err = conn.Exec(qctx, "SET synchronous_commit = on")
+	if err == nil {
+		self, err = selfBackend(qctx, conn)
+	}
+	cancel()
+	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	var (
-		open       bool // a transaction is open on conn
 		buf        []Delivery
+		bufBytes   int64 // in-flight bytes of the batches in buf
 		groupRows  int
 		groupStart time.Time
 		lastEnd    pglogrepl.LSN
 		inserted   int64
 		complete   = true
 	)
-	defer func() {
-		clear(w.counts)
-		if open || conn.PgConn().TxStatus() != 'I' {
-			_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
-		}
-	}()
 	count := func(rows []Delivery) {
 		if w.window != nil {
 			if g := w.window.Load(); g != nil {
@@ -148,7 +238,10 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 			return nil
 		}
 		if !open {
-			if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+			bctx, cancel := pgnet.Bound(ctx)
+			_, err := conn.Exec(bctx, "BEGIN")
+			cancel()
+			if err != nil {
 				return fmt.Errorf("outbox: begin: %w", err)
 			}
 			open = true
@@ -159,7 +252,10 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		inserted += n
 		count(buf)
+		clear(buf)
 		buf = buf[:0]
+		w.release(bufBytes)
+		bufBytes = 0
 		return nil
 	}
 	commit := func() (err error) {
@@ -177,7 +273,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		b := &pgx.Batch{}
 		var small []Delivery
-		if !open && len(buf) <= smallGroup {
+		if !open && len(buf) <= smallGroup && bufBytes <= chunkBytes {
 			small, buf = buf, buf[len(buf):]
 			b.Queue("BEGIN")
 			if len(small) > 0 {
@@ -192,7 +288,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		b.Queue("COMMIT")
 		open = true // until COMMIT succeeds, a failure leaves a transaction to roll back
-		br := conn.SendBatch(ctx, b)
+		bctx, cancel := pgnet.Bound(ctx)
+		defer cancel()
+		br := conn.SendBatch(bctx, b)
 		for i := 0; i < b.Len(); i++ {
 			tag, err := br.Exec()
 			if err != nil {
@@ -221,6 +319,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		enq = inserted
 		inserted, groupRows = 0, 0
+		clear(small)
+		w.release(bufBytes)
+		bufBytes = 0
 		return nil
 	}
 	for {
@@ -242,8 +343,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) error {
 		}
 		complete = false
 		buf = append(buf, b.rows...)
+		bufBytes += b.bytes
 		groupRows += len(b.rows)
-		if len(buf) >= chunkRows {
+		if len(buf) >= chunkRows || bufBytes >= chunkBytes {
 			if err := copyBuf(); err != nil {
 				return err
 			}
@@ -277,7 +379,9 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 		for i, r := range w.inWindow {
 			keys[i] = outbox.DeliveryKey{Webhook: r.Webhook, CommitLSN: r.CommitLSN, Seq: r.Seq}
 		}
-		idx, err := w.store.CreatedBefore(ctx, keys, g.before)
+		qctx, cancel := pgnet.Bound(ctx)
+		idx, err := w.store.CreatedBefore(qctx, keys, g.before)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -301,6 +405,21 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 	return nil
 }
 
+// endLost ends the server process of an outbox session an earlier writer
+// lost (lost.go). A failure is logged: the replay then waits for the
+// statement deadline and the next session tries again.
+func (w *writer) endLost(ctx context.Context, conn *pgx.Conn, b backend) {
+	ended, err := endBackend(ctx, conn, b)
+	switch {
+	case err != nil:
+		w.log.Warn().Err(err).
+			Msg("could not end the outbox session the last capture attempt lost; if it still holds a transaction, capture waits for it")
+	case ended:
+		w.log.Warn().Uint32("pid", b.pid).
+			Msg("ended the outbox session the last capture attempt lost on a dead network path (its server process was still running)")
+	}
+}
+
 // pgLSNOID is the type OID of pg_lsn.
 const pgLSNOID = 3220
 
@@ -310,6 +429,8 @@ const pgLSNOID = 3220
 // violation: the writer then uses INSERT ... ON CONFLICT DO NOTHING for good,
 // and the stream replays.
 func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) (int64, error) {
+	ctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
 	if w.safe.Load() {
 		tag, err := conn.Exec(ctx, w.sql.Insert, insertArgs(rows)...)
 		if err != nil {
@@ -319,14 +440,17 @@ func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) 
 	}
 	n, err := conn.CopyFrom(ctx, w.sql.Table, w.sql.Columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
 		r := &rows[i]
-		state, lastErr := "pending", any(nil)
+		state, lastErr, lastAt := "pending", any(nil), any(nil)
 		if r.State != "" {
 			state = r.State
 		}
 		if r.LastError != "" {
 			lastErr = r.LastError
 		}
-		return []any{r.Webhook, r.Event, r.Model, r.Key, int64(r.CommitLSN), r.Seq, r.CommittedAt, r.Body, state, lastErr}, nil
+		if r.State == outbox.StateFailed {
+			lastAt = r.CommittedAt // as the insert statement does
+		}
+		return []any{r.Webhook, r.Event, r.Model, r.Key, int64(r.CommitLSN), r.Seq, r.CommittedAt, r.Body, state, lastErr, lastAt}, nil
 	}))
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.UniqueViolation {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/walhook/walhook/internal/outbox"
@@ -328,19 +330,94 @@ func (d *Dispatcher) beat(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, heartbeatEvery*3)
 	defer cancel()
+	// The server's heartbeat_at is its now() for the statement, which
+	// cannot come before the statement is sent: liveness counts from
+	// here, not from the answer, so it lapses before the others'
+	// rescue horizon however slow the statement was.
+	sent := time.Now()
 	if err := d.store.Heartbeat(ctx, d.id, states); err != nil {
 		if !errors.Is(err, context.Canceled) {
 			d.log.Warn().Err(err).Msg("recording the heartbeat failed; sending stops if it keeps failing")
 		}
 		return
 	}
-	d.lastBeat.Store(time.Now().UnixNano())
+	d.live.extend(sent)
 }
 
-// alive reports whether the heartbeat was recorded recently enough that no
-// other dispatcher has taken this one's rows back.
-func (d *Dispatcher) alive() bool {
-	return time.Since(time.Unix(0, d.lastBeat.Load())) < stopSendingAfter
+// errHeartbeatLapsed is the cause of the requests cancelled because this
+// dispatcher could not record its heartbeat in time.
+var errHeartbeatLapsed = errors.New("heartbeat not recorded for " + stopSendingAfter.String() +
+	": another dispatcher may take the row back")
+
+// liveness is the horizon up to which this dispatcher may send: its last
+// recorded heartbeat plus stopSendingAfter. Requests run under its
+// context, which is cancelled (cause errHeartbeatLapsed) when the horizon
+// passes without a new heartbeat; the next heartbeat starts a new one.
+type liveness struct {
+	base  context.Context
+	mu    sync.Mutex
+	until time.Time // monotonic; zero: never alive
+	ctx   context.Context
+	// cancel ends ctx; nil once it has.
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+}
+
+func newLiveness(base context.Context) *liveness {
+	return &liveness{base: base}
+}
+
+// extend records a heartbeat sent at sent.
+func (l *liveness) extend(sent time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	until := sent.Add(stopSendingAfter)
+	if until.Before(l.until) {
+		return
+	}
+	l.until = until
+	if l.cancel == nil {
+		l.ctx, l.cancel = context.WithCancelCause(l.base)
+	}
+	if l.timer == nil {
+		l.timer = time.AfterFunc(time.Until(until), l.check)
+	} else {
+		l.timer.Reset(time.Until(until))
+	}
+}
+
+// check cancels the requests in flight once the horizon has passed.
+func (l *liveness) check() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cancel != nil && !time.Now().Before(l.until) {
+		l.cancel(errHeartbeatLapsed)
+		l.cancel = nil
+	}
+}
+
+// current returns the context to send under, and false when the horizon
+// has passed (nothing may be sent).
+func (l *liveness) current() (context.Context, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cancel == nil || !time.Now().Before(l.until) {
+		return nil, false
+	}
+	return l.ctx, true
+}
+
+// stop ends the liveness when Run returns.
+func (l *liveness) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	if l.cancel != nil {
+		l.cancel(context.Canceled)
+		l.cancel = nil
+	}
 }
 
 // releaseBackoff makes due the rows of webhook name that wait for a retry:
@@ -458,7 +535,9 @@ func (d *Dispatcher) listen(ctx context.Context) {
 }
 
 func (d *Dispatcher) listenOnce(ctx context.Context) (listened bool, err error) {
-	c, err := d.store.Pool().Acquire(ctx)
+	actx, cancel := context.WithTimeout(ctx, dbTimeout)
+	c, err := d.store.Pool().Acquire(actx)
+	cancel()
 	if err != nil {
 		return false, fmt.Errorf("listen: acquire connection: %w", err)
 	}
@@ -470,14 +549,30 @@ func (d *Dispatcher) listenOnce(ctx context.Context) (listened bool, err error) 
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{d.store.Channel()}.Sanitize()); err != nil {
+	lctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	_, err = conn.Exec(lctx, "LISTEN "+pgx.Identifier{d.store.Channel()}.Sanitize())
+	cancel()
+	if err != nil {
 		return false, fmt.Errorf("listen: %w", err)
 	}
 	signal(d.wake) // catch up with anything enqueued while not listening
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		wctx, cancel := context.WithTimeout(ctx, listenCheckEvery)
+		_, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err == nil {
+			signal(d.wake)
+			continue
+		}
+		if ctx.Err() != nil || !pgconn.Timeout(err) {
 			return true, fmt.Errorf("listen: wait for notification: %w", err)
 		}
-		signal(d.wake)
+		// Quiet for a while: check that the connection still answers.
+		pctx, cancel := context.WithTimeout(ctx, dbTimeout)
+		err = conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			return true, fmt.Errorf("listen: the connection does not answer: %w", err)
+		}
 	}
 }

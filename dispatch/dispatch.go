@@ -23,6 +23,7 @@ import (
 	"github.com/walhook/walhook/internal/clienttls"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/pgnet"
 )
 
 // Options configure a Dispatcher. Pool and Config are required.
@@ -108,7 +109,11 @@ const (
 	// connection can be reused; larger bodies cost a new connection.
 	maxDrain = 64 << 10
 	// dbTimeout bounds every statement the Dispatcher runs.
-	dbTimeout = 30 * time.Second
+	dbTimeout = pgnet.StatementTimeout
+	// listenCheckEvery is how long the LISTEN connection may stay quiet
+	// before it is pinged (a dead path closes nothing: without the ping,
+	// the wait for a notification never ends).
+	listenCheckEvery = 10 * time.Second
 	// shutdownWait bounds how long Run keeps trying to write outcomes after
 	// its context is cancelled.
 	shutdownWait = 15 * time.Second
@@ -121,8 +126,12 @@ const (
 	deadAfter   = outbox.DeadAfter
 	rescueEvery = 2 * time.Second
 	// A dispatcher that could not record its heartbeat for stopSendingAfter
-	// stops sending (others may already have taken its rows back).
-	stopSendingAfter = deadAfter - time.Second
+	// (counted from when the last recorded one was sent, so never later
+	// than the server's heartbeat_at) stops sending and cancels the
+	// requests in flight: the others take its rows back deadAfter after
+	// that heartbeat_at, and the margin covers the cancellation and the
+	// rescue's own statement.
+	stopSendingAfter = deadAfter - 2*time.Second
 	// retentionEvery is how often old delivered and failed rows are deleted.
 	retentionEvery = 5 * time.Minute
 	// minutesEvery is the default of Options.MinutesEvery.
@@ -168,8 +177,12 @@ type Dispatcher struct {
 	slots chan struct{}
 	// unwritten counts claimed rows whose outcome is not in the database yet.
 	unwritten atomic.Int64
-	// lastBeat is when the heartbeat was last recorded (UnixNano).
-	lastBeat atomic.Int64
+	// live says whether the heartbeat was recorded recently enough to
+	// send, and cancels the requests in flight when it lapses.
+	live *liveness
+	// outcomesFailing is when writing outcomes began to keep failing
+	// (UnixNano), 0 while they are written (see Stall).
+	outcomesFailing atomic.Int64
 	// wake asks the claimer to claim now; closed asks it to claim once no
 	// claim is running (outcomes were written, which may have unblocked a
 	// later change of the same object); freed tells it that a request
@@ -305,18 +318,22 @@ func New(opts Options) (*Dispatcher, error) {
 		}
 		h.limit = min(w.Concurrency, d.concurrency)
 		h.maxHeld = min(h.limit*heldPerWorker, maxHeldTotal)
+		var rateWait time.Duration
 		if w.Rate > 0 {
 			burst := max(1, int(math.Ceil(w.Rate/10)))
 			h.rate = rate.NewLimiter(rate.Limit(w.Rate), burst)
-			// Rows wait for their turn while claimed: hold about two
-			// seconds' worth, so the lease covers the wait.
-			h.maxHeld = min(h.maxHeld, max(h.limit, int(math.Ceil(2*w.Rate))))
+			// Rows wait for their token while claimed: hold about two
+			// seconds' worth, at least one row (not one per request
+			// slot: at 30/m, 16 rows are 32 s of tokens), and let the
+			// lease cover the wait for all of them.
+			h.maxHeld = min(h.maxHeld, max(1, int(math.Ceil(2*w.Rate))))
+			rateWait = time.Duration(float64(h.maxHeld) / w.Rate * float64(time.Second))
 		}
 		// A claimed row waits for at most maxHeld/limit requests ahead of
-		// it, each bounded by a timeout, then takes its own: the lease
-		// covers that. (A dead dispatcher's rows are taken back sooner,
-		// through its heartbeat.)
-		h.lease = time.Duration((h.maxHeld+h.limit-1)/h.limit+1)*h.timeout + leaseMargin
+		// it, each bounded by a timeout, and for its rate-limit token,
+		// then takes its own: the lease covers that. (A dead dispatcher's
+		// rows are taken back sooner, through its heartbeat.)
+		h.lease = time.Duration((h.maxHeld+h.limit-1)/h.limit+1)*h.timeout + rateWait + leaseMargin
 		h.queue = make(chan *job, h.maxHeld)
 		h.breaker = newBreaker()
 		if p := opts.Previous; p != nil && p.concurrency == d.concurrency {
@@ -402,7 +419,7 @@ func defaultTransport(concurrency int) *http.Transport {
 // configuration reads the certificate files again when they change. It
 // logs a warning when the receiver's certificate is not checked.
 func tlsClient(w config.Webhook, concurrency int, log zerolog.Logger) (*http.Client, error) {
-	opts := w.TLS.Options()
+	opts := w.TLSOptions()
 	opts.OnReloadError = func(err error) {
 		log.Error().Err(err).Msg("tls: a changed certificate file cannot be used; fix it (the previous one is kept)")
 	}
@@ -443,6 +460,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 	// The heartbeat comes first: rows are claimed only by a dispatcher
 	// the others can see alive.
+	d.live = newLiveness(hard)
+	defer d.live.stop()
 	d.beat(ctx)
 	beatCtx, stopBeat := context.WithCancel(hard)
 	beatDone := make(chan struct{})
@@ -461,7 +480,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	var workers sync.WaitGroup
 	for _, h := range d.order {
 		for range h.limit {
-			workers.Go(func() { d.work(ctx, hard, h, results) })
+			workers.Go(func() { d.work(ctx, h, results) })
 		}
 	}
 

@@ -834,3 +834,59 @@ func seenSnapshot(mu *sync.Mutex, m map[string]int) map[string]int {
 	}
 	return c
 }
+
+// A dispatcher that cannot record its heartbeat cancels its requests in
+// flight before any other dispatcher may take its rows back (issue 24):
+// the rescue horizon is 5 s after the last heartbeat_at, and requests used
+// to run on until their timeout, so a stale copy could reach the receiver
+// after the object's next change.
+func TestLapsedHeartbeatCancelsRequestsInFlight(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	var first atomic.Bool
+	gone := make(chan time.Time, 1)
+	release := make(chan struct{})
+	rec := newRecorder(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		if first.CompareAndSwap(false, true) {
+			select { // hang until walhook gives up
+			case <-r.Context().Done():
+				gone <- time.Now()
+			case <-release:
+			}
+			return
+		}
+		w.WriteHeader(204)
+	})
+	id := e.insertOne("w", `{}`)
+	e.start(e.pool, testConfig(2, hookConfig("w", rec.srv.URL, func(w *config.Webhook) {
+		w.Timeout = config.Duration(time.Minute)
+	})), func(o *dispatch.Options) { o.ID = "lapsing" })
+	waitFor(t, 10*time.Second, "the request", func() bool { return rec.len() == 1 })
+	// Hold the dispatcher's heartbeat row: its heartbeat statements wait
+	// and time out, as on a database it cannot reach.
+	tx, err := e.pool.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { close(release) })
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	var lastBeat time.Time
+	if err := tx.QueryRow(t.Context(), `SELECT heartbeat_at FROM walhook.dispatchers WHERE id = 'lapsing' FOR UPDATE`).Scan(&lastBeat); err != nil {
+		t.Fatal(err)
+	}
+	rescuable := lastBeat.Add(5 * time.Second) // outbox.DeadAfter: others may take the row back from here
+	select {
+	case at := <-gone:
+		if !at.Before(rescuable) {
+			t.Errorf("request cancelled at %s, %s after the row could be taken back", at.Format(time.StampMilli), at.Sub(rescuable))
+		}
+		t.Logf("request cancelled %s after the last heartbeat, %s before the rescue horizon", at.Sub(lastBeat), rescuable.Sub(at))
+	case <-time.After(15 * time.Second):
+		t.Fatal("the request in flight was not cancelled while the heartbeat could not be recorded")
+	}
+	if err := tx.Rollback(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// Once it beats again the row goes out (rescued or released).
+	e.waitState(id, "delivered", 20*time.Second)
+}

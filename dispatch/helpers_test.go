@@ -93,6 +93,13 @@ func testLogger(t testing.TB) zerolog.Logger {
 // the test ends). stop returns Run's error.
 func (e *testEnv) start(pool *pgxpool.Pool, cfg *config.Config, opts ...func(*dispatch.Options)) (stop func() error) {
 	e.t.Helper()
+	_, stop = e.startDispatcher(pool, cfg, opts...)
+	return stop
+}
+
+// startDispatcher is start that also returns the running Dispatcher.
+func (e *testEnv) startDispatcher(pool *pgxpool.Pool, cfg *config.Config, opts ...func(*dispatch.Options)) (_ *dispatch.Dispatcher, stop func() error) {
+	e.t.Helper()
 	o := dispatch.Options{Pool: pool, Config: cfg, Logger: testLogger(e.t), Version: "test"}
 	for _, f := range opts {
 		f(&o)
@@ -122,7 +129,7 @@ func (e *testEnv) start(pool *pgxpool.Pool, cfg *config.Config, opts ...func(*di
 			e.t.Error(err)
 		}
 	})
-	return stop
+	return d, stop
 }
 
 // delivery is a row to insert.

@@ -2,6 +2,7 @@ package dispatch_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -196,6 +197,54 @@ func TestRateLimit(t *testing.T) {
 	}
 }
 
+// A low rate_limit keeps delivering (issue 24): with 16 request slots at
+// 30/m, each slot used to book a token up to 32 s ahead, past the claim's
+// deadline (7 s with a 1 s timeout), so the row was released, its token
+// wasted, and the next claim booked further still: 4 deliveries, then
+// none. Now a webhook holds only the rows its tokens can send in time.
+func TestLowRateLimitKeepsDelivering(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		rate float64 // per second
+		want int     // deliveries to wait for: past where the old code stalled
+	}{
+		{"30/m", 30.0 / 60, 10},
+		{"1000/h", 1000.0 / 3600, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t)
+			var mu sync.Mutex
+			var at []time.Time
+			rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+				mu.Lock()
+				at = append(at, time.Now())
+				mu.Unlock()
+				w.WriteHeader(204)
+			})
+			e.insertMany("w", 40, 0)
+			e.start(e.pool, testConfig(16, hookConfig("w", rec.srv.URL, func(w *config.Webhook) {
+				w.Rate = tc.rate
+				w.Timeout = config.Duration(time.Second)
+			})))
+			// Bounded by twice the time the rate needs.
+			bound := 2 * time.Duration(float64(tc.want)/tc.rate*float64(time.Second))
+			waitFor(t, bound, fmt.Sprintf("%d deliveries at %s", tc.want, tc.name), func() bool { return rec.len() >= tc.want })
+			mu.Lock()
+			defer mu.Unlock()
+			// The limit holds: n requests span at least (n-1-burst)/rate.
+			n := len(at)
+			if span, least := at[n-1].Sub(at[0]), time.Duration(float64(n-2)/tc.rate*float64(time.Second)); span < least*9/10 {
+				t.Errorf("%d requests within %s at %s", n, span, tc.name)
+			}
+			if r := e.count(`state = 'failed'`); r != 0 {
+				t.Errorf("%d rows failed", r)
+			}
+		})
+	}
+}
+
 // Failed rows are deleted after dispatch.failed_retention, delivered rows
 // after dispatch.retention; nothing younger is touched.
 func TestFailedRetention(t *testing.T) {
@@ -261,4 +310,48 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// The receiver's response body is never logged (docs/queue.md), whatever
+// the line: a failed attempt, a failed delivery, the breaker opening. It
+// can echo the request. The row's last_error keeps its start (issue 24:
+// it was logged at warn level).
+func TestLogsNeverShowTheResponseBody(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	const echo = "ECHOED-PAYLOAD-c29tZSBzZWNyZXQ"
+	rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+		w.WriteHeader(503)
+		_, _ = w.Write([]byte(`{"error": "unavailable", "request": "` + echo + `"}`))
+	})
+	// "once" fails each row at its first attempt and opens its breaker;
+	// "again" retries.
+	for range 6 {
+		e.insertOne("once", `{}`)
+	}
+	e.insertOne("again", `{}`)
+	var logs syncBuffer
+	obs := &breakerLog{}
+	e.start(e.pool, testConfig(4,
+		hookConfig("once", rec.srv.URL, func(w *config.Webhook) { w.Retry.MaxAttempts = 1 }),
+		hookConfig("again", rec.srv.URL)),
+		func(o *dispatch.Options) {
+			o.Logger = zerolog.New(&logs).Level(zerolog.DebugLevel)
+			o.Observer = obs
+		})
+	waitFor(t, 15*time.Second, "failed deliveries, a retry and the breaker open", func() bool {
+		return e.count(`state = 'failed'`) > 0 && len(obs.list()) > 0 && strings.Contains(logs.String(), "delivery attempt failed")
+	})
+	out := logs.String()
+	for _, msg := range []string{"delivery attempt failed", "delivery failed after its last attempt", "circuit opened"} {
+		if !strings.Contains(out, msg) {
+			t.Errorf("no %q line in the log:\n%s", msg, out)
+		}
+	}
+	if strings.Contains(out, echo) {
+		t.Errorf("the log shows the response body:\n%s", out)
+	}
+	if n := e.count(`last_error LIKE '%' || $1 || '%'`, echo); n == 0 {
+		t.Error("no row keeps the start of the response body in last_error")
+	}
 }

@@ -14,3 +14,12 @@ type Observer interface {
 type BreakerObserver interface {
 	BreakerChanged(webhook string, state outbox.BreakerState)
 }
+
+// OutcomeObserver is told, when the Observer implements it too, of every
+// failed write of a batch of delivery outcomes and of every outcome
+// dropped because the database keeps refusing it (see Dispatcher.Stall).
+// It must be safe for concurrent use and must not block.
+type OutcomeObserver interface {
+	OutcomeWriteFailed()
+	OutcomesDropped(n int)
+}

@@ -60,9 +60,9 @@ func Backoff(attempt int, initial, max time.Duration, jitter float64) time.Durat
 // ctx is done, when their lease could run out, while h's circuit breaker
 // is open (unless the job is the probe), and while this dispatcher could
 // not record its heartbeat (others may have taken its rows back).
-func (d *Dispatcher) work(ctx, hard context.Context, h *hook, results chan<- result) {
+func (d *Dispatcher) work(ctx context.Context, h *hook, results chan<- result) {
 	for j := range h.queue {
-		r := d.handle(ctx, hard, j)
+		r := d.handle(ctx, j)
 		if j.probe && r.Mode == outbox.Released {
 			// The probe was not sent: probe again after the interval.
 			h.breaker.noProbe(time.Now())
@@ -73,13 +73,19 @@ func (d *Dispatcher) work(ctx, hard context.Context, h *hook, results chan<- res
 	}
 }
 
-func (d *Dispatcher) handle(ctx, hard context.Context, j *job) result {
+func (d *Dispatcher) handle(ctx context.Context, j *job) result {
 	h := j.hook
 	if !h.breaker.sending(j.probe) || ctx.Err() != nil {
 		return release(j)
 	}
 	if h.rate != nil {
-		if err := h.rate.Wait(ctx); err != nil {
+		// A token that would come after the row's deadline is not taken
+		// (Wait fails at once): the row goes back unsent and the token
+		// stays for a row that can use it.
+		wctx, cancel := context.WithDeadline(ctx, j.deadline)
+		err := h.rate.Wait(wctx)
+		cancel()
+		if err != nil {
 			return release(j)
 		}
 	}
@@ -89,6 +95,7 @@ func (d *Dispatcher) handle(ctx, hard context.Context, j *job) result {
 		return release(j)
 	}
 	defer func() { <-d.slots }()
+	live, alive := d.live.current()
 	switch {
 	case time.Now().After(j.deadline):
 		// It waited so long that its lease could run out mid-request
@@ -96,12 +103,14 @@ func (d *Dispatcher) handle(ctx, hard context.Context, j *job) result {
 		// the process stalled: the lease covers the longest wait.
 		h.log.Warn().Int64("delivery", j.id).Msg("claimed delivery waited too long to be sent; releasing it")
 		return release(j)
-	case !d.alive():
+	case !alive:
 		return release(j)
 	case !h.breaker.sending(j.probe):
 		return release(j)
 	}
-	return d.attempt(hard, j)
+	// The request runs under the liveness context (not ctx: shutdown
+	// lets it finish): it is cancelled when the heartbeat lapses.
+	return d.attempt(live, j)
 }
 
 // release is the outcome of a claimed row that was not sent.
@@ -143,6 +152,14 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	if span != nil {
 		endSpan(span, resp)
 	}
+	if resp.status == 0 && errors.Is(context.Cause(ctx), errHeartbeatLapsed) {
+		// Cancelled because this dispatcher cannot prove it is alive:
+		// not the receiver's failure. The row goes back as it was (if it
+		// is still this dispatcher's claim) and is sent again.
+		h.log.Warn().Int64("delivery", j.id).Dur("took_ms", took).
+			Msg("request cancelled: the heartbeat could not be recorded, so another dispatcher may take the row back")
+		return release(j)
+	}
 	r := result{ID: j.id, ClaimedAt: j.claimedAt, PrevAttemptAt: j.prevAttemptAt, Status: resp.status, Err: resp.err,
 		Sent: outbox.SentAttempt{Started: start, Duration: took, Error: resp.failure, Response: resp.body,
 			Probe: j.probe, SpanID: parent.String()}}
@@ -162,12 +179,12 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 	case j.probe && !healthy:
 		// A failed probe: recorded, but it does not use up an attempt.
 		r.State, r.Mode, outcome = outbox.StatePending, outbox.Probed, outbox.OutcomeRetry
-		h.log.Debug().Int64("delivery", j.id).Int("status", resp.status).Str("error", logText(resp.err)).
+		h.log.Debug().Int64("delivery", j.id).Int("status", resp.status).Str("error", resp.logError()).
 			Dur("took_ms", took).Msg("circuit-breaker probe failed")
 	case j.attempts >= h.maxAttempts:
 		r.State, outcome = outbox.StateFailed, outbox.OutcomeFailed
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-			Str("error", logText(resp.err)).Dur("took_ms", took).
+			Str("error", resp.logError()).Dur("took_ms", took).
 			Msg("delivery failed after its last attempt; retry it with `walhook retry`")
 	default:
 		delay := Backoff(j.attempts, h.initial, h.maxInterval, d.rand())
@@ -176,7 +193,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 		}
 		r.State, r.Delay, outcome = outbox.StatePending, delay, outbox.OutcomeRetry
 		h.log.Warn().Int64("delivery", j.id).Int("attempt", j.attempts).Int("status", resp.status).
-			Str("error", logText(resp.err)).Dur("took_ms", took).Dur("retry_in_ms", delay).
+			Str("error", resp.logError()).Dur("took_ms", took).Dur("retry_in_ms", delay).
 			Msg("delivery attempt failed")
 	}
 	switch outcome {
@@ -201,7 +218,7 @@ func (d *Dispatcher) attempt(ctx context.Context, j *job) result {
 func (d *Dispatcher) breakerChanged(h *hook, state outbox.BreakerState, resp response) {
 	switch state {
 	case outbox.BreakerOpen:
-		h.log.Error().Int("failures", breakerThreshold).Int("status", resp.status).Str("error", logText(resp.err)).
+		h.log.Error().Int("failures", breakerThreshold).Int("status", resp.status).Str("error", resp.logError()).
 			Dur("probe_in_ms", breakerMinInterval).
 			Msg("circuit opened: the receiver keeps failing; its deliveries are paused (none is marked failed) and it is probed with one request at a growing interval")
 	case outbox.BreakerClosed:
@@ -285,6 +302,13 @@ func (d *Dispatcher) send(ctx context.Context, j *job, traceparent string) respo
 	}
 	return out
 }
+
+// logError is what a log line says of an attempt's error: why there was no
+// usable response (connection, TLS, timeout, an unfollowed redirect), cut
+// short; "" when the receiver answered (its status is logged). The
+// response body is never logged: it can echo the request. The row's
+// last_error and the attempt history keep its start.
+func (r response) logError() string { return logText(r.failure) }
 
 // failed is the response of an attempt that got no HTTP response.
 func failed(err string) response {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -247,5 +248,46 @@ func TestTraceparent(t *testing.T) {
 			t.Errorf("attempt %d: span id %s reused", i+1, span)
 		}
 		spans[span] = true
+	}
+}
+
+// An https URL with an IP address and a ca_file (issue 24): the
+// certificate's names used to be checked against the SNI name, which is
+// empty for an IP address, so any certificate of the trusted CA passed.
+// It must name the URL's host, or tls.server_name when that is set.
+func TestTLSChecksTheURLsIPAddress(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	ca := pkitest.NewCA(t, "receiver CA")
+	var got atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	// Trusted CA, but the certificate names hooks.internal, not 127.0.0.1.
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.ServerWithoutIP("hooks.internal").TLS}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	if !strings.HasPrefix(srv.URL, "https://127.0.0.1:") {
+		t.Fatalf("receiver URL %s has no IP address", srv.URL)
+	}
+	caFile := pkitest.Write(t, t.TempDir(), "ca.pem", ca.PEM)
+	wrong := hookConfig("ip", srv.URL, func(w *config.Webhook) {
+		w.TLS = config.WebhookTLS{CAFile: caFile, CAOnly: true}
+		w.Retry.MaxAttempts = 1
+	})
+	named := hookConfig("named", srv.URL, func(w *config.Webhook) {
+		w.TLS = config.WebhookTLS{CAFile: caFile, CAOnly: true, ServerName: "hooks.internal"}
+		w.Retry.MaxAttempts = 1
+	})
+	wrongID, namedID := e.insertOne("ip", `{}`), e.insertOne("named", `{}`)
+	e.start(e.pool, testConfig(4, wrong, named))
+	r := e.waitState(wrongID, "failed", 20*time.Second)
+	if msg := deref(r.LastError); msg == nil || !strings.Contains(msg.(string), "127.0.0.1") {
+		t.Errorf("last_error = %v, want the certificate refused for 127.0.0.1", msg)
+	}
+	e.waitState(namedID, "delivered", 20*time.Second)
+	if n := got.Load(); n != 1 {
+		t.Errorf("receiver got %d requests, want 1 (server_name hooks.internal)", n)
 	}
 }

@@ -284,10 +284,11 @@ log:
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		// Rows delivered now that the promoted server lacks: none (those
-		// committed after the row count above are checked next round).
+		// Rows delivered that the promoted server lacks: none. (Delivered
+		// first, then read: the application keeps writing.)
+		delivered := rcv.snapshot()
 		now := h.rows(t)
-		for id := range rcv.snapshot() {
+		for id := range delivered {
 			if !now[id] {
 				t.Fatalf("round %d: row %d was delivered but the promoted server lacks it", round, id)
 			}

@@ -73,7 +73,7 @@ func tlsCheck(ctx context.Context, file string, w config.Webhook, i int, now fun
 	}
 	tc := &tls.Config{}
 	if w.TLS.IsSet() {
-		c, err := clienttls.New(w.TLS.Options())
+		c, err := clienttls.New(w.TLSOptions())
 		if err != nil {
 			return fail(err.Error(), "-- fix "+at)
 		}

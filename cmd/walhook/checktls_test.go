@@ -71,6 +71,29 @@ func TestTLSCheck(t *testing.T) {
 	}
 }
 
+// An https URL with an IP address, a ca_file and a certificate of that CA
+// that does not name the IP address (issue 24): check's handshake fails
+// (it passed: no name was checked without SNI), and passes with
+// server_name set to the name the certificate has.
+func TestTLSCheckIPAddressURL(t *testing.T) {
+	t.Parallel()
+	ca := pkitest.NewCA(t, "receiver CA")
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.ServerWithoutIP("hooks.internal").TLS}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	caFile := pkitest.Write(t, t.TempDir(), "ca.pem", ca.PEM)
+	w := config.Webhook{Name: "inventory", URL: srv.URL, TLS: config.WebhookTLS{CAFile: caFile, CAOnly: true}, Line: 12}
+	if got := tlsCheck(context.Background(), "walhook.yaml", w, 0, time.Now); got.Status != preflight.Fail ||
+		!strings.Contains(got.Detail+got.Fix, "hooks.internal") {
+		t.Errorf("check with a certificate that does not name %s = %+v, want a FAIL naming the certificate's name", srv.URL, got)
+	}
+	w.TLS.ServerName = "hooks.internal"
+	if got := tlsCheck(context.Background(), "walhook.yaml", w, 0, time.Now); got.Status != preflight.OK {
+		t.Errorf("check with server_name hooks.internal = %+v, want OK", got)
+	}
+}
+
 // TestBadCertificateFileExits2 checks that run and check both refuse a
 // configuration naming a missing certificate file, with its file:line,
 // as a configuration error (exit 2), before touching any database.

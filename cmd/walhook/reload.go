@@ -282,6 +282,17 @@ func (r *dispatchRunner) startLocked(d *dispatch.Dispatcher) {
 	}()
 }
 
+// Stall is the current Dispatcher's (web.DispatchStatus, for /readyz).
+func (r *dispatchRunner) Stall() string {
+	r.mu.Lock()
+	d := r.cur
+	if d == nil {
+		d = r.first
+	}
+	r.mu.Unlock()
+	return d.Stall()
+}
+
 // swap makes d the running Dispatcher and stops the previous one.
 func (r *dispatchRunner) swap(d *dispatch.Dispatcher) {
 	r.mu.Lock()

@@ -84,5 +84,13 @@ func cmdRetry(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	fmt.Fprintf(stdout, "re-queued %d deliveries\n", n)
+	left, err := store.CountFailedAtCapture(ctx, f, now)
+	if err != nil {
+		return outboxError(err, cfg.Database.Schema)
+	}
+	if left > 0 {
+		fmt.Fprintf(stdout, "left %d failed: their body_template failed when the change was captured, so the stored body is "+
+			"the default body, not the template's; fix the template, then resend the objects with walhook backfill\n", left)
+	}
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/walhook/walhook/dispatch"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/internal/pgnet"
 	"github.com/walhook/walhook/internal/tracing"
 	"github.com/walhook/walhook/internal/web"
 	"github.com/walhook/walhook/migrations"
@@ -53,12 +54,6 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()
 }
 
-// openPool opens a pool and checks that the database answers, turning the
-// usual failures into one line that says what to do.
-// defaultConnectTimeout bounds every connection attempt of a command whose
-// DSN sets no connect_timeout.
-const defaultConnectTimeout = 10 * time.Second
-
 // errCommandTimeout is why a one-shot command gave up.
 var errCommandTimeout = errors.New("no answer from the database within " + commandTimeout.String())
 
@@ -80,6 +75,8 @@ func openOutbox(ctx context.Context, path string) (*config.Config, *pgxpool.Pool
 	return cfg, pool, nil
 }
 
+// openPool opens a pool and checks that the database answers, turning the
+// usual failures into one line that says what to do.
 func openPool(ctx context.Context, dsn, what string, params map[string]string) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
@@ -89,9 +86,12 @@ func openPool(ctx context.Context, dsn, what string, params map[string]string) (
 		pc.ConnConfig.RuntimeParams[k] = v
 	}
 	// A server that accepts TCP and never answers must not hang a command:
-	// 10 s to connect unless the DSN says otherwise.
-	if !strings.Contains(dsn, "connect_timeout") {
-		pc.ConnConfig.ConnectTimeout = defaultConnectTimeout
+	// a connect timeout unless the DSN sets one, TCP keepalives and
+	// TCP_USER_TIMEOUT on every connection, and an idle connection that
+	// does not answer its ping is dropped rather than handed out.
+	pgnet.Configure(&pc.ConnConfig.Config)
+	if !strings.Contains(dsn, "pool_ping_timeout") {
+		pc.PingTimeout = pgnet.PingTimeout
 	}
 	// pgxpool's default cap is max(4, CPUs): on a small machine capture,
 	// dispatch (up to four at once), the metrics and the status page would
@@ -210,6 +210,7 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		wg      sync.WaitGroup
 		starts  []func()
 		capt    *cdc.Capture
+		disp    *dispatchRunner
 		slotDB  *pgxpool.Pool
 		errs    = make(chan error, 3)
 		running = func(what string, f func(context.Context) error) func() {
@@ -273,6 +274,7 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		}
 		dr := &dispatchRunner{opts: dopts, log: log, first: d}
 		starts = append(starts, running("dispatch", dr.run))
+		disp = dr
 		if reload != nil {
 			reload.sender = dr
 		}
@@ -285,6 +287,9 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		}
 		if reload != nil {
 			opts.Reloader = reload
+		}
+		if disp != nil {
+			opts.Dispatch = disp
 		}
 		srv, err := web.New(opts)
 		if err != nil {

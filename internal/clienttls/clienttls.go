@@ -57,8 +57,12 @@ type Options struct {
 	// and its unencrypted private key (PKCS#1, SEC 1 or PKCS#8).
 	CertFile, KeyFile string
 	// ServerName overrides the name sent in SNI and checked against the
-	// receiver's certificate (default: the URL's host).
+	// receiver's certificate (default: Host).
 	ServerName string
+	// Host is the host of the receiver's URL (a DNS name or an IP
+	// address), which its certificate must name when ServerName is not
+	// set. It is checked even when no SNI is sent (IP addresses).
+	Host string
 	// InsecureSkipVerify turns off every check of the receiver's
 	// certificate.
 	InsecureSkipVerify bool
@@ -311,14 +315,26 @@ func (c *Config) reloadFailed(which string, st stamp, err error) {
 }
 
 // verify checks the receiver's chain against the current roots and its
-// name against the SNI name, as crypto/tls would.
+// name, as crypto/tls would: ServerName, else Host, else the SNI name. The
+// SNI name alone is not enough: it is empty for an IP address, and an
+// empty name would let any certificate of a trusted CA pass.
 func (c *Config) verify(cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("tls: the receiver sent no certificate")
 	}
+	name := c.opts.ServerName
+	if name == "" {
+		name = c.opts.Host
+	}
+	if name == "" {
+		name = cs.ServerName
+	}
+	if name == "" {
+		return errors.New("tls: no name to check the receiver's certificate against: set tls.server_name")
+	}
 	opts := x509.VerifyOptions{
 		Roots:         c.roots(),
-		DNSName:       cs.ServerName,
+		DNSName:       name,
 		Intermediates: x509.NewCertPool(),
 	}
 	for _, ic := range cs.PeerCertificates[1:] {

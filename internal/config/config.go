@@ -273,12 +273,24 @@ type WebhookTLS struct {
 // shares the default HTTP client.
 func (t WebhookTLS) IsSet() bool { return t != WebhookTLS{} }
 
-// Options returns the settings for clienttls.New.
+// Options returns the settings for clienttls.New, without the receiver's
+// host: Webhook.TLSOptions adds it.
 func (t WebhookTLS) Options() clienttls.Options {
 	return clienttls.Options{
 		CAFile: t.CAFile, CAOnly: t.CAOnly, CertFile: t.CertFile, KeyFile: t.KeyFile,
 		ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: t.MinVersion,
 	}
+}
+
+// TLSOptions returns the webhook's tls settings for clienttls.New, with
+// its URL's host, which the receiver's certificate must name unless
+// tls.server_name is set.
+func (w Webhook) TLSOptions() clienttls.Options {
+	o := w.TLS.Options()
+	if u, err := url.Parse(w.URL); err == nil {
+		o.Host = u.Hostname()
+	}
+	return o
 }
 
 // SigningSecrets returns the webhook's secrets in order: secret, or the

@@ -18,12 +18,15 @@ import (
 type EnqueueStatements struct {
 	// Table and Columns are the COPY target: a row is
 	// (webhook, event, model, object_key, commit_lsn, seq, committed_at,
-	// body, state, last_error).
+	// body, state, last_error, last_attempt_at). A row stored failed
+	// (its body_template failed) has last_attempt_at = committed_at, so
+	// that dispatch.failed_retention deletes it; other rows NULL.
 	Table   pgx.Identifier
 	Columns []string
-	// Insert takes ten parallel arrays in Columns' order (commit_lsn as
-	// text, state and last_error "" for pending / NULL) and skips rows
-	// whose (webhook, commit_lsn, seq) is already there: a replay.
+	// Insert takes ten parallel arrays in the order of Columns' first ten
+	// (commit_lsn as text, state and last_error "" for pending / NULL;
+	// last_attempt_at follows from state) and skips rows whose (webhook,
+	// commit_lsn, seq) is already there: a replay.
 	Insert string
 	// Checkpoint stores ($1 slot, $2 LSN as text) and never moves backwards.
 	Checkpoint string
@@ -33,9 +36,9 @@ type EnqueueStatements struct {
 func (s *Store) Enqueue() EnqueueStatements {
 	return EnqueueStatements{
 		Table:   pgx.Identifier{s.schema, "deliveries"},
-		Columns: []string{"webhook", "event", "model", "object_key", "commit_lsn", "seq", "committed_at", "body", "state", "last_error"},
-		Insert: "INSERT INTO " + s.deliveries + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, state, last_error)
-			SELECT w, e, m, k, l, s, c, b, coalesce(nullif(st, ''), 'pending'), nullif(le, '')
+		Columns: []string{"webhook", "event", "model", "object_key", "commit_lsn", "seq", "committed_at", "body", "state", "last_error", "last_attempt_at"},
+		Insert: "INSERT INTO " + s.deliveries + ` (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, state, last_error, last_attempt_at)
+			SELECT w, e, m, k, l, s, c, b, coalesce(nullif(st, ''), 'pending'), nullif(le, ''), CASE WHEN st = 'failed' THEN c END
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]::pg_lsn[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[], $10::text[]) AS u(w, e, m, k, l, s, c, b, st, le)
 			ON CONFLICT (webhook, commit_lsn, seq) DO NOTHING`,
 		Checkpoint: "INSERT INTO " + s.checkpoints + ` (slot, lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now())

@@ -14,6 +14,10 @@ import (
 // PurgeBatch is how many rows one retention DELETE removes.
 const PurgeBatch = 1000
 
+// claimTimeoutMargin caps how long before the caller's deadline the server
+// cancels a claim (a quarter of the time left, at most this).
+const claimTimeoutMargin = 2 * time.Second
+
 // queries are the queue's statements, built once for a schema.
 type queries struct {
 	claim, outcome, promote, rescue, release string
@@ -251,12 +255,42 @@ type Claimed struct {
 // returns the claimed rows and how many rows it parked behind an earlier
 // change of their object. Claimed plus parked equal to a webhook's limit
 // means more may be due.
+//
+// When ctx has a deadline, the server cancels the statement a little
+// before it (a statement_timeout set for the claim's transaction alone):
+// a claim the client gave up on must not commit, or its rows would stay
+// delivering, claimed by a dispatcher that never saw them, until their
+// lease ends.
 func (s *Store) Claim(ctx context.Context, req ClaimRequest) (out []Claimed, parked map[string]int, err error) {
 	leases := make([]int64, len(req.Leases))
 	for i, l := range req.Leases {
 		leases[i] = l.Microseconds()
 	}
-	rows, err := s.pool.Query(ctx, s.q.claim, req.Webhooks, req.Limits, leases, req.By)
+	b := &pgx.Batch{}
+	timeout := false
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		left -= min(left/4, claimTimeoutMargin)
+		if left < time.Millisecond {
+			return nil, nil, fmt.Errorf("claim: %w", context.DeadlineExceeded)
+		}
+		// One batch is one implicit transaction: the setting ends with it.
+		b.Queue("SELECT set_config('statement_timeout', $1, true)", strconv.FormatInt(left.Milliseconds(), 10))
+		timeout = true
+	}
+	b.Queue(s.q.claim, req.Webhooks, req.Limits, leases, req.By)
+	br := s.pool.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); err == nil && cerr != nil {
+			out, parked, err = nil, nil, fmt.Errorf("claim: %w", cerr)
+		}
+	}()
+	if timeout {
+		if _, err := br.Exec(); err != nil {
+			return nil, nil, fmt.Errorf("claim: set statement_timeout: %w", err)
+		}
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, nil, fmt.Errorf("claim: %w", err)
 	}
@@ -343,7 +377,13 @@ type SentAttempt struct {
 // parked change of each finished object pending, in one transaction (one
 // round trip). It returns how many rows were written: fewer than
 // len(batch) when some were taken back from this dispatcher meanwhile.
+//
+// An outcome of a delivery that a later outcome in batch supersedes (the
+// row was taken back and claimed again, by this dispatcher too, while the
+// first outcome waited to be written) is left out: only the latest claim
+// can still be written, and one statement cannot write a row twice.
 func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (int64, error) {
+	batch = latestClaims(batch)
 	args := outcomeArgs(by, batch)
 	b := &pgx.Batch{}
 	b.Queue(s.q.outcome, args...)
@@ -362,6 +402,35 @@ func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (
 		return 0, fmt.Errorf("write %d outcomes: %w", len(batch), err)
 	}
 	return n, nil
+}
+
+// latestClaims is batch with, for each delivery id, only the outcome of
+// its latest claim (the greatest ClaimedAt; the later one in batch on a
+// tie). It returns batch itself when every id is distinct.
+func latestClaims(batch []Outcome) []Outcome {
+	at := make(map[int64]int, len(batch))
+	dup := false
+	for i := range batch {
+		j, ok := at[batch[i].ID]
+		if !ok {
+			at[batch[i].ID] = i
+			continue
+		}
+		dup = true
+		if !batch[i].ClaimedAt.Before(batch[j].ClaimedAt) {
+			at[batch[i].ID] = i
+		}
+	}
+	if !dup {
+		return batch
+	}
+	out := make([]Outcome, 0, len(at))
+	for i := range batch {
+		if at[batch[i].ID] == i {
+			out = append(out, batch[i])
+		}
+	}
+	return out
 }
 
 // outcomeArgs are the outcome statement's arguments for batch, written by

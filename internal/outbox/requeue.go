@@ -37,6 +37,19 @@ type RequeueFilter struct {
 	SkipSuperseded bool
 }
 
+// failedAtCaptureSQL is true for a row d that capture stored failed (its
+// webhook's body_template failed to render): never attempted, and its body
+// is the default body, not the template's, so Requeue leaves it alone.
+const failedAtCaptureSQL = `(d.state = 'failed' AND d.attempts = 0)`
+
+// FailedAtCapture reports whether a delivery in state with attempts was
+// stored failed by capture (its body_template failed): it is never
+// re-queued; fix the template and resend the object with walhook backfill.
+// Every other failed row has made at least one attempt.
+func FailedAtCapture(state string, attempts int) bool {
+	return state == StateFailed && attempts == 0
+}
+
 // supersededSQL is true for a row d of which a later change of the same
 // object was delivered.
 const supersededSQL = `EXISTS (SELECT 1 FROM %[1]s AS l
@@ -44,8 +57,9 @@ const supersededSQL = `EXISTS (SELECT 1 FROM %[1]s AS l
 	  AND (l.commit_lsn, l.seq) > (d.commit_lsn, d.seq) AND l.state = 'delivered')`
 
 // Requeue puts the deliveries f selects back to pending, due now, and returns
-// how many it changed. It never touches pending or delivering rows. It
-// notifies running Dispatchers so the rows go out at once. now is the
+// how many it changed. It never touches pending or delivering rows, nor
+// rows failed at capture (see FailedAtCapture and CountFailedAtCapture).
+// It notifies running Dispatchers so the rows go out at once. now is the
 // reference time for f.Since.
 func (s *Store) Requeue(ctx context.Context, f RequeueFilter, now time.Time) (int64, error) {
 	if len(f.IDs) == 0 && f.Webhook == "" && f.Model == "" && f.Since == 0 && !f.AllFailed {
@@ -55,6 +69,7 @@ func (s *Store) Requeue(ctx context.Context, f RequeueFilter, now time.Time) (in
 		return 0, fmt.Errorf("requeue: negative since %s", f.Since)
 	}
 	where, args := s.requeueWhere(f, now)
+	where = append(where, "NOT "+failedAtCaptureSQL)
 	set := "state = 'pending', next_attempt_at = now(), delivered_at = NULL, locked_until = NULL, locked_by = NULL"
 	if f.ResetAttempts {
 		set += ", attempts = 0"
@@ -113,10 +128,25 @@ func (s *Store) Superseded(ctx context.Context, f RequeueFilter, now time.Time) 
 		return 0, ErrNoFilter
 	}
 	where, args := s.requeueWhere(f, now)
-	where = append(where, fmt.Sprintf(supersededSQL, s.deliveries))
+	where = append(where, "NOT "+failedAtCaptureSQL, fmt.Sprintf(supersededSQL, s.deliveries))
 	var n int64
 	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM "+s.deliveries+" AS d WHERE "+strings.Join(where, " AND "), args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count superseded deliveries: %w", err)
+	}
+	return n, nil
+}
+
+// CountFailedAtCapture counts the rows f selects that Requeue leaves alone
+// because capture stored them failed (their body_template failed).
+func (s *Store) CountFailedAtCapture(ctx context.Context, f RequeueFilter, now time.Time) (int64, error) {
+	if len(f.IDs) == 0 && f.Webhook == "" && f.Model == "" && f.Since == 0 && !f.AllFailed {
+		return 0, ErrNoFilter
+	}
+	where, args := s.requeueWhere(f, now)
+	where = append(where, failedAtCaptureSQL)
+	var n int64
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM "+s.deliveries+" AS d WHERE "+strings.Join(where, " AND "), args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count deliveries failed at capture: %w", err)
 	}
 	return n, nil
 }

@@ -34,6 +34,9 @@ type Metrics struct {
 	unmapped *prometheus.CounterVec
 	truncate *prometheus.CounterVec
 	gaps     *prometheus.CounterVec
+	// outcomeErrors and outcomesDropped count failed writes of delivery
+	// outcomes and outcomes given up on (dispatch.OutcomeObserver).
+	outcomeErrors, outcomesDropped prometheus.Counter
 	// hooks holds the series of the configured webhooks, resolved once so
 	// that observing an attempt takes no lock. Replaced whole (never
 	// changed) when a reload adds webhooks.
@@ -100,6 +103,14 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 			Namespace: namespace, Name: "config_last_reload_success_timestamp_seconds",
 			Help: "When the configuration in use was loaded (at start or by the last successful reload), as Unix seconds.",
 		}),
+		outcomeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "outcome_write_errors_total",
+			Help: "Failed writes of a batch of delivery outcomes (each is retried; after 3 in a row /readyz reports it).",
+		}),
+		outcomesDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "outcomes_dropped_total",
+			Help: "Delivery outcomes given up on because the database keeps refusing them: their rows are sent again once their lease runs out.",
+		}),
 	}
 	m.reloadOK.Set(1)
 	m.reloadAt.SetToCurrentTime()
@@ -112,6 +123,7 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 	})
 	build.Set(1)
 	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, m.breaker, m.unmapped, m.truncate, m.gaps, build, m.reloadOK, m.reloadAt,
+		m.outcomeErrors, m.outcomesDropped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if cfg == nil {
 		return m
@@ -167,6 +179,12 @@ func (m *Metrics) newHook(name string) *hookMetrics {
 
 // Registry is the registry /metrics serves.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// OutcomeWriteFailed implements dispatch.OutcomeObserver.
+func (m *Metrics) OutcomeWriteFailed() { m.outcomeErrors.Inc() }
+
+// OutcomesDropped implements dispatch.OutcomeObserver.
+func (m *Metrics) OutcomesDropped(n int) { m.outcomesDropped.Add(float64(n)) }
 
 // Enqueued implements cdc.Observer.
 func (m *Metrics) Enqueued(model, event string, rows int) {

@@ -354,7 +354,7 @@ func (s *Server) list(ctx context.Context, f filter) (rows []rowView, more bool,
 	for _, d := range list {
 		r := rowView{ID: d.ID, Webhook: d.Webhook, Model: d.Model, Event: d.Event, Key: d.ObjectKey, State: d.State,
 			Attempts: d.Attempts, LastStatus: d.LastStatus, LastAttempt: d.LastAttemptAt,
-			CanRetry: d.State == outbox.StateFailed}
+			CanRetry: d.State == outbox.StateFailed && !outbox.FailedAtCapture(d.State, int(d.Attempts))}
 		commit, next := d.CommittedAt, d.NextAttemptAt
 		r.Commit, r.NextAttempt = &commit, &next
 		if d.LastError != nil {
@@ -482,8 +482,11 @@ type deliveryPage struct {
 	// Superseded: a later change of the same object was delivered, so
 	// retrying this one would leave the receiver with older state.
 	Superseded bool
-	Back       string
-	Here       string
+	// FailedAtCapture: the webhook's body_template failed when the change
+	// was captured; the row cannot be retried.
+	FailedAtCapture bool
+	Back            string
+	Here            string
 }
 
 func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
@@ -531,10 +534,14 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 			p.HeaderError = err.Error()
 		}
 	}
-	switch d.State {
-	case outbox.StateFailed:
+	switch {
+	case outbox.FailedAtCapture(d.State, int(d.Attempts)):
+		// Its body is the default body, not the template's: a retry
+		// would send the wrong body (Requeue refuses it anyway).
+		p.FailedAtCapture = true
+	case d.State == outbox.StateFailed:
 		p.RetryLabel = "Retry"
-	case outbox.StateDelivered:
+	case d.State == outbox.StateDelivered:
 		p.RetryLabel = "Send again"
 	}
 	if p.RetryLabel != "" {

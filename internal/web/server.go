@@ -35,6 +35,13 @@ type CaptureStatus interface {
 	Collisions() int64
 }
 
+// DispatchStatus is what the server reads from the dispatcher running in
+// this process; *dispatch.Dispatcher implements it.
+type DispatchStatus interface {
+	// Stall says why dispatch is not making progress ("" when it is).
+	Stall() string
+}
+
 // Options configure a Server. Config and Outbox are required.
 type Options struct {
 	Config *config.Config
@@ -49,6 +56,9 @@ type Options struct {
 	// Dispatching says whether this process sends deliveries (shown on the
 	// page next to the per-process counts).
 	Dispatching bool
+	// Dispatch is the dispatcher of this process, nil when it does not
+	// send; /readyz reports its stalls.
+	Dispatch DispatchStatus
 	// Metrics are this process's metrics; New adds the database and
 	// capture gauges to its registry. Optional: New makes its own.
 	Metrics *Metrics
@@ -69,6 +79,7 @@ type Server struct {
 	store       *outbox.Store
 	capture     CaptureStatus
 	dispatching bool
+	dispatch    DispatchStatus
 	metrics     *Metrics
 	stats       *statsReader
 	log         zerolog.Logger
@@ -87,6 +98,8 @@ type Server struct {
 
 	pages   map[string]*template.Template
 	handler http.Handler
+	// health is whether the outbox answers, kept by Watch for /readyz.
+	health *outboxHealth
 
 	// live is the configuration in use (SetConfig); reloader reloads it.
 	live     atomic.Pointer[config.Config]
@@ -106,6 +119,7 @@ func New(opts Options) (*Server, error) {
 		store:        outbox.New(opts.Outbox, cfg.Database.Schema),
 		capture:      opts.Capture,
 		dispatching:  opts.Dispatching,
+		dispatch:     opts.Dispatch,
 		metrics:      opts.Metrics,
 		log:          opts.Logger.With().Str("component", "http").Logger(),
 		version:      opts.Version,
@@ -113,6 +127,7 @@ func New(opts Options) (*Server, error) {
 		schema:       cfg.Database.Schema,
 		token:        cfg.HTTP.Token,
 		loopbackOnly: cfg.HTTP.Token == "",
+		health:       newOutboxHealth(),
 		reloader:     opts.Reloader,
 	}
 	s.live.Store(cfg)
@@ -180,8 +195,18 @@ func (s *Server) routes() http.Handler {
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Serve serves on ln until ctx is done, then shuts down, letting running
-// requests finish for a few seconds.
+// requests finish for a few seconds. It runs Watch meanwhile.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	wctx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		s.Watch(wctx)
+	}()
+	defer func() {
+		stopWatch()
+		<-watched
+	}()
 	srv := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -266,16 +291,16 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ok")
 }
 
-// readyz checks that the outbox database answers and, when this process
-// captures, that capture is streaming. It needs no token, so its body says
-// what is wrong without naming a host, a user or a DSN: the details go to
-// the log.
-func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
+// readyz reports whether the outbox database answers (as Watch last found)
+// and, when this process captures, whether capture is streaming. It reads
+// state held in memory only, so it answers at once whatever the database
+// does. It needs no token, so its body says what is wrong without naming a
+// host, a user or a DSN: the details go to the log.
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	var problems []string
-	if err := s.outbox.Ping(ctx); err != nil {
-		s.log.Warn().Err(err).Msg("readiness probe: the outbox database does not answer")
+	if err := s.health.problem(time.Now()); errors.Is(err, errNotChecked) {
+		problems = append(problems, "outbox database not checked yet")
+	} else if err != nil {
 		problems = append(problems, "outbox database unreachable (details in the log)")
 	}
 	if s.capture != nil && !s.capture.Streaming() {
@@ -287,6 +312,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			// and on the status page, not in this unauthenticated body.
 			problems = append(problems, "capture is holding changes back (a source transaction not yet visible, or a lookup that keeps failing; details in the log)")
 		}
+	}
+	if s.dispatch != nil && s.dispatch.Stall() != "" {
+		problems = append(problems, "dispatch cannot write delivery outcomes (details in the log)")
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if len(problems) > 0 {

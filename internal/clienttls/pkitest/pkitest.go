@@ -70,15 +70,21 @@ type Leaf struct {
 
 // Server issues a server certificate for the DNS names and 127.0.0.1.
 func (ca *CA) Server(names ...string) Leaf {
-	return ca.issue(names[0], names, x509.ExtKeyUsageServerAuth)
+	return ca.issue(names[0], names, x509.ExtKeyUsageServerAuth, true)
+}
+
+// ServerWithoutIP issues a server certificate for the DNS names only: an
+// https URL with 127.0.0.1 must not accept it.
+func (ca *CA) ServerWithoutIP(names ...string) Leaf {
+	return ca.issue(names[0], names, x509.ExtKeyUsageServerAuth, false)
 }
 
 // Client issues a client certificate with common name cn.
 func (ca *CA) Client(cn string) Leaf {
-	return ca.issue(cn, nil, x509.ExtKeyUsageClientAuth)
+	return ca.issue(cn, nil, x509.ExtKeyUsageClientAuth, false)
 }
 
-func (ca *CA) issue(cn string, names []string, usage x509.ExtKeyUsage) Leaf {
+func (ca *CA) issue(cn string, names []string, usage x509.ExtKeyUsage, loopbackIP bool) Leaf {
 	t := ca.t
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -91,7 +97,7 @@ func (ca *CA) issue(cn string, names []string, usage x509.ExtKeyUsage) Leaf {
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
 		DNSNames: names,
 	}
-	if usage == x509.ExtKeyUsageServerAuth {
+	if loopbackIP {
 		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)

@@ -1,0 +1,112 @@
+package dispatch_test
+
+import (
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/outbox"
+)
+
+// outcomeCounts is an Observer that counts failed and dropped outcome
+// writes (the dispatch.OutcomeObserver side).
+type outcomeCounts struct {
+	failed, dropped atomic.Int64
+}
+
+func (o *outcomeCounts) Attempted(outbox.Attempt) {}
+func (o *outcomeCounts) OutcomeWriteFailed()      { o.failed.Add(1) }
+func (o *outcomeCounts) OutcomesDropped(n int)    { o.dropped.Add(int64(n)) }
+
+// One delivery twice in an outcome batch (issue 24): its first outcome
+// waits in memory while writes fail, the row is taken back as the rescue
+// does, and the same dispatcher claims and sends it again. The batch then
+// held the id twice, the attempts INSERT failed with SQLSTATE 21000 on
+// every try, and no outcome was written any more. Only the latest
+// claim's outcome counts.
+func TestSameDeliveryTwiceInAnOutcomeBatch(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	// While refuse has a row, every outcome statement fails (a statement
+	// trigger on the attempts table, which only outcomes insert into).
+	e.exec(`CREATE TABLE refuse ()`)
+	e.exec(`CREATE FUNCTION refuse_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF EXISTS (SELECT FROM refuse) THEN RAISE EXCEPTION 'test: outcomes refused'; END IF;
+			RETURN NULL;
+		END $$`)
+	e.exec(`CREATE TRIGGER refuse BEFORE INSERT ON walhook.attempts FOR EACH STATEMENT EXECUTE FUNCTION refuse_outcomes()`)
+	e.exec(`INSERT INTO refuse DEFAULT VALUES`)
+	rec := newRecorder(t, nil)
+	id := e.insertOne("w", `{"n":1}`)
+	e.start(e.pool, testConfig(2, hookConfig("w", rec.srv.URL)))
+	waitFor(t, 10*time.Second, "the first request", func() bool { return rec.len() == 1 })
+	// Its outcome is refused; take the row back as the rescue does.
+	e.exec(`UPDATE walhook.deliveries SET state = 'pending', locked_by = NULL, locked_until = NULL WHERE id = $1`, id)
+	waitFor(t, 10*time.Second, "the second request", func() bool { return rec.len() == 2 })
+	e.exec(`DELETE FROM refuse`)
+	r := e.waitState(id, "delivered", 20*time.Second)
+	if r.Attempts != 2 {
+		t.Errorf("attempts = %d, want 2", r.Attempts)
+	}
+	// And the writer is not wedged: a new row goes out and is recorded.
+	next := e.insertOne("w", `{"n":2}`)
+	e.waitState(next, "delivered", 20*time.Second)
+	var n int
+	if err := e.pool.QueryRow(t.Context(), `SELECT count(*) FROM walhook.attempts WHERE delivery_id = $1`, id).Scan(&n); err != nil || n != 1 {
+		t.Errorf("%d attempts recorded for the twice-sent row (%v), want 1 (the latest claim's)", n, err)
+	}
+}
+
+// An outcome the database keeps refusing (here a trigger, for one row)
+// does not hold up the others: after a few failed batches rows are
+// written one by one; the refused one is dropped after a few tries, with
+// an error line and a metric, and Stall (so /readyz) reports the writer
+// meanwhile.
+func TestRefusedOutcomeDoesNotBlockOthers(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	rec := newRecorder(t, nil)
+	poison := e.insertOne("w", `{"poison":true}`)
+	e.exec(`CREATE FUNCTION refuse_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.delivery_id = ` + strconv.FormatInt(poison, 10) + ` THEN RAISE EXCEPTION 'test: this outcome is refused'; END IF;
+			RETURN NEW;
+		END $$`)
+	e.exec(`CREATE TRIGGER refuse BEFORE INSERT ON walhook.attempts FOR EACH ROW EXECUTE FUNCTION refuse_outcome()`)
+	obs := &outcomeCounts{}
+	var logs syncBuffer
+	d, _ := e.startDispatcher(e.pool, testConfig(4, hookConfig("w", rec.srv.URL)), func(o *dispatch.Options) {
+		o.Observer = obs
+		o.Logger = zerolog.New(&logs).Level(zerolog.WarnLevel)
+	})
+	waitFor(t, 10*time.Second, "the poisoned row's request", func() bool { return rec.len() >= 1 })
+	stalled := false
+	waitFor(t, 10*time.Second, "Stall to report the outcome writer", func() bool {
+		stalled = stalled || d.Stall() != ""
+		return stalled
+	})
+	e.insertMany("w", 20, 1000)
+	waitFor(t, 30*time.Second, "the other rows delivered", func() bool {
+		return e.count(`state = 'delivered' AND id <> $1`, poison) == 20
+	})
+	waitFor(t, 30*time.Second, "the refused outcome dropped", func() bool { return obs.dropped.Load() == 1 })
+	waitFor(t, 10*time.Second, "Stall to clear", func() bool { return d.Stall() == "" })
+	if obs.failed.Load() < 3 {
+		t.Errorf("%d failed outcome writes counted, want at least 3", obs.failed.Load())
+	}
+	out := logs.String()
+	if !strings.Contains(out, `"level":"error"`) || !strings.Contains(out, "dropping a delivery outcome") {
+		t.Errorf("no error line for the dropped outcome:\n%s", out)
+	}
+	// The refused outcome was not written: the row is still claimed (its
+	// lease returns it to pending later), never delivered.
+	if r := e.row(poison); r.State == "delivered" {
+		t.Errorf("the row whose outcome was refused is %s", r.State)
+	}
+}
