@@ -242,12 +242,10 @@ func TestTwentyReloadsDuringBurstLoseNothing(t *testing.T) {
 		if i%7 == 6 {
 			// The stream reconnects and replays from its checkpoint: the
 			// replayed transactions keep the configuration of their LSN.
+			sessions := b.cap.sessions.Load()
 			b.exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", b.cfg.Database.Slot)
-			for b.cap.Streaming() {
-				time.Sleep(5 * time.Millisecond)
-			}
 			deadline := time.Now().Add(30 * time.Second)
-			for !b.attached() {
+			for b.cap.sessions.Load() == sessions || !b.attached() {
 				if time.Now().After(deadline) {
 					t.Fatal("capture did not stream again")
 				}
@@ -312,14 +310,23 @@ func TestReloadWhileNotStreamingAppliesOnStart(t *testing.T) {
 	if err := c.Prepare(ctx); err != nil {
 		t.Fatal(err)
 	}
-	res, err := c.Reload(ctx, b.reconfig("  - table: t1\n    model: T1\n  - table: t2\n    model: T2", "  - name: c\n    url: http://127.0.0.1:1/c\n"))
+	next := b.reconfig("  - table: t1\n    model: T1\n  - table: t2\n    model: T2", "  - name: c\n    url: http://127.0.0.1:1/c\n")
+	res, err := c.Reload(ctx, next)
 	if err != nil || !res.Pending {
 		t.Fatalf("Reload before streaming = %+v, %v; want pending", res, err)
 	}
 	b.cap, b.cancel, b.done = c, cancel, make(chan error, 1)
 	go func() { b.done <- c.Run(ctx) }()
 	t.Cleanup(b.stop)
-	for wait := time.Now().Add(20 * time.Second); !b.attached() || b.cap.reloadPending.Load(); time.Sleep(10 * time.Millisecond) {
+	// Changes committed from here on are rendered with it once it has a
+	// start LSN.
+	applied := func() bool {
+		c.reload.mu.Lock()
+		defer c.reload.mu.Unlock()
+		g := c.reload.gens
+		return len(g) > 0 && g[len(g)-1].cfg == next
+	}
+	for wait := time.Now().Add(20 * time.Second); !applied(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(wait) {
 			t.Fatal("capture did not take the reload")
 		}
