@@ -168,6 +168,9 @@ webhooks:
 		return reloaded != nil
 	})
 	t.Logf("reload: %v", reloaded)
+	// Attempts the old dispatcher started before the reload may still be
+	// on their way to the receiver for a moment.
+	time.Sleep(200 * time.Millisecond)
 	n0 := len(a.requests())
 	from, err := pglogrepl.ParseLSN(fmt.Sprint(reloaded["from_commit_lsn"]))
 	if err != nil {
