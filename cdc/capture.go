@@ -523,7 +523,7 @@ func (c *Capture) session(ctx context.Context) error {
 	c.streaming.Store(false) // at once: /readyz must not wait for the writer to stop
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject && strings.Contains(pe.Message, "publication") {
-		err = fatalf("%v: publication %s was dropped while walhook was running: restart walhook to create it and the slot again; changes committed after LSN %s will not be captured", err, c.cfg.Database.Publication, s.confirmed)
+		err = c.publicationDropped(err, s.confirmed)
 	}
 	// Stop the writer: on shutdown it commits what is complete; on an error
 	// it rolls back and the next session replays from the checkpoint.

@@ -2,6 +2,7 @@ package cdc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"github.com/walhook/walhook/internal/pgnet"
 	"github.com/walhook/walhook/internal/replslot"
 )
 
@@ -199,4 +201,28 @@ func (c *Capture) recheckSlot(ctx context.Context) (pglogrepl.LSN, error) {
 		return 0, err
 	}
 	return c.store.CheckpointLSN(ctx, slot)
+}
+
+// publicationDropped is the error of a publication dropped under a running
+// capture; cause is what showed it.
+func (c *Capture) publicationDropped(cause error, confirmed pglogrepl.LSN) error {
+	return fatalf("%v: publication %s was dropped while walhook was running: restart walhook to create it and the slot again; changes committed after LSN %s will not be captured", cause, c.cfg.Database.Publication, confirmed)
+}
+
+// checkPublication fails when the publication no longer exists. Before
+// PostgreSQL 18 decoding fails at the next change; from 18 pgoutput skips a
+// missing publication with a warning and publishes nothing, so capture
+// would checkpoint past the changes. It runs before an idle position is
+// checkpointed (the only way the checkpoint moves without changes).
+func (c *Capture) checkPublication(ctx context.Context, confirmed pglogrepl.LSN) error {
+	qctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
+	var exists bool
+	if err := c.source.QueryRow(qctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", c.cfg.Database.Publication).Scan(&exists); err != nil {
+		return fmt.Errorf("read publication %s: %w", c.cfg.Database.Publication, err)
+	}
+	if !exists {
+		return c.publicationDropped(errors.New("the publication no longer exists"), confirmed)
+	}
+	return nil
 }

@@ -119,6 +119,9 @@ func (s *stream) idleCheckpoint(ctx context.Context) error {
 		return nil
 	}
 	end := s.kaEnd
+	if err := s.c.checkPublication(ctx, s.confirmed); err != nil {
+		return err
+	}
 	if err := s.send(ctx, batch{commit: true, endLSN: end}); err != nil {
 		return err
 	}
