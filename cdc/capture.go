@@ -121,6 +121,10 @@ type Capture struct {
 	// session ends if it still runs (lost.go). Only Run's goroutine uses
 	// them.
 	walsender, lostWalsender *backend
+	// reload holds the configurations the stream renders with and a
+	// reload waiting for it (reload.go); reloadPending says one waits.
+	reload        reloads
+	reloadPending atomic.Bool
 }
 
 // New returns a Capture; call Prepare, then Run.
@@ -504,6 +508,17 @@ func (c *Capture) session(ctx context.Context) error {
 		rels: map[uint32]*payload.Relation{}, rd: payload.Renderer{Resolve: c.types.resolve}, confirmed: startLSN,
 		lastSentEnd: startLSN, lastIdle: time.Now(), guard: guard, silence: c.opts.Silence,
 	}
+	var wake context.CancelFunc
+	s.wake, wake = context.WithCancel(ctx)
+	gens, err := c.renderings(startLSN, wake)
+	if err != nil {
+		wake()
+		cancelWriter()
+		wg.Wait()
+		return &FatalError{Err: err}
+	}
+	defer c.detach()
+	s.gen, s.next = gens[0], gens[1:]
 	err = s.run(ctx)
 	c.streaming.Store(false) // at once: /readyz must not wait for the writer to stop
 	var pe *pgconn.PgError

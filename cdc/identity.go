@@ -60,6 +60,8 @@ func slotPosition(ctx context.Context, conn queryer, slot string) (pglogrepl.LSN
 
 // capturedWebhooks are the names of the webhooks capture writes rows for.
 func (c *Capture) capturedWebhooks() []string {
+	c.reload.mu.Lock()
+	defer c.reload.mu.Unlock()
 	var names []string
 	for _, evs := range c.hooks {
 		for _, ns := range evs {
@@ -77,8 +79,13 @@ func (c *Capture) capturedWebhooks() []string {
 // claimOwnWebhooks refuses a configuration whose webhook names another
 // capture (slot) already writes into this outbox.
 func (c *Capture) claimOwnWebhooks(ctx context.Context) error {
+	return c.claimWebhooks(ctx, c.capturedWebhooks())
+}
+
+// claimWebhooks claims names for this capture's slot (claimOwnWebhooks).
+func (c *Capture) claimWebhooks(ctx context.Context, names []string) error {
 	slot := c.cfg.Database.Slot
-	taken, err := c.store.ClaimWebhooks(ctx, slot, c.capturedWebhooks())
+	taken, err := c.store.ClaimWebhooks(ctx, slot, names)
 	if err != nil || len(taken) == 0 {
 		return err
 	}

@@ -125,12 +125,11 @@ func NewRowRenderer(ctx context.Context, o RowRendererOptions) (*RowRenderer, er
 	// A stream that never connects: its full chunks land in r.out.
 	s := &stream{c: c, collect: func(b batch) { r.out = append(r.out, b.rows...) }, log: c.log.With().Str("backfill", model.Model).Logger(), rels: map[uint32]*payload.Relation{},
 		nextStatus: time.Now().Add(100 * 365 * 24 * time.Hour)}
-	s.tpl = payload.NewTemplater()
-	specs, err := payload.HookSpecs(o.Config, s.tpl)
+	gen, err := newRendering(o.Config, nil)
 	if err != nil {
 		return nil, &config.Error{Problems: []config.Problem{{File: o.Config.File, Msg: err.Error()}}}
 	}
-	s.specs = specs
+	s.gen, s.specs, s.tpl = gen, gen.specs, gen.tpl
 	if err := s.relation(ctx, o.Table.desc()); err != nil {
 		return nil, err
 	}

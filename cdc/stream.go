@@ -86,6 +86,16 @@ type stream struct {
 	// the size of the values copied into pending.
 	rowsBytes, pendingBytes int64
 	counted                 int
+
+	// descs are the tables' descriptions from their Relation messages, to
+	// build rels again when the configuration changes.
+	descs map[uint32]*payload.TableDesc
+	// gen is the configuration transactions are rendered with; next are
+	// reloaded ones that apply from later commit LSNs (reload.go). wake
+	// is cancelled by Reload to end a wait for the next message.
+	gen  *rendering
+	next []*rendering
+	wake context.Context
 }
 
 // idleBytes is how far the server's WAL may run ahead of the checkpoint,
@@ -193,12 +203,7 @@ func (s *stream) receiveDeadline() time.Time {
 func (s *stream) run(ctx context.Context) error {
 	s.nextStatus = time.Now().Add(s.interval)
 	s.lastHeard = time.Now()
-	s.tpl = payload.NewTemplater()
-	specs, err := payload.HookSpecs(s.c.cfg, s.tpl)
-	if err != nil {
-		return &FatalError{Err: err}
-	}
-	s.specs = specs
+	s.specs, s.tpl = s.gen.specs, s.gen.tpl
 	for {
 		select {
 		case err := <-s.werr: // the writer failed while the stream was idle
@@ -217,12 +222,26 @@ func (s *stream) run(ctx context.Context) error {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, s.receiveDeadline())
+		if s.wake.Err() != nil && ctx.Err() == nil {
+			var wake context.CancelFunc
+			s.wake, wake = context.WithCancel(ctx)
+			s.c.setWake(wake)
+		}
+		if !s.inTxn {
+			if err := s.takeReload(ctx); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(s.wake, s.receiveDeadline())
 		raw, err := s.conn.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if errors.Is(err, context.Canceled) && s.wake.Err() != nil {
+				// Reload woke the stream: the connection is still usable.
+				continue
 			}
 			if pgconn.Timeout(err) {
 				if s.silence > 0 && time.Since(s.lastHeard) >= s.silence {
@@ -298,6 +317,9 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 	case *pglogrepl.TypeMessage:
 		s.c.types.named(m.DataType, m.Namespace+"."+m.Name)
 	case *pglogrepl.BeginMessage:
+		if err := s.switchRendering(ctx, m.FinalLSN); err != nil {
+			return err
+		}
 		s.inTxn, s.txnLSN, s.txnAt, s.txnXid, s.seq = true, m.FinalLSN, m.CommitTime, m.Xid, 0
 		s.coal.Reset()
 		s.coalWarned = false
@@ -405,9 +427,13 @@ func describe(m *pglogrepl.RelationMessage) *payload.TableDesc {
 
 func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
 	table := m.Schema + "." + m.Name
-	model := s.c.byOID[m.ID]
+	if s.descs == nil {
+		s.descs = map[uint32]*payload.TableDesc{}
+	}
+	s.descs[m.ID] = m
+	model := s.gen.byOID[m.ID]
 	if model == nil {
-		model = s.c.models[table]
+		model = s.gen.models[table]
 	} else if model.QualifiedTable() != table {
 		s.log.Warn().Str("table", table).Str("model", model.Model).Str("configured", model.QualifiedTable()).
 			Msgf("table %s was renamed or moved to %s: still captured as model %s, but the configuration names a table that no longer exists, so walhook will refuse to start until you set table: %s", model.QualifiedTable(), table, model.Model, table)
@@ -438,7 +464,7 @@ func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
 			Msg("ignore_changes applies only to updates of rows changed earlier in the same transaction: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
 	}
 	for e, ev := range config.Events {
-		for _, n := range s.c.hooks[model.Model][ev] {
+		for _, n := range s.gen.hooks[model.Model][ev] {
 			sp := s.specs[n]
 			if sp != nil && sp.Coalesce {
 				r.Coal[e].Add(n, sp)
@@ -512,7 +538,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		t := rel.Schema + "." + rel.Name
 		if s.c.losses.add(&s.c.losses.unmapped, t) {
 			s.log.Error().Str("table", t).Str("lsn", s.txnLSN.String()).
-				Msgf("changes of table %s are published but no model maps it: they are NOT sent (counted in walhook_changes_unmapped_total); add a model for it, or remove it from publication %s", t, s.c.cfg.Database.Publication)
+				Msgf("changes of table %s are published but no model maps it: they are NOT sent (counted in walhook_changes_unmapped_total); add a model for it, or remove it from publication %s", t, s.gen.cfg.Database.Publication)
 		}
 		if lo, ok := s.c.opts.Observer.(LossObserver); ok {
 			lo.Unmapped(t)
@@ -521,13 +547,13 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	}
 	hs := &rel.Hooks[payload.EventIndex(event)]
 	if len(hs.Names) == 0 && !rel.Coalesce {
-		if event == payload.EventDeleted && oldType == 'O' && s.dels.wants(s.c.cfg, rel) {
+		if event == payload.EventDeleted && oldType == 'O' && s.dels.wants(s.gen.cfg, rel) {
 			// No webhook takes the delete, but relations may point at the row.
 			old, err := tupleRow(oldT, len(rel.Cols))
 			if err != nil {
 				return fmt.Errorf("%s.%s: old row: %w", rel.Schema, rel.Name, err)
 			}
-			s.dels.keep(s.c.cfg, s.log, uint64(s.txnLSN), rel, old, false)
+			s.dels.keep(s.gen.cfg, s.log, uint64(s.txnLSN), rel, old, false)
 		}
 		return nil
 	}
@@ -545,7 +571,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		if vals == nil {
 			return fmt.Errorf("%s.%s: delete without old row", rel.Schema, rel.Name)
 		}
-		s.dels.keep(s.c.cfg, s.log, uint64(s.txnLSN), rel, vals, keysOnly)
+		s.dels.keep(s.gen.cfg, s.log, uint64(s.txnLSN), rel, vals, keysOnly)
 	} else {
 		if vals, err = tupleRow(newT, len(rel.Cols)); err != nil {
 			return fmt.Errorf("%s.%s: new row: %w", rel.Schema, rel.Name, err)

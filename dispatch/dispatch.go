@@ -69,6 +69,13 @@ type Options struct {
 	// must come from a provider using tracing.IDGenerator, so that spans
 	// carry the delivery's trace id. Optional: no spans.
 	Tracer oteltrace.Tracer
+	// Previous, when set, is the Dispatcher this one replaces after a
+	// configuration reload: each webhook whose settings did not change
+	// keeps its circuit breaker, rate limiter and HTTP client (with its
+	// open connections), and the shared client and request slots are kept
+	// when dispatch.concurrency did not change. Stop Previous once this one
+	// runs; the two may share those while Previous finishes. Optional.
+	Previous *Dispatcher
 }
 
 // Tuning constants. They are not configuration: the contract only promises
@@ -186,6 +193,10 @@ type Dispatcher struct {
 	// reopened receives webhooks whose breaker closed: their rows waiting
 	// for a retry are made due.
 	reopened chan string
+
+	// ownClient: client is the default one New made (not Options.Client),
+	// which a Dispatcher replacing this one may keep.
+	ownClient bool
 }
 
 // hook is a configured webhook prepared for sending.
@@ -207,6 +218,7 @@ type hook struct {
 	// own transport); nil: the Dispatcher's shared client.
 	client *http.Client
 
+	conf        config.Webhook // the settings it was made from
 	url         string
 	method      string
 	signer      *sign.Signer // the request headers and signatures
@@ -324,6 +336,11 @@ func New(opts Options) (*Dispatcher, error) {
 		h.lease = time.Duration((h.maxHeld+h.limit-1)/h.limit+1)*h.timeout + rateWait + leaseMargin
 		h.queue = make(chan *job, h.maxHeld)
 		h.breaker = newBreaker()
+		if p := opts.Previous; p != nil && p.concurrency == d.concurrency {
+			if ph := p.hooks[w.Name]; ph != nil && config.SameWebhook(ph.conf, w) {
+				h.breaker, h.rate, h.client = ph.breaker, ph.rate, ph.client
+			}
+		}
 		d.hooks[w.Name] = h
 		d.hookNames = append(d.hookNames, w.Name)
 		d.order = append(d.order, h)
@@ -332,12 +349,18 @@ func New(opts Options) (*Dispatcher, error) {
 	d.maxUnwritten = 4 * max(maxHeld, 1)
 	d.minutes = newMinuteCounts(d.order, d.now())
 	d.slots = make(chan struct{}, d.concurrency)
+	if p := opts.Previous; p != nil && p.concurrency == d.concurrency {
+		// Requests Previous still has in flight count against the limit.
+		d.slots = p.slots
+	}
 	if opts.Client != nil {
 		c := *opts.Client
 		c.CheckRedirect = noRedirects
 		d.client = &c
+	} else if p := opts.Previous; p != nil && p.concurrency == d.concurrency && p.ownClient {
+		d.client, d.ownClient = p.client, true
 	} else {
-		d.client = defaultClient(d.concurrency)
+		d.client, d.ownClient = defaultClient(d.concurrency), true
 	}
 	return d, nil
 }
@@ -348,6 +371,7 @@ func newHook(w config.Webhook, version string, log zerolog.Logger) (*hook, error
 		return nil, fmt.Errorf("dispatch: webhook %q: url %s is not an absolute http(s) URL", w.Name, config.RedactURL(w.URL))
 	}
 	h := &hook{
+		conf:        w,
 		name:        w.Name,
 		url:         u.String(),
 		method:      w.HTTPMethod,

@@ -139,7 +139,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	runErr := make(chan error, 1)
-	go func() { runErr <- run(rctx, cfg, log, true, true) }()
+	go func() { runErr <- run(rctx, cfg, log, true, true, nil) }()
 
 	// Wait until capture streams (the slot exists), then make changes.
 	if err := waitForSlot(ctx, conn, cfg.Database.Slot, runErr); err != nil {

@@ -173,12 +173,19 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg, stderr)
-	return run(ctx, cfg, log, !*dispatchOnly, !*captureOnly)
+	log, rl := newReloadableLogger(cfg, stderr, *path)
+	return run(ctx, cfg, log, !*dispatchOnly, !*captureOnly, rl)
 }
 
 // run applies migrations and runs capture and/or dispatch until ctx ends.
-func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, send bool) error {
+// With rl, SIGHUP and POST /-/reload reload the configuration file.
+func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, send bool, rl *reloadable) error {
+	var hup <-chan os.Signal
+	if rl != nil {
+		var stopHUP func()
+		hup, stopHUP = notifyHUP()
+		defer stopHUP()
+	}
 	obPool, err := openPool(ctx, cfg.Database.OutboxConn(), "outbox database", map[string]string{"application_name": "walhook"})
 	if err != nil {
 		return err
@@ -195,11 +202,15 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	metrics := web.NewMetrics(cfg, walhookVersion())
+	var reload *reloader
+	if rl != nil {
+		reload = newReloader(rl.path, cfg, log, rl.level, metrics)
+	}
 	var (
 		wg      sync.WaitGroup
 		starts  []func()
 		capt    *cdc.Capture
-		disp    *dispatch.Dispatcher
+		disp    *dispatchRunner
 		slotDB  *pgxpool.Pool
 		errs    = make(chan error, 3)
 		running = func(what string, f func(context.Context) error) func() {
@@ -250,6 +261,9 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 			return err
 		}
 		starts = append(starts, running("capture", capt.Run))
+		if reload != nil {
+			reload.capture = capt
+		}
 	}
 	if send {
 		dopts := dispatch.Options{Pool: obPool, Config: cfg, Logger: log, Version: walhookVersion(), Observer: metrics}
@@ -258,14 +272,21 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		if err != nil {
 			return err
 		}
-		starts = append(starts, running("dispatch", d.Run))
-		disp = d
+		dr := &dispatchRunner{opts: dopts, log: log, first: d}
+		starts = append(starts, running("dispatch", dr.run))
+		disp = dr
+		if reload != nil {
+			reload.sender = dr
+		}
 	}
 	if addr := cfg.HTTP.ListenAddr(); addr != "" {
 		opts := web.Options{Config: cfg, Outbox: obPool, SlotDB: slotDB, Dispatching: send, Metrics: metrics,
 			Logger: log, Version: walhookVersion()}
 		if capt != nil {
 			opts.Capture = capt
+		}
+		if reload != nil {
+			opts.Reloader = reload
 		}
 		if disp != nil {
 			opts.Dispatch = disp
@@ -277,6 +298,9 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("http.listen %s: %w (change http.listen, or set it to \"\" to disable the status server)", addr, err)
+		}
+		if reload != nil {
+			reload.web = srv
 		}
 		// Serve at once, so that /healthz answers and the page shows
 		// progress while capture prepares the slot.
@@ -295,6 +319,9 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 	}
 	for _, start := range starts {
 		start()
+	}
+	if reload != nil {
+		running("reload", func(ctx context.Context) error { reload.onSIGHUP(ctx, hup); return nil })()
 	}
 	log.Info().Str("version", walhookVersion()).Bool("capture", capture).Bool("dispatch", send).Msg("walhook running")
 	wg.Wait()

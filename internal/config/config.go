@@ -28,6 +28,9 @@ type Config struct {
 
 	// File is the path the configuration was read from ("" when from bytes).
 	File string `yaml:"-"`
+	// Hash is the SHA-256 of the file's bytes as read (before ${VAR}
+	// expansion, so it holds no secret from the environment), in hex.
+	Hash string `yaml:"-"`
 }
 
 // Database holds connection and replication settings.

@@ -2,6 +2,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -131,6 +133,8 @@ func (p *parser) parse(lookup func(string) (string, bool)) (*Config, bool) {
 		p.addYAMLError(err)
 	}
 	c.File = p.file
+	sum := sha256.Sum256(p.data)
+	c.Hash = hex.EncodeToString(sum[:])
 	p.defaults(&c)
 	p.validate(&c)
 	return &c, true

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,8 +38,13 @@ type Metrics struct {
 	// outcomes and outcomes given up on (dispatch.OutcomeObserver).
 	outcomeErrors, outcomesDropped prometheus.Counter
 	// hooks holds the series of the configured webhooks, resolved once so
-	// that observing an attempt takes no lock. Read-only after NewMetrics.
-	hooks map[string]*hookMetrics
+	// that observing an attempt takes no lock. Replaced whole (never
+	// changed) when a reload adds webhooks.
+	hooks atomic.Pointer[map[string]*hookMetrics]
+	// reloadOK and reloadAt: the last reload's outcome and when the
+	// configuration was last loaded successfully (at start or by a reload).
+	reloadOK, reloadAt prometheus.Gauge
+	hooksMu            sync.Mutex // serialises AddWebhooks
 }
 
 // hookMetrics are one webhook's series, plus counts for the status page.
@@ -89,6 +95,14 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 			Namespace: namespace, Name: "capture_gaps_total",
 			Help: "Starts of capture after a gap: the slot was created again, or the source is another server or timeline; changes in the gap were not captured.",
 		}, []string{"slot"}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "config_last_reload_successful",
+			Help: "1 when the last configuration reload (SIGHUP or POST /-/reload) succeeded, or none was tried; 0 when it failed and the previous configuration stayed in use.",
+		}),
+		reloadAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "config_last_reload_success_timestamp_seconds",
+			Help: "When the configuration in use was loaded (at start or by the last successful reload), as Unix seconds.",
+		}),
 		outcomeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "outcome_write_errors_total",
 			Help: "Failed writes of a batch of delivery outcomes (each is retried; after 3 in a row /readyz reports it).",
@@ -97,33 +111,60 @@ func NewMetrics(cfg *config.Config, version string) *Metrics {
 			Namespace: namespace, Name: "outcomes_dropped_total",
 			Help: "Delivery outcomes given up on because the database keeps refusing them: their rows are sent again once their lease runs out.",
 		}),
-		hooks: map[string]*hookMetrics{},
 	}
+	m.reloadOK.Set(1)
+	m.reloadAt.SetToCurrentTime()
+	hooks := map[string]*hookMetrics{}
+	m.hooks.Store(&hooks)
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
 		Help:        "Always 1; the version label is walhook's version.",
 		ConstLabels: prometheus.Labels{"version": version},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, m.breaker, m.unmapped, m.truncate, m.gaps, build,
+	m.reg.MustRegister(m.enqueued, m.attempts, m.duration, m.latency, m.breaker, m.unmapped, m.truncate, m.gaps, build, m.reloadOK, m.reloadAt,
 		m.outcomeErrors, m.outcomesDropped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if cfg == nil {
 		return m
 	}
+	m.gaps.WithLabelValues(cfg.Database.Slot)
+	m.AddWebhooks(cfg)
+	return m
+}
+
+// AddWebhooks adds the series of cfg's models and webhooks that are not
+// there yet (after a reload; the series of removed ones stay).
+func (m *Metrics) AddWebhooks(cfg *config.Config) {
+	m.hooksMu.Lock()
+	defer m.hooksMu.Unlock()
 	for _, md := range cfg.Models {
 		for _, ev := range config.Events {
 			m.enqueued.WithLabelValues(md.Model, ev)
 		}
 	}
-	m.gaps.WithLabelValues(cfg.Database.Slot)
+	old := *m.hooks.Load()
+	hooks := make(map[string]*hookMetrics, len(old)+len(cfg.Webhooks))
+	for k, v := range old {
+		hooks[k] = v
+	}
 	for _, w := range cfg.Webhooks {
-		if _, ok := m.hooks[w.Name]; !ok {
-			m.hooks[w.Name] = m.newHook(w.Name)
+		if _, ok := hooks[w.Name]; !ok {
+			hooks[w.Name] = m.newHook(w.Name)
 			m.breaker.WithLabelValues(w.Name).Set(0)
 		}
 	}
-	return m
+	m.hooks.Store(&hooks)
+}
+
+// ConfigReloaded records a reload's outcome (walhook_config_last_reload_*).
+func (m *Metrics) ConfigReloaded(ok bool) {
+	if ok {
+		m.reloadOK.Set(1)
+		m.reloadAt.SetToCurrentTime()
+		return
+	}
+	m.reloadOK.Set(0)
 }
 
 func (m *Metrics) newHook(name string) *hookMetrics {
@@ -153,7 +194,7 @@ func (m *Metrics) Enqueued(model, event string, rows int) {
 // Attempted implements dispatch.Observer. It takes no lock for configured
 // webhooks.
 func (m *Metrics) Attempted(a outbox.Attempt) {
-	h, ok := m.hooks[a.Webhook]
+	h, ok := (*m.hooks.Load())[a.Webhook]
 	if !ok {
 		// Not configured, so the dispatcher cannot send it; handled for
 		// completeness, at the price of a label lookup.
@@ -198,7 +239,7 @@ func (m *Metrics) BreakerChanged(webhook string, state outbox.BreakerState) {
 type processCounts struct{ Delivered, Retry, Failed int64 }
 
 func (m *Metrics) processCounts(webhook string) (processCounts, bool) {
-	h, ok := m.hooks[webhook]
+	h, ok := (*m.hooks.Load())[webhook]
 	if !ok {
 		return processCounts{}, false
 	}

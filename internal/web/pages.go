@@ -113,6 +113,10 @@ func flashOf(r *http.Request) *flash {
 		return &flash{"ok", fmt.Sprintf("Re-queued %d deliveries; they are sent as soon as a sender is free.", n)}
 	case "error":
 		return &flash{"error", "Re-queueing failed: the outbox database did not answer. See walhook's log."}
+	case "reloaded":
+		return &flash{"ok", "Configuration reloaded."}
+	case "reload-failed":
+		return &flash{"error", "The configuration was not reloaded (the previous one stays in use): see below and walhook's log."}
 	}
 	return nil
 }
@@ -219,6 +223,7 @@ type indexPage struct {
 	OlderURL    string
 	NewestURL   string
 	Here        string
+	Config      configView
 }
 
 func (s *Server) index(w http.ResponseWriter, r *http.Request) {
@@ -233,7 +238,7 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), pageTimeout)
 	defer cancel()
 	p := &indexPage{pageBase: s.base(r, "Status"), Filter: f, States: states, Dispatching: s.dispatching,
-		SlotName: s.cfg.Database.Slot}
+		SlotName: s.cfg.Database.Slot, Config: s.configView()}
 	if s.capture != nil {
 		p.Capture = &captureView{Streaming: s.capture.Streaming(), Confirmed: s.capture.ConfirmedLSN().String()}
 	}
@@ -246,7 +251,7 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 		p.SlotErr = st.SlotErr.Error()
 	}
 	var configured []string
-	for _, wh := range s.cfg.Webhooks {
+	for _, wh := range s.config().Webhooks {
 		configured = append(configured, wh.Name)
 	}
 	names := st.hookNames(configured)
@@ -285,7 +290,7 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 		if err == nil {
 			v.Chart = drawChart(name, charts[name])
 		}
-		if wh, ok := s.cfg.WebhookByName(name); ok {
+		if wh, ok := s.config().WebhookByName(name); ok {
 			v.Configured, v.Enabled, v.Target = true, wh.IsEnabled(), config.URLTarget(wh.URL)
 			v.Insecure = wh.TLS.InsecureSkipVerify
 		}
@@ -300,7 +305,7 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	if f.Webhook != "" && !slices.Contains(names, f.Webhook) {
 		p.WebhookOpts = append(p.WebhookOpts, f.Webhook)
 	}
-	for _, m := range s.cfg.Models {
+	for _, m := range s.config().Models {
 		p.ModelOpts = append(p.ModelOpts, m.Model)
 	}
 	sort.Strings(p.ModelOpts)
@@ -517,7 +522,7 @@ func (s *Server) delivery(w http.ResponseWriter, r *http.Request) {
 	}
 	p := &deliveryPage{pageBase: s.base(r, fmt.Sprintf("Delivery %d", id)), D: d, Here: here(r),
 		Back: "/?webhook=" + url.QueryEscape(d.Webhook), Attempts: attemptViews(attempts), AttemptsKept: outbox.AttemptsKept}
-	if wh, ok := s.cfg.WebhookByName(d.Webhook); ok {
+	if wh, ok := s.config().WebhookByName(d.Webhook); ok {
 		p.Configured = true
 		p.Method = wh.HTTPMethod
 		if p.Method == "" {

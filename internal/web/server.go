@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -66,6 +67,9 @@ type Options struct {
 	Version string
 	// Now is the clock for sessions and retries. Optional: time.Now.
 	Now func() time.Time
+	// Reloader, when set, serves POST /-/reload and the page's reload
+	// status. Optional.
+	Reloader Reloader
 }
 
 // Server serves /metrics, /healthz, /readyz and the status page.
@@ -96,6 +100,10 @@ type Server struct {
 	handler http.Handler
 	// health is whether the outbox answers, kept by Watch for /readyz.
 	health *outboxHealth
+
+	// live is the configuration in use (SetConfig); reloader reloads it.
+	live     atomic.Pointer[config.Config]
+	reloader Reloader
 }
 
 // New builds a Server. It registers the database and capture gauges on the
@@ -120,7 +128,9 @@ func New(opts Options) (*Server, error) {
 		token:        cfg.HTTP.Token,
 		loopbackOnly: cfg.HTTP.Token == "",
 		health:       newOutboxHealth(),
+		reloader:     opts.Reloader,
 	}
+	s.live.Store(cfg)
 	if s.version == "" {
 		s.version = "dev"
 	}
@@ -174,6 +184,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /login", s.loginForm)
 	mux.HandleFunc("POST /login", s.login)
 	mux.HandleFunc("POST /logout", s.logout)
+	mux.HandleFunc("POST /-/reload", s.reload)
 	mux.Handle("GET /static/", http.FileServerFS(staticFS))
 
 	cop := http.NewCrossOriginProtection()
