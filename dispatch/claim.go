@@ -68,8 +68,24 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context) {
 	// them alone waits until no claim runs, so that it never takes the
 	// slot a claim for newly enqueued rows needs.
 	wantClosed := false
+	// unheld: a claim failed, and may have committed without its answer
+	// reaching us (the connection died after the commit, the server
+	// failed over): its rows would be delivering under our id, unknown
+	// to us, until their lease ran out. They are put back before the next
+	// claim, once no claim runs.
+	unheld := false
 	for ctx.Err() == nil {
-		if (want || (wantClosed && inFlight == 0)) && retry == nil && inFlight < claimsInFlight && len(d.order) > 0 {
+		if unheld && inFlight == 0 && retry == nil {
+			if err := d.releaseUnheld(hard); err != nil {
+				failures++
+				delay := d.retryDelay(failures)
+				d.log.Warn().Err(err).Dur("retry_in_ms", delay).Msg("putting back the rows of a claim whose answer was lost failed")
+				retry = time.After(delay)
+			} else {
+				unheld = false
+			}
+		}
+		if !unheld && (want || (wantClosed && inFlight == 0)) && retry == nil && inFlight < claimsInFlight && len(d.order) > 0 {
 			if req := d.claimRequest(); req != nil {
 				inFlight++
 				want, wantClosed = false, false
@@ -85,6 +101,7 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context) {
 		case c := <-done:
 			inFlight--
 			if c.err != nil {
+				unheld = true
 				failures++
 				delay := d.retryDelay(failures)
 				d.log.Warn().Err(c.err).Dur("retry_in_ms", delay).Msg("claiming deliveries failed")
@@ -231,6 +248,9 @@ func (d *Dispatcher) claim(ctx context.Context, req *claimReq) (full bool, err e
 		}
 	}
 	for k := range jobs {
+		d.holding.add(claimKey{jobs[k].id, jobs[k].claimedAt})
+	}
+	for k := range jobs {
 		jobs[k].hook.queue <- &jobs[k] // never blocks: the queue holds maxHeld and held <= maxHeld
 	}
 	for i, h := range req.hooks {
@@ -245,6 +265,56 @@ func (d *Dispatcher) claim(ctx context.Context, req *claimReq) (full bool, err e
 		d.log.Debug().Int("claimed", len(claimed)).Any("parked", parked).Msg("claimed deliveries")
 	}
 	return full, nil
+}
+
+// holding is the set of rows this Dispatcher claimed and has not written
+// an outcome for: the rows it knows to be delivering under its id.
+type holding struct {
+	mu   sync.Mutex
+	rows map[claimKey]struct{}
+}
+
+func (h *holding) add(k claimKey) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.rows == nil {
+		h.rows = map[claimKey]struct{}{}
+	}
+	h.rows[k] = struct{}{}
+}
+
+func (h *holding) remove(k claimKey) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.rows, k)
+}
+
+// ids returns the ids of the rows held.
+func (h *holding) ids() []int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]int64, 0, len(h.rows))
+	for k := range h.rows {
+		out = append(out, k.id)
+	}
+	return out
+}
+
+// releaseUnheld puts back to pending the rows delivering under this
+// Dispatcher's id that it does not hold: a claim committed whose answer
+// was lost. No claim may be in flight.
+func (d *Dispatcher) releaseUnheld(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	n, err := d.store.ReleaseUnheld(ctx, d.id, d.holding.ids())
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		d.log.Warn().Int64("rows", n).Msg("put back deliveries claimed by a claim whose answer was lost (the connection died after its commit); they are sent now")
+		signal(d.wake)
+	}
+	return nil
 }
 
 // maintain keeps the heartbeat, takes back the rows of dead dispatchers,

@@ -177,6 +177,8 @@ type Dispatcher struct {
 	slots chan struct{}
 	// unwritten counts claimed rows whose outcome is not in the database yet.
 	unwritten atomic.Int64
+	// holding is the set of those rows.
+	holding holding
 	// live says whether the heartbeat was recorded recently enough to
 	// send, and cancels the requests in flight when it lapses.
 	live *liveness

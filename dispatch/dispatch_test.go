@@ -803,11 +803,10 @@ func TestDatabaseConnectionsKilled(t *testing.T) {
 	if killed == 0 {
 		t.Fatal("no connection was killed")
 	}
-	// A claim whose connection died after its commit leaves rows that only
-	// the lease returns; everything else must get through.
-	waitFor(t, 20*time.Second, "every row delivered or held under lease", func() bool {
-		return e.count(`state = 'delivered' OR (state = 'delivering' AND locked_until > now())`) == n &&
-			e.count(`state = 'delivered'`) == len(seenSnapshot(&mu, seen))
+	// A claim whose connection died after its commit is put back before
+	// the next claim: every row gets through.
+	waitFor(t, 20*time.Second, "every row delivered", func() bool {
+		return e.count(`state = 'delivered'`) == n && len(seenSnapshot(&mu, seen)) == n
 	})
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -819,10 +818,7 @@ func TestDatabaseConnectionsKilled(t *testing.T) {
 			t.Errorf("delivery %s received %d times", id, c)
 		}
 	}
-	t.Logf("killed %d connections; %d of %d rows delivered", killed, e.count(`state = 'delivered'`), n)
-	if e.count(`state = 'delivered'`) < n*9/10 {
-		t.Errorf("only %d of %d rows delivered", e.count(`state = 'delivered'`), n)
-	}
+	t.Logf("killed %d connections", killed)
 }
 
 func seenSnapshot(mu *sync.Mutex, m map[string]int) map[string]int {

@@ -81,6 +81,7 @@ func (d *Dispatcher) writeOutcomes(ctx context.Context, results <-chan result) {
 		}
 		n := min(len(buf), maxFlushBatch)
 		kept, err := d.flush(ctx, buf[:n], failures >= isolateAfter, tries)
+		d.letGo(buf[:n], kept)
 		if done := n - len(kept); done > 0 {
 			d.unwritten.Add(-int64(done))
 			// An outcome may have closed an object whose next change waits.
@@ -114,6 +115,23 @@ func (d *Dispatcher) writeOutcomes(ctx context.Context, results <-chan result) {
 				Msg("writing delivery outcomes keeps failing: rows are written one at a time, claiming waits while too many are unwritten, and /readyz reports it")
 		}
 		retry = time.After(delay)
+	}
+}
+
+// letGo removes from d.holding the rows of batch not in kept: their
+// outcome is written, or dropped (then their lease returns them).
+func (d *Dispatcher) letGo(batch, kept []result) {
+	if len(kept) == len(batch) {
+		return
+	}
+	stay := make(map[claimKey]bool, len(kept))
+	for _, r := range kept {
+		stay[claimKey{r.ID, r.ClaimedAt}] = true
+	}
+	for _, r := range batch {
+		if k := (claimKey{r.ID, r.ClaimedAt}); !stay[k] {
+			d.holding.remove(k)
+		}
 	}
 }
 
@@ -205,8 +223,9 @@ func (d *Dispatcher) write(ctx context.Context, batch []result) error {
 	}
 	if lost := int64(len(batch)) - n; lost > 0 {
 		// This dispatcher was taken for dead (or the lease ran out) and
-		// another took these rows over; its outcome is the one that counts.
-		d.log.Warn().Int64("rows", lost).Msg("outcomes not written: the rows were taken back by another dispatcher meanwhile")
+		// another took these rows over, whose outcome is the one that
+		// counts; or an earlier try wrote them and its answer was lost.
+		d.log.Warn().Int64("rows", lost).Msg("outcomes not written: the rows were taken back by another dispatcher meanwhile, or an earlier try whose answer was lost wrote them")
 	}
 	return nil
 }

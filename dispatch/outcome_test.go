@@ -1,16 +1,21 @@
 package dispatch_test
 
 import (
+	"context"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/dispatch"
+	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/test/netproxy"
 )
 
 // outcomeCounts is an Observer that counts failed and dropped outcome
@@ -108,5 +113,64 @@ func TestRefusedOutcomeDoesNotBlockOthers(t *testing.T) {
 	// lease returns it to pending later), never delivered.
 	if r := e.row(poison); r.State == "delivered" {
 		t.Errorf("the row whose outcome was refused is %s", r.State)
+	}
+}
+
+// A claim that commits but whose answer never reaches the dispatcher (the
+// connection dies right after the commit, as when the primary is killed
+// and a standby takes over) leaves its rows delivering under the
+// dispatcher's id, which is alive and keeps beating. They are put back
+// and sent before the next claim, not once their lease runs out (here
+// over five minutes).
+func TestClaimWhoseAnswerWasLost(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	rec := newRecorder(t, nil)
+	u, err := url.Parse(e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, err := netproxy.Start(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(px.Close)
+	u.Host = px.Addr()
+	pool, err := pgxpool.New(context.Background(), u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+
+	const marker = "lost-answer-7f3a"
+	cut := px.CutOnAnswer([]byte(marker))
+	lost := e.insertOne("w", `{"event":"created","model":"Site","data":{"id":1,"name":"`+marker+`"}}`)
+	e.insertMany("w", 20, 10)
+	stop := e.start(pool, testConfig(4, hookConfig("w", rec.srv.URL, func(w *config.Webhook) {
+		w.Timeout = config.Duration(30 * time.Second)
+	})))
+	select {
+	case <-cut:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the claim's answer was never cut")
+	}
+	r := e.waitState(lost, "delivered", 60*time.Second)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if r.Attempts != 1 {
+		t.Errorf("attempts = %d, want 1 (the lost claim sent nothing)", r.Attempts)
+	}
+	n := 0
+	for _, q := range rec.requests() {
+		if strings.Contains(string(q.Body), marker) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("the row of the lost claim was received %d times, want 1", n)
+	}
+	if left := e.count(`state <> 'delivered'`); left != 0 {
+		t.Errorf("%d rows not delivered", left)
 	}
 }

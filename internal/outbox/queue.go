@@ -21,6 +21,7 @@ const claimTimeoutMargin = 2 * time.Second
 // queries are the queue's statements, built once for a schema.
 type queries struct {
 	claim, outcome, promote, rescue, release string
+	releaseUnheld                            string
 	purgeDelivered, purgeFailed              string
 	heartbeat, deregister, pruneDispatchers  string
 	webhooksWithPending                      string
@@ -187,6 +188,15 @@ WHERE d.state = 'delivering'
   AND (d.locked_until < now() OR NOT EXISTS (
 	SELECT 1 FROM ` + dispatchers + ` AS h
 	WHERE h.id = d.locked_by AND h.heartbeat_at > now() - $1::bigint * interval '1 microsecond'))`,
+
+		// Rows claimed by dispatcher $1 that it does not hold ($2: the ids
+		// it holds): a claim committed but its answer never reached the
+		// dispatcher (the connection died, the server failed over). They
+		// were not sent, so the claim's attempt is taken back. The
+		// dispatcher runs it with no claim in flight.
+		releaseUnheld: `UPDATE ` + t + ` AS d
+SET state = 'pending', locked_until = NULL, locked_by = NULL, attempts = greatest(d.attempts - 1, 0)
+WHERE d.state = 'delivering' AND d.locked_by = $1 AND d.id <> ALL($2::bigint[])`,
 
 		// A circuit breaker closed: the receiver answers again, so rows
 		// waiting for a retry are due now.
@@ -540,6 +550,20 @@ func (s *Store) Rescue(ctx context.Context, dead time.Duration) (int64, error) {
 	tag, err := s.pool.Exec(ctx, s.q.rescue, dead.Microseconds())
 	if err != nil {
 		return 0, fmt.Errorf("rescue: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// ReleaseUnheld puts back to pending the rows claimed by dispatcher by
+// other than held: claims whose answer was lost. It must not run while a
+// claim of that dispatcher is in flight. It returns how many rows.
+func (s *Store) ReleaseUnheld(ctx context.Context, by string, held []int64) (int64, error) {
+	if held == nil {
+		held = []int64{}
+	}
+	tag, err := s.pool.Exec(ctx, s.q.releaseUnheld, by, held)
+	if err != nil {
+		return 0, fmt.Errorf("release unheld claims: %w", err)
 	}
 	return tag.RowsAffected(), nil
 }

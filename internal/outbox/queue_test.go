@@ -301,6 +301,7 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 	}{
 		{"promote", s.q.promote, []any{ids}},
 		{"rescue", s.q.rescue, []any{int64(5e6)}},
+		{"release unheld", s.q.releaseUnheld, []any{"d1", []int64{1, 2, 3}}},
 		{"release backoff", s.q.release, []any{"a"}},
 		{"purge delivered", s.q.purgeDelivered, []any{int64(7 * 24 * 3600e6)}},
 		{"purge failed", s.q.purgeFailed, []any{int64(30 * 24 * 3600e6)}},

@@ -3,10 +3,12 @@
 // Freeze stops every connection from moving bytes while its sockets stay
 // open (the kernel keeps acknowledging, so TCP keepalives never fire), and
 // Heal lets new connections through again while the frozen ones stay
-// frozen for good.
+// frozen for good. CutOnAnswer cuts a connection right after the server
+// answered, before the client hears it.
 package netproxy
 
 import (
+	"bytes"
 	"net"
 	"sync"
 )
@@ -18,9 +20,13 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	frozen bool
-	pairs  map[*pair]struct{}
-	closed chan struct{}
-	wg     sync.WaitGroup
+	// cut, when set, is the marker of CutOnAnswer; cutDone is closed
+	// once a connection was cut.
+	cut     []byte
+	cutDone chan struct{}
+	pairs   map[*pair]struct{}
+	closed  chan struct{}
+	wg      sync.WaitGroup
 }
 
 // pair is one proxied connection: the client's and the target's sockets.
@@ -65,6 +71,33 @@ func (p *Proxy) Freeze() {
 	for pr := range p.pairs {
 		pr.freeze()
 	}
+}
+
+// CutOnAnswer arms the proxy to cut, once, the connection on which the
+// server sends bytes containing marker: those bytes are not forwarded and
+// both sockets are closed, as when a path dies after the server answered
+// (a statement's answer comes after its commit) and before the client
+// heard it. The marker must arrive within one read of the server's
+// socket (keep it short). The channel returned is closed once it cut.
+func (p *Proxy) CutOnAnswer(marker []byte) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = bytes.Clone(marker)
+	p.cutDone = make(chan struct{})
+	return p.cutDone
+}
+
+// cutHere reports whether b, read from a server, must be cut, and disarms
+// the cut if so.
+func (p *Proxy) cutHere(b []byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cut == nil || !bytes.Contains(b, p.cut) {
+		return false
+	}
+	p.cut = nil
+	close(p.cutDone)
+	return true
 }
 
 // Heal lets new connections through again; the frozen ones stay frozen.
@@ -149,8 +182,8 @@ func (p *Proxy) serve(c net.Conn) {
 	p.mu.Unlock()
 	done := make(chan struct{}, 2)
 	p.wg.Add(2)
-	go p.copy(pr, s, c, done)
-	go p.copy(pr, c, s, done)
+	go p.copy(pr, s, c, false, done)
+	go p.copy(pr, c, s, true, done)
 	<-done
 	// One side ended while the pair moved bytes: end both, as a live path
 	// would. A frozen pair never gets here until Close.
@@ -178,14 +211,20 @@ func (p *Proxy) remove(pr *pair) {
 }
 
 // copy forwards src to dst until src ends or the pair freezes; bytes read
-// once frozen are held back, and nothing more is read.
-func (p *Proxy) copy(pr *pair, dst, src net.Conn, done chan<- struct{}) {
+// once frozen are held back, and nothing more is read. fromServer: src is
+// the server's socket, where CutOnAnswer looks.
+func (p *Proxy) copy(pr *pair, dst, src net.Conn, fromServer bool, done chan<- struct{}) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if pr.isFrozen() {
 			<-p.closed
+			done <- struct{}{}
+			return
+		}
+		if n > 0 && fromServer && p.cutHere(buf[:n]) {
+			pr.close()
 			done <- struct{}{}
 			return
 		}
