@@ -31,9 +31,4 @@
 //	UPDATE walhook.deliveries SET state = 'pending', next_attempt_at = now() WHERE state = 'failed';
 //
 // works as well, without restarting anything.
-//
-// Files: dispatch.go (Dispatcher, Options, per-webhook settings), claim.go
-// (claim loop), send.go (one attempt and the retry policy), outcome.go
-// (batched outcome writes), breaker.go (circuit breaker), observe.go
-// (Observer), tracing.go (attempt spans).
 package dispatch
