@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/pgnet"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -733,7 +734,7 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 				out, err := s.tpl.Execute(sp.Tmpl, decoded)
 				if err != nil {
 					// Stored failed with the error, and the default body.
-					r.State, r.LastError = "failed", "body_template: "+err.Error()
+					r.State, r.LastError = outbox.StateFailed, "body_template: "+err.Error()
 				} else {
 					r.Body = out
 				}

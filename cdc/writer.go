@@ -31,7 +31,8 @@ type Delivery struct {
 	Body                       string
 	// State and LastError, when set, store the row as already failed (a
 	// body_template that failed to render); default: pending.
-	State, LastError string
+	State     outbox.State
+	LastError string
 }
 
 // batch carries rows of one source transaction to the writer; commit marks
@@ -440,9 +441,9 @@ func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) 
 	}
 	n, err := conn.CopyFrom(ctx, w.sql.Table, w.sql.Columns, pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
 		r := &rows[i]
-		state, lastErr, lastAt := "pending", any(nil), any(nil)
+		state, lastErr, lastAt := string(outbox.StatePending), any(nil), any(nil)
 		if r.State != "" {
-			state = r.State
+			state = string(r.State)
 		}
 		if r.LastError != "" {
 			lastErr = r.LastError
@@ -488,7 +489,7 @@ func insertArgs(rows []Delivery) []any {
 	for i, r := range rows {
 		webhooks[i], events[i], models[i], keys[i] = r.Webhook, r.Event, r.Model, r.Key
 		lsns[i], seqs[i], ats[i], bodies[i] = r.CommitLSN.String(), r.Seq, r.CommittedAt, r.Body
-		states[i], lastErrs[i] = r.State, r.LastError
+		states[i], lastErrs[i] = string(r.State), r.LastError
 	}
 	return []any{webhooks, events, models, keys, lsns, seqs, ats, bodies, states, lastErrs}
 }

@@ -27,7 +27,7 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 	ctx, cancel := context.WithTimeoutCause(ctx, commandTimeout, errCommandTimeout)
 	defer cancel()
 	fs, path := newFlags("deliveries", stderr)
-	state := fs.String("state", "", "only deliveries in this state: "+strings.Join(outbox.States, ", "))
+	state := fs.String("state", "", "only deliveries in this state: "+outbox.StateList())
 	webhook := fs.String("webhook", "", "only deliveries of this webhook")
 	model := fs.String("model", "", "only deliveries of this model")
 	limit := fs.Int("limit", 50, "at most this many, newest first")
@@ -57,8 +57,8 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fs.Usage()
 		return usageErr("unexpected argument %q", pos[0])
 	}
-	if *state != "" && !slices.Contains(outbox.States, *state) {
-		return usageErr("--state %q: use %s", *state, strings.Join(outbox.States, ", "))
+	if *state != "" && !slices.Contains(outbox.States, outbox.State(*state)) {
+		return usageErr("--state %q: use %s", *state, outbox.StateList())
 	}
 	if *limit <= 0 {
 		return usageErr("--limit must be positive")
@@ -70,7 +70,7 @@ func cmdDeliveries(ctx context.Context, args []string, stdout, stderr io.Writer)
 	defer pool.Close()
 
 	list, more, err := outbox.New(pool, cfg.Database.Schema).List(ctx, outbox.ListFilter{
-		State: *state, Webhook: *webhook, Model: *model, Limit: *limit})
+		State: outbox.State(*state), Webhook: *webhook, Model: *model, Limit: *limit})
 	if err != nil {
 		return outboxError(err, cfg.Database.Schema)
 	}
@@ -227,7 +227,7 @@ func printDelivery(w io.Writer, d *delivery) {
 	row("event", d.Event)
 	row("model", d.Model)
 	row("object_key", d.ObjectKey)
-	row("state", d.State)
+	row("state", string(d.State))
 	row("attempts", strconv.Itoa(int(d.Attempts)))
 	row("commit_lsn", fmt.Sprintf("%s (seq %d)", d.CommitLSN, d.Seq))
 	row("trace_id", tracecontext.ForDelivery(d.Webhook, d.ID).String()+" (traceparent; one span per attempt)")

@@ -23,7 +23,7 @@ func TestRowsFailedAtCaptureArePurgedAndNotRequeued(t *testing.T) {
 	args := []any{
 		[]string{"w", "w"}, []string{"created", "created"}, []string{"M", "M"}, []string{"1", "2"},
 		[]string{"0/10", "0/20"}, []int32{0, 0}, []time.Time{committed, committed},
-		[]string{`{"default":1}`, `{"default":2}`}, []string{StateFailed, ""}, []string{"body_template: boom", ""},
+		[]string{`{"default":1}`, `{"default":2}`}, []string{string(StateFailed), ""}, []string{"body_template: boom", ""},
 	}
 	exec(t, pool, s.Enqueue().Insert, args...)
 	var failed, pending int64

@@ -58,7 +58,7 @@ ON CONFLICT (minute, webhook) DO UPDATE SET
 		// deliveries_object_open, whose rows are exactly the open ones.
 		sample: `INSERT INTO ` + t + ` AS m (minute, webhook, backlog)
 SELECT $1::timestamptz, w.name, (SELECT count(*) FROM ` + deliveries + ` AS d
-		WHERE d.webhook = w.name AND d.state IN ('pending', 'parked', 'delivering'))
+		WHERE d.webhook = w.name AND d.state IN ` + openStatesSQL + `)
 FROM unnest($2::text[]) WITH ORDINALITY AS w(name, i)
 WHERE NOT EXISTS (SELECT 1 FROM ` + t + ` AS x WHERE x.minute = $1::timestamptz AND x.webhook = w.name AND x.backlog IS NOT NULL)
 ORDER BY w.i

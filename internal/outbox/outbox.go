@@ -18,6 +18,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -25,28 +26,41 @@ import (
 	"github.com/walhook/walhook/migrations"
 )
 
-// Delivery states (the state column).
+// State is a delivery's state (the state column).
+type State string
+
+// Delivery states.
 const (
 	// StatePending rows are due at next_attempt_at.
-	StatePending = "pending"
+	StatePending State = "pending"
 	// StateParked rows wait for an earlier change of their object (same
 	// webhook, model and object_key) to be delivered or to fail.
-	StateParked = "parked"
+	StateParked State = "parked"
 	// StateDelivering rows are claimed by the dispatcher in locked_by.
-	StateDelivering = "delivering"
+	StateDelivering State = "delivering"
 	// StateDelivered rows were accepted by the receiver (2xx).
-	StateDelivered = "delivered"
+	StateDelivered State = "delivered"
 	// StateFailed rows used all their attempts; they stay until retried or
 	// purged after dispatch.failed_retention.
-	StateFailed = "failed"
+	StateFailed State = "failed"
 )
 
 // States lists every delivery state, in the order a row goes through them.
-var States = []string{StatePending, StateParked, StateDelivering, StateDelivered, StateFailed}
+var States = []State{StatePending, StateParked, StateDelivering, StateDelivered, StateFailed}
+
+// StateList is States for people: "pending, parked, ...".
+func StateList() string {
+	names := make([]string, len(States))
+	for i, s := range States {
+		names[i] = string(s)
+	}
+	return strings.Join(names, ", ")
+}
 
 // OpenStates are the states of a change not finished yet: an open change
-// holds back later changes of its object.
-var OpenStates = []string{StatePending, StateParked, StateDelivering}
+// holds back later changes of its object. The statements spell them
+// {{open}}.
+var OpenStates = []State{StatePending, StateParked, StateDelivering}
 
 // Store runs the outbox statements on a pool. Create it with New.
 type Store struct {
@@ -81,7 +95,7 @@ func New(pool *pgxpool.Pool, schema string) *Store {
 		attempts:    migrations.Table(schema, "attempts"),
 		channel:     migrations.Channel(schema),
 	}
-	s.q = newQueries(s.deliveries, s.dispatchers, s.attempts)
+	s.q = s.newQueries()
 	s.mq = newMinuteQueries(s.minutes, s.deliveries)
 	return s
 }

@@ -65,13 +65,13 @@ func count(t *testing.T, pool *pgxpool.Pool, where string) int {
 	return n
 }
 
-func state(t *testing.T, pool *pgxpool.Pool, id int64) string {
+func state(t *testing.T, pool *pgxpool.Pool, id int64) State {
 	t.Helper()
 	var s string
 	if err := pool.QueryRow(context.Background(), `SELECT state FROM walhook.deliveries WHERE id = $1`, id).Scan(&s); err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return State(s)
 }
 
 func claimIDs(t *testing.T, s *Store, webhook string, limit int) ([]Claimed, int) {
@@ -84,7 +84,7 @@ func claimIDs(t *testing.T, s *Store, webhook string, limit int) ([]Claimed, int
 	return c, parked[webhook]
 }
 
-func finish(t *testing.T, s *Store, c Claimed, st string) {
+func finish(t *testing.T, s *Store, c Claimed, st State) {
 	t.Helper()
 	n, err := s.WriteOutcomes(context.Background(), "d1", []Outcome{{ID: c.ID, ClaimedAt: c.ClaimedAt, State: st}})
 	if err != nil || n != 1 {
@@ -302,11 +302,11 @@ func TestQueuePlansIgnoreBacklogAndStatistics(t *testing.T) {
 		{"promote", s.q.promote, []any{ids}},
 		{"rescue", s.q.rescue, []any{int64(5e6)}},
 		{"release unheld", s.q.releaseUnheld, []any{"d1", []int64{1, 2, 3}}},
-		{"release backoff", s.q.release, []any{"a"}},
+		{"release backoff", s.q.releaseBackoff, []any{"a"}},
 		{"purge delivered", s.q.purgeDelivered, []any{int64(7 * 24 * 3600e6)}},
 		{"purge failed", s.q.purgeFailed, []any{int64(30 * 24 * 3600e6)}},
 		{"webhooks with pending rows", s.q.webhooksWithPending, nil},
-		{"orphan sweep", fmt.Sprintf(orphansSQL, s.deliveries), []any{"", "", "", 1000}},
+		{"orphan sweep", s.q.openObjects, []any{"", "", "", 1000}},
 	}
 	for _, st := range stmts {
 		n, plan := explain(t, pool, st.sql, st.args...)

@@ -28,7 +28,7 @@ type Delivery struct {
 	CommitLSN     string     `json:"commit_lsn"`
 	Seq           int32      `json:"seq"`
 	CommittedAt   time.Time  `json:"committed_at"`
-	State         string     `json:"state"`
+	State         State      `json:"state"`
 	Attempts      int32      `json:"attempts"`
 	NextAttemptAt time.Time  `json:"next_attempt_at"`
 	LockedUntil   *time.Time `json:"locked_until"`
@@ -66,7 +66,8 @@ func (d *Delivery) utc() {
 
 // ListFilter selects deliveries for List. Empty fields select everything.
 type ListFilter struct {
-	State, Webhook, Model string
+	State          State
+	Webhook, Model string
 	// After and Before page by id: rows with a larger id (oldest first),
 	// or a smaller one (newest first, the default order).
 	After, Before int64
@@ -88,11 +89,11 @@ func (s *Store) List(ctx context.Context, f ListFilter) (rows []Delivery, more b
 	}
 	if f.State != "" {
 		if !slices.Contains(States, f.State) {
-			return nil, false, fmt.Errorf("list deliveries: unknown state %q (%s)", f.State, strings.Join(States, ", "))
+			return nil, false, fmt.Errorf("list deliveries: unknown state %q (%s)", f.State, StateList())
 		}
 		// A literal from the fixed list, so that the planner can use the
 		// partial index of that state.
-		where = append(where, "state = '"+f.State+"'")
+		where = append(where, "state = '"+string(f.State)+"'")
 	}
 	if f.Webhook != "" {
 		where = append(where, "webhook = "+arg(f.Webhook))
@@ -190,7 +191,7 @@ var statusQueries = struct {
 	// deliveries_object_open, its commit time from the unique key.
 	oldest: `SELECT o.webhook, extract(epoch FROM now() - (
 		SELECT min(x.committed_at) FROM %[1]s AS x WHERE x.webhook = o.webhook AND x.commit_lsn = o.lsn))::float8
-FROM (SELECT webhook, min(commit_lsn) AS lsn FROM %[1]s WHERE state IN ('pending', 'parked', 'delivering') GROUP BY webhook) AS o`,
+FROM (SELECT webhook, min(commit_lsn) AS lsn FROM %[1]s WHERE state IN ` + openStatesSQL + ` GROUP BY webhook) AS o`,
 }
 
 // countQuery is one per-state count and where it adds up.
@@ -264,7 +265,7 @@ func (s *Store) count(ctx context.Context, qs ...countQuery) (map[string]*Counts
 // LastError is the most recent failed attempt of a webhook.
 type LastError struct {
 	DeliveryID int64      `json:"delivery_id"`
-	State      string     `json:"state"`
+	State      State      `json:"state"`
 	Status     *int32     `json:"status"`
 	Error      string     `json:"error"`
 	At         *time.Time `json:"at"`

@@ -46,7 +46,7 @@ const failedAtCaptureSQL = `(d.state = 'failed' AND d.attempts = 0)`
 // stored failed by capture (its body_template failed): it is never
 // re-queued; fix the template and resend the object with walhook backfill.
 // Every other failed row has made at least one attempt.
-func FailedAtCapture(state string, attempts int) bool {
+func FailedAtCapture(state State, attempts int) bool {
 	return state == StateFailed && attempts == 0
 }
 

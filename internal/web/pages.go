@@ -163,7 +163,8 @@ type failureView struct {
 type rowView struct {
 	ID                  int64
 	Webhook, Model      string
-	Event, Key, State   string
+	Event, Key          string
+	State               outbox.State
 	Attempts            int32
 	LastStatus          *int32
 	LastError           string
@@ -174,14 +175,15 @@ type rowView struct {
 
 // filter selects deliveries on the index page.
 type filter struct {
-	State, Webhook, Model string
-	Before, After         int64
+	State          outbox.State
+	Webhook, Model string
+	Before, After  int64
 }
 
 func (f filter) query(extra ...string) string {
 	q := url.Values{}
 	if f.State != "" {
-		q.Set("state", f.State)
+		q.Set("state", string(f.State))
 	}
 	if f.Webhook != "" {
 		q.Set("webhook", f.Webhook)
@@ -215,7 +217,7 @@ type indexPage struct {
 	ListErr     string
 	Hooks       []hookView
 	Filter      filter
-	States      []string
+	States      []outbox.State
 	WebhookOpts []string
 	ModelOpts   []string
 	Rows        []rowView
@@ -228,7 +230,7 @@ type indexPage struct {
 
 func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	f := filter{State: q.Get("state"), Webhook: limit(q.Get("webhook"), 200), Model: limit(q.Get("model"), 200)}
+	f := filter{State: outbox.State(q.Get("state")), Webhook: limit(q.Get("webhook"), 200), Model: limit(q.Get("model"), 200)}
 	if f.State != "" && !slices.Contains(states, f.State) {
 		f.State = ""
 	}
@@ -399,7 +401,7 @@ type detailView struct {
 	Seq                             int32
 	Committed                       *time.Time
 	Body                            string
-	State                           string
+	State                           outbox.State
 	Attempts                        int32
 	NextAttempt, LockedUntil        *time.Time
 	LockedBy                        *string

@@ -221,9 +221,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			if h == nil {
 				h = &hookStats{}
 			}
-			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(h.Pending), name, outbox.StatePending)
-			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(h.Delivering), name, outbox.StateDelivering)
-			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(h.Failed), name, outbox.StateFailed)
+			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(h.Pending), name, string(outbox.StatePending))
+			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(h.Delivering), name, string(outbox.StateDelivering))
+			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(h.Failed), name, string(outbox.StateFailed))
 			ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, h.OldestAge.Seconds(), name)
 		}
 	}

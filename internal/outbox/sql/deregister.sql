@@ -1,0 +1,2 @@
+-- Dispatcher $1 stopped cleanly.
+DELETE FROM {{dispatchers}} WHERE id = $1
