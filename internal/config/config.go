@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/walhook/walhook/dispatch/sign"
 	"github.com/walhook/walhook/internal/clienttls"
 )
@@ -373,6 +375,16 @@ type Log struct {
 
 // Duration is a time.Duration written like "10s", "5m", "1h" or "7d".
 type Duration time.Duration
+
+// UnmarshalYAML parses durations such as "10s" or "7d".
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseDuration(n.Value)
+	if err != nil {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
+	}
+	*d = Duration(v)
+	return nil
+}
 
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
