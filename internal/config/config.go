@@ -108,6 +108,9 @@ const (
 	LookupErrorOmit  = "omit"
 )
 
+// LookupErrorModes lists the values of on_lookup_error, the default first.
+func LookupErrorModes() []string { return []string{LookupErrorRetry, LookupErrorOmit} }
+
 // QualifiedTable is "schema.table" with the parts unquoted.
 func (m Model) QualifiedTable() string { return m.Schema + "." + m.Name }
 
@@ -362,7 +365,7 @@ type HTTP struct {
 // ListenAddr is the listen address with its default applied ("" disables).
 func (h HTTP) ListenAddr() string {
 	if h.Listen == nil {
-		return "127.0.0.1:9187"
+		return DefaultListen
 	}
 	return *h.Listen
 }
@@ -372,6 +375,18 @@ type Log struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
 }
+
+// Log formats.
+const (
+	LogFormatJSON    = "json"    // one JSON object a line (the default)
+	LogFormatConsole = "console" // coloured text for a terminal
+)
+
+// LogFormats lists the log formats, the default first.
+func LogFormats() []string { return []string{LogFormatJSON, LogFormatConsole} }
+
+// LogLevels lists the log levels, most verbose first.
+func LogLevels() []string { return []string{"debug", "info", "warn", "error"} }
 
 // Duration is a time.Duration written like "10s", "5m", "1h" or "7d".
 type Duration time.Duration
@@ -437,21 +452,8 @@ const (
 // CoalesceModes lists the coalescing modes, the default first.
 func CoalesceModes() []string { return []string{CoalesceNone, CoalesceTransaction} }
 
-// Defaults of settings a file leaves out (applied by ApplyDefaults).
-const (
-	DefaultSchema          = "walhook"
-	DefaultSlot            = "walhook"
-	DefaultPublication     = "walhook"
-	DefaultHTTPMethod      = "POST"
-	DefaultTimeout         = 10 * time.Second
-	DefaultMaxAttempts     = 8
-	DefaultInitialInterval = 5 * time.Second
-	DefaultMaxInterval     = time.Hour
-	DefaultConcurrency     = 16
-	DefaultPollInterval    = time.Second
-	DefaultRetention       = 7 * 24 * time.Hour
-	DefaultFailedRetention = 30 * 24 * time.Hour
-)
+// HTTPMethods lists the methods a webhook may send with.
+func HTTPMethods() []string { return []string{"POST", "PUT", "PATCH"} }
 
 // Events are the three change events.
 var Events = []string{"created", "updated", "deleted"}

@@ -4,10 +4,33 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/walhook/walhook/dispatch/sign"
 )
 
+// Defaults of settings a file leaves out. ApplyDefaults fills them in, but
+// for DefaultListen, which HTTP.ListenAddr applies (an empty http.listen
+// turns the server off).
+const (
+	DefaultSchema          = "walhook"
+	DefaultSlot            = "walhook"
+	DefaultPublication     = "walhook"
+	DefaultHTTPMethod      = "POST"
+	DefaultTimeout         = 10 * time.Second
+	DefaultMaxAttempts     = 8
+	DefaultInitialInterval = 5 * time.Second
+	DefaultMaxInterval     = time.Hour
+	DefaultConcurrency     = 16
+	DefaultPollInterval    = time.Second
+	DefaultRetention       = 7 * 24 * time.Hour
+	DefaultFailedRetention = 30 * 24 * time.Hour
+	DefaultListen          = "127.0.0.1:9187"
+	DefaultLogLevel        = "info"
+	DefaultLogFormat       = LogFormatJSON
+)
+
+// defaults fills in what the file leaves out, keeping what it wrote.
 func (p *parser) defaults(c *Config) {
 	applyDefaults(c, p.given, p.line)
 }
@@ -100,8 +123,8 @@ func applyDefaults(c *Config, given func(path string) bool, line func(path strin
 			w.Concurrency = DefaultWebhookConcurrency(d.Concurrency, enabled)
 		}
 	}
-	c.Log.Level = or(c.Log.Level, "info")
-	c.Log.Format = or(c.Log.Format, "json")
+	c.Log.Level = or(c.Log.Level, DefaultLogLevel)
+	c.Log.Format = or(c.Log.Format, DefaultLogFormat)
 }
 
 // computedOrder sets the line of each computed field and returns their

@@ -58,8 +58,8 @@ func (p *parser) validateModels(ms []Model) []string {
 		}
 		models[m.Model] = true
 		p.validateLookups(m, path)
-		if !slices.Contains([]string{LookupErrorRetry, LookupErrorOmit}, m.OnLookupError) {
-			p.at(path+".on_lookup_error", "model %s: on_lookup_error %q must be %s or %s", m.Model, m.OnLookupError, LookupErrorRetry, LookupErrorOmit)
+		if !slices.Contains(LookupErrorModes(), m.OnLookupError) {
+			p.at(path+".on_lookup_error", "model %s: on_lookup_error %q must be %s", m.Model, m.OnLookupError, orList(LookupErrorModes()))
 		}
 	}
 	return slices.Sorted(maps.Keys(models))
@@ -171,11 +171,11 @@ func (p *parser) validateTracing(t Tracing) {
 }
 
 func (p *parser) validateLog(l Log) {
-	if !slices.Contains([]string{"debug", "info", "warn", "error"}, l.Level) {
-		p.at("log.level", "log.level %q must be debug, info, warn or error", l.Level)
+	if !slices.Contains(LogLevels(), l.Level) {
+		p.at("log.level", "log.level %q must be %s", l.Level, orList(LogLevels()))
 	}
-	if !slices.Contains([]string{"json", "console"}, l.Format) {
-		p.at("log.format", "log.format %q must be json or console", l.Format)
+	if !slices.Contains(LogFormats(), l.Format) {
+		p.at("log.format", "log.format %q must be %s", l.Format, orList(LogFormats()))
 	}
 }
 

@@ -56,11 +56,11 @@ func (p *parser) validateWebhook(c *Config, w *Webhook, path string, models []st
 			if s := closest(e, Events); s != "" {
 				hint = fmt.Sprintf(", did you mean %q?", s)
 			}
-			p.at(fmt.Sprintf("%s.events[%d]", path, j), "webhook %q: unknown event %q (use created, updated, deleted%s)", w.Name, e, hint)
+			p.at(fmt.Sprintf("%s.events[%d]", path, j), "webhook %q: unknown event %q (use %s%s)", w.Name, e, strings.Join(Events, ", "), hint)
 		}
 	}
-	if !slices.Contains([]string{"POST", "PUT", "PATCH"}, w.HTTPMethod) {
-		p.at(path+".http_method", "webhook %q: http_method %q must be POST, PUT or PATCH", w.Name, w.HTTPMethod)
+	if !slices.Contains(HTTPMethods(), w.HTTPMethod) {
+		p.at(path+".http_method", "webhook %q: http_method %q must be %s", w.Name, w.HTTPMethod, orList(HTTPMethods()))
 	}
 	if w.Timeout <= 0 {
 		p.at(path+".timeout", "webhook %q: timeout must be positive", w.Name)

@@ -159,7 +159,7 @@ func (p *parser) dedupe(n *yaml.Node, path string) {
 	for i := 0; i+1 < len(n.Content); {
 		k := n.Content[i]
 		if prev, dup := seen[k.Value]; dup && prev.Kind == k.Kind {
-			p.add(k.Line, "%s: key %q is repeated (first at line %d): remove one", or(path, "the top level"), k.Value, prev.Line)
+			p.add(k.Line, "%s: key %q is repeated (first at line %d): remove one", where(path), k.Value, prev.Line)
 			n.Content = append(n.Content[:i:i], n.Content[i+2:]...)
 			continue
 		}
@@ -183,11 +183,7 @@ func (p *parser) walkFields(n *yaml.Node, fields map[string]reflect.Type, names 
 		if !ok {
 			if !p.keysSeen[k] { // a key reached again through an alias is reported once
 				p.keysSeen[k] = true
-				where := path
-				if where == "" {
-					where = "the top level"
-				}
-				p.add(k.Line, "unknown key %q in %s%s", k.Value, where, suggest(k.Value, names))
+				p.add(k.Line, "unknown key %q in %s%s", k.Value, where(path), suggest(k.Value, names))
 			}
 			continue
 		}
@@ -208,12 +204,12 @@ func (p *parser) walkFields(n *yaml.Node, fields map[string]reflect.Type, names 
 		for _, s := range srcs {
 			m := resolve(s)
 			if m.Kind != yaml.MappingNode {
-				p.add(s.Line, "%s: a merge (<<) needs a mapping or a list of mappings, not %s", or(path, "the top level"), kindName(m))
+				p.add(s.Line, "%s: a merge (<<) needs a mapping or a list of mappings, not %s", where(path), kindName(m))
 				*v = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: v.Line, Column: v.Column}
 				break
 			}
 			if p.merging[m] {
-				p.add(s.Line, "%s: a merge (<<) includes the mapping it is in", or(path, "the top level"))
+				p.add(s.Line, "%s: a merge (<<) includes the mapping it is in", where(path))
 				*v = yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Line: v.Line, Column: v.Column}
 				break
 			}
@@ -226,7 +222,7 @@ func (p *parser) walkFields(n *yaml.Node, fields map[string]reflect.Type, names 
 
 // wrongKind reports a mapping, list or scalar where another kind is needed.
 func (p *parser) wrongKind(orig, n *yaml.Node, t reflect.Type, path string) {
-	p.badValue(orig, t, path, "%s: expected %s, got %s", or(path, "the top level"), kindWanted(t), kindName(n))
+	p.badValue(orig, t, path, "%s: expected %s, got %s", where(path), kindWanted(t), kindName(n))
 }
 
 // badValue reports the value at path and replaces it by its zero value.
@@ -306,6 +302,10 @@ func kindWanted(t reflect.Type) string {
 	return "a string"
 }
 
+// where names path in a message: the path, or "the top level".
+func where(path string) string { return or(path, "the top level") }
+
+// join appends key to path with a dot ("webhooks[0]" + "url").
 func join(path, key string) string {
 	if path == "" {
 		return key
