@@ -1,5 +1,3 @@
-// Package config loads, expands and validates walhook's YAML configuration
-// (SPEC §2). Every problem found is reported with its file:line, all at once.
 package config
 
 import (
