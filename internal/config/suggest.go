@@ -6,12 +6,14 @@ import (
 	"unicode/utf8"
 )
 
-// list of known keys when none is close.
-func suggest(key string, names []string) string {
-	if c := closest(key, names); c != "" {
+// suggest returns a " (did you mean ...?)" hint for a name that is not one
+// of names, or lists them, after known ("known keys: a, b") when none is
+// close.
+func suggest(name string, names []string, known string) string {
+	if c := closest(name, names); c != "" {
 		return fmt.Sprintf(" (did you mean %q?)", c)
 	}
-	return " (known keys: " + strings.Join(names, ", ") + ")"
+	return " (" + known + ": " + strings.Join(names, ", ") + ")"
 }
 
 // closest returns the candidate that s most likely misspells, or "": the same

@@ -43,11 +43,7 @@ func (p *parser) validateWebhook(c *Config, w *Webhook, path string, models []st
 	}
 	for j, m := range w.Models {
 		if !slices.Contains(models, m) {
-			hint := " (models are: " + strings.Join(models, ", ") + ")"
-			if s := closest(m, models); s != "" {
-				hint = fmt.Sprintf(" (did you mean %q?)", s)
-			}
-			p.at(fmt.Sprintf("%s.models[%d]", path, j), "webhook %q names unknown model %q%s", w.Name, m, hint)
+			p.at(fmt.Sprintf("%s.models[%d]", path, j), "webhook %q names unknown model %q%s", w.Name, m, suggest(m, models, "models are"))
 		}
 	}
 	for j, e := range w.Events {

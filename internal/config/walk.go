@@ -183,7 +183,7 @@ func (p *parser) walkFields(n *yaml.Node, fields map[string]reflect.Type, names 
 		if !ok {
 			if !p.keysSeen[k] { // a key reached again through an alias is reported once
 				p.keysSeen[k] = true
-				p.add(k.Line, "unknown key %q in %s%s", k.Value, where(path), suggest(k.Value, names))
+				p.add(k.Line, "unknown key %q in %s%s", k.Value, where(path), suggest(k.Value, names, "known keys"))
 			}
 			continue
 		}
