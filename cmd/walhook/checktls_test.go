@@ -72,8 +72,8 @@ func TestTLSCheck(t *testing.T) {
 }
 
 // An https URL with an IP address, a ca_file and a certificate of that CA
-// that does not name the IP address (issue 24): check's handshake fails
-// (it passed: no name was checked without SNI), and passes with
+// that does not name the IP address: check's handshake fails (without SNI
+// the name must still be checked against the IP address), and passes with
 // server_name set to the name the certificate has.
 func TestTLSCheckIPAddressURL(t *testing.T) {
 	t.Parallel()

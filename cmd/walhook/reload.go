@@ -54,10 +54,7 @@ type reloadable struct {
 
 // newReloadableLogger is newLogger whose level a reload can change.
 func newReloadableLogger(cfg *config.Config, w io.Writer, path string) (zerolog.Logger, *reloadable) {
-	if cfg.Log.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
-	}
-	lw := &levelWriter{w: w}
+	lw := &levelWriter{w: logOutput(cfg, w)}
 	lw.set(cfg.Log.Level)
 	log := zerolog.New(lw).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	return log, &reloadable{path: path, level: lw}

@@ -48,10 +48,15 @@ func newLogger(cfg *config.Config, w io.Writer) zerolog.Logger {
 	if err != nil {
 		level = zerolog.InfoLevel
 	}
-	if cfg.Log.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
+	return zerolog.New(logOutput(cfg, w)).Level(level).With().Timestamp().Logger()
+}
+
+// logOutput is w in the configured log format.
+func logOutput(cfg *config.Config, w io.Writer) io.Writer {
+	if cfg.Log.Format == config.LogFormatConsole {
+		return zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
 	}
-	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+	return w
 }
 
 // errCommandTimeout is why a one-shot command gave up.

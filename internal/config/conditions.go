@@ -119,7 +119,7 @@ func parseSet(m map[string]any, path string) (*Condition, error) {
 	for k, v := range m {
 		logic, items = k, v
 	}
-	p := joinPath(path, logic)
+	p := join(path, logic)
 	list, ok := items.([]any)
 	if !ok {
 		return nil, &ConditionError{Path: p, Msg: fmt.Sprintf("expected a list of conditions, got %s", condKind(items))}
@@ -146,31 +146,31 @@ func parseLeaf(m map[string]any, path string) (*Condition, error) {
 		switch k {
 		case "attr", "value", "op", "negate":
 		default:
-			return nil, &ConditionError{Path: joinPath(path, k), Msg: fmt.Sprintf(`unknown key %q in a condition (keys: attr, value, op, negate; a set is {"and": [...]} or {"or": [...]})`, k)}
+			return nil, &ConditionError{Path: join(path, k), Msg: fmt.Sprintf(`unknown key %q in a condition (keys: attr, value, op, negate; a set is {"and": [...]} or {"or": [...]})`, k)}
 		}
 	}
 	attr, ok := m["attr"].(string)
 	if !ok || strings.TrimSpace(attr) == "" {
-		return nil, &ConditionError{Path: joinPath(path, "attr"), Msg: `a condition needs "attr", the dotted path of the value to test, e.g. "data.status.value"`}
+		return nil, &ConditionError{Path: join(path, "attr"), Msg: `a condition needs "attr", the dotted path of the value to test, e.g. "data.status.value"`}
 	}
 	c.Attr = attr
 	c.Path = strings.Split(attr, ".")
 	for _, seg := range c.Path {
 		if seg == "" {
-			return nil, &ConditionError{Path: joinPath(path, "attr"), Msg: fmt.Sprintf("attr %q has an empty path segment", attr)}
+			return nil, &ConditionError{Path: join(path, "attr"), Msg: fmt.Sprintf("attr %q has an empty path segment", attr)}
 		}
 	}
 	if op, present := m["op"]; present {
 		s, ok := op.(string)
 		if !ok || !slices.Contains(condOps, strings.ToLower(s)) {
-			return nil, &ConditionError{Path: joinPath(path, "op"), Msg: fmt.Sprintf("op %v is not one of %s", op, strings.Join(condOps, ", "))}
+			return nil, &ConditionError{Path: join(path, "op"), Msg: fmt.Sprintf("op %v is not one of %s", op, strings.Join(condOps, ", "))}
 		}
 		c.Op = strings.ToLower(s)
 	}
 	if neg, present := m["negate"]; present {
 		b, ok := neg.(bool)
 		if !ok {
-			return nil, &ConditionError{Path: joinPath(path, "negate"), Msg: fmt.Sprintf("negate must be true or false, got %v", neg)}
+			return nil, &ConditionError{Path: join(path, "negate"), Msg: fmt.Sprintf("negate must be true or false, got %v", neg)}
 		}
 		c.Negate = b
 	}
@@ -180,17 +180,17 @@ func parseLeaf(m map[string]any, path string) (*Condition, error) {
 	}
 	val, kind, err := normValue(raw)
 	if err != nil {
-		return nil, &ConditionError{Path: joinPath(path, "value"), Msg: err.Error()}
+		return nil, &ConditionError{Path: join(path, "value"), Msg: err.Error()}
 	}
 	c.Value = val
 	if !slices.Contains(condTypes[kind], c.Op) {
-		return nil, &ConditionError{Path: joinPath(path, "op"), Msg: fmt.Sprintf("op %s cannot be used with a %s value (a %s value allows %s)", c.Op, kind, kind, strings.Join(condTypes[kind], ", "))}
+		return nil, &ConditionError{Path: join(path, "op"), Msg: fmt.Sprintf("op %s cannot be used with a %s value (a %s value allows %s)", c.Op, kind, kind, strings.Join(condTypes[kind], ", "))}
 	}
 	if c.Op == OpRegex {
 		// NetBox uses Python's re.match: anchored at the start only.
 		re, err := regexp.Compile(`^(?:` + val.(string) + `)`)
 		if err != nil {
-			return nil, &ConditionError{Path: joinPath(path, "value"), Msg: fmt.Sprintf("invalid regular expression %q: %v", val, err)}
+			return nil, &ConditionError{Path: join(path, "value"), Msg: fmt.Sprintf("invalid regular expression %q: %v", val, err)}
 		}
 		c.Regexp = re
 	}
@@ -280,13 +280,6 @@ func condKind(v any) string {
 		return "a mapping"
 	}
 	return "a number"
-}
-
-func joinPath(path, key string) string {
-	if path == "" {
-		return key
-	}
-	return path + "." + key
 }
 
 // String renders the condition as NetBox ConditionSet JSON (for logs).

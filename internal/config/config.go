@@ -1,5 +1,3 @@
-// Package config loads, expands and validates walhook's YAML configuration
-// (SPEC §2). Every problem found is reported with its file:line, all at once.
 package config
 
 import (
@@ -11,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/walhook/walhook/dispatch/sign"
 	"github.com/walhook/walhook/internal/clienttls"
@@ -105,6 +105,9 @@ const (
 	LookupErrorRetry = "retry"
 	LookupErrorOmit  = "omit"
 )
+
+// LookupErrorModes lists the values of on_lookup_error, the default first.
+func LookupErrorModes() []string { return []string{LookupErrorRetry, LookupErrorOmit} }
 
 // QualifiedTable is "schema.table" with the parts unquoted.
 func (m Model) QualifiedTable() string { return m.Schema + "." + m.Name }
@@ -360,7 +363,7 @@ type HTTP struct {
 // ListenAddr is the listen address with its default applied ("" disables).
 func (h HTTP) ListenAddr() string {
 	if h.Listen == nil {
-		return "127.0.0.1:9187"
+		return DefaultListen
 	}
 	return *h.Listen
 }
@@ -371,8 +374,30 @@ type Log struct {
 	Format string `yaml:"format"`
 }
 
+// Log formats.
+const (
+	LogFormatJSON    = "json"    // one JSON object a line (the default)
+	LogFormatConsole = "console" // coloured text for a terminal
+)
+
+// LogFormats lists the log formats, the default first.
+func LogFormats() []string { return []string{LogFormatJSON, LogFormatConsole} }
+
+// LogLevels lists the log levels, most verbose first.
+func LogLevels() []string { return []string{"debug", "info", "warn", "error"} }
+
 // Duration is a time.Duration written like "10s", "5m", "1h" or "7d".
 type Duration time.Duration
+
+// UnmarshalYAML parses durations such as "10s" or "7d".
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseDuration(n.Value)
+	if err != nil {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
+	}
+	*d = Duration(v)
+	return nil
+}
 
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
@@ -425,21 +450,8 @@ const (
 // CoalesceModes lists the coalescing modes, the default first.
 func CoalesceModes() []string { return []string{CoalesceNone, CoalesceTransaction} }
 
-// Defaults of settings a file leaves out (applied by ApplyDefaults).
-const (
-	DefaultSchema          = "walhook"
-	DefaultSlot            = "walhook"
-	DefaultPublication     = "walhook"
-	DefaultHTTPMethod      = "POST"
-	DefaultTimeout         = 10 * time.Second
-	DefaultMaxAttempts     = 8
-	DefaultInitialInterval = 5 * time.Second
-	DefaultMaxInterval     = time.Hour
-	DefaultConcurrency     = 16
-	DefaultPollInterval    = time.Second
-	DefaultRetention       = 7 * 24 * time.Hour
-	DefaultFailedRetention = 30 * 24 * time.Hour
-)
+// HTTPMethods lists the methods a webhook may send with.
+func HTTPMethods() []string { return []string{"POST", "PUT", "PATCH"} }
 
 // Events are the three change events.
 var Events = []string{"created", "updated", "deleted"}

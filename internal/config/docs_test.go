@@ -13,8 +13,8 @@ import (
 // The documentation is checked here, next to the loader the quick start
 // relies on; nothing in it needs a database.
 
-// readmeMaxLines is issue 18's bound: the README is a front page, the rest
-// lives in docs/.
+// readmeMaxLines bounds the README: it is a front page, the rest lives in
+// docs/.
 const readmeMaxLines = 250
 
 // repoRoot is the repository root, seen from this package's directory.

@@ -5,5 +5,5 @@
 // each problem the SQL or setting that fixes it. The start-up table checks,
 // the publication's settings and the slot queries it shares with capture are
 // imported from cdc and internal/replslot; the outbox's statements stay in
-// internal/outbox. One file: check.go.
+// internal/outbox.
 package preflight

@@ -903,9 +903,9 @@ func TestRetrySaysSoForSupersededDeliveries(t *testing.T) {
 	}
 }
 
-// A delivery whose body_template failed at capture (issue 24): its stored
-// body is the default body, so its page offers no retry and says why, and
-// a retry posted anyway leaves it failed.
+// A delivery whose body_template failed at capture: its stored body is the
+// default body, so its page offers no retry and says why, and a retry
+// posted anyway leaves it failed.
 func TestDeliveryFailedAtCaptureIsNotRetried(t *testing.T) {
 	e := newEnv(t)
 	id := e.insert(row{state: "failed", lastError: "body_template: template: x:1: nil pointer evaluating"})
@@ -955,8 +955,8 @@ func (d *stalledDispatch) Stall() string {
 }
 
 // /readyz reports a dispatcher whose delivery outcomes cannot be written
-// (issue 24: claiming stopped while /readyz said ready), and the metrics
-// count the failed writes and the dropped outcomes.
+// (it has stopped claiming, so it is not ready), and the metrics count the
+// failed writes and the dropped outcomes.
 func TestReadyzReportsAStalledDispatcher(t *testing.T) {
 	disp := &stalledDispatch{}
 	e := newEnv(t, func(_ *config.Config, o *web.Options) { o.Dispatch = disp })
