@@ -99,6 +99,7 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context) {
 			inFlight--
 			if c.err != nil {
 				unheld = true
+				d.resetFloors()
 				failures++
 				delay := d.retryDelay(failures)
 				d.log.Warn().Err(c.err).Dur("retry_in_ms", delay).Msg("claiming deliveries failed")
@@ -114,6 +115,9 @@ func (d *Dispatcher) claimLoop(ctx, hard context.Context) {
 		case <-d.closed:
 			wantClosed = true
 		case <-poll.C:
+			// A poll looks at every due row: rows made pending by hand,
+			// or whose capture transaction outlasted floorMargin.
+			d.resetFloors()
 			want = true
 			poll.Reset(jitter(d.poll, d.rand()))
 		case <-probe.C:
@@ -137,6 +141,63 @@ type claimReq struct {
 	outbox.ClaimRequest
 	hooks  []*hook
 	probes []bool
+	epochs []uint64 // of each hook's floor when the claim was prepared
+}
+
+// floorMargin is how far behind a claim's time the next claims of a
+// webhook start looking (see claimFloor): longer than an outbox
+// transaction takes between its now() and its commit.
+const floorMargin = 2 * time.Second
+
+// claimFloor is how far back a claim of one webhook must look for due rows
+// (ClaimRequest.Since). A claim that did not fill its limit saw every row
+// pending and due when it ran; a row that becomes pending later is due no
+// earlier than the now() of the statement that made it pending (capture's
+// insert, a retry, a promotion, a retry by hand), so the next claims may
+// skip what was due floorMargin before. That skips the entries of finished
+// rows at the head of deliveries_due, which stay until VACUUM. Rows put
+// back as they were (released unsent, rescued, a lost claim's) reset the
+// floors of the dispatcher that put them back; a row made pending another
+// way (by another dispatcher, an UPDATE by hand, a capture transaction
+// longer than floorMargin) is found by the claim after the next poll,
+// which looks at every due row.
+type claimFloor struct {
+	mu    sync.Mutex
+	at    time.Time // server time; zero: look at every due row
+	epoch uint64
+}
+
+// since returns where the next claim starts, and the epoch to pass to
+// advance.
+func (f *claimFloor) since() (time.Time, uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.at, f.epoch
+}
+
+// advance moves the floor to at after a claim prepared in epoch that did
+// not fill its limit, unless the floor was reset since.
+func (f *claimFloor) advance(epoch uint64, at time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if epoch == f.epoch && at.After(f.at) {
+		f.at = at
+	}
+}
+
+// reset makes the next claim look at every due row.
+func (f *claimFloor) reset() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.at = time.Time{}
+	f.epoch++
+}
+
+// resetFloors makes the next claim of every webhook look at every due row.
+func (d *Dispatcher) resetFloors() {
+	for _, h := range d.order {
+		h.floor.reset()
+	}
 }
 
 // probeDue reports whether some webhook's breaker waits for a probe.
@@ -174,6 +235,9 @@ func (d *Dispatcher) claimRequest() *claimReq {
 		req.Webhooks = append(req.Webhooks, h.name)
 		req.Limits = append(req.Limits, int32(limit))
 		req.Leases = append(req.Leases, h.lease)
+		since, epoch := h.floor.since()
+		req.Since = append(req.Since, since)
+		req.epochs = append(req.epochs, epoch)
 		req.hooks = append(req.hooks, h)
 		req.probes = append(req.probes, probe)
 	}
@@ -215,7 +279,8 @@ func (d *Dispatcher) claim(ctx context.Context, req *claimReq) (full bool, err e
 	ctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
 	start := time.Now()
-	claimed, parked, err := d.store.Claim(ctx, req.ClaimRequest)
+	res, err := d.store.Claim(ctx, req.ClaimRequest)
+	claimed, parked := res.Rows, res.Parked
 	if err != nil {
 		for i, h := range req.hooks {
 			if req.probes[i] {
@@ -256,6 +321,8 @@ func (d *Dispatcher) claim(ctx context.Context, req *claimReq) (full bool, err e
 		}
 		if got[i]+parked[h.name] >= int(req.Limits[i]) {
 			full = true
+		} else {
+			h.floor.advance(req.epochs[i], res.Now.Add(-floorMargin))
 		}
 	}
 	if len(claimed) > 0 || len(parked) > 0 {
@@ -309,6 +376,7 @@ func (d *Dispatcher) releaseUnheld(ctx context.Context) error {
 	}
 	if n > 0 {
 		d.log.Warn().Int64("rows", n).Msg("put back deliveries claimed by a claim whose answer was lost (the connection died after its commit); they are sent now")
+		d.resetFloors()
 		signal(d.wake)
 	}
 	return nil

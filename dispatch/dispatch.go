@@ -215,6 +215,7 @@ type hook struct {
 	delivered, retried, failed atomic.Int64
 	queue                      chan *job
 	breaker                    *breaker
+	floor                      claimFloor
 	rate                       *rate.Limiter // nil: no rate limit
 	// client sends this webhook's requests when it has tls settings (its
 	// own transport); nil: the Dispatcher's shared client.

@@ -82,6 +82,10 @@ func (d *Dispatcher) writeOutcomes(ctx context.Context, results <-chan result) {
 		n := min(len(buf), maxFlushBatch)
 		kept, err := d.flush(ctx, buf[:n], failures >= isolateAfter, tries)
 		d.letGo(buf[:n], kept)
+		if released(buf[:n], kept) {
+			// Rows put back as they were may be due before the floors.
+			d.resetFloors()
+		}
 		if done := n - len(kept); done > 0 {
 			d.unwritten.Add(-int64(done))
 			// An outcome may have closed an object whose next change waits.
@@ -133,6 +137,23 @@ func (d *Dispatcher) letGo(batch, kept []result) {
 			d.holding.remove(k)
 		}
 	}
+}
+
+// released reports whether batch, but for kept, holds a row released
+// unsent.
+func released(batch, kept []result) bool {
+	n := 0
+	for _, r := range batch {
+		if r.Mode == outbox.Released {
+			n++
+		}
+	}
+	for _, r := range kept {
+		if r.Mode == outbox.Released {
+			n--
+		}
+	}
+	return n > 0
 }
 
 // Stall says why this Dispatcher is not making progress ("" when it is):

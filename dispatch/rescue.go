@@ -16,6 +16,7 @@ func (d *Dispatcher) rescue(ctx context.Context) {
 	}
 	if n > 0 {
 		d.log.Warn().Int64("rows", n).Msg("took back deliveries claimed by a dispatcher that stopped (they are sent again)")
+		d.resetFloors()
 		signal(d.wake)
 	}
 }

@@ -58,6 +58,22 @@ type ClaimRequest struct {
 	Webhooks []string
 	Limits   []int32
 	Leases   []time.Duration
+	// Since, when set (parallel to Webhooks), skips the rows of Webhooks[i]
+	// due before Since[i]; a zero time skips none. See sql/claim.sql.
+	Since []time.Time
+}
+
+// ClaimResult is what one claim took.
+type ClaimResult struct {
+	// Rows are the claimed rows.
+	Rows []Claimed
+	// Parked counts, per webhook, the rows parked behind an earlier change
+	// of their object.
+	Parked map[string]int
+	// Now is the server's now() for the claim: every row pending and due
+	// at Now, committed before the claim started, was seen (claimed,
+	// parked, or skipped as locked or past the limit).
+	Now time.Time
 }
 
 // Claimed is a delivery a claim took.
@@ -76,48 +92,58 @@ type Claimed struct {
 	CommittedAt   time.Time
 }
 
-// Claim claims due rows for the webhooks of req in one statement. It
-// returns the claimed rows and how many rows it parked behind an earlier
-// change of their object. Claimed plus parked equal to a webhook's limit
-// means more may be due.
+// Claim claims due rows for the webhooks of req in one statement.
+// Claimed plus parked equal to a webhook's limit means more may be due.
 //
 // When ctx has a deadline, the server cancels the statement a little
 // before it (a statement_timeout set for the claim's transaction alone):
 // a claim the client gave up on must not commit, or its rows would stay
 // delivering, claimed by a dispatcher that never saw them, until their
 // lease ends.
-func (s *Store) Claim(ctx context.Context, req ClaimRequest) (out []Claimed, parked map[string]int, err error) {
+func (s *Store) Claim(ctx context.Context, req ClaimRequest) (res ClaimResult, err error) {
 	leases := make([]int64, len(req.Leases))
 	for i, l := range req.Leases {
 		leases[i] = l.Microseconds()
 	}
+	since := req.Since
+	if since == nil {
+		since = make([]time.Time, len(req.Webhooks))
+	}
+	sinceArg := make([]pgtype.Timestamptz, len(since))
+	for i, t := range since {
+		sinceArg[i] = pgtype.Timestamptz{Time: t, Valid: true}
+		if t.IsZero() {
+			sinceArg[i] = pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+		}
+	}
 	b := &pgx.Batch{}
-	timeout := false
+	// One batch is one implicit transaction: the setting ends with it, and
+	// now() is the claim's.
+	var timeout *string // nil: the session's
 	if deadline, ok := ctx.Deadline(); ok {
 		left := time.Until(deadline)
 		left -= min(left/4, claimTimeoutMargin)
 		if left < time.Millisecond {
-			return nil, nil, fmt.Errorf("claim: %w", context.DeadlineExceeded)
+			return res, fmt.Errorf("claim: %w", context.DeadlineExceeded)
 		}
-		// One batch is one implicit transaction: the setting ends with it.
-		b.Queue("SELECT set_config('statement_timeout', $1, true)", strconv.FormatInt(left.Milliseconds(), 10))
-		timeout = true
+		ms := strconv.FormatInt(left.Milliseconds(), 10)
+		timeout = &ms
 	}
-	b.Queue(s.q.claim, req.Webhooks, req.Limits, leases, req.By)
+	b.Queue("SELECT set_config('statement_timeout', coalesce($1, current_setting('statement_timeout')), true), now()", timeout)
+	b.Queue(s.q.claim, req.Webhooks, req.Limits, leases, req.By, sinceArg)
 	br := s.pool.SendBatch(ctx, b)
 	defer func() {
 		if cerr := br.Close(); err == nil && cerr != nil {
-			out, parked, err = nil, nil, fmt.Errorf("claim: %w", cerr)
+			res, err = ClaimResult{}, fmt.Errorf("claim: %w", cerr)
 		}
 	}()
-	if timeout {
-		if _, err := br.Exec(); err != nil {
-			return nil, nil, fmt.Errorf("claim: set statement_timeout: %w", err)
-		}
+	var setting string
+	if err := br.QueryRow().Scan(&setting, &res.Now); err != nil {
+		return res, fmt.Errorf("claim: set statement_timeout: %w", err)
 	}
 	rows, err := br.Query()
 	if err != nil {
-		return nil, nil, fmt.Errorf("claim: %w", err)
+		return ClaimResult{}, fmt.Errorf("claim: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -127,22 +153,22 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (out []Claimed, par
 			claimed pgtype.Timestamptz
 		)
 		if err := rows.Scan(&c.ID, &c.Webhook, &took, &c.Body, &c.Attempts, &claimed, &c.PrevAttemptAt, &c.CommittedAt, &c.Model); err != nil {
-			return nil, nil, fmt.Errorf("claim: read row: %w", err)
+			return ClaimResult{}, fmt.Errorf("claim: read row: %w", err)
 		}
 		if !took {
-			if parked == nil {
-				parked = map[string]int{}
+			if res.Parked == nil {
+				res.Parked = map[string]int{}
 			}
-			parked[c.Webhook]++
+			res.Parked[c.Webhook]++
 			continue
 		}
 		c.ClaimedAt = claimed.Time
-		out = append(out, c)
+		res.Rows = append(res.Rows, c)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("claim: %w", err)
+		return ClaimResult{}, fmt.Errorf("claim: %w", err)
 	}
-	return out, parked, nil
+	return res, nil
 }
 
 // OutcomeMode says how an outcome relates to an attempt.

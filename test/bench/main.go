@@ -51,6 +51,7 @@ var (
 
 	backlogRows int
 	prebuilt    string
+	statements  bool
 )
 
 type bench struct {
@@ -71,6 +72,7 @@ func main() {
 	phases := flag.String("phases", "capture,dispatch,latency,huge,burst,tracing,backlog,claims,outage,hang", "phases to run, comma-separated (capture, dispatch, latency, huge, burst, tracing, backlog, claims, outage, hang, scale)")
 	flag.IntVar(&backlogRows, "backlog-rows", 1000000, "rows captured into the outbox in the backlog phase")
 	flag.StringVar(&prebuilt, "bin", "", "measure this walhook binary instead of building ./cmd/walhook (e.g. an older version, for a before/after comparison)")
+	flag.BoolVar(&statements, "statements", false, "load pg_stat_statements and print, after the burst and its steady load, the statements that took most time")
 	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
 	flag.IntVar(&scaleRows, "scale-rows", 200000, "backlog drained in the scale phase")
 	flag.StringVar(&scaleProcs, "scale-procs", "1,2,4", "numbers of dispatch-only processes in the scale phase")
@@ -103,11 +105,26 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 	} else if out, err := exec.Command("go", "build", "-o", b.bin, "./cmd/walhook").CombinedOutput(); err != nil {
 		return fmt.Errorf("build: %w: %s", err, out)
 	}
-	b.cl, err = pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"fsync": "on", "synchronous_commit": "on"}})
+	settings := map[string]string{"fsync": "on", "synchronous_commit": "on"}
+	if statements {
+		settings["shared_preload_libraries"] = "pg_stat_statements"
+		settings["pg_stat_statements.track"] = "all"
+		if os.Getenv("BENCH_AUTO_EXPLAIN") != "" {
+			settings["shared_preload_libraries"] = "'pg_stat_statements,auto_explain'"
+			settings["auto_explain.log_min_duration"] = os.Getenv("BENCH_AUTO_EXPLAIN")
+			settings["auto_explain.log_analyze"] = "on"
+			settings["auto_explain.log_buffers"] = "on"
+			settings["auto_explain.log_nested_statements"] = "on"
+		}
+	}
+	b.cl, err = pgtest.Start(ctx, pgtest.Options{Settings: settings})
 	if err != nil {
 		return err
 	}
 	defer b.cl.Close()
+	if os.Getenv("BENCH_AUTO_EXPLAIN") != "" {
+		defer func() { _ = exec.Command("cp", filepath.Join(b.cl.Dir, "server.log"), "/tmp/bench-server.log").Run() }()
+	}
 	if want["capture"] {
 		if err := b.capture(rows); err != nil {
 			return fmt.Errorf("capture: %w", err)
@@ -149,6 +166,7 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Phase, r.Metric, strconv.FormatFloat(r.Value, 'f', -1, 64), r.Unit)
 	}
 	tw.Flush()
+	b.printGoals()
 	j, _ := json.MarshalIndent(map[string]any{"machine": machine(), "results": b.results}, "", "  ")
 	return os.WriteFile(out, append(j, '\n'), 0o644)
 }

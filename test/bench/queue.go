@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -116,7 +117,7 @@ func (b *bench) claims() error {
 		var lat []float64
 		for range 100 {
 			start := time.Now()
-			if _, _, err := store.Claim(b.ctx, outbox.ClaimRequest{By: "bench", Webhooks: []string{"w"},
+			if _, err := store.Claim(b.ctx, outbox.ClaimRequest{By: "bench", Webhooks: []string{"w"},
 				Limits: []int32{64}, Leases: []time.Duration{time.Minute}}); err != nil {
 				pool.Close()
 				return err
@@ -338,13 +339,28 @@ func rewriteHooks(cfg, hooks string) error {
 // commit to the first delivery, and claim errors in walhook's log.
 func (b *bench) burst() error {
 	const txns, per = 100, 1000
+	const steadyRate, steadyFor = 1000, 20 * time.Second
 	var got atomic.Int64
 	var first atomic.Int64 // UnixNano of the first delivery
 	var last atomic.Int64
-	url, closeRecv, err := receiver(func([]byte) {
-		now := time.Now().UnixNano()
-		first.CompareAndSwap(0, now)
-		last.Store(now)
+	var steady atomic.Bool // the burst is delivered: record latencies
+	var mu sync.Mutex
+	var lat []float64
+	url, closeRecv, err := receiver(func(body []byte) {
+		now := time.Now()
+		if steady.Load() {
+			var p struct {
+				TS json.Number `json:"signal_received_timestamp"`
+			}
+			if json.Unmarshal(body, &p) == nil {
+				ts, _ := p.TS.Float64()
+				mu.Lock()
+				lat = append(lat, float64(now.UnixMicro())/1e3-ts*1e3)
+				mu.Unlock()
+			}
+		}
+		first.CompareAndSwap(0, now.UnixNano())
+		last.Store(now.UnixNano())
 		got.Add(1)
 	})
 	if err != nil {
@@ -356,29 +372,108 @@ func (b *bench) burst() error {
 		return err
 	}
 	defer pool.Close()
+	insert := func(table string, i int) error {
+		_, err := pool.Exec(b.ctx, `INSERT INTO `+table+` (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series($1::int + 1, $1::int + $2::int) g`, i*per, per)
+		return err
+	}
+	// The application's own WAL for the same rows, in a table walhook
+	// does not capture: what is left of the burst's WAL is walhook's.
+	if _, err := pool.Exec(b.ctx, `CREATE TABLE item_shadow (LIKE item INCLUDING ALL)`); err != nil {
+		return err
+	}
+	w := walLSN(b.ctx, pool)
+	for i := range txns {
+		if err := insert("item_shadow", i); err != nil {
+			return err
+		}
+	}
+	appWAL := walLSN(b.ctx, pool) - w
+	printStatements(b.ctx, pool, "(reset)")
 	p, err := b.startStreaming(cfg, pool, "run")
 	if err != nil {
 		return err
 	}
+	stop := func(err error) error {
+		p.stop()
+		return err
+	}
+	cpu0, wal0 := b.pgCPU(), walLSN(b.ctx, pool)
 	var firstCommit time.Time
 	for i := range txns {
-		if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series($1::int + 1, $1::int + $2::int) g`, i*per, per); err != nil {
-			p.stop()
-			return err
+		if err := insert("item", i); err != nil {
+			return stop(err)
 		}
 		if i == 0 {
 			firstCommit = time.Now()
 		}
 	}
-	err = waitFor(5*time.Minute, 10*time.Millisecond, func() bool { return got.Load() >= txns*per })
-	rss := p.stop()
-	if err != nil {
-		return fmt.Errorf("%w (%d delivered): %s", err, got.Load(), p.out.String())
+	if err := waitFor(5*time.Minute, 10*time.Millisecond, func() bool { return got.Load() >= txns*per }); err != nil {
+		return stop(fmt.Errorf("%w (%d delivered): %s", err, got.Load(), p.out.String()))
 	}
+	cpu1, wal1 := b.pgCPU(), walLSN(b.ctx, pool)
+	printStatements(b.ctx, pool, "statements of the burst")
 	el := time.Unix(0, last.Load()).Sub(firstCommit)
-	b.add("burst 100 x 1,000", "deliveries/s, first commit to last delivery (walhook run, fresh outbox)", float64(txns*per)/el.Seconds(), "deliveries/s")
-	b.add("burst 100 x 1,000", "first delivery after the first commit", float64(time.Unix(0, first.Load()).Sub(firstCommit).Microseconds())/1e3, "ms")
-	b.add("burst 100 x 1,000", "claim errors in the log", float64(strings.Count(p.out.String(), "claiming deliveries failed")), "lines")
-	b.add("burst 100 x 1,000", "walhook peak RSS", rss, "MB")
+	const phase = "burst 100 x 1,000"
+	b.add(phase, "deliveries/s, first commit to last delivery (walhook run, fresh outbox)", float64(txns*per)/el.Seconds(), "deliveries/s")
+	b.add(phase, "first delivery after the first commit", float64(time.Unix(0, first.Load()).Sub(firstCommit).Microseconds())/1e3, "ms")
+	b.add(phase, "PostgreSQL CPU per 100,000 deliveries", (cpu1-cpu0)*100000/(txns*per), "s")
+
+	// Right after the burst, autovacuum doing what it does: single-row
+	// commits at a steady rate.
+	steady.Store(true)
+	total := int(steadyRate * steadyFor.Seconds())
+	tick := time.NewTicker(time.Second / steadyRate)
+	for i := 1; i <= total; i++ {
+		<-tick.C
+		if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty) VALUES ($1, 'x', 1)`, txns*per+i); err != nil {
+			tick.Stop()
+			return stop(err)
+		}
+	}
+	tick.Stop()
+	if err := waitFor(time.Minute, 20*time.Millisecond, func() bool { return got.Load() >= int64(txns*per+total) }); err != nil {
+		return stop(fmt.Errorf("%w (%d delivered): %s", err, got.Load(), p.out.String()))
+	}
+	printStatements(b.ctx, pool, "statements of the steady load after the burst")
+	mu.Lock()
+	p50, p99, worst := percentiles(lat)
+	mu.Unlock()
+	b.add(phase, fmt.Sprintf("then %s commits/s: p50", "1,000"), p50, "ms")
+	b.add(phase, fmt.Sprintf("then %s commits/s: p99", "1,000"), p99, "ms")
+	b.add(phase, fmt.Sprintf("then %s commits/s: max", "1,000"), worst, "ms")
+
+	// A restart: how much WAL capture decodes before it reaches a change
+	// committed while walhook was stopped, and how long that takes.
+	rss := p.stop()
+	claimErrs := strings.Count(p.out.String(), "claiming deliveries failed")
+	if _, err := pool.Exec(b.ctx, `INSERT INTO item (id, name, qty) VALUES ($1, 'after restart', 1)`, txns*per+total+1); err != nil {
+		return err
+	}
+	var behind int64
+	if err := pool.QueryRow(b.ctx, `SELECT pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots WHERE slot_name LIKE 'bench%'`).Scan(&behind); err != nil {
+		return err
+	}
+	started := time.Now()
+	p, err = b.start(cfg, "run")
+	if err != nil {
+		return err
+	}
+	err = waitFor(5*time.Minute, 5*time.Millisecond, func() bool { return got.Load() >= int64(txns*per+total+1) })
+	restart := time.Since(started)
+	p.stop()
+	if err != nil {
+		return fmt.Errorf("after a restart: %w: %s", err, p.out.String())
+	}
+	b.add(phase, "restart: WAL from the slot's restart_lsn to the new change", float64(behind)/1e6, "MB")
+	b.add(phase, "restart: start to the new change delivered", float64(restart.Microseconds())/1e3, "ms")
+
+	purged, err := purgeAll(b.ctx, pool)
+	if err != nil {
+		return err
+	}
+	b.add(phase, "walhook's WAL per delivery over its life", float64(wal1-wal0-appWAL)/(txns*per)+purged, "bytes")
+	b.add(phase, "application's WAL per row (for scale)", float64(appWAL)/(txns*per), "bytes")
+	b.add(phase, "claim errors in the log", float64(claimErrs), "lines")
+	b.add(phase, "walhook peak RSS", rss, "MB")
 	return nil
 }

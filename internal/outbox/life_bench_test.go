@@ -1,0 +1,118 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// BenchmarkDeliveryLife reports the WAL PostgreSQL writes for one delivery
+// over its whole life, statement by statement as the product runs them:
+// enqueued by capture (COPY and checkpoint, 1,000 rows per transaction),
+// claimed and its outcome written (batches of 128, as under load), and
+// purged. Full-page images (fpi) are counted apart: they depend on when
+// the last checkpoint was, and the benchmark starts right after one.
+func BenchmarkDeliveryLife(b *testing.B) {
+	const rows, perTx, batch = 20000, 1000, 128
+	body := `{"event":"created","model":"dcim.device","data":{"id":1,"name":"` + strings.Repeat("x", 400) + `"}}`
+	for range b.N {
+		s, pool := setup(b)
+		ctx := context.Background()
+		stages := []struct {
+			name string
+			run  func() error
+		}{
+			{"enqueue", func() error { return lifeEnqueue(ctx, s, pool, rows, perTx, body) }},
+			{"claim+outcome", func() error { return lifeDeliver(ctx, s, batch) }},
+			{"purge", func() error {
+				for {
+					n, err := s.PurgeDelivered(ctx, 0)
+					if err != nil || n == 0 {
+						return err
+					}
+				}
+			}},
+		}
+		exec(b, pool, "CHECKPOINT")
+		var total float64
+		for _, st := range stages {
+			w0, f0 := walNow(b, pool)
+			if err := st.run(); err != nil {
+				b.Fatalf("%s: %v", st.name, err)
+			}
+			w1, f1 := walNow(b, pool)
+			total += float64(w1 - w0)
+			b.ReportMetric(float64(w1-w0)/rows, "wal-B/delivery/"+st.name)
+			b.ReportMetric(float64(f1-f0)/rows, "fpi/delivery/"+st.name)
+		}
+		b.ReportMetric(total/rows, "wal-B/delivery")
+		if n := count(b, pool, "true"); n != 0 {
+			b.Fatalf("%d rows left after the purge", n)
+		}
+	}
+}
+
+// walNow returns the WAL insert position and the full-page images written
+// so far (0 before PostgreSQL 14, which lacks pg_stat_wal).
+func walNow(tb testing.TB, pool *pgxpool.Pool) (lsn int64, fpi int64) {
+	tb.Helper()
+	ctx := context.Background()
+	if err := pool.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn() - '0/0'`).Scan(&lsn); err != nil {
+		tb.Fatal(err)
+	}
+	_ = pool.QueryRow(ctx, `SELECT wal_fpi FROM pg_stat_wal`).Scan(&fpi)
+	return lsn, fpi
+}
+
+// lifeEnqueue writes rows deliveries as capture does: per transaction a
+// COPY of perTx rows and the checkpoint.
+func lifeEnqueue(ctx context.Context, s *Store, pool *pgxpool.Pool, rows, perTx int, body string) error {
+	st := s.Enqueue()
+	for tx := 0; tx < rows/perTx; tx++ {
+		err := pgx.BeginFunc(ctx, pool, func(t pgx.Tx) error {
+			lsn := int64(tx+1) << 20
+			_, err := t.CopyFrom(ctx, st.Table, st.Columns, pgx.CopyFromSlice(perTx, func(i int) ([]any, error) {
+				return []any{"w", "created", "dcim.device", fmt.Sprint(tx*perTx + i), lsn, int32(i), time.Now(), body,
+					string(StatePending), nil, nil}, nil
+			}))
+			if err != nil {
+				return err
+			}
+			_, err = t.Exec(ctx, st.Checkpoint, "slot", fmt.Sprintf("0/%X", lsn+1))
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lifeDeliver claims every row in batches and writes each batch's outcome:
+// delivered on the first attempt, the attempt recorded.
+func lifeDeliver(ctx context.Context, s *Store, batch int) error {
+	for {
+		res, err := s.Claim(ctx, ClaimRequest{By: "d1", Webhooks: []string{"w"}, Limits: []int32{int32(batch)},
+			Leases: []time.Duration{time.Minute}})
+		if err != nil {
+			return err
+		}
+		claimed := res.Rows
+		if len(claimed) == 0 {
+			return nil
+		}
+		out := make([]Outcome, len(claimed))
+		for i, c := range claimed {
+			out[i] = Outcome{ID: c.ID, ClaimedAt: c.ClaimedAt, State: StateDelivered, Status: 204,
+				Sent: SentAttempt{Started: time.Now(), Duration: time.Millisecond}}
+		}
+		if n, err := s.WriteOutcomes(ctx, "d1", out); err != nil || n != int64(len(out)) {
+			return fmt.Errorf("outcomes: %d of %d written: %v", n, len(out), err)
+		}
+	}
+}
