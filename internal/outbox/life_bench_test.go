@@ -111,8 +111,12 @@ func lifeDeliver(ctx context.Context, s *Store, batch int) error {
 			out[i] = Outcome{ID: c.ID, ClaimedAt: c.ClaimedAt, State: StateDelivered, Status: 204,
 				Sent: SentAttempt{Started: time.Now(), Duration: time.Millisecond}}
 		}
-		if n, err := s.WriteOutcomes(ctx, "d1", out); err != nil || n != int64(len(out)) {
-			return fmt.Errorf("outcomes: %d of %d written: %v", n, len(out), err)
+		n, err := s.WriteOutcomes(ctx, "d1", out)
+		if err != nil {
+			return err
+		}
+		if n != int64(len(out)) {
+			return fmt.Errorf("outcomes: %d of %d written", n, len(out))
 		}
 	}
 }
