@@ -832,7 +832,7 @@ func seenSnapshot(mu *sync.Mutex, m map[string]int) map[string]int {
 }
 
 // A dispatcher that cannot record its heartbeat cancels its requests in
-// flight before any other dispatcher may take its rows back (issue 24):
+// flight before any other dispatcher may take its rows back:
 // the rescue horizon is 5 s after the last heartbeat_at, and requests used
 // to run on until their timeout, so a stale copy could reach the receiver
 // after the object's next change.

@@ -197,7 +197,7 @@ func TestRateLimit(t *testing.T) {
 	}
 }
 
-// A low rate_limit keeps delivering (issue 24): with 16 request slots at
+// A low rate_limit keeps delivering: with 16 request slots at
 // 30/m, each slot used to book a token up to 32 s ahead, past the claim's
 // deadline (7 s with a 1 s timeout), so the row was released, its token
 // wasted, and the next claim booked further still: 4 deliveries, then
@@ -314,7 +314,7 @@ func (s *syncBuffer) String() string {
 
 // The receiver's response body is never logged (docs/queue.md), whatever
 // the line: a failed attempt, a failed delivery, the breaker opening. It
-// can echo the request. The row's last_error keeps its start (issue 24:
+// can echo the request. The row's last_error keeps its start (
 // it was logged at warn level).
 func TestLogsNeverShowTheResponseBody(t *testing.T) {
 	t.Parallel()

@@ -28,7 +28,7 @@ func (o *outcomeCounts) Attempted(outbox.Attempt) {}
 func (o *outcomeCounts) OutcomeWriteFailed()      { o.failed.Add(1) }
 func (o *outcomeCounts) OutcomesDropped(n int)    { o.dropped.Add(int64(n)) }
 
-// One delivery twice in an outcome batch (issue 24): its first outcome
+// One delivery twice in an outcome batch: its first outcome
 // waits in memory while writes fail, the row is taken back as the rescue
 // does, and the same dispatcher claims and sends it again. The batch then
 // held the id twice, the attempts INSERT failed with SQLSTATE 21000 on

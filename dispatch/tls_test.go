@@ -251,7 +251,7 @@ func TestTraceparent(t *testing.T) {
 	}
 }
 
-// An https URL with an IP address and a ca_file (issue 24): the
+// An https URL with an IP address and a ca_file: the
 // certificate's names used to be checked against the SNI name, which is
 // empty for an IP address, so any certificate of the trusted CA passed.
 // It must name the URL's host, or tls.server_name when that is set.

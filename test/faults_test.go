@@ -409,7 +409,7 @@ webhooks:
 	p.stop(t)
 }
 
-// Capture's memory is bounded by bytes, not only by rows (issue 24): one
+// Capture's memory is bounded by bytes, not only by rows: one
 // transaction of 1 MB jsonb rows was held 500 rows at a time, and up to 16
 // such chunks waited for the writer: gigabytes. 300 rows of 1 MB (300 MB
 // of bodies, little WAL: the values compress) now pass through a few

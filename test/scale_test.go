@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Scaling out (issue 11): the outbox in its own database, several
+// Scaling out: the outbox in its own database, several
 // dispatch-only processes on one outbox, and capture split across two
 // slots into one outbox — all through the real binary.
 

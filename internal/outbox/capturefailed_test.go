@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// Rows capture stores failed because their body_template failed (issue 24)
+// Rows capture stores failed because their body_template failed
 // were never purged (no last_attempt_at) and a retry sent their stored
 // body, the default body, not the template's. Written by the enqueue
 // statement they now carry last_attempt_at, so failed_retention deletes
@@ -67,7 +67,7 @@ func TestRowsFailedAtCaptureArePurgedAndNotRequeued(t *testing.T) {
 }
 
 // A claim the client gives up on (its context's deadline) is cancelled by
-// the server itself, not committed (issue 24): its rows would otherwise
+// the server itself, not committed: its rows would otherwise
 // stay delivering, claimed by a dispatcher that never saw them, until their
 // lease ends. pgx sends a cancel request when it gives up, but that needs
 // a new connection, which a dead network path or a pooler does not
