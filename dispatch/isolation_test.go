@@ -314,8 +314,8 @@ func (s *syncBuffer) String() string {
 
 // The receiver's response body is never logged (docs/queue.md), whatever
 // the line: a failed attempt, a failed delivery, the breaker opening. It
-// can echo the request. The row's last_error keeps its start (
-// it was logged at warn level).
+// can echo the request. The row's last_error keeps its start (it was
+// logged at warn level).
 func TestLogsNeverShowTheResponseBody(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
