@@ -7,9 +7,6 @@
 // configuration may use. Dispatch sends what a Signer builds, and the
 // delivery page shows what the same Signer builds, so the two cannot
 // disagree.
-//
-// Files: sign.go (schemes, signing and verification), headers.go (the
-// Signer and header rules).
 package sign
 
 import (

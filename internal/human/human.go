@@ -1,8 +1,6 @@
 // Package human formats sizes and durations for people, the same way in
 // `walhook status`, `walhook deliveries`, `walhook check` and the status
 // page.
-//
-// Files: human.go.
 package human
 
 import (

@@ -1,7 +1,6 @@
 // Package pgtest gives test packages a throwaway PostgreSQL cluster
 // (internal/pgcluster) and each test a database of its own: Main for
-// TestMain, Cluster.NewDB per test. Files: pgtest.go (the cluster type),
-// testing.go (Main and NewDB).
+// TestMain, Cluster.NewDB per test.
 package pgtest
 
 import (
