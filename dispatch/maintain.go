@@ -8,11 +8,10 @@ import (
 )
 
 // maintain runs the periodic work beside claiming and sending: it takes
-// back the rows of dead dispatchers (rescue.go), makes due the retries of
-// webhooks whose breaker closed, deletes old delivered and failed rows
-// (purge.go), promotes parked rows left without a predecessor (sweep.go)
-// and writes the per-minute counts (minutes.go). The heartbeat runs on
-// its own (heartbeat.go).
+// back the rows of dead dispatchers, makes due the retries of webhooks
+// whose breaker closed, deletes old delivered and failed rows, promotes
+// parked rows left without a predecessor and writes the per-minute
+// counts. The heartbeat runs on its own goroutine.
 func (d *Dispatcher) maintain(ctx context.Context) {
 	d.warnUnserved(ctx)
 	rescue := time.NewTimer(0)
