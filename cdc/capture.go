@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -264,16 +265,11 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err := CheckTables(ctx, conn, c.cfg); err != nil {
 		return err
 	}
-	for i := range c.cfg.Models {
-		m := &c.cfg.Models[i]
-		ti, err := LookupTable(ctx, conn, m.Schema, m.Name)
-		if err != nil {
-			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
-		}
-		if ti != nil {
-			c.byOID[ti.OID] = m
-		}
+	byOID, err := modelsByOID(ctx, conn, c.cfg)
+	if err != nil {
+		return err
 	}
+	maps.Copy(c.byOID, byOID)
 	// Serialise set-up between processes starting together.
 	key := "walhook.setup." + c.cfg.Database.Slot
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", key); err != nil {

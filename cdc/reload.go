@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walhook/walhook/cdc/catalog"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/pgnet"
@@ -121,16 +122,9 @@ func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult
 		return ReloadResult{}, fmt.Errorf("connect to source database: %w", err)
 	}
 	err = CheckTables(qctx, conn, next)
-	byOID := map[uint32]*config.Model{}
-	for i := range next.Models {
-		if err != nil {
-			break
-		}
-		m := &next.Models[i]
-		var ti *TableInfo
-		if ti, err = LookupTable(qctx, conn, m.Schema, m.Name); err == nil && ti != nil {
-			byOID[ti.OID] = m
-		}
+	var byOID map[uint32]*config.Model
+	if err == nil {
+		byOID, err = modelsByOID(qctx, conn, next)
 	}
 	conn.Release()
 	if err != nil {
@@ -359,7 +353,7 @@ func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Confi
 			break
 		}
 		schema, name, _ := strings.Cut(t, ".")
-		ti, err := LookupTable(ctx, tx, schema, name)
+		ti, err := catalog.Find(ctx, tx, schema, name)
 		if err != nil {
 			return 0, fmt.Errorf("update publication: look up table %s: %w", t, err)
 		}

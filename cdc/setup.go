@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/walhook/walhook/cdc/catalog"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/replslot"
@@ -34,15 +35,6 @@ func IsFatal(err error) bool {
 	return errors.As(err, &fe) || errors.As(err, &ce)
 }
 
-// TableInfo is what the catalog says about a configured table.
-type TableInfo struct {
-	OID      uint32
-	Kind     string // relkind: r table, p partitioned table
-	Identity string
-	HasPK    bool
-	Columns  []string
-}
-
 // CheckTables verifies every configured table against the catalog and
 // returns a *config.Error listing all problems, with the model's line.
 func CheckTables(ctx context.Context, conn queryer, cfg *config.Config) error {
@@ -50,16 +42,13 @@ func CheckTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 	add := func(line int, format string, args ...any) {
 		probs = append(probs, config.Problem{File: cfg.File, Line: line, Msg: fmt.Sprintf(format, args...)})
 	}
-	configured := map[uint32]*config.Model{}
-	for i := range cfg.Models {
-		m := &cfg.Models[i]
-		if ti, err := LookupTable(ctx, conn, m.Schema, m.Name); err == nil && ti != nil {
-			configured[ti.OID] = m
-		}
+	configured, err := modelsByOID(ctx, conn, cfg)
+	if err != nil {
+		return err
 	}
 	for i := range cfg.Models {
 		m := &cfg.Models[i]
-		ti, err := LookupTable(ctx, conn, m.Schema, m.Name)
+		ti, err := catalog.ReadTable(ctx, conn, m.Schema, m.Name)
 		if err != nil {
 			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
 		}
@@ -73,15 +62,15 @@ func CheckTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 		} else if msg != "" {
 			add(m.Line, "table %s %s", m.QualifiedTable(), msg)
 		}
-		if ti.Identity == "n" || (!ti.HasPK && ti.Identity == "d") {
+		if ti.Identity == catalog.IdentityNothing || (len(ti.PrimaryKey) == 0 && ti.Identity == catalog.IdentityDefault) {
 			add(m.Line, "table %s has no primary key or replica identity: publishing it would make the application's UPDATE and DELETE on it fail; run: ALTER TABLE %s REPLICA IDENTITY FULL;", m.QualifiedTable(), qt)
 		}
-		unknown, _ := payload.UnknownColumns(m, ti.Columns)
+		unknown, _ := payload.UnknownColumns(m, ti.ColumnNames())
 		for _, u := range unknown {
-			add(m.Line, "model %s: %s names unknown column %q of %s (columns: %s)", m.Model, u.Option, u.Column, m.QualifiedTable(), strings.Join(ti.Columns, ", "))
+			add(m.Line, "model %s: %s names unknown column %q of %s (columns: %s)", m.Model, u.Option, u.Column, m.QualifiedTable(), strings.Join(ti.ColumnNames(), ", "))
 		}
 		if len(m.Relations) > 0 || len(m.Computed) > 0 || m.Snapshot != nil {
-			probs = append(probs, payload.CheckLookups(ctx, conn, cfg, m)...)
+			probs = append(probs, payload.CheckLookups(ctx, conn, cfg, m, ti)...)
 		}
 	}
 	if len(probs) > 0 {
@@ -90,19 +79,36 @@ func CheckTables(ctx context.Context, conn queryer, cfg *config.Config) error {
 	return nil
 }
 
+// modelsByOID maps the OIDs of the configured tables that exist to their
+// models.
+func modelsByOID(ctx context.Context, q catalog.Queryer, cfg *config.Config) (map[uint32]*config.Model, error) {
+	byOID := map[uint32]*config.Model{}
+	for i := range cfg.Models {
+		m := &cfg.Models[i]
+		t, err := catalog.Find(ctx, q, m.Schema, m.Name)
+		if err != nil {
+			return nil, fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
+		}
+		if t != nil {
+			byOID[t.OID] = m
+		}
+	}
+	return byOID, nil
+}
+
 // partitionProblem says why a partitioned table or a partition cannot be
 // captured as configured: before PostgreSQL 13 a publication cannot carry a
 // partitioned table; a partition whose partitioned table is captured too
 // would have its changes published under the partitioned table's name.
-func partitionProblem(ctx context.Context, conn queryer, ti *TableInfo, configured map[uint32]*config.Model) (string, error) {
+func partitionProblem(ctx context.Context, conn queryer, ti *catalog.Table, configured map[uint32]*config.Model) (string, error) {
 	num, err := serverVersionNum(ctx, conn)
 	if err != nil {
 		return "", err
 	}
-	if ti.Kind == "p" && num < ViaRootVersion {
+	if ti.Kind == 'p' && num < ViaRootVersion {
 		return "is partitioned, and PostgreSQL before 13 cannot publish a partitioned table as one table: configure each partition as its own model (with the same model name), or upgrade to PostgreSQL 13 or newer", nil
 	}
-	if ti.Kind == "p" || num < 120000 { // pg_partition_ancestors: 12+
+	if ti.Kind == 'p' || num < 120000 { // pg_partition_ancestors: 12+
 		return "", nil
 	}
 	var ancestors []uint32
@@ -119,44 +125,11 @@ func partitionProblem(ctx context.Context, conn queryer, ti *TableInfo, configur
 	return "", nil
 }
 
+// queryer runs queries and statements: a pool, a connection or a
+// transaction.
 type queryer interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	catalog.Queryer
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}
-
-// LookupTable describes table schema.name from the catalog (its columns,
-// key and replica identity), or says that it does not exist.
-func LookupTable(ctx context.Context, conn queryer, schema, name string) (*TableInfo, error) {
-	var ti TableInfo
-	err := conn.QueryRow(ctx, `
-		SELECT c.oid, c.relkind::text, c.relreplident::text,
-		       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-		       coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
-		                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}')
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, name).
-		Scan(&ti.OID, &ti.Kind, &ti.Identity, &ti.HasPK, &ti.Columns)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &ti, nil
-}
-
-// PrimaryKey returns the primary-key column names of table oid in key order.
-func PrimaryKey(ctx context.Context, conn queryer, oid uint32) ([]string, error) {
-	rows, err := conn.Query(ctx, `
-		SELECT a.attname::text FROM pg_index i
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-		WHERE i.indrelid = $1 AND i.indisprimary
-		ORDER BY array_position(i.indkey::int2[], a.attnum)`, oid)
-	if err != nil {
-		return nil, fmt.Errorf("read primary key of table %d: %w", oid, err)
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // checkServer fails with the fix when the server cannot do logical

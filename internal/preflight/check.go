@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/catalog"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/human"
@@ -115,7 +116,7 @@ type preflight struct {
 }
 
 type preflightTable struct {
-	*cdc.TableInfo
+	*catalog.Table
 	owned bool // the role owns it (or is superuser)
 }
 
@@ -264,7 +265,7 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 			at = fmt.Sprintf("%s:%d", p.cfg.File, m.Line)
 		}
 		name := "table " + qt
-		ti, err := cdc.LookupTable(ctx, p.conn, m.Schema, m.Name)
+		ti, err := catalog.ReadTable(ctx, p.conn, m.Schema, m.Name)
 		if err != nil {
 			p.fail(name, "cannot look it up: "+err.Error(), "")
 			continue
@@ -285,7 +286,7 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 			p.fail(name, detail, fmt.Sprintf("-- create the table, or fix the table name at %s", at))
 			continue
 		}
-		pt := &preflightTable{TableInfo: ti}
+		pt := &preflightTable{Table: ti}
 		p.byTable[qt] = pt
 		good := true
 		p.ok(name, fmt.Sprintf("exists, %d columns", len(ti.Columns)))
@@ -321,34 +322,33 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 		name = "replica identity " + qt
 		full := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", ident(m.Schema, m.Name))
 		switch {
-		case ti.Identity == "f":
+		case ti.Identity == catalog.IdentityFull:
 			p.ok(name, "FULL: deleted rows carry every column")
-		case ti.Identity == "n":
+		case ti.Identity == catalog.IdentityNothing:
 			p.fail(name, "REPLICA IDENTITY NOTHING: once the table is published, the application's UPDATE and DELETE on it fail",
 				full+"  -- as the owner")
 			good = false
-		case !ti.HasPK && ti.Identity == "d":
+		case len(ti.PrimaryKey) == 0 && ti.Identity == catalog.IdentityDefault:
 			p.fail(name, "no primary key and REPLICA IDENTITY DEFAULT: once the table is published, the application's UPDATE and DELETE on it fail",
 				full+"  -- as the owner (or add a primary key)")
 			good = false
-		case ti.Identity == "i":
+		case ti.Identity == catalog.IdentityIndex:
 			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\", and unless the index holds the primary key, object_key (the per-object order) is built from the index's columns: a change of them starts a new object", full+"  -- optional: whole rows on delete, keyed by the primary key")
 		default:
-			pk, _ := cdc.PrimaryKey(ctx, p.conn, ti.OID)
-			p.warn(name, fmt.Sprintf("DEFAULT: deleted rows carry only the primary key (%s) in \"data\"", strings.Join(pk, ", ")),
+			p.warn(name, fmt.Sprintf("DEFAULT: deleted rows carry only the primary key (%s) in \"data\"", strings.Join(ti.PrimaryKey, ", ")),
 				full+"  -- optional: whole rows on delete")
 		}
 
 		// Columns the model names.
 		name = "columns of " + qt
 		var probs []string
-		unknown, refs := payload.UnknownColumns(m, ti.Columns)
+		unknown, refs := payload.UnknownColumns(m, ti.ColumnNames())
 		for _, u := range unknown {
 			probs = append(probs, fmt.Sprintf("%s names unknown column %q", u.Option, u.Column))
 		}
 		switch {
 		case len(probs) > 0:
-			p.fail(name, fmt.Sprintf("model %s: %s (columns: %s)", m.Model, strings.Join(probs, "; "), strings.Join(ti.Columns, ", ")),
+			p.fail(name, fmt.Sprintf("model %s: %s (columns: %s)", m.Model, strings.Join(probs, "; "), strings.Join(ti.ColumnNames(), ", ")),
 				fmt.Sprintf("-- fix the column names of model %s at %s", m.Model, at))
 			good = false
 		case refs > 0:
@@ -520,7 +520,7 @@ func configuredTables(n int) string {
 // partitioned reports whether a configured table is a partitioned table.
 func (p *preflight) partitioned() bool {
 	for _, t := range p.byTable {
-		if t != nil && t.Kind == "p" {
+		if t != nil && t.Kind == 'p' {
 			return true
 		}
 	}
