@@ -33,7 +33,21 @@ func setup(t *testing.T, schemaSQL, modelsYAML string) *bundle {
 	return &bundle{cdctest.Setup(t, pg, schemaSQL, modelsYAML)}
 }
 
+// setupAlone is setup on a cluster of the test's own, for a test whose
+// large transactions would hold up the other tests' streams (every
+// walsender of a cluster decodes all of its WAL).
+func setupAlone(t *testing.T, schemaSQL, modelsYAML string) *bundle {
+	t.Helper()
+	cl, err := pgtest.Start(context.Background(), pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return &bundle{cdctest.Setup(t, cl, schemaSQL, modelsYAML)}
+}
+
 func TestInsertUpdateDelete(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE site (id bigserial PRIMARY KEY, name text NOT NULL, status text, comments text, custom_field_data jsonb DEFAULT '{}');
 		CREATE TABLE other (id int PRIMARY KEY)`, `
   - table: site
@@ -93,6 +107,7 @@ func TestInsertUpdateDelete(t *testing.T) {
 }
 
 func TestDeleteWithFullIdentityCarriesRow(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE dev (id int PRIMARY KEY, name text, serial text); ALTER TABLE dev REPLICA IDENTITY FULL`, `
   - table: public.dev
     model: Device`)
@@ -107,6 +122,7 @@ func TestDeleteWithFullIdentityCarriesRow(t *testing.T) {
 }
 
 func TestValueTypes(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TYPE mood AS ENUM ('ok', 'sad');
 		CREATE DOMAIN posint AS int CHECK (VALUE > 0);
 		CREATE TABLE t (id int PRIMARY KEY, b bool, i2 int2, i8 int8, f8 float8, f4 float4, n numeric, nan numeric,
@@ -134,6 +150,7 @@ func TestValueTypes(t *testing.T) {
 const bigTextSQL = `(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g)`
 
 func TestUnchangedToastIsCarried(t *testing.T) {
+	t.Parallel()
 	for _, identity := range []string{"DEFAULT", "FULL"} {
 		t.Run(identity, func(t *testing.T) {
 			b := setup(t, `CREATE TABLE doc (id int PRIMARY KEY, title text, body text); ALTER TABLE doc REPLICA IDENTITY `+identity, `
@@ -159,6 +176,7 @@ func TestUnchangedToastIsCarried(t *testing.T) {
 }
 
 func TestRestartResumesWithoutDuplicates(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY, v int)`, `
   - table: s`)
 	b.Start()
@@ -185,6 +203,7 @@ func TestRestartResumesWithoutDuplicates(t *testing.T) {
 }
 
 func TestLargeTransactionAndManySmall(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY, v text)`, `
   - table: s`)
 	b.Start()
@@ -203,6 +222,7 @@ func TestLargeTransactionAndManySmall(t *testing.T) {
 }
 
 func TestSchemaChangesMidStream(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY, a text, b int)`, `
   - table: s`)
 	b.Start()
@@ -224,6 +244,7 @@ func TestSchemaChangesMidStream(t *testing.T) {
 }
 
 func TestIdleSlotAdvances(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE noise (id serial PRIMARY KEY, v text)`, `
   - table: s`)
 	b.Start()
@@ -249,6 +270,7 @@ func TestIdleSlotAdvances(t *testing.T) {
 }
 
 func TestTableProblemsAreConfigErrors(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE nopk (a int); CREATE TABLE ok (id int PRIMARY KEY)`, `
   - table: nopk
   - table: missing

@@ -43,6 +43,7 @@ func summary(d cdctest.Delivery) string {
 }
 
 func TestCoalesceTransaction(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, name text);
 		ALTER TABLE item REPLICA IDENTITY FULL;
 		CREATE TABLE plain (id int PRIMARY KEY, name text);`, coalesceModels)
@@ -112,6 +113,7 @@ func TestCoalesceTransaction(t *testing.T) {
 }
 
 func TestCoalesceBounded(t *testing.T) {
+	// Not parallel: it sets maxCoalesceObjects, which every capture of the process reads.
 	t.Cleanup(cdc.SetMaxCoalesceObjects(2)) // runs after the capture stops
 	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, name text); INSERT INTO item VALUES (1, 'a'), (2, 'b'), (3, 'c')`, coalesceModels)
 	b.Reconfigure(coalesceModels, coalesceHooks)
@@ -135,6 +137,7 @@ func TestCoalesceBounded(t *testing.T) {
 }
 
 func TestCoalesceLookupsAndChunks(t *testing.T) {
+	t.Parallel()
 	b := setup(t, formatSchema, formatModels)
 	b.Reconfigure(formatModels, `
   - name: c

@@ -51,6 +51,7 @@ func (b *bundle) waitFor(what string, within time.Duration, cond func() bool) ti
 // connections work again, stream from another connection, without waiting
 // for the server's wal_sender_timeout to free the slot.
 func TestSilentReplicationStreamIsReplaced(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, v text)`, "  - table: item\n")
 	px, dsn := b.proxied()
 	b.Cfg.Database.DSN = dsn // the replication connection only
@@ -78,8 +79,9 @@ func TestSilentReplicationStreamIsReplaced(t *testing.T) {
 // must give the connection up at its deadline, end the session it left and
 // enqueue every change exactly once.
 func TestLostOutboxTransactionDoesNotBlockTheReplay(t *testing.T) {
+	t.Parallel()
 	const rows = 300_000
-	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, v text)`, "  - table: item\n")
+	b := setupAlone(t, `CREATE TABLE item (id int PRIMARY KEY, v text)`, "  - table: item\n")
 	px, dsn := b.proxied()
 	pc, err := pgxpool.ParseConfig(dsn + "&application_name=walhook_lost_outbox")
 	if err != nil {
@@ -114,7 +116,7 @@ func TestLostOutboxTransactionDoesNotBlockTheReplay(t *testing.T) {
 	px.Heal() // the frozen connection stays frozen for good
 	b.waitFor("every change enqueued", 3*pgnet.StatementTimeout, func() bool { return b.Count("webhook = 'a'") == rows })
 	if n := b.Count("true"); n != 2*rows {
-		t.Errorf("%d cdctest.Delivery rows, want %d", n, 2*rows)
+		t.Errorf("%d delivery rows, want %d", n, 2*rows)
 	}
 }
 
@@ -124,7 +126,8 @@ func TestLostOutboxTransactionDoesNotBlockTheReplay(t *testing.T) {
 // stream silent past its bound whose walsender is busy is not replaced:
 // replacing it would decode the transaction again, and again.
 func TestBusyWalsenderIsNotTakenForADeadPath(t *testing.T) {
-	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, v text); CREATE TABLE other (id int, v text)`, "  - table: item\n")
+	t.Parallel()
+	b := setupAlone(t, `CREATE TABLE item (id int PRIMARY KEY, v text); CREATE TABLE other (id int, v text)`, "  - table: item\n")
 	var logs lockedBuffer
 	b.Run(cdc.Options{StatusInterval: 200 * time.Millisecond, Silence: time.Second}, &logs)
 	b.waitFor("capture streaming", 10*time.Second, b.Capture.Streaming)

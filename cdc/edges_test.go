@@ -66,6 +66,7 @@ func (b *bundle) startLogged() *logBuf {
 // its own name (publish_via_partition_root), also when an older walhook made
 // the publication without it (what check says: preflight's test).
 func TestPartitionedTableCapturedAsRoot(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE m (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
 		CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu'); CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');`, `
   - table: m
@@ -93,6 +94,7 @@ func TestPartitionedTableCapturedAsRoot(t *testing.T) {
 // TestPartitionAndItsRootRefused: a partition whose partitioned table is
 // captured too is refused (its changes arrive under the root's name).
 func TestPartitionAndItsRootRefused(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE m (id int PRIMARY KEY) PARTITION BY RANGE (id); CREATE TABLE m_1 PARTITION OF m FOR VALUES FROM (0) TO (100);`, `
   - table: m
   - table: m_1`)
@@ -111,6 +113,7 @@ func TestPartitionAndItsRootRefused(t *testing.T) {
 // another schema, while walhook runs is still captured, with a warning; the
 // next start refuses the configuration until it names the table again.
 func TestRenamedTableKeepsCapturing(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE SCHEMA other`, `
   - table: s
     model: S`)
@@ -145,6 +148,7 @@ func TestRenamedTableKeepsCapturing(t *testing.T) {
 // TestUnmappedTableIsCounted: a table added to the publication by hand is
 // not captured, but its changes are logged (once) and counted.
 func TestUnmappedTableIsCounted(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE extra (id int PRIMARY KEY)`, `
   - table: s`)
 	lb := b.startLogged()
@@ -162,6 +166,7 @@ func TestUnmappedTableIsCounted(t *testing.T) {
 // TestTruncateIsLoud: on the publication walhook creates itself, a TRUNCATE
 // of a captured table is an error line and a count; nothing is sent for it.
 func TestTruncateIsLoud(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
   - table: s`)
 	lb := b.startLogged()
@@ -179,6 +184,7 @@ func TestTruncateIsLoud(t *testing.T) {
 // form of values (set with ALTER DATABASE, as a DBA might) change nothing in
 // the payloads, neither in the captured row nor in a relation lookup.
 func TestHostileOutputSettings(t *testing.T) {
+	t.Parallel()
 	const schema = `CREATE TABLE region (id int PRIMARY KEY, weight float8, created timestamptz, span interval, raw bytea, price money);
 		CREATE TABLE site (id int PRIMARY KEY, region_id int REFERENCES region, f8 float8, f4 float4, ts timestamptz, tsn timestamp, d date, iv interval, by bytea, m money);
 		INSERT INTO region VALUES (1, 0.30000000000000004, '2024-01-02 03:04:05.5+00', '1 day 02:00:00', '\xdead', 12.5);`
@@ -212,6 +218,7 @@ func TestHostileOutputSettings(t *testing.T) {
 // so the object key of every event is built from them: each object keeps one
 // key (per-object order, coalescing) and no delete has an empty key.
 func TestReplicaIdentityIndexKey(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, slug text NOT NULL, v int);
 		CREATE UNIQUE INDEX site_slug ON site (slug); ALTER TABLE site REPLICA IDENTITY USING INDEX site_slug;
 		CREATE TABLE dev (id int PRIMARY KEY, slug text NOT NULL, v int);
@@ -243,6 +250,7 @@ func TestReplicaIdentityIndexKey(t *testing.T) {
 // that is not there) is held until it is visible: its relation lookup and
 // its unchanged-TOAST read-back see its own writes, never the rows before.
 func TestLookupsWaitForCommitVisibility(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	// A short wal_sender_timeout: holding a transaction must not stop the
 	// stream from answering the server.
@@ -346,6 +354,7 @@ func (c *queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryE
 // lookups' read-only transaction, with their statement timeout), not one
 // per row.
 func TestUnchangedToastReadBackIsBatched(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE doc (id int PRIMARY KEY, title text, body text);
 		INSERT INTO doc SELECT g, 't', g || `+bigTextSQL+` FROM generate_series(1, 40) g`, `
   - table: doc`)
@@ -379,6 +388,7 @@ func TestUnchangedToastReadBackIsBatched(t *testing.T) {
 // holding capture (Stall says why), and the change is sent with the field
 // once it succeeds; a model with on_lookup_error: omit sends it without.
 func TestFailedLookupHoldsCapture(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE region (id int PRIMARY KEY, name text); INSERT INTO region VALUES (1, 'r1');
 		CREATE TABLE site (id int PRIMARY KEY, region_id int); CREATE TABLE rack (id int PRIMARY KEY, region_id int)`, `
   - table: site
@@ -421,6 +431,7 @@ func TestFailedLookupHoldsCapture(t *testing.T) {
 // type that was dropped before capture read them render as text, with a
 // warning, instead of stopping capture.
 func TestDroppedTypeDoesNotStall(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TYPE mood AS ENUM ('ok', 'sad'); CREATE DOMAIN posint AS int CHECK (VALUE > 0);
 		CREATE TABLE t (id int PRIMARY KEY, m mood, ma mood[], p posint)`, `
   - table: t`)
@@ -455,6 +466,7 @@ func TestDroppedTypeDoesNotStall(t *testing.T) {
 // starts at the slot's position, reports the gap, and loses none of the
 // changes the new slot carries.
 func TestSlotCreatedAgainBehindCheckpoint(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
   - table: s`)
 	b.Start()
@@ -482,6 +494,7 @@ func TestSlotCreatedAgainBehindCheckpoint(t *testing.T) {
 // TestOtherSourceBehindCheckpoint: a checkpoint written for another source
 // server (system identifier) does not make capture skip this one's changes.
 func TestOtherSourceBehindCheckpoint(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
   - table: s`)
 	b.Start()
@@ -509,6 +522,7 @@ func TestOtherSourceBehindCheckpoint(t *testing.T) {
 // and publication) into the same outbox may not use a webhook name the first
 // one writes.
 func TestSharedWebhookNameAcrossCapturesRefused(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY)`, `
   - table: s`)
 	b.Start()
@@ -550,6 +564,7 @@ http:
 // an older walhook (no truncate) that walhook's role may not alter is used
 // with a warning, not refused (what check says: preflight's test).
 func TestOldPublicationOfAnotherOwnerStillWorks(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE PUBLICATION walhook FOR TABLE s WITH (publish = 'insert, update, delete')`, `
   - table: s`)
 	role := b.Role("REPLICATION")
@@ -572,6 +587,7 @@ func TestOldPublicationOfAnotherOwnerStillWorks(t *testing.T) {
 // deleting several rows in one transaction gives a coalesce: transaction
 // webhook one deleted event per row (they are distinct objects).
 func TestReplicaIdentityIndexKeyCoalesced(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, slug text NOT NULL);
 		CREATE UNIQUE INDEX site_slug ON site (slug); ALTER TABLE site REPLICA IDENTITY USING INDEX site_slug`, `
   - table: site`)
@@ -603,6 +619,7 @@ http:
 // TestCoalescedUpdateCarriesUnchangedToast: a coalesce: transaction webhook's
 // updated event carries an unchanged TOAST value read back like any other.
 func TestCoalescedUpdateCarriesUnchangedToast(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE doc (id int PRIMARY KEY, title text, body text); INSERT INTO doc VALUES (1, 't', 'z' || `+bigTextSQL+`)`, `
   - table: doc`)
 	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, `
@@ -635,6 +652,7 @@ http:
 // enqueued; it is reported at error level and counted, never skipped
 // silently as a replay.
 func TestCollisionWithOldHistoryIsLoud(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
   - table: s`)
 	b.Exec(`INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, created_at)

@@ -41,6 +41,7 @@ const formatModels = `
     rename: {site_id: site}`
 
 func TestFormatsGolden(t *testing.T) {
+	t.Parallel()
 	b := setup(t, formatSchema, formatModels)
 	b.Reconfigure(formatModels, `
   - name: n

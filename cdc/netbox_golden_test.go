@@ -84,6 +84,7 @@ func jsonDiff(got, want map[string]any) (mismatch, extra []string) {
 }
 
 func TestNetBoxGolden(t *testing.T) {
+	t.Parallel()
 	b := netboxDemo(t, true)
 	b.Start()
 	// Changes like the ones NetBox makes when these objects are edited
@@ -220,6 +221,7 @@ func TestNetBoxGolden(t *testing.T) {
 // which sends no webhook; examples/netbox.yaml lists them in ignore_changes,
 // so the UPDATEs that maintain them send nothing either.
 func TestNetBoxCounterUpdatesSendNothing(t *testing.T) {
+	t.Parallel()
 	t.Run("replica identity full", func(t *testing.T) { testCounterUpdates(t, true) })
 	// Without FULL only the UPDATEs that follow a change of the device in
 	// the same transaction can be recognised.
@@ -283,6 +285,7 @@ func testCounterUpdates(t *testing.T, full bool) {
 // before it deletes it: deleting a device deletes its interfaces first, and
 // their "device" is the device as it was, not null.
 func TestNetBoxCascadedDeleteKeepsRelations(t *testing.T) {
+	t.Parallel()
 	t.Run("device deletes sent", func(t *testing.T) { testCascadedDelete(t, nil) })
 	// The device's own delete goes to no webhook: its image is kept all the same.
 	t.Run("device deletes not sent", func(t *testing.T) {

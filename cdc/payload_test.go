@@ -65,6 +65,7 @@ func dataOf(t *testing.T, raw string) string {
 }
 
 func TestRelations(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), `
   - table: dcim_site
     model: Site
@@ -119,6 +120,7 @@ func TestRelations(t *testing.T) {
 }
 
 func TestComputed(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), `
   - table: dcim_site
     model: Site
@@ -158,6 +160,7 @@ func TestComputed(t *testing.T) {
 }
 
 func TestChoicesAndIgnoreChanges(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t)+`; ALTER TABLE dcim_site REPLICA IDENTITY FULL`, `
   - table: dcim_site
     model: Site
@@ -202,6 +205,7 @@ func TestChoicesAndIgnoreChanges(t *testing.T) {
 }
 
 func TestBodyTemplate(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t)+`; ALTER TABLE dcim_site REPLICA IDENTITY FULL`, "  - table: dcim_site")
 	b.Reconfigure(`
   - table: dcim_site
@@ -278,6 +282,7 @@ func TestBodyTemplate(t *testing.T) {
 }
 
 func TestConditionsFilterDeliveries(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), "  - table: dcim_site")
 	b.Reconfigure(`
   - table: dcim_site
@@ -313,6 +318,7 @@ func TestConditionsFilterDeliveries(t *testing.T) {
 }
 
 func TestLookupsAreBatched(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), `
   - table: dcim_site
     model: Site
@@ -348,6 +354,7 @@ func TestLookupsAreBatched(t *testing.T) {
 }
 
 func TestLookupProblemsAreConfigErrors(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), `
   - table: dcim_site
     relations:

@@ -109,6 +109,7 @@ func (b *bundle) waitT1(n int64) {
 // and none before, and so does the new table; the unchanged webhook loses
 // and duplicates nothing.
 func TestReloadAddsWebhookAndTableFromReportedLSN(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1")
 	b.Start()
 	stop := make(chan struct{})
@@ -172,6 +173,7 @@ func TestReloadAddsWebhookAndTableFromReportedLSN(t *testing.T) {
 
 // A reload the source refuses (an unknown column) changes nothing.
 func TestReloadWithErrorKeepsConfiguration(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1")
 	b.Start()
 	next := b.reconfig("  - table: t1\n    model: T1\n    exclude: [nope]", "  - name: c\n    url: http://127.0.0.1:1/c\n")
@@ -196,6 +198,7 @@ func TestReloadWithErrorKeepsConfiguration(t *testing.T) {
 // webhook gets every change exactly once, and each change is rendered by
 // the configuration of the interval its commit LSN falls in.
 func TestTwentyReloadsDuringBurstLoseNothing(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1")
 	b.Start()
 	stop := make(chan struct{})
@@ -286,6 +289,7 @@ func TestTwentyReloadsDuringBurstLoseNothing(t *testing.T) {
 // A reload while capture does not stream (a standby waiting for the slot,
 // or a reconnection) is accepted and applies when it streams.
 func TestReloadWhileNotStreamingAppliesOnStart(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1")
 	ctx := context.Background()
 	c := b.Prepare(cdc.Options{StatusInterval: 200 * time.Millisecond})
@@ -317,6 +321,7 @@ func TestReloadWhileNotStreamingAppliesOnStart(t *testing.T) {
 // reported LSN: its changes are captured before it and not after, and none
 // arrives unmapped.
 func TestReloadRemovesTableAtReportedLSN(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1\n  - table: t2\n    model: T2")
 	b.Start()
 	stop := make(chan struct{})

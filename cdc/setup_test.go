@@ -14,6 +14,7 @@ import (
 )
 
 func TestPrepareSaysHowToFixServerAndRole(t *testing.T) {
+	t.Parallel()
 	t.Run("role without REPLICATION", func(t *testing.T) {
 		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE ROLE app LOGIN; GRANT SELECT ON s TO app`, "  - table: s")
 		u, _ := url.Parse(b.DSN)
@@ -52,6 +53,7 @@ func TestPrepareSaysHowToFixServerAndRole(t *testing.T) {
 }
 
 func TestPublicationFollowsConfig(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY); CREATE TABLE v (id int PRIMARY KEY)`, "  - table: s\n  - table: u")
 	b.Start()
 	b.Stop()
@@ -70,6 +72,7 @@ func TestPublicationFollowsConfig(t *testing.T) {
 }
 
 func TestPublicationOwnedByAnotherRole(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);
 		CREATE ROLE pubapp LOGIN REPLICATION; GRANT SELECT ON s, u TO pubapp;
 		CREATE PUBLICATION walhook FOR TABLE u`, "  - table: s")

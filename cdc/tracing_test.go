@@ -13,6 +13,7 @@ import (
 // With a Tracer, each captured source transaction is a span (its commit LSN,
 // changes and delivery rows) and each outbox commit one (rows enqueued).
 func TestCaptureSpans(t *testing.T) {
+	t.Parallel()
 	exp := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 	t.Cleanup(func() { _ = tp.Shutdown(t.Context()) })
