@@ -90,7 +90,7 @@ type Capture struct {
 	lookupErrors atomic.Int64
 	// gaps counts starts after a gap; window is the LSN range where new
 	// changes may collide with the old history, collided counts those
-	// (identity.go).
+	// (reconcileCheckpoint).
 	gaps     atomic.Int64
 	window   atomic.Pointer[gapWindow]
 	collided atomic.Int64
@@ -119,11 +119,11 @@ type Capture struct {
 	leftBehind *backend
 	// walsender is the server process of the current replication
 	// connection; lostWalsender that of one given up on, which the next
-	// session ends if it still runs (lost.go). Only Run's goroutine uses
+	// session ends if it still runs (endBackend). Only Run's goroutine uses
 	// them.
 	walsender, lostWalsender *backend
 	// reload holds the configurations the stream renders with and a
-	// reload waiting for it (reload.go); reloadPending says one waits.
+	// reload waiting for it (Reload); reloadPending says one waits.
 	reload        reloads
 	reloadPending atomic.Bool
 }

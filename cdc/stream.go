@@ -93,7 +93,7 @@ type stream struct {
 	// build rels again when the configuration changes.
 	descs map[uint32]*catalog.Table
 	// gen is the configuration transactions are rendered with; next are
-	// reloaded ones that apply from later commit LSNs (reload.go). wake
+	// reloaded ones that apply from later commit LSNs (Reload). wake
 	// is cancelled by Reload to end a wait for the next message.
 	gen  *rendering
 	next []*rendering

@@ -69,7 +69,7 @@ type writer struct {
 	counts   map[modelEvent]int // rows per model and event in the open transaction
 
 	// window, when set, is the commit-LSN range where rows may collide with
-	// an older history (identity.go); inWindow collects the rows of the
+	// an older history (reconcileCheckpoint); inWindow collects the rows of the
 	// open transaction in it, collided counts the rows that did.
 	window   *atomic.Pointer[gapWindow]
 	inWindow []Delivery
@@ -157,7 +157,7 @@ const smallGroup = 64
 // Every statement has a deadline (pgnet.StatementTimeout): on a path that
 // stops moving bytes the statement fails, the connection is closed and the
 // stream replays from the checkpoint on a new one; the next writer first
-// ends the server process the failed one may have left (lost.go).
+// ends the server process the failed one may have left (endLost).
 func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 	actx, cancel := pgnet.Bound(ctx)
 	pc, err := w.pool.Acquire(actx)
@@ -406,7 +406,7 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 }
 
 // endLost ends the server process of an outbox session an earlier writer
-// lost (lost.go). A failure is logged: the replay then waits for the
+// lost (endBackend). A failure is logged: the replay then waits for the
 // statement deadline and the next session tries again.
 func (w *writer) endLost(ctx context.Context, conn *pgx.Conn, b backend) {
 	ended, err := endBackend(ctx, conn, b)
