@@ -1,11 +1,9 @@
 package cdc_test
 
 import (
-	"bytes"
 	"context"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -128,7 +126,7 @@ func TestLostOutboxTransactionDoesNotBlockTheReplay(t *testing.T) {
 func TestBusyWalsenderIsNotTakenForADeadPath(t *testing.T) {
 	t.Parallel()
 	b := setupAlone(t, `CREATE TABLE item (id int PRIMARY KEY, v text); CREATE TABLE other (id int, v text)`, "  - table: item\n")
-	var logs lockedBuffer
+	var logs logBuf
 	b.Run(cdc.Options{StatusInterval: 200 * time.Millisecond, Silence: time.Second}, &logs)
 	b.waitFor("capture streaming", 10*time.Second, b.Capture.Streaming)
 	b.Exec(`INSERT INTO other SELECT g, 'x' FROM generate_series(1, 2000000) g`)
@@ -138,22 +136,4 @@ func TestBusyWalsenderIsNotTakenForADeadPath(t *testing.T) {
 	if !strings.Contains(logs.String(), "its walsender is busy") {
 		t.Error("the stream never went silent while the server was busy: the test proves nothing (write more rows)")
 	}
-}
-
-// lockedBuffer is a buffer safe for concurrent writes and reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

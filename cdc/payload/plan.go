@@ -117,26 +117,21 @@ func PlanLookups(ctx context.Context, q catalog.Queryer, m *config.Model, cols [
 		}
 		plan.Rels = append(plan.Rels, rl)
 	}
-	for _, name := range m.ComputedOrder {
-		c := m.Computed[name]
-		cl, msg := planComputed(name, c, cols, index)
-		if msg != "" {
-			probs = append(probs, LookupProblem{c.Line, fmt.Sprintf("model %s: computed field %s: %s", m.Model, name, msg)})
-			continue
-		}
-		plan.Comps = append(plan.Comps, cl)
-	}
-	if sn := m.Snapshot; sn != nil {
-		for _, name := range sn.ComputedOrder {
-			c := sn.Computed[name]
+	comps := func(order []string, fields map[string]config.Computed, what string, snap bool) {
+		for _, name := range order {
+			c := fields[name]
 			cl, msg := planComputed(name, c, cols, index)
 			if msg != "" {
-				probs = append(probs, LookupProblem{c.Line, fmt.Sprintf("model %s: snapshot computed field %s: %s", m.Model, name, msg)})
+				probs = append(probs, LookupProblem{c.Line, fmt.Sprintf("model %s: %s %s: %s", m.Model, what, name, msg)})
 				continue
 			}
-			cl.Snap = true
+			cl.Snap = snap
 			plan.Comps = append(plan.Comps, cl)
 		}
+	}
+	comps(m.ComputedOrder, m.Computed, "computed field", false)
+	if sn := m.Snapshot; sn != nil {
+		comps(sn.ComputedOrder, sn.Computed, "snapshot computed field", true)
 	}
 	return plan, probs, nil
 }
