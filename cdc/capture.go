@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/walhook/walhook/cdc/source"
 	"maps"
 	"math/rand/v2"
 	"strings"
@@ -252,20 +253,20 @@ func (c *Capture) Enqueued() int64 { return c.enqueued.Load() }
 // updates the publication and creates the slot (publication first: a slot
 // cannot decode with a publication created after it). Problems with the
 // configuration come back as *config.Error; ones retrying cannot fix as
-// *FatalError.
+// *source.FatalError.
 func (c *Capture) Prepare(ctx context.Context) error {
 	conn, err := c.source.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("connect to source database: %w", err)
 	}
 	defer conn.Release()
-	if err := checkServer(ctx, conn); err != nil {
+	if err := source.CheckServer(ctx, conn); err != nil {
 		return err
 	}
-	if err := CheckTables(ctx, conn, c.cfg); err != nil {
+	if err := source.CheckTables(ctx, conn, c.cfg); err != nil {
 		return err
 	}
-	byOID, err := modelsByOID(ctx, conn, c.cfg)
+	byOID, err := source.ModelsByOID(ctx, conn, c.cfg)
 	if err != nil {
 		return err
 	}
@@ -280,7 +281,7 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", c.cfg.Database.Publication).Scan(&pubExisted); err != nil {
 		return fmt.Errorf("read publication: %w", err)
 	}
-	changed, err := ensurePublication(ctx, conn, c.cfg, func(msg string) { c.log.Warn().Str("publication", c.cfg.Database.Publication).Msg(msg) })
+	changed, err := source.EnsurePublication(ctx, conn, c.cfg, func(msg string) { c.log.Warn().Str("publication", c.cfg.Database.Publication).Msg(msg) })
 	if err != nil {
 		return err
 	}
@@ -294,15 +295,15 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := ensureSlot(ctx, conn, c.cfg, !pubExisted)
+	res, err := source.EnsureSlot(ctx, conn, c.cfg, !pubExisted)
 	if err != nil {
 		return err
 	}
-	c.alterFailover = res.alterFailover
-	if res.created && !ckpt.Exists && res.recreated == "" {
+	c.alterFailover = res.AlterFailover
+	if res.Created && !ckpt.Exists && res.Recreated == "" {
 		c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("replication slot created")
 	}
-	return c.reconcileCheckpoint(ctx, conn, ckpt, res.created, res.recreated)
+	return c.reconcileCheckpoint(ctx, conn, ckpt, res.Created, res.Recreated)
 }
 
 // Run streams until ctx ends, reconnecting with backoff when PostgreSQL goes
@@ -395,7 +396,7 @@ func (c *Capture) session(ctx context.Context) error {
 	}
 	rcfg, err := ReplicationConfig(c.cfg.Database.DSN)
 	if err != nil {
-		return &FatalError{Err: err}
+		return &source.FatalError{Err: err}
 	}
 	conn, err := pgconn.ConnectConfig(ctx, rcfg)
 	if err != nil {
@@ -456,7 +457,7 @@ func (c *Capture) session(ctx context.Context) error {
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject {
-			return fatalf("start replication: replication slot %s no longer exists (dropped by someone else, or a failover to a server without a synced copy of it: see database.slot_failover): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
+			return source.Fatalf("start replication: replication slot %s no longer exists (dropped by someone else, or a failover to a server without a synced copy of it: see database.slot_failover): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
 		}
 		if errors.As(err, &pe) && pe.Code == pgerrcode.ObjectNotInPrerequisiteState {
 			// Invalidated since Prepare: the next session's recheckSlot
@@ -511,7 +512,7 @@ func (c *Capture) session(ctx context.Context) error {
 		wake()
 		cancelWriter()
 		wg.Wait()
-		return &FatalError{Err: err}
+		return &source.FatalError{Err: err}
 	}
 	defer c.detach()
 	s.gen, s.next = gens[0], gens[1:]
@@ -620,4 +621,11 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 		oid = next
 	}
 	return nil
+}
+
+// IsFatal reports whether err cannot be fixed by retrying.
+func IsFatal(err error) bool {
+	var fe *source.FatalError
+	var ce *config.Error
+	return errors.As(err, &fe) || errors.As(err, &ce)
 }

@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 	"fmt"
+	"github.com/walhook/walhook/cdc/source"
 	"maps"
 	"slices"
 	"sort"
@@ -31,7 +32,7 @@ type sourceIdentity struct {
 func identifySource(ctx context.Context, dsn string) (sourceIdentity, error) {
 	rcfg, err := ReplicationConfig(dsn)
 	if err != nil {
-		return sourceIdentity{}, &FatalError{Err: err}
+		return sourceIdentity{}, &source.FatalError{Err: err}
 	}
 	conn, err := pgconn.ConnectConfig(ctx, rcfg)
 	if err != nil {
@@ -47,7 +48,7 @@ func identifySource(ctx context.Context, dsn string) (sourceIdentity, error) {
 
 // slotPosition returns the slot's confirmed_flush_lsn (its consistent point
 // when it has just been created).
-func slotPosition(ctx context.Context, conn queryer, slot string) (pglogrepl.LSN, error) {
+func slotPosition(ctx context.Context, conn source.Queryer, slot string) (pglogrepl.LSN, error) {
 	s, found, err := replslot.Read(ctx, conn, slot)
 	if err != nil {
 		return 0, err
@@ -93,8 +94,8 @@ func (c *Capture) claimWebhooks(ctx context.Context, names []string) error {
 	for _, w := range slices.Sorted(maps.Keys(taken)) {
 		msgs = append(msgs, fmt.Sprintf("webhook %q is already captured into this outbox by slot %s", w, taken[w]))
 	}
-	return fatalf("%s: two captures (configurations with their own slot) writing into one outbox must not share a webhook name, or their deliveries could collide on (webhook, commit_lsn, seq) and be dropped; rename the webhook in one of them, or if the configuration using slot %s is gone for good run: DELETE FROM %s WHERE slot = %s;",
-		strings.Join(msgs, "; "), taken[slices.Sorted(maps.Keys(taken))[0]], c.store.WebhookOwnersTable(), QuoteLiteral(taken[slices.Sorted(maps.Keys(taken))[0]]))
+	return source.Fatalf("%s: two captures (configurations with their own slot) writing into one outbox must not share a webhook name, or their deliveries could collide on (webhook, commit_lsn, seq) and be dropped; rename the webhook in one of them, or if the configuration using slot %s is gone for good run: DELETE FROM %s WHERE slot = %s;",
+		strings.Join(msgs, "; "), taken[slices.Sorted(maps.Keys(taken))[0]], c.store.WebhookOwnersTable(), source.QuoteLiteral(taken[slices.Sorted(maps.Keys(taken))[0]]))
 }
 
 // reconcileCheckpoint compares the stored checkpoint with the source and
@@ -108,7 +109,7 @@ func (c *Capture) claimWebhooks(ctx context.Context, names []string) error {
 // synced copy of the slot (same system, new timeline, slot not past the
 // checkpoint) is no gap. created is whether the slot was created just now;
 // why, when not empty, why it was created again.
-func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outbox.CheckpointState, created bool, why string) error {
+func (c *Capture) reconcileCheckpoint(ctx context.Context, conn source.Queryer, st outbox.CheckpointState, created bool, why string) error {
 	slot := c.cfg.Database.Slot
 	id, err := identifySource(ctx, c.cfg.Database.DSN)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/walhook/walhook/cdc/source"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -61,7 +62,7 @@ func selfReplicationBackend(ctx context.Context, conn *pgconn.PgConn) (backend, 
 
 // endBackend ends b's server process if it still runs, and reports whether
 // it did.
-func endBackend(ctx context.Context, q queryer, b backend) (bool, error) {
+func endBackend(ctx context.Context, q source.Queryer, b backend) (bool, error) {
 	ctx, cancel := pgnet.Bound(ctx)
 	defer cancel()
 	var ended bool

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/walhook/walhook/cdc/source"
 	"maps"
 	"slices"
 	"strings"
@@ -121,10 +122,10 @@ func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult
 	if err != nil {
 		return ReloadResult{}, fmt.Errorf("connect to source database: %w", err)
 	}
-	err = CheckTables(qctx, conn, next)
+	err = source.CheckTables(qctx, conn, next)
 	var byOID map[uint32]*config.Model
 	if err == nil {
-		byOID, err = modelsByOID(qctx, conn, next)
+		byOID, err = source.ModelsByOID(qctx, conn, next)
 	}
 	conn.Release()
 	if err != nil {
@@ -344,7 +345,7 @@ func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Confi
 	// A standby (capture from a standby, 16+) can neither lock nor change
 	// the publication: its owner changes it on the primary first, and the
 	// reload starts at the position the standby has replayed.
-	standby, err := inRecovery(ctx, tx)
+	standby, err := source.InRecovery(ctx, tx)
 	if err != nil {
 		return 0, fmt.Errorf("update publication: %w", err)
 	}
@@ -365,8 +366,8 @@ func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Confi
 		}
 	}
 	pub := next.Database.Publication
-	if _, err := ensurePublication(ctx, tx, next, func(msg string) { c.log.Warn().Str("publication", pub).Msg(msg) }); err != nil {
-		var fe *FatalError
+	if _, err := source.EnsurePublication(ctx, tx, next, func(msg string) { c.log.Warn().Str("publication", pub).Msg(msg) }); err != nil {
+		var fe *source.FatalError
 		if errors.As(err, &fe) {
 			err = fe.Err
 		}

@@ -3,6 +3,7 @@ package cdc_test
 import (
 	"context"
 	"errors"
+	"github.com/walhook/walhook/cdc/source"
 	"net/url"
 	"strings"
 	"testing"
@@ -45,7 +46,7 @@ func TestPrepareSaysHowToFixServerAndRole(t *testing.T) {
 		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, "  - table: s")
 		c, _ := cdc.New(cdc.Options{Config: b.Cfg, Source: pool, Outbox: b.DB, Logger: zerolog.Nop()})
 		err = c.Prepare(ctx)
-		var fe *cdc.FatalError
+		var fe *source.FatalError
 		if !errors.As(err, &fe) || !strings.Contains(err.Error(), "ALTER SYSTEM SET wal_level = logical") {
 			t.Fatalf("Prepare = %v, want a fatal error with the fix", err)
 		}

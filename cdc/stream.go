@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/walhook/walhook/cdc/source"
 	"slices"
 	"time"
 
@@ -311,7 +312,7 @@ func (s *stream) run(ctx context.Context) error {
 func (s *stream) handle(ctx context.Context, data []byte) error {
 	msg, err := parseMessage(data)
 	if err != nil {
-		return &FatalError{Err: err}
+		return &source.FatalError{Err: err}
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:

@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/cdc/catalog"
 	"github.com/walhook/walhook/cdc/payload"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/human"
 	"github.com/walhook/walhook/internal/outbox"
@@ -215,7 +215,7 @@ func (p *preflight) capacity(ctx context.Context) {
 		detail := fmt.Sprintf("all %d replication slots are in use: walhook cannot create slot %s", maxSlots, slot)
 		if len(inactive) > 0 {
 			detail += fmt.Sprintf(" (inactive: %s)", strings.Join(first(inactive, 5), ", "))
-			fix += fmt.Sprintf("\n-- or drop a slot nobody uses any more: SELECT pg_drop_replication_slot(%s);", cdc.QuoteLiteral(inactive[0]))
+			fix += fmt.Sprintf("\n-- or drop a slot nobody uses any more: SELECT pg_drop_replication_slot(%s);", source.QuoteLiteral(inactive[0]))
 		}
 		p.fail(name, detail, fix)
 	}
@@ -370,7 +370,7 @@ func (p *preflight) supported(ctx context.Context, passed map[string]bool) {
 			sub.Models = append(sub.Models, m)
 		}
 	}
-	err := cdc.CheckTables(ctx, p.conn, &sub)
+	err := source.CheckTables(ctx, p.conn, &sub)
 	var ce *config.Error
 	switch {
 	case errors.As(err, &ce):
@@ -392,7 +392,7 @@ func (p *preflight) publication(ctx context.Context) {
 		wantQuoted = append(wantQuoted, ident(m.Schema, m.Name))
 	}
 	list := strings.Join(wantQuoted, ", ")
-	with := cdc.PublicationWith(p.versionNum)
+	with := source.PublicationWith(p.versionNum)
 	create := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", ident(pub), list, with)
 
 	var owner string
@@ -457,10 +457,10 @@ func (p *preflight) publication(ctx context.Context) {
 			drop = append(drop, t)
 		}
 	}
-	rootOK := viaRoot || p.versionNum < cdc.ViaRootVersion
+	rootOK := viaRoot || p.versionNum < source.ViaRootVersion
 	optsOK := ins && upd && del && trunc && rootOK
 	if len(add) == 0 && len(drop) == 0 && optsOK {
-		p.ok(name, fmt.Sprintf("publishes exactly the %s (%s)", configuredTables(len(want)), cdc.PublishOps))
+		p.ok(name, fmt.Sprintf("publishes exactly the %s (%s)", configuredTables(len(want)), source.PublishOps))
 		return
 	}
 	var diff []string
@@ -471,7 +471,7 @@ func (p *preflight) publication(ctx context.Context) {
 		diff = append(diff, "also publishes "+strings.Join(drop, ", "))
 	}
 	if !(ins && upd && del && trunc) {
-		diff = append(diff, fmt.Sprintf("publishes %s instead of %s", publishList(ins, upd, del, trunc), cdc.PublishOps))
+		diff = append(diff, fmt.Sprintf("publishes %s instead of %s", publishList(ins, upd, del, trunc), source.PublishOps))
 	}
 	if !rootOK {
 		diff = append(diff, "publish_via_partition_root is off (a partitioned table's changes would arrive under its partitions' names)")
@@ -548,7 +548,7 @@ func publishList(ins, upd, del, trunc bool) string {
 func (p *preflight) slot(ctx context.Context) {
 	slot := p.cfg.Database.Slot
 	name := "slot " + slot
-	drop := fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", cdc.QuoteLiteral(slot))
+	drop := fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", source.QuoteLiteral(slot))
 	st, found, err := replslot.Read(ctx, p.conn, slot)
 	if err != nil {
 		p.fail(name, "cannot "+err.Error(), "")
@@ -573,7 +573,7 @@ func (p *preflight) slot(ctx context.Context) {
 			slot, strings.ToLower(strings.Map(identRune, p.db)), drop))
 		return
 	case st.Lost():
-		p.fail(name, "was invalidated ("+cdc.InvalidationText(st.Invalidation)+"): the WAL it needed is gone and so are the changes since",
+		p.fail(name, "was invalidated ("+source.InvalidationText(st.Invalidation)+"): the WAL it needed is gone and so are the changes since",
 			drop+"  -- then walhook run creates a new slot and captures from then on")
 		return
 	case p.pubMissing:
@@ -752,7 +752,7 @@ func (p *preflight) failover(ctx context.Context) {
 			names = strings.Join(physical, ",")
 		}
 		p.warn(name, standbys+" but synchronized_standby_slots is empty: "+slotState+", but a standby may sync it ahead of what it has received, and walhook cannot hold confirmations for it",
-			fmt.Sprintf("ALTER SYSTEM SET synchronized_standby_slots = %s;\nSELECT pg_reload_conf();\n%s", cdc.QuoteLiteral(names), standbyFix))
+			fmt.Sprintf("ALTER SYSTEM SET synchronized_standby_slots = %s;\nSELECT pg_reload_conf();\n%s", source.QuoteLiteral(names), standbyFix))
 		return
 	}
 	if len(st.Missing) > 0 || len(st.Inactive) > 0 {
