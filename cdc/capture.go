@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/walhook/walhook/cdc/source"
 	"maps"
 	"math/rand/v2"
 	"strings"
@@ -20,7 +19,10 @@ import (
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/walhook/walhook/cdc/enqueue"
+	"github.com/walhook/walhook/cdc/lost"
 	"github.com/walhook/walhook/cdc/payload"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/pgnet"
@@ -93,7 +95,7 @@ type Capture struct {
 	// changes may collide with the old history, collided counts those
 	// (reconcileCheckpoint).
 	gaps     atomic.Int64
-	window   atomic.Pointer[gapWindow]
+	window   atomic.Pointer[enqueue.GapWindow]
 	collided atomic.Int64
 	types    *typeCache
 
@@ -117,12 +119,12 @@ type Capture struct {
 	// leftBehind is the outbox session a writer lost on a dead path (its
 	// server process may still hold an open transaction); the next
 	// session's writer ends it first. Only Run's goroutine uses it.
-	leftBehind *backend
+	leftBehind *lost.Backend
 	// walsender is the server process of the current replication
 	// connection; lostWalsender that of one given up on, which the next
 	// session ends if it still runs (endBackend). Only Run's goroutine uses
 	// them.
-	walsender, lostWalsender *backend
+	walsender, lostWalsender *lost.Backend
 	// reload holds the configurations the stream renders with and a
 	// reload waiting for it (Reload); reloadPending says one waits.
 	reload        reloads
@@ -168,6 +170,12 @@ func newCapture(opts Options) *Capture {
 		c.models[m.QualifiedTable()] = m
 	}
 	return c
+}
+
+// Observer is told about committed outbox rows (for metrics). Counts are
+// delivery rows, i.e. changes times matching webhooks.
+type Observer interface {
+	Enqueued(model, event string, rows int)
 }
 
 // LossObserver is told, when the Options' Observer implements it too, about
@@ -408,16 +416,16 @@ func (c *Capture) session(ctx context.Context) error {
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	if lost := c.lostWalsender; lost != nil {
+	if gone := c.lostWalsender; gone != nil {
 		c.lostWalsender = nil
-		if ended, err := endBackend(ctx, c.source, *lost); err != nil {
+		if ended, err := lost.End(ctx, c.source, *gone); err != nil {
 			c.log.Warn().Err(err).Msg("could not end the replication session the last attempt gave up on; it holds the slot until wal_sender_timeout")
 		} else if ended {
-			c.log.Warn().Uint32("pid", lost.pid).Msg("ended the replication session the last attempt gave up on (its walsender was still running, holding the slot)")
+			c.log.Warn().Uint32("pid", gone.PID).Msg("ended the replication session the last attempt gave up on (its walsender was still running, holding the slot)")
 		}
 	}
 	qctx, cancel = pgnet.Bound(ctx)
-	self, err := selfReplicationBackend(qctx, conn)
+	self, err := lost.SelfReplication(qctx, conn)
 	cancel()
 	if err != nil {
 		c.log.Debug().Err(err).Msg("the replication session cannot be ended from elsewhere if it is lost")
@@ -485,20 +493,22 @@ func (c *Capture) session(ctx context.Context) error {
 		}
 	}()
 
-	w := newWriter(c.outbox, c.store, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
-	w.tracer = c.opts.Tracer
-	w.endFirst = c.leftBehind
-	w.flushed.Store(uint64(startLSN))
-	w.window, w.collided = &c.window, &c.collided
+	var observe func(model, event string, rows int)
+	if c.opts.Observer != nil {
+		observe = c.opts.Observer.Enqueued
+	}
+	w := enqueue.New(enqueue.Options{Pool: c.outbox, Store: c.store, Slot: slot, GroupRows: c.opts.GroupRows, GroupDelay: c.opts.GroupDelay,
+		Flushed: startLSN, Rows: &c.enqueued, Safe: &c.safeInserts, Observe: observe, Log: c.log, Tracer: c.opts.Tracer,
+		EndFirst: c.leftBehind, Window: &c.window, Collided: &c.collided})
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWriter()
-	ch := make(chan batch, 16)
+	ch := make(chan enqueue.Batch, 16)
 	werr := make(chan error, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		werr <- w.run(wctx, ch)
+		werr <- w.Run(wctx, ch)
 	}()
 	s := &stream{
 		conn: conn, c: c, w: w, out: ch, werr: werr, log: c.log, interval: c.opts.StatusInterval,
@@ -530,7 +540,7 @@ func (c *Capture) session(ctx context.Context) error {
 		cancelWriter()
 	}
 	wg.Wait()
-	c.leftBehind = w.left
+	c.leftBehind = w.Left()
 	if ctx.Err() != nil {
 		// Confirm what was committed before leaving.
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

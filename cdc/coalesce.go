@@ -3,6 +3,7 @@ package cdc
 import (
 	"context"
 
+	"github.com/walhook/walhook/cdc/enqueue"
 	"github.com/walhook/walhook/cdc/lookup"
 	"github.com/walhook/walhook/cdc/payload"
 )
@@ -66,7 +67,7 @@ func (s *stream) flushCoalesced(ctx context.Context) error {
 			}
 		}
 		s.pending = append(s.pending, p)
-		if len(s.pending) >= chunkRows {
+		if len(s.pending) >= enqueue.ChunkRows {
 			if err := s.flushPending(ctx); err != nil {
 				return err
 			}

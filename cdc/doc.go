@@ -5,9 +5,10 @@
 // LSNs whose rows are committed are confirmed to the server.
 //
 // Capture (New, Prepare, Run) checks the server and the configured tables,
-// sets up the publication and the replication slot, and streams: the stream
-// receives and decodes pgoutput messages, renders the changes and hands them
-// to the outbox writer; it confirms only what the writer committed.
+// sets up the publication and the replication slot (package source), and
+// streams: the stream receives and decodes pgoutput messages, renders the
+// changes and hands them to the outbox writer (package enqueue); it confirms
+// only what the writer committed.
 // RowRenderer renders rows read from a table exactly as capture renders its
 // changes (for package backfill).
 //

@@ -16,7 +16,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/enqueue"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/test/cdctest"
 	"github.com/walhook/walhook/test/pgtest"
 )
@@ -659,14 +661,22 @@ func TestCollisionWithOldHistoryIsLoud(t *testing.T) {
 		VALUES ('a', 'created', 's', '1', '0/5000000', 0, now(), '{}', now() - interval '1 hour')`)
 	lb := &logBuf{}
 	at := time.Now()
-	collided, err := cdc.WriteAfterGap(context.Background(), b.DB, b.Cfg.Database.Slot, 0x4000000, 0x6000000, []cdc.Delivery{
+	var window atomic.Pointer[enqueue.GapWindow]
+	window.Store(&enqueue.GapWindow{From: 0x4000000, To: 0x6000000, Before: time.Now()})
+	var collided, rows atomic.Int64
+	var safe atomic.Bool
+	w := enqueue.New(enqueue.Options{Pool: b.DB, Store: outbox.New(b.DB, "walhook"), Slot: b.Cfg.Database.Slot, GroupRows: 2000, GroupDelay: 20 * time.Millisecond,
+		Rows: &rows, Safe: &safe, Log: zerolog.New(lb), Window: &window, Collided: &collided})
+	ch := make(chan enqueue.Batch, 1)
+	ch <- enqueue.Batch{Rows: []enqueue.Delivery{
 		{Webhook: "a", Event: "created", Model: "s", Key: "9", CommitLSN: 0x5000000, Seq: 0, CommittedAt: at, Body: "{}"},
 		{Webhook: "a", Event: "created", Model: "s", Key: "10", CommitLSN: 0x5000000, Seq: 1, CommittedAt: at, Body: "{}"},
-	}, 0x5000100, zerolog.New(lb))
-	if err != nil {
+	}, Commit: true, EndLSN: 0x5000100}
+	close(ch)
+	if err := w.Run(context.Background(), ch); err != nil {
 		t.Fatal(err)
 	}
-	if collided != 1 || b.Count("object_key = '10'") != 1 || lb.count(`"level":"error"`, "NOT enqueued", `"key":"9"`) != 1 {
-		t.Errorf("collided %d; log:\n%s", collided, lb)
+	if collided.Load() != 1 || b.Count("object_key = '10'") != 1 || lb.count(`"level":"error"`, "NOT enqueued", `"key":"9"`) != 1 {
+		t.Errorf("collided %d; log:\n%s", collided.Load(), lb)
 	}
 }

@@ -1,15 +1,7 @@
 package cdc
 
 import (
-	"context"
-	"sync/atomic"
-	"time"
-
-	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/internal/config"
-	"github.com/walhook/walhook/internal/outbox"
 )
 
 // What the external tests (package cdc_test) see of the internals.
@@ -38,21 +30,4 @@ func (c *Capture) Renders(cfg *config.Config) bool {
 	defer c.reload.mu.Unlock()
 	g := c.reload.gens
 	return len(g) > 0 && g[len(g)-1].cfg == cfg
-}
-
-// WriteAfterGap writes rows as one transaction ending at end, with the LSNs
-// from (exclusive) to to (inclusive) a gap window, and returns how many
-// collided with the old history.
-func WriteAfterGap(ctx context.Context, pool *pgxpool.Pool, slot string, from, to pglogrepl.LSN, rows []Delivery, end pglogrepl.LSN, log zerolog.Logger) (int64, error) {
-	var window atomic.Pointer[gapWindow]
-	window.Store(&gapWindow{from: from, to: to, before: time.Now()})
-	var collided, n atomic.Int64
-	var safe atomic.Bool
-	w := newWriter(pool, outbox.New(pool, "walhook"), slot, 2000, 20*time.Millisecond, &n, &safe, nil, log)
-	w.window, w.collided = &window, &collided
-	ch := make(chan batch, 1)
-	ch <- batch{rows: rows, commit: true, endLSN: end}
-	close(ch)
-	err := w.run(ctx, ch)
-	return collided.Load(), err
 }

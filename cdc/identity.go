@@ -3,7 +3,6 @@ package cdc
 import (
 	"context"
 	"fmt"
-	"github.com/walhook/walhook/cdc/source"
 	"maps"
 	"slices"
 	"sort"
@@ -14,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/walhook/walhook/cdc/enqueue"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/replslot"
 )
@@ -153,7 +154,7 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn source.Queryer, 
 		reset = true // to the slot's position, forward or back
 		if st.LSN > pos {
 			c.warnAmbiguous(ctx, pos, st.LSN)
-			c.window.Store(&gapWindow{from: pos, to: st.LSN, before: time.Now()})
+			c.window.Store(&enqueue.GapWindow{From: pos, To: st.LSN, Before: time.Now()})
 			ev.Msgf("%s: the stored checkpoint %s lies ahead of the slot's position %s, so capture starts at the slot's position instead of skipping what lies between; changes the old source committed after checkpoint %s that are not in this source's WAL after %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos, st.LSN, pos)
 		} else {
 			ev.Msgf("%s: changes committed after LSN %s until %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos)
@@ -194,18 +195,6 @@ func (c *Capture) warnAmbiguous(ctx context.Context, from, to pglogrepl.LSN) {
 		Msgf("the outbox holds %d deliveries of the old history with commit LSNs between %s and %s, where this source numbers its own changes: a new change at exactly the same commit LSN and position as one of them would be taken for a replay and NOT enqueued (compare the source with a backfill if that matters)",
 			n, from, to)
 }
-
-// gapWindow is the commit-LSN range (from, to] where, after a gap, the new
-// source's changes may meet deliveries of the old history written before
-// "before" with the same (webhook, commit_lsn, seq): the insert then skips
-// them as a replay. The writer checks the rows it writes in the window and
-// reports such collisions loudly (they are not enqueued).
-type gapWindow struct {
-	from, to pglogrepl.LSN
-	before   time.Time
-}
-
-func (g *gapWindow) holds(l pglogrepl.LSN) bool { return g != nil && l > g.from && l <= g.to }
 
 // Collisions is how many delivery rows were not enqueued because a delivery
 // of an older history (before a gap) holds the same (webhook, commit_lsn,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/walhook/walhook/cdc/source"
 	"maps"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/walhook/walhook/cdc/catalog"
 	"github.com/walhook/walhook/cdc/payload"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/pgnet"
 )
@@ -312,7 +312,7 @@ func (s *stream) switchRendering(ctx context.Context, commit pglogrepl.LSN) erro
 	if s.w != nil {
 		// Keep what a session starting at the checkpoint would need.
 		s.c.reload.mu.Lock()
-		s.c.trimRenderings(pglogrepl.LSN(s.w.flushed.Load()))
+		s.c.trimRenderings(s.w.Flushed())
 		s.c.reload.mu.Unlock()
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc/catalog"
+	"github.com/walhook/walhook/cdc/enqueue"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 )
@@ -37,7 +38,7 @@ type RowRenderer struct {
 	s     *stream
 	rel   *payload.Relation
 	event string
-	out   []Delivery
+	out   []enqueue.Delivery
 	tuple *pglogrepl.TupleData
 }
 
@@ -52,7 +53,7 @@ func NewRowRenderer(ctx context.Context, o RowRendererOptions) (*RowRenderer, er
 	}
 	r := &RowRenderer{event: o.Event}
 	// A stream that never connects: its full chunks land in r.out.
-	s := &stream{c: c, collect: func(b batch) { r.out = append(r.out, b.rows...) }, log: c.log.With().Str("backfill", model.Model).Logger(), rels: map[uint32]*payload.Relation{},
+	s := &stream{c: c, collect: func(b enqueue.Batch) { r.out = append(r.out, b.Rows...) }, log: c.log.With().Str("backfill", model.Model).Logger(), rels: map[uint32]*payload.Relation{},
 		nextStatus: time.Now().Add(100 * 365 * 24 * time.Hour)}
 	gen, err := newRendering(o.Config, nil)
 	if err != nil {
@@ -102,7 +103,7 @@ type RowBatch struct {
 }
 
 // Render renders the rows of b into deliveries.
-func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]Delivery, error) {
+func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]enqueue.Delivery, error) {
 	s := r.s
 	s.txnLSN, s.txnAt, s.seq = b.CommitLSN, b.CommittedAt, b.FirstSeq
 	for _, row := range b.Rows {

@@ -3,7 +3,6 @@ package cdc_test
 import (
 	"context"
 	"errors"
-	"github.com/walhook/walhook/cdc/source"
 	"net/url"
 	"strings"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/test/pgtest"
 )
 

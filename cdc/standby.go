@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/walhook/walhook/cdc/source"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -13,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/pgnet"
 	"github.com/walhook/walhook/internal/replslot"
 )

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/walhook/walhook/cdc/source"
 	"slices"
 	"time"
 
@@ -13,8 +12,10 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc/catalog"
+	"github.com/walhook/walhook/cdc/enqueue"
 	"github.com/walhook/walhook/cdc/lookup"
 	"github.com/walhook/walhook/cdc/payload"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/pgnet"
 	"go.opentelemetry.io/otel/attribute"
@@ -35,18 +36,18 @@ var errSilent = errors.New("the server sent nothing, not even the reply asked fo
 type stream struct {
 	conn     *pgconn.PgConn
 	c        *Capture
-	w        *writer
-	out      chan<- batch
+	w        *enqueue.Writer
+	out      chan<- enqueue.Batch
 	werr     <-chan error
 	log      zerolog.Logger
 	interval time.Duration
 	// collect, in a stream that renders rows without a connection
 	// (RowRenderer), takes the batches instead of the writer.
-	collect func(batch)
+	collect func(enqueue.Batch)
 
 	rels    map[uint32]*payload.Relation
 	rd      payload.Renderer
-	rows    []Delivery
+	rows    []enqueue.Delivery
 	pending []pending // changes waiting for their chunk's lookups (or behind one that is)
 	specs   map[string]*payload.HookSpec
 	tpl     *payload.Templater
@@ -84,7 +85,7 @@ type stream struct {
 	lastHeard time.Time
 	asked     bool
 
-	// rowsBytes is rowsBytes(rows[:counted]): the size of the rows not
+	// rowsBytes is enqueue.RowsBytes(rows[:counted]): the size of the rows not
 	// handed to the writer yet, counted up to counted. pendingBytes is
 	// the size of the values copied into pending.
 	rowsBytes, pendingBytes int64
@@ -125,7 +126,7 @@ func (s *stream) idleCheckpoint(ctx context.Context) error {
 	if err := s.c.checkPublication(ctx, s.confirmed); err != nil {
 		return err
 	}
-	if err := s.send(ctx, batch{commit: true, endLSN: end}); err != nil {
+	if err := s.send(ctx, enqueue.Batch{Commit: true, EndLSN: end}); err != nil {
 		return err
 	}
 	s.lastSentEnd, s.lastIdle, s.idlePending = end, time.Now(), end
@@ -145,7 +146,7 @@ const idleConfirmPoll = 10 * time.Millisecond
 // checkpoint (of changes, or of an idle position), held back by the guard
 // until the standbys have the outbox commit.
 func (s *stream) confirmLSN(ctx context.Context) pglogrepl.LSN {
-	f := pglogrepl.LSN(s.w.flushed.Load())
+	f := s.w.Flushed()
 	if s.guard != nil {
 		f = s.guard.safe(ctx, f)
 		if s.guard.waiting() {
@@ -361,11 +362,11 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 				return err
 			}
 		}
-		b := batch{rows: s.rows, commit: true, endLSN: m.TransactionEndLSN, bytes: s.takeRows()}
+		b := enqueue.Batch{Rows: s.rows, Commit: true, EndLSN: m.TransactionEndLSN, Bytes: s.takeRows()}
 		s.rows = nil
 		s.inTxn = false
 		if s.span != nil {
-			s.span.SetAttributes(attribute.Int("walhook.changes", int(s.seq)), attribute.Int("walhook.deliveries", len(b.rows)))
+			s.span.SetAttributes(attribute.Int("walhook.changes", int(s.seq)), attribute.Int("walhook.deliveries", len(b.Rows)))
 			s.span.End()
 			s.span = nil
 		}
@@ -382,7 +383,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 }
 
 // send hands a batch to the writer, still answering the server meanwhile.
-func (s *stream) send(ctx context.Context, b batch) error {
+func (s *stream) send(ctx context.Context, b enqueue.Batch) error {
 	if s.collect != nil {
 		s.collect(b)
 		return nil
@@ -391,16 +392,16 @@ func (s *stream) send(ctx context.Context, b batch) error {
 		// Rows wait here, not in the writer's queue, while those already
 		// handed over fill the in-flight budget.
 		out := s.out
-		if !s.w.room(b.bytes) {
+		if !s.w.Room(b.Bytes) {
 			out = nil
 		}
 		t := time.NewTimer(time.Until(s.nextStatus))
 		select {
 		case out <- b:
 			t.Stop()
-			s.w.inflight.Add(b.bytes)
+			s.w.Reserve(b.Bytes)
 			return nil
-		case <-s.w.freed:
+		case <-s.w.Freed():
 			t.Stop()
 		case err := <-s.werr:
 			t.Stop()
@@ -625,7 +626,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		body := s.rd.NetboxBody(&c, s.txnAt)
 		key := payload.ObjectKey(rel, vals)
 		for _, h := range hs.Names {
-			s.rows = append(s.rows, Delivery{Webhook: h, Event: event, Model: rel.Model.Model, Key: key,
+			s.rows = append(s.rows, enqueue.Delivery{Webhook: h, Event: event, Model: rel.Model.Model, Key: key,
 				CommitLSN: s.txnLSN, Seq: seq, CommittedAt: s.txnAt, Body: body})
 		}
 		return s.sendFull(ctx)
@@ -643,7 +644,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	p.Vals, p.Old = payload.CopyRow(p.Vals), payload.CopyRow(p.Old)
 	s.pending = append(s.pending, p)
 	s.pendingBytes += rowBytes(p.Vals) + rowBytes(p.Old)
-	if len(s.pending) >= chunkRows || s.pendingBytes >= chunkBytes {
+	if len(s.pending) >= enqueue.ChunkRows || s.pendingBytes >= enqueue.ChunkBytes {
 		return s.flushPending(ctx)
 	}
 	return nil
@@ -661,7 +662,7 @@ func rowBytes(r payload.Row) int64 {
 // takeRows returns the size of s.rows, which are about to be handed to the
 // writer, and starts counting again.
 func (s *stream) takeRows() int64 {
-	n := s.rowsBytes + rowsBytes(s.rows[s.counted:])
+	n := s.rowsBytes + enqueue.RowsBytes(s.rows[s.counted:])
 	s.rowsBytes, s.counted = 0, 0
 	return n
 }
@@ -669,10 +670,10 @@ func (s *stream) takeRows() int64 {
 // sendFull hands the rendered rows to the writer once a chunk is full (in
 // rows or in bytes).
 func (s *stream) sendFull(ctx context.Context) error {
-	s.rowsBytes += rowsBytes(s.rows[s.counted:])
+	s.rowsBytes += enqueue.RowsBytes(s.rows[s.counted:])
 	s.counted = len(s.rows)
-	if len(s.rows) >= chunkRows || s.rowsBytes >= chunkBytes {
-		b := batch{rows: s.rows, bytes: s.takeRows()}
+	if len(s.rows) >= enqueue.ChunkRows || s.rowsBytes >= enqueue.ChunkBytes {
+		b := enqueue.Batch{Rows: s.rows, Bytes: s.takeRows()}
 		s.rows = nil
 		return s.send(ctx, b)
 	}
@@ -730,7 +731,7 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 	var decoded map[string]any // the default body decoded, for templates and conditions
 	var v4 map[string]string   // object_type -> netbox-v4 body
 	for i, h := range p.hooks.Names {
-		r := Delivery{Webhook: h, Event: p.Event, Model: rel.Model.Model, Key: key,
+		r := enqueue.Delivery{Webhook: h, Event: p.Event, Model: rel.Model.Model, Key: key,
 			CommitLSN: s.txnLSN, Seq: p.seq, CommittedAt: s.txnAt, Body: body}
 		if sp := p.hooks.Specs[i]; sp != nil {
 			if decoded == nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/cdc/catalog"
+	"github.com/walhook/walhook/cdc/enqueue"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
@@ -540,7 +541,7 @@ func (bf *job) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LS
 // enqueue writes a page's rows and its progress in one outbox transaction,
 // leaving out rows of objects that have a change at lsn or later in the
 // outbox. The outbox is locked against capture's inserts meanwhile.
-func (bf *job) enqueue(ctx context.Context, rows []cdc.Delivery, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
+func (bf *job) enqueue(ctx context.Context, rows []enqueue.Delivery, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
 	var skipped, inserted int64
 	err := bf.commitTx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, bf.sql.LockDeliveries); err != nil {
@@ -575,7 +576,7 @@ func (bf *job) enqueue(ctx context.Context, rows []cdc.Delivery, lsn pglogrepl.L
 			}
 			rows = kept
 		}
-		if inserted, err = cdc.InsertDeliveries(ctx, tx, bf.store, rows); err != nil {
+		if inserted, err = enqueue.InsertDeliveries(ctx, tx, bf.store, rows); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, bf.sql.Progress,
