@@ -122,7 +122,7 @@ type Capture struct {
 	leftBehind *lost.Backend
 	// walsender is the server process of the current replication
 	// connection; lostWalsender that of one given up on, which the next
-	// session ends if it still runs (endBackend). Only Run's goroutine uses
+	// session ends if it still runs (lost.End). Only Run's goroutine uses
 	// them.
 	walsender, lostWalsender *lost.Backend
 	// reload holds the configurations the stream renders with and a

@@ -237,18 +237,9 @@ func (b *Bundle) Deliveries(where string) []Delivery {
 // order.
 func (b *Bundle) Bodies(where string) []string {
 	b.T.Helper()
-	rows, err := b.DB.Query(context.Background(), "SELECT body::text FROM walhook.deliveries WHERE "+where+" ORDER BY commit_lsn, seq, webhook")
-	if err != nil {
-		b.T.Fatal(err)
-	}
-	defer rows.Close()
 	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			b.T.Fatal(err)
-		}
-		out = append(out, s)
+	for _, d := range b.Deliveries(where) {
+		out = append(out, d.Raw)
 	}
 	return out
 }
