@@ -8,9 +8,9 @@ import (
 	"github.com/walhook/walhook/internal/config"
 )
 
-// MaxDeletedRows bounds the deleted rows a transaction keeps for the
+// maxDeletedRows bounds the deleted rows a transaction keeps for the
 // relations of its other changes.
-var MaxDeletedRows = 10000
+const maxDeletedRows = 10000
 
 // DeletedRows keeps the old images (REPLICA IDENTITY FULL) of the rows a
 // source transaction deletes from tables that relations point at, so that a
@@ -54,10 +54,10 @@ func (d *DeletedRows) Keep(cfg *config.Config, log zerolog.Logger, lsn uint64, r
 		clear(d.rows)
 		d.lsn, d.n, d.warned = lsn, 0, false
 	}
-	if d.n >= MaxDeletedRows {
+	if d.n >= maxDeletedRows {
 		if !d.warned {
 			d.warned = true
-			log.Warn().Str("table", table).Int("rows", MaxDeletedRows).
+			log.Warn().Str("table", table).Int("rows", maxDeletedRows).
 				Msg("transaction deletes more related rows than are kept: relations to the rest of them render as null")
 		}
 		return

@@ -34,19 +34,19 @@ type Beginner interface {
 	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
 }
 
-// MaxWorkers bounds the connections a chunk's lookups use at once.
-const MaxWorkers = 4
+// maxWorkers bounds the connections a chunk's lookups use at once.
+const maxWorkers = 4
 
-// RetryFor bounds how long a chunk's failing lookups are retried in place
+// retryFor bounds how long a chunk's failing lookups are retried in place
 // (the stream answers no keepalive meanwhile); after that Run returns the
 // error, and capture reconnects with backoff and replays.
-var RetryFor = 20 * time.Second
+const retryFor = 20 * time.Second
 
 // Runner runs the lookups of the chunks of one source transaction after
 // another.
 type Runner struct {
 	Pool    Beginner
-	Workers int // connections used at once, at most MaxWorkers
+	Workers int // connections used at once, at most maxWorkers
 	Log     zerolog.Logger
 	Resolve payload.TypeResolver
 	// Deleted holds the rows the transaction deleted, for relations to them.
@@ -152,7 +152,7 @@ func wantsSnapshots(rel *payload.Relation) bool {
 }
 
 // retry runs jobs, retrying the failing ones with backoff for up to
-// RetryFor.
+// retryFor.
 func (r *Runner) retry(ctx context.Context, lsn pglogrepl.LSN, jobs []job) error {
 	start := time.Now()
 	backoff := 250 * time.Millisecond
@@ -183,8 +183,8 @@ func (r *Runner) retry(ctx context.Context, lsn pglogrepl.LSN, jobs []job) error
 		msg := fmt.Sprintf("lookup failed, capture holds the transaction (commit LSN %s) and retries (set on_lookup_error: omit on the model to send changes without the field instead): %v", lsn, first)
 		r.Stall(msg)
 		stalled = true
-		if time.Since(start) >= RetryFor {
-			return fmt.Errorf("lookups of the transaction with commit LSN %s still fail after %s (capture reconnects and retries): %w", lsn, RetryFor, first)
+		if time.Since(start) >= retryFor {
+			return fmt.Errorf("lookups of the transaction with commit LSN %s still fail after %s (capture reconnects and retries): %w", lsn, retryFor, first)
 		}
 		withTimeout(r.Log.Warn().Err(first).Int("failed_queries", len(retry)).Dur("retry_in_ms", backoff), first).Msg("lookup failed: capture holds the changes and retries (set on_lookup_error: omit on the model to send them without the field instead)")
 		if err := r.KeepAlive(ctx); err != nil {
@@ -204,7 +204,7 @@ func (r *Runner) retry(ctx context.Context, lsn pglogrepl.LSN, jobs []job) error
 // errors.
 func (r *Runner) runJobs(ctx context.Context, jobs []job) []error {
 	errs := make([]error, len(jobs))
-	workers := min(len(jobs), MaxWorkers, r.Workers)
+	workers := min(len(jobs), maxWorkers, r.Workers)
 	if workers <= 1 {
 		cn := &conn{pool: r.Pool, log: r.Log}
 		for i, j := range jobs {

@@ -73,7 +73,7 @@ func (c *lookupCheck) dataKeys(plan *LookupPlan) {
 		if slices.Contains(m.Exclude, col.Name) || fk[col.Name] {
 			continue
 		}
-		out := DataName(m, col.Name)
+		out := dataName(m, col.Name)
 		if prev, dup := keys[out]; dup {
 			c.add(m.Line, "model %s: column %s renders as %q, like %s", m.Model, col.Name, out, prev)
 		}
@@ -159,7 +159,7 @@ func (c *lookupCheck) snapshotKeys(plan *LookupPlan) {
 		if slices.Contains(sn.Exclude, col.Name) {
 			continue
 		}
-		out := DataName(m, col.Name)
+		out := dataName(m, col.Name)
 		if f, ok := relField[i]; ok {
 			out = f
 		}

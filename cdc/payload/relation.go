@@ -100,7 +100,7 @@ func NewRelation(t *catalog.Table, model *config.Model) *Relation {
 		}
 		types = append(types, c.TypeName)
 		r.Cols = append(r.Cols, Column{
-			Name: c.Name, outName: DataName(model, c.Name), OID: c.TypeOID, Key: c.Key,
+			Name: c.Name, outName: dataName(model, c.Name), OID: c.TypeOID, Key: c.Key,
 			pk: isPK[c.Name], exclude: excluded[c.Name], choices: model.Choices[c.Name],
 			snapExclude: snapExcluded[c.Name], snapName: snapRename[c.Name],
 		})
@@ -141,9 +141,9 @@ func NewRelation(t *catalog.Table, model *config.Model) *Relation {
 	return r
 }
 
-// DataName is the key of column col in "data": its rename, if the model
+// dataName is the key of column col in "data": its rename, if the model
 // has one.
-func DataName(m *config.Model, col string) string {
+func dataName(m *config.Model, col string) string {
 	if rn := m.Rename[col]; rn != "" {
 		return rn
 	}
