@@ -1,4 +1,4 @@
-package cdc
+package cdc_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/migrations"
 	"github.com/walhook/walhook/test/pgtest"
@@ -72,7 +73,7 @@ http: {listen: ''}
 		if _, err := migrations.Apply(ctx, pool, "walhook"); err != nil {
 			b.Fatal(err)
 		}
-		c, err := New(Options{Config: cfg, Source: pool, Outbox: pool, Logger: zerolog.Nop()})
+		c, err := cdc.New(cdc.Options{Config: cfg, Source: pool, Outbox: pool, Logger: zerolog.Nop()})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package cdc
+package cdc_test
 
 import (
 	"context"
@@ -8,8 +8,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/test/cdctest"
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -55,19 +57,19 @@ func BenchmarkNetBoxExample(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		cfg.Database.Slot, cfg.Database.Publication = slotName(dsn), slotName(dsn)
+		cfg.Database.Slot, cfg.Database.Publication = cdctest.Slot(dsn), cdctest.Slot(dsn)
 		if _, err := migrations.Apply(ctx, pool, "walhook"); err != nil {
 			b.Fatal(err)
 		}
 		pc, _ := pgxpool.ParseConfig(dsn)
-		for k, v := range SessionParams {
+		for k, v := range cdc.SessionParams {
 			pc.ConnConfig.RuntimeParams[k] = v
 		}
 		source, err := pgxpool.NewWithConfig(ctx, pc)
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := New(Options{Config: cfg, Source: source, Outbox: pool, Logger: zerolog.Nop()})
+		c, err := cdc.New(cdc.Options{Config: cfg, Source: source, Outbox: pool, Logger: zerolog.Nop()})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -18,7 +19,10 @@ import (
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/walhook/walhook/cdc/enqueue"
+	"github.com/walhook/walhook/cdc/lost"
 	"github.com/walhook/walhook/cdc/payload"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/pgnet"
@@ -89,9 +93,9 @@ type Capture struct {
 	lookupErrors atomic.Int64
 	// gaps counts starts after a gap; window is the LSN range where new
 	// changes may collide with the old history, collided counts those
-	// (identity.go).
+	// (reconcileCheckpoint).
 	gaps     atomic.Int64
-	window   atomic.Pointer[gapWindow]
+	window   atomic.Pointer[enqueue.GapWindow]
 	collided atomic.Int64
 	types    *typeCache
 
@@ -115,14 +119,14 @@ type Capture struct {
 	// leftBehind is the outbox session a writer lost on a dead path (its
 	// server process may still hold an open transaction); the next
 	// session's writer ends it first. Only Run's goroutine uses it.
-	leftBehind *backend
+	leftBehind *lost.Backend
 	// walsender is the server process of the current replication
 	// connection; lostWalsender that of one given up on, which the next
-	// session ends if it still runs (lost.go). Only Run's goroutine uses
+	// session ends if it still runs (lost.End). Only Run's goroutine uses
 	// them.
-	walsender, lostWalsender *backend
+	walsender, lostWalsender *lost.Backend
 	// reload holds the configurations the stream renders with and a
-	// reload waiting for it (reload.go); reloadPending says one waits.
+	// reload waiting for it (Reload); reloadPending says one waits.
 	reload        reloads
 	reloadPending atomic.Bool
 }
@@ -166,6 +170,12 @@ func newCapture(opts Options) *Capture {
 		c.models[m.QualifiedTable()] = m
 	}
 	return c
+}
+
+// Observer is told about committed outbox rows (for metrics). Counts are
+// delivery rows, i.e. changes times matching webhooks.
+type Observer interface {
+	Enqueued(model, event string, rows int)
 }
 
 // LossObserver is told, when the Options' Observer implements it too, about
@@ -251,29 +261,24 @@ func (c *Capture) Enqueued() int64 { return c.enqueued.Load() }
 // updates the publication and creates the slot (publication first: a slot
 // cannot decode with a publication created after it). Problems with the
 // configuration come back as *config.Error; ones retrying cannot fix as
-// *FatalError.
+// *source.FatalError.
 func (c *Capture) Prepare(ctx context.Context) error {
 	conn, err := c.source.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("connect to source database: %w", err)
 	}
 	defer conn.Release()
-	if err := checkServer(ctx, conn); err != nil {
+	if err := source.CheckServer(ctx, conn); err != nil {
 		return err
 	}
-	if err := CheckTables(ctx, conn, c.cfg); err != nil {
+	if err := source.CheckTables(ctx, conn, c.cfg); err != nil {
 		return err
 	}
-	for i := range c.cfg.Models {
-		m := &c.cfg.Models[i]
-		ti, err := LookupTable(ctx, conn, m.Schema, m.Name)
-		if err != nil {
-			return fmt.Errorf("look up table %s: %w", m.QualifiedTable(), err)
-		}
-		if ti != nil {
-			c.byOID[ti.OID] = m
-		}
+	byOID, err := source.ModelsByOID(ctx, conn, c.cfg)
+	if err != nil {
+		return err
 	}
+	maps.Copy(c.byOID, byOID)
 	// Serialise set-up between processes starting together.
 	key := "walhook.setup." + c.cfg.Database.Slot
 	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1))", key); err != nil {
@@ -284,7 +289,7 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", c.cfg.Database.Publication).Scan(&pubExisted); err != nil {
 		return fmt.Errorf("read publication: %w", err)
 	}
-	changed, err := ensurePublication(ctx, conn, c.cfg, func(msg string) { c.log.Warn().Str("publication", c.cfg.Database.Publication).Msg(msg) })
+	changed, err := source.EnsurePublication(ctx, conn, c.cfg, func(msg string) { c.log.Warn().Str("publication", c.cfg.Database.Publication).Msg(msg) })
 	if err != nil {
 		return err
 	}
@@ -298,15 +303,15 @@ func (c *Capture) Prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := ensureSlot(ctx, conn, c.cfg, !pubExisted)
+	res, err := source.EnsureSlot(ctx, conn, c.cfg, !pubExisted)
 	if err != nil {
 		return err
 	}
-	c.alterFailover = res.alterFailover
-	if res.created && !ckpt.Exists && res.recreated == "" {
+	c.alterFailover = res.AlterFailover
+	if res.Created && !ckpt.Exists && res.Recreated == "" {
 		c.log.Info().Str("slot", c.cfg.Database.Slot).Msg("replication slot created")
 	}
-	return c.reconcileCheckpoint(ctx, conn, ckpt, res.created, res.recreated)
+	return c.reconcileCheckpoint(ctx, conn, ckpt, res.Created, res.Recreated)
 }
 
 // Run streams until ctx ends, reconnecting with backoff when PostgreSQL goes
@@ -399,7 +404,7 @@ func (c *Capture) session(ctx context.Context) error {
 	}
 	rcfg, err := ReplicationConfig(c.cfg.Database.DSN)
 	if err != nil {
-		return &FatalError{Err: err}
+		return &source.FatalError{Err: err}
 	}
 	conn, err := pgconn.ConnectConfig(ctx, rcfg)
 	if err != nil {
@@ -411,16 +416,16 @@ func (c *Capture) session(ctx context.Context) error {
 		defer cancel()
 		_ = conn.Close(cctx)
 	}()
-	if lost := c.lostWalsender; lost != nil {
+	if gone := c.lostWalsender; gone != nil {
 		c.lostWalsender = nil
-		if ended, err := endBackend(ctx, c.source, *lost); err != nil {
+		if ended, err := lost.End(ctx, c.source, *gone); err != nil {
 			c.log.Warn().Err(err).Msg("could not end the replication session the last attempt gave up on; it holds the slot until wal_sender_timeout")
 		} else if ended {
-			c.log.Warn().Uint32("pid", lost.pid).Msg("ended the replication session the last attempt gave up on (its walsender was still running, holding the slot)")
+			c.log.Warn().Uint32("pid", gone.PID).Msg("ended the replication session the last attempt gave up on (its walsender was still running, holding the slot)")
 		}
 	}
 	qctx, cancel = pgnet.Bound(ctx)
-	self, err := selfReplicationBackend(qctx, conn)
+	self, err := lost.SelfReplication(qctx, conn)
 	cancel()
 	if err != nil {
 		c.log.Debug().Err(err).Msg("the replication session cannot be ended from elsewhere if it is lost")
@@ -460,7 +465,7 @@ func (c *Capture) session(ctx context.Context) error {
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == pgerrcode.UndefinedObject {
-			return fatalf("start replication: replication slot %s no longer exists (dropped by someone else, or a failover to a server without a synced copy of it: see database.slot_failover): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
+			return source.Fatalf("start replication: replication slot %s no longer exists (dropped by someone else, or a failover to a server without a synced copy of it: see database.slot_failover): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
 		}
 		if errors.As(err, &pe) && pe.Code == pgerrcode.ObjectNotInPrerequisiteState {
 			// Invalidated since Prepare: the next session's recheckSlot
@@ -488,20 +493,22 @@ func (c *Capture) session(ctx context.Context) error {
 		}
 	}()
 
-	w := newWriter(c.outbox, c.store, slot, c.opts.GroupRows, c.opts.GroupDelay, &c.enqueued, &c.safeInserts, c.opts.Observer, c.log)
-	w.tracer = c.opts.Tracer
-	w.endFirst = c.leftBehind
-	w.flushed.Store(uint64(startLSN))
-	w.window, w.collided = &c.window, &c.collided
+	var observe func(model, event string, rows int)
+	if c.opts.Observer != nil {
+		observe = c.opts.Observer.Enqueued
+	}
+	w := enqueue.New(enqueue.Options{Pool: c.outbox, Store: c.store, Slot: slot, GroupRows: c.opts.GroupRows, GroupDelay: c.opts.GroupDelay,
+		Flushed: startLSN, Rows: &c.enqueued, Safe: &c.safeInserts, Observe: observe, Log: c.log, Tracer: c.opts.Tracer,
+		EndFirst: c.leftBehind, Window: &c.window, Collided: &c.collided})
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWriter()
-	ch := make(chan batch, 16)
+	ch := make(chan enqueue.Batch, 16)
 	werr := make(chan error, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		werr <- w.run(wctx, ch)
+		werr <- w.Run(wctx, ch)
 	}()
 	s := &stream{
 		conn: conn, c: c, w: w, out: ch, werr: werr, log: c.log, interval: c.opts.StatusInterval,
@@ -515,7 +522,7 @@ func (c *Capture) session(ctx context.Context) error {
 		wake()
 		cancelWriter()
 		wg.Wait()
-		return &FatalError{Err: err}
+		return &source.FatalError{Err: err}
 	}
 	defer c.detach()
 	s.gen, s.next = gens[0], gens[1:]
@@ -533,7 +540,7 @@ func (c *Capture) session(ctx context.Context) error {
 		cancelWriter()
 	}
 	wg.Wait()
-	c.leftBehind = w.left
+	c.leftBehind = w.Left()
 	if ctx.Err() != nil {
 		// Confirm what was committed before leaving.
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -624,4 +631,11 @@ func (t *typeCache) resolveOID(ctx context.Context, oid uint32) error {
 		oid = next
 	}
 	return nil
+}
+
+// IsFatal reports whether err cannot be fixed by retrying.
+func IsFatal(err error) bool {
+	var fe *source.FatalError
+	var ce *config.Error
+	return errors.As(err, &fe) || errors.As(err, &ce)
 }

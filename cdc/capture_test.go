@@ -1,22 +1,20 @@
-package cdc
+package cdc_test
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
-	"go.opentelemetry.io/otel/trace"
 
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/config"
-	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/test/cdctest"
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -24,170 +22,32 @@ var pg *pgtest.Cluster
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
 
-// bundle is one test's database, pools and running capture.
-type bundle struct {
-	t      *testing.T
-	dsn    string
-	cfg    *config.Config
-	db     *pgxpool.Pool
-	source *pgxpool.Pool
-	cap    *Capture
-	cancel context.CancelFunc
-	done   chan error
-	tracer trace.Tracer // optional, set before start
-}
+// bundle is one test's database, configuration, pools and capture, with
+// the helpers of this package's tests.
+type bundle struct{ *cdctest.Bundle }
 
-const baseConfig = `
-database:
-  dsn: %s
-  slot: %s
-models:
-%s
-webhooks:
-  - name: a
-    url: http://127.0.0.1:1/a
-  - name: b
-    url: http://127.0.0.1:1/b
-    events: [created, deleted]
-http:
-  listen: ""
-`
-
-// setup creates a database with schemaSQL and a config with the models YAML.
+// setup creates a database with schemaSQL and a configuration with the
+// models YAML (cdctest.Setup).
 func setup(t *testing.T, schemaSQL, modelsYAML string) *bundle {
 	t.Helper()
-	ctx := context.Background()
-	b := &bundle{t: t, dsn: pg.NewDB(t)}
-	var err error
-	b.db, err = pgxpool.New(ctx, b.dsn)
+	return &bundle{cdctest.Setup(t, pg, schemaSQL, modelsYAML)}
+}
+
+// setupAlone is setup on a cluster of the test's own, for a test whose
+// large transactions would hold up the other tests' streams (every
+// walsender of a cluster decodes all of its WAL).
+func setupAlone(t *testing.T, schemaSQL, modelsYAML string) *bundle {
+	t.Helper()
+	cl, err := pgtest.Start(context.Background(), pgtest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(b.db.Close)
-	if _, err := b.db.Exec(ctx, schemaSQL); err != nil {
-		t.Fatal(err)
-	}
-	b.cfg, err = config.Parse("test.yaml", fmt.Appendf(nil, baseConfig, b.dsn, slotName(b.dsn), modelsYAML), os.LookupEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := migrations.Apply(ctx, b.db, "walhook"); err != nil {
-		t.Fatal(err)
-	}
-	pc, _ := pgxpool.ParseConfig(b.dsn)
-	for k, v := range SessionParams {
-		pc.ConnConfig.RuntimeParams[k] = v
-	}
-	b.source, err = pgxpool.NewWithConfig(ctx, pc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.source.Close)
-	t.Cleanup(func() {
-		_, _ = b.db.Exec(context.Background(), "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", b.cfg.Database.Slot)
-	})
-	return b
+	t.Cleanup(cl.Close)
+	return &bundle{cdctest.Setup(t, cl, schemaSQL, modelsYAML)}
 }
-
-// slotName gives each test database its own slot (slots are cluster-wide).
-func slotName(dsn string) string {
-	db := dsn[strings.LastIndex(dsn, "/")+1:]
-	db, _, _ = strings.Cut(db, "?")
-	return "s_" + db
-}
-
-func (b *bundle) start() {
-	b.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.New(zerolog.NewTestWriter(b.t)).Level(zerolog.InfoLevel),
-		StatusInterval: 200 * time.Millisecond, Tracer: b.tracer})
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	if err := c.Prepare(ctx); err != nil {
-		b.t.Fatal(err)
-	}
-	b.cap, b.cancel, b.done = c, cancel, make(chan error, 1)
-	go func() { b.done <- c.Run(ctx) }()
-	b.t.Cleanup(b.stop)
-}
-
-func (b *bundle) stop() {
-	if b.cancel == nil {
-		return
-	}
-	b.cancel()
-	if err := <-b.done; err != nil {
-		b.t.Errorf("capture: %v", err)
-	}
-	b.cancel = nil
-}
-
-func (b *bundle) exec(sql string, args ...any) {
-	b.t.Helper()
-	if _, err := b.db.Exec(context.Background(), sql, args...); err != nil {
-		b.t.Fatalf("%s: %v", sql, err)
-	}
-}
-
-func (b *bundle) count(where string) int {
-	b.t.Helper()
-	var n int
-	if err := b.db.QueryRow(context.Background(), "SELECT count(*) FROM walhook.deliveries WHERE "+where).Scan(&n); err != nil {
-		b.t.Fatal(err)
-	}
-	return n
-}
-
-// waitRows waits until the outbox holds want rows (and not more).
-func (b *bundle) waitRows(want int) {
-	b.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		n := b.count("true")
-		if n == want {
-			return
-		}
-		if n > want || time.Now().After(deadline) {
-			b.t.Fatalf("outbox has %d rows, want %d", n, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-type delivery struct {
-	Webhook, Event, Model, Key string
-	Seq                        int
-	Body                       map[string]any
-	Raw                        string
-}
-
-func (b *bundle) deliveries(where string) []delivery {
-	b.t.Helper()
-	rows, err := b.db.Query(context.Background(), "SELECT webhook, event, model, object_key, seq, body FROM walhook.deliveries WHERE "+where+" ORDER BY commit_lsn, seq, webhook")
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []delivery
-	for rows.Next() {
-		var d delivery
-		if err := rows.Scan(&d.Webhook, &d.Event, &d.Model, &d.Key, &d.Seq, &d.Raw); err != nil {
-			b.t.Fatal(err)
-		}
-		dec := json.NewDecoder(strings.NewReader(d.Raw))
-		dec.UseNumber()
-		if err := dec.Decode(&d.Body); err != nil {
-			b.t.Fatalf("body is not JSON: %v: %s", err, d.Raw)
-		}
-		out = append(out, d)
-	}
-	return out
-}
-
-func data(d delivery) map[string]any { return d.Body["data"].(map[string]any) }
 
 func TestInsertUpdateDelete(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE site (id bigserial PRIMARY KEY, name text NOT NULL, status text, comments text, custom_field_data jsonb DEFAULT '{}');
 		CREATE TABLE other (id int PRIMARY KEY)`, `
   - table: site
@@ -197,15 +57,15 @@ func TestInsertUpdateDelete(t *testing.T) {
     url: /api/dcim/sites/{id}/
     choices:
       status: {active: Active, planned: Planned}`)
-	b.start()
+	b.Start()
 	before := time.Now()
-	b.exec(`INSERT INTO site (name, status, comments, custom_field_data) VALUES ('ams1', 'planned', 'secret note', '{"a": 1}')`)
-	b.exec(`INSERT INTO other VALUES (1)`)
-	b.exec(`UPDATE site SET status = 'active' WHERE id = 1`)
-	b.exec(`DELETE FROM site WHERE id = 1`)
+	b.Exec(`INSERT INTO site (name, status, comments, custom_field_data) VALUES ('ams1', 'planned', 'secret note', '{"a": 1}')`)
+	b.Exec(`INSERT INTO other VALUES (1)`)
+	b.Exec(`UPDATE site SET status = 'active' WHERE id = 1`)
+	b.Exec(`DELETE FROM site WHERE id = 1`)
 	// a: created, updated, deleted; b: created, deleted.
-	b.waitRows(5)
-	ds := b.deliveries("true")
+	b.WaitRows(5)
+	ds := b.Deliveries("true")
 	wantEvents := []string{"a/created", "b/created", "a/updated", "a/deleted", "b/deleted"}
 	for i, d := range ds {
 		if got := d.Webhook + "/" + d.Event; got != wantEvents[i] {
@@ -219,7 +79,7 @@ func TestInsertUpdateDelete(t *testing.T) {
 			t.Errorf("signal_received_timestamp %v is not the commit time", d.Body["signal_received_timestamp"])
 		}
 	}
-	created := data(ds[0])
+	created := ds[0].Data()
 	if _, ok := created["comments"]; ok {
 		t.Error("excluded column rendered")
 	}
@@ -237,7 +97,7 @@ func TestInsertUpdateDelete(t *testing.T) {
 		t.Errorf("body layout: %s", ds[0].Raw)
 	}
 	// DELETE with default identity carries the key only.
-	del := data(ds[3])
+	del := ds[3].Data()
 	if len(del) != 2 || del["id"] != json.Number("1") {
 		t.Errorf("deleted data = %v, want the key (and url)", del)
 	}
@@ -247,33 +107,35 @@ func TestInsertUpdateDelete(t *testing.T) {
 }
 
 func TestDeleteWithFullIdentityCarriesRow(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE dev (id int PRIMARY KEY, name text, serial text); ALTER TABLE dev REPLICA IDENTITY FULL`, `
   - table: public.dev
     model: Device`)
-	b.start()
-	b.exec(`INSERT INTO dev VALUES (7, 'sw1', 'X1')`)
-	b.exec(`DELETE FROM dev`)
-	b.waitRows(4)
-	ds := b.deliveries("webhook = 'a' AND event = 'deleted'")
-	if d := data(ds[0]); d["name"] != "sw1" || d["serial"] != "X1" || d["id"] != json.Number("7") {
+	b.Start()
+	b.Exec(`INSERT INTO dev VALUES (7, 'sw1', 'X1')`)
+	b.Exec(`DELETE FROM dev`)
+	b.WaitRows(4)
+	ds := b.Deliveries("webhook = 'a' AND event = 'deleted'")
+	if d := ds[0].Data(); d["name"] != "sw1" || d["serial"] != "X1" || d["id"] != json.Number("7") {
 		t.Errorf("deleted data = %v", d)
 	}
 }
 
 func TestValueTypes(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TYPE mood AS ENUM ('ok', 'sad');
 		CREATE DOMAIN posint AS int CHECK (VALUE > 0);
 		CREATE TABLE t (id int PRIMARY KEY, b bool, i2 int2, i8 int8, f8 float8, f4 float4, n numeric, nan numeric,
 			txt text, vc varchar(10), u uuid, ip inet, cidr cidr, mac macaddr, j json, jb jsonb, arr int[], tarr text[],
 			ts timestamptz, tsn timestamp, d date, tm time, iv interval, by bytea, m mood, ma mood[], p posint, nul text, inf float8)`, `
   - table: t`)
-	b.start()
-	b.exec(`INSERT INTO t VALUES (1, true, -3, 9007199254740993, 1.5, 0.25, 123456789012345678901234567890.123456789, 'NaN',
+	b.Start()
+	b.Exec(`INSERT INTO t VALUES (1, true, -3, 9007199254740993, 1.5, 0.25, 123456789012345678901234567890.123456789, 'NaN',
 		'he said "hi"' || chr(10), 'v', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '10.0.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03',
 		'{"z": 1, "a": [1, 2.50]}', '{"b": 2}', '{{1,2},{3,NULL}}', '{"a b","NULL",NULL}',
 		'2024-01-02 03:04:05.12345+02', '2024-01-02 03:04:05.5', '2024-01-02', '12:30:00', '1 day 02:00:00', '\xdeadbeef', 'sad', '{ok,sad}', 5, NULL, 'Infinity')`)
-	b.waitRows(2)
-	raw := b.deliveries("webhook = 'a'")[0].Raw
+	b.WaitRows(2)
+	raw := b.Deliveries("webhook = 'a'")[0].Raw
 	want := `"data":{"id":1,"b":true,"i2":-3,"i8":9007199254740993,"f8":1.5,"f4":0.25,"n":123456789012345678901234567890.123456789,"nan":"NaN",` +
 		`"txt":"he said \"hi\"\n","vc":"v","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","ip":"10.0.0.1/24","cidr":"10.0.0.0/8","mac":"08:00:2b:01:02:03",` +
 		`"j":{"z": 1, "a": [1, 2.50]},"jb":{"b": 2},"arr":[[1,2],[3,null]],"tarr":["a b","NULL",null],` +
@@ -288,23 +150,24 @@ func TestValueTypes(t *testing.T) {
 const bigTextSQL = `(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g)`
 
 func TestUnchangedToastIsCarried(t *testing.T) {
+	t.Parallel()
 	for _, identity := range []string{"DEFAULT", "FULL"} {
 		t.Run(identity, func(t *testing.T) {
 			b := setup(t, `CREATE TABLE doc (id int PRIMARY KEY, title text, body text); ALTER TABLE doc REPLICA IDENTITY `+identity, `
   - table: doc`)
-			b.start()
-			b.exec(`INSERT INTO doc VALUES (1, 't1', ` + bigTextSQL + `)`)
-			b.exec(`UPDATE doc SET title = 't2' WHERE id = 1`)
-			b.waitRows(3)
+			b.Start()
+			b.Exec(`INSERT INTO doc VALUES (1, 't1', ` + bigTextSQL + `)`)
+			b.Exec(`UPDATE doc SET title = 't2' WHERE id = 1`)
+			b.WaitRows(3)
 			var want string
-			if err := b.db.QueryRow(context.Background(), "SELECT "+bigTextSQL).Scan(&want); err != nil {
+			if err := b.DB.QueryRow(context.Background(), "SELECT "+bigTextSQL).Scan(&want); err != nil {
 				t.Fatal(err)
 			}
-			upd := b.deliveries("event = 'updated'")
+			upd := b.Deliveries("event = 'updated'")
 			if len(upd) != 1 {
 				t.Fatalf("%d updates", len(upd))
 			}
-			d := data(upd[0])
+			d := upd[0].Data()
 			if d["title"] != "t2" || d["body"] != want {
 				t.Errorf("update data: title %v, body has %d chars (want %d)", d["title"], len(fmt.Sprint(d["body"])), len(want))
 			}
@@ -313,42 +176,44 @@ func TestUnchangedToastIsCarried(t *testing.T) {
 }
 
 func TestRestartResumesWithoutDuplicates(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY, v int)`, `
   - table: s`)
-	b.start()
+	b.Start()
 	for i := 1; i <= 50; i++ {
-		b.exec(`INSERT INTO s VALUES ($1, 0)`, i)
+		b.Exec(`INSERT INTO s VALUES ($1, 0)`, i)
 	}
-	b.waitRows(100)
-	b.stop()
-	b.exec(`UPDATE s SET v = 1`) // while walhook is down: 50 updates in one transaction
-	b.exec(`INSERT INTO s VALUES (51, 0)`)
-	b.start()
-	b.waitRows(100 + 50 + 2)
+	b.WaitRows(100)
+	b.Stop()
+	b.Exec(`UPDATE s SET v = 1`) // while walhook is down: 50 updates in one transaction
+	b.Exec(`INSERT INTO s VALUES (51, 0)`)
+	b.Start()
+	b.WaitRows(100 + 50 + 2)
 	// Replaying from an older position must not add rows either.
-	b.stop()
-	b.exec(`DELETE FROM walhook.checkpoints`)
-	b.start()
-	b.exec(`INSERT INTO s VALUES (52, 0)`)
-	b.waitRows(152 + 2)
+	b.Stop()
+	b.Exec(`DELETE FROM walhook.checkpoints`)
+	b.Start()
+	b.Exec(`INSERT INTO s VALUES (52, 0)`)
+	b.WaitRows(152 + 2)
 	time.Sleep(300 * time.Millisecond)
-	b.waitRows(154)
-	if n := b.count("(webhook, commit_lsn, seq) IN (SELECT webhook, commit_lsn, seq FROM walhook.deliveries GROUP BY 1, 2, 3 HAVING count(*) > 1)"); n != 0 {
+	b.WaitRows(154)
+	if n := b.Count("(webhook, commit_lsn, seq) IN (SELECT webhook, commit_lsn, seq FROM walhook.deliveries GROUP BY 1, 2, 3 HAVING count(*) > 1)"); n != 0 {
 		t.Fatalf("%d duplicated changes", n)
 	}
 }
 
 func TestLargeTransactionAndManySmall(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY, v text)`, `
   - table: s`)
-	b.start()
-	b.exec(`INSERT INTO s SELECT g, 'x' FROM generate_series(1, 20000) g`)
+	b.Start()
+	b.Exec(`INSERT INTO s SELECT g, 'x' FROM generate_series(1, 20000) g`)
 	for i := 0; i < 200; i++ {
-		b.exec(`UPDATE s SET v = 'y' WHERE id = $1`, i+1)
+		b.Exec(`UPDATE s SET v = 'y' WHERE id = $1`, i+1)
 	}
-	b.waitRows(20000*2 + 200)
+	b.WaitRows(20000*2 + 200)
 	var seqs int
-	if err := b.db.QueryRow(context.Background(), `SELECT count(DISTINCT seq) FROM walhook.deliveries WHERE event = 'created'`).Scan(&seqs); err != nil {
+	if err := b.DB.QueryRow(context.Background(), `SELECT count(DISTINCT seq) FROM walhook.deliveries WHERE event = 'created'`).Scan(&seqs); err != nil {
 		t.Fatal(err)
 	}
 	if seqs != 20000 {
@@ -357,18 +222,19 @@ func TestLargeTransactionAndManySmall(t *testing.T) {
 }
 
 func TestSchemaChangesMidStream(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY, a text, b int)`, `
   - table: s`)
-	b.start()
-	b.exec(`INSERT INTO s VALUES (1, 'x', 1)`)
-	b.exec(`ALTER TABLE s ADD COLUMN c text DEFAULT 'new'`)
-	b.exec(`INSERT INTO s VALUES (2, 'y', 2)`)
-	b.exec(`ALTER TABLE s DROP COLUMN a`)
-	b.exec(`ALTER TABLE s ALTER COLUMN b TYPE text`)
-	b.exec(`ALTER TABLE s RENAME COLUMN c TO d`)
-	b.exec(`INSERT INTO s VALUES (3, '3', 'z')`)
-	b.waitRows(6)
-	ds := b.deliveries("webhook = 'a'")
+	b.Start()
+	b.Exec(`INSERT INTO s VALUES (1, 'x', 1)`)
+	b.Exec(`ALTER TABLE s ADD COLUMN c text DEFAULT 'new'`)
+	b.Exec(`INSERT INTO s VALUES (2, 'y', 2)`)
+	b.Exec(`ALTER TABLE s DROP COLUMN a`)
+	b.Exec(`ALTER TABLE s ALTER COLUMN b TYPE text`)
+	b.Exec(`ALTER TABLE s RENAME COLUMN c TO d`)
+	b.Exec(`INSERT INTO s VALUES (3, '3', 'z')`)
+	b.WaitRows(6)
+	ds := b.Deliveries("webhook = 'a'")
 	want := []string{`{"id":1,"a":"x","b":1}`, `{"id":2,"a":"y","b":2,"c":"new"}`, `{"id":3,"b":"3","d":"z"}`}
 	for i, d := range ds {
 		if !strings.HasSuffix(d.Raw, `"data":`+want[i]+`}`) {
@@ -378,20 +244,21 @@ func TestSchemaChangesMidStream(t *testing.T) {
 }
 
 func TestIdleSlotAdvances(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE noise (id serial PRIMARY KEY, v text)`, `
   - table: s`)
-	b.start()
-	b.exec(`INSERT INTO s VALUES (1)`)
-	b.waitRows(2)
+	b.Start()
+	b.Exec(`INSERT INTO s VALUES (1)`)
+	b.WaitRows(2)
 	for i := 0; i < 20; i++ {
-		b.exec(`INSERT INTO noise (v) SELECT repeat('x', 1000) FROM generate_series(1, 500)`)
+		b.Exec(`INSERT INTO noise (v) SELECT repeat('x', 1000) FROM generate_series(1, 500)`)
 	}
 	var lag int64
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		b.exec(`INSERT INTO noise (v) VALUES ('x')`) // other tables keep writing
-		if err := b.db.QueryRow(context.Background(), `SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
-			FROM pg_replication_slots WHERE slot_name = $1`, b.cfg.Database.Slot).Scan(&lag); err != nil {
+		b.Exec(`INSERT INTO noise (v) VALUES ('x')`) // other tables keep writing
+		if err := b.DB.QueryRow(context.Background(), `SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+			FROM pg_replication_slots WHERE slot_name = $1`, b.Cfg.Database.Slot).Scan(&lag); err != nil {
 			t.Fatal(err)
 		}
 		if lag < 1<<20 {
@@ -403,12 +270,13 @@ func TestIdleSlotAdvances(t *testing.T) {
 }
 
 func TestTableProblemsAreConfigErrors(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE nopk (a int); CREATE TABLE ok (id int PRIMARY KEY)`, `
   - table: nopk
   - table: missing
   - table: ok
     exclude: [nosuch]`)
-	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.Nop()})
+	c, err := cdc.New(cdc.Options{Config: b.Cfg, Source: b.Source, Outbox: b.DB, Logger: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,33 +295,4 @@ func TestTableProblemsAreConfigErrors(t *testing.T) {
 
 func asConfigError(err error, ce **config.Error) bool {
 	return errors.As(err, ce)
-}
-
-// poolAs opens a pool on b's database as role.
-func poolAs(t *testing.T, dsn, role string) *pgxpool.Pool {
-	t.Helper()
-	u, _ := url.Parse(dsn)
-	u.User = url.User(role)
-	pool, err := pgxpool.New(context.Background(), u.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
-
-// role creates a login role named after the test's slot (roles are
-// cluster-wide) and drops it, and what it was granted, at the end.
-func (b *bundle) role(attrs string) string {
-	b.t.Helper()
-	name := "r_" + b.cfg.Database.Slot
-	if _, err := b.db.Exec(context.Background(), "CREATE ROLE "+name+" LOGIN "+attrs); err != nil {
-		b.t.Fatal(err)
-	}
-	b.t.Cleanup(func() {
-		ctx := context.Background()
-		_, _ = b.db.Exec(ctx, "DROP OWNED BY "+name)
-		_, _ = b.db.Exec(ctx, "DROP ROLE "+name)
-	})
-	return name
 }

@@ -3,6 +3,8 @@ package cdc
 import (
 	"context"
 
+	"github.com/walhook/walhook/cdc/enqueue"
+	"github.com/walhook/walhook/cdc/lookup"
 	"github.com/walhook/walhook/cdc/payload"
 )
 
@@ -46,7 +48,7 @@ func (s *stream) flushCoalesced(ctx context.Context) error {
 		if len(hs.Names) == 0 {
 			continue
 		}
-		p := pending{Change: payload.Change{Rel: e.Rel, Event: ev, Vals: e.Vals}, hooks: hs, seq: e.Seq, fill: payload.HasUnchanged(e.Vals)}
+		p := pending{Change: lookup.Change{Change: payload.Change{Rel: e.Rel, Event: ev, Vals: e.Vals}, Fill: payload.HasUnchanged(e.Vals)}, hooks: hs, seq: e.Seq}
 		switch ev {
 		case payload.EventUpdated:
 			if e.Old != nil && len(e.Old) == len(e.Vals) && onlyIgnoredChanged(e.Rel, e.Vals, e.Old) {
@@ -65,7 +67,7 @@ func (s *stream) flushCoalesced(ctx context.Context) error {
 			}
 		}
 		s.pending = append(s.pending, p)
-		if len(s.pending) >= chunkRows {
+		if len(s.pending) >= enqueue.ChunkRows {
 			if err := s.flushPending(ctx); err != nil {
 				return err
 			}

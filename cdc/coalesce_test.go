@@ -1,8 +1,10 @@
-package cdc
+package cdc_test
 
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/test/cdctest"
 	"strings"
 	"testing"
 )
@@ -25,7 +27,7 @@ const coalesceHooks = `
     events: [updated]`
 
 // summary is "webhook event seq key name prechange.name postchange.name".
-func summary(d delivery) string {
+func summary(d cdctest.Delivery) string {
 	name := func(v any) string {
 		m, ok := v.(map[string]any)
 		if !ok {
@@ -41,14 +43,15 @@ func summary(d delivery) string {
 }
 
 func TestCoalesceTransaction(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, name text);
 		ALTER TABLE item REPLICA IDENTITY FULL;
 		CREATE TABLE plain (id int PRIMARY KEY, name text);`, coalesceModels)
-	b.withWebhooks(coalesceModels+`
+	b.Reconfigure(coalesceModels+`
   - table: plain
     model: Plain
     object_type: app.plain`, coalesceHooks)
-	b.start()
+	b.Start()
 	txns := []string{
 		`INSERT INTO item VALUES (2, 'two'), (3, 'three'), (5, 'five')`,
 		// insert then updates: one created with the final row
@@ -66,9 +69,9 @@ func TestCoalesceTransaction(t *testing.T) {
 		`UPDATE plain SET name = 'p4' WHERE id = 1; UPDATE plain SET name = 'p5' WHERE id = 1`,
 	}
 	for _, tx := range txns {
-		b.exec("BEGIN; " + tx + "; COMMIT")
+		b.Exec("BEGIN; " + tx + "; COMMIT")
 	}
-	b.waitRows(36)
+	b.WaitRows(36)
 	want := []string{
 		"c created 0 2 two pre=null post=two",
 		"c created 1 3 three pre=null post=three",
@@ -87,18 +90,18 @@ func TestCoalesceTransaction(t *testing.T) {
 		"cu updated 1 1 p5",
 	}
 	var got []string
-	for _, d := range b.deliveries("webhook <> 'n'") {
+	for _, d := range b.Deliveries("webhook <> 'n'") {
 		got = append(got, summary(d))
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("coalesced:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	// Without coalescing every change is sent.
-	if n := b.count("webhook = 'n'"); n != 21 {
+	if n := b.Count("webhook = 'n'"); n != 21 {
 		t.Errorf("webhook n has %d deliveries, want 21", n)
 	}
 	// The coalesced created body is the final row, also in data.
-	for _, d := range b.deliveries("webhook = 'c' AND object_key = '1' AND event = 'created' AND model = 'Item'") {
+	for _, d := range b.Deliveries("webhook = 'c' AND object_key = '1' AND event = 'created' AND model = 'Item'") {
 		var v struct {
 			ObjectType string         `json:"object_type"`
 			Data       map[string]any `json:"data"`
@@ -110,17 +113,16 @@ func TestCoalesceTransaction(t *testing.T) {
 }
 
 func TestCoalesceBounded(t *testing.T) {
-	prev := maxCoalesceObjects
-	maxCoalesceObjects = 2
-	t.Cleanup(func() { maxCoalesceObjects = prev }) // runs after the capture stops
+	// Not parallel: it sets maxCoalesceObjects, which every capture of the process reads.
+	t.Cleanup(cdc.SetMaxCoalesceObjects(2)) // runs after the capture stops
 	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, name text); INSERT INTO item VALUES (1, 'a'), (2, 'b'), (3, 'c')`, coalesceModels)
-	b.withWebhooks(coalesceModels, coalesceHooks)
-	b.start()
-	b.exec(`BEGIN; UPDATE item SET name = 'a1' WHERE id = 1; UPDATE item SET name = 'b1' WHERE id = 2;
+	b.Reconfigure(coalesceModels, coalesceHooks)
+	b.Start()
+	b.Exec(`BEGIN; UPDATE item SET name = 'a1' WHERE id = 1; UPDATE item SET name = 'b1' WHERE id = 2;
 		UPDATE item SET name = 'c1' WHERE id = 3; UPDATE item SET name = 'a2' WHERE id = 1; COMMIT`)
-	b.waitRows(4 + 4 + 4)
+	b.WaitRows(4 + 4 + 4)
 	var got []string
-	for _, d := range b.deliveries("webhook = 'c'") {
+	for _, d := range b.Deliveries("webhook = 'c'") {
 		got = append(got, summary(d))
 	}
 	want := []string{
@@ -135,8 +137,9 @@ func TestCoalesceBounded(t *testing.T) {
 }
 
 func TestCoalesceLookupsAndChunks(t *testing.T) {
+	t.Parallel()
 	b := setup(t, formatSchema, formatModels)
-	b.withWebhooks(formatModels, `
+	b.Reconfigure(formatModels, `
   - name: c
     url: http://127.0.0.1:1/c
     coalesce: transaction
@@ -146,21 +149,21 @@ func TestCoalesceLookupsAndChunks(t *testing.T) {
     url: http://127.0.0.1:1/d
     coalesce: transaction
     models: [Device]`)
-	b.start()
+	b.Start()
 	// Relations and computed fields of a coalesced event are read at commit.
-	b.exec(`BEGIN; INSERT INTO site VALUES (1, 'ams1', 'planned', NULL, 'note'); UPDATE site SET region_id = 7 WHERE id = 1;
+	b.Exec(`BEGIN; INSERT INTO site VALUES (1, 'ams1', 'planned', NULL, 'note'); UPDATE site SET region_id = 7 WHERE id = 1;
 		INSERT INTO device VALUES (1, 'd1', 1); UPDATE site SET name = 'ams2' WHERE id = 1; COMMIT`)
-	b.waitRows(2)
-	ds := b.deliveries("webhook = 'c'")
+	b.WaitRows(2)
+	ds := b.Deliveries("webhook = 'c'")
 	want := `{"event":"created","timestamp":"T","object_type":"dcim.site","model":"site","username":null,"request_id":null,"data":{"id":1,"url":"/api/dcim/sites/1/","name":"ams2","status":{"value":"planned","label":"planned"},"region":{"id":7,"name":"Ohio"},"device_count":1},"snapshots":{"prechange":null,"postchange":{"id":1,"name":"ams2","status":"planned","region":7}}}`
 	if len(ds) != 1 || golden(ds[0].Raw) != want || ds[0].Seq != 3 {
 		t.Fatalf("got %+v\nwant seq 3 %s", ds, want)
 	}
 	// More coalesced events than a chunk: all written, one per object.
-	b.exec(`BEGIN; INSERT INTO device SELECT g, 'n' || g, NULL FROM generate_series(100, 1299) g;
+	b.Exec(`BEGIN; INSERT INTO device SELECT g, 'n' || g, NULL FROM generate_series(100, 1299) g;
 		UPDATE device SET name = 'm' || id WHERE id >= 100; COMMIT`)
-	b.waitRows(2 + 1200)
-	if n := b.count("webhook = 'd' AND event = 'created' AND body LIKE '%\"name\":\"m%'"); n != 1200 {
+	b.WaitRows(2 + 1200)
+	if n := b.Count("webhook = 'd' AND event = 'created' AND body LIKE '%\"name\":\"m%'"); n != 1200 {
 		t.Errorf("%d coalesced created events with the final row, want 1200", n)
 	}
 }

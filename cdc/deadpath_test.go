@@ -1,18 +1,15 @@
-package cdc
+package cdc_test
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/rs/zerolog"
 
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/pgnet"
 	"github.com/walhook/walhook/test/netproxy"
@@ -21,50 +18,25 @@ import (
 // proxied starts a proxy to the test's server and returns it with the
 // test's DSN through it.
 func (b *bundle) proxied() (*netproxy.Proxy, string) {
-	b.t.Helper()
-	u, err := url.Parse(b.dsn)
+	b.T.Helper()
+	u, err := url.Parse(b.DSN)
 	if err != nil {
-		b.t.Fatal(err)
+		b.T.Fatal(err)
 	}
 	px, err := netproxy.Start(u.Host)
 	if err != nil {
-		b.t.Fatal(err)
+		b.T.Fatal(err)
 	}
-	b.t.Cleanup(px.Close)
-	return px, strings.Replace(b.dsn, u.Host, px.Addr(), 1)
-}
-
-// run starts a Capture with opts until the test ends; its log also goes to
-// logs.
-func (b *bundle) run(opts Options, logs ...io.Writer) {
-	b.t.Helper()
-	out := zerolog.MultiLevelWriter(append([]io.Writer{zerolog.NewTestWriter(b.t)}, logs...)...)
-	opts.Config, opts.Logger = b.cfg, zerolog.New(out).Level(zerolog.InfoLevel)
-	if opts.Source == nil {
-		opts.Source = b.source
-	}
-	if opts.Outbox == nil {
-		opts.Outbox = b.db
-	}
-	c, err := New(opts)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := c.Prepare(ctx); err != nil {
-		b.t.Fatal(err)
-	}
-	b.cap, b.cancel, b.done = c, cancel, make(chan error, 1)
-	go func() { b.done <- c.Run(ctx) }()
-	b.t.Cleanup(b.stop)
+	b.T.Cleanup(px.Close)
+	return px, strings.Replace(b.DSN, u.Host, px.Addr(), 1)
 }
 
 func (b *bundle) waitFor(what string, within time.Duration, cond func() bool) time.Duration {
-	b.t.Helper()
+	b.T.Helper()
 	start := time.Now()
 	for !cond() {
 		if time.Since(start) > within {
-			b.t.Fatalf("not within %s: %s", within, what)
+			b.T.Fatalf("not within %s: %s", within, what)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -77,22 +49,23 @@ func (b *bundle) waitFor(what string, within time.Duration, cond func() bool) ti
 // connections work again, stream from another connection, without waiting
 // for the server's wal_sender_timeout to free the slot.
 func TestSilentReplicationStreamIsReplaced(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, v text)`, "  - table: item\n")
 	px, dsn := b.proxied()
-	b.cfg.Database.DSN = dsn // the replication connection only
-	b.run(Options{StatusInterval: 200 * time.Millisecond, Silence: 3 * time.Second})
-	b.waitFor("capture streaming", 10*time.Second, b.cap.Streaming)
-	b.exec(`INSERT INTO item VALUES (1, 'x')`)
-	b.waitFor("the first change enqueued", 10*time.Second, func() bool { return b.count("webhook = 'a'") == 1 })
+	b.Cfg.Database.DSN = dsn // the replication connection only
+	b.Run(cdc.Options{StatusInterval: 200 * time.Millisecond, Silence: 3 * time.Second})
+	b.waitFor("capture streaming", 10*time.Second, b.Capture.Streaming)
+	b.Exec(`INSERT INTO item VALUES (1, 'x')`)
+	b.waitFor("the first change enqueued", 10*time.Second, func() bool { return b.Count("webhook = 'a'") == 1 })
 
 	px.Freeze()
-	b.exec(`INSERT INTO item VALUES (2, 'x')`)
-	took := b.waitFor("capture to give the silent stream up", 20*time.Second, func() bool { return !b.cap.Streaming() })
+	b.Exec(`INSERT INTO item VALUES (2, 'x')`)
+	took := b.waitFor("capture to give the silent stream up", 20*time.Second, func() bool { return !b.Capture.Streaming() })
 	t.Logf("silent stream given up %s after the path went dead (bound 3s)", took.Round(100*time.Millisecond))
 	px.Heal()
-	took = b.waitFor("the change committed while the path was dead enqueued", 30*time.Second, func() bool { return b.count("webhook = 'a'") == 2 })
+	took = b.waitFor("the change committed while the path was dead enqueued", 30*time.Second, func() bool { return b.Count("webhook = 'a'") == 2 })
 	t.Logf("streaming again %s after the path healed", took.Round(100*time.Millisecond))
-	if !b.cap.Streaming() {
+	if !b.Capture.Streaming() {
 		t.Error("not streaming after catching up")
 	}
 }
@@ -104,8 +77,9 @@ func TestSilentReplicationStreamIsReplaced(t *testing.T) {
 // must give the connection up at its deadline, end the session it left and
 // enqueue every change exactly once.
 func TestLostOutboxTransactionDoesNotBlockTheReplay(t *testing.T) {
+	t.Parallel()
 	const rows = 300_000
-	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, v text)`, "  - table: item\n")
+	b := setupAlone(t, `CREATE TABLE item (id int PRIMARY KEY, v text)`, "  - table: item\n")
 	px, dsn := b.proxied()
 	pc, err := pgxpool.ParseConfig(dsn + "&application_name=walhook_lost_outbox")
 	if err != nil {
@@ -119,13 +93,13 @@ func TestLostOutboxTransactionDoesNotBlockTheReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(ob.Close)
-	b.run(Options{Outbox: ob})
-	b.waitFor("capture streaming", 10*time.Second, b.cap.Streaming)
-	b.exec(`INSERT INTO item SELECT g, 'x' FROM generate_series(1, $1) g`, rows)
+	b.Run(cdc.Options{Outbox: ob})
+	b.waitFor("capture streaming", 10*time.Second, b.Capture.Streaming)
+	b.Exec(`INSERT INTO item SELECT g, 'x' FROM generate_series(1, $1) g`, rows)
 	// Freeze while the outbox transaction is open and has written rows.
 	inTxn := func() bool {
 		var n int
-		if err := b.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+		if err := b.DB.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
 			WHERE application_name = 'walhook_lost_outbox' AND backend_xid IS NOT NULL`).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
@@ -138,8 +112,8 @@ func TestLostOutboxTransactionDoesNotBlockTheReplay(t *testing.T) {
 		t.Fatal("the outbox transaction ended before the path went dead: the test proves nothing")
 	}
 	px.Heal() // the frozen connection stays frozen for good
-	b.waitFor("every change enqueued", 3*pgnet.StatementTimeout, func() bool { return b.count("webhook = 'a'") == rows })
-	if n := b.count("true"); n != 2*rows {
+	b.waitFor("every change enqueued", 3*pgnet.StatementTimeout, func() bool { return b.Count("webhook = 'a'") == rows })
+	if n := b.Count("true"); n != 2*rows {
 		t.Errorf("%d delivery rows, want %d", n, 2*rows)
 	}
 }
@@ -150,33 +124,16 @@ func TestLostOutboxTransactionDoesNotBlockTheReplay(t *testing.T) {
 // stream silent past its bound whose walsender is busy is not replaced:
 // replacing it would decode the transaction again, and again.
 func TestBusyWalsenderIsNotTakenForADeadPath(t *testing.T) {
-	b := setup(t, `CREATE TABLE item (id int PRIMARY KEY, v text); CREATE TABLE other (id int, v text)`, "  - table: item\n")
-	var logs lockedBuffer
-	b.run(Options{StatusInterval: 200 * time.Millisecond, Silence: time.Second}, &logs)
-	b.waitFor("capture streaming", 10*time.Second, b.cap.Streaming)
-	b.exec(`INSERT INTO other SELECT g, 'x' FROM generate_series(1, 2000000) g`)
-	b.exec(`INSERT INTO item VALUES (1, 'x')`)
-	took := b.waitFor("the change after the large transaction enqueued", 90*time.Second, func() bool { return b.count("webhook = 'a'") == 1 })
+	t.Parallel()
+	b := setupAlone(t, `CREATE TABLE item (id int PRIMARY KEY, v text); CREATE TABLE other (id int, v text)`, "  - table: item\n")
+	var logs logBuf
+	b.Run(cdc.Options{StatusInterval: 200 * time.Millisecond, Silence: time.Second}, &logs)
+	b.waitFor("capture streaming", 10*time.Second, b.Capture.Streaming)
+	b.Exec(`INSERT INTO other SELECT g, 'x' FROM generate_series(1, 2000000) g`)
+	b.Exec(`INSERT INTO item VALUES (1, 'x')`)
+	took := b.waitFor("the change after the large transaction enqueued", 90*time.Second, func() bool { return b.Count("webhook = 'a'") == 1 })
 	t.Logf("enqueued %s after the large transaction committed", took.Round(100*time.Millisecond))
 	if !strings.Contains(logs.String(), "its walsender is busy") {
 		t.Error("the stream never went silent while the server was busy: the test proves nothing (write more rows)")
 	}
-}
-
-// lockedBuffer is a buffer safe for concurrent writes and reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

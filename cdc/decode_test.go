@@ -43,7 +43,9 @@ func fuzzRelation() *payload.Relation {
 			{Flags: 1, Name: "id", DataType: 20}, {Name: "name", DataType: 25}, {Name: "tags", DataType: 1009},
 			{Name: "at", DataType: 1184}, {Name: "amount", DataType: 1700},
 		}}
-	return payload.NewRelation(describe(m), &config.Model{Model: "T", URL: "/t/{id}/", Choices: map[string]config.Choices{"name": {"a": "A"}}}, []string{"id"})
+	t := describe(m)
+	t.PrimaryKey = []string{"id"}
+	return payload.NewRelation(t, &config.Model{Model: "T", URL: "/t/{id}/", Choices: map[string]config.Choices{"name": {"a": "A"}}})
 }
 
 // FuzzDecodeChange feeds arbitrary pgoutput bytes through the same path a
@@ -134,7 +136,9 @@ func TestTimestampAndObjectKey(t *testing.T) {
 		}
 	}
 	m := &pglogrepl.RelationMessage{Columns: []*pglogrepl.RelationMessageColumn{{Name: "a", DataType: 23}, {Name: "b", DataType: 25}, {Name: "c", DataType: 25}}}
-	rel := payload.NewRelation(describe(m), &config.Model{Model: "X"}, []string{"a", "b"})
+	desc := describe(m)
+	desc.PrimaryKey = []string{"a", "b"}
+	rel := payload.NewRelation(desc, &config.Model{Model: "X"})
 	vals := payload.Row{{Kind: 't', Data: []byte("1")}, {Kind: 't', Data: []byte(`x"y`)}, {Kind: 'n'}}
 	if got := payload.ObjectKey(rel, vals); got != `["1","x\"y"]` {
 		t.Errorf("composite key = %s", got)

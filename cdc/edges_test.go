@@ -1,11 +1,10 @@
-package cdc
+package cdc_test
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"sync"
@@ -16,8 +15,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/enqueue"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
+	"github.com/walhook/walhook/test/cdctest"
 	"github.com/walhook/walhook/test/pgtest"
 )
 
@@ -54,54 +56,31 @@ func (l *logBuf) count(subs ...string) int {
 	return n
 }
 
-// startLogged is b.start with the capture's log kept in the returned logBuf.
+// startLogged is b.Start with the capture's log kept in the returned logBuf.
 func (b *bundle) startLogged() *logBuf {
-	b.t.Helper()
+	b.T.Helper()
 	lb := &logBuf{}
-	ctx, cancel := context.WithCancel(context.Background())
-	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db,
-		Logger:         zerolog.New(io.MultiWriter(zerolog.NewTestWriter(b.t), lb)).Level(zerolog.InfoLevel),
-		StatusInterval: 200 * time.Millisecond})
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	if err := c.Prepare(ctx); err != nil {
-		b.t.Fatal(err)
-	}
-	b.cap, b.cancel, b.done = c, cancel, make(chan error, 1)
-	go func() { b.done <- c.Run(ctx) }()
-	b.t.Cleanup(b.stop)
+	b.Run(cdc.Options{StatusInterval: 200 * time.Millisecond}, lb)
 	return lb
-}
-
-// waitUntil polls cond for up to 20 s.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // TestPartitionedTableCapturedAsRoot: a partitioned table is captured under
 // its own name (publish_via_partition_root), also when an older walhook made
 // the publication without it (what check says: preflight's test).
 func TestPartitionedTableCapturedAsRoot(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE m (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
 		CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu'); CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');`, `
   - table: m
     model: Metric`)
 	// A publication made by an older walhook: without publish_via_partition_root.
-	b.exec(`CREATE PUBLICATION walhook FOR TABLE m WITH (publish = 'insert, update, delete')`)
-	b.start()
-	b.exec(`INSERT INTO m VALUES (1, 'eu', 0), (2, 'us', 0)`)
-	b.exec(`UPDATE m SET v = 1 WHERE id = 1`)
-	b.exec(`DELETE FROM m WHERE id = 2`)
-	b.waitRows(7) // a: 2 created, updated, deleted; b: 2 created, deleted
-	ds := b.deliveries("webhook = 'a'")
+	b.Exec(`CREATE PUBLICATION walhook FOR TABLE m WITH (publish = 'insert, update, delete')`)
+	b.Start()
+	b.Exec(`INSERT INTO m VALUES (1, 'eu', 0), (2, 'us', 0)`)
+	b.Exec(`UPDATE m SET v = 1 WHERE id = 1`)
+	b.Exec(`DELETE FROM m WHERE id = 2`)
+	b.WaitRows(7) // a: 2 created, updated, deleted; b: 2 created, deleted
+	ds := b.Deliveries("webhook = 'a'")
 	var got []string
 	for _, d := range ds {
 		if d.Model != "Metric" {
@@ -117,10 +96,11 @@ func TestPartitionedTableCapturedAsRoot(t *testing.T) {
 // TestPartitionAndItsRootRefused: a partition whose partitioned table is
 // captured too is refused (its changes arrive under the root's name).
 func TestPartitionAndItsRootRefused(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE m (id int PRIMARY KEY) PARTITION BY RANGE (id); CREATE TABLE m_1 PARTITION OF m FOR VALUES FROM (0) TO (100);`, `
   - table: m
   - table: m_1`)
-	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.Nop()})
+	c, err := cdc.New(cdc.Options{Config: b.Cfg, Source: b.Source, Outbox: b.DB, Logger: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,19 +115,20 @@ func TestPartitionAndItsRootRefused(t *testing.T) {
 // another schema, while walhook runs is still captured, with a warning; the
 // next start refuses the configuration until it names the table again.
 func TestRenamedTableKeepsCapturing(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE SCHEMA other`, `
   - table: s
     model: S`)
 	lb := b.startLogged()
-	b.exec(`INSERT INTO s VALUES (1)`)
-	b.exec(`ALTER TABLE s RENAME TO s2`)
-	b.exec(`INSERT INTO s2 VALUES (2)`)
-	b.exec(`ALTER TABLE s2 SET SCHEMA other`)
-	b.exec(`UPDATE other.s2 SET id = 30 WHERE id = 2`)
-	b.exec(`DELETE FROM other.s2 WHERE id = 1`)
-	b.waitRows(2 + 2 + 1 + 2)
+	b.Exec(`INSERT INTO s VALUES (1)`)
+	b.Exec(`ALTER TABLE s RENAME TO s2`)
+	b.Exec(`INSERT INTO s2 VALUES (2)`)
+	b.Exec(`ALTER TABLE s2 SET SCHEMA other`)
+	b.Exec(`UPDATE other.s2 SET id = 30 WHERE id = 2`)
+	b.Exec(`DELETE FROM other.s2 WHERE id = 1`)
+	b.WaitRows(2 + 2 + 1 + 2)
 	var got []string
-	for _, d := range b.deliveries("webhook = 'a'") {
+	for _, d := range b.Deliveries("webhook = 'a'") {
 		got = append(got, d.Model+" "+d.Event+" "+d.Key)
 	}
 	if want := "S created 1,S created 2,S updated 30,S deleted 1"; strings.Join(got, ",") != want {
@@ -156,8 +137,8 @@ func TestRenamedTableKeepsCapturing(t *testing.T) {
 	if lb.count(`"level":"warn"`, "renamed or moved to other.s2", "table: other.s2") == 0 {
 		t.Errorf("no warning about the renamed table:\n%s", lb)
 	}
-	b.stop()
-	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.Nop()})
+	b.Stop()
+	c, err := cdc.New(cdc.Options{Config: b.Cfg, Source: b.Source, Outbox: b.DB, Logger: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,15 +150,16 @@ func TestRenamedTableKeepsCapturing(t *testing.T) {
 // TestUnmappedTableIsCounted: a table added to the publication by hand is
 // not captured, but its changes are logged (once) and counted.
 func TestUnmappedTableIsCounted(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE extra (id int PRIMARY KEY)`, `
   - table: s`)
 	lb := b.startLogged()
-	b.exec(`ALTER PUBLICATION walhook ADD TABLE extra`)
-	b.exec(`INSERT INTO extra VALUES (1)`)
-	b.exec(`INSERT INTO extra VALUES (2)`)
-	b.exec(`INSERT INTO s VALUES (1)`)
-	b.waitRows(2)
-	waitUntil(t, "the unmapped count", func() bool { return b.cap.Unmapped()["public.extra"] == 2 })
+	b.Exec(`ALTER PUBLICATION walhook ADD TABLE extra`)
+	b.Exec(`INSERT INTO extra VALUES (1)`)
+	b.Exec(`INSERT INTO extra VALUES (2)`)
+	b.Exec(`INSERT INTO s VALUES (1)`)
+	b.WaitRows(2)
+	cdctest.WaitUntil(t, "the unmapped count", func() bool { return b.Capture.Unmapped()["public.extra"] == 2 })
 	if n := lb.count(`"level":"error"`, "public.extra", "no model maps it"); n != 1 {
 		t.Errorf("%d error lines about the unmapped table, want 1:\n%s", n, lb)
 	}
@@ -186,14 +168,15 @@ func TestUnmappedTableIsCounted(t *testing.T) {
 // TestTruncateIsLoud: on the publication walhook creates itself, a TRUNCATE
 // of a captured table is an error line and a count; nothing is sent for it.
 func TestTruncateIsLoud(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
   - table: s`)
 	lb := b.startLogged()
-	b.exec(`INSERT INTO s VALUES (1), (2)`)
-	b.exec(`TRUNCATE s`)
-	b.exec(`INSERT INTO s VALUES (3)`)
-	b.waitRows(6)
-	waitUntil(t, "the truncate count", func() bool { return b.cap.Truncated()["public.s"] == 1 })
+	b.Exec(`INSERT INTO s VALUES (1), (2)`)
+	b.Exec(`TRUNCATE s`)
+	b.Exec(`INSERT INTO s VALUES (3)`)
+	b.WaitRows(6)
+	cdctest.WaitUntil(t, "the truncate count", func() bool { return b.Capture.Truncated()["public.s"] == 1 })
 	if n := lb.count(`"level":"error"`, "TRUNCATE is not captured", "public.s"); n != 1 {
 		t.Errorf("%d error lines about the TRUNCATE, want 1:\n%s", n, lb)
 	}
@@ -203,6 +186,7 @@ func TestTruncateIsLoud(t *testing.T) {
 // form of values (set with ALTER DATABASE, as a DBA might) change nothing in
 // the payloads, neither in the captured row nor in a relation lookup.
 func TestHostileOutputSettings(t *testing.T) {
+	t.Parallel()
 	const schema = `CREATE TABLE region (id int PRIMARY KEY, weight float8, created timestamptz, span interval, raw bytea, price money);
 		CREATE TABLE site (id int PRIMARY KEY, region_id int REFERENCES region, f8 float8, f4 float4, ts timestamptz, tsn timestamp, d date, iv interval, by bytea, m money);
 		INSERT INTO region VALUES (1, 0.30000000000000004, '2024-01-02 03:04:05.5+00', '1 day 02:00:00', '\xdead', 12.5);`
@@ -220,11 +204,11 @@ func TestHostileOutputSettings(t *testing.T) {
   - table: site
     relations:
       region_id: {field: region, table: public.region, columns: [id, weight, created, span, raw, price]}`)
-			b.start()
-			b.exec(`SET lc_monetary = 'C'; SET DateStyle = 'ISO'; SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'`)
-			b.exec(`INSERT INTO site VALUES (1, 1, 1.2345678901234567, 0.1, '2024-01-02 03:04:05.123456+02', '2024-01-02 03:04:05', '2024-01-02', '-1 day -02:03:00', '\xdeadbeef', 1234.56)`)
-			b.waitRows(2)
-			if got := dataOf(t, b.deliveries("webhook = 'a'")[0].Raw); got != wantData {
+			b.Start()
+			b.Exec(`SET lc_monetary = 'C'; SET DateStyle = 'ISO'; SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'`)
+			b.Exec(`INSERT INTO site VALUES (1, 1, 1.2345678901234567, 0.1, '2024-01-02 03:04:05.123456+02', '2024-01-02 03:04:05', '2024-01-02', '-1 day -02:03:00', '\xdeadbeef', 1234.56)`)
+			b.WaitRows(2)
+			if got := dataOf(t, b.Deliveries("webhook = 'a'")[0].Raw); got != wantData {
 				t.Errorf("with %s = %s at the database level\n got %s\nwant %s", tc.setting, tc.value, got, wantData)
 			}
 		})
@@ -236,19 +220,20 @@ func TestHostileOutputSettings(t *testing.T) {
 // so the object key of every event is built from them: each object keeps one
 // key (per-object order, coalescing) and no delete has an empty key.
 func TestReplicaIdentityIndexKey(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, slug text NOT NULL, v int);
 		CREATE UNIQUE INDEX site_slug ON site (slug); ALTER TABLE site REPLICA IDENTITY USING INDEX site_slug;
 		CREATE TABLE dev (id int PRIMARY KEY, slug text NOT NULL, v int);
 		CREATE UNIQUE INDEX dev_id_slug ON dev (id, slug); ALTER TABLE dev REPLICA IDENTITY USING INDEX dev_id_slug;`, `
   - table: site
   - table: dev`)
-	b.start()
-	b.exec(`INSERT INTO site VALUES (1, 'ams', 0), (2, 'fra', 0), (3, 'lon', 0); INSERT INTO dev VALUES (1, 'sw1', 0)`)
-	b.exec(`UPDATE site SET v = 1 WHERE id = 2; UPDATE dev SET v = 1`)
-	b.exec(`DELETE FROM site; DELETE FROM dev`)
-	b.waitRows(2*4 + 2*2 + 1 + 3 + 1 + 1)
+	b.Start()
+	b.Exec(`INSERT INTO site VALUES (1, 'ams', 0), (2, 'fra', 0), (3, 'lon', 0); INSERT INTO dev VALUES (1, 'sw1', 0)`)
+	b.Exec(`UPDATE site SET v = 1 WHERE id = 2; UPDATE dev SET v = 1`)
+	b.Exec(`DELETE FROM site; DELETE FROM dev`)
+	b.WaitRows(2*4 + 2*2 + 1 + 3 + 1 + 1)
 	got := map[string][]string{}
-	for _, d := range b.deliveries("webhook = 'a'") {
+	for _, d := range b.Deliveries("webhook = 'a'") {
 		got[d.Model] = append(got[d.Model], d.Event+" "+d.Key)
 	}
 	want := map[string]string{
@@ -267,6 +252,7 @@ func TestReplicaIdentityIndexKey(t *testing.T) {
 // that is not there) is held until it is visible: its relation lookup and
 // its unchanged-TOAST read-back see its own writes, never the rows before.
 func TestLookupsWaitForCommitVisibility(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	// A short wal_sender_timeout: holding a transaction must not stop the
 	// stream from answering the server.
@@ -282,7 +268,7 @@ func TestLookupsWaitForCommitVisibility(t *testing.T) {
     relations:
       region_id: {field: region, table: public.region, columns: [id, name]}
   - table: doc`)
-	b.cfg.Database.DSN = srcDSN
+	b.Cfg.Database.DSN = srcDSN
 	srcDB, err := pgxpool.New(ctx, srcDSN)
 	if err != nil {
 		t.Fatal(err)
@@ -306,13 +292,13 @@ func TestLookupsWaitForCommitVisibility(t *testing.T) {
 		t.Fatal(err)
 	}
 	pc, _ := pgxpool.ParseConfig(srcDSN)
-	for k, v := range SessionParams {
+	for k, v := range cdc.SessionParams {
 		pc.ConnConfig.RuntimeParams[k] = v
 	}
-	if b.source, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
+	if b.Source, err = pgxpool.NewWithConfig(ctx, pc); err != nil {
 		t.Fatal(err)
 	}
-	defer b.source.Close()
+	defer b.Source.Close()
 	lb := b.startLogged()
 	// One transaction: rename the region, point a site at it, and rewrite
 	// the document's body then its title (the title's UPDATE carries the
@@ -325,10 +311,10 @@ func TestLookupsWaitForCommitVisibility(t *testing.T) {
 			COMMIT; SET synchronous_commit = local`)
 		committed <- err
 	}()
-	waitUntil(t, "capture to hold the invisible transaction", func() bool {
-		return strings.Contains(b.cap.Stall(), "not yet visible") || b.count("true") > 0
+	cdctest.WaitUntil(t, "capture to hold the invisible transaction", func() bool {
+		return strings.Contains(b.Capture.Stall(), "not yet visible") || b.Count("true") > 0
 	})
-	if ds := b.deliveries("webhook = 'a'"); len(ds) != 0 {
+	if ds := b.Deliveries("webhook = 'a'"); len(ds) != 0 {
 		t.Errorf("%d deliveries enqueued while their transaction is not visible: %s", len(ds), ds[0].Raw)
 	}
 	time.Sleep(2 * time.Second) // past wal_sender_timeout
@@ -336,17 +322,17 @@ func TestLookupsWaitForCommitVisibility(t *testing.T) {
 	if err := <-committed; err != nil {
 		t.Fatal(err)
 	}
-	b.waitRows(2 + 2) // site created (a, b), doc updated twice (a)
-	site := dataOf(t, b.deliveries("webhook = 'a' AND model = 'site'")[0].Raw)
+	b.WaitRows(2 + 2) // site created (a, b), doc updated twice (a)
+	site := dataOf(t, b.Deliveries("webhook = 'a' AND model = 'site'")[0].Raw)
 	if site != `{"id":1,"region":{"id":1,"name":"new"}}` {
 		t.Errorf("site = %s, want the region as the transaction left it", site)
 	}
-	docs := b.deliveries("webhook = 'a' AND model = 'doc'")
-	if body, _ := data(docs[1])["body"].(string); !strings.HasPrefix(body, "y") {
+	docs := b.Deliveries("webhook = 'a' AND model = 'doc'")
+	if body, _ := docs[1].Data()["body"].(string); !strings.HasPrefix(body, "y") {
 		t.Errorf("second doc update carries body %.10q..., want the transaction's own 'y...'", body)
 	}
-	if b.cap.Stall() != "" || lb.count(`"level":"warn"`, "not yet visible") == 0 || lb.count("capture interrupted") != 0 {
-		t.Errorf("stall %q; log:\n%s", b.cap.Stall(), lb)
+	if b.Capture.Stall() != "" || lb.count(`"level":"warn"`, "not yet visible") == 0 || lb.count("capture interrupted") != 0 {
+		t.Errorf("stall %q; log:\n%s", b.Capture.Stall(), lb)
 	}
 }
 
@@ -370,30 +356,31 @@ func (c *queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryE
 // lookups' read-only transaction, with their statement timeout), not one
 // per row.
 func TestUnchangedToastReadBackIsBatched(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE doc (id int PRIMARY KEY, title text, body text);
 		INSERT INTO doc SELECT g, 't', g || `+bigTextSQL+` FROM generate_series(1, 40) g`, `
   - table: doc`)
 	qc := &queryCounter{sub: `"public"."doc"`}
-	pc, err := pgxpool.ParseConfig(b.dsn)
+	pc, err := pgxpool.ParseConfig(b.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, v := range SessionParams {
+	for k, v := range cdc.SessionParams {
 		pc.ConnConfig.RuntimeParams[k] = v
 	}
 	pc.ConnConfig.Tracer = qc
-	if b.source, err = pgxpool.NewWithConfig(context.Background(), pc); err != nil {
+	if b.Source, err = pgxpool.NewWithConfig(context.Background(), pc); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(b.source.Close)
-	b.start()
-	b.exec(`UPDATE doc SET title = 't2'`)
-	b.waitRows(40)
+	t.Cleanup(b.Source.Close)
+	b.Start()
+	b.Exec(`UPDATE doc SET title = 't2'`)
+	b.WaitRows(40)
 	if n := qc.n.Load(); n != 1 {
 		t.Errorf("%d read-back queries for 40 updated rows, want 1", n)
 	}
-	for _, d := range b.deliveries("true") {
-		if body, _ := data(d)["body"].(string); !strings.HasPrefix(body, d.Key+"c4ca4238") {
+	for _, d := range b.Deliveries("true") {
+		if body, _ := d.Data()["body"].(string); !strings.HasPrefix(body, d.Key+"c4ca4238") {
 			t.Fatalf("row %s: body %.20q...", d.Key, body)
 		}
 	}
@@ -403,6 +390,7 @@ func TestUnchangedToastReadBackIsBatched(t *testing.T) {
 // holding capture (Stall says why), and the change is sent with the field
 // once it succeeds; a model with on_lookup_error: omit sends it without.
 func TestFailedLookupHoldsCapture(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE region (id int PRIMARY KEY, name text); INSERT INTO region VALUES (1, 'r1');
 		CREATE TABLE site (id int PRIMARY KEY, region_id int); CREATE TABLE rack (id int PRIMARY KEY, region_id int)`, `
   - table: site
@@ -413,31 +401,31 @@ func TestFailedLookupHoldsCapture(t *testing.T) {
     relations:
       region_id: {table: region, columns: [id, name]}`)
 	lb := b.startLogged()
-	b.exec(`INSERT INTO site VALUES (1, 1); INSERT INTO rack VALUES (1, 1)`)
-	b.waitRows(4)
-	b.exec(`ALTER TABLE region RENAME TO region_away`)
-	b.exec(`INSERT INTO rack VALUES (2, 1)`)
-	b.exec(`INSERT INTO site VALUES (2, 1)`)
-	waitUntil(t, "capture to stall", func() bool { return strings.Contains(b.cap.Stall(), "lookup failed") })
-	b.waitRows(6) // rack 2, without its region
+	b.Exec(`INSERT INTO site VALUES (1, 1); INSERT INTO rack VALUES (1, 1)`)
+	b.WaitRows(4)
+	b.Exec(`ALTER TABLE region RENAME TO region_away`)
+	b.Exec(`INSERT INTO rack VALUES (2, 1)`)
+	b.Exec(`INSERT INTO site VALUES (2, 1)`)
+	cdctest.WaitUntil(t, "capture to stall", func() bool { return strings.Contains(b.Capture.Stall(), "lookup failed") })
+	b.WaitRows(6) // rack 2, without its region
 	time.Sleep(300 * time.Millisecond)
-	if n := b.count("model = 'site'"); n != 2 {
+	if n := b.Count("model = 'site'"); n != 2 {
 		t.Fatalf("%d site deliveries while its lookup fails, want 2 (the first site only)", n)
 	}
-	b.exec(`ALTER TABLE region_away RENAME TO region`)
-	b.waitRows(8)
+	b.Exec(`ALTER TABLE region_away RENAME TO region`)
+	b.WaitRows(8)
 	want := map[string]string{
 		"site 2": `{"id":2,"region":{"id":1,"name":"r1"}}`,
 		"rack 2": `{"id":2}`,
 	}
-	for _, d := range b.deliveries("webhook = 'a' AND object_key = '2'") {
+	for _, d := range b.Deliveries("webhook = 'a' AND object_key = '2'") {
 		if got := dataOf(t, d.Raw); got != want[d.Model+" 2"] {
 			t.Errorf("%s 2: %s, want %s", d.Model, got, want[d.Model+" 2"])
 		}
 	}
-	waitUntil(t, "the stall to clear", func() bool { return b.cap.Stall() == "" })
-	if b.cap.LookupErrors() == 0 || lb.count(`"level":"warn"`, "capture holds the changes and retries") == 0 {
-		t.Errorf("lookup errors %d; log:\n%s", b.cap.LookupErrors(), lb)
+	cdctest.WaitUntil(t, "the stall to clear", func() bool { return b.Capture.Stall() == "" })
+	if b.Capture.LookupErrors() == 0 || lb.count(`"level":"warn"`, "capture holds the changes and retries") == 0 {
+		t.Errorf("lookup errors %d; log:\n%s", b.Capture.LookupErrors(), lb)
 	}
 }
 
@@ -445,20 +433,21 @@ func TestFailedLookupHoldsCapture(t *testing.T) {
 // type that was dropped before capture read them render as text, with a
 // warning, instead of stopping capture.
 func TestDroppedTypeDoesNotStall(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TYPE mood AS ENUM ('ok', 'sad'); CREATE DOMAIN posint AS int CHECK (VALUE > 0);
 		CREATE TABLE t (id int PRIMARY KEY, m mood, ma mood[], p posint)`, `
   - table: t`)
-	b.start()
-	b.exec(`INSERT INTO t VALUES (1, 'ok', '{ok}', 1)`)
-	b.waitRows(2)
-	b.stop()
-	b.exec(`INSERT INTO t VALUES (2, 'sad', '{ok,sad}', 2)`)
-	b.exec(`ALTER TABLE t ALTER COLUMN m TYPE text, ALTER COLUMN ma TYPE text[], ALTER COLUMN p TYPE int; DROP TYPE mood; DROP DOMAIN posint`)
-	b.exec(`INSERT INTO t VALUES (3, 'new', '{a}', 3)`)
+	b.Start()
+	b.Exec(`INSERT INTO t VALUES (1, 'ok', '{ok}', 1)`)
+	b.WaitRows(2)
+	b.Stop()
+	b.Exec(`INSERT INTO t VALUES (2, 'sad', '{ok,sad}', 2)`)
+	b.Exec(`ALTER TABLE t ALTER COLUMN m TYPE text, ALTER COLUMN ma TYPE text[], ALTER COLUMN p TYPE int; DROP TYPE mood; DROP DOMAIN posint`)
+	b.Exec(`INSERT INTO t VALUES (3, 'new', '{a}', 3)`)
 	lb := b.startLogged()
-	b.waitRows(6)
+	b.WaitRows(6)
 	got := map[string]string{}
-	for _, d := range b.deliveries("webhook = 'a'") {
+	for _, d := range b.Deliveries("webhook = 'a'") {
 		got[d.Key] = dataOf(t, d.Raw)
 	}
 	for key, want := range map[string]string{
@@ -479,53 +468,55 @@ func TestDroppedTypeDoesNotStall(t *testing.T) {
 // starts at the slot's position, reports the gap, and loses none of the
 // changes the new slot carries.
 func TestSlotCreatedAgainBehindCheckpoint(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
   - table: s`)
-	b.start()
-	b.exec(`INSERT INTO s VALUES (1)`)
-	b.waitRows(2)
-	b.stop()
+	b.Start()
+	b.Exec(`INSERT INTO s VALUES (1)`)
+	b.WaitRows(2)
+	b.Stop()
 	// The checkpoint of an old primary that was ahead of the new one, and
 	// its deliveries.
-	b.exec(`UPDATE walhook.checkpoints SET lsn = 'FF/0'`)
-	b.exec(`UPDATE walhook.deliveries SET commit_lsn = 'FE/0'`)
+	b.Exec(`UPDATE walhook.checkpoints SET lsn = 'FF/0'`)
+	b.Exec(`UPDATE walhook.deliveries SET commit_lsn = 'FE/0'`)
 	// (the walsender may hold the slot a moment after capture stopped)
-	waitUntil(t, "the slot to be dropped", func() bool {
-		_, err := b.db.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, b.cfg.Database.Slot)
+	cdctest.WaitUntil(t, "the slot to be dropped", func() bool {
+		_, err := b.DB.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, b.Cfg.Database.Slot)
 		return err == nil
 	})
 	lb := b.startLogged()
-	b.exec(`INSERT INTO s VALUES (2)`)
-	b.waitRows(4)
-	if b.cap.Gaps() != 1 || lb.count(`"level":"error"`, "lies ahead of the slot's position", "NOT captured") != 1 ||
+	b.Exec(`INSERT INTO s VALUES (2)`)
+	b.WaitRows(4)
+	if b.Capture.Gaps() != 1 || lb.count(`"level":"error"`, "lies ahead of the slot's position", "NOT captured") != 1 ||
 		lb.count(`"level":"error"`, "holds 2 deliveries of the old history") != 1 {
-		t.Errorf("gaps %d; log:\n%s", b.cap.Gaps(), lb)
+		t.Errorf("gaps %d; log:\n%s", b.Capture.Gaps(), lb)
 	}
 }
 
 // TestOtherSourceBehindCheckpoint: a checkpoint written for another source
 // server (system identifier) does not make capture skip this one's changes.
 func TestOtherSourceBehindCheckpoint(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
   - table: s`)
-	b.start()
-	b.exec(`INSERT INTO s VALUES (1)`)
-	b.waitRows(2)
-	b.stop()
-	b.exec(`UPDATE walhook.checkpoints SET lsn = 'FF/0', system_id = '42'`)
+	b.Start()
+	b.Exec(`INSERT INTO s VALUES (1)`)
+	b.WaitRows(2)
+	b.Stop()
+	b.Exec(`UPDATE walhook.checkpoints SET lsn = 'FF/0', system_id = '42'`)
 	lb := b.startLogged()
-	b.exec(`INSERT INTO s VALUES (2)`)
-	b.waitRows(4)
-	if b.cap.Gaps() != 1 || lb.count(`"level":"error"`, "another server or timeline", "was 42 timeline") != 1 {
-		t.Errorf("gaps %d; log:\n%s", b.cap.Gaps(), lb)
+	b.Exec(`INSERT INTO s VALUES (2)`)
+	b.WaitRows(4)
+	if b.Capture.Gaps() != 1 || lb.count(`"level":"error"`, "another server or timeline", "was 42 timeline") != 1 {
+		t.Errorf("gaps %d; log:\n%s", b.Capture.Gaps(), lb)
 	}
 	// The next start finds its own identity: no gap.
-	b.stop()
+	b.Stop()
 	lb = b.startLogged()
-	b.exec(`INSERT INTO s VALUES (3)`)
-	b.waitRows(6)
-	if b.cap.Gaps() != 0 || lb.count(`"level":"error"`) != 0 {
-		t.Errorf("second start: gaps %d; log:\n%s", b.cap.Gaps(), lb)
+	b.Exec(`INSERT INTO s VALUES (3)`)
+	b.WaitRows(6)
+	if b.Capture.Gaps() != 0 || lb.count(`"level":"error"`) != 0 {
+		t.Errorf("second start: gaps %d; log:\n%s", b.Capture.Gaps(), lb)
 	}
 }
 
@@ -533,9 +524,10 @@ func TestOtherSourceBehindCheckpoint(t *testing.T) {
 // and publication) into the same outbox may not use a webhook name the first
 // one writes.
 func TestSharedWebhookNameAcrossCapturesRefused(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY)`, `
   - table: s`)
-	b.start()
+	b.Start()
 	other := func(hooks string) error {
 		cfg, err := config.Parse("other.yaml", fmt.Appendf(nil, `
 database:
@@ -547,21 +539,21 @@ models:
 webhooks:
 %s
 http:
-  listen: ""`, b.dsn, b.cfg.Database.Slot, hooks), os.LookupEnv)
+  listen: ""`, b.DSN, b.Cfg.Database.Slot, hooks), os.LookupEnv)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := New(Options{Config: cfg, Source: b.source, Outbox: b.db, Logger: zerolog.Nop()})
+		c, err := cdc.New(cdc.Options{Config: cfg, Source: b.Source, Outbox: b.DB, Logger: zerolog.Nop()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			_, _ = b.db.Exec(context.Background(), "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", cfg.Database.Slot)
+			_, _ = b.DB.Exec(context.Background(), "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", cfg.Database.Slot)
 		})
 		return c.Prepare(context.Background())
 	}
 	err := other("  - name: a\n    url: http://127.0.0.1:1/a2\n  - name: c\n    url: http://127.0.0.1:1/c")
-	if !IsFatal(err) || !strings.Contains(err.Error(), `webhook "a" is already captured into this outbox by slot `+b.cfg.Database.Slot) ||
+	if !cdc.IsFatal(err) || !strings.Contains(err.Error(), `webhook "a" is already captured into this outbox by slot `+b.Cfg.Database.Slot) ||
 		!strings.Contains(err.Error(), "DELETE FROM") {
 		t.Fatalf("second capture with webhook a: %v", err)
 	}
@@ -574,13 +566,14 @@ http:
 // an older walhook (no truncate) that walhook's role may not alter is used
 // with a warning, not refused (what check says: preflight's test).
 func TestOldPublicationOfAnotherOwnerStillWorks(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE PUBLICATION walhook FOR TABLE s WITH (publish = 'insert, update, delete')`, `
   - table: s`)
-	role := b.role("REPLICATION")
-	b.exec("GRANT SELECT ON s TO " + role)
-	pool := poolAs(t, b.dsn, role)
+	role := b.Role("REPLICATION")
+	b.Exec("GRANT SELECT ON s TO " + role)
+	pool := b.PoolAs(role)
 	lb := &logBuf{}
-	c, err := New(Options{Config: b.cfg, Source: pool, Outbox: b.db, Logger: zerolog.New(lb)})
+	c, err := cdc.New(cdc.Options{Config: b.Cfg, Source: pool, Outbox: b.DB, Logger: zerolog.New(lb)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -596,6 +589,7 @@ func TestOldPublicationOfAnotherOwnerStillWorks(t *testing.T) {
 // deleting several rows in one transaction gives a coalesce: transaction
 // webhook one deleted event per row (they are distinct objects).
 func TestReplicaIdentityIndexKeyCoalesced(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, slug text NOT NULL);
 		CREATE UNIQUE INDEX site_slug ON site (slug); ALTER TABLE site REPLICA IDENTITY USING INDEX site_slug`, `
   - table: site`)
@@ -610,16 +604,16 @@ webhooks:
     url: http://127.0.0.1:1/c
     coalesce: transaction
 http:
-  listen: ""`, b.dsn, b.cfg.Database.Slot), os.LookupEnv)
+  listen: ""`, b.DSN, b.Cfg.Database.Slot), os.LookupEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.cfg = cfg
-	b.start()
-	b.exec(`INSERT INTO site VALUES (1, 'ams'), (2, 'fra'), (3, 'lon')`)
-	b.exec(`DELETE FROM site`)
-	b.waitRows(6)
-	if n := b.count("event = 'deleted' AND object_key <> ''"); n != 3 {
+	b.Cfg = cfg
+	b.Start()
+	b.Exec(`INSERT INTO site VALUES (1, 'ams'), (2, 'fra'), (3, 'lon')`)
+	b.Exec(`DELETE FROM site`)
+	b.WaitRows(6)
+	if n := b.Count("event = 'deleted' AND object_key <> ''"); n != 3 {
 		t.Errorf("%d deleted events with a key, want 3", n)
 	}
 }
@@ -627,6 +621,7 @@ http:
 // TestCoalescedUpdateCarriesUnchangedToast: a coalesce: transaction webhook's
 // updated event carries an unchanged TOAST value read back like any other.
 func TestCoalescedUpdateCarriesUnchangedToast(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE doc (id int PRIMARY KEY, title text, body text); INSERT INTO doc VALUES (1, 't', 'z' || `+bigTextSQL+`)`, `
   - table: doc`)
 	cfg, err := config.Parse("test.yaml", fmt.Appendf(nil, `
@@ -640,15 +635,15 @@ webhooks:
     url: http://127.0.0.1:1/c
     coalesce: transaction
 http:
-  listen: ""`, b.dsn, b.cfg.Database.Slot), os.LookupEnv)
+  listen: ""`, b.DSN, b.Cfg.Database.Slot), os.LookupEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.cfg = cfg
-	b.start()
-	b.exec(`BEGIN; UPDATE doc SET title = 't2'; UPDATE doc SET title = 't3'; COMMIT`)
-	b.waitRows(1)
-	d := data(b.deliveries("true")[0])
+	b.Cfg = cfg
+	b.Start()
+	b.Exec(`BEGIN; UPDATE doc SET title = 't2'; UPDATE doc SET title = 't3'; COMMIT`)
+	b.WaitRows(1)
+	d := b.Deliveries("true")[0].Data()
 	if body, _ := d["body"].(string); d["title"] != "t3" || !strings.HasPrefix(body, "zc4ca4238") {
 		t.Errorf("coalesced update: title %v, body %.12q...", d["title"], body)
 	}
@@ -659,28 +654,29 @@ http:
 // enqueued; it is reported at error level and counted, never skipped
 // silently as a replay.
 func TestCollisionWithOldHistoryIsLoud(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, `
   - table: s`)
-	b.exec(`INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, created_at)
+	b.Exec(`INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body, created_at)
 		VALUES ('a', 'created', 's', '1', '0/5000000', 0, now(), '{}', now() - interval '1 hour')`)
-	var window atomic.Pointer[gapWindow]
-	window.Store(&gapWindow{from: 0x4000000, to: 0x6000000, before: time.Now()})
+	lb := &logBuf{}
+	at := time.Now()
+	var window atomic.Pointer[enqueue.GapWindow]
+	window.Store(&enqueue.GapWindow{From: 0x4000000, To: 0x6000000, Before: time.Now()})
 	var collided, rows atomic.Int64
 	var safe atomic.Bool
-	lb := &logBuf{}
-	w := newWriter(b.db, outbox.New(b.db, "walhook"), b.cfg.Database.Slot, 2000, 20*time.Millisecond, &rows, &safe, nil, zerolog.New(lb))
-	w.window, w.collided = &window, &collided
-	ch := make(chan batch, 1)
-	at := time.Now()
-	ch <- batch{rows: []Delivery{
+	w := enqueue.New(enqueue.Options{Pool: b.DB, Store: outbox.New(b.DB, "walhook"), Slot: b.Cfg.Database.Slot, GroupRows: 2000, GroupDelay: 20 * time.Millisecond,
+		Rows: &rows, Safe: &safe, Log: zerolog.New(lb), Window: &window, Collided: &collided})
+	ch := make(chan enqueue.Batch, 1)
+	ch <- enqueue.Batch{Rows: []enqueue.Delivery{
 		{Webhook: "a", Event: "created", Model: "s", Key: "9", CommitLSN: 0x5000000, Seq: 0, CommittedAt: at, Body: "{}"},
 		{Webhook: "a", Event: "created", Model: "s", Key: "10", CommitLSN: 0x5000000, Seq: 1, CommittedAt: at, Body: "{}"},
-	}, commit: true, endLSN: 0x5000100}
+	}, Commit: true, EndLSN: 0x5000100}
 	close(ch)
-	if err := w.run(context.Background(), ch); err != nil {
+	if err := w.Run(context.Background(), ch); err != nil {
 		t.Fatal(err)
 	}
-	if collided.Load() != 1 || b.count("object_key = '10'") != 1 || lb.count(`"level":"error"`, "NOT enqueued", `"key":"9"`) != 1 {
+	if collided.Load() != 1 || b.Count("object_key = '10'") != 1 || lb.count(`"level":"error"`, "NOT enqueued", `"key":"9"`) != 1 {
 		t.Errorf("collided %d; log:\n%s", collided.Load(), lb)
 	}
 }

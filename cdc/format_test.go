@@ -1,26 +1,10 @@
-package cdc
+package cdc_test
 
 import (
-	"fmt"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
-
-	"github.com/walhook/walhook/internal/config"
 )
-
-// withWebhooks replaces the test config's webhooks (base: webhooks a and b).
-func (b *bundle) withWebhooks(modelsYAML, webhooksYAML string) {
-	b.t.Helper()
-	src := fmt.Sprintf("database:\n  dsn: %s\n  slot: %s\nmodels:\n%s\nwebhooks:\n%s\nhttp:\n  listen: \"\"\n",
-		b.dsn, slotName(b.dsn), modelsYAML, webhooksYAML)
-	cfg, err := config.Parse("test.yaml", []byte(src), os.LookupEnv)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	b.cfg = cfg
-}
 
 var (
 	isoTimeRE  = regexp.MustCompile(`"timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00"`)
@@ -57,8 +41,9 @@ const formatModels = `
     rename: {site_id: site}`
 
 func TestFormatsGolden(t *testing.T) {
+	t.Parallel()
 	b := setup(t, formatSchema, formatModels)
-	b.withWebhooks(formatModels, `
+	b.Reconfigure(formatModels, `
   - name: n
     url: http://127.0.0.1:1/n
   - name: v
@@ -70,18 +55,18 @@ func TestFormatsGolden(t *testing.T) {
     url: http://127.0.0.1:1/vs
     format: netbox-v4
     models: [Site]`)
-	b.start()
-	b.exec(`INSERT INTO site VALUES (1, 'ams1', 'planned', 7, 'note')`)
-	b.exec(`UPDATE site SET status = 'active', comments = 'x' WHERE id = 1`)
-	b.exec(`DELETE FROM site WHERE id = 1`)
+	b.Start()
+	b.Exec(`INSERT INTO site VALUES (1, 'ams1', 'planned', 7, 'note')`)
+	b.Exec(`UPDATE site SET status = 'active', comments = 'x' WHERE id = 1`)
+	b.Exec(`DELETE FROM site WHERE id = 1`)
 	// The site's device_count is read when capture renders it: let capture
 	// render the site's changes before a device exists (the count reflects
 	// the database when capture reads it, later than the change if it lags).
-	b.waitRows(6)
-	b.exec(`INSERT INTO device VALUES (5, 'r1', 1)`)
-	b.exec(`UPDATE device SET name = 'r2' WHERE id = 5`)
-	b.exec(`DELETE FROM device WHERE id = 5`)
-	b.waitRows(12)
+	b.WaitRows(6)
+	b.Exec(`INSERT INTO device VALUES (5, 'r1', 1)`)
+	b.Exec(`UPDATE device SET name = 'r2' WHERE id = 5`)
+	b.Exec(`DELETE FROM device WHERE id = 5`)
+	b.WaitRows(12)
 	want := []string{
 		// Site, REPLICA IDENTITY FULL: complete snapshots as NetBox's serialize_object:
 		// foreign keys raw, choice values raw, no url.
@@ -99,7 +84,7 @@ func TestFormatsGolden(t *testing.T) {
 		`n deleted {"event":"deleted","signal_received_timestamp":T,"model":"Device","data":{"id":5}}`,
 		`v deleted {"event":"deleted","timestamp":"T","object_type":"dcim.device","model":"device","username":null,"request_id":null,"data":{"id":5},"snapshots":{"prechange":{"id":5},"postchange":null}}`,
 	}
-	got := b.deliveries("true")
+	got := b.Deliveries("true")
 	var lines []string
 	for _, d := range got {
 		lines = append(lines, d.Webhook+" "+d.Event+" "+golden(d.Raw))

@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/walhook/walhook/cdc/enqueue"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/replslot"
 )
@@ -31,7 +33,7 @@ type sourceIdentity struct {
 func identifySource(ctx context.Context, dsn string) (sourceIdentity, error) {
 	rcfg, err := ReplicationConfig(dsn)
 	if err != nil {
-		return sourceIdentity{}, &FatalError{Err: err}
+		return sourceIdentity{}, &source.FatalError{Err: err}
 	}
 	conn, err := pgconn.ConnectConfig(ctx, rcfg)
 	if err != nil {
@@ -47,7 +49,7 @@ func identifySource(ctx context.Context, dsn string) (sourceIdentity, error) {
 
 // slotPosition returns the slot's confirmed_flush_lsn (its consistent point
 // when it has just been created).
-func slotPosition(ctx context.Context, conn queryer, slot string) (pglogrepl.LSN, error) {
+func slotPosition(ctx context.Context, conn source.Queryer, slot string) (pglogrepl.LSN, error) {
 	s, found, err := replslot.Read(ctx, conn, slot)
 	if err != nil {
 		return 0, err
@@ -93,8 +95,8 @@ func (c *Capture) claimWebhooks(ctx context.Context, names []string) error {
 	for _, w := range slices.Sorted(maps.Keys(taken)) {
 		msgs = append(msgs, fmt.Sprintf("webhook %q is already captured into this outbox by slot %s", w, taken[w]))
 	}
-	return fatalf("%s: two captures (configurations with their own slot) writing into one outbox must not share a webhook name, or their deliveries could collide on (webhook, commit_lsn, seq) and be dropped; rename the webhook in one of them, or if the configuration using slot %s is gone for good run: DELETE FROM %s WHERE slot = %s;",
-		strings.Join(msgs, "; "), taken[slices.Sorted(maps.Keys(taken))[0]], c.store.WebhookOwnersTable(), QuoteLiteral(taken[slices.Sorted(maps.Keys(taken))[0]]))
+	return source.Fatalf("%s: two captures (configurations with their own slot) writing into one outbox must not share a webhook name, or their deliveries could collide on (webhook, commit_lsn, seq) and be dropped; rename the webhook in one of them, or if the configuration using slot %s is gone for good run: DELETE FROM %s WHERE slot = %s;",
+		strings.Join(msgs, "; "), taken[slices.Sorted(maps.Keys(taken))[0]], c.store.WebhookOwnersTable(), source.QuoteLiteral(taken[slices.Sorted(maps.Keys(taken))[0]]))
 }
 
 // reconcileCheckpoint compares the stored checkpoint with the source and
@@ -108,7 +110,7 @@ func (c *Capture) claimWebhooks(ctx context.Context, names []string) error {
 // synced copy of the slot (same system, new timeline, slot not past the
 // checkpoint) is no gap. created is whether the slot was created just now;
 // why, when not empty, why it was created again.
-func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outbox.CheckpointState, created bool, why string) error {
+func (c *Capture) reconcileCheckpoint(ctx context.Context, conn source.Queryer, st outbox.CheckpointState, created bool, why string) error {
 	slot := c.cfg.Database.Slot
 	id, err := identifySource(ctx, c.cfg.Database.DSN)
 	if err != nil {
@@ -152,7 +154,7 @@ func (c *Capture) reconcileCheckpoint(ctx context.Context, conn queryer, st outb
 		reset = true // to the slot's position, forward or back
 		if st.LSN > pos {
 			c.warnAmbiguous(ctx, pos, st.LSN)
-			c.window.Store(&gapWindow{from: pos, to: st.LSN, before: time.Now()})
+			c.window.Store(&enqueue.GapWindow{From: pos, To: st.LSN, Before: time.Now()})
 			ev.Msgf("%s: the stored checkpoint %s lies ahead of the slot's position %s, so capture starts at the slot's position instead of skipping what lies between; changes the old source committed after checkpoint %s that are not in this source's WAL after %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos, st.LSN, pos)
 		} else {
 			ev.Msgf("%s: changes committed after LSN %s until %s were NOT captured: use walhook backfill to resend current rows", what, st.LSN, pos)
@@ -193,18 +195,6 @@ func (c *Capture) warnAmbiguous(ctx context.Context, from, to pglogrepl.LSN) {
 		Msgf("the outbox holds %d deliveries of the old history with commit LSNs between %s and %s, where this source numbers its own changes: a new change at exactly the same commit LSN and position as one of them would be taken for a replay and NOT enqueued (compare the source with a backfill if that matters)",
 			n, from, to)
 }
-
-// gapWindow is the commit-LSN range (from, to] where, after a gap, the new
-// source's changes may meet deliveries of the old history written before
-// "before" with the same (webhook, commit_lsn, seq): the insert then skips
-// them as a replay. The writer checks the rows it writes in the window and
-// reports such collisions loudly (they are not enqueued).
-type gapWindow struct {
-	from, to pglogrepl.LSN
-	before   time.Time
-}
-
-func (g *gapWindow) holds(l pglogrepl.LSN) bool { return g != nil && l > g.from && l <= g.to }
 
 // Collisions is how many delivery rows were not enqueued because a delivery
 // of an older history (before a gap) holds the same (webhook, commit_lsn,

@@ -1,6 +1,9 @@
 package cdc
 
-import "github.com/walhook/walhook/cdc/payload"
+import (
+	"github.com/walhook/walhook/cdc/catalog"
+	"github.com/walhook/walhook/cdc/payload"
+)
 
 // maxTxnImages bounds the objects whose last image a transaction keeps for
 // ignore_changes (see txnImages).
@@ -25,7 +28,7 @@ type imageKey struct{ model, key string }
 
 // tracks reports whether rel's changes are kept.
 func (t *txnImages) tracks(rel *payload.Relation) bool {
-	return rel.Model != nil && len(rel.Model.IgnoreChanges) > 0 && rel.Identity != 'f'
+	return rel.Model != nil && len(rel.Model.IgnoreChanges) > 0 && rel.Identity != catalog.IdentityFull
 }
 
 func (t *txnImages) at(lsn uint64) {

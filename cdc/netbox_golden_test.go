@@ -1,4 +1,4 @@
-package cdc
+package cdc_test
 
 import (
 	"encoding/json"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/test/cdctest"
 )
 
 // NetBox fidelity: examples/netbox.yaml, unchanged, on a subset of NetBox's
@@ -52,13 +53,13 @@ func netboxDemoEdit(t *testing.T, v4 bool, edit func(string) string) *bundle {
     format: netbox-v4
 `+"\nhttp:", 1))
 	}
-	env := map[string]string{"DATABASE_URL": b.dsn}
+	env := map[string]string{"DATABASE_URL": b.DSN}
 	cfg, err := config.Parse("examples/netbox.yaml", text, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Database.Slot, cfg.Database.Publication = slotName(b.dsn), slotName(b.dsn)
-	b.cfg = cfg
+	cfg.Database.Slot, cfg.Database.Publication = cdctest.Slot(b.DSN), cdctest.Slot(b.DSN)
+	b.Cfg = cfg
 	return b
 }
 
@@ -83,8 +84,9 @@ func jsonDiff(got, want map[string]any) (mismatch, extra []string) {
 }
 
 func TestNetBoxGolden(t *testing.T) {
+	t.Parallel()
 	b := netboxDemo(t, true)
-	b.start()
+	b.Start()
 	// Changes like the ones NetBox makes when these objects are edited
 	// (each object in its own transaction, as NetBox's API does).
 	for _, sql := range []string{
@@ -104,11 +106,11 @@ func TestNetBoxGolden(t *testing.T) {
 		`UPDATE ipam_vlan SET description = 'Voice VLAN' WHERE id = 2`,
 		`UPDATE ipam_prefix SET description = 'Akron data' WHERE id = 8`,
 	} {
-		b.exec(sql)
+		b.Exec(sql)
 	}
-	b.waitRows(2 * 12) // 12 changes, to the netbox and the v4 webhook
+	b.WaitRows(2 * 12) // 12 changes, to the netbox and the v4 webhook
 	got := map[string]map[string]any{}
-	for _, d := range b.deliveries("webhook = 'netbox'") {
+	for _, d := range b.Deliveries("webhook = 'netbox'") {
 		if d.Event != payload.EventUpdated {
 			t.Errorf("%s %s: event %s", d.Model, d.Key, d.Event)
 		}
@@ -152,7 +154,7 @@ func TestNetBoxGolden(t *testing.T) {
 	}
 	// The netbox-v4 body: NetBox 4.0-4.4's keys, data as above, snapshots
 	// as NetBox's serialize_object (testdata/netbox-demo/expected/snapshots).
-	for _, d := range b.deliveries("webhook = 'v4'") {
+	for _, d := range b.Deliveries("webhook = 'v4'") {
 		name := strings.ToLower(d.Model) + "-" + d.Key
 		t.Run("v4-"+name, func(t *testing.T) {
 			var body map[string]any
@@ -219,6 +221,7 @@ func TestNetBoxGolden(t *testing.T) {
 // which sends no webhook; examples/netbox.yaml lists them in ignore_changes,
 // so the UPDATEs that maintain them send nothing either.
 func TestNetBoxCounterUpdatesSendNothing(t *testing.T) {
+	t.Parallel()
 	t.Run("replica identity full", func(t *testing.T) { testCounterUpdates(t, true) })
 	// Without FULL only the UPDATEs that follow a change of the device in
 	// the same transaction can be recognised.
@@ -229,10 +232,10 @@ func testCounterUpdates(t *testing.T, full bool) {
 	b := netboxDemo(t, false)
 	later := 0 // Device updated sent for the interface added later
 	if !full {
-		b.exec(`ALTER TABLE dcim_device REPLICA IDENTITY DEFAULT`)
+		b.Exec(`ALTER TABLE dcim_device REPLICA IDENTITY DEFAULT`)
 		later = 1
 	}
-	b.start()
+	b.Start()
 	const counts = `console_port_count, console_server_port_count, power_port_count, power_outlet_count, interface_count,
 		front_port_count, rear_port_count, device_bay_count, module_bay_count, inventory_item_count`
 	newInterface := func(id int, name string) string {
@@ -241,7 +244,7 @@ func testCounterUpdates(t *testing.T, full bool) {
 			UPDATE dcim_device SET interface_count = interface_count + 1 WHERE id = 500;`, id, name, name)
 	}
 	count := func(model, event string) int {
-		return b.count(fmt.Sprintf("webhook = 'netbox' AND model = '%s' AND event = '%s'", model, event))
+		return b.Count(fmt.Sprintf("webhook = 'netbox' AND model = '%s' AND event = '%s'", model, event))
 	}
 	steps := []struct {
 		name                                     string
@@ -260,11 +263,11 @@ func testCounterUpdates(t *testing.T, full bool) {
 			UPDATE dcim_device SET interface_count = interface_count + 1 WHERE id = 500; COMMIT`, 1, later + 3, 3},
 	}
 	for i, st := range steps {
-		b.exec(st.sql)
+		b.Exec(st.sql)
 		// A change that is always sent, committed after: once it is in the
 		// outbox, so is anything from st.sql.
-		b.exec(`UPDATE dcim_site SET description = description || '.' WHERE id = 2`)
-		b.waitRows(st.deviceCreated + st.deviceUpdated + st.ifsCreated + i + 1)
+		b.Exec(`UPDATE dcim_site SET description = description || '.' WHERE id = 2`)
+		b.WaitRows(st.deviceCreated + st.deviceUpdated + st.ifsCreated + i + 1)
 		if got := count("Device", "created"); got != st.deviceCreated {
 			t.Errorf("%s: %d Device created, want %d", st.name, got, st.deviceCreated)
 		}
@@ -282,6 +285,7 @@ func testCounterUpdates(t *testing.T, full bool) {
 // before it deletes it: deleting a device deletes its interfaces first, and
 // their "device" is the device as it was, not null.
 func TestNetBoxCascadedDeleteKeepsRelations(t *testing.T) {
+	t.Parallel()
 	t.Run("device deletes sent", func(t *testing.T) { testCascadedDelete(t, nil) })
 	// The device's own delete goes to no webhook: its image is kept all the same.
 	t.Run("device deletes not sent", func(t *testing.T) {
@@ -293,16 +297,16 @@ func TestNetBoxCascadedDeleteKeepsRelations(t *testing.T) {
 
 func testCascadedDelete(t *testing.T, edit func(string) string) {
 	b := netboxDemoEdit(t, false, edit)
-	b.start()
+	b.Start()
 	devices := 1
 	if edit != nil {
 		devices = 0
 	}
-	b.exec(`BEGIN; DELETE FROM dcim_interface WHERE device_id = 1; DELETE FROM dcim_device WHERE id = 1; COMMIT`)
-	b.waitRows(14 + devices)
+	b.Exec(`BEGIN; DELETE FROM dcim_interface WHERE device_id = 1; DELETE FROM dcim_device WHERE id = 1; COMMIT`)
+	b.WaitRows(14 + devices)
 	want := map[string]any{"id": 1.0, "url": "/api/dcim/devices/1/", "display": "dmi01-akron-rtr01", "name": "dmi01-akron-rtr01", "description": ""}
 	n := 0
-	for _, d := range b.deliveries("webhook = 'netbox' AND model = 'Interface'") {
+	for _, d := range b.Deliveries("webhook = 'netbox' AND model = 'Interface'") {
 		n++
 		var body struct{ Data map[string]any }
 		if err := json.Unmarshal([]byte(d.Raw), &body); err != nil {
@@ -323,10 +327,10 @@ func testCascadedDelete(t *testing.T, edit func(string) string) {
 	}
 	// A relation to a row deleted by an earlier transaction renders as null:
 	// the images are the transaction's own.
-	b.exec(`DELETE FROM dcim_interface WHERE id = 834`)
-	b.exec(`DELETE FROM dcim_interface WHERE id = 170`)
-	b.waitRows(16 + devices)
-	if ds := b.deliveries("object_key = '170'"); len(ds) != 1 || !strings.Contains(ds[0].Raw, `"lag":null`) {
+	b.Exec(`DELETE FROM dcim_interface WHERE id = 834`)
+	b.Exec(`DELETE FROM dcim_interface WHERE id = 170`)
+	b.WaitRows(16 + devices)
+	if ds := b.Deliveries("object_key = '170'"); len(ds) != 1 || !strings.Contains(ds[0].Raw, `"lag":null`) {
 		t.Errorf("interface 170: %v", ds)
 	}
 }

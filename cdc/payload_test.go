@@ -1,4 +1,4 @@
-package cdc
+package cdc_test
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/config"
 )
 
@@ -22,18 +23,6 @@ func fixtureSQL(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// reconfigure replaces the bundle's configuration with these models and
-// webhooks (before start).
-func (b *bundle) reconfigure(modelsYAML, webhooksYAML string) {
-	b.t.Helper()
-	text := fmt.Sprintf("database:\n  dsn: %s\n  slot: %s\nmodels:\n%s\nwebhooks:\n%s\nhttp:\n  listen: \"\"\n", b.dsn, b.cfg.Database.Slot, modelsYAML, webhooksYAML)
-	cfg, err := config.Parse("test.yaml", []byte(text), os.LookupEnv)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	b.cfg = cfg
 }
 
 // lookupCounter counts relation and computed-field queries on the source pool.
@@ -50,19 +39,19 @@ func (c *lookupCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQuery
 
 // traceSource replaces the source pool by one whose queries c counts.
 func (b *bundle) traceSource(c *lookupCounter) {
-	b.t.Helper()
-	pc, err := pgxpool.ParseConfig(b.dsn)
+	b.T.Helper()
+	pc, err := pgxpool.ParseConfig(b.DSN)
 	if err != nil {
-		b.t.Fatal(err)
+		b.T.Fatal(err)
 	}
-	for k, v := range SessionParams {
+	for k, v := range cdc.SessionParams {
 		pc.ConnConfig.RuntimeParams[k] = v
 	}
 	pc.ConnConfig.Tracer = c
-	if b.source, err = pgxpool.NewWithConfig(context.Background(), pc); err != nil {
-		b.t.Fatal(err)
+	if b.Source, err = pgxpool.NewWithConfig(context.Background(), pc); err != nil {
+		b.T.Fatal(err)
 	}
-	b.t.Cleanup(b.source.Close)
+	b.T.Cleanup(b.Source.Close)
 }
 
 // dataOf returns the raw "data" object of a default body.
@@ -76,6 +65,7 @@ func dataOf(t *testing.T, raw string) string {
 }
 
 func TestRelations(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), `
   - table: dcim_site
     model: Site
@@ -91,19 +81,19 @@ func TestRelations(t *testing.T) {
     relations:
       "vlan_site_id, vlan_vid": {field: vlan, table: ipam_vlan, columns: [vid, name]}
       tenant_slug: {field: tenant, table: tenancy_tenant, key: [slug], columns: [id, slug]}`)
-	b.start()
-	b.exec(`INSERT INTO dcim_site (name, slug, region_id, tenant_id, custom_field_data, comments) VALUES ('ams1', 'ams1', 1, 9, '{"cf": 1}', 'x')`)
-	b.exec(`INSERT INTO dcim_site (name, slug, status, region_id, tenant_id) VALUES ('sin1', 'sin1', 'planned', NULL, 1)`)
-	b.exec(`BEGIN;
+	b.Start()
+	b.Exec(`INSERT INTO dcim_site (name, slug, region_id, tenant_id, custom_field_data, comments) VALUES ('ams1', 'ams1', 1, 9, '{"cf": 1}', 'x')`)
+	b.Exec(`INSERT INTO dcim_site (name, slug, status, region_id, tenant_id) VALUES ('sin1', 'sin1', 'planned', NULL, 1)`)
+	b.Exec(`BEGIN;
 		INSERT INTO ipam_vlan VALUES (1, 100, 'mgmt');
 		INSERT INTO dcim_interface (name, vlan_site_id, vlan_vid, tenant_slug) VALUES ('eth0', 1, 100, 'globex'), ('eth1', NULL, NULL, NULL), ('eth2', 1, NULL, 'acme');
 		COMMIT`)
-	b.exec(`UPDATE dcim_site SET region_id = 2 WHERE id = 1`)
-	b.exec(`DELETE FROM dcim_site WHERE id = 2`)
-	b.waitRows(2 + 2 + 3*2 + 1 + 2)
+	b.Exec(`UPDATE dcim_site SET region_id = 2 WHERE id = 1`)
+	b.Exec(`DELETE FROM dcim_site WHERE id = 2`)
+	b.WaitRows(2 + 2 + 3*2 + 1 + 2)
 	europe := `{"id":1,"url":"/api/dcim/regions/1/","display":"Europe","name":"Europe","slug":"europe","active":true}`
 	asia := `{"id":2,"url":"/api/dcim/regions/2/","display":"Asia","name":"Asia","slug":"asia","active":false}`
-	ds := b.deliveries("webhook = 'a'")
+	ds := b.Deliveries("webhook = 'a'")
 	for i, tc := range []struct {
 		name, event, data string
 	}{
@@ -130,6 +120,7 @@ func TestRelations(t *testing.T) {
 }
 
 func TestComputed(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), `
   - table: dcim_site
     model: Site
@@ -145,16 +136,16 @@ func TestComputed(t *testing.T) {
         args: [id]
       broken: {sql: "SELECT 1 / (length($1) - length($1))", args: [name]}
       region_total: {sql: "SELECT count(*) FROM dcim_region;"}`)
-	b.start()
-	b.exec(`BEGIN;
+	b.Start()
+	b.Exec(`BEGIN;
 		INSERT INTO dcim_site (id, name, slug) VALUES (1, 'ams1', 'ams1');
 		INSERT INTO dcim_device (name, site_id, status) VALUES ('d1', 1, 'active'), ('d2', 1, 'active'), ('d3', 1, 'planned');
 		INSERT INTO extras_taggeditem (object_id, content_type_id, tag_id) VALUES (1, 1, 2), (1, 1, 1), (1, 2, 1);
 		COMMIT`)
-	b.waitRows(2) // computed fields are read after commit: let it be read before the delete
-	b.exec(`BEGIN; DELETE FROM dcim_device; DELETE FROM extras_taggeditem; DELETE FROM dcim_site; COMMIT`)
-	b.waitRows(4)
-	ds := b.deliveries("webhook = 'a'")
+	b.WaitRows(2) // computed fields are read after commit: let it be read before the delete
+	b.Exec(`BEGIN; DELETE FROM dcim_device; DELETE FROM extras_taggeditem; DELETE FROM dcim_site; COMMIT`)
+	b.WaitRows(4)
+	ds := b.Deliveries("webhook = 'a'")
 	tags := `[{"id" : 1, "name" : "Alpha", "slug" : "alpha", "color" : "ff0000"}, {"id" : 2, "name" : "Beta", "slug" : "beta", "color" : "00ff00"}]`
 	for i, want := range []string{
 		// Two arguments; json kept as written; a failing query leaves its field out.
@@ -169,6 +160,7 @@ func TestComputed(t *testing.T) {
 }
 
 func TestChoicesAndIgnoreChanges(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t)+`; ALTER TABLE dcim_site REPLICA IDENTITY FULL`, `
   - table: dcim_site
     model: Site
@@ -176,8 +168,8 @@ func TestChoicesAndIgnoreChanges(t *testing.T) {
     choices:
       status: {active: Active, planned: Planned}
     ignore_changes: [last_updated, comments]`)
-	b.start()
-	b.exec(`INSERT INTO dcim_site (id, name, slug, status, last_updated) VALUES (1, 'a', 'a', 'planned', '2024-01-01'), (2, 'b', 'b', 'decommissioning', '2024-01-01')`)
+	b.Start()
+	b.Exec(`INSERT INTO dcim_site (id, name, slug, status, last_updated) VALUES (1, 'a', 'a', 'planned', '2024-01-01'), (2, 'b', 'b', 'decommissioning', '2024-01-01')`)
 	sent := 0
 	for i, tc := range []struct {
 		name, sql string
@@ -188,33 +180,34 @@ func TestChoicesAndIgnoreChanges(t *testing.T) {
 		{"a watched column too", `UPDATE dcim_site SET last_updated = '2024-03-03', status = 'active' WHERE id = 1`, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b.exec(tc.sql)
+			b.Exec(tc.sql)
 			// A change that is always sent, committed after: once it is in
 			// the outbox, so is anything from tc.sql.
-			b.exec(`UPDATE dcim_site SET name = name || '.' WHERE id = 2`)
+			b.Exec(`UPDATE dcim_site SET name = name || '.' WHERE id = 2`)
 			if tc.sends {
 				sent++
 			}
-			b.waitRows(4 + i + 1 + sent)
-			if got := b.count("event = 'updated' AND object_key = '1'"); got != sent {
+			b.WaitRows(4 + i + 1 + sent)
+			if got := b.Count("event = 'updated' AND object_key = '1'"); got != sent {
 				t.Errorf("%d updates sent for site 1, want %d", got, sent)
 			}
 		})
 	}
-	ds := b.deliveries("webhook = 'a' AND event = 'created'")
+	ds := b.Deliveries("webhook = 'a' AND event = 'created'")
 	for i, want := range []string{`"status":{"value":"planned","label":"Planned"}`, `"status":{"value":"decommissioning","label":"decommissioning"}`} {
 		if !strings.Contains(ds[i].Raw, want) {
 			t.Errorf("body %s lacks %s", ds[i].Raw, want)
 		}
 	}
-	if upd := b.deliveries("event = 'updated' AND object_key = '1'"); len(upd) == 1 && !strings.Contains(upd[0].Raw, `"status":{"value":"active","label":"Active"}`) {
+	if upd := b.Deliveries("event = 'updated' AND object_key = '1'"); len(upd) == 1 && !strings.Contains(upd[0].Raw, `"status":{"value":"active","label":"Active"}`) {
 		t.Errorf("update body %s", upd[0].Raw)
 	}
 }
 
 func TestBodyTemplate(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t)+`; ALTER TABLE dcim_site REPLICA IDENTITY FULL`, "  - table: dcim_site")
-	b.reconfigure(`
+	b.Reconfigure(`
   - table: dcim_site
     model: Site
     exclude: [created, last_updated, custom_field_data, comments, tenant_id]
@@ -231,12 +224,12 @@ func TestBodyTemplate(t *testing.T) {
   - name: bad
     url: http://127.0.0.1:1/b
     body_template: '{{.data.name.first}}'`)
-	b.start()
-	b.exec(`INSERT INTO dcim_site (id, name, slug, region_id) VALUES (1, 'ams1', 'ams1', 1)`)
-	b.exec(`UPDATE dcim_site SET region_id = 2 WHERE id = 1`)
-	b.waitRows(6)
-	plain := b.deliveries("webhook = 'plain'")
-	tmpl := b.deliveries("webhook = 'tmpl'")
+	b.Start()
+	b.Exec(`INSERT INTO dcim_site (id, name, slug, region_id) VALUES (1, 'ams1', 'ams1', 1)`)
+	b.Exec(`UPDATE dcim_site SET region_id = 2 WHERE id = 1`)
+	b.WaitRows(6)
+	plain := b.Deliveries("webhook = 'plain'")
+	tmpl := b.Deliveries("webhook = 'tmpl'")
 	for i, want := range []struct{ kind, region, was string }{{"created", "europe", "<nil>"}, {"updated", "asia", "europe"}} {
 		body := tmpl[i].Body
 		if body["kind"] != want.kind || body["model"] != "Site" || body["name"] != "ams1" || body["region"] != want.region || fmt.Sprint(body["was"]) != want.was {
@@ -252,7 +245,7 @@ func TestBodyTemplate(t *testing.T) {
 	}
 	// A template that fails at render time: stored failed, with the error
 	// and the default body.
-	rows, err := b.db.Query(context.Background(), `SELECT state, coalesce(last_error, ''), attempts, body FROM walhook.deliveries WHERE webhook = 'bad' ORDER BY commit_lsn, seq`)
+	rows, err := b.DB.Query(context.Background(), `SELECT state, coalesce(last_error, ''), attempts, body FROM walhook.deliveries WHERE webhook = 'bad' ORDER BY commit_lsn, seq`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,26 +264,27 @@ func TestBodyTemplate(t *testing.T) {
 	if rows.Err() != nil || n != 2 {
 		t.Errorf("%d rows for the failing template (%v)", n, rows.Err())
 	}
-	if c := b.count("webhook <> 'bad' AND state <> 'pending'"); c != 0 {
+	if c := b.Count("webhook <> 'bad' AND state <> 'pending'"); c != 0 {
 		t.Errorf("%d other rows are not pending", c)
 	}
 	// A large transaction (written with COPY, the small ones above with
 	// INSERT): rows stored failed get last_attempt_at, the change's commit
 	// time, so that dispatch.failed_retention deletes them (issue 24: they
 	// were kept forever), and no other row does.
-	b.exec(`INSERT INTO dcim_site (id, name, slug, region_id) SELECT g, 's' || g, 's' || g, 1 FROM generate_series(10, 79) AS g`)
-	b.waitRows(6 + 3*70)
-	if c := b.count("webhook = 'bad' AND last_attempt_at IS DISTINCT FROM committed_at"); c != 0 {
+	b.Exec(`INSERT INTO dcim_site (id, name, slug, region_id) SELECT g, 's' || g, 's' || g, 1 FROM generate_series(10, 79) AS g`)
+	b.WaitRows(6 + 3*70)
+	if c := b.Count("webhook = 'bad' AND last_attempt_at IS DISTINCT FROM committed_at"); c != 0 {
 		t.Errorf("%d rows failed at capture without last_attempt_at = committed_at", c)
 	}
-	if c := b.count("webhook <> 'bad' AND last_attempt_at IS NOT NULL"); c != 0 {
+	if c := b.Count("webhook <> 'bad' AND last_attempt_at IS NOT NULL"); c != 0 {
 		t.Errorf("%d rows not failed have a last_attempt_at", c)
 	}
 }
 
 func TestConditionsFilterDeliveries(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), "  - table: dcim_site")
-	b.reconfigure(`
+	b.Reconfigure(`
   - table: dcim_site
     model: Site
     exclude: [created, last_updated, custom_field_data, comments, tenant_id]
@@ -308,13 +302,13 @@ func TestConditionsFilterDeliveries(t *testing.T) {
   - name: netbox_style
     url: http://127.0.0.1:1/c
     conditions: '{"or": [{"attr": "status.value", "value": "planned"}, {"attr": "name", "op": "regex", "value": "^x"}]}'`)
-	b.start()
-	b.exec(`INSERT INTO dcim_site (id, name, slug, status, region_id) VALUES (1, 'a', 'a', 'active', 1), (2, 'b', 'b', 'active', NULL), (3, 'c', 'c', 'planned', 2), (4, 'xyz', 'x', 'offline', NULL)`)
-	b.exec(`DELETE FROM dcim_site WHERE id = 1`) // keys only: the attrs are missing, nothing is sent
-	b.waitRows(5 + 1 + 2)
+	b.Start()
+	b.Exec(`INSERT INTO dcim_site (id, name, slug, status, region_id) VALUES (1, 'a', 'a', 'active', 1), (2, 'b', 'b', 'active', NULL), (3, 'c', 'c', 'planned', 2), (4, 'xyz', 'x', 'offline', NULL)`)
+	b.Exec(`DELETE FROM dcim_site WHERE id = 1`) // keys only: the attrs are missing, nothing is sent
+	b.WaitRows(5 + 1 + 2)
 	for hook, want := range map[string]string{"active_regional": "1", "netbox_style": "3,4"} {
 		var keys string
-		if err := b.db.QueryRow(context.Background(), `SELECT string_agg(object_key, ',' ORDER BY object_key) FROM walhook.deliveries WHERE webhook = $1`, hook).Scan(&keys); err != nil {
+		if err := b.DB.QueryRow(context.Background(), `SELECT string_agg(object_key, ',' ORDER BY object_key) FROM walhook.deliveries WHERE webhook = $1`, hook).Scan(&keys); err != nil {
 			t.Fatal(err)
 		}
 		if keys != want {
@@ -324,6 +318,7 @@ func TestConditionsFilterDeliveries(t *testing.T) {
 }
 
 func TestLookupsAreBatched(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), `
   - table: dcim_site
     model: Site
@@ -334,31 +329,32 @@ func TestLookupsAreBatched(t *testing.T) {
       device_count: {sql: "SELECT count(*) FROM dcim_device WHERE site_id = $1", args: [id]}`)
 	var qc lookupCounter
 	b.traceSource(&qc)
-	b.start()
+	b.Start()
 	qc.n.Store(0) // start-up checks run each query once
 	// One transaction of 1,200 rows: chunks of 500, 500 and 200, each with
 	// one query per relation and one for the computed field.
-	b.exec(`INSERT INTO dcim_site (id, name, slug, region_id, tenant_id) SELECT g, 's' || g, 's' || g, 1 + g % 2, 1 + g % 2 FROM generate_series(1, 1200) g`)
-	b.waitRows(2400)
+	b.Exec(`INSERT INTO dcim_site (id, name, slug, region_id, tenant_id) SELECT g, 's' || g, 's' || g, 1 + g % 2, 1 + g % 2 FROM generate_series(1, 1200) g`)
+	b.WaitRows(2400)
 	if n := qc.n.Load(); n != 9 {
 		t.Errorf("%d lookup queries for 1,200 rows in one transaction, want 9 (3 chunks x 3)", n)
 	}
 	// Single-row transactions: one query per field each; a null FK needs none.
 	qc.n.Store(0)
 	for i := 0; i < 3; i++ {
-		b.exec(`INSERT INTO dcim_site (id, name, slug, region_id) VALUES ($1, 'x', 'x', 1)`, 2000+i)
+		b.Exec(`INSERT INTO dcim_site (id, name, slug, region_id) VALUES ($1, 'x', 'x', 1)`, 2000+i)
 	}
-	b.waitRows(2406)
+	b.WaitRows(2406)
 	if n := qc.n.Load(); n != 6 {
 		t.Errorf("%d lookup queries for 3 single-row transactions, want 6", n)
 	}
-	last := b.deliveries("webhook = 'a' AND object_key = '1200'")
+	last := b.Deliveries("webhook = 'a' AND object_key = '1200'")
 	if len(last) != 1 || !strings.Contains(last[0].Raw, `"region":{"id":1,"slug":"europe"},"tenant":{"id":1,"slug":"acme"},"device_count":0}`) {
 		t.Errorf("row 1200: %v", last)
 	}
 }
 
 func TestLookupProblemsAreConfigErrors(t *testing.T) {
+	t.Parallel()
 	b := setup(t, fixtureSQL(t), `
   - table: dcim_site
     relations:
@@ -374,7 +370,7 @@ func TestLookupProblemsAreConfigErrors(t *testing.T) {
       exclude: [nope]
       computed:
         name: {sql: "SELECT 1", args: [id]}`)
-	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db})
+	c, err := cdc.New(cdc.Options{Config: b.Cfg, Source: b.Source, Outbox: b.DB})
 	if err != nil {
 		t.Fatal(err)
 	}

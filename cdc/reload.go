@@ -14,7 +14,9 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walhook/walhook/cdc/catalog"
 	"github.com/walhook/walhook/cdc/payload"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/pgnet"
 )
@@ -120,17 +122,10 @@ func (c *Capture) Reload(ctx context.Context, next *config.Config) (ReloadResult
 	if err != nil {
 		return ReloadResult{}, fmt.Errorf("connect to source database: %w", err)
 	}
-	err = CheckTables(qctx, conn, next)
-	byOID := map[uint32]*config.Model{}
-	for i := range next.Models {
-		if err != nil {
-			break
-		}
-		m := &next.Models[i]
-		var ti *TableInfo
-		if ti, err = LookupTable(qctx, conn, m.Schema, m.Name); err == nil && ti != nil {
-			byOID[ti.OID] = m
-		}
+	err = source.CheckTables(qctx, conn, next)
+	var byOID map[uint32]*config.Model
+	if err == nil {
+		byOID, err = source.ModelsByOID(qctx, conn, next)
 	}
 	conn.Release()
 	if err != nil {
@@ -317,7 +312,7 @@ func (s *stream) switchRendering(ctx context.Context, commit pglogrepl.LSN) erro
 	if s.w != nil {
 		// Keep what a session starting at the checkpoint would need.
 		s.c.reload.mu.Lock()
-		s.c.trimRenderings(pglogrepl.LSN(s.w.flushed.Load()))
+		s.c.trimRenderings(s.w.Flushed())
 		s.c.reload.mu.Unlock()
 	}
 	return nil
@@ -350,7 +345,7 @@ func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Confi
 	// A standby (capture from a standby, 16+) can neither lock nor change
 	// the publication: its owner changes it on the primary first, and the
 	// reload starts at the position the standby has replayed.
-	standby, err := inRecovery(ctx, tx)
+	standby, err := source.InRecovery(ctx, tx)
 	if err != nil {
 		return 0, fmt.Errorf("update publication: %w", err)
 	}
@@ -359,7 +354,7 @@ func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Confi
 			break
 		}
 		schema, name, _ := strings.Cut(t, ".")
-		ti, err := LookupTable(ctx, tx, schema, name)
+		ti, err := catalog.Find(ctx, tx, schema, name)
 		if err != nil {
 			return 0, fmt.Errorf("update publication: look up table %s: %w", t, err)
 		}
@@ -371,8 +366,8 @@ func (c *Capture) updatePublication(ctx context.Context, cur, next *config.Confi
 		}
 	}
 	pub := next.Database.Publication
-	if _, err := ensurePublication(ctx, tx, next, func(msg string) { c.log.Warn().Str("publication", pub).Msg(msg) }); err != nil {
-		var fe *FatalError
+	if _, err := source.EnsurePublication(ctx, tx, next, func(msg string) { c.log.Warn().Str("publication", pub).Msg(msg) }); err != nil {
+		var fe *source.FatalError
 		if errors.As(err, &fe) {
 			err = fe.Err
 		}

@@ -1,10 +1,8 @@
-package cdc
+package cdc_test
 
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,9 +12,10 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/rs/zerolog"
 
+	"github.com/walhook/walhook/cdc"
 	"github.com/walhook/walhook/internal/config"
+	"github.com/walhook/walhook/test/cdctest"
 )
 
 const reloadSchema = `
@@ -26,14 +25,8 @@ CREATE TABLE t2 (id bigserial PRIMARY KEY, v int);`
 // reconfig parses the test's configuration with other models and extra
 // webhooks (YAML list items).
 func (b *bundle) reconfig(modelsYAML, extraHooks string) *config.Config {
-	b.t.Helper()
-	text := fmt.Sprintf(baseConfig, b.dsn, slotName(b.dsn), modelsYAML)
-	text = strings.Replace(text, "http:\n", extraHooks+"http:\n", 1)
-	cfg, err := config.Parse("test.yaml", []byte(text), os.LookupEnv)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	return cfg
+	b.T.Helper()
+	return b.Parse(modelsYAML, cdctest.Webhooks+extraHooks)
 }
 
 // load writes transactions until stop is closed, each inserting one row
@@ -78,10 +71,10 @@ type outboxRow struct {
 }
 
 func (b *bundle) outboxRows() []outboxRow {
-	b.t.Helper()
-	rows, err := b.db.Query(context.Background(), "SELECT webhook, model, commit_lsn::text, seq, body::text FROM walhook.deliveries ORDER BY commit_lsn, seq, webhook")
+	b.T.Helper()
+	rows, err := b.DB.Query(context.Background(), "SELECT webhook, model, commit_lsn::text, seq, body::text FROM walhook.deliveries ORDER BY commit_lsn, seq, webhook")
 	if err != nil {
-		b.t.Fatal(err)
+		b.T.Fatal(err)
 	}
 	defer rows.Close()
 	var out []outboxRow
@@ -89,30 +82,23 @@ func (b *bundle) outboxRows() []outboxRow {
 		var r outboxRow
 		var lsn string
 		if err := rows.Scan(&r.webhook, &r.model, &lsn, &r.seq, &r.body); err != nil {
-			b.t.Fatal(err)
+			b.T.Fatal(err)
 		}
 		if r.lsn, err = pglogrepl.ParseLSN(lsn); err != nil {
-			b.t.Fatal(err)
+			b.T.Fatal(err)
 		}
 		out = append(out, r)
 	}
 	return out
 }
 
-// attached reports whether a stream takes reloads.
-func (b *bundle) attached() bool {
-	b.cap.reload.mu.Lock()
-	defer b.cap.reload.mu.Unlock()
-	return b.cap.reload.attached
-}
-
 // waitT1 waits until webhook a has a T1 row for each of n transactions.
 func (b *bundle) waitT1(n int64) {
-	b.t.Helper()
+	b.T.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for int64(b.count("webhook = 'a' AND model = 'T1'")) < n {
+	for int64(b.Count("webhook = 'a' AND model = 'T1'")) < n {
 		if time.Now().After(deadline) {
-			b.t.Fatalf("webhook a has %d T1 rows, want %d", b.count("webhook = 'a' AND model = 'T1'"), n)
+			b.T.Fatalf("webhook a has %d T1 rows, want %d", b.Count("webhook = 'a' AND model = 'T1'"), n)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -123,13 +109,14 @@ func (b *bundle) waitT1(n int64) {
 // and none before, and so does the new table; the unchanged webhook loses
 // and duplicates nothing.
 func TestReloadAddsWebhookAndTableFromReportedLSN(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1")
-	b.start()
+	b.Start()
 	stop := make(chan struct{})
-	wait := load(t, b.db, stop)
+	wait := load(t, b.DB, stop)
 	time.Sleep(300 * time.Millisecond)
 	next := b.reconfig("  - table: t1\n    model: T1\n  - table: t2\n    model: T2", "  - name: c\n    url: http://127.0.0.1:1/c\n")
-	res, err := b.cap.Reload(context.Background(), next)
+	res, err := b.Capture.Reload(context.Background(), next)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,21 +173,22 @@ func TestReloadAddsWebhookAndTableFromReportedLSN(t *testing.T) {
 
 // A reload the source refuses (an unknown column) changes nothing.
 func TestReloadWithErrorKeepsConfiguration(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1")
-	b.start()
+	b.Start()
 	next := b.reconfig("  - table: t1\n    model: T1\n    exclude: [nope]", "  - name: c\n    url: http://127.0.0.1:1/c\n")
-	_, err := b.cap.Reload(context.Background(), next)
+	_, err := b.Capture.Reload(context.Background(), next)
 	var ce *config.Error
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), `"nope"`) {
 		t.Fatalf("Reload = %v, want a *config.Error naming the column", err)
 	}
-	b.exec("INSERT INTO t1 (v, note) VALUES (1, 'x')")
+	b.Exec("INSERT INTO t1 (v, note) VALUES (1, 'x')")
 	b.waitT1(1)
 	time.Sleep(200 * time.Millisecond)
-	if n := b.count("webhook = 'c'"); n != 0 {
+	if n := b.Count("webhook = 'c'"); n != 0 {
 		t.Fatalf("webhook c of the refused configuration got %d rows", n)
 	}
-	if n := b.count("body::text LIKE '%\"note\"%'"); n != 2 {
+	if n := b.Count("body::text LIKE '%\"note\"%'"); n != 2 {
 		t.Fatalf("%d rows render column note, want 2 (webhooks a and b)", n)
 	}
 }
@@ -210,10 +198,11 @@ func TestReloadWithErrorKeepsConfiguration(t *testing.T) {
 // webhook gets every change exactly once, and each change is rendered by
 // the configuration of the interval its commit LSN falls in.
 func TestTwentyReloadsDuringBurstLoseNothing(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1")
-	b.start()
+	b.Start()
 	stop := make(chan struct{})
-	wait := load(t, b.db, stop)
+	wait := load(t, b.DB, stop)
 	type step struct {
 		from     pglogrepl.LSN
 		withX    bool
@@ -231,7 +220,7 @@ func TestTwentyReloadsDuringBurstLoseNothing(t *testing.T) {
 		if withX {
 			extra = "  - name: x\n    url: http://127.0.0.1:1/x\n"
 		}
-		res, err := b.cap.Reload(context.Background(), b.reconfig(models, extra))
+		res, err := b.Capture.Reload(context.Background(), b.reconfig(models, extra))
 		if err != nil {
 			t.Fatalf("reload %d: %v", i, err)
 		}
@@ -242,10 +231,10 @@ func TestTwentyReloadsDuringBurstLoseNothing(t *testing.T) {
 		if i%7 == 6 {
 			// The stream reconnects and replays from its checkpoint: the
 			// replayed transactions keep the configuration of their LSN.
-			sessions := b.cap.sessions.Load()
-			b.exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", b.cfg.Database.Slot)
+			sessions := b.Capture.Sessions()
+			b.Exec("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL", b.Cfg.Database.Slot)
 			deadline := time.Now().Add(30 * time.Second)
-			for b.cap.sessions.Load() == sessions || !b.attached() {
+			for b.Capture.Sessions() == sessions || !b.Capture.Attached() {
 				if time.Now().After(deadline) {
 					t.Fatal("capture did not stream again")
 				}
@@ -300,43 +289,29 @@ func TestTwentyReloadsDuringBurstLoseNothing(t *testing.T) {
 // A reload while capture does not stream (a standby waiting for the slot,
 // or a reconnection) is accepted and applies when it streams.
 func TestReloadWhileNotStreamingAppliesOnStart(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	c, err := New(Options{Config: b.cfg, Source: b.source, Outbox: b.db, Logger: zerolog.New(zerolog.NewTestWriter(t)), StatusInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Prepare(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ctx := context.Background()
+	c := b.Prepare(cdc.Options{StatusInterval: 200 * time.Millisecond})
 	next := b.reconfig("  - table: t1\n    model: T1\n  - table: t2\n    model: T2", "  - name: c\n    url: http://127.0.0.1:1/c\n")
 	res, err := c.Reload(ctx, next)
 	if err != nil || !res.Pending {
 		t.Fatalf("Reload before streaming = %+v, %v; want pending", res, err)
 	}
-	b.cap, b.cancel, b.done = c, cancel, make(chan error, 1)
-	go func() { b.done <- c.Run(ctx) }()
-	t.Cleanup(b.stop)
+	b.Go(c)
 	// Changes committed from here on are rendered with it once it has a
 	// start LSN.
-	applied := func() bool {
-		c.reload.mu.Lock()
-		defer c.reload.mu.Unlock()
-		g := c.reload.gens
-		return len(g) > 0 && g[len(g)-1].cfg == next
-	}
-	for wait := time.Now().Add(20 * time.Second); !applied(); time.Sleep(10 * time.Millisecond) {
+	for wait := time.Now().Add(20 * time.Second); !c.Renders(next); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(wait) {
 			t.Fatal("capture did not take the reload")
 		}
 	}
-	b.exec("BEGIN; INSERT INTO t1 (v) VALUES (1); INSERT INTO t2 (v) VALUES (1); COMMIT")
+	b.Exec("BEGIN; INSERT INTO t1 (v) VALUES (1); INSERT INTO t2 (v) VALUES (1); COMMIT")
 	b.waitT1(1)
 	deadline := time.Now().Add(20 * time.Second)
-	for b.count("webhook = 'c'") != 2 {
+	for b.Count("webhook = 'c'") != 2 {
 		if time.Now().After(deadline) {
-			t.Fatalf("webhook c has %d rows, want 2 (t1 and t2)", b.count("webhook = 'c'"))
+			t.Fatalf("webhook c has %d rows, want 2 (t1 and t2)", b.Count("webhook = 'c'"))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -346,12 +321,13 @@ func TestReloadWhileNotStreamingAppliesOnStart(t *testing.T) {
 // reported LSN: its changes are captured before it and not after, and none
 // arrives unmapped.
 func TestReloadRemovesTableAtReportedLSN(t *testing.T) {
+	t.Parallel()
 	b := setup(t, reloadSchema, "  - table: t1\n    model: T1\n  - table: t2\n    model: T2")
-	b.start()
+	b.Start()
 	stop := make(chan struct{})
-	wait := load(t, b.db, stop)
+	wait := load(t, b.DB, stop)
 	time.Sleep(300 * time.Millisecond)
-	res, err := b.cap.Reload(context.Background(), b.reconfig("  - table: t1\n    model: T1", ""))
+	res, err := b.Capture.Reload(context.Background(), b.reconfig("  - table: t1\n    model: T1", ""))
 	if err != nil || res.Pending {
 		t.Fatalf("Reload = %+v, %v", res, err)
 	}
@@ -385,7 +361,7 @@ func TestReloadRemovesTableAtReportedLSN(t *testing.T) {
 	if before == 0 || after == 0 {
 		t.Fatalf("%d transactions before %s, %d after: want some of each", before, res.From, after)
 	}
-	if u := b.cap.Unmapped(); len(u) != 0 {
+	if u := b.Capture.Unmapped(); len(u) != 0 {
 		t.Errorf("changes arrived for tables no model maps: %v", u)
 	}
 }

@@ -2,88 +2,18 @@ package cdc
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc/catalog"
+	"github.com/walhook/walhook/cdc/enqueue"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 )
-
-// Table describes a table as capture renders it, for callers that read its
-// rows themselves (backfill).
-type Table struct {
-	OID      uint32
-	Schema   string
-	Name     string
-	Identity byte // replica identity: 'd' default, 'f' full, 'i' index, 'n' nothing
-	// Columns are in attnum order without dropped and generated columns, as
-	// pgoutput sends them: the order of a row's values for RowRenderer.
-	Columns    []TableColumn
-	PrimaryKey []string // in key order; empty when the table has none
-}
-
-// TableColumn is a column of a Table.
-type TableColumn struct {
-	Name     string
-	TypeOID  uint32
-	TypeName string // schema-qualified and quoted, for casts
-	Key      bool   // part of the replica identity
-}
-
-// ErrNoTable is returned by ReadTable for a table that does not exist.
-var ErrNoTable = errors.New("table does not exist")
-
-// ReadTable reads the description of table schema.name (a table or a
-// partitioned table) from the source database's catalog.
-func ReadTable(ctx context.Context, source *pgxpool.Pool, schema, name string) (*Table, error) {
-	t := &Table{Schema: schema, Name: name}
-	var ident string
-	err := source.QueryRow(ctx, `SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, name).Scan(&t.OID, &ident)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("%s.%s: %w", schema, name, ErrNoTable)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read table %s.%s: %w", schema, name, err)
-	}
-	t.Identity = ident[0]
-	rows, err := source.Query(ctx, `
-		SELECT a.attname::text, a.atttypid, quote_ident(tn.nspname) || '.' || quote_ident(t.typname),
-			$2 = 'f' OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY (i.indkey)
-				AND CASE $2 WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END)
-		FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace
-		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-		ORDER BY a.attnum`, t.OID, ident)
-	if err == nil {
-		t.Columns, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (TableColumn, error) {
-			var c TableColumn
-			err := r.Scan(&c.Name, &c.TypeOID, &c.TypeName, &c.Key)
-			return c, err
-		})
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, name, err)
-	}
-	if t.PrimaryKey, err = PrimaryKey(ctx, source, t.OID); err != nil {
-		return nil, err
-	}
-	return t, nil
-}
-
-// desc is the table description rendering works from.
-func (t *Table) desc() *payload.TableDesc {
-	d := &payload.TableDesc{ID: t.OID, Schema: t.Schema, Name: t.Name, Identity: t.Identity, Cols: make([]payload.ColDesc, len(t.Columns))}
-	for i, c := range t.Columns {
-		d.Cols[i] = payload.ColDesc{Name: c.Name, OID: c.TypeOID, Key: c.Key}
-	}
-	return d
-}
 
 // RowRendererOptions configure NewRowRenderer.
 type RowRendererOptions struct {
@@ -92,7 +22,7 @@ type RowRendererOptions struct {
 	// relations, computed fields and types are read from it.
 	Source *pgxpool.Pool
 	Logger zerolog.Logger
-	Table  *Table
+	Table  *catalog.Table
 	Event  string // EventCreated or EventUpdated
 	// Webhooks are the webhooks to render for: those of them that take
 	// Event for the table's model.
@@ -108,7 +38,7 @@ type RowRenderer struct {
 	s     *stream
 	rel   *payload.Relation
 	event string
-	out   []Delivery
+	out   []enqueue.Delivery
 	tuple *pglogrepl.TupleData
 }
 
@@ -123,14 +53,14 @@ func NewRowRenderer(ctx context.Context, o RowRendererOptions) (*RowRenderer, er
 	}
 	r := &RowRenderer{event: o.Event}
 	// A stream that never connects: its full chunks land in r.out.
-	s := &stream{c: c, collect: func(b batch) { r.out = append(r.out, b.rows...) }, log: c.log.With().Str("backfill", model.Model).Logger(), rels: map[uint32]*payload.Relation{},
+	s := &stream{c: c, collect: func(b enqueue.Batch) { r.out = append(r.out, b.Rows...) }, log: c.log.With().Str("backfill", model.Model).Logger(), rels: map[uint32]*payload.Relation{},
 		nextStatus: time.Now().Add(100 * 365 * 24 * time.Hour)}
 	gen, err := newRendering(o.Config, nil)
 	if err != nil {
 		return nil, &config.Error{Problems: []config.Problem{{File: o.Config.File, Msg: err.Error()}}}
 	}
 	s.gen, s.specs, s.tpl = gen, gen.specs, gen.tpl
-	if err := s.relation(ctx, o.Table.desc()); err != nil {
+	if err := s.relation(ctx, o.Table); err != nil {
 		return nil, err
 	}
 	r.s, r.rel = s, s.rels[o.Table.OID]
@@ -167,13 +97,13 @@ type RowBatch struct {
 	CommitLSN   pglogrepl.LSN
 	CommittedAt time.Time
 	FirstSeq    int32 // the seq of the first row's change; the next ones count up
-	// Rows hold each row's values in text format (nil for NULL), in
-	// Table.Columns order.
+	// Rows hold each row's values in text format (nil for NULL), in the
+	// order of the table's published columns (catalog.Table.Published).
 	Rows [][][]byte
 }
 
 // Render renders the rows of b into deliveries.
-func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]Delivery, error) {
+func (r *RowRenderer) Render(ctx context.Context, b RowBatch) ([]enqueue.Delivery, error) {
 	s := r.s
 	s.txnLSN, s.txnAt, s.seq = b.CommitLSN, b.CommittedAt, b.FirstSeq
 	for _, row := range b.Rows {

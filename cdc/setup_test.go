@@ -1,4 +1,4 @@
-package cdc
+package cdc_test
 
 import (
 	"context"
@@ -9,22 +9,25 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/test/pgtest"
 )
 
 func TestPrepareSaysHowToFixServerAndRole(t *testing.T) {
+	t.Parallel()
 	t.Run("role without REPLICATION", func(t *testing.T) {
 		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE ROLE app LOGIN; GRANT SELECT ON s TO app`, "  - table: s")
-		u, _ := url.Parse(b.dsn)
+		u, _ := url.Parse(b.DSN)
 		u.User = url.User("app")
 		pool, err := pgxpool.New(context.Background(), u.String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer pool.Close()
-		c, _ := New(Options{Config: b.cfg, Source: pool, Outbox: b.db, Logger: zerolog.Nop()})
+		c, _ := cdc.New(cdc.Options{Config: b.Cfg, Source: pool, Outbox: b.DB, Logger: zerolog.Nop()})
 		err = c.Prepare(context.Background())
-		if !IsFatal(err) || !strings.Contains(err.Error(), `ALTER ROLE "app" REPLICATION`) {
+		if !cdc.IsFatal(err) || !strings.Contains(err.Error(), `ALTER ROLE "app" REPLICATION`) {
 			t.Fatalf("Prepare = %v, want a fatal error naming ALTER ROLE app REPLICATION", err)
 		}
 	})
@@ -41,9 +44,9 @@ func TestPrepareSaysHowToFixServerAndRole(t *testing.T) {
 		}
 		defer pool.Close()
 		b := setup(t, `CREATE TABLE s (id int PRIMARY KEY)`, "  - table: s")
-		c, _ := New(Options{Config: b.cfg, Source: pool, Outbox: b.db, Logger: zerolog.Nop()})
+		c, _ := cdc.New(cdc.Options{Config: b.Cfg, Source: pool, Outbox: b.DB, Logger: zerolog.Nop()})
 		err = c.Prepare(ctx)
-		var fe *FatalError
+		var fe *source.FatalError
 		if !errors.As(err, &fe) || !strings.Contains(err.Error(), "ALTER SYSTEM SET wal_level = logical") {
 			t.Fatalf("Prepare = %v, want a fatal error with the fix", err)
 		}
@@ -51,17 +54,17 @@ func TestPrepareSaysHowToFixServerAndRole(t *testing.T) {
 }
 
 func TestPublicationFollowsConfig(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY); CREATE TABLE v (id int PRIMARY KEY)`, "  - table: s\n  - table: u")
-	b.start()
-	b.stop()
+	b.Start()
+	b.Stop()
 	// Drop u, add v: the publication follows on the next start.
-	b.cfg.Models = b.cfg.Models[:1]
-	b.cfg.Models = append(b.cfg.Models, b.cfg.Models[0])
-	b.cfg.Models[1].Table, b.cfg.Models[1].Name, b.cfg.Models[1].Model = "v", "v", "v"
-	b.cancel = nil
-	b.start()
+	b.Cfg.Models = b.Cfg.Models[:1]
+	b.Cfg.Models = append(b.Cfg.Models, b.Cfg.Models[0])
+	b.Cfg.Models[1].Table, b.Cfg.Models[1].Name, b.Cfg.Models[1].Model = "v", "v", "v"
+	b.Start()
 	var tables string
-	if err := b.db.QueryRow(context.Background(), `SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_publication_tables WHERE pubname = 'walhook'`).Scan(&tables); err != nil {
+	if err := b.DB.QueryRow(context.Background(), `SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_publication_tables WHERE pubname = 'walhook'`).Scan(&tables); err != nil {
 		t.Fatal(err)
 	}
 	if tables != "s,v" {
@@ -70,19 +73,20 @@ func TestPublicationFollowsConfig(t *testing.T) {
 }
 
 func TestPublicationOwnedByAnotherRole(t *testing.T) {
+	t.Parallel()
 	b := setup(t, `CREATE TABLE s (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);
 		CREATE ROLE pubapp LOGIN REPLICATION; GRANT SELECT ON s, u TO pubapp;
 		CREATE PUBLICATION walhook FOR TABLE u`, "  - table: s")
-	u, _ := url.Parse(b.dsn)
+	u, _ := url.Parse(b.DSN)
 	u.User = url.User("pubapp")
 	pool, err := pgxpool.New(context.Background(), u.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	c, _ := New(Options{Config: b.cfg, Source: pool, Outbox: b.db, Logger: zerolog.Nop()})
+	c, _ := cdc.New(cdc.Options{Config: b.Cfg, Source: pool, Outbox: b.DB, Logger: zerolog.Nop()})
 	err = c.Prepare(context.Background())
-	if !IsFatal(err) || !strings.Contains(err.Error(), "owned by role postgres") || !strings.Contains(err.Error(), `ALTER PUBLICATION "walhook" SET TABLE "public"."s"`) {
+	if !cdc.IsFatal(err) || !strings.Contains(err.Error(), "owned by role postgres") || !strings.Contains(err.Error(), `ALTER PUBLICATION "walhook" SET TABLE "public"."s"`) {
 		t.Fatalf("Prepare = %v, want a fatal error naming the owner and the fix", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/pgnet"
 	"github.com/walhook/walhook/internal/replslot"
 )
@@ -178,7 +179,7 @@ func (c *Capture) recheckSlot(ctx context.Context) (pglogrepl.LSN, error) {
 	}
 	if !found {
 		startLSN, _ := c.store.CheckpointLSN(ctx, slot)
-		return 0, fatalf("replication slot %s no longer exists on the server walhook reconnected to (dropped by someone else, or a failover to a server without a synced copy of it: see database.slot_failover): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
+		return 0, source.Fatalf("replication slot %s no longer exists on the server walhook reconnected to (dropped by someone else, or a failover to a server without a synced copy of it: see database.slot_failover): restart walhook to create it again; changes committed after LSN %s will not be captured", slot, startLSN)
 	}
 	ckpt, err := c.store.ReadCheckpointState(ctx, slot)
 	if err != nil {
@@ -191,11 +192,11 @@ func (c *Capture) recheckSlot(ctx context.Context) (pglogrepl.LSN, error) {
 			return 0, fmt.Errorf("connect to source database: %w", err)
 		}
 		defer conn.Release()
-		res, err := ensureSlot(ctx, conn, c.cfg, false)
+		res, err := source.EnsureSlot(ctx, conn, c.cfg, false)
 		if err != nil {
 			return 0, err
 		}
-		created, why = res.created, res.recreated
+		created, why = res.Created, res.Recreated
 	}
 	if err := c.reconcileCheckpoint(ctx, c.source, ckpt, created, why); err != nil {
 		return 0, err
@@ -206,7 +207,7 @@ func (c *Capture) recheckSlot(ctx context.Context) (pglogrepl.LSN, error) {
 // publicationDropped is the error of a publication dropped under a running
 // capture; cause is what showed it.
 func (c *Capture) publicationDropped(cause error, confirmed pglogrepl.LSN) error {
-	return fatalf("%v: publication %s was dropped while walhook was running: restart walhook to create it and the slot again; changes committed after LSN %s will not be captured", cause, c.cfg.Database.Publication, confirmed)
+	return source.Fatalf("%v: publication %s was dropped while walhook was running: restart walhook to create it and the slot again; changes committed after LSN %s will not be captured", cause, c.cfg.Database.Publication, confirmed)
 }
 
 // checkPublication fails when the publication no longer exists. Before

@@ -11,7 +11,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc/catalog"
+	"github.com/walhook/walhook/cdc/enqueue"
+	"github.com/walhook/walhook/cdc/lookup"
 	"github.com/walhook/walhook/cdc/payload"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/pgnet"
@@ -33,18 +37,18 @@ var errSilent = errors.New("the server sent nothing, not even the reply asked fo
 type stream struct {
 	conn     *pgconn.PgConn
 	c        *Capture
-	w        *writer
-	out      chan<- batch
+	w        *enqueue.Writer
+	out      chan<- enqueue.Batch
 	werr     <-chan error
 	log      zerolog.Logger
 	interval time.Duration
 	// collect, in a stream that renders rows without a connection
 	// (RowRenderer), takes the batches instead of the writer.
-	collect func(batch)
+	collect func(enqueue.Batch)
 
 	rels    map[uint32]*payload.Relation
 	rd      payload.Renderer
-	rows    []Delivery
+	rows    []enqueue.Delivery
 	pending []pending // changes waiting for their chunk's lookups (or behind one that is)
 	specs   map[string]*payload.HookSpec
 	tpl     *payload.Templater
@@ -58,9 +62,9 @@ type stream struct {
 	visibleXid uint32
 	seq        int32
 	coal       payload.Coalescer
-	coalWarned bool          // the coalescer's size warning was logged for this transaction
-	dels       deletedImages // rows deleted by the transaction, for relations to them
-	imgs       txnImages     // last images of objects changed by the transaction, for ignore_changes
+	coalWarned bool               // the coalescer's size warning was logged for this transaction
+	dels       lookup.DeletedRows // rows deleted by the transaction, for relations to them
+	imgs       txnImages          // last images of objects changed by the transaction, for ignore_changes
 
 	lastSentEnd pglogrepl.LSN // end of the last transaction (or idle position) handed to the writer
 	kaEnd       pglogrepl.LSN // the server's WAL end from the last keepalive outside a transaction
@@ -82,7 +86,7 @@ type stream struct {
 	lastHeard time.Time
 	asked     bool
 
-	// rowsBytes is rowsBytes(rows[:counted]): the size of the rows not
+	// rowsBytes is enqueue.RowsBytes(rows[:counted]): the size of the rows not
 	// handed to the writer yet, counted up to counted. pendingBytes is
 	// the size of the values copied into pending.
 	rowsBytes, pendingBytes int64
@@ -90,9 +94,9 @@ type stream struct {
 
 	// descs are the tables' descriptions from their Relation messages, to
 	// build rels again when the configuration changes.
-	descs map[uint32]*payload.TableDesc
+	descs map[uint32]*catalog.Table
 	// gen is the configuration transactions are rendered with; next are
-	// reloaded ones that apply from later commit LSNs (reload.go). wake
+	// reloaded ones that apply from later commit LSNs (Reload). wake
 	// is cancelled by Reload to end a wait for the next message.
 	gen  *rendering
 	next []*rendering
@@ -123,7 +127,7 @@ func (s *stream) idleCheckpoint(ctx context.Context) error {
 	if err := s.c.checkPublication(ctx, s.confirmed); err != nil {
 		return err
 	}
-	if err := s.send(ctx, batch{commit: true, endLSN: end}); err != nil {
+	if err := s.send(ctx, enqueue.Batch{Commit: true, EndLSN: end}); err != nil {
 		return err
 	}
 	s.lastSentEnd, s.lastIdle, s.idlePending = end, time.Now(), end
@@ -143,7 +147,7 @@ const idleConfirmPoll = 10 * time.Millisecond
 // checkpoint (of changes, or of an idle position), held back by the guard
 // until the standbys have the outbox commit.
 func (s *stream) confirmLSN(ctx context.Context) pglogrepl.LSN {
-	f := pglogrepl.LSN(s.w.flushed.Load())
+	f := s.w.Flushed()
 	if s.guard != nil {
 		f = s.guard.safe(ctx, f)
 		if s.guard.waiting() {
@@ -310,7 +314,7 @@ func (s *stream) run(ctx context.Context) error {
 func (s *stream) handle(ctx context.Context, data []byte) error {
 	msg, err := parseMessage(data)
 	if err != nil {
-		return &FatalError{Err: err}
+		return &source.FatalError{Err: err}
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
@@ -359,11 +363,11 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 				return err
 			}
 		}
-		b := batch{rows: s.rows, commit: true, endLSN: m.TransactionEndLSN, bytes: s.takeRows()}
+		b := enqueue.Batch{Rows: s.rows, Commit: true, EndLSN: m.TransactionEndLSN, Bytes: s.takeRows()}
 		s.rows = nil
 		s.inTxn = false
 		if s.span != nil {
-			s.span.SetAttributes(attribute.Int("walhook.changes", int(s.seq)), attribute.Int("walhook.deliveries", len(b.rows)))
+			s.span.SetAttributes(attribute.Int("walhook.changes", int(s.seq)), attribute.Int("walhook.deliveries", len(b.Rows)))
 			s.span.End()
 			s.span = nil
 		}
@@ -380,7 +384,7 @@ func (s *stream) handle(ctx context.Context, data []byte) error {
 }
 
 // send hands a batch to the writer, still answering the server meanwhile.
-func (s *stream) send(ctx context.Context, b batch) error {
+func (s *stream) send(ctx context.Context, b enqueue.Batch) error {
 	if s.collect != nil {
 		s.collect(b)
 		return nil
@@ -389,16 +393,16 @@ func (s *stream) send(ctx context.Context, b batch) error {
 		// Rows wait here, not in the writer's queue, while those already
 		// handed over fill the in-flight budget.
 		out := s.out
-		if !s.w.room(b.bytes) {
+		if !s.w.Room(b.Bytes) {
 			out = nil
 		}
 		t := time.NewTimer(time.Until(s.nextStatus))
 		select {
 		case out <- b:
 			t.Stop()
-			s.w.inflight.Add(b.bytes)
+			s.w.Reserve(b.Bytes)
 			return nil
-		case <-s.w.freed:
+		case <-s.w.Freed():
 			t.Stop()
 		case err := <-s.werr:
 			t.Stop()
@@ -418,21 +422,24 @@ func (s *stream) send(ctx context.Context, b batch) error {
 }
 
 // describe is the table description of a Relation message.
-func describe(m *pglogrepl.RelationMessage) *payload.TableDesc {
-	t := &payload.TableDesc{ID: m.RelationID, Schema: m.Namespace, Name: m.RelationName, Identity: m.ReplicaIdentity, Cols: make([]payload.ColDesc, len(m.Columns))}
+func describe(m *pglogrepl.RelationMessage) *catalog.Table {
+	t := &catalog.Table{OID: m.RelationID, Schema: m.Namespace, Name: m.RelationName, Identity: catalog.ReplicaIdentity(m.ReplicaIdentity),
+		Columns: make([]catalog.Column, len(m.Columns))}
 	for i, c := range m.Columns {
-		t.Cols[i] = payload.ColDesc{Name: c.Name, OID: c.DataType, Key: c.Flags&1 != 0}
+		t.Columns[i] = catalog.Column{Name: c.Name, TypeOID: c.DataType, Key: c.Flags&1 != 0}
 	}
 	return t
 }
 
-func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
+// relation builds the relation of table version m, which a Relation
+// message (or RowRenderer) described: its model, webhooks and lookups.
+func (s *stream) relation(ctx context.Context, m *catalog.Table) error {
 	table := m.Schema + "." + m.Name
 	if s.descs == nil {
-		s.descs = map[uint32]*payload.TableDesc{}
+		s.descs = map[uint32]*catalog.Table{}
 	}
-	s.descs[m.ID] = m
-	model := s.gen.byOID[m.ID]
+	s.descs[m.OID] = m
+	model := s.gen.byOID[m.OID]
 	if model == nil {
 		model = s.gen.models[table]
 	} else if model.QualifiedTable() != table {
@@ -440,27 +447,25 @@ func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
 			Msgf("table %s was renamed or moved to %s: still captured as model %s, but the configuration names a table that no longer exists, so walhook will refuse to start until you set table: %s", model.QualifiedTable(), table, model.Model, table)
 	}
 	if model == nil {
-		s.rels[m.ID] = &payload.Relation{ID: m.ID, Schema: m.Schema, Name: m.Name}
+		s.rels[m.OID] = &payload.Relation{ID: m.OID, Schema: m.Schema, Name: m.Name}
 		return nil
 	}
-	for _, col := range m.Cols {
-		if err := s.c.types.resolveOID(ctx, col.OID); err != nil {
+	for _, col := range m.Columns {
+		if err := s.c.types.resolveOID(ctx, col.TypeOID); err != nil {
 			return err
 		}
 	}
-	qctx, cancel := pgnet.Bound(ctx)
-	pk, err := PrimaryKey(qctx, s.c.source, m.ID)
-	cancel()
+	t, err := s.withCatalog(ctx, m)
 	if err != nil {
 		return err
 	}
-	r := payload.NewRelation(m, model, pk)
+	r := payload.NewRelation(t, model)
 	if len(model.Relations)+len(model.Computed) > 0 || model.Snapshot != nil {
-		if err := s.planRelation(ctx, r); err != nil {
+		if err := s.planRelation(ctx, r, t.Columns); err != nil {
 			return err
 		}
 	}
-	if len(model.IgnoreChanges) > 0 && m.Identity != 'f' {
+	if len(model.IgnoreChanges) > 0 && m.Identity != catalog.IdentityFull {
 		s.log.Warn().Str("table", m.Schema+"."+m.Name).
 			Msg("ignore_changes applies only to updates of rows changed earlier in the same transaction: PostgreSQL logs the old row only with REPLICA IDENTITY FULL (ALTER TABLE ... REPLICA IDENTITY FULL)")
 	}
@@ -475,32 +480,40 @@ func (s *stream) relation(ctx context.Context, m *payload.TableDesc) error {
 			}
 		}
 	}
-	s.rels[m.ID] = r
+	s.rels[m.OID] = r
 	return nil
 }
 
-// planRelation builds the relation and computed-field queries of a table
-// version. A relation or computed field that cannot be planned (its table
-// was dropped, say) is logged and left out until the next schema change or
-// restart; capture goes on.
-func (s *stream) planRelation(ctx context.Context, r *payload.Relation) error {
+// withCatalog returns a copy of m with what the Relation message lacks: the
+// primary key, and the type names of the columns the catalog has (for
+// casts). The catalog is today's, m the version of the change's commit.
+func (s *stream) withCatalog(ctx context.Context, m *catalog.Table) (*catalog.Table, error) {
 	qctx, cancel := pgnet.Bound(ctx)
 	defer cancel()
-	cat, err := payload.TableColumns(qctx, s.c.source, r.Schema, r.Name)
+	cat, err := catalog.ReadColumns(qctx, s.c.source, m.OID)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("%s.%s: %w", m.Schema, m.Name, err)
 	}
-	byName := map[string]payload.ColInfo{}
-	for _, c := range cat {
-		byName[c.Name] = c
+	t := *m
+	if t.PrimaryKey, err = catalog.PrimaryKey(qctx, s.c.source, m.OID); err != nil {
+		return nil, fmt.Errorf("%s.%s: %w", m.Schema, m.Name, err)
 	}
-	cols := make([]payload.ColInfo, len(r.Cols))
-	for i, c := range r.Cols {
-		cols[i] = payload.ColInfo{Name: c.Name, OID: c.OID, TypeName: byName[c.Name].TypeName}
-		if cols[i].TypeName == "" {
-			cols[i].TypeName = "pg_catalog.text"
+	t.Columns = slices.Clone(m.Columns)
+	for i, c := range t.Columns {
+		if j := slices.IndexFunc(cat, func(cc catalog.Column) bool { return cc.Name == c.Name }); j >= 0 {
+			t.Columns[i].TypeName = cat[j].TypeName
 		}
 	}
+	return &t, nil
+}
+
+// planRelation builds the relation and computed-field queries of a table
+// version whose columns, in row order, are cols. A relation or computed
+// field that cannot be planned (its table was dropped, say) is logged and
+// left out until the next schema change or restart; capture goes on.
+func (s *stream) planRelation(ctx context.Context, r *payload.Relation, cols []catalog.Column) error {
+	qctx, cancel := pgnet.Bound(ctx)
+	defer cancel()
 	plan, probs, err := payload.PlanLookups(qctx, s.c.source, r.Model, cols)
 	if err != nil {
 		return err
@@ -548,13 +561,13 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	}
 	hs := &rel.Hooks[payload.EventIndex(event)]
 	if len(hs.Names) == 0 && !rel.Coalesce {
-		if event == payload.EventDeleted && oldType == 'O' && s.dels.wants(s.gen.cfg, rel) {
+		if event == payload.EventDeleted && oldType == 'O' && s.dels.Wants(s.gen.cfg, rel) {
 			// No webhook takes the delete, but relations may point at the row.
 			old, err := tupleRow(oldT, len(rel.Cols))
 			if err != nil {
 				return fmt.Errorf("%s.%s: old row: %w", rel.Schema, rel.Name, err)
 			}
-			s.dels.keep(s.gen.cfg, s.log, uint64(s.txnLSN), rel, old, false)
+			s.dels.Keep(s.gen.cfg, s.log, uint64(s.txnLSN), rel, old, false)
 		}
 		return nil
 	}
@@ -572,7 +585,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		if vals == nil {
 			return fmt.Errorf("%s.%s: delete without old row", rel.Schema, rel.Name)
 		}
-		s.dels.keep(s.gen.cfg, s.log, uint64(s.txnLSN), rel, vals, keysOnly)
+		s.dels.Keep(s.gen.cfg, s.log, uint64(s.txnLSN), rel, vals, keysOnly)
 	} else {
 		if vals, err = tupleRow(newT, len(rel.Cols)); err != nil {
 			return fmt.Errorf("%s.%s: new row: %w", rel.Schema, rel.Name, err)
@@ -614,12 +627,12 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 		body := s.rd.NetboxBody(&c, s.txnAt)
 		key := payload.ObjectKey(rel, vals)
 		for _, h := range hs.Names {
-			s.rows = append(s.rows, Delivery{Webhook: h, Event: event, Model: rel.Model.Model, Key: key,
+			s.rows = append(s.rows, enqueue.Delivery{Webhook: h, Event: event, Model: rel.Model.Model, Key: key,
 				CommitLSN: s.txnLSN, Seq: seq, CommittedAt: s.txnAt, Body: body})
 		}
 		return s.sendFull(ctx)
 	}
-	p := pending{Change: payload.Change{Rel: rel, Event: event, Vals: vals, OldType: oldType, KeysOnly: keysOnly}, hooks: hs, seq: seq, fill: fill}
+	p := pending{Change: lookup.Change{Change: payload.Change{Rel: rel, Event: event, Vals: vals, OldType: oldType, KeysOnly: keysOnly}, Fill: fill}, hooks: hs, seq: seq}
 	if event == payload.EventUpdated && hs.Special {
 		p.Old = old
 	}
@@ -632,7 +645,7 @@ func (s *stream) change(ctx context.Context, event string, relID uint32, oldType
 	p.Vals, p.Old = payload.CopyRow(p.Vals), payload.CopyRow(p.Old)
 	s.pending = append(s.pending, p)
 	s.pendingBytes += rowBytes(p.Vals) + rowBytes(p.Old)
-	if len(s.pending) >= chunkRows || s.pendingBytes >= chunkBytes {
+	if len(s.pending) >= enqueue.ChunkRows || s.pendingBytes >= enqueue.ChunkBytes {
 		return s.flushPending(ctx)
 	}
 	return nil
@@ -650,7 +663,7 @@ func rowBytes(r payload.Row) int64 {
 // takeRows returns the size of s.rows, which are about to be handed to the
 // writer, and starts counting again.
 func (s *stream) takeRows() int64 {
-	n := s.rowsBytes + rowsBytes(s.rows[s.counted:])
+	n := s.rowsBytes + enqueue.RowsBytes(s.rows[s.counted:])
 	s.rowsBytes, s.counted = 0, 0
 	return n
 }
@@ -658,10 +671,10 @@ func (s *stream) takeRows() int64 {
 // sendFull hands the rendered rows to the writer once a chunk is full (in
 // rows or in bytes).
 func (s *stream) sendFull(ctx context.Context) error {
-	s.rowsBytes += rowsBytes(s.rows[s.counted:])
+	s.rowsBytes += enqueue.RowsBytes(s.rows[s.counted:])
 	s.counted = len(s.rows)
-	if len(s.rows) >= chunkRows || s.rowsBytes >= chunkBytes {
-		b := batch{rows: s.rows, bytes: s.takeRows()}
+	if len(s.rows) >= enqueue.ChunkRows || s.rowsBytes >= enqueue.ChunkBytes {
+		b := enqueue.Batch{Rows: s.rows, Bytes: s.takeRows()}
 		s.rows = nil
 		return s.send(ctx, b)
 	}
@@ -670,15 +683,28 @@ func (s *stream) sendFull(ctx context.Context) error {
 
 // pending is a change waiting to be rendered.
 type pending struct {
-	payload.Change
-	hooks    *payload.HookSet
-	seq      int32
-	oldExtra []payload.LookupVal // relation fields of old
-	fill     bool                // vals has unchanged TOAST values to read back
+	lookup.Change
+	hooks *payload.HookSet
+	seq   int32
 }
 
-// oldNeeded reports whether the old row is rendered (for .old).
-func (p *pending) oldNeeded() bool { return p.Old != nil }
+// lookups fills in the unchanged TOAST values and the relation and computed
+// fields of a chunk of pending changes (package lookup), on up to half of
+// the source pool's connections.
+func (s *stream) lookups(ctx context.Context, ps []pending) error {
+	cs := make([]*lookup.Change, len(ps))
+	for i := range ps {
+		cs[i] = &ps[i].Change
+	}
+	r := lookup.Runner{
+		Pool: s.c.source, Workers: max(1, int(s.c.source.Config().MaxConns)/2), Log: s.log, Resolve: s.rd.Resolve, Deleted: &s.dels,
+		Visible:   func(ctx context.Context) error { return s.waitVisible(ctx, s.txnXid) },
+		Stall:     s.c.setStall,
+		Failed:    func(n int) { s.c.lookupErrors.Add(int64(n)) },
+		KeepAlive: s.keepAlive,
+	}
+	return r.Run(ctx, s.txnLSN, cs)
+}
 
 // flushPending looks up the relations and computed fields of the buffered
 // changes, then renders them.
@@ -701,12 +727,12 @@ func (s *stream) flushPending(ctx context.Context) error {
 // webhook's template, unless the webhook's conditions reject it.
 func (s *stream) emit(ctx context.Context, p *pending) error {
 	rel := p.Rel
-	body := s.rd.NetboxBody(&p.Change, s.txnAt)
+	body := s.rd.NetboxBody(&p.Change.Change, s.txnAt)
 	key := payload.ObjectKey(rel, p.Vals)
 	var decoded map[string]any // the default body decoded, for templates and conditions
 	var v4 map[string]string   // object_type -> netbox-v4 body
 	for i, h := range p.hooks.Names {
-		r := Delivery{Webhook: h, Event: p.Event, Model: rel.Model.Model, Key: key,
+		r := enqueue.Delivery{Webhook: h, Event: p.Event, Model: rel.Model.Model, Key: key,
 			CommitLSN: s.txnLSN, Seq: p.seq, CommittedAt: s.txnAt, Body: body}
 		if sp := p.hooks.Specs[i]; sp != nil {
 			if decoded == nil {
@@ -742,7 +768,7 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 				ot := sp.ObjectType(rel.Model)
 				b, ok := v4[ot]
 				if !ok {
-					b = s.rd.NetboxV4Body(&p.Change, s.txnAt, ot)
+					b = s.rd.NetboxV4Body(&p.Change.Change, s.txnAt, ot)
 					if v4 == nil {
 						v4 = map[string]string{}
 					}
@@ -761,7 +787,7 @@ func (s *stream) emit(ctx context.Context, p *pending) error {
 func (s *stream) decode(body string, p *pending) (map[string]any, error) {
 	var old []byte
 	if p.Old != nil {
-		s.oldBuf = s.rd.AppendData(s.oldBuf[:0], p.Rel, p.Old, p.OldType != 'O', p.oldExtra)
+		s.oldBuf = s.rd.AppendData(s.oldBuf[:0], p.Rel, p.Old, p.OldType != 'O', p.OldExtra)
 		old = s.oldBuf
 	}
 	return s.tpl.Payload(body, old)

@@ -1,9 +1,10 @@
-package cdc
+package cdc_test
 
 import (
 	"testing"
 	"time"
 
+	"github.com/walhook/walhook/cdc"
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -12,16 +13,16 @@ import (
 // With a Tracer, each captured source transaction is a span (its commit LSN,
 // changes and delivery rows) and each outbox commit one (rows enqueued).
 func TestCaptureSpans(t *testing.T) {
+	t.Parallel()
 	exp := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 	t.Cleanup(func() { _ = tp.Shutdown(t.Context()) })
 	b := setup(t, `CREATE TABLE site (id int PRIMARY KEY, name text)`, `
   - table: site
     model: Site`)
-	b.tracer = tp.Tracer("test")
-	b.start()
-	b.exec(`INSERT INTO site VALUES (1, 'a'), (2, 'b'), (3, 'c')`)
-	b.waitRows(6) // two webhooks
+	b.Run(cdc.Options{StatusInterval: 200 * time.Millisecond, Tracer: tp.Tracer("test")})
+	b.Exec(`INSERT INTO site VALUES (1, 'a'), (2, 'b'), (3, 'c')`)
+	b.WaitRows(6) // two webhooks
 	deadline := time.Now().Add(5 * time.Second)
 	var txn, enq int
 	for time.Now().Before(deadline) {

@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/replslot"
 	"github.com/walhook/walhook/test/cdctest"
 	"github.com/walhook/walhook/test/pgtest"
@@ -501,7 +501,7 @@ func TestIdleTimeoutInvalidatedSlot(t *testing.T) {
 	if err != nil || !found || st.Invalidation != "idle_timeout" || !st.Lost() {
 		t.Fatalf("replslot.Read = %+v, %v, %v; want invalidation idle_timeout", st, found, err)
 	}
-	if txt := cdc.InvalidationText(st.Invalidation); !strings.Contains(txt, "idle_replication_slot_timeout") {
+	if txt := source.InvalidationText(st.Invalidation); !strings.Contains(txt, "idle_replication_slot_timeout") {
 		t.Errorf("the explanation does not name the setting: %s", txt)
 	}
 	b.Exec(`INSERT INTO item VALUES (2)`) // not captured: the slot is gone

@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/catalog"
+	"github.com/walhook/walhook/cdc/enqueue"
 	"github.com/walhook/walhook/cdc/payload"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/outbox"
@@ -100,7 +102,7 @@ type job struct {
 	opts     Options
 	model    *config.Model
 	table    string // quoted schema.name
-	desc     *cdc.Table
+	desc     *catalog.Table
 	renderer *cdc.RowRenderer
 	hooks    []string
 	keyCols  []int  // indexes in desc.Columns of the primary key, in key order
@@ -185,13 +187,14 @@ func (bf *job) prepare(ctx context.Context) error {
 		return bfErr("", "no enabled webhook takes %s events of model %s", o.Event, m.Model)
 	}
 	bf.table = pgx.Identifier{m.Schema, m.Name}.Sanitize()
-	t, err := cdc.ReadTable(ctx, o.Source, m.Schema, m.Name)
-	if errors.Is(err, cdc.ErrNoTable) {
-		return bfErr("", "table %s.%s of model %s does not exist", m.Schema, m.Name, m.Model)
-	}
+	t, err := catalog.ReadTable(ctx, o.Source, m.Schema, m.Name)
 	if err != nil {
 		return err
 	}
+	if t == nil {
+		return bfErr("", "table %s.%s of model %s does not exist", m.Schema, m.Name, m.Model)
+	}
+	t = t.Published() // the columns of a row, as capture receives it
 	if len(t.PrimaryKey) == 0 {
 		return bfErr("", "table %s.%s has no primary key: backfill pages through it by primary key", m.Schema, m.Name)
 	}
@@ -215,7 +218,7 @@ func (bf *job) prepare(ctx context.Context) error {
 	// output column.
 	var keyCols, keyArgs []string
 	for i, name := range t.PrimaryKey {
-		c := slices.IndexFunc(t.Columns, func(c cdc.TableColumn) bool { return c.Name == name })
+		c := slices.IndexFunc(t.Columns, func(c catalog.Column) bool { return c.Name == name })
 		if c < 0 {
 			return fmt.Errorf("table %s.%s: primary-key column %s is not a column", m.Schema, m.Name, name)
 		}
@@ -538,7 +541,7 @@ func (bf *job) waitCapture(ctx context.Context, conn *pgx.Conn, lsn pglogrepl.LS
 // enqueue writes a page's rows and its progress in one outbox transaction,
 // leaving out rows of objects that have a change at lsn or later in the
 // outbox. The outbox is locked against capture's inserts meanwhile.
-func (bf *job) enqueue(ctx context.Context, rows []cdc.Delivery, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
+func (bf *job) enqueue(ctx context.Context, rows []enqueue.Delivery, lsn pglogrepl.LSN, key []string, n int) (int64, error) {
 	var skipped, inserted int64
 	err := bf.commitTx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, bf.sql.LockDeliveries); err != nil {
@@ -573,7 +576,7 @@ func (bf *job) enqueue(ctx context.Context, rows []cdc.Delivery, lsn pglogrepl.L
 			}
 			rows = kept
 		}
-		if inserted, err = cdc.InsertDeliveries(ctx, tx, bf.store, rows); err != nil {
+		if inserted, err = enqueue.InsertDeliveries(ctx, tx, bf.store, rows); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, bf.sql.Progress,

@@ -5,25 +5,9 @@ import (
 	"regexp"
 	"slices"
 
+	"github.com/walhook/walhook/cdc/catalog"
 	"github.com/walhook/walhook/internal/config"
 )
-
-// TableDesc describes one version of a table as pgoutput's Relation message
-// does: its columns in attnum order, without dropped and generated ones.
-type TableDesc struct {
-	ID       uint32 // the table's OID
-	Schema   string
-	Name     string
-	Identity uint8 // replica identity: 'd' default, 'f' full, 'i' index, 'n' nothing
-	Cols     []ColDesc
-}
-
-// ColDesc is a column of a tableDesc.
-type ColDesc struct {
-	Name string
-	OID  uint32 // type OID
-	Key  bool   // part of the replica identity
-}
 
 // Column is one column of a captured table as the stream last described it.
 type Column struct {
@@ -48,11 +32,11 @@ type Relation struct {
 	ID       uint32
 	Schema   string
 	Name     string
-	Identity uint8 // 'd' default, 'f' full, 'i' index, 'n' nothing
+	Identity catalog.ReplicaIdentity
 	Cols     []Column
 	Model    *config.Model
 	PKCols   []int    // indexes into cols forming object_key
-	KeyTypes []string // SQL type names of pkCols, for reading rows back (set on first use)
+	KeyTypes []string // type names of PKCols for casts ("" when the catalog lacks the column)
 	urlParts []urlPart
 	Plan     *LookupPlan // relations and computed fields; nil when none
 	Hooks    [3]HookSet  // webhooks per event (eventIndex), sent one event per change
@@ -87,18 +71,19 @@ type urlPart struct {
 	col int // -1 for a literal part
 }
 
-// NewRelation builds a relation from a table description. pkNames are the
-// table's primary-key columns (from the catalog); when empty, or when the
-// replica identity is an index without them, the replica identity columns
-// are used, and failing that every column.
-func NewRelation(t *TableDesc, model *config.Model, pkNames []string) *Relation {
-	r := &Relation{ID: t.ID, Schema: t.Schema, Name: t.Name, Identity: t.Identity, Model: model}
+// NewRelation builds a relation from a table description, without its
+// generated columns (pgoutput does not send them). The object key is the
+// table's primary key (t.PrimaryKey, from the catalog); when it has none,
+// or when the replica identity is an index without it, the replica identity
+// columns are used, and failing that every column.
+func NewRelation(t *catalog.Table, model *config.Model) *Relation {
+	r := &Relation{ID: t.OID, Schema: t.Schema, Name: t.Name, Identity: t.Identity, Model: model}
 	excluded := map[string]bool{}
 	for _, e := range model.Exclude {
 		excluded[e] = true
 	}
 	isPK := map[string]bool{}
-	for _, k := range pkNames {
+	for _, k := range t.PrimaryKey {
 		isPK[k] = true
 	}
 	snapExcluded, snapRename := excluded, map[string]string(nil)
@@ -108,13 +93,14 @@ func NewRelation(t *TableDesc, model *config.Model, pkNames []string) *Relation 
 			snapExcluded[e] = true
 		}
 	}
-	for _, c := range t.Cols {
-		out := c.Name
-		if rn, ok := model.Rename[c.Name]; ok && rn != "" {
-			out = rn
+	var types []string
+	for _, c := range t.Columns {
+		if c.Generated {
+			continue
 		}
+		types = append(types, c.TypeName)
 		r.Cols = append(r.Cols, Column{
-			Name: c.Name, outName: out, OID: c.OID, Key: c.Key,
+			Name: c.Name, outName: dataName(model, c.Name), OID: c.TypeOID, Key: c.Key,
 			pk: isPK[c.Name], exclude: excluded[c.Name], choices: model.Choices[c.Name],
 			snapExclude: snapExcluded[c.Name], snapName: snapRename[c.Name],
 		})
@@ -124,7 +110,7 @@ func NewRelation(t *TableDesc, model *config.Model, pkNames []string) *Relation 
 			r.PKCols = append(r.PKCols, i)
 		}
 	}
-	if r.Identity == 'i' {
+	if r.Identity == catalog.IdentityIndex {
 		// REPLICA IDENTITY USING INDEX: a DELETE carries only the index's
 		// columns. The object key must be built from columns every event
 		// carries: the primary key when the index holds it, else the
@@ -138,7 +124,7 @@ func NewRelation(t *TableDesc, model *config.Model, pkNames []string) *Relation 
 	}
 	if len(r.PKCols) == 0 {
 		for i, c := range r.Cols {
-			if c.Key && r.Identity != 'f' {
+			if c.Key && r.Identity != catalog.IdentityFull {
 				r.PKCols = append(r.PKCols, i)
 			}
 		}
@@ -148,8 +134,20 @@ func NewRelation(t *TableDesc, model *config.Model, pkNames []string) *Relation 
 			r.PKCols = append(r.PKCols, i)
 		}
 	}
+	for _, i := range r.PKCols {
+		r.KeyTypes = append(r.KeyTypes, types[i])
+	}
 	r.urlParts = parseURLTemplate(model.URL, r.Cols)
 	return r
+}
+
+// dataName is the key of column col in "data": its rename, if the model
+// has one.
+func dataName(m *config.Model, col string) string {
+	if rn := m.Rename[col]; rn != "" {
+		return rn
+	}
+	return col
 }
 
 // parseURLTemplate splits "/api/dcim/sites/{id}/" into literal and column parts.

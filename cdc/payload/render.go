@@ -258,3 +258,56 @@ func HasUnchanged(vals Row) bool {
 	}
 	return false
 }
+
+// LookupVal is a looked-up field of one change: present false leaves the
+// field out (its lookup failed).
+type LookupVal struct {
+	Present bool
+	JSON    []byte
+}
+
+// JSONNull is the JSON text of a missing related row.
+var JSONNull = []byte("null")
+
+// Render appends the nested object of a related row; vals are the selected
+// columns in text format.
+func (rl *RelLookup) Render(dst []byte, vals [][]byte, resolve TypeResolver) []byte {
+	dst = append(dst, '{')
+	first := true
+	sep := func() {
+		if !first {
+			dst = append(dst, ',')
+		}
+		first = false
+	}
+	url := func() {
+		sep()
+		dst = append(dst, `"url":`...)
+		var u []byte
+		for _, p := range rl.urlParts {
+			if p.col < 0 {
+				u = append(u, p.lit...)
+			} else if vals[p.col] != nil {
+				u = append(u, vals[p.col]...)
+			}
+		}
+		dst = AppendJSONStringBytes(dst, u)
+	}
+	for i, o := range rl.out {
+		if i == rl.urlAt {
+			url()
+		}
+		sep()
+		dst = AppendJSONString(dst, o.name)
+		dst = append(dst, ':')
+		if v := vals[o.sel]; v == nil {
+			dst = append(dst, "null"...)
+		} else {
+			dst = AppendValue(dst, rl.Sel[o.sel], v, resolve)
+		}
+	}
+	if rl.urlAt >= len(rl.out) {
+		url()
+	}
+	return append(dst, '}')
+}

@@ -11,8 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walhook/walhook/cdc"
+	"github.com/walhook/walhook/cdc/catalog"
 	"github.com/walhook/walhook/cdc/payload"
+	"github.com/walhook/walhook/cdc/source"
 	"github.com/walhook/walhook/internal/config"
 	"github.com/walhook/walhook/internal/human"
 	"github.com/walhook/walhook/internal/outbox"
@@ -115,7 +116,7 @@ type preflight struct {
 }
 
 type preflightTable struct {
-	*cdc.TableInfo
+	*catalog.Table
 	owned bool // the role owns it (or is superuser)
 }
 
@@ -214,7 +215,7 @@ func (p *preflight) capacity(ctx context.Context) {
 		detail := fmt.Sprintf("all %d replication slots are in use: walhook cannot create slot %s", maxSlots, slot)
 		if len(inactive) > 0 {
 			detail += fmt.Sprintf(" (inactive: %s)", strings.Join(first(inactive, 5), ", "))
-			fix += fmt.Sprintf("\n-- or drop a slot nobody uses any more: SELECT pg_drop_replication_slot(%s);", cdc.QuoteLiteral(inactive[0]))
+			fix += fmt.Sprintf("\n-- or drop a slot nobody uses any more: SELECT pg_drop_replication_slot(%s);", source.QuoteLiteral(inactive[0]))
 		}
 		p.fail(name, detail, fix)
 	}
@@ -264,7 +265,7 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 			at = fmt.Sprintf("%s:%d", p.cfg.File, m.Line)
 		}
 		name := "table " + qt
-		ti, err := cdc.LookupTable(ctx, p.conn, m.Schema, m.Name)
+		ti, err := catalog.ReadTable(ctx, p.conn, m.Schema, m.Name)
 		if err != nil {
 			p.fail(name, "cannot look it up: "+err.Error(), "")
 			continue
@@ -285,7 +286,7 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 			p.fail(name, detail, fmt.Sprintf("-- create the table, or fix the table name at %s", at))
 			continue
 		}
-		pt := &preflightTable{TableInfo: ti}
+		pt := &preflightTable{Table: ti}
 		p.byTable[qt] = pt
 		good := true
 		p.ok(name, fmt.Sprintf("exists, %d columns", len(ti.Columns)))
@@ -321,34 +322,33 @@ func (p *preflight) tables(ctx context.Context) map[string]bool {
 		name = "replica identity " + qt
 		full := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", ident(m.Schema, m.Name))
 		switch {
-		case ti.Identity == "f":
+		case ti.Identity == catalog.IdentityFull:
 			p.ok(name, "FULL: deleted rows carry every column")
-		case ti.Identity == "n":
+		case ti.Identity == catalog.IdentityNothing:
 			p.fail(name, "REPLICA IDENTITY NOTHING: once the table is published, the application's UPDATE and DELETE on it fail",
 				full+"  -- as the owner")
 			good = false
-		case !ti.HasPK && ti.Identity == "d":
+		case len(ti.PrimaryKey) == 0 && ti.Identity == catalog.IdentityDefault:
 			p.fail(name, "no primary key and REPLICA IDENTITY DEFAULT: once the table is published, the application's UPDATE and DELETE on it fail",
 				full+"  -- as the owner (or add a primary key)")
 			good = false
-		case ti.Identity == "i":
+		case ti.Identity == catalog.IdentityIndex:
 			p.warn(name, "USING INDEX: deleted rows carry only the index's columns in \"data\", and unless the index holds the primary key, object_key (the per-object order) is built from the index's columns: a change of them starts a new object", full+"  -- optional: whole rows on delete, keyed by the primary key")
 		default:
-			pk, _ := cdc.PrimaryKey(ctx, p.conn, ti.OID)
-			p.warn(name, fmt.Sprintf("DEFAULT: deleted rows carry only the primary key (%s) in \"data\"", strings.Join(pk, ", ")),
+			p.warn(name, fmt.Sprintf("DEFAULT: deleted rows carry only the primary key (%s) in \"data\"", strings.Join(ti.PrimaryKey, ", ")),
 				full+"  -- optional: whole rows on delete")
 		}
 
 		// Columns the model names.
 		name = "columns of " + qt
 		var probs []string
-		unknown, refs := payload.UnknownColumns(m, ti.Columns)
+		unknown, refs := payload.UnknownColumns(m, ti.ColumnNames())
 		for _, u := range unknown {
 			probs = append(probs, fmt.Sprintf("%s names unknown column %q", u.Option, u.Column))
 		}
 		switch {
 		case len(probs) > 0:
-			p.fail(name, fmt.Sprintf("model %s: %s (columns: %s)", m.Model, strings.Join(probs, "; "), strings.Join(ti.Columns, ", ")),
+			p.fail(name, fmt.Sprintf("model %s: %s (columns: %s)", m.Model, strings.Join(probs, "; "), strings.Join(ti.ColumnNames(), ", ")),
 				fmt.Sprintf("-- fix the column names of model %s at %s", m.Model, at))
 			good = false
 		case refs > 0:
@@ -370,7 +370,7 @@ func (p *preflight) supported(ctx context.Context, passed map[string]bool) {
 			sub.Models = append(sub.Models, m)
 		}
 	}
-	err := cdc.CheckTables(ctx, p.conn, &sub)
+	err := source.CheckTables(ctx, p.conn, &sub)
 	var ce *config.Error
 	switch {
 	case errors.As(err, &ce):
@@ -392,7 +392,7 @@ func (p *preflight) publication(ctx context.Context) {
 		wantQuoted = append(wantQuoted, ident(m.Schema, m.Name))
 	}
 	list := strings.Join(wantQuoted, ", ")
-	with := cdc.PublicationWith(p.versionNum)
+	with := source.PublicationWith(p.versionNum)
 	create := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", ident(pub), list, with)
 
 	var owner string
@@ -457,10 +457,10 @@ func (p *preflight) publication(ctx context.Context) {
 			drop = append(drop, t)
 		}
 	}
-	rootOK := viaRoot || p.versionNum < cdc.ViaRootVersion
+	rootOK := viaRoot || p.versionNum < source.ViaRootVersion
 	optsOK := ins && upd && del && trunc && rootOK
 	if len(add) == 0 && len(drop) == 0 && optsOK {
-		p.ok(name, fmt.Sprintf("publishes exactly the %s (%s)", configuredTables(len(want)), cdc.PublishOps))
+		p.ok(name, fmt.Sprintf("publishes exactly the %s (%s)", configuredTables(len(want)), source.PublishOps))
 		return
 	}
 	var diff []string
@@ -471,7 +471,7 @@ func (p *preflight) publication(ctx context.Context) {
 		diff = append(diff, "also publishes "+strings.Join(drop, ", "))
 	}
 	if !(ins && upd && del && trunc) {
-		diff = append(diff, fmt.Sprintf("publishes %s instead of %s", publishList(ins, upd, del, trunc), cdc.PublishOps))
+		diff = append(diff, fmt.Sprintf("publishes %s instead of %s", publishList(ins, upd, del, trunc), source.PublishOps))
 	}
 	if !rootOK {
 		diff = append(diff, "publish_via_partition_root is off (a partitioned table's changes would arrive under its partitions' names)")
@@ -520,7 +520,7 @@ func configuredTables(n int) string {
 // partitioned reports whether a configured table is a partitioned table.
 func (p *preflight) partitioned() bool {
 	for _, t := range p.byTable {
-		if t != nil && t.Kind == "p" {
+		if t != nil && t.Kind == 'p' {
 			return true
 		}
 	}
@@ -548,7 +548,7 @@ func publishList(ins, upd, del, trunc bool) string {
 func (p *preflight) slot(ctx context.Context) {
 	slot := p.cfg.Database.Slot
 	name := "slot " + slot
-	drop := fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", cdc.QuoteLiteral(slot))
+	drop := fmt.Sprintf("SELECT pg_drop_replication_slot(%s);", source.QuoteLiteral(slot))
 	st, found, err := replslot.Read(ctx, p.conn, slot)
 	if err != nil {
 		p.fail(name, "cannot "+err.Error(), "")
@@ -573,7 +573,7 @@ func (p *preflight) slot(ctx context.Context) {
 			slot, strings.ToLower(strings.Map(identRune, p.db)), drop))
 		return
 	case st.Lost():
-		p.fail(name, "was invalidated ("+cdc.InvalidationText(st.Invalidation)+"): the WAL it needed is gone and so are the changes since",
+		p.fail(name, "was invalidated ("+source.InvalidationText(st.Invalidation)+"): the WAL it needed is gone and so are the changes since",
 			drop+"  -- then walhook run creates a new slot and captures from then on")
 		return
 	case p.pubMissing:
@@ -752,7 +752,7 @@ func (p *preflight) failover(ctx context.Context) {
 			names = strings.Join(physical, ",")
 		}
 		p.warn(name, standbys+" but synchronized_standby_slots is empty: "+slotState+", but a standby may sync it ahead of what it has received, and walhook cannot hold confirmations for it",
-			fmt.Sprintf("ALTER SYSTEM SET synchronized_standby_slots = %s;\nSELECT pg_reload_conf();\n%s", cdc.QuoteLiteral(names), standbyFix))
+			fmt.Sprintf("ALTER SYSTEM SET synchronized_standby_slots = %s;\nSELECT pg_reload_conf();\n%s", source.QuoteLiteral(names), standbyFix))
 		return
 	}
 	if len(st.Missing) > 0 || len(st.Inactive) > 0 {

@@ -1,12 +1,13 @@
-// Package cdctest gives the tests of packages built on capture (backfill,
-// preflight) one database each, with the outbox migrated, a configuration,
-// pools, and a capture they can start. One file: cdctest.go.
+// Package cdctest gives the tests of capture and of packages built on it
+// (backfill, preflight) one database each, with the outbox migrated, a
+// configuration, pools, and a capture they can start.
 package cdctest
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"strings"
@@ -51,26 +52,7 @@ func Setup(t *testing.T, pg *pgtest.Cluster, schemaSQL, modelsYAML string) *Bund
 	if _, err := b.DB.Exec(ctx, schemaSQL); err != nil {
 		t.Fatal(err)
 	}
-	db := b.DSN[strings.LastIndex(b.DSN, "/")+1:]
-	db, _, _ = strings.Cut(db, "?")
-	b.Cfg, err = config.Parse("test.yaml", fmt.Appendf(nil, `
-database:
-  dsn: %s
-  slot: s_%s
-models:
-%s
-webhooks:
-  - name: a
-    url: http://127.0.0.1:1/a
-  - name: b
-    url: http://127.0.0.1:1/b
-    events: [created, deleted]
-http:
-  listen: ""
-`, b.DSN, db, modelsYAML), os.LookupEnv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b.Reconfigure(modelsYAML, Webhooks)
 	if _, err := migrations.Apply(ctx, b.DB, "walhook"); err != nil {
 		t.Fatal(err)
 	}
@@ -91,25 +73,86 @@ http:
 	return b
 }
 
-// Start prepares and runs capture until Stop or the end of the test.
-func (b *Bundle) Start() {
+// Webhooks are the webhooks of a Setup configuration: a takes every event,
+// b created and deleted.
+const Webhooks = `  - name: a
+    url: http://127.0.0.1:1/a
+  - name: b
+    url: http://127.0.0.1:1/b
+    events: [created, deleted]
+`
+
+// Slot is the replication slot of the database of dsn: its own, as slots
+// are cluster-wide.
+func Slot(dsn string) string {
+	db := dsn[strings.LastIndex(dsn, "/")+1:]
+	db, _, _ = strings.Cut(db, "?")
+	return "s_" + db
+}
+
+// Parse returns the test's configuration with these models and webhooks
+// (YAML list items).
+func (b *Bundle) Parse(modelsYAML, webhooksYAML string) *config.Config {
 	b.T.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	c, err := cdc.New(cdc.Options{Config: b.Cfg, Source: b.Source, Outbox: b.DB,
-		Logger: zerolog.New(zerolog.NewTestWriter(b.T)).Level(zerolog.InfoLevel), StatusInterval: 200 * time.Millisecond})
+	text := fmt.Sprintf("\ndatabase:\n  dsn: %s\n  slot: %s\nmodels:\n%s\nwebhooks:\n%s\nhttp:\n  listen: \"\"\n", b.DSN, Slot(b.DSN), modelsYAML, webhooksYAML)
+	cfg, err := config.Parse("test.yaml", []byte(text), os.LookupEnv)
 	if err != nil {
 		b.T.Fatal(err)
 	}
-	if err := c.Prepare(ctx); err != nil {
-		cancel()
+	return cfg
+}
+
+// Reconfigure replaces the test's configuration (before Start) with these
+// models and webhooks.
+func (b *Bundle) Reconfigure(modelsYAML, webhooksYAML string) {
+	b.T.Helper()
+	b.Cfg = b.Parse(modelsYAML, webhooksYAML)
+}
+
+// Start prepares and runs capture until Stop or the end of the test.
+func (b *Bundle) Start() {
+	b.T.Helper()
+	b.Run(cdc.Options{StatusInterval: 200 * time.Millisecond})
+}
+
+// Run prepares and runs capture with opts (the test's configuration, and
+// its pools unless opts has others) until Stop or the end of the test; its
+// log also goes to logs.
+func (b *Bundle) Run(opts cdc.Options, logs ...io.Writer) {
+	b.T.Helper()
+	b.Go(b.Prepare(opts, logs...))
+}
+
+// Prepare makes a capture with opts like Run, and prepares it.
+func (b *Bundle) Prepare(opts cdc.Options, logs ...io.Writer) *cdc.Capture {
+	b.T.Helper()
+	out := zerolog.MultiLevelWriter(append([]io.Writer{zerolog.NewTestWriter(b.T)}, logs...)...)
+	opts.Config, opts.Logger = b.Cfg, zerolog.New(out).Level(zerolog.InfoLevel)
+	if opts.Source == nil {
+		opts.Source = b.Source
+	}
+	if opts.Outbox == nil {
+		opts.Outbox = b.DB
+	}
+	c, err := cdc.New(opts)
+	if err != nil {
 		b.T.Fatal(err)
 	}
+	if err := c.Prepare(context.Background()); err != nil {
+		b.T.Fatal(err)
+	}
+	return c
+}
+
+// Go runs the prepared capture c until Stop or the end of the test.
+func (b *Bundle) Go(c *cdc.Capture) {
+	ctx, cancel := context.WithCancel(context.Background())
 	b.Capture, b.cancel, b.done = c, cancel, make(chan error, 1)
 	go func() { b.done <- c.Run(ctx) }()
 	b.T.Cleanup(b.Stop)
 }
 
-// Stop stops the capture Start started.
+// Stop stops the capture Start, Run or Go started.
 func (b *Bundle) Stop() {
 	if b.cancel == nil {
 		return
@@ -139,22 +182,64 @@ func (b *Bundle) Count(where string) int {
 	return n
 }
 
-// Bodies returns the bodies of the outbox rows matching where, in delivery
-// order.
-func (b *Bundle) Bodies(where string) []string {
+// WaitRows waits until the outbox holds want rows (and not more).
+func (b *Bundle) WaitRows(want int) {
 	b.T.Helper()
-	rows, err := b.DB.Query(context.Background(), "SELECT body::text FROM walhook.deliveries WHERE "+where+" ORDER BY commit_lsn, seq, webhook")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n := b.Count("true")
+		if n == want {
+			return
+		}
+		if n > want || time.Now().After(deadline) {
+			b.T.Fatalf("outbox has %d rows, want %d", n, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Delivery is an outbox row, its body decoded (numbers as json.Number).
+type Delivery struct {
+	Webhook, Event, Model, Key string
+	Seq                        int
+	Body                       map[string]any
+	Raw                        string
+}
+
+// Data returns the "data" of the body.
+func (d Delivery) Data() map[string]any { return d.Body["data"].(map[string]any) }
+
+// Deliveries returns the outbox rows matching where, in delivery order.
+func (b *Bundle) Deliveries(where string) []Delivery {
+	b.T.Helper()
+	rows, err := b.DB.Query(context.Background(), "SELECT webhook, event, model, object_key, seq, body FROM walhook.deliveries WHERE "+where+" ORDER BY commit_lsn, seq, webhook")
 	if err != nil {
 		b.T.Fatal(err)
 	}
 	defer rows.Close()
-	var out []string
+	var out []Delivery
 	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
+		var d Delivery
+		if err := rows.Scan(&d.Webhook, &d.Event, &d.Model, &d.Key, &d.Seq, &d.Raw); err != nil {
 			b.T.Fatal(err)
 		}
-		out = append(out, s)
+		dec := json.NewDecoder(strings.NewReader(d.Raw))
+		dec.UseNumber()
+		if err := dec.Decode(&d.Body); err != nil {
+			b.T.Fatalf("body is not JSON: %v: %s", err, d.Raw)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// Bodies returns the bodies of the outbox rows matching where, in delivery
+// order.
+func (b *Bundle) Bodies(where string) []string {
+	b.T.Helper()
+	var out []string
+	for _, d := range b.Deliveries(where) {
+		out = append(out, d.Raw)
 	}
 	return out
 }

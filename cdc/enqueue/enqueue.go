@@ -1,4 +1,9 @@
-package cdc
+// Package enqueue writes rendered deliveries into walhook's outbox with the
+// capture checkpoint: the rows of many small source transactions share one
+// outbox transaction, a large one is written in chunks inside the open
+// transaction, and a commit happens only at a source transaction boundary,
+// so that the checkpoint never runs ahead of the rows.
+package enqueue
 
 import (
 	"context"
@@ -14,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+	"github.com/walhook/walhook/cdc/lost"
 	"github.com/walhook/walhook/internal/outbox"
 	"github.com/walhook/walhook/internal/pgnet"
 	"go.opentelemetry.io/otel/attribute"
@@ -35,24 +41,24 @@ type Delivery struct {
 	LastError string
 }
 
-// batch carries rows of one source transaction to the writer; commit marks
-// the transaction's end (endLSN is its TransactionEndLSN).
-type batch struct {
-	rows   []Delivery
-	commit bool
-	endLSN pglogrepl.LSN
-	// bytes is the rows' size as rowsBytes counts it: the stream takes
-	// it from the writer's in-flight budget, the writer gives it back
-	// once the rows are written.
-	bytes int64
+// Batch carries rows of one source transaction to the writer; Commit marks
+// the transaction's end (EndLSN is its TransactionEndLSN).
+type Batch struct {
+	Rows   []Delivery
+	Commit bool
+	EndLSN pglogrepl.LSN
+	// Bytes is the rows' size as RowsBytes counts it: the stream takes it
+	// from the writer's in-flight budget (Reserve), the writer gives it
+	// back once the rows are written.
+	Bytes int64
 }
 
-// writer writes delivery rows and the checkpoint into the outbox. Rows of
+// Writer writes delivery rows and the checkpoint into the outbox. Rows of
 // many small source transactions share one outbox transaction; a large one
 // is written in chunks inside the open transaction, which commits only at a
 // source transaction boundary. flushed is the end LSN of the last source
 // transaction whose rows are committed: the only LSN safe to confirm.
-type writer struct {
+type Writer struct {
 	tracer     trace.Tracer // nil: no spans
 	pool       *pgxpool.Pool
 	store      *outbox.Store
@@ -63,22 +69,22 @@ type writer struct {
 	groupDelay time.Duration
 	log        zerolog.Logger
 
-	flushed  atomic.Uint64
-	safe     *atomic.Bool  // INSERT ... ON CONFLICT instead of COPY, after a replay conflict
-	rows     *atomic.Int64 // rows enqueued (committed), shared with Capture
-	observer Observer
-	counts   map[modelEvent]int // rows per model and event in the open transaction
+	flushed atomic.Uint64
+	safe    *atomic.Bool  // INSERT ... ON CONFLICT instead of COPY, after a replay conflict
+	rows    *atomic.Int64 // rows enqueued (committed), shared with Capture
+	observe func(model, event string, rows int)
+	counts  map[modelEvent]int // rows per model and event in the open transaction
 
 	// window, when set, is the commit-LSN range where rows may collide with
-	// an older history (identity.go); inWindow collects the rows of the
+	// an older history (GapWindow); inWindow collects the rows of the
 	// open transaction in it, collided counts the rows that did.
-	window   *atomic.Pointer[gapWindow]
+	window   *atomic.Pointer[GapWindow]
 	inWindow []Delivery
 	collided *atomic.Int64
 
 	// endFirst, when set, is an outbox session an earlier writer lost:
 	// run ends it before writing. left is set when run loses its own.
-	endFirst, left *backend
+	endFirst, left *lost.Backend
 
 	// inflight is the size of the rows handed to the writer and not yet
 	// written (at most inflightBytes, or one batch); freed signals that
@@ -87,32 +93,26 @@ type writer struct {
 	freed    chan struct{}
 }
 
-// Observer is told about committed outbox rows (for metrics). Counts are
-// delivery rows, i.e. changes times matching webhooks.
-type Observer interface {
-	Enqueued(model, event string, rows int)
-}
-
 type modelEvent struct{ model, event string }
 
-// chunkRows bounds rows buffered before they are written into the open
-// outbox transaction; chunkBytes bounds their size (rows of 1 MB would make
+// ChunkRows bounds rows buffered before they are written into the open
+// outbox transaction; ChunkBytes bounds their size (rows of 1 MB would make
 // 500 rows half a gigabyte).
 const (
-	chunkRows  = 500
-	chunkBytes = 4 << 20
+	ChunkRows  = 500
+	ChunkBytes = 4 << 20
 )
 
 // inflightBytes bounds the size of the rows handed from the stream to the
 // writer and not written yet (a batch larger than that goes alone). With a
 // chunk being rendered and one waiting for its lookups, capture holds
-// about inflightBytes + 2*chunkBytes of rows, whatever their size.
+// about inflightBytes + 2*ChunkBytes of rows, whatever their size.
 const inflightBytes = 16 << 20
 
-// rowsBytes is the size rows count for in chunkBytes and inflightBytes:
+// RowsBytes is the size rows count for in ChunkBytes and inflightBytes:
 // their bodies, keys and errors, plus a fixed cost per row. A body shared by
 // several webhooks counts once per row.
-func rowsBytes(rows []Delivery) int64 {
+func RowsBytes(rows []Delivery) int64 {
 	var n int64
 	for i := range rows {
 		n += int64(len(rows[i].Body)+len(rows[i].Key)+len(rows[i].LastError)) + 128
@@ -120,14 +120,29 @@ func rowsBytes(rows []Delivery) int64 {
 	return n
 }
 
-// room reports whether a batch of n bytes may be handed to the writer now.
-func (w *writer) room(n int64) bool {
+// Room reports whether a batch of n bytes may be handed to the writer now.
+func (w *Writer) Room(n int64) bool {
 	in := w.inflight.Load()
 	return in == 0 || in+n <= inflightBytes
 }
 
+// Reserve takes n bytes of the in-flight budget for a batch handed to the
+// writer.
+func (w *Writer) Reserve(n int64) { w.inflight.Add(n) }
+
+// Freed signals that the in-flight budget went down.
+func (w *Writer) Freed() <-chan struct{} { return w.freed }
+
+// Flushed is the end LSN of the last source transaction whose rows are
+// committed: the only LSN safe to confirm.
+func (w *Writer) Flushed() pglogrepl.LSN { return pglogrepl.LSN(w.flushed.Load()) }
+
+// Left is the outbox session Run lost on a dead path, whose server process
+// may live on (nil when none): the next writer's EndFirst.
+func (w *Writer) Left() *lost.Backend { return w.left }
+
 // release gives back n bytes of the in-flight budget: rows are written.
-func (w *writer) release(n int64) {
+func (w *Writer) release(n int64) {
 	if n == 0 {
 		return
 	}
@@ -138,28 +153,74 @@ func (w *writer) release(n int64) {
 	}
 }
 
-func newWriter(pool *pgxpool.Pool, store *outbox.Store, slot string, groupRows int, groupDelay time.Duration, rows *atomic.Int64, safe *atomic.Bool, obs Observer, log zerolog.Logger) *writer {
-	return &writer{
-		pool: pool, store: store, sql: store.Enqueue(), slot: slot, groupRows: groupRows, groupDelay: groupDelay,
-		rows: rows, safe: safe, log: log, observer: obs, counts: map[modelEvent]int{},
-		channel: store.Channel(), freed: make(chan struct{}, 1),
-	}
+// Options configure New.
+type Options struct {
+	Pool  *pgxpool.Pool
+	Store *outbox.Store
+	Slot  string
+	// GroupRows and GroupDelay bound the rows of small source
+	// transactions that share one outbox transaction, and how long it
+	// waits for more.
+	GroupRows  int
+	GroupDelay time.Duration
+	Flushed    pglogrepl.LSN // where the checkpoint is
+	Rows       *atomic.Int64 // counts the rows enqueued (committed)
+	// Safe, once set, makes the writer INSERT ... ON CONFLICT instead of
+	// COPY (after a replay conflict); it stays set.
+	Safe *atomic.Bool
+	// Observe, when set, is told the rows each commit enqueued per model
+	// and event.
+	Observe func(model, event string, rows int)
+	Log     zerolog.Logger
+	Tracer  trace.Tracer // nil: no spans
+	// EndFirst is an outbox session an earlier writer lost: Run ends its
+	// server process before it writes.
+	EndFirst *lost.Backend
+	// Window, when it holds a range, is where rows may collide with an
+	// older history; Collided counts the rows that did.
+	Window   *atomic.Pointer[GapWindow]
+	Collided *atomic.Int64
 }
+
+// New returns a writer; Run writes.
+func New(o Options) *Writer {
+	w := &Writer{
+		pool: o.Pool, store: o.Store, sql: o.Store.Enqueue(), slot: o.Slot, groupRows: o.GroupRows, groupDelay: o.GroupDelay,
+		rows: o.Rows, safe: o.Safe, log: o.Log, observe: o.Observe, counts: map[modelEvent]int{}, tracer: o.Tracer,
+		endFirst: o.EndFirst, window: o.Window, collided: o.Collided,
+		channel: o.Store.Channel(), freed: make(chan struct{}, 1),
+	}
+	w.flushed.Store(uint64(o.Flushed))
+	return w
+}
+
+// GapWindow is the commit-LSN range (From, To] where, after a gap, the new
+// source's changes may meet deliveries of the old history written before
+// Before with the same (webhook, commit_lsn, seq): the insert then skips
+// them as a replay. The writer checks the rows it writes in the window and
+// reports such collisions loudly (they are not enqueued).
+type GapWindow struct {
+	From, To pglogrepl.LSN
+	Before   time.Time
+}
+
+// Holds reports whether commit LSN l is in the window.
+func (g *GapWindow) Holds(l pglogrepl.LSN) bool { return g != nil && l > g.From && l <= g.To }
 
 // smallGroup is the most rows a group may have to be written together with
 // its checkpoint and COMMIT in one round trip (INSERT ... unnest in a
 // pipeline); larger groups and chunks of large transactions use COPY.
 const smallGroup = 64
 
-// run consumes batches until in is closed (then commits what is complete) or
+// Run consumes batches until in is closed (then commits what is complete) or
 // ctx ends or a write fails (then rolls back: the stream replays from the
 // checkpoint).
 //
 // Every statement has a deadline (pgnet.StatementTimeout): on a path that
 // stops moving bytes the statement fails, the connection is closed and the
 // stream replays from the checkpoint on a new one; the next writer first
-// ends the server process the failed one may have left (lost.go).
-func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
+// ends the server process the failed one may have left (EndFirst).
+func (w *Writer) Run(ctx context.Context, in <-chan Batch) (err error) {
 	actx, cancel := pgnet.Bound(ctx)
 	pc, err := w.pool.Acquire(actx)
 	cancel()
@@ -168,8 +229,8 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 	}
 	conn := pc.Conn()
 	var (
-		self backend // conn's server process
-		open bool    // a transaction is open on conn
+		self lost.Backend // conn's server process
+		open bool         // a transaction is open on conn
 	)
 	defer func() {
 		clear(w.counts)
@@ -188,7 +249,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 			_ = conn.Close(cctx)
 			cancel()
 		}
-		if pg.IsClosed() && self.start != 0 {
+		if pg.IsClosed() && self.Start != 0 {
 			// Closed on this side: the server's may live on.
 			w.left = &self
 		}
@@ -202,7 +263,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 	qctx, cancel := pgnet.Bound(ctx)
 	_, err = conn.Exec(qctx, "SET synchronous_commit = on")
 	if err == nil {
-		self, err = selfBackend(qctx, conn)
+		self, err = lost.Self(qctx, conn)
 	}
 	cancel()
 	if err != nil {
@@ -221,13 +282,13 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 		if w.window != nil {
 			if g := w.window.Load(); g != nil {
 				for _, r := range rows {
-					if g.holds(r.CommitLSN) {
+					if g.Holds(r.CommitLSN) {
 						w.inWindow = append(w.inWindow, r)
 					}
 				}
 			}
 		}
-		if w.observer != nil {
+		if w.observe != nil {
 			for _, r := range rows {
 				w.counts[modelEvent{r.Model, r.Event}]++
 			}
@@ -274,7 +335,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 		}
 		b := &pgx.Batch{}
 		var small []Delivery
-		if !open && len(buf) <= smallGroup && bufBytes <= chunkBytes {
+		if !open && len(buf) <= smallGroup && bufBytes <= ChunkBytes {
 			small, buf = buf, buf[len(buf):]
 			b.Queue("BEGIN")
 			if len(small) > 0 {
@@ -312,9 +373,9 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 		}
 		w.flushed.Store(uint64(lastEnd))
 		w.rows.Add(inserted)
-		if w.observer != nil {
+		if w.observe != nil {
 			for me, n := range w.counts {
-				w.observer.Enqueued(me.model, me.event, n)
+				w.observe(me.model, me.event, n)
 			}
 			clear(w.counts)
 		}
@@ -326,7 +387,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 		return nil
 	}
 	for {
-		var b batch
+		var b Batch
 		var ok bool
 		select {
 		case b, ok = <-in:
@@ -343,19 +404,19 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 			groupStart = time.Now()
 		}
 		complete = false
-		buf = append(buf, b.rows...)
-		bufBytes += b.bytes
-		groupRows += len(b.rows)
-		if len(buf) >= chunkRows || bufBytes >= chunkBytes {
+		buf = append(buf, b.Rows...)
+		bufBytes += b.Bytes
+		groupRows += len(b.Rows)
+		if len(buf) >= ChunkRows || bufBytes >= ChunkBytes {
 			if err := copyBuf(); err != nil {
 				return err
 			}
 		}
-		if !b.commit {
+		if !b.Commit {
 			continue
 		}
 		complete = true
-		lastEnd = b.endLSN
+		lastEnd = b.EndLSN
 		if groupRows >= w.groupRows || len(in) == 0 || time.Since(groupStart) >= w.groupDelay {
 			if err := commit(); err != nil {
 				return err
@@ -367,7 +428,7 @@ func (w *writer) run(ctx context.Context, in <-chan batch) (err error) {
 // checkWindow reports the rows just committed in the gap window that were
 // not enqueued because the old history holds their key, and closes the
 // window once the committed position passes it.
-func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error {
+func (w *Writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error {
 	if w.window == nil {
 		return nil
 	}
@@ -381,7 +442,7 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 			keys[i] = outbox.DeliveryKey{Webhook: r.Webhook, CommitLSN: r.CommitLSN, Seq: r.Seq}
 		}
 		qctx, cancel := pgnet.Bound(ctx)
-		idx, err := w.store.CreatedBefore(qctx, keys, g.before)
+		idx, err := w.store.CreatedBefore(qctx, keys, g.Before)
 		cancel()
 		if err != nil {
 			return err
@@ -400,23 +461,23 @@ func (w *writer) checkWindow(ctx context.Context, committed pglogrepl.LSN) error
 			}
 		}
 	}
-	if committed > g.to {
+	if committed > g.To {
 		w.window.CompareAndSwap(g, nil)
 	}
 	return nil
 }
 
 // endLost ends the server process of an outbox session an earlier writer
-// lost (lost.go). A failure is logged: the replay then waits for the
+// lost (lost.End). A failure is logged: the replay then waits for the
 // statement deadline and the next session tries again.
-func (w *writer) endLost(ctx context.Context, conn *pgx.Conn, b backend) {
-	ended, err := endBackend(ctx, conn, b)
+func (w *Writer) endLost(ctx context.Context, conn *pgx.Conn, b lost.Backend) {
+	ended, err := lost.End(ctx, conn, b)
 	switch {
 	case err != nil:
 		w.log.Warn().Err(err).
 			Msg("could not end the outbox session the last capture attempt lost; if it still holds a transaction, capture waits for it")
 	case ended:
-		w.log.Warn().Uint32("pid", b.pid).
+		w.log.Warn().Uint32("pid", b.PID).
 			Msg("ended the outbox session the last capture attempt lost on a dead network path (its server process was still running)")
 	}
 }
@@ -429,7 +490,7 @@ const pgLSNOID = 3220
 // avoids, but a lost or reset checkpoint does not) fails with a unique
 // violation: the writer then uses INSERT ... ON CONFLICT DO NOTHING for good,
 // and the stream replays.
-func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) (int64, error) {
+func (w *Writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) (int64, error) {
 	ctx, cancel := pgnet.Bound(ctx)
 	defer cancel()
 	if w.safe.Load() {
@@ -470,8 +531,8 @@ func (w *writer) copyRows(ctx context.Context, conn *pgx.Conn, rows []Delivery) 
 func InsertDeliveries(ctx context.Context, tx pgx.Tx, store *outbox.Store, rows []Delivery) (int64, error) {
 	insert := store.Enqueue().Insert
 	var n int64
-	for i := 0; i < len(rows); i += chunkRows {
-		tag, err := tx.Exec(ctx, insert, insertArgs(rows[i:min(i+chunkRows, len(rows))])...)
+	for i := 0; i < len(rows); i += ChunkRows {
+		tag, err := tx.Exec(ctx, insert, insertArgs(rows[i:min(i+ChunkRows, len(rows))])...)
 		if err != nil {
 			return n, fmt.Errorf("outbox: insert deliveries: %w", err)
 		}

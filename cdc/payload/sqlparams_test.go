@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-
-	"github.com/walhook/walhook/internal/config"
 )
 
 func TestRewriteParams(t *testing.T) {
@@ -43,43 +41,5 @@ func TestRewriteParams(t *testing.T) {
 				t.Errorf("= %q, %v; want %q", got, err, tc.want)
 			}
 		})
-	}
-}
-
-func TestPlanComputedSQL(t *testing.T) {
-	cols := []ColInfo{{Name: "id", TypeName: "pg_catalog.int8"}, {Name: "status", TypeName: `pg_catalog."varchar"`}}
-	cl, msg := planComputed("n", config.Computed{SQL: "SELECT count(*) FROM d WHERE site_id = $1 AND status = $2;", Args: []string{"id", "status"}}, cols, map[string]int{"id": 0, "status": 1})
-	if msg != "" {
-		t.Fatal(msg)
-	}
-	want := `SELECT walhook_args.n, to_json((SELECT count(*) FROM d WHERE site_id = (walhook_args.a1::pg_catalog.int8) AND status = (walhook_args.a2::pg_catalog."varchar")
-)) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS walhook_args(a1, a2, n)`
-	if cl.SQL != want {
-		t.Errorf("sql\n got %s\nwant %s", cl.SQL, want)
-	}
-}
-
-func TestTemplateJSONKeepsOrder(t *testing.T) {
-	tp := NewTemplater()
-	p, err := tp.Payload(`{"event":"created","signal_received_timestamp":1.5,"model":"M","data":{"z":1,"a":{"y":2,"b":[1,{"k":"v","c":null}]},"n":12345678901234567890}}`, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl, err := tp.parse("t", `{{json .data}}|{{json .data.a}}|{{json .data.z}}|{{.data.z}}|{{json .old}}|{{.timestamp}}|{{json .data.n}}|{{json "x\"y"}}|{{if eq .data.z 1}}one{{end}}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := tp.Execute(tmpl, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `{"z":1,"a":{"y":2,"b":[1,{"k":"v","c":null}]},"n":12345678901234567890}|{"y":2,"b":[1,{"k":"v","c":null}]}|1|1|null|1.5|12345678901234567890|"x\"y"|one`
-	if got != want {
-		t.Errorf("\n got %s\nwant %s", got, want)
-	}
-	// A map built in the template has no rendered text: sorted keys.
-	b, _ := tp.appendJSON(nil, map[string]any{"b": 1, "a": []any{true, "s"}}, 0)
-	if string(b) != `{"a":[true,"s"],"b":1}` {
-		t.Errorf("map = %s", b)
 	}
 }
