@@ -372,6 +372,7 @@ func (b *bench) burst() error {
 		return err
 	}
 	defer pool.Close()
+	slot := fmt.Sprintf("bench%d", b.n) // b.db's
 	insert := func(table string, i int) error {
 		_, err := pool.Exec(b.ctx, `INSERT INTO `+table+` (id, name, qty, price) SELECT g, 'item ' || g, g % 100, g * 0.25 FROM generate_series($1::int + 1, $1::int + $2::int) g`, i*per, per)
 		return err
@@ -450,7 +451,7 @@ func (b *bench) burst() error {
 		return err
 	}
 	var behind int64
-	if err := pool.QueryRow(b.ctx, `SELECT pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots WHERE slot_name LIKE 'bench%'`).Scan(&behind); err != nil {
+	if err := pool.QueryRow(b.ctx, `SELECT pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&behind); err != nil {
 		return err
 	}
 	started := time.Now()
