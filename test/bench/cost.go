@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/walhook/walhook/internal/outbox"
@@ -162,4 +164,17 @@ func printStatements(ctx context.Context, pool *pgxpool.Pool, title string) {
 	rows.Close()
 	tw.Flush()
 	_, _ = pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+}
+
+// commitToReceipt is the milliseconds from the commit time in a webhook's
+// body (signal_received_timestamp) to now.
+func commitToReceipt(body []byte, now time.Time) (float64, bool) {
+	var p struct {
+		TS json.Number `json:"signal_received_timestamp"`
+	}
+	if json.Unmarshal(body, &p) != nil {
+		return 0, false
+	}
+	ts, err := p.TS.Float64()
+	return float64(now.UnixMicro())/1e3 - ts*1e3, err == nil
 }

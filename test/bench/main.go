@@ -464,14 +464,9 @@ func (b *bench) latency(rate int, dur time.Duration) error {
 	var mu sync.Mutex
 	var lat []float64
 	url, closeRecv, err := receiver(func(body []byte) {
-		now := time.Now()
-		var p struct {
-			TS json.Number `json:"signal_received_timestamp"`
-		}
-		if json.Unmarshal(body, &p) == nil {
-			ts, _ := p.TS.Float64()
+		if ms, ok := commitToReceipt(body, time.Now()); ok {
 			mu.Lock()
-			lat = append(lat, float64(now.UnixMicro())/1e3-ts*1e3)
+			lat = append(lat, ms)
 			mu.Unlock()
 		}
 	})

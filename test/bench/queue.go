@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -349,13 +348,9 @@ func (b *bench) burst() error {
 	url, closeRecv, err := receiver(func(body []byte) {
 		now := time.Now()
 		if steady.Load() {
-			var p struct {
-				TS json.Number `json:"signal_received_timestamp"`
-			}
-			if json.Unmarshal(body, &p) == nil {
-				ts, _ := p.TS.Float64()
+			if ms, ok := commitToReceipt(body, now); ok {
 				mu.Lock()
-				lat = append(lat, float64(now.UnixMicro())/1e3-ts*1e3)
+				lat = append(lat, ms)
 				mu.Unlock()
 			}
 		}
