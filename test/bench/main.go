@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -502,10 +501,9 @@ func (b *bench) latency(rate int, dur time.Duration) error {
 	if err != nil {
 		return err
 	}
-	sort.Float64s(lat)
-	pct := func(q float64) float64 { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
-	b.add("latency", fmt.Sprintf("commit-to-receipt p50 at %d rows/s", rate), pct(0.50), "ms")
-	b.add("latency", fmt.Sprintf("commit-to-receipt p99 at %d rows/s", rate), pct(0.99), "ms")
+	p50, p99, _ := percentiles(lat)
+	b.add("latency", fmt.Sprintf("commit-to-receipt p50 at %d rows/s", rate), p50, "ms")
+	b.add("latency", fmt.Sprintf("commit-to-receipt p99 at %d rows/s", rate), p99, "ms")
 	b.add("latency", "walhook peak RSS", rss, "MB")
 	return nil
 }
