@@ -174,3 +174,24 @@ func TestClaimWhoseAnswerWasLost(t *testing.T) {
 		t.Errorf("%d rows not delivered", left)
 	}
 }
+
+// Claims skip the rows due before their floor (see claimFloor); a row made
+// pending by hand with next_attempt_at long past is found by the claim
+// after the next poll, which starts from the head of the queue.
+func TestRowMadePendingInThePastIsClaimed(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	rec := newRecorder(t, nil)
+	e.insertMany("w", 50, 0)
+	e.start(e.pool, testConfig(4, hookConfig("w", rec.srv.URL)))
+	waitFor(t, 10*time.Second, "the first rows delivered", func() bool { return e.count(`state = 'delivered'`) == 50 })
+	// New rows keep coming (the floor follows them), and one row is put
+	// back by hand as it was when it was first due, an hour ago.
+	old := e.insertOne("w", `{"n":"old"}`)
+	e.exec(`UPDATE walhook.deliveries SET state = 'delivered', delivered_at = now() WHERE id = $1`, old)
+	e.insertMany("w", 50, 1000)
+	waitFor(t, 10*time.Second, "the new rows delivered", func() bool { return e.count(`state = 'delivered'`) == 101 })
+	e.exec(`UPDATE walhook.deliveries SET state = 'pending', next_attempt_at = now() - interval '1 hour' WHERE id = $1`, old)
+	e.insertMany("w", 10, 2000)
+	e.waitState(old, "delivered", 10*time.Second)
+}
