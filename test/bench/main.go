@@ -504,6 +504,26 @@ func (b *bench) latency(rate int, dur time.Duration) error {
 	p50, p99, _ := percentiles(lat)
 	b.add("latency", fmt.Sprintf("commit-to-receipt p50 at %d rows/s", rate), p50, "ms")
 	b.add("latency", fmt.Sprintf("commit-to-receipt p99 at %d rows/s", rate), p99, "ms")
+	// Where the time goes, from the outbox rows: the source commit to the
+	// start of the outbox transaction that holds the row (created_at), to
+	// the claim (last_attempt_at), to the outcome (delivered_at, written
+	// after the receiver answered).
+	for _, st := range []struct{ name, from, to string }{
+		{"source commit to outbox transaction start", "d.committed_at", "d.created_at"},
+		{"outbox transaction start to claim", "d.created_at", "d.last_attempt_at"},
+		{"claim to request start", "d.last_attempt_at", "a.started_at"},
+		{"request", "a.started_at", "a.started_at + a.duration"},
+		{"request end to outcome written", "a.started_at + a.duration", "d.delivered_at"},
+	} {
+		var q50, q99 float64
+		if err := pool.QueryRow(b.ctx, `SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
+			FROM (SELECT extract(epoch FROM `+st.to+` - `+st.from+`) * 1000 AS ms
+				FROM walhook.deliveries AS d JOIN walhook.attempts AS a ON a.delivery_id = d.id
+				WHERE d.state = 'delivered') AS x`).Scan(&q50, &q99); err != nil {
+			return err
+		}
+		b.add("latency", st.name+", p50 / p99", q50, fmt.Sprintf("ms / %.2f ms", q99))
+	}
 	b.add("latency", "walhook peak RSS", rss, "MB")
 	return nil
 }
