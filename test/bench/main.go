@@ -51,6 +51,7 @@ var (
 	backlogRows int
 	prebuilt    string
 	statements  bool
+	autoExplain string
 )
 
 type bench struct {
@@ -72,6 +73,7 @@ func main() {
 	flag.IntVar(&backlogRows, "backlog-rows", 1000000, "rows captured into the outbox in the backlog phase")
 	flag.StringVar(&prebuilt, "bin", "", "measure this walhook binary instead of building ./cmd/walhook (e.g. an older version, for a before/after comparison)")
 	flag.BoolVar(&statements, "statements", false, "load pg_stat_statements and print, after the burst and its steady load, the statements that took most time")
+	flag.StringVar(&autoExplain, "auto-explain", "", "with -statements, also log the plans (ANALYZE, BUFFERS) of statements slower than this (e.g. 2ms) to <out>.server.log")
 	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
 	flag.IntVar(&scaleRows, "scale-rows", 200000, "backlog drained in the scale phase")
 	flag.StringVar(&scaleProcs, "scale-procs", "1,2,4", "numbers of dispatch-only processes in the scale phase")
@@ -108,9 +110,9 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 	if statements {
 		settings["shared_preload_libraries"] = "pg_stat_statements"
 		settings["pg_stat_statements.track"] = "all"
-		if os.Getenv("BENCH_AUTO_EXPLAIN") != "" {
+		if autoExplain != "" {
 			settings["shared_preload_libraries"] = "'pg_stat_statements,auto_explain'"
-			settings["auto_explain.log_min_duration"] = os.Getenv("BENCH_AUTO_EXPLAIN")
+			settings["auto_explain.log_min_duration"] = autoExplain
 			settings["auto_explain.log_analyze"] = "on"
 			settings["auto_explain.log_buffers"] = "on"
 			settings["auto_explain.log_nested_statements"] = "on"
@@ -121,8 +123,8 @@ func run(rows, huge, rate int, dur time.Duration, out string) error {
 		return err
 	}
 	defer b.cl.Close()
-	if os.Getenv("BENCH_AUTO_EXPLAIN") != "" {
-		defer func() { _ = exec.Command("cp", filepath.Join(b.cl.Dir, "server.log"), "/tmp/bench-server.log").Run() }()
+	if statements && autoExplain != "" {
+		defer func() { _ = exec.Command("cp", filepath.Join(b.cl.Dir, "server.log"), out+".server.log").Run() }()
 	}
 	if want["capture"] {
 		if err := b.capture(rows); err != nil {
