@@ -2,7 +2,6 @@ package cdc_test
 
 import (
 	"context"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -19,16 +18,7 @@ import (
 // test's DSN through it.
 func (b *bundle) proxied() (*netproxy.Proxy, string) {
 	b.T.Helper()
-	u, err := url.Parse(b.DSN)
-	if err != nil {
-		b.T.Fatal(err)
-	}
-	px, err := netproxy.Start(u.Host)
-	if err != nil {
-		b.T.Fatal(err)
-	}
-	b.T.Cleanup(px.Close)
-	return px, strings.Replace(b.DSN, u.Host, px.Addr(), 1)
+	return netproxy.ForDSN(b.T, b.DSN)
 }
 
 func (b *bundle) waitFor(what string, within time.Duration, cond func() bool) time.Duration {

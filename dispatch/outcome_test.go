@@ -2,7 +2,6 @@ package dispatch_test
 
 import (
 	"context"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -126,17 +125,8 @@ func TestClaimWhoseAnswerWasLost(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
 	rec := newRecorder(t, nil)
-	u, err := url.Parse(e.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px, err := netproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(px.Close)
-	u.Host = px.Addr()
-	pool, err := pgxpool.New(context.Background(), u.String())
+	px, proxied := netproxy.ForDSN(t, e.dsn)
+	pool, err := pgxpool.New(context.Background(), proxied)
 	if err != nil {
 		t.Fatal(err)
 	}

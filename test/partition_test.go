@@ -3,10 +3,8 @@ package test
 import (
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -23,15 +21,7 @@ import (
 // restart by hand; and a walhook stopped while the path is dead exits.
 func TestDeadNetworkPathIsReportedAndHealed(t *testing.T) {
 	e := newEnv(t, `CREATE TABLE item (id int PRIMARY KEY, v text)`)
-	u, err := url.Parse(e.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px, err := netproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(px.Close)
+	px, proxied := netproxy.ForDSN(t, e.dsn)
 	rcv := newReceiver(t, "s3cret")
 	e.cfg = filepath.Join(t.TempDir(), "walhook.yaml")
 	cfg := fmt.Sprintf(`database:
@@ -48,7 +38,7 @@ http:
   listen: 127.0.0.1:0
 log:
   level: info
-`, strings.Replace(e.dsn, u.Host, px.Addr(), 1), e.slot, rcv.URL)
+`, proxied, e.slot, rcv.URL)
 	if err := os.WriteFile(e.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

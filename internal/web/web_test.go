@@ -1008,18 +1008,10 @@ func TestLastFailureNamesTheStatusOnce(t *testing.T) {
 
 func TestReadyzAnswersAtOnceOnADeadPath(t *testing.T) {
 	dsn := pg.NewDB(t)
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	px, err := netproxy.Start(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(px.Close)
+	px, proxied := netproxy.ForDSN(t, dsn)
 	capture := &fakeCapture{}
 	capture.streaming.Store(true)
-	e := newEnvOn(t, strings.Replace(dsn, u.Host, px.Addr(), 1), withCapture(capture))
+	e := newEnvOn(t, proxied, withCapture(capture))
 	c := client(t)
 	// readyz waits until /readyz answers want, for at most within; every
 	// answer must come within a second.

@@ -10,7 +10,10 @@ package netproxy
 import (
 	"bytes"
 	"net"
+	"net/url"
+	"strings"
 	"sync"
+	"testing"
 )
 
 // Proxy forwards connections to a target address.
@@ -57,6 +60,22 @@ func Start(target string) (*Proxy, error) {
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
+}
+
+// ForDSN starts a proxy to the server of dsn (a URL), closed when the test
+// ends, and returns it with dsn through it.
+func ForDSN(t testing.TB, dsn string) (*Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, err := Start(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(px.Close)
+	return px, strings.Replace(dsn, u.Host, px.Addr(), 1)
 }
 
 // Addr is the proxy's host:port.
