@@ -81,8 +81,7 @@ func (d *Dispatcher) writeOutcomes(ctx context.Context, results <-chan result) {
 		}
 		n := min(len(buf), maxFlushBatch)
 		kept, err := d.flush(ctx, buf[:n], failures >= isolateAfter, tries)
-		d.letGo(buf[:n], kept)
-		if released(buf[:n], kept) {
+		if d.letGo(buf[:n], kept) {
 			// Rows put back as they were may be due before the floors.
 			d.resetFloors()
 		}
@@ -122,11 +121,12 @@ func (d *Dispatcher) writeOutcomes(ctx context.Context, results <-chan result) {
 	}
 }
 
-// letGo removes from d.holding the rows of batch not in kept: their
-// outcome is written, or dropped (then their lease returns them).
-func (d *Dispatcher) letGo(batch, kept []result) {
+// letGo removes from d.holding the rows of batch not in kept (their
+// outcome is written, or dropped: then their lease returns them), and
+// reports whether one of them was released unsent.
+func (d *Dispatcher) letGo(batch, kept []result) (released bool) {
 	if len(kept) == len(batch) {
-		return
+		return false
 	}
 	stay := make(map[claimKey]bool, len(kept))
 	for _, r := range kept {
@@ -135,25 +135,10 @@ func (d *Dispatcher) letGo(batch, kept []result) {
 	for _, r := range batch {
 		if k := (claimKey{r.ID, r.ClaimedAt}); !stay[k] {
 			d.holding.remove(k)
+			released = released || r.Mode == outbox.Released
 		}
 	}
-}
-
-// released reports whether batch, but for kept, holds a row released
-// unsent.
-func released(batch, kept []result) bool {
-	n := 0
-	for _, r := range batch {
-		if r.Mode == outbox.Released {
-			n++
-		}
-	}
-	for _, r := range kept {
-		if r.Mode == outbox.Released {
-			n--
-		}
-	}
-	return n > 0
+	return released
 }
 
 // Stall says why this Dispatcher is not making progress ("" when it is):
