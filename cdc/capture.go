@@ -51,6 +51,10 @@ type Options struct {
 	Silence time.Duration
 	// Observer, when set, is told about every committed batch of rows.
 	Observer Observer
+	// Enqueued, when set, is called right after every outbox commit that
+	// enqueued rows: walhook run wakes its own dispatcher with it, without
+	// waiting for the NOTIFY (which still wakes other processes).
+	Enqueued func()
 	// Tracer, when set, records a span per captured source transaction
 	// (Begin to Commit: its commit LSN and changes) and per outbox commit
 	// (the rows enqueued). Nil costs nothing.
@@ -498,7 +502,8 @@ func (c *Capture) session(ctx context.Context) error {
 		observe = c.opts.Observer.Enqueued
 	}
 	w := enqueue.New(enqueue.Options{Pool: c.outbox, Store: c.store, Slot: slot, GroupRows: c.opts.GroupRows, GroupDelay: c.opts.GroupDelay,
-		Flushed: startLSN, Rows: &c.enqueued, Safe: &c.safeInserts, Observe: observe, Log: c.log, Tracer: c.opts.Tracer,
+		Flushed: startLSN, Rows: &c.enqueued, Safe: &c.safeInserts, Observe: observe, Enqueued: c.opts.Enqueued,
+		Log: c.log, Tracer: c.opts.Tracer,
 		EndFirst: c.leftBehind, Window: &c.window, Collided: &c.collided})
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWriter()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -295,4 +296,40 @@ func TestTableProblemsAreConfigErrors(t *testing.T) {
 
 func asConfigError(err error, ce **config.Error) bool {
 	return errors.As(err, ce)
+}
+
+// TestEnqueuedAfterEachCommit: Options.Enqueued (how walhook run wakes its
+// own dispatcher) is called after each outbox commit that enqueued rows,
+// with those rows committed: another session sees them at the call.
+func TestEnqueuedAfterEachCommit(t *testing.T) {
+	t.Parallel()
+	b := setup(t, `CREATE TABLE site (id bigserial PRIMARY KEY, name text NOT NULL)`, `
+  - table: site`)
+	var mu sync.Mutex
+	var seen []int
+	b.Run(cdc.Options{StatusInterval: 200 * time.Millisecond, Enqueued: func() {
+		var n int
+		if err := b.DB.QueryRow(context.Background(), `SELECT count(*) FROM walhook.deliveries`).Scan(&n); err != nil {
+			t.Error(err)
+		}
+		mu.Lock()
+		seen = append(seen, n)
+		mu.Unlock()
+	}})
+	for i := range 3 {
+		b.Exec(`INSERT INTO site (name) VALUES ($1)`, fmt.Sprint(i))
+		// One change for each of webhooks a and b.
+		b.WaitRows(2 * (i + 1))
+		cdctest.WaitUntil(t, "the call after the commit", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(seen) > 0 && seen[len(seen)-1] == 2*(i+1)
+		})
+	}
+	time.Sleep(time.Second) // idle checkpoints enqueue nothing: no call
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 3 {
+		t.Fatalf("Enqueued called %d times (rows seen %v), want once per commit", len(seen), seen)
+	}
 }

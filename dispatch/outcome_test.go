@@ -185,3 +185,28 @@ func TestRowMadePendingInThePastIsClaimed(t *testing.T) {
 	e.insertMany("w", 10, 2000)
 	e.waitState(old, "delivered", 10*time.Second)
 }
+
+// TestWakeClaimsAtOnce: Wake (capture's call after each commit in the same
+// process) starts a claim at once, without a NOTIFY and long before the
+// next poll.
+func TestWakeClaimsAtOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	rec := newRecorder(t, nil)
+	cfg := testConfig(4, hookConfig("w", rec.srv.URL))
+	cfg.Dispatch.PollInterval = config.Duration(time.Hour)
+	d, _ := e.startDispatcher(e.pool, cfg)
+	waitFor(t, 10*time.Second, "the dispatcher's heartbeat", func() bool {
+		var n int
+		_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM walhook.dispatchers`).Scan(&n)
+		return n == 1
+	})
+	time.Sleep(500 * time.Millisecond) // the claims of its start are over
+	id := e.insertOne("w", `{"n":1}`)  // no NOTIFY
+	time.Sleep(time.Second)
+	if r := e.row(id); r.State != "pending" {
+		t.Fatalf("row %d is %s before Wake: something else woke the dispatcher, the test proves nothing", id, r.State)
+	}
+	d.Wake()
+	e.waitState(id, "delivered", 10*time.Second)
+}

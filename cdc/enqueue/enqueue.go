@@ -73,7 +73,9 @@ type Writer struct {
 	safe    *atomic.Bool  // INSERT ... ON CONFLICT instead of COPY, after a replay conflict
 	rows    *atomic.Int64 // rows enqueued (committed), shared with Capture
 	observe func(model, event string, rows int)
-	counts  map[modelEvent]int // rows per model and event in the open transaction
+	// enqueued is Options.Enqueued.
+	enqueued func()
+	counts   map[modelEvent]int // rows per model and event in the open transaction
 
 	// window, when set, is the commit-LSN range where rows may collide with
 	// an older history (GapWindow); inWindow collects the rows of the
@@ -171,8 +173,11 @@ type Options struct {
 	// Observe, when set, is told the rows each commit enqueued per model
 	// and event.
 	Observe func(model, event string, rows int)
-	Log     zerolog.Logger
-	Tracer  trace.Tracer // nil: no spans
+	// Enqueued, when set, is called right after each commit that
+	// enqueued rows.
+	Enqueued func()
+	Log      zerolog.Logger
+	Tracer   trace.Tracer // nil: no spans
 	// EndFirst is an outbox session an earlier writer lost: Run ends its
 	// server process before it writes.
 	EndFirst *lost.Backend
@@ -186,7 +191,7 @@ type Options struct {
 func New(o Options) *Writer {
 	w := &Writer{
 		pool: o.Pool, store: o.Store, sql: o.Store.Enqueue(), slot: o.Slot, groupRows: o.GroupRows, groupDelay: o.GroupDelay,
-		rows: o.Rows, safe: o.Safe, log: o.Log, observe: o.Observe, counts: map[modelEvent]int{}, tracer: o.Tracer,
+		rows: o.Rows, safe: o.Safe, log: o.Log, observe: o.Observe, enqueued: o.Enqueued, counts: map[modelEvent]int{}, tracer: o.Tracer,
 		endFirst: o.EndFirst, window: o.Window, collided: o.Collided,
 		channel: o.Store.Channel(), freed: make(chan struct{}, 1),
 	}
@@ -367,6 +372,9 @@ func (w *Writer) Run(ctx context.Context, in <-chan Batch) (err error) {
 			return fmt.Errorf("outbox: commit: %w", err)
 		}
 		open = false
+		if w.enqueued != nil && inserted > 0 {
+			w.enqueued()
+		}
 		count(small)
 		if err := w.checkWindow(ctx, lastEnd); err != nil {
 			return err

@@ -290,6 +290,17 @@ func (r *dispatchRunner) Stall() string {
 	return d.Stall()
 }
 
+// Wake wakes the current Dispatcher (capture's Enqueued).
+func (r *dispatchRunner) Wake() {
+	r.mu.Lock()
+	d := r.cur
+	if d == nil {
+		d = r.first
+	}
+	r.mu.Unlock()
+	d.Wake()
+}
+
 // swap makes d the running Dispatcher and stops the previous one.
 func (r *dispatchRunner) swap(d *dispatch.Dispatcher) {
 	r.mu.Lock()

@@ -261,7 +261,12 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		}
 		defer source.Close()
 		slotDB = source
-		capt, err = cdc.New(cdc.Options{Config: cfg, Source: source, Outbox: obPool, Logger: log, Observer: metrics, Tracer: tracer})
+		copts := cdc.Options{Config: cfg, Source: source, Outbox: obPool, Logger: log, Observer: metrics, Tracer: tracer}
+		if send {
+			// The dispatcher below is made before capture starts.
+			copts.Enqueued = func() { disp.Wake() }
+		}
+		capt, err = cdc.New(copts)
 		if err != nil {
 			return err
 		}

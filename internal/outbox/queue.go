@@ -100,6 +100,15 @@ type Claimed struct {
 // a claim the client gave up on must not commit, or its rows would stay
 // delivering, claimed by a dispatcher that never saw them, until their
 // lease ends.
+//
+// The claim commits without waiting for its WAL to be flushed
+// (synchronous_commit off for its transaction alone): a claim lost in a
+// server crash or a failover to a standby that lacked it leaves its rows as
+// they were, pending with their attempts, so they are claimed and sent
+// again (at-least-once). WAL is written in order, so a lost claim takes
+// every later commit with it: never an outcome, promotion or attempt
+// without the claim it belongs to. The wait it saves is on every
+// delivery's path (0.65 ms of 1.45 at 1,000 commits/s here).
 func (s *Store) Claim(ctx context.Context, req ClaimRequest) (res ClaimResult, err error) {
 	leases := make([]int64, len(req.Leases))
 	for i, l := range req.Leases {
@@ -117,8 +126,8 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (res ClaimResult, e
 		}
 	}
 	b := &pgx.Batch{}
-	// One batch is one implicit transaction: the setting ends with it, and
-	// now() is the claim's.
+	// One batch is one implicit transaction: the settings end with it,
+	// and now() is the claim's.
 	var timeout *string // nil: the session's
 	if deadline, ok := ctx.Deadline(); ok {
 		left := time.Until(deadline)
@@ -129,7 +138,8 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (res ClaimResult, e
 		ms := strconv.FormatInt(left.Milliseconds(), 10)
 		timeout = &ms
 	}
-	b.Queue("SELECT set_config('statement_timeout', coalesce($1, current_setting('statement_timeout')), true), now()", timeout)
+	b.Queue(`SELECT set_config('statement_timeout', coalesce($1, current_setting('statement_timeout')), true),
+		set_config('synchronous_commit', 'off', true), now()`, timeout)
 	b.Queue(s.q.claim, req.Webhooks, req.Limits, leases, req.By, sinceArg)
 	br := s.pool.SendBatch(ctx, b)
 	defer func() {
@@ -137,9 +147,9 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (res ClaimResult, e
 			res, err = ClaimResult{}, fmt.Errorf("claim: %w", cerr)
 		}
 	}()
-	var setting string
-	if err := br.QueryRow().Scan(&setting, &res.Now); err != nil {
-		return res, fmt.Errorf("claim: set statement_timeout: %w", err)
+	var timeoutSet, syncSet string
+	if err := br.QueryRow().Scan(&timeoutSet, &syncSet, &res.Now); err != nil {
+		return res, fmt.Errorf("claim: settings: %w", err)
 	}
 	rows, err := br.Query()
 	if err != nil {
