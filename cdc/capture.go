@@ -55,6 +55,9 @@ type Options struct {
 	// enqueued rows: walhook run wakes its own dispatcher with it, without
 	// waiting for the NOTIFY (which still wakes other processes).
 	Enqueued func()
+	// NotifyPayload is the payload of the NOTIFY after each such commit:
+	// walhook run sets one of its own, which its dispatcher ignores.
+	NotifyPayload string
 	// Tracer, when set, records a span per captured source transaction
 	// (Begin to Commit: its commit LSN and changes) and per outbox commit
 	// (the rows enqueued). Nil costs nothing.
@@ -502,7 +505,7 @@ func (c *Capture) session(ctx context.Context) error {
 		observe = c.opts.Observer.Enqueued
 	}
 	w := enqueue.New(enqueue.Options{Pool: c.outbox, Store: c.store, Slot: slot, GroupRows: c.opts.GroupRows, GroupDelay: c.opts.GroupDelay,
-		Flushed: startLSN, Rows: &c.enqueued, Safe: &c.safeInserts, Observe: observe, Enqueued: c.opts.Enqueued,
+		Flushed: startLSN, Rows: &c.enqueued, Safe: &c.safeInserts, Observe: observe, Enqueued: c.opts.Enqueued, NotifyPayload: c.opts.NotifyPayload,
 		Log: c.log, Tracer: c.opts.Tracer,
 		EndFirst: c.leftBehind, Window: &c.window, Collided: &c.collided})
 	wctx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))

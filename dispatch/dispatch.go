@@ -76,6 +76,11 @@ type Options struct {
 	// when dispatch.concurrency did not change. Stop Previous once this one
 	// runs; the two may share those while Previous finishes. Optional.
 	Previous *Dispatcher
+	// OwnNotify, when set, is the payload of the NOTIFYs of capture in the
+	// same process, which wakes the Dispatcher itself (Wake) right after
+	// each commit: those NOTIFYs are ignored rather than waking a second,
+	// empty claim. Optional.
+	OwnNotify string
 }
 
 // Tuning constants. They are not configuration: the contract only promises
@@ -156,6 +161,8 @@ type Dispatcher struct {
 	id     string
 	obs    Observer
 	tracer oteltrace.Tracer // nil: no spans
+	// ownNotify is Options.OwnNotify.
+	ownNotify string
 
 	hooks     map[string]*hook
 	hookNames []string
@@ -254,6 +261,7 @@ func New(opts Options) (*Dispatcher, error) {
 		id:              opts.ID,
 		obs:             opts.Observer,
 		tracer:          opts.Tracer,
+		ownNotify:       opts.OwnNotify,
 		concurrency:     cfg.Dispatch.Concurrency,
 		poll:            cfg.Dispatch.PollInterval.D(),
 		retention:       cfg.Dispatch.Retention.D(),

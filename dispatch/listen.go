@@ -55,10 +55,13 @@ func (d *Dispatcher) listenOnce(ctx context.Context) (listened bool, err error) 
 	signal(d.wake) // catch up with anything enqueued while not listening
 	for {
 		wctx, cancel := context.WithTimeout(ctx, listenCheckEvery)
-		_, err := conn.WaitForNotification(wctx)
+		n, err := conn.WaitForNotification(wctx)
 		cancel()
 		if err == nil {
-			signal(d.wake)
+			// Capture in this process woke us already.
+			if d.ownNotify == "" || n.Payload != d.ownNotify {
+				signal(d.wake)
+			}
 			continue
 		}
 		if ctx.Err() != nil || !pgconn.Timeout(err) {

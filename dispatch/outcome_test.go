@@ -210,3 +210,29 @@ func TestWakeClaimsAtOnce(t *testing.T) {
 	d.Wake()
 	e.waitState(id, "delivered", 10*time.Second)
 }
+
+// TestOwnNotifyIsIgnored: a NOTIFY carrying the payload of capture in the
+// same process (which wakes the dispatcher itself) starts no claim; any
+// other NOTIFY does.
+func TestOwnNotifyIsIgnored(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	rec := newRecorder(t, nil)
+	cfg := testConfig(4, hookConfig("w", rec.srv.URL))
+	cfg.Dispatch.PollInterval = config.Duration(time.Hour)
+	e.startDispatcher(e.pool, cfg, func(o *dispatch.Options) { o.OwnNotify = "walhook self" })
+	waitFor(t, 10*time.Second, "the dispatcher's heartbeat", func() bool {
+		var n int
+		_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM walhook.dispatchers`).Scan(&n)
+		return n == 1
+	})
+	time.Sleep(500 * time.Millisecond) // the claims of its start are over
+	id := e.insertOne("w", `{"n":1}`)
+	e.exec(`SELECT pg_notify('walhook_deliveries', 'walhook self')`)
+	time.Sleep(time.Second)
+	if r := e.row(id); r.State != "pending" {
+		t.Fatalf("row %d is %s after its own process's NOTIFY, want pending", id, r.State)
+	}
+	e.exec(`SELECT pg_notify('walhook_deliveries', '')`)
+	e.waitState(id, "delivered", 10*time.Second)
+}

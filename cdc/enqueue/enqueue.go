@@ -73,9 +73,10 @@ type Writer struct {
 	safe    *atomic.Bool  // INSERT ... ON CONFLICT instead of COPY, after a replay conflict
 	rows    *atomic.Int64 // rows enqueued (committed), shared with Capture
 	observe func(model, event string, rows int)
-	// enqueued is Options.Enqueued.
-	enqueued func()
-	counts   map[modelEvent]int // rows per model and event in the open transaction
+	// enqueued and notifyPayload are Options.Enqueued and NotifyPayload.
+	enqueued      func()
+	notifyPayload string
+	counts        map[modelEvent]int // rows per model and event in the open transaction
 
 	// window, when set, is the commit-LSN range where rows may collide with
 	// an older history (GapWindow); inWindow collects the rows of the
@@ -176,8 +177,11 @@ type Options struct {
 	// Enqueued, when set, is called right after each commit that
 	// enqueued rows.
 	Enqueued func()
-	Log      zerolog.Logger
-	Tracer   trace.Tracer // nil: no spans
+	// NotifyPayload is the payload of the NOTIFY each such commit sends
+	// (empty by default).
+	NotifyPayload string
+	Log           zerolog.Logger
+	Tracer        trace.Tracer // nil: no spans
 	// EndFirst is an outbox session an earlier writer lost: Run ends its
 	// server process before it writes.
 	EndFirst *lost.Backend
@@ -191,7 +195,7 @@ type Options struct {
 func New(o Options) *Writer {
 	w := &Writer{
 		pool: o.Pool, store: o.Store, sql: o.Store.Enqueue(), slot: o.Slot, groupRows: o.GroupRows, groupDelay: o.GroupDelay,
-		rows: o.Rows, safe: o.Safe, log: o.Log, observe: o.Observe, enqueued: o.Enqueued, counts: map[modelEvent]int{}, tracer: o.Tracer,
+		rows: o.Rows, safe: o.Safe, log: o.Log, observe: o.Observe, enqueued: o.Enqueued, notifyPayload: o.NotifyPayload, counts: map[modelEvent]int{}, tracer: o.Tracer,
 		endFirst: o.EndFirst, window: o.Window, collided: o.Collided,
 		channel: o.Store.Channel(), freed: make(chan struct{}, 1),
 	}
@@ -351,7 +355,7 @@ func (w *Writer) Run(ctx context.Context, in <-chan Batch) (err error) {
 		}
 		b.Queue(w.sql.Checkpoint, w.slot, lastEnd.String())
 		if inserted > 0 || len(small) > 0 {
-			b.Queue("SELECT pg_notify($1, '')", w.channel)
+			b.Queue("SELECT pg_notify($1, $2)", w.channel, w.notifyPayload)
 		}
 		b.Queue("COMMIT")
 		open = true // until COMMIT succeeds, a failure leaves a transaction to roll back

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -254,6 +255,12 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		tracer = tp.Tracer()
 		log.Info().Str("otlp_endpoint", config.RedactURL(ep)).Msg("tracing: exporting spans (captured transactions, enqueues, delivery attempts) over OTLP/HTTP")
 	}
+	// ownNotify marks the NOTIFYs of this process's capture, when it
+	// also dispatches.
+	var ownNotify string
+	if capture && send {
+		ownNotify = "walhook " + rand.Text()
+	}
 	if capture {
 		source, err := openPool(ctx, cfg.Database.DSN, "source database", cdc.SessionParams)
 		if err != nil {
@@ -263,8 +270,11 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 		slotDB = source
 		copts := cdc.Options{Config: cfg, Source: source, Outbox: obPool, Logger: log, Observer: metrics, Tracer: tracer}
 		if send {
-			// The dispatcher below is made before capture starts.
+			// The dispatcher below is made before capture starts. It
+			// is woken right after each commit, and ignores the
+			// commit's NOTIFY (meant for other processes).
 			copts.Enqueued = func() { disp.Wake() }
+			copts.NotifyPayload = ownNotify
 		}
 		capt, err = cdc.New(copts)
 		if err != nil {
@@ -277,7 +287,7 @@ func run(ctx context.Context, cfg *config.Config, log zerolog.Logger, capture, s
 	}
 	if send {
 		dopts := dispatch.Options{Pool: obPool, Config: cfg, Logger: log, Version: walhookVersion(), Observer: metrics}
-		dopts.Tracer = tracer
+		dopts.Tracer, dopts.OwnNotify = tracer, ownNotify
 		d, err := dispatch.New(dopts)
 		if err != nil {
 			return err
