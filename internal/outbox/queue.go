@@ -92,6 +92,15 @@ type Claimed struct {
 	CommittedAt   time.Time
 }
 
+// genericPlans, in the transaction of a claim or an outcome, makes its
+// prepared statements run their generic plan at once. PostgreSQL otherwise
+// keeps planning them for every run (their custom plans look no dearer),
+// which was half of their time: 0.62 ms → 0.30 ms per one-row claim, 0.49
+// → 0.35 ms per outcome. Both statements are written so that the generic
+// plan is the one wanted whatever the statistics
+// (TestQueuePlansIgnoreBacklogAndStatistics checks both plans).
+const genericPlans = "set_config('plan_cache_mode', 'force_generic_plan', true)"
+
 // Claim claims due rows for the webhooks of req in one statement.
 // Claimed plus parked equal to a webhook's limit means more may be due.
 //
@@ -139,7 +148,7 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (res ClaimResult, e
 		timeout = &ms
 	}
 	b.Queue(`SELECT set_config('statement_timeout', coalesce($1, current_setting('statement_timeout')), true),
-		set_config('synchronous_commit', 'off', true), now()`, timeout)
+		set_config('synchronous_commit', 'off', true), `+genericPlans+`, now()`, timeout)
 	b.Queue(s.q.claim, req.Webhooks, req.Limits, leases, req.By, sinceArg)
 	br := s.pool.SendBatch(ctx, b)
 	defer func() {
@@ -147,8 +156,8 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (res ClaimResult, e
 			res, err = ClaimResult{}, fmt.Errorf("claim: %w", cerr)
 		}
 	}()
-	var timeoutSet, syncSet string
-	if err := br.QueryRow().Scan(&timeoutSet, &syncSet, &res.Now); err != nil {
+	var timeoutSet, syncSet, plansSet string
+	if err := br.QueryRow().Scan(&timeoutSet, &syncSet, &plansSet, &res.Now); err != nil {
 		return res, fmt.Errorf("claim: settings: %w", err)
 	}
 	rows, err := br.Query()
@@ -247,12 +256,16 @@ func (s *Store) WriteOutcomes(ctx context.Context, by string, batch []Outcome) (
 	batch = latestClaims(batch)
 	args := outcomeArgs(by, batch)
 	b := &pgx.Batch{}
+	// A batch runs as one implicit transaction: the setting ends with it.
+	b.Queue("SELECT " + genericPlans)
 	b.Queue(s.q.outcome, args...)
 	b.Queue(s.q.promote, args[1])
-	// A batch runs as one implicit transaction.
 	br := s.pool.SendBatch(ctx, b)
+	_, err := br.Exec()
 	var n int64
-	err := br.QueryRow().Scan(&n)
+	if err == nil {
+		err = br.QueryRow().Scan(&n)
+	}
 	if err == nil {
 		_, err = br.Exec()
 	}
