@@ -332,6 +332,13 @@ func rewriteHooks(cfg, hooks string) error {
 	return os.WriteFile(cfg, []byte(s[:i]+"webhooks:\n"+hooks+s[j:]), 0o600)
 }
 
+// The burst phase's name, and the names of the figures the goals read.
+const (
+	burstPhase       = "burst 100 x 1,000"
+	restartWALMetric = "restart: WAL from the slot's restart_lsn to the new change"
+	restartMetric    = "restart: start to the new change delivered"
+)
+
 // burst: `walhook run` on a fresh outbox; 100 transactions of 1,000
 // inserts are committed as fast as one connection can. Reported: the rate
 // from the first commit to the last delivery, the time from the first
@@ -409,7 +416,7 @@ func (b *bench) burst() error {
 	cpu1, wal1 := b.pgCPU(), walLSN(b.ctx, pool)
 	printStatements(b.ctx, pool, "statements of the burst")
 	el := time.Unix(0, last.Load()).Sub(firstCommit)
-	const phase = "burst 100 x 1,000"
+	const phase = burstPhase
 	b.add(phase, "deliveries/s, first commit to last delivery (walhook run, fresh outbox)", float64(txns*per)/el.Seconds(), "deliveries/s")
 	b.add(phase, "first delivery after the first commit", float64(time.Unix(0, first.Load()).Sub(firstCommit).Microseconds())/1e3, "ms")
 	b.add(phase, "PostgreSQL CPU per 100,000 deliveries", (cpu1-cpu0)*100000/(txns*per), "s")
@@ -460,8 +467,8 @@ func (b *bench) burst() error {
 	if err != nil {
 		return fmt.Errorf("after a restart: %w: %s", err, p.out.String())
 	}
-	b.add(phase, "restart: WAL from the slot's restart_lsn to the new change", float64(behind)/1e6, "MB")
-	b.add(phase, "restart: start to the new change delivered", float64(restart.Microseconds())/1e3, "ms")
+	b.add(phase, restartWALMetric, float64(behind)/1e6, "MB")
+	b.add(phase, restartMetric, float64(restart.Microseconds())/1e3, "ms")
 
 	purged, err := purgeAll(b.ctx, pool)
 	if err != nil {
