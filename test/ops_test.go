@@ -76,7 +76,8 @@ func checkLine(t *testing.T, out, name string) string {
 	return line
 }
 
-// fixOf returns the fix lines printed under check name.
+// fixOf returns the fix (or tip) lines printed under check name, each
+// trimmed.
 func fixOf(out, name string) string {
 	head := regexp.MustCompile(`^(OK|WARN|FAIL)\s+` + regexp.QuoteMeta(name) + `\s`)
 	lines := strings.Split(out, "\n")
@@ -89,7 +90,8 @@ func fixOf(out, name string) string {
 			if !strings.HasPrefix(next, "      ") {
 				break
 			}
-			fix = append(fix, strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(next), "fix:")))
+			next = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(next), "fix:"), "tip:")
+			fix = append(fix, strings.TrimSpace(next))
 		}
 		return strings.Join(fix, "\n")
 	}
@@ -230,6 +232,54 @@ webhooks:
 	var rep checkJSON
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 0 || !rep.OK || len(rep.Checks) < 14 {
 		t.Fatalf("check --json: %v\n%s", err, r)
+	}
+}
+
+// With the outbox in the source database, check says (an OK line with a
+// tip, exit 0) that the walsender decodes walhook's own outbox writes, and
+// shows the two lines that put it in another database of the same server;
+// those lines, pasted after the CREATE DATABASE it names, pass check.
+func TestCheckTipsTheOutboxInAnotherDatabase(t *testing.T) {
+	e := newEnv(t, `CREATE TABLE site (id int PRIMARY KEY, name text); ALTER TABLE site REPLICA IDENTITY FULL`)
+	const body = "models:\n  - table: site\nwebhooks:\n  - name: inventory\n    url: http://127.0.0.1:1/netbox\n    secret: s3cret"
+	e.writeConfig(body)
+	r := opsRun(t, e.cfg, "check")
+	if r.code != 0 || strings.Contains(r.stdout, "WARN") || !strings.HasSuffix(r.stdout, "Ready to run.\n") {
+		t.Fatalf("want every check OK:\n%s", r)
+	}
+	src, _, _ := strings.Cut(e.dsn[strings.LastIndex(e.dsn, "/")+1:], "?")
+	line := checkLine(t, r.stdout, "outbox database")
+	for _, want := range []string{"OK ", "in the source database " + src + ", so the walsender decodes walhook's own outbox writes", "another database of the same server", "database.outbox_dsn"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("outbox database line lacks %q: %s", want, line)
+		}
+	}
+	if !strings.Contains(r.stdout, "      tip: # optional, after CREATE DATABASE") {
+		t.Errorf("no tip under the outbox database line:\n%s", r.stdout)
+	}
+	base, _, _ := strings.Cut(e.dsn, "?")
+	outboxDSN := base + "_walhook"
+	tip := fixOf(r.stdout, "outbox database")
+	if want := "database:\ndsn: " + base + "  # unchanged\noutbox_dsn: " + outboxDSN + "  # dsn with another database"; !strings.Contains(tip, want) {
+		t.Errorf("the tip lacks the two lines\n%s\nin:\n%s", want, r.stdout)
+	}
+
+	// Follow the tip: the outbox in that database passes check, with no tip.
+	create := regexp.MustCompile(`CREATE DATABASE [^;]+;`).FindString(tip)
+	if create == "" {
+		t.Fatalf("no CREATE DATABASE in the tip:\n%s", tip)
+	}
+	e.exec(create)
+	t.Cleanup(func() {
+		_, _ = e.db.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{src + "_walhook"}.Sanitize()+" WITH (FORCE)")
+	})
+	e.cfg = e.writeConfigFile("outbox.yaml", fmt.Sprintf("  dsn: %s\n  outbox_dsn: %s\n  slot: %s", base, outboxDSN, e.slot), body)
+	r = opsRun(t, e.cfg, "check")
+	if r.code != 0 || strings.Contains(r.stdout, "WARN") || strings.Contains(r.stdout, "tip:") || !strings.HasSuffix(r.stdout, "Ready to run.\n") {
+		t.Fatalf("with the tip's outbox_dsn, want every check OK and no tip:\n%s", r)
+	}
+	if line := checkLine(t, r.stdout, "outbox database"); !strings.Contains(line, "database "+src+"_walhook") {
+		t.Errorf("outbox database line: %s", line)
 	}
 }
 

@@ -179,8 +179,11 @@ func printChecks(w io.Writer, rep checkReport, asJSON bool) error {
 	var fails, warns int
 	for _, c := range rep.Checks {
 		fmt.Fprintf(w, "%-4s  %-*s  %s\n", c.Status, width, c.Name, c.Detail)
-		if c.Fix != "" && c.Status != preflight.OK {
+		if c.Fix != "" {
 			label := "fix:"
+			if c.Status == preflight.OK {
+				label = "tip:"
+			}
 			for i, line := range strings.Split(c.Fix, "\n") {
 				if i > 0 {
 					label = strings.Repeat(" ", len(label))

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -63,7 +67,8 @@ func (s *Status) UnmarshalText(b []byte) error {
 }
 
 // Check is the result of one preflight check. Fix, for a Warn or Fail, is
-// the SQL or setting that fixes it, ready to paste (comments start with --).
+// the SQL or setting that fixes it, ready to paste (comments start with --);
+// for an OK check, a setting worth knowing about (a tip).
 type Check struct {
 	Name   string `json:"name"`
 	Status Status `json:"status"`
@@ -98,6 +103,7 @@ func Preflight(ctx context.Context, cfg *config.Config, source, outbox *pgxpool.
 	if outbox != nil {
 		p.outbox(ctx, outbox)
 	}
+	p.outboxPlacement()
 	return p.checks
 }
 
@@ -113,6 +119,7 @@ type preflight struct {
 	byTable       map[string]*preflightTable // by qualified table; nil entry: missing
 	slotExists    bool
 	pubMissing    bool // the publication does not exist
+	inRecovery    bool // the source is a standby
 }
 
 type preflightTable struct {
@@ -701,6 +708,7 @@ func (p *preflight) failover(ctx context.Context) {
 		p.fail(name, "cannot read the server's standbys: "+err.Error(), "")
 		return
 	}
+	p.inRecovery = inRecovery
 	st, err := replslot.ReadStandbys(ctx, p.conn)
 	if err != nil {
 		p.fail(name, "cannot "+err.Error(), "")
@@ -809,4 +817,52 @@ func (p *preflight) standby(ctx context.Context) {
 	}
 	p.ok(name, "the source is a standby (decoding there takes it off the primary); the publication must be created on the primary; "+
 		"creating the slot waits for the primary's next running-transactions record (up to 15 s; SELECT pg_log_standby_snapshot(); on the primary hurries it)")
+}
+
+// outboxPlacement says, when the outbox is in the source database, that the
+// walsender decodes walhook's own outbox writes with the captured tables'
+// (after a restart, everything since the slot's restart_lsn before the
+// first new change), and shows the two lines that put the outbox in another
+// database of the same server, whose records the walsender skips before
+// decoding them. It is a tip: the default works.
+func (p *preflight) outboxPlacement() {
+	if p.cfg.Database.SeparateOutbox() || p.conn == nil || p.db == "" || p.inRecovery {
+		return // a standby fails in standby() with its own fix
+	}
+	cc := p.conn.Conn().Config()
+	other := outboxDatabaseName(p.db)
+	p.add("outbox database", OK, fmt.Sprintf("in the source database %s, so the walsender decodes walhook's own outbox writes too "+
+		"(after a restart, all of them from the slot's restart_lsn on, before new changes); "+
+		"it skips the records of another database of the same server before decoding them: database.outbox_dsn (%s)", p.db, scalingDocs),
+		fmt.Sprintf("# optional, after CREATE DATABASE %s OWNER %s;\ndatabase:\n  dsn: %s  # unchanged\n  outbox_dsn: %s  # dsn with another database",
+			ident(other), ident(p.user), exampleDSN(cc.Host, cc.Port, cc.User, p.db), exampleDSN(cc.Host, cc.Port, cc.User, other)))
+}
+
+// outboxDatabaseName is the database the tip suggests for the outbox of
+// database db: db_walhook, db shortened to fit PostgreSQL's 63 bytes.
+func outboxDatabaseName(db string) string {
+	for len(db)+len("_walhook") > 63 { // NAMEDATALEN - 1
+		_, size := utf8.DecodeLastRuneInString(db)
+		db = db[:len(db)-size]
+	}
+	return db + "_walhook"
+}
+
+// scalingDocs is where moving the outbox is described.
+const scalingDocs = "docs/scaling.md#1-move-the-outbox-databaseoutbox_dsn"
+
+// exampleDSN is a URL for database db on host (a directory: a Unix socket)
+// and port as user, without a password.
+func exampleDSN(host string, port uint16, user, db string) string {
+	u := url.URL{Scheme: "postgres", User: url.User(user), Path: "/" + db}
+	if strings.HasPrefix(host, "/") {
+		q := url.Values{"host": {host}}
+		if port != 5432 {
+			q.Set("port", strconv.Itoa(int(port)))
+		}
+		u.RawQuery = q.Encode()
+	} else {
+		u.Host = net.JoinHostPort(host, strconv.Itoa(int(port)))
+	}
+	return u.String()
 }

@@ -249,3 +249,41 @@ func TestOldPublicationOfAnotherOwnerStillWorks(t *testing.T) {
 	}
 	wantCheck(t, Preflight(context.Background(), b.Cfg, pool, b.DB), "publication walhook", Warn, "TRUNCATE of a captured table goes unseen", "ALTER PUBLICATION")
 }
+
+func TestExampleDSN(t *testing.T) {
+	for _, tc := range []struct {
+		name, host, user, db string
+		port                 uint16
+		want                 string
+	}{
+		{"tcp", "db.example.net", "walhook", "app_walhook", 5432, "postgres://walhook@db.example.net:5432/app_walhook"},
+		{"ipv6", "::1", "walhook", "app", 5433, "postgres://walhook@[::1]:5433/app"},
+		{"unix socket", "/var/run/postgresql", "walhook", "app", 5432, "postgres://walhook@/app?host=%2Fvar%2Frun%2Fpostgresql"},
+		{"unix socket, other port", "/tmp", "walhook", "app", 5433, "postgres://walhook@/app?host=%2Ftmp&port=5433"},
+		{"odd names", "h", "we ird@", "my db", 5432, "postgres://we%20ird%40@h:5432/my%20db"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := exampleDSN(tc.host, tc.port, tc.user, tc.db)
+			if got != tc.want {
+				t.Errorf("exampleDSN = %q, want %q", got, tc.want)
+			}
+			// What the tip shows connects where it says.
+			cc, err := pgconn.ParseConfig(got)
+			if err != nil || cc.Host != tc.host || cc.Port != tc.port || cc.User != tc.user || cc.Database != tc.db {
+				t.Errorf("pgconn.ParseConfig(%q) = %v (host %q port %d user %q database %q)", got, err, cc.Host, cc.Port, cc.User, cc.Database)
+			}
+		})
+	}
+}
+
+func TestOutboxDatabaseName(t *testing.T) {
+	for _, tc := range []struct{ db, want string }{
+		{"netbox", "netbox_walhook"},
+		{strings.Repeat("a", 60), strings.Repeat("a", 55) + "_walhook"},
+		{strings.Repeat("a", 54) + "éé", strings.Repeat("a", 54) + "_walhook"}, // never half a rune
+	} {
+		if got := outboxDatabaseName(tc.db); got != tc.want || len(got) > 63 {
+			t.Errorf("outboxDatabaseName(%q) = %q, want %q", tc.db, got, tc.want)
+		}
+	}
+}

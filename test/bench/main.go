@@ -7,6 +7,7 @@
 //
 //	go run ./test/bench [-rows 100000] [-out bench-results.json]
 //	go run ./test/bench -phases scale [-scale-rows 200000] [-scale-procs 1,2,4]
+//	go run ./test/bench -phases burst -outbox-database  # the outbox in another database of the cluster
 package main
 
 import (
@@ -52,6 +53,9 @@ var (
 	prebuilt    string
 	statements  bool
 	autoExplain string
+	// outboxDatabase puts the burst phase's outbox in another database of
+	// the same cluster (database.outbox_dsn).
+	outboxDatabase bool
 )
 
 type bench struct {
@@ -74,6 +78,7 @@ func main() {
 	flag.StringVar(&prebuilt, "bin", "", "measure this walhook binary instead of building ./cmd/walhook (e.g. an older version, for a before/after comparison)")
 	flag.BoolVar(&statements, "statements", false, "load pg_stat_statements and print, after the burst and its steady load, the statements that took most time")
 	flag.StringVar(&autoExplain, "auto-explain", "", "with -statements, also log the plans (ANALYZE, BUFFERS) of statements slower than this (e.g. 2ms) to <out>.server.log")
+	flag.BoolVar(&outboxDatabase, "outbox-database", false, "in the burst phase, keep the outbox in another database of the same cluster (database.outbox_dsn); its figures are labelled "+strconv.Quote(outboxElsewhere))
 	scale := flag.Bool("scale", false, "also run the scale phase (several dispatch-only processes on one outbox)")
 	flag.IntVar(&scaleRows, "scale-rows", 200000, "backlog drained in the scale phase")
 	flag.StringVar(&scaleProcs, "scale-procs", "1,2,4", "numbers of dispatch-only processes in the scale phase")
@@ -212,6 +217,30 @@ func (b *bench) db(schema, webhookURL, extra string) (*pgxpool.Pool, string, str
 	cfg := filepath.Join(b.dir, fmt.Sprintf("walhook%d.yaml", b.n))
 	text := fmt.Sprintf("database: {dsn: %q, slot: bench%d}\nmodels: [{table: item}]\nwebhooks:\n  - {name: w, url: %q, secret: bench-secret}\n%shttp: {listen: ''}\nlog: {level: warn}\n", dsn, b.n, webhookURL, extra)
 	return pool, dsn, cfg, os.WriteFile(cfg, []byte(text), 0o600)
+}
+
+// outboxElsewhere ends the name of a phase run with -outbox-database.
+const outboxElsewhere = " (outbox in another database)"
+
+// moveOutbox creates another database in the cluster and points the
+// database.outbox_dsn of the bench config cfg (written by db) at it.
+func (b *bench) moveOutbox(cfg string) (*pgxpool.Pool, error) {
+	dsn, err := b.cl.CreateDB(b.ctx, fmt.Sprintf("bench%d_outbox", b.n))
+	if err != nil {
+		return nil, err
+	}
+	text, err := os.ReadFile(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s, found := strings.CutPrefix(string(text), "database: {")
+	if !found {
+		return nil, fmt.Errorf("unexpected bench config %s", cfg)
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("database: {outbox_dsn: %q, ", dsn)+s), 0o600); err != nil {
+		return nil, err
+	}
+	return pgxpool.New(b.ctx, dsn)
 }
 
 const itemSchema = `CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL, qty int NOT NULL, price numeric(10,2), updated timestamptz NOT NULL DEFAULT now())`
