@@ -2,11 +2,13 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -73,4 +75,136 @@ func prepared(t *testing.T, pool *pgxpool.Pool) string {
 		out = append(out, s)
 	}
 	return strings.Join(out, " | ")
+}
+
+// TestGenericPlansOfASmallOutboxScaleWithIt: a connection keeps the generic
+// plans it made while the outbox was small (no statistics change to
+// invalidate them), so those plans must not depend on the table's size. A
+// plan made on 20 rows then runs on 100,000 (never analyzed): the claim,
+// the outcome and the promotion each read a number of buffers bounded by
+// their batch. (A hash join over a sequential scan of the outbox, planned
+// for 900 rows, made claims of a burst 11 ms instead of 3.5.)
+func TestGenericPlansOfASmallOutboxScaleWithIt(t *testing.T) {
+	t.Parallel()
+	_, shared := setup(t)
+	ctx := context.Background()
+	exec(t, shared, `ALTER TABLE walhook.deliveries SET (autovacuum_enabled = false)`)
+	exec(t, shared, `ALTER TABLE walhook.attempts SET (autovacuum_enabled = false)`)
+	pc := shared.Config().Copy()
+	pc.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	s := New(pool, "walhook")
+	deliver := func(limit int32) []Outcome {
+		res, err := s.Claim(ctx, ClaimRequest{By: "d1", Webhooks: []string{"w"}, Limits: []int32{limit},
+			Leases: []time.Duration{time.Minute}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []Outcome
+		for _, c := range res.Rows {
+			out = append(out, Outcome{ID: c.ID, ClaimedAt: c.ClaimedAt, State: StateDelivered, Status: 204,
+				Sent: SentAttempt{Started: time.Now(), Duration: time.Millisecond}})
+		}
+		return out
+	}
+	for i := range 20 {
+		insert(t, shared, "w", fmt.Sprint(i), i+1)
+	}
+	for range 4 {
+		if _, err := s.WriteOutcomes(ctx, "d1", deliver(5)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The outbox grows: 100,000 rows, half delivered, the rest due.
+	exec(t, shared, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body,
+			state, delivered_at)
+		SELECT 'w', 'created', 'M', 'k' || g, ('0/' || to_hex(1000 + g))::pg_lsn, 0, now(), '{}',
+			CASE WHEN g <= 50000 THEN 'delivered' ELSE 'pending' END, CASE WHEN g <= 50000 THEN now() END
+		FROM generate_series(1, 100000) AS g`)
+	out := deliver(128)
+	if len(out) != 128 {
+		t.Fatalf("claimed %d rows, want 128", len(out))
+	}
+	c, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	ids := make([]int64, len(out))
+	for i, o := range out {
+		ids[i] = o.ID
+	}
+	args := outcomeArgs("d1", out)
+	for _, st := range []struct {
+		name, sql string
+		args      []any
+	}{
+		{"claim", s.q.claim, []any{[]string{"w"}, []int32{128}, []int64{60e6}, "d1", []time.Time{{}}}},
+		{"outcome", s.q.outcome, args},
+		{"promote", s.q.promote, []any{ids}},
+	} {
+		// Writing a row's new version and its index entries touches about 20
+		// buffers; a scan of the outbox touches all of it (1,700 pages).
+		n, plan := explainPrepared(t, c.Conn(), st.sql, st.args...)
+		if n > 40*128 || strings.Contains(plan, "Seq Scan") || strings.Contains(plan, "Hash Join") ||
+			strings.Contains(plan, "Merge Join") {
+			t.Errorf("%s, with the plan made on 20 rows, read %d buffers on 100,000 rows (want no scan of the outbox, under %d buffers):\n%s",
+				st.name, n, 40*128, plan)
+		}
+	}
+}
+
+// explainPrepared runs EXPLAIN (ANALYZE, BUFFERS) EXECUTE of the statement
+// conn prepared for sql, so with the plan it cached, in a transaction with
+// the settings walhook gives it, rolled back. It returns the buffers
+// touched and the plan.
+func explainPrepared(t *testing.T, conn *pgx.Conn, sql string, args ...any) (int64, string) {
+	t.Helper()
+	ctx := context.Background()
+	var name string
+	if err := conn.QueryRow(ctx, `SELECT name FROM pg_prepared_statements WHERE statement = $1`, sql).Scan(&name); err != nil {
+		t.Fatalf("the prepared statement: %v", err)
+	}
+	params := make([]string, len(args))
+	for i := range args {
+		params[i] = fmt.Sprintf("$%d", i+1)
+	}
+	q := "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE " + pgx.Identifier{name}.Sanitize() + "(" + strings.Join(params, ", ") + ")"
+	var lines []string
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT "+planSettings); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, q, append([]any{pgx.QueryExecModeSimpleProtocol}, args...)...)
+		if err != nil {
+			return err
+		}
+		lines, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		return pgx.ErrTxClosed // roll back
+	})
+	if err != nil && !errors.Is(err, pgx.ErrTxClosed) {
+		t.Fatalf("explain: %v", err)
+	}
+	plan := strings.Join(lines, "\n")
+	var n int64
+	for _, l := range lines {
+		// The top node's buffers count its children's.
+		if _, after, ok := strings.Cut(l, "Buffers: shared hit="); ok {
+			for _, ch := range after {
+				if ch < '0' || ch > '9' {
+					break
+				}
+				n = n*10 + int64(ch-'0')
+			}
+			break
+		}
+	}
+	return n, plan
 }
