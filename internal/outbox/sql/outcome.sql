@@ -5,7 +5,10 @@
 -- last_attempt_at before the claim; the attempt's columns (started_at ..
 -- span_id) count only where recorded.
 --
--- Rows are found by primary key only. A row is only written while it is
+-- Rows are found by primary key only: each element of o looks its row up
+-- (a nested loop over o, whatever the table's size; see planSettings), and
+-- the attempts take what they need from the UPDATE's RETURNING, not from a
+-- join of o with it. A row is only written while it is
 -- still the claim this dispatcher made (locked_by, which only a claim sets,
 -- and the claim's last_attempt_at), so a dispatcher whose claim was taken
 -- back cannot overwrite a newer one. Mode 1 (released) puts back a row that
@@ -41,13 +44,11 @@ WITH o AS (
 		attempt_seq = d.attempt_seq + CASE WHEN o.recorded THEN 1 ELSE 0 END,
 		locked_until = NULL, locked_by = NULL
 	FROM o
-	WHERE d.id = ANY($2::bigint[]) AND d.id = o.id
-	  AND d.locked_by = $1 AND d.last_attempt_at = o.claimed_at
-	RETURNING d.id, d.attempt_seq
+	WHERE d.id = o.id AND d.locked_by = $1 AND d.last_attempt_at = o.claimed_at
+	RETURNING d.id, d.attempt_seq AS n, o.recorded, o.status, o.started_at, o.duration_us, o.attempt_error,
+		o.response, o.probe, o.span_id
 ), a AS MATERIALIZED (
-	SELECT o.*, u.attempt_seq AS n
-	FROM o JOIN u ON u.id = o.id
-	WHERE o.recorded
+	SELECT * FROM u WHERE recorded
 ), ins AS (
 	INSERT INTO {{attempts}} (delivery_id, attempt, started_at, duration, status, error, response, probe, span_id)
 	SELECT id, n, started_at, duration_us * interval '1 microsecond', nullif(status, 0), nullif(attempt_error, ''),
