@@ -16,7 +16,9 @@ import (
 // enqueued by capture (COPY and checkpoint, 1,000 rows per transaction),
 // claimed and its outcome written (batches of 128, as under load), and
 // purged. Full-page images (fpi) are counted apart: they depend on when
-// the last checkpoint was, and the benchmark starts right after one.
+// the last checkpoint was, and the benchmark starts right after one. On
+// PostgreSQL 15+ each stage's WAL is also split by kind (heap, index, lock,
+// other).
 func BenchmarkDeliveryLife(b *testing.B) {
 	const rows, perTx, batch = 20000, 1000, 128
 	body := `{"event":"created","model":"dcim.device","data":{"id":1,"name":"` + strings.Repeat("x", 400) + `"}}`
@@ -40,21 +42,64 @@ func BenchmarkDeliveryLife(b *testing.B) {
 		}
 		exec(b, pool, "CHECKPOINT")
 		var total float64
-		for _, st := range stages {
+		ranges := make([][2]int64, len(stages))
+		for i, st := range stages {
 			w0, f0 := walNow(b, pool)
 			if err := st.run(); err != nil {
 				b.Fatalf("%s: %v", st.name, err)
 			}
 			w1, f1 := walNow(b, pool)
+			ranges[i] = [2]int64{w0, w1}
 			total += float64(w1 - w0)
 			b.ReportMetric(float64(w1-w0)/rows, "wal-B/delivery/"+st.name)
 			b.ReportMetric(float64(f1-f0)/rows, "fpi/delivery/"+st.name)
 		}
 		b.ReportMetric(total/rows, "wal-B/delivery")
+		// Where each stage's WAL goes: heap tuples, index entries, row
+		// locks (pg_walinspect, PostgreSQL 15+).
+		if _, err := pool.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_walinspect"); err == nil {
+			exec(b, pool, "SELECT pg_switch_wal()") // the ranges must be flushed to be read
+			for i, st := range stages {
+				for kind, bytes := range walByKind(b, pool, ranges[i]) {
+					b.ReportMetric(float64(bytes)/rows, "wal-B/delivery/"+st.name+"/"+kind)
+				}
+			}
+		}
 		if n := count(b, pool, "true"); n != 0 {
 			b.Fatalf("%d rows left after the purge", n)
 		}
 	}
+}
+
+// walByKind sums the WAL records between two positions by kind: "heap"
+// (tuples written: inserts, updates, deletes), "index" (B-tree entries and
+// page splits), "lock" (row locks), "other".
+func walByKind(tb testing.TB, pool *pgxpool.Pool, r [2]int64) map[string]int64 {
+	tb.Helper()
+	rows, err := pool.Query(context.Background(), `
+		SELECT CASE
+			WHEN "resource_manager/record_type" LIKE 'Heap/LOCK%' THEN 'lock'
+			WHEN "resource_manager/record_type" LIKE 'Heap%' THEN 'heap'
+			WHEN "resource_manager/record_type" LIKE 'Btree/%' THEN 'index'
+			ELSE 'other' END, sum(combined_size)::bigint
+		FROM pg_get_wal_stats(('0/0'::pg_lsn + $1::numeric), ('0/0'::pg_lsn + $2::numeric), true)
+		GROUP BY 1`, r[0], r[1])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := map[string]int64{}
+	for rows.Next() {
+		var kind string
+		var n int64
+		if err := rows.Scan(&kind, &n); err != nil {
+			tb.Fatal(err)
+		}
+		out[kind] = n
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return out
 }
 
 // walNow returns the WAL insert position and the full-page images written
