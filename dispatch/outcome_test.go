@@ -192,17 +192,8 @@ func TestRowMadePendingInThePastIsClaimed(t *testing.T) {
 func TestWakeClaimsAtOnce(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	rec := newRecorder(t, nil)
-	cfg := testConfig(4, hookConfig("w", rec.srv.URL))
-	cfg.Dispatch.PollInterval = config.Duration(time.Hour)
-	d, _ := e.startDispatcher(e.pool, cfg)
-	waitFor(t, 10*time.Second, "the dispatcher's heartbeat", func() bool {
-		var n int
-		_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM walhook.dispatchers`).Scan(&n)
-		return n == 1
-	})
-	time.Sleep(500 * time.Millisecond) // the claims of its start are over
-	id := e.insertOne("w", `{"n":1}`)  // no NOTIFY
+	d := e.startIdle()
+	id := e.insertOne("w", `{"n":1}`) // no NOTIFY
 	time.Sleep(time.Second)
 	if r := e.row(id); r.State != "pending" {
 		t.Fatalf("row %d is %s before Wake: something else woke the dispatcher, the test proves nothing", id, r.State)
@@ -217,16 +208,7 @@ func TestWakeClaimsAtOnce(t *testing.T) {
 func TestOwnNotifyIsIgnored(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	rec := newRecorder(t, nil)
-	cfg := testConfig(4, hookConfig("w", rec.srv.URL))
-	cfg.Dispatch.PollInterval = config.Duration(time.Hour)
-	e.startDispatcher(e.pool, cfg, func(o *dispatch.Options) { o.OwnNotify = "walhook self" })
-	waitFor(t, 10*time.Second, "the dispatcher's heartbeat", func() bool {
-		var n int
-		_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM walhook.dispatchers`).Scan(&n)
-		return n == 1
-	})
-	time.Sleep(500 * time.Millisecond) // the claims of its start are over
+	e.startIdle(func(o *dispatch.Options) { o.OwnNotify = "walhook self" })
 	id := e.insertOne("w", `{"n":1}`)
 	e.exec(`SELECT pg_notify('walhook_deliveries', 'walhook self')`)
 	time.Sleep(time.Second)
@@ -235,4 +217,21 @@ func TestOwnNotifyIsIgnored(t *testing.T) {
 	}
 	e.exec(`SELECT pg_notify('walhook_deliveries', '')`)
 	e.waitState(id, "delivered", 10*time.Second)
+}
+
+// startIdle starts a Dispatcher of webhook w that polls once an hour, and
+// returns once it has registered and made the claims of its start.
+func (e *testEnv) startIdle(opts ...func(*dispatch.Options)) *dispatch.Dispatcher {
+	e.t.Helper()
+	rec := newRecorder(e.t, nil)
+	cfg := testConfig(4, hookConfig("w", rec.srv.URL))
+	cfg.Dispatch.PollInterval = config.Duration(time.Hour)
+	d, _ := e.startDispatcher(e.pool, cfg, opts...)
+	waitFor(e.t, 10*time.Second, "the dispatcher's heartbeat", func() bool {
+		var n int
+		_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM walhook.dispatchers`).Scan(&n)
+		return n == 1
+	})
+	time.Sleep(500 * time.Millisecond) // the claims of its start are over
+	return d
 }

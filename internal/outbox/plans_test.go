@@ -27,14 +27,7 @@ func TestClaimAndOutcomeAreNotPlannedEachTime(t *testing.T) {
 	if version < 140000 {
 		t.Skip("pg_prepared_statements counts plans from PostgreSQL 14")
 	}
-	// One connection, so that every statement is prepared once.
-	pc := shared.Config().Copy()
-	pc.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := oneConnection(t, shared)
 	s := New(pool, "walhook")
 	for i := range 10 {
 		insert(t, shared, "w", fmt.Sprint(i), i+1)
@@ -60,6 +53,20 @@ func TestClaimAndOutcomeAreNotPlannedEachTime(t *testing.T) {
 			t.Errorf("%s ran %d custom plans and %d generic ones, want 0 and 10", name, custom, generic)
 		}
 	}
+}
+
+// oneConnection is a pool of one connection to shared's database: every
+// statement is prepared once, and keeps its plans.
+func oneConnection(t *testing.T, shared *pgxpool.Pool) *pgxpool.Pool {
+	t.Helper()
+	pc := shared.Config().Copy()
+	pc.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // prepared lists the start of the statements prepared on pool's connection.
@@ -93,13 +100,7 @@ func TestGenericPlansOfASmallOutboxScaleWithIt(t *testing.T) {
 	ctx := context.Background()
 	exec(t, shared, `ALTER TABLE walhook.deliveries SET (autovacuum_enabled = false)`)
 	exec(t, shared, `ALTER TABLE walhook.attempts SET (autovacuum_enabled = false)`)
-	pc := shared.Config().Copy()
-	pc.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := oneConnection(t, shared)
 	s := New(pool, "walhook")
 	deliver := func(limit int32) []Outcome {
 		res, err := s.Claim(ctx, ClaimRequest{By: "d1", Webhooks: []string{"w"}, Limits: []int32{limit},
