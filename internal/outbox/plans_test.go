@@ -10,6 +10,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/test/pgtest"
 )
 
 // TestClaimAndOutcomeAreNotPlannedEachTime: the statements every delivery
@@ -201,19 +204,87 @@ func explainPrepared(t *testing.T, conn *pgx.Conn, sql string, args ...any) (int
 	if err != nil && !errors.Is(err, pgx.ErrTxClosed) {
 		t.Fatalf("explain: %v", err)
 	}
-	plan := strings.Join(lines, "\n")
-	var n int64
-	for _, l := range lines {
-		// The top node's buffers count its children's.
-		if _, after, ok := strings.Cut(l, "Buffers: shared hit="); ok {
-			for _, ch := range after {
-				if ch < '0' || ch > '9' {
-					break
-				}
-				n = n*10 + int64(ch-'0')
-			}
-			break
+	return topBuffers(lines), strings.Join(lines, "\n")
+}
+
+// TestRescueAfterABurstReadsTheIndexAlone: after a burst, deliveries_lease
+// holds an entry for every row that was delivering, until VACUUM. The
+// rescue (every 2 s) meets them all; once one rescue has met them, the
+// next ones read the index without visiting the rows (a bitmap scan
+// visited all of them every time).
+func TestRescueAfterABurstReadsTheIndexAlone(t *testing.T) {
+	t.Parallel()
+	// A cluster of its own: an entry is marked only once its row is dead
+	// to every transaction, and other tests' transactions would keep the
+	// rows visible to them.
+	ctx := context.Background()
+	cl, err := pgtest.Start(ctx, pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	pool, err := pgxpool.New(ctx, cl.NewDB(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := migrations.Apply(ctx, pool, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	s := New(pool, "walhook")
+	exec(t, pool, `ALTER TABLE walhook.deliveries SET (autovacuum_enabled = false)`)
+	exec(t, pool, `INSERT INTO walhook.deliveries (webhook, event, model, object_key, commit_lsn, seq, committed_at, body,
+			state, attempts, locked_until, locked_by, last_attempt_at)
+		SELECT 'w', 'created', 'M', 'k' || g, ('0/' || to_hex(1000 + g))::pg_lsn, 0, now(), '{}',
+			'delivering', 1, now() + interval '1 hour', 'd1', now()
+		FROM generate_series(1, 20000) AS g`)
+	exec(t, pool, `UPDATE walhook.deliveries SET state = 'delivered', delivered_at = now(), locked_until = NULL, locked_by = NULL`)
+	for range 2 {
+		if _, err := s.Rescue(ctx, 5*time.Second); err != nil {
+			t.Fatal(err)
 		}
 	}
-	return n, plan
+	var lines []string
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT "+rescueSettings); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+s.q.rescue, int64(5e6))
+		if err != nil {
+			return err
+		}
+		lines, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		return pgx.ErrTxClosed // roll back
+	})
+	if err != nil && !errors.Is(err, pgx.ErrTxClosed) {
+		t.Fatal(err)
+	}
+	plan := strings.Join(lines, "\n")
+	// The index is about 60 pages; the rows, 2,000.
+	if n := topBuffers(lines); n > 300 {
+		t.Errorf("the third rescue after a burst of 20,000 read %d buffers (want under 300):\n%s", n, plan)
+	}
+}
+
+// topBuffers is the buffers of the first "Buffers:" line of a text plan:
+// the top node's, which count its children's.
+func topBuffers(lines []string) int64 {
+	var n int64
+	for _, l := range lines {
+		_, after, ok := strings.Cut(l, "Buffers: shared hit=")
+		if !ok {
+			continue
+		}
+		for _, ch := range after {
+			if ch < '0' || ch > '9' {
+				break
+			}
+			n = n*10 + int64(ch-'0')
+		}
+		return n
+	}
+	return n
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -356,12 +357,34 @@ func (o *Outcome) recorded() bool { return o.Mode != Released && !o.Sent.Started
 // Rescue puts back to pending the rows claimed by dispatchers silent for
 // longer than dead, and rows whose lease ran out. It returns how many.
 func (s *Store) Rescue(ctx context.Context, dead time.Duration) (int64, error) {
-	tag, err := s.pool.Exec(ctx, s.q.rescue, dead.Microseconds())
+	b := &pgx.Batch{}
+	// A batch runs as one implicit transaction: the setting ends with it.
+	b.Queue("SELECT " + rescueSettings)
+	b.Queue(s.q.rescue, dead.Microseconds())
+	br := s.pool.SendBatch(ctx, b)
+	_, err := br.Exec()
+	var n int64
+	if err == nil {
+		var tag pgconn.CommandTag
+		tag, err = br.Exec()
+		n = tag.RowsAffected()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return 0, fmt.Errorf("rescue: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
 }
+
+// rescueSettings, in a rescue's transaction, has it read deliveries_lease
+// with an index scan rather than a bitmap scan. Rows that were delivering
+// leave their entries there until VACUUM (120,000 after a burst); a bitmap
+// scan visits each one's row on every rescue (6,000 pages every 2 s),
+// while an index scan marks the entries of dead rows as it meets them, so
+// that the next rescues read the index alone.
+const rescueSettings = "set_config('enable_bitmapscan', 'off', true)"
 
 // ReleaseUnheld puts back to pending the rows claimed by dispatcher by
 // other than held: claims whose answer was lost. It must not run while a
