@@ -513,14 +513,7 @@ func dueScanBuffers(t *testing.T, plan string) int {
 	if !ok {
 		t.Fatalf("no buffers for the scan of deliveries_due:\n%s", plan)
 	}
-	n := 0
-	for _, c := range after {
-		if c < '0' || c > '9' {
-			break
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n
+	return int(leadingNumber(after))
 }
 
 // Promote finds its rows by primary key whatever the statistics say. With
